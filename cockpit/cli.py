@@ -1,0 +1,108 @@
+"""``leviathan-cockpit``: the command line. Imports stay lazy so ``--help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+COMMANDS = {
+    "train": "the cockpit (or --headless) on a config; no config: the embedded demo",
+    "attach": "the cockpit on an existing run's log, live or finished",
+    "check": "validate a config and its data; stats by _category; no training",
+    "sample": "stratified sample of a JSONL corpus, streaming",
+    "chat": "talk to a checkpoint or model",
+    "eval": "identity / inference / lm-eval suites on a checkpoint or model",
+    "checklist": "print a run's validation checklist",
+    "merge": "merge a LoRA checkpoint into its base model",
+    "quantize": "quantize a merged model (nf4 / int8)",
+    "export": "Ollama Modelfile or vLLM server command for a merged model",
+    "push": "upload a merged model to the Hugging Face Hub",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--resume",
+        default="auto",
+        metavar="auto|never|PATH",
+        help="auto: newest complete checkpoint (default); never: start fresh; or a checkpoint folder",
+    )
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument("--run-name", metavar="NAME", help="run folder name under the logs dir")
+    p.add_argument(
+        "--logs-dir", metavar="DIR", help="where run folders go (default: config's logs_dir, ./logs)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="with --resume never: train over an output_dir with checkpoints"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="leviathan-cockpit",
+        description="A terminal cockpit for LoRA/QLoRA fine-tuning of chat LLMs. "
+        "With no command: the cockpit on the embedded demo. `leviathan-cockpit CONFIG` = `train CONFIG`.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.choices["train"]
+    p.add_argument("config", nargs="?", help="Axolotl-style YAML (default: the embedded demo)")
+    p.add_argument("--headless", action="store_true", help="no UI; progress and alerts on stderr")
+    _common(p)
+    p = sub.choices["attach"]
+    p.add_argument("run_dir", help="a run folder (logs/<run-name>) or its events.jsonl")
+    p = sub.choices["check"]
+    p.add_argument("config")
+    p.add_argument(
+        "--tokens", action="store_true", help="also count tokens per _category with the model's tokenizer"
+    )
+    p.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model needed)")
+    from engine.cli_extra import register
+
+    register(sub)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "train")  # `leviathan-cockpit CONFIG`
+    if not argv:
+        argv = ["train"]
+    args = parser().parse_args(argv)
+    from engine.errors import UserError
+
+    try:
+        return int(_dispatch(args) or 0)
+    except UserError as e:
+        print(f"leviathan-cockpit: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "train":
+        if args.headless:
+            from engine.headless import train_headless
+
+            return train_headless(args)
+        from cockpit.launch import train_in_cockpit
+
+        return train_in_cockpit(args)
+    if args.command == "attach":
+        from cockpit.launch import attach
+
+        return attach(args)
+    if args.command == "check":
+        from engine.headless import check_command
+
+        return check_command(args)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

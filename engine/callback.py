@@ -1,0 +1,130 @@
+"""The one TrainerCallback: trainer events -> run log records, operator commands -> control.
+
+It only translates. Records are appended to the run log and handed to listeners that
+must not block; commands are flags read here at step boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transformers import TrainerCallback
+
+from engine import checkpoints
+from engine.control import Controls
+from engine.events import RunLog
+
+
+class CockpitCallback(TrainerCallback):
+    def __init__(self, log: RunLog, controls: Controls, *, save_total_limit: int | None, meta: dict) -> None:
+        self.log = log
+        self.controls = controls
+        self.save_total_limit = save_total_limit
+        self.meta = meta
+        self.last_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self.best: tuple[float, int] | None = None  # (eval_loss, step)
+        self._mark_t = time.time()
+        self._mark_tokens = 0
+        self._mark_step = 0
+        self.status = "completed"
+
+    # -- progress -------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark_t = time.time()
+        self._mark_tokens = state.num_input_tokens_seen
+        self._mark_step = state.global_step
+        self.log.emit("train_begin", step=state.global_step, max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            now = time.time()
+            dt = max(now - self._mark_t, 1e-9)
+            tokens = state.num_input_tokens_seen
+            steps = state.global_step - self._mark_step
+            loss = float(logs["loss"])
+            self.last_loss = loss
+            self.log.emit(
+                "step",
+                step=state.global_step,
+                loss=loss,
+                lr=logs.get("learning_rate"),
+                grad_norm=_num(logs.get("grad_norm")),
+                epoch=round(state.epoch or 0.0, 4),
+                tokens=tokens,
+                tokens_per_s=round((tokens - self._mark_tokens) / dt, 1),
+                s_per_step=round(dt / steps, 4) if steps else None,
+                max_steps=state.max_steps,
+            )
+            self._mark_t, self._mark_tokens, self._mark_step = now, tokens, state.global_step
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
+            return
+        loss = float(metrics["eval_loss"])
+        self.last_eval_loss = loss
+        if math.isfinite(loss) and (self.best is None or loss < self.best[0]):
+            self.best = (loss, state.global_step)
+        self.log.emit(
+            "eval",
+            step=state.global_step,
+            eval_loss=loss,
+            perplexity=math.exp(loss) if loss < 50 else float("inf"),
+            epoch=round(state.epoch or 0.0, 4),
+        )
+        # Time spent evaluating is not training time.
+        self._mark_t = time.time()
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        checkpoints.mark_complete(
+            path,
+            {
+                **self.meta,
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "loss": self.last_loss,
+                "eval_loss": self.last_eval_loss,
+                "tokens": state.num_input_tokens_seen,
+            },
+        )
+        self.log.emit(
+            "save", step=state.global_step, path=path, loss=self.last_loss, eval_loss=self.last_eval_loss
+        )
+        best_step = self.best[1] if self.best else None
+        for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_step):
+            self.log.emit("checkpoint_removed", step=state.global_step, path=str(removed))
+        self._mark_t = time.time()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def on_step_end(self, args, state, control, **kwargs):
+        c = self.controls
+        if c.pause.is_set():
+            self.log.emit("paused", step=state.global_step)
+            c.wait_while_paused()
+            if not c.stop.is_set():
+                self.log.emit("resumed", step=state.global_step)
+            self._mark_t = time.time()
+        if c.take(c.save_now):
+            control.should_save = True
+        if c.take(c.eval_now):
+            control.should_evaluate = True
+        if c.stop.is_set():
+            self.status = "stopped"
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,112 @@
+"""Checkpoints: complete or invisible, listed with their metadata, kept by a policy.
+
+A checkpoint folder counts only once ``leviathan.json`` is in it. That file is written
+last, after every other file of the folder is on disk (fsync), through a temporary name
+and a rename, so a kill at any moment leaves either a complete checkpoint or a folder
+that resume ignores (and cleans away).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "leviathan.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    meta: dict
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mark_complete(folder: str | Path, meta: dict) -> None:
+    folder = Path(folder)
+    _fsync_tree(folder)
+    tmp = folder / (MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({**meta, "completed_at": time.time()}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MARKER)
+
+
+def scan(output_dir: str | Path) -> tuple[list[Checkpoint], list[Path]]:
+    """Complete checkpoints (oldest first) and torn folders."""
+    out = Path(output_dir)
+    complete, torn = [], []
+    if not out.is_dir():
+        return complete, torn
+    for child in out.iterdir():
+        m = _NAME.match(child.name)
+        if not m or not child.is_dir():
+            continue
+        marker = child / MARKER
+        try:
+            meta = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            torn.append(child)
+            continue
+        complete.append(Checkpoint(child, int(m.group(1)), meta))
+    complete.sort(key=lambda c: c.step)
+    return complete, sorted(torn)
+
+
+def latest(output_dir: str | Path) -> Checkpoint | None:
+    complete, _ = scan(output_dir)
+    return complete[-1] if complete else None
+
+
+def remove_torn(output_dir: str | Path) -> list[Path]:
+    _, torn = scan(output_dir)
+    for t in torn:
+        shutil.rmtree(t, ignore_errors=True)
+    return torn
+
+
+def retain(output_dir: str | Path, limit: int | None, best_step: int | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``limit``; the newest and the best survive."""
+    if not limit:
+        return []
+    complete, _ = scan(output_dir)
+    keep = {c.step for c in complete[-limit:]}
+    if complete:
+        keep.add(complete[-1].step)
+    if best_step is not None:
+        keep.add(best_step)
+    removed = []
+    for c in complete:
+        if len(complete) - len(removed) <= max(limit, len(keep)):
+            break
+        if c.step not in keep:
+            # Unmark first: a kill during the delete leaves a torn folder, never a half checkpoint.
+            (c.path / MARKER).unlink(missing_ok=True)
+            shutil.rmtree(c.path, ignore_errors=True)
+            removed.append(c.path)
+    return removed

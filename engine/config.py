@@ -1,0 +1,339 @@
+"""YAML -> a validated run config, with Axolotl's key names.
+
+A user brings their Axolotl file unchanged. Every key is one of:
+
+- honoured: a field of ``RunConfig`` below, applied exactly;
+- noted: a known Axolotl key with no effect here that changes nothing about the result
+  (logging integrations, attention back-end flags: the engine picks its own attention);
+  a note says so in the run log and on stderr;
+- unsupported: a known Axolotl key that would change training and that we do not do;
+  refused by name (exit 2), never silently ignored;
+- unknown: refused with "did you mean ...".
+
+Paths: a relative dataset or model path is looked up first in the config file's folder,
+then in the current directory (Axolotl's own rule, so configs used from a project root
+keep working). A relative ``output_dir`` or ``logs_dir`` is taken from the current
+directory, as Axolotl does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import UserError
+
+NOTED_KEYS = {
+    "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
+    "wandb_entity": "W&B logging is not built in",
+    "wandb_watch": "W&B logging is not built in",
+    "wandb_name": "W&B logging is not built in",
+    "wandb_run_id": "W&B logging is not built in",
+    "wandb_log_model": "W&B logging is not built in",
+    "wandb_mode": "W&B logging is not built in",
+    "flash_attention": "the engine picks its attention (varlen flash kernels on CUDA, exact per-document attention on CPU)",
+    "sdp_attention": "the engine picks its attention",
+    "xformers_attention": "the engine picks its attention",
+    "strict": "has no meaning here",
+    "debug": "has no meaning here",
+    "tokenizer_type": "the tokenizer always loads with AutoTokenizer",
+    "model_type": "the model class is chosen from its config (causal LM or image-text-to-text)",
+    "is_llama_derived_model": "has no meaning here",
+    "is_qwen_derived_model": "has no meaning here",
+    "pad_to_sequence_len": "packed batches are padding-free",
+    "eval_sample_packing": "evaluation is packed like training",
+    "dataset_prepared_path": "datasets are tokenized in memory for each run",
+    "local_rank": "set by the launcher",
+    "hub_model_id": "use `leviathan-cockpit push`",
+    "eval_table_size": "has no meaning here",
+    "group_by_length": "packing already groups by length",
+    "use_tensorboard": "the run log replaces it",
+    "tf32": "TF32 matmuls are enabled on GPUs that have them",
+}
+
+UNSUPPORTED_KEYS = {
+    "deepspeed": "multi-GPU runs are not supported yet",
+    "fsdp": "multi-GPU runs are not supported yet",
+    "fsdp_config": "multi-GPU runs are not supported yet",
+    "gptq": "GPTQ models are not supported; use adapter: qlora",
+    "peft_use_dora": "DoRA is not supported",
+    "peft_use_rslora": "rsLoRA is not supported",
+    "lora_fan_in_fan_out": "not supported",
+    "lora_modules_to_save": "training extra full modules is not supported",
+    "unfrozen_parameters": "full fine-tuning of chosen parameters is not supported",
+    "special_tokens": "adding special tokens is not supported; the base tokenizer is used as is",
+    "tokens": "adding tokens is not supported",
+    "rl": "RL training is not supported; this is supervised fine-tuning",
+    "fp16": "fp16 training is not supported; use bf16 (or fp32 where bf16 is missing)",
+    "relora_steps": "ReLoRA is not supported",
+    "max_packed_sequence_len": "use sequence_len with sample_packing",
+    "early_stopping_patience": "early stopping is not supported; watch the health alerts",
+    "plugins": "Axolotl plugins are not supported",
+    "resume_from_checkpoint": "use --resume PATH on the command line",
+    "auto_resume_from_checkpoints": "resuming is automatic; see --resume",
+    "torch_compile": "compilation is chosen by the engine",
+    "evals_per_epoch": "use eval_steps",
+    "saves_per_epoch": "use save_steps",
+}
+
+
+class DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    """A local JSONL file (one example a line)."""
+    type: Literal["chat_template", "sharegpt", "alpaca"] = "chat_template"
+    """chat_template: OpenAI ``messages``; sharegpt: ``conversations`` with from/value;
+    alpaca: instruction/input/output."""
+    field_messages: str | None = None
+    """The key holding the turns (default ``messages``, or ``conversations`` for sharegpt)."""
+
+
+class HealthConfig(BaseModel):
+    """Thresholds of the guide's health rules; the defaults are the guide's numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    initial_loss_min: float = 2.0
+    initial_loss_max: float = 3.0
+    final_loss_max: float = 1.5
+    perplexity_max: float = 3.0
+    perplexity_investigate: float = 4.0
+    gpu_memory_max_gb: float = 75.0
+    plateau_steps: int = 1000
+    plateau_min_delta: float = 0.01
+    spike_factor: float = 1.5
+    spike_window: int = 50
+    overfit_gap: float = 0.5
+    underfit_loss: float = 1.5
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_model: str
+    """A local model folder or a hub id (already in the local cache: nothing is downloaded)."""
+    trust_remote_code: bool = False
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    chat_template: str = "tokenizer_default"
+    """tokenizer_default (the model's own), chatml, llama3, or jinja with chat_template_jinja."""
+    chat_template_jinja: str | None = None
+    train_on_inputs: bool = False
+    """False: loss on assistant tokens only (Axolotl's default)."""
+
+    adapter: Literal["lora", "qlora"] = "lora"
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target_linear: bool = True
+    """True: every linear layer of the language model (never the vision tower or lm_head)."""
+    lora_target_modules: list[str] | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+
+    sequence_len: int = Field(2048, gt=8)
+    sample_packing: bool = True
+    too_long: Literal["truncate", "drop"] = "truncate"
+    """What to do with an example longer than sequence_len."""
+    skip_bad_rows: bool = False
+    """False: bad rows stop the run with their file:line list. True: skip and log them."""
+
+    micro_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal[
+        "cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt"
+    ] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, le=1)
+    optimizer: Literal[
+        "adamw_torch",
+        "adamw_torch_fused",
+        "adamw_8bit",
+        "adamw_bnb_8bit",
+        "paged_adamw_8bit",
+        "paged_adamw_32bit",
+        "adafactor",
+        "sgd",
+    ] = "adamw_torch_fused"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    """auto: off when the memory estimate fits the GPU, on otherwise (the choice is logged)."""
+    bf16: bool | Literal["auto"] = "auto"
+
+    val_set_size: float = Field(0.0, ge=0)
+    """A fraction (< 1) or a number of rows (>= 1) held out for evaluation, seeded."""
+    eval_steps: int | None = Field(None, gt=0)
+    save_steps: int | None = Field(None, gt=0)
+    logging_steps: int = Field(1, gt=0)
+    save_total_limit: int | None = Field(None, gt=0)
+    output_dir: str = "./outputs/run"
+    seed: int = 42
+
+    logs_dir: str = "logs"
+    run_name: str | None = None
+    health: HealthConfig = Field(default_factory=HealthConfig)
+
+    @field_validator("val_set_size")
+    @classmethod
+    def _whole_count(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("a count of rows must be a whole number (or use a fraction below 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit: choose one")
+        if self.adapter == "qlora" and self.load_in_8bit:
+            raise ValueError("adapter: qlora quantizes to 4 bits; drop load_in_8bit")
+        if self.chat_template == "jinja" and not self.chat_template_jinja:
+            raise ValueError("chat_template: jinja needs chat_template_jinja")
+        if self.chat_template not in ("tokenizer_default", "chatml", "llama3", "jinja"):
+            raise ValueError(
+                f"chat_template {self.chat_template!r} is not one of tokenizer_default, chatml, llama3, jinja"
+            )
+        return self
+
+    @property
+    def quant_bits(self) -> int | None:
+        if self.adapter == "qlora" or self.load_in_4bit:
+            return 4
+        return 8 if self.load_in_8bit else None
+
+
+KNOWN_KEYS = sorted(set(RunConfig.model_fields) | set(NOTED_KEYS) | set(UNSUPPORTED_KEYS))
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Line numbers of every mapping key, by its path, for messages that point at a line."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = path + (k.value,)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _where(file: str, lines: dict[tuple, int], loc: tuple) -> str:
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return f"{file}:{lines[loc]}" if loc else file
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for root in (base, Path.cwd()):
+        if (root / p).exists():
+            return str((root / p).resolve())
+    return value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, list[str]]:
+    """Read and validate a config; returns it with the notes on keys that have no effect."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{file}: no such config file", "give the path of an Axolotl-style YAML file")
+    text = file.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else str(file)
+        raise UserError(
+            f"{where}: not valid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax"
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: the top level must be a mapping of keys", "write `key: value` lines")
+    return validate(raw, file, text, overrides)
+
+
+def validate(
+    raw: dict, file: Path, text: str = "", overrides: dict[str, Any] | None = None
+) -> tuple[RunConfig, list[str]]:
+    lines = _key_lines(text)
+    notes = []
+    data = {}
+    for key, value in raw.items():
+        skey = str(key)
+        if skey in NOTED_KEYS:
+            notes.append(
+                f"{_where(str(file), lines, (skey,))}: `{skey}` has no effect here: {NOTED_KEYS[skey]}"
+            )
+        elif skey in UNSUPPORTED_KEYS:
+            raise UserError(
+                f"{_where(str(file), lines, (skey,))}: `{skey}` is an Axolotl key this engine does not "
+                f"support: {UNSUPPORTED_KEYS[skey]}.",
+                f"remove `{skey}` from the config",
+            )
+        elif skey not in RunConfig.model_fields:
+            close = difflib.get_close_matches(skey, KNOWN_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else "see README.md for the keys"
+            raise UserError(f"{_where(str(file), lines, (skey,))}: unknown key `{skey}`", hint)
+        else:
+            data[skey] = value
+    data.update(overrides or {})
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, file, lines) from None
+    base = file.resolve().parent
+    for ds in config.datasets:
+        ds.path = _resolve_path(ds.path, base)
+    config.base_model = _resolve_path(config.base_model, base)
+    return config, notes
+
+
+def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    where = _where(str(file), lines, loc)
+    if err["type"] == "missing":
+        return UserError(f"{where}: required key `{key}` is missing", f"add `{key}:` to the config")
+    if err["type"] == "extra_forbidden":
+        field = str(loc[-1])
+        parent = RunConfig
+        if len(loc) > 1 and loc[0] == "datasets":
+            parent = DatasetSpec
+        elif loc[0] == "health":
+            parent = HealthConfig
+        close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
+        return UserError(f"{where}: unknown key `{key}`", hint)
+    value = err.get("input")
+    allowed = err.get("ctx", {}).get("expected") or err["msg"]
+    return UserError(f"{where}: bad value for `{key}`: {value!r}", f"{allowed}")
+
+
+def dump_resolved(config: RunConfig, path: str | Path) -> None:
+    """The resolved config in the run folder, written whole or not at all."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,22 @@
+"""The one exception type users see: a message that says where, and what to do."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad usage, config or data. The CLI prints it as one paragraph and exits 2.
+
+    Args:
+        message: what is wrong, naming the file, line or key.
+        fix: what the user should do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message

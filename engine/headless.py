@@ -1,0 +1,145 @@
+"""Headless commands: ``train --headless`` (progress on stderr) and ``check``."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engine.control import Controls
+
+
+def demo_config_path() -> Path:
+    return Path(__file__).resolve().parent / "data" / "demo.yaml"
+
+
+def load_for_cli(args):
+    """Config from the CLI arguments (the embedded demo when none), with its notes."""
+    from engine.config import load_config
+
+    path = getattr(args, "config", None) or demo_config_path()
+    overrides = {}
+    if getattr(args, "max_steps", None):
+        overrides["max_steps"] = args.max_steps
+    config, notes = load_config(path, overrides)
+    return config, notes, Path(path)
+
+
+def run_name_for(args, config, path: Path) -> str:
+    return args.run_name or config.run_name or path.stem
+
+
+class Progress:
+    """A one-line progress report on stderr; a new line per record when stderr is not a tty."""
+
+    def __init__(self, stream=None, every_s: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+        self.t0 = time.time()
+
+    def __call__(self, r: dict) -> None:
+        kind = r["kind"]
+        if kind == "step":
+            now = time.time()
+            if not self.tty and now - self._last < self.every_s and r["step"] != r.get("max_steps"):
+                return
+            self._last = now
+            total = r.get("max_steps") or 0
+            frac = r["step"] / total if total else 0
+            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+            eta = ""
+            if r.get("s_per_step") and total:
+                eta = f" eta {_hms((total - r['step']) * r['s_per_step'])}"
+            line = (
+                f"[{bar}] step {r['step']}/{total} loss {r['loss']:.4f} "
+                f"{r.get('tokens_per_s', 0):,.0f} tok/s{eta}"
+            )
+            self._write(line, transient=True)
+        elif kind == "eval":
+            self._write(f"eval step {r['step']}: eval_loss {r['eval_loss']:.4f} ppl {r['perplexity']:.3f}")
+        elif kind == "save":
+            self._write(f"saved {r['path']}")
+        elif kind == "alert":
+            self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
+        elif kind in ("resume", "start", "end", "note", "data"):
+            fields = {
+                k: v for k, v in r.items() if k not in ("t", "kind", "traceback", "by_category", "lengths")
+            }
+            self._write(f"{kind}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def _write(self, line: str, transient: bool = False) -> None:
+        if self.tty:
+            end = "" if transient else "\n"
+            self.stream.write("\r\x1b[2K" + line + end)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _hms(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def install_stop_signals(controls: Controls) -> None:
+    """SIGINT/SIGTERM/SIGHUP: save a checkpoint at the next step boundary, then exit."""
+
+    def handler(signum, frame):
+        if controls.stop.is_set():  # a second Ctrl-C while saving: leave at once
+            raise KeyboardInterrupt
+        controls.request_stop(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def train_headless(args) -> int:
+    from engine.train import run
+
+    config, notes, path = load_for_cli(args)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    controls = Controls()
+    install_stop_signals(controls)
+    result = run(
+        config,
+        controls=controls,
+        listeners=[Progress()],
+        resume=args.resume,
+        run_name=run_name_for(args, config, path),
+        logs_dir=args.logs_dir,
+        notes=notes,
+        force_fresh=args.force,
+    )
+    print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
+    return 0
+
+
+def check_command(args) -> int:
+    from engine.data import bad_rows_error
+    from engine.prepare import check
+
+    config, notes, _ = load_for_cli(args)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    tokenizer = None
+    if not args.no_tokenizer:
+        from engine.model import load_tokenizer, resolve_base
+
+        tokenizer = load_tokenizer(
+            resolve_base(config.base_model),
+            config.chat_template,
+            config.chat_template_jinja,
+            config.trust_remote_code,
+        )
+    stats = check(config, tokenizer)
+    print(stats.report())
+    if stats.bad:
+        raise bad_rows_error(stats.bad, stats.total)
+    return 0

@@ -1,0 +1,190 @@
+"""Base model, tokenizer and LoRA/QLoRA adapter, loaded the way a real checkpoint loads.
+
+Causal LMs load through ``AutoModelForCausalLM``; vision-language models (Qwen3-VL) through
+``AutoModelForImageTextToText``, trained on text only: LoRA goes on the language model's
+linear layers and the vision tower stays frozen and untouched. Nothing is downloaded: a
+hub id must already be in the local cache.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from engine.errors import UserError
+
+VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "image_newline")
+
+
+def resolve_base(base_model: str) -> str:
+    if base_model.startswith("builtin:"):
+        from engine.tiny import demo_model_path
+
+        return str(demo_model_path())
+    return base_model
+
+
+def _hub_error(name: str) -> UserError:
+    return UserError(
+        f"base_model `{name}` is not a local folder and is not in the local Hugging Face cache "
+        "(nothing is downloaded at run time)",
+        f"download it once with `huggingface-cli download {name}`, or point base_model at a model folder",
+    )
+
+
+def load_model_config(name: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+    except OSError:
+        if Path(name).exists():
+            raise UserError(
+                f"{name}: no config.json in this folder", "point base_model at a model folder"
+            ) from None
+        raise _hub_error(name) from None
+
+
+def is_vision_language(model_config) -> bool:
+    return hasattr(model_config, "vision_config") or any(
+        a.endswith("ForConditionalGeneration") for a in (getattr(model_config, "architectures", None) or [])
+    )
+
+
+def load_tokenizer(
+    name: str, chat_template: str = "tokenizer_default", jinja: str | None = None, trust_remote_code=False
+):
+    from transformers import AutoTokenizer
+
+    from engine import tiny
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+    except OSError:
+        raise _hub_error(name) from None
+    if chat_template == "chatml":
+        tok.chat_template = tiny.CHATML_TEMPLATE
+    elif chat_template == "llama3":
+        tok.chat_template = tiny.LLAMA3_TEMPLATE
+    elif chat_template == "jinja":
+        tok.chat_template = jinja
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_dtype(want_bf16):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if want_bf16 is True and not bf16_ok:
+        raise UserError(
+            "`bf16: true` but this machine has no GPU with bf16",
+            "set `bf16: auto` (bf16 where the hardware has it, fp32 otherwise)",
+        )
+    return torch.bfloat16 if (bf16_ok and want_bf16 is not False) else torch.float32
+
+
+def load_base(
+    name: str, *, quant_bits: int | None, dtype, trust_remote_code: bool = False, attn: str | None = None
+):
+    """The frozen base model, quantized with bitsandbytes when asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    cfg = load_model_config(name, trust_remote_code)
+    kwargs = dict(dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if quant_bits:
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"{quant_bits}-bit loading (adapter: qlora / load_in_{quant_bits}bit) needs an NVIDIA GPU with "
+                "CUDA, and this machine has none",
+                "run on a CUDA machine, or use `adapter: lora` without load_in_4bit/load_in_8bit here",
+            )
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError:  # pragma: no cover
+            raise UserError("bitsandbytes is not installed", "pip install 'leviathan-cockpit[gpu]'") from None
+        skip = ["lm_head", *VISION_PARTS]
+        if quant_bits == 4:
+            q = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_quant_storage=torch.bfloat16,
+                llm_int8_skip_modules=skip,
+            )
+        else:
+            q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        kwargs["quantization_config"] = q
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    auto = AutoModelForImageTextToText if is_vision_language(cfg) else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(name, **kwargs)
+    except OSError:
+        raise _hub_error(name) from None
+    if torch.cuda.is_available() and not quant_bits:
+        model.to("cuda")
+    return model
+
+
+def lora_targets(model, wanted: list[str] | None = None) -> list[str]:
+    """Full names of the language model's linear layers (the vision tower and lm_head excluded)."""
+    import torch
+
+    linear_types: tuple = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except ImportError:
+        pass
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, linear_types):
+            continue
+        if any(part in name.split(".") for part in VISION_PARTS) or name.split(".")[-1] == "lm_head":
+            continue
+        leaf = name.split(".")[-1]
+        if wanted is None or leaf in wanted or name in wanted:
+            names.append(name)
+    if not names:
+        raise UserError(
+            f"no linear layer matches lora_target_modules {wanted}",
+            "use names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+        )
+    return names
+
+
+def attach_lora(model, config, gradient_checkpointing: bool):
+    """Wrap the base in a PEFT LoRA model with the config's rank, alpha, dropout and targets."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.quant_bits:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    wanted = (
+        None if config.lora_target_linear and not config.lora_target_modules else config.lora_target_modules
+    )
+    targets = lora_targets(model, wanted)
+    # One regex rather than hundreds of names keeps adapter_config.json readable.
+    pattern = "|".join(sorted({re.escape(t) for t in targets}))
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=f"^(?:{pattern})$" if len(targets) < 64 else _compact_regex(targets),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    return get_peft_model(model, lora)
+
+
+def _compact_regex(targets: list[str]) -> str:
+    # Layer-indexed names collapse to one pattern per shape: model.layers.\d+.self_attn.q_proj
+    shapes = sorted({re.sub(r"\.\d+\.", ".#.", t) for t in targets})
+    parts = [re.escape(s).replace("\\#", r"\d+").replace("#", r"\d+") for s in shapes]
+    return "^(?:" + "|".join(parts) + ")$"

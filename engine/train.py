@@ -1,0 +1,329 @@
+"""One fine-tuning run: config -> data -> model + LoRA -> SFTTrainer, with a run log.
+
+Reads like a script: ``run`` sets up the run folder, prepares data, loads the model, and
+hands everything to TRL's ``SFTTrainer`` with our one callback. It runs the same in a
+worker thread under the cockpit, headless, or under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import checkpoints
+from engine.config import RunConfig, dump_resolved
+from engine.control import Controls
+from engine.errors import UserError
+from engine.events import Listener, RunLog
+from engine.runlock import RunLock
+
+
+@dataclass
+class RunPaths:
+    run_dir: Path
+    output_dir: Path
+
+    @property
+    def events(self) -> Path:
+        return self.run_dir / "events.jsonl"
+
+
+def run_paths(config: RunConfig, run_name: str | None = None, logs_dir: str | None = None) -> RunPaths:
+    name = run_name or config.run_name or Path(config.output_dir).name or "run"
+    return RunPaths(Path(logs_dir or config.logs_dir) / name, Path(config.output_dir))
+
+
+# Keys whose change makes an old checkpoint meaningless for this run.
+FINGERPRINT_KEYS = (
+    "base_model",
+    "adapter",
+    "lora_r",
+    "lora_alpha",
+    "lora_target_linear",
+    "lora_target_modules",
+    "load_in_4bit",
+    "load_in_8bit",
+    "sequence_len",
+    "sample_packing",
+    "seed",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "datasets",
+    "val_set_size",
+    "train_on_inputs",
+)
+
+
+def fingerprint(config: RunConfig) -> dict:
+    d = config.model_dump(mode="json")
+    return {k: d[k] for k in FINGERPRINT_KEYS}
+
+
+@dataclass
+class RunResult:
+    status: str
+    step: int = 0
+    run_dir: Path | None = None
+    last_checkpoint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _resume_point(resume: str, paths: RunPaths, log: RunLog) -> checkpoints.Checkpoint | None:
+    torn = checkpoints.remove_torn(paths.output_dir)
+    for t in torn:
+        log.emit(
+            "alert",
+            rule="torn_checkpoint",
+            level="warning",
+            message=f"{t} was incomplete (killed while saving) and was removed",
+            advice="nothing to do: the run resumes from the newest complete checkpoint",
+        )
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return checkpoints.latest(paths.output_dir)
+    p = Path(resume)
+    if not (p / checkpoints.MARKER).exists():
+        raise UserError(
+            f"{resume}: not a complete checkpoint folder",
+            "use --resume auto, never, or a checkpoint-N folder",
+        )
+    step = int(p.name.rsplit("-", 1)[-1]) if "-" in p.name else 0
+    return checkpoints.Checkpoint(p, step, json.loads((p / checkpoints.MARKER).read_text()))
+
+
+def _check_compatible(ckpt: checkpoints.Checkpoint, config: RunConfig) -> None:
+    old = ckpt.meta.get("fingerprint")
+    if not old:
+        return
+    new = fingerprint(config)
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    if diffs:
+        raise UserError(
+            f"{ckpt.path} was trained with a different config:\n  " + "\n  ".join(diffs),
+            "restore those keys, use --resume never with a new output_dir, or --resume PATH of a matching run",
+        )
+
+
+def build_trainer(
+    config: RunConfig, prepared, model, tokenizer, callback, paths: RunPaths, gc: bool, bf16: bool
+):
+    from trl import SFTConfig, SFTTrainer
+
+    warmup = config.warmup_steps if config.warmup_steps is not None else 0
+    args = SFTConfig(
+        output_dir=str(paths.output_dir),
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps or -1,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=warmup if config.warmup_ratio is None else config.warmup_ratio,
+        optim=_optim(config.optimizer),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        gradient_checkpointing=gc,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        bf16=bf16,
+        eval_strategy="steps" if (prepared.val is not None and config.eval_steps) else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=None,  # retention is ours: it knows which folders are complete
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        disable_tqdm=True,
+        packing=config.sample_packing,
+        packing_strategy="bfd",
+        padding_free=config.sample_packing,
+        max_length=config.sequence_len,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        save_only_model=False,
+        use_cpu=not _cuda(),
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.train.remove_columns(["category"]),
+        eval_dataset=prepared.val.remove_columns(["category"]) if prepared.val is not None else None,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    # Our run log and progress line replace the trainer's own printing.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def _optim(name: str) -> str:
+    import torch
+
+    if name == "adamw_torch_fused" and not torch.cuda.is_available():
+        return "adamw_torch"  # the fused kernel is for accelerators
+    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(
+    config: RunConfig,
+    *,
+    controls: Controls | None = None,
+    listeners: list[Listener] | None = None,
+    resume: str = "auto",
+    run_name: str | None = None,
+    logs_dir: str | None = None,
+    notes: list[str] | None = None,
+    force_fresh: bool = False,
+) -> RunResult:
+    """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input."""
+    controls = controls or Controls()
+    paths = run_paths(config, run_name, logs_dir)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(paths.run_dir):
+        log = RunLog(paths.events, listeners)
+        try:
+            return _run(config, controls, log, paths, resume, notes or [], force_fresh)
+        except UserError as e:
+            log.emit("end", status="error", message=str(e))
+            raise
+        except BaseException as e:
+            log.emit(
+                "end",
+                status="failed",
+                message=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()[-4000:],
+            )
+            raise
+        finally:
+            log.close()
+
+
+def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
+    import torch
+
+    from engine.model import attach_lora, load_base, load_tokenizer, pick_dtype, resolve_base
+    from engine.prepare import prepare
+
+    base = resolve_base(config.base_model)
+    if config.quant_bits and not torch.cuda.is_available():
+        load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
+    ckpt = _resume_point(resume, paths, log)
+    if ckpt is None and resume == "never" and checkpoints.scan(paths.output_dir)[0] and not force_fresh:
+        raise UserError(
+            f"{paths.output_dir} already holds checkpoints and --resume never was given",
+            "choose a new output_dir, remove the old checkpoints, or pass --force to train over them",
+        )
+    if ckpt is not None:
+        _check_compatible(ckpt, config)
+    dump_resolved(config, paths.run_dir / "config.yaml")
+    for note in notes:
+        log.emit("note", message=note)
+
+    t0 = time.time()
+    tokenizer = load_tokenizer(
+        base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
+    )
+    prepared = prepare(config, tokenizer, paths.output_dir / ".data-cache")
+    if prepared.stats.bad:
+        log.emit(
+            "alert",
+            rule="bad_rows",
+            level="warning",
+            message=f"{len(prepared.stats.bad)} bad row(s) skipped",
+            advice="see `leviathan-cockpit check` for the list",
+            rows=[f"{f}:{n}: {why}" for f, n, why in prepared.stats.bad[:200]],
+        )
+    log.emit(
+        "data",
+        rows=len(prepared.train),
+        val_rows=len(prepared.val) if prepared.val is not None else 0,
+        by_category=prepared.stats.rows_by_category,
+        truncated=prepared.truncated,
+        dropped_too_long=prepared.dropped_too_long,
+        no_labels=prepared.no_labels,
+        lengths=prepared.stats.percentiles(),
+    )
+
+    dtype = pick_dtype(config.bf16)
+    gc = bool(config.gradient_checkpointing) if config.gradient_checkpointing != "auto" else _auto_gc(config)
+    model = load_base(
+        base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code
+    )
+    model = attach_lora(model, config, gc)
+    trainable, total = _param_counts(model)
+    meta = {"base_model": config.base_model, "fingerprint": fingerprint(config)}
+    from engine.callback import CockpitCallback
+
+    callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)
+    trainer = build_trainer(config, prepared, model, tokenizer, callback, paths, gc, dtype == torch.bfloat16)
+    log.emit(
+        "start",
+        step=ckpt.step if ckpt else 0,
+        base_model=config.base_model,
+        adapter=config.adapter,
+        device=_device_name(),
+        dtype=str(dtype).replace("torch.", ""),
+        gradient_checkpointing=gc,
+        trainable_params=trainable,
+        total_params=total,
+        max_steps=trainer.state.max_steps or None,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        output_dir=str(paths.output_dir),
+        setup_s=round(time.time() - t0, 2),
+        pid=os.getpid(),
+    )
+    if ckpt is not None:
+        log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
+    trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
+    status = callback.status
+    last = checkpoints.latest(paths.output_dir)
+    log.emit(
+        "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
+    )
+    return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
+
+
+def _auto_gc(config: RunConfig) -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    from engine.memory import needs_checkpointing
+
+    return needs_checkpointing(config)
+
+
+def _param_counts(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def config_hash(config: RunConfig) -> str:
+    return hashlib.sha1(json.dumps(fingerprint(config), sort_keys=True).encode()).hexdigest()[:12]
