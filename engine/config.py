@@ -18,6 +18,7 @@ directory, as Axolotl does.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -227,10 +228,8 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 lines[path + (i,)] = v.start_mark.line + 1
                 walk(v, path + (i,))
 
-    try:
+    with contextlib.suppress(yaml.YAMLError):
         walk(yaml.compose(text), ())
-    except yaml.YAMLError:
-        pass
     return lines
 
 
