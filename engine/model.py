@@ -170,13 +170,11 @@ def attach_lora(model, config, gradient_checkpointing: bool):
         None if config.lora_target_linear and not config.lora_target_modules else config.lora_target_modules
     )
     targets = lora_targets(model, wanted)
-    # One regex rather than hundreds of names keeps adapter_config.json readable.
-    pattern = "|".join(sorted({re.escape(t) for t in targets}))
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=f"^(?:{pattern})$" if len(targets) < 64 else _compact_regex(targets),
+        target_modules=_compact_regex(targets),
         task_type="CAUSAL_LM",
         bias="none",
     )

@@ -110,10 +110,20 @@ def _check_compatible(ckpt: checkpoints.Checkpoint, config: RunConfig) -> None:
         )
 
 
+def liger_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
 def build_trainer(
     config: RunConfig, prepared, model, tokenizer, callback, paths: RunPaths, gc: bool, bf16: bool
 ):
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from engine.trainer import LeviathanTrainer
 
     warmup = config.warmup_steps if config.warmup_steps is not None else 0
     args = SFTConfig(
@@ -151,10 +161,12 @@ def build_trainer(
         dataloader_num_workers=0,
         save_only_model=False,
         use_cpu=not _cuda(),
+        # Liger's RMSNorm/SwiGLU/RoPE kernels; TRL's fused LM head already avoids full logits.
+        use_liger_kernel=liger_available(),
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = SFTTrainer(
+    trainer = LeviathanTrainer(
         model=model,
         args=args,
         train_dataset=prepared.train.remove_columns(["category"]),
@@ -219,6 +231,7 @@ def run(
 def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     import torch
 
+    from engine import attention
     from engine.model import attach_lora, load_base, load_tokenizer, pick_dtype, resolve_base
     from engine.prepare import prepare
 
@@ -264,8 +277,9 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
 
     dtype = pick_dtype(config.bf16)
     gc = bool(config.gradient_checkpointing) if config.gradient_checkpointing != "auto" else _auto_gc(config)
+    attn = attention.register() if config.sample_packing else None
     model = load_base(
-        base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code
+        base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
     )
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
@@ -282,6 +296,8 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         device=_device_name(),
         dtype=str(dtype).replace("torch.", ""),
         gradient_checkpointing=gc,
+        attention=attn or "sdpa",
+        liger=liger_available(),
         trainable_params=trainable,
         total_params=total,
         max_steps=trainer.state.max_steps or None,

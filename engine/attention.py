@@ -1,0 +1,113 @@
+"""Attention over packed documents without a dense mask.
+
+TRL's padding-free collator flattens a micro-batch of packed rows into one sequence and
+hands the model ``cu_seq_lens_q/k`` (document boundaries) and ``max_length_q/k``.
+Transformers' ``sdpa`` turns those packed position ids into a dense [T, T]
+block-diagonal mask, which keeps SDPA off its flash kernel. This attention function takes
+the boundaries instead:
+
+- on CUDA, ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's flash kernel for variable
+  lengths; no mask at all);
+- elsewhere, exact causal SDPA per document (a loop; CPU runs are tiny).
+
+Without boundaries (generation, unpacked batches) it is plain SDPA. Documents never
+attend to each other, so packed losses equal unpacked ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+NAME = "leviathan_varlen"
+_registered = False
+
+
+def _varlen_call():
+    """PyTorch's varlen entry point and how to ask it for causal, GQA attention."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, set()
+    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
+
+
+_VARLEN, _VARLEN_PARAMS = _varlen_call()
+
+
+def _per_document(q, k, v, cu, scaling, groups):
+    # q, k, v: [heads, T, dim]; exact causal attention inside each document.
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        if e <= s:
+            continue
+        out[:, s:e] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, s:e], k[:, s:e], v[:, s:e], is_causal=True, scale=scaling, enable_gqa=groups > 1
+        )
+    return out
+
+
+def _flash_varlen(q, k, v, cu, max_len, scaling, groups):
+    # q, k, v: [T, heads, dim] for the kernel.
+    kwargs = {}
+    if "window_size" in _VARLEN_PARAMS:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
+    if "scale" in _VARLEN_PARAMS:
+        kwargs["scale"] = scaling
+    if groups > 1:
+        if "enable_gqa" in _VARLEN_PARAMS:
+            kwargs["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    return _VARLEN(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def varlen_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
+):
+    """The transformers attention interface: [B, H, T, D] in, [B, T, H, D] out."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        if attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = _causal_padding_mask(attention_mask.bool(), query.shape[2])
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    q, k, v = query[0], key[0], value[0]  # [H, T, D]
+    if q.is_cuda and _VARLEN is not None and q.dtype in (torch.bfloat16, torch.float16):
+        max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+        out = _flash_varlen(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, int(max_len), scaling, groups
+        )
+        return out.unsqueeze(0), None  # [1, T, H, D]
+    out = _per_document(q, k, v, cu, scaling, groups)
+    return out.transpose(0, 1).unsqueeze(0).contiguous(), None
+
+
+def _causal_padding_mask(padding, q_len):
+    # The flash-style mask interface hands over a [B, kv] padding mask; SDPA wants [B, 1, q, kv].
+    kv_len = padding.shape[1]
+    rows = torch.arange(kv_len - q_len, kv_len, device=padding.device)[:, None]
+    causal = torch.arange(kv_len, device=padding.device)[None, :] <= rows
+    return causal[None, None] & padding[:, None, None, :]
+
+
+def register() -> str:
+    """Make ``attn_implementation="leviathan_varlen"`` known to transformers; returns the name."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+        AttentionInterface.register(NAME, varlen_attention_forward)
+        # Like flash attention: no dense mask is built; padding-only masks pass through.
+        AttentionMaskInterface.register(NAME, flash_attention_mask)
+        _registered = True
+    return NAME
