@@ -276,7 +276,7 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     )
 
     dtype = pick_dtype(config.bf16)
-    gc = bool(config.gradient_checkpointing) if config.gradient_checkpointing != "auto" else _auto_gc(config)
+    gc, gc_reason = _choose_gc(config)
     attn = attention.register() if config.sample_packing else None
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
@@ -296,6 +296,7 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         device=_device_name(),
         dtype=str(dtype).replace("torch.", ""),
         gradient_checkpointing=gc,
+        gradient_checkpointing_reason=gc_reason,
         attention=attn or "sdpa",
         liger=liger_available(),
         trainable_params=trainable,
@@ -317,14 +318,19 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
 
 
-def _auto_gc(config: RunConfig) -> bool:
+def _choose_gc(config: RunConfig) -> tuple[bool, str]:
+    """Gradient checkpointing: as configured, or off when the memory estimate fits the GPU."""
     import torch
 
+    if config.gradient_checkpointing != "auto":
+        return bool(config.gradient_checkpointing), "set in config"
     if not torch.cuda.is_available():
-        return False
+        return False, "auto: no GPU, memory is not the limit"
     from engine.memory import needs_checkpointing
 
-    return needs_checkpointing(config)
+    on, need, free = needs_checkpointing(config, liger_available())
+    verdict = "on" if on else "off"
+    return on, f"auto: ~{need / 2**30:.1f} GiB needed without it, {free / 2**30:.1f} GiB free -> {verdict}"
 
 
 def _param_counts(model) -> tuple[int, int]:

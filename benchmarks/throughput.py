@@ -1,0 +1,300 @@
+"""Tokens/s of our engine against plain TRL SFTTrainer, same model, same data, same GPU, one run.
+
+    python3 benchmarks/throughput.py                       # LoRA and QLoRA, 8B-shaped Qwen3
+    python3 benchmarks/throughput.py --variants trl,ours   # LoRA only
+    python3 benchmarks/throughput.py --tiny --steps 8 --warmup 2   # a CPU smoke run of the script
+
+The model is an 8B-shaped Qwen3 (hidden 4096, intermediate 12288, 36 layers, 32 heads, 8 KV
+heads, head_dim 128, vocab 151936, untied) random-initialised on the GPU in bf16; LoRA r16
+alpha 32 dropout 0 on q,k,v,o,gate,up,down; documents of random length 256-2048 packed to 2048;
+micro batch 4. Each variant trains `--steps` optimizer steps and is timed over steps
+warmup+1..steps with synchronisation. MFU by the LoRA convention:
+FLOPs/token = 4 x frozen matmul params (input embedding excluded) + 6 x LoRA params
++ 6 x layers x hidden x 2048, divided by the bf16 matmul ceiling measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+SEQ = 2048
+MICRO = 4
+
+
+def matmul_ceiling() -> float:
+    if not torch.cuda.is_available():
+        return float("nan")
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def qwen3_config(tiny: bool, vocab: int):
+    from transformers import Qwen3Config
+
+    if tiny:
+        return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+    return Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
+                       max_position_embeddings=40960)
+
+
+def make_docs(n_docs: int, vocab: int, seed: int = 0, lo: int = 256, hi: int = SEQ):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (n_docs,), generator=g)
+    return [torch.randint(10, vocab, (int(n),), generator=g).tolist() for n in lengths]
+
+
+class Timer(TrainerCallback):
+    """Synchronised wall time at the end of chosen steps; token counts come from the collator."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.t: dict[int, float] = {}
+        self.losses: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, self.steps):
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            self.t[state.global_step] = time.perf_counter()
+        if state.global_step >= self.steps:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+class CountingCollator:
+    """Wraps a collator and records each batch's token count, in order, on the CPU."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.counts = inner, []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        self.counts.append(int(batch["input_ids"].numel()))
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def flops_per_token(model, cfg) -> tuple[float, int, int]:
+    """LoRA convention; frozen matmul params from the shape, so 4-bit storage counts the same."""
+    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    hd = cfg.head_dim
+    attn = h * hd * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+    frozen = layers * (attn + 3 * h * inter) + cfg.vocab_size * h  # lm_head counts, the embedding does not
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return 4 * frozen + 6 * lora + 6 * layers * h * SEQ, frozen, lora
+
+
+def result_row(name, timer, collator, warmup, steps, model, cfg, ceiling, gc_on, extra=""):
+    dt = timer.t[steps] - timer.t[warmup]
+    tokens = sum(collator.counts[warmup:steps])  # gradient accumulation 1: one batch per step
+    tps = tokens / dt
+    fpt, frozen, lora = flops_per_token(model, cfg)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return {"variant": name, "tokens_per_s": tps, "s_per_step": dt / (steps - warmup), "mfu": tps * fpt / ceiling,
+            "peak_gib": peak, "grad_ckpt": gc_on, "losses": timer.losses[:3] + timer.losses[-2:],
+            "frozen_params": frozen, "lora_params": lora, "note": extra}
+
+
+def run_plain_trl(model, tokenizer, dataset, args, out, qlora: bool):
+    """TRL 1.16's defaults: packing=True (bfd, padding-free), gradient checkpointing on, sdpa."""
+    from trl import SFTConfig, SFTTrainer
+
+    model.config._attn_implementation = "sdpa"
+    sft = SFTConfig(output_dir=out, per_device_train_batch_size=MICRO, max_length=SEQ, packing=True,
+                    max_steps=args.steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
+                    report_to=[], bf16=torch.cuda.is_available(), disable_tqdm=True,
+                    use_cpu=not torch.cuda.is_available())
+    timer = Timer(args.warmup, args.steps)
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(), callbacks=[timer])
+    collator = CountingCollator(trainer.data_collator)
+    trainer.data_collator = collator
+    trainer.train()
+    return trainer, timer, collator, bool(sft.gradient_checkpointing)
+
+
+def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
+    """The engine's own path: attach_lora + build_trainer (LeviathanTrainer, varlen attention, Liger)."""
+    from types import SimpleNamespace
+
+    from engine import attention
+    from engine.config import RunConfig
+    from engine.memory import estimate_bytes
+    from engine.model import attach_lora
+    from engine.train import RunPaths, build_trainer, liger_available
+
+    model.config._attn_implementation = attention.register()
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation(attention.NAME)
+        except Exception:  # noqa: BLE001 - older transformers: the config field above is enough
+            pass
+    config = RunConfig.model_validate({
+        "base_model": "bench", "datasets": [{"path": "bench.jsonl"}], "adapter": "qlora" if qlora else "lora",
+        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "sequence_len": SEQ, "micro_batch_size": MICRO,
+        "max_steps": args.steps, "learning_rate": 2e-4, "logging_steps": 1, "optimizer": "adamw_torch_fused",
+    })
+    if torch.cuda.is_available():
+        need = estimate_bytes(model.config, MICRO * SEQ, 4 if qlora else None, False, liger_available())
+        free = torch.cuda.mem_get_info()[0]
+        gc_on = need > 0.92 * free
+        note = f"gc auto: need~{need / 2**30:.0f}G free {free / 2**30:.0f}G liger={liger_available()}"
+    else:
+        gc_on, note = False, "cpu"
+    if args.force_gc is not None:
+        gc_on = args.force_gc
+    if not gc_on and hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
+    peft_model = attach_lora(model, config, gc_on)
+    timer = Timer(args.warmup, args.steps)
+    ds = dataset.map(lambda r: {"labels": r["input_ids"], "category": "x"})
+    paths = RunPaths(Path(out), Path(out))
+    prepared = SimpleNamespace(train=ds, val=None)
+    trainer = build_trainer(config, prepared, peft_model, tokenizer, timer, paths, gc_on,
+                            torch.cuda.is_available())
+    collator = CountingCollator(trainer.data_collator)
+    trainer.data_collator = collator
+    trainer.train()
+    return trainer, timer, collator, gc_on, note
+
+
+def build_model(cfg, tiny: bool):
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return model
+
+
+def load_4bit(path):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16,
+                                                device_map={"": 0})
+
+
+def free(*objs):
+    for o in objs:
+        del o
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--variants", default="trl,ours,trl-qlora,ours-qlora")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--docs", type=int, default=0)
+    ap.add_argument("--force-gc", type=lambda s: s == "on", default=None)
+    ap.add_argument("--save-dir", default=None, help="where to save the bf16 model for QLoRA loading")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from datasets import Dataset
+
+    from engine.tiny import build_tokenizer
+
+    variants = args.variants.split(",")
+    tokenizer = build_tokenizer("qwen3")
+    cfg = qwen3_config(args.tiny, len(tokenizer))
+    n_docs = args.docs or int(args.steps * MICRO * SEQ / 1100 * 1.3) + 20
+    dataset = Dataset.from_dict({"input_ids": make_docs(n_docs, cfg.vocab_size, lo=32 if args.tiny else 256,
+                                                        hi=256 if args.tiny else SEQ)})
+    ceiling = matmul_ceiling()
+    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}  "
+          f"matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s  docs: {n_docs}", flush=True)
+    rows = []
+    work = tempfile.mkdtemp(prefix="lev-bench-")
+    model = build_model(cfg, args.tiny)
+    for name in [v for v in variants if "qlora" not in v]:
+        torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+        fn = run_plain_trl if name == "trl" else run_ours
+        t0 = time.time()
+        out = fn(model, tokenizer, dataset, args, f"{work}/{name}", False)
+        trainer, timer, collator, gc_on = out[:4]
+        note = out[4] if len(out) > 4 else ""
+        rows.append(result_row(name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling,
+                               gc_on, note))
+        print(json.dumps(rows[-1]), f"wall {time.time() - t0:.0f}s", flush=True)
+        model = trainer.model.unload() if hasattr(trainer.model, "unload") else trainer.model
+        free(trainer)
+    qv = [v for v in variants if "qlora" in v]
+    if qv and torch.cuda.is_available():
+        save = args.save_dir or f"{work}/base"
+        if not Path(save, "config.json").exists():
+            model.save_pretrained(save)
+            tokenizer.save_pretrained(save)
+        free(model)
+        model = None
+        for name in qv:
+            m = load_4bit(save)
+            torch.cuda.reset_peak_memory_stats()
+            fn = run_plain_trl if name == "trl-qlora" else run_ours
+            out = fn(m, tokenizer, dataset, args, f"{work}/{name}", True)
+            trainer, timer, collator, gc_on = out[:4]
+            note = out[4] if len(out) > 4 else ""
+            rows.append(result_row(name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling,
+                                   gc_on, note))
+            print(json.dumps(rows[-1]), flush=True)
+            free(trainer, m)
+    base = {r["variant"]: r["tokens_per_s"] for r in rows}
+    print()
+    print(f"{'variant':<12} {'tokens/s':>10} {'x plain':>8} {'MFU':>6} {'peak GiB':>9} {'grad ckpt':>9}  note")
+    for r in rows:
+        ref = base.get("trl-qlora" if "qlora" in r["variant"] else "trl")
+        ratio = r["tokens_per_s"] / ref if ref else float("nan")
+        print(f"{r['variant']:<12} {r['tokens_per_s']:>10,.0f} {ratio:>8.2f} {100 * r['mfu']:>5.1f}% "
+              f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>9}  {r['note']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "throughput.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
