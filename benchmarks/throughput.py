@@ -55,11 +55,27 @@ def qwen3_config(tiny: bool, vocab: int):
     from transformers import Qwen3Config
 
     if tiny:
-        return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
-    return Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-                       max_position_embeddings=40960)
+        return Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=False,
+        )
+    return Qwen3Config(
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+        max_position_embeddings=40960,
+    )
 
 
 def make_docs(n_docs: int, vocab: int, seed: int = 0, lo: int = 256, hi: int = SEQ):
@@ -106,8 +122,14 @@ class CountingCollator:
 def lora_config():
     from peft import LoraConfig
 
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
 
 
 def flops_per_token(model, cfg) -> tuple[float, int, int]:
@@ -126,9 +148,18 @@ def result_row(name, timer, collator, warmup, steps, model, cfg, ceiling, gc_on,
     tps = tokens / dt
     fpt, frozen, lora = flops_per_token(model, cfg)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
-    return {"variant": name, "tokens_per_s": tps, "s_per_step": dt / (steps - warmup), "mfu": tps * fpt / ceiling,
-            "peak_gib": peak, "grad_ckpt": gc_on, "losses": timer.losses[:3] + timer.losses[-2:],
-            "frozen_params": frozen, "lora_params": lora, "note": extra}
+    return {
+        "variant": name,
+        "tokens_per_s": tps,
+        "s_per_step": dt / (steps - warmup),
+        "mfu": tps * fpt / ceiling,
+        "peak_gib": peak,
+        "grad_ckpt": gc_on,
+        "losses": timer.losses[:3] + timer.losses[-2:],
+        "frozen_params": frozen,
+        "lora_params": lora,
+        "note": extra,
+    }
 
 
 def run_plain_trl(model, tokenizer, dataset, args, out, qlora: bool):
@@ -136,13 +167,29 @@ def run_plain_trl(model, tokenizer, dataset, args, out, qlora: bool):
     from trl import SFTConfig, SFTTrainer
 
     model.config._attn_implementation = "sdpa"
-    sft = SFTConfig(output_dir=out, per_device_train_batch_size=MICRO, max_length=SEQ, packing=True,
-                    max_steps=args.steps, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-                    report_to=[], bf16=torch.cuda.is_available(), disable_tqdm=True,
-                    use_cpu=not torch.cuda.is_available())
+    sft = SFTConfig(
+        output_dir=out,
+        per_device_train_batch_size=MICRO,
+        max_length=SEQ,
+        packing=True,
+        max_steps=args.steps,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=torch.cuda.is_available(),
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
     timer = Timer(args.warmup, args.steps)
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(), callbacks=[timer])
+    trainer = SFTTrainer(
+        model=model,
+        args=sft,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[timer],
+    )
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     trainer.train()
@@ -160,19 +207,27 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     from engine.train import RunPaths, build_trainer, liger_available
 
     model.config._attn_implementation = attention.register()
-    if hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation(attention.NAME)
-        except Exception:  # noqa: BLE001 - older transformers: the config field above is enough
-            pass
-    config = RunConfig.model_validate({
-        "base_model": "bench", "datasets": [{"path": "bench.jsonl"}], "adapter": "qlora" if qlora else "lora",
-        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "sequence_len": SEQ, "micro_batch_size": MICRO,
-        "max_steps": args.steps, "learning_rate": 2e-4, "logging_steps": 1, "optimizer": "adamw_torch_fused",
-    })
+    config = RunConfig.model_validate(
+        {
+            "base_model": "bench",
+            "datasets": [{"path": "bench.jsonl"}],
+            "adapter": "qlora" if qlora else "lora",
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "lora_dropout": 0.0,
+            "sequence_len": SEQ,
+            "micro_batch_size": MICRO,
+            "max_steps": args.steps,
+            "learning_rate": 2e-4,
+            "logging_steps": 1,
+            "optimizer": "adamw_torch_fused",
+        }
+    )
     if torch.cuda.is_available():
         need = estimate_bytes(model.config, MICRO * SEQ, 4 if qlora else None, False, liger_available())
-        free = torch.cuda.mem_get_info()[0]
+        free = (
+            torch.cuda.mem_get_info()[0] + torch.cuda.memory_allocated()
+        )  # the loaded weights count in `need`
         gc_on = need > 0.92 * free
         note = f"gc auto: need~{need / 2**30:.0f}G free {free / 2**30:.0f}G liger={liger_available()}"
     else:
@@ -182,12 +237,17 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     if not gc_on and hasattr(model, "gradient_checkpointing_disable"):
         model.gradient_checkpointing_disable()
     peft_model = attach_lora(model, config, gc_on)
+    if args.compile:
+        from engine.compile import compile_layers
+
+        note += f" compiled {compile_layers(peft_model)} layers"
     timer = Timer(args.warmup, args.steps)
     ds = dataset.map(lambda r: {"labels": r["input_ids"], "category": "x"})
     paths = RunPaths(Path(out), Path(out))
     prepared = SimpleNamespace(train=ds, val=None)
-    trainer = build_trainer(config, prepared, peft_model, tokenizer, timer, paths, gc_on,
-                            torch.cuda.is_available())
+    trainer = build_trainer(
+        config, prepared, peft_model, tokenizer, timer, paths, gc_on, torch.cuda.is_available()
+    )
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     trainer.train()
@@ -207,10 +267,16 @@ def build_model(cfg, tiny: bool):
 def load_4bit(path):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16,
-                                                device_map={"": 0})
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
+    return AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=q, dtype=torch.bfloat16, device_map={"": 0}
+    )
 
 
 def free(*objs):
@@ -232,6 +298,7 @@ def main() -> int:
     ap.add_argument("--force-gc", type=lambda s: s == "on", default=None)
     ap.add_argument("--save-dir", default=None, help="where to save the bf16 model for QLoRA loading")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile", action="store_true", help="per-layer torch.compile in our variants")
     args = ap.parse_args()
 
     from datasets import Dataset
@@ -242,23 +309,35 @@ def main() -> int:
     tokenizer = build_tokenizer("qwen3")
     cfg = qwen3_config(args.tiny, len(tokenizer))
     n_docs = args.docs or int(args.steps * MICRO * SEQ / 1100 * 1.3) + 20
-    dataset = Dataset.from_dict({"input_ids": make_docs(n_docs, cfg.vocab_size, lo=32 if args.tiny else 256,
-                                                        hi=256 if args.tiny else SEQ)})
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": make_docs(
+                n_docs, cfg.vocab_size, lo=32 if args.tiny else 256, hi=256 if args.tiny else SEQ
+            )
+        }
+    )
     ceiling = matmul_ceiling()
-    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}  "
-          f"matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s  docs: {n_docs}", flush=True)
+    print(
+        f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}  "
+        f"matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s  docs: {n_docs}",
+        flush=True,
+    )
     rows = []
     work = tempfile.mkdtemp(prefix="lev-bench-")
     model = build_model(cfg, args.tiny)
     for name in [v for v in variants if "qlora" not in v]:
         torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
         fn = run_plain_trl if name == "trl" else run_ours
+        args.compile = name.endswith("compile")
         t0 = time.time()
         out = fn(model, tokenizer, dataset, args, f"{work}/{name}", False)
         trainer, timer, collator, gc_on = out[:4]
         note = out[4] if len(out) > 4 else ""
-        rows.append(result_row(name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling,
-                               gc_on, note))
+        rows.append(
+            result_row(
+                name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling, gc_on, note
+            )
+        )
         print(json.dumps(rows[-1]), f"wall {time.time() - t0:.0f}s", flush=True)
         model = trainer.model.unload() if hasattr(trainer.model, "unload") else trainer.model
         free(trainer)
@@ -274,21 +353,29 @@ def main() -> int:
             m = load_4bit(save)
             torch.cuda.reset_peak_memory_stats()
             fn = run_plain_trl if name == "trl-qlora" else run_ours
+            args.compile = name.endswith("compile")
             out = fn(m, tokenizer, dataset, args, f"{work}/{name}", True)
             trainer, timer, collator, gc_on = out[:4]
             note = out[4] if len(out) > 4 else ""
-            rows.append(result_row(name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling,
-                                   gc_on, note))
+            rows.append(
+                result_row(
+                    name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling, gc_on, note
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
             free(trainer, m)
     base = {r["variant"]: r["tokens_per_s"] for r in rows}
     print()
-    print(f"{'variant':<12} {'tokens/s':>10} {'x plain':>8} {'MFU':>6} {'peak GiB':>9} {'grad ckpt':>9}  note")
+    print(
+        f"{'variant':<12} {'tokens/s':>10} {'x plain':>8} {'MFU':>6} {'peak GiB':>9} {'grad ckpt':>9}  note"
+    )
     for r in rows:
         ref = base.get("trl-qlora" if "qlora" in r["variant"] else "trl")
         ratio = r["tokens_per_s"] / ref if ref else float("nan")
-        print(f"{r['variant']:<12} {r['tokens_per_s']:>10,.0f} {ratio:>8.2f} {100 * r['mfu']:>5.1f}% "
-              f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>9}  {r['note']}")
+        print(
+            f"{r['variant']:<12} {r['tokens_per_s']:>10,.0f} {ratio:>8.2f} {100 * r['mfu']:>5.1f}% "
+            f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>9}  {r['note']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if os.environ.get("OUT"):

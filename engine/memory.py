@@ -37,14 +37,18 @@ def estimate_bytes(
     return int(weights + acts + 2 * 2**30)
 
 
-def needs_checkpointing(config, liger: bool) -> tuple[bool, int, int]:
-    """(checkpointing on?, estimated bytes without it, free bytes on the GPU)."""
+def needs_checkpointing(config, liger: bool, loaded_bytes: int = 0) -> tuple[bool, int, int]:
+    """(checkpointing on?, estimated bytes without it, bytes available on the GPU).
+
+    ``loaded_bytes``: what this process already holds that the estimate counts (the weights,
+    when the model is loaded before the choice).
+    """
     import torch
 
     from engine.model import load_model_config, resolve_base
 
     cfg = load_model_config(resolve_base(config.base_model), config.trust_remote_code)
     tokens = config.micro_batch_size * config.sequence_len
-    free, _total = torch.cuda.mem_get_info()
+    free = torch.cuda.mem_get_info()[0] + loaded_bytes
     need = estimate_bytes(cfg, tokens, config.quant_bits, checkpointing=False, liger=liger)
     return need > 0.92 * free, need, free
