@@ -95,22 +95,50 @@ class DatasetSpec(BaseModel):
 
 
 class HealthConfig(BaseModel):
-    """Thresholds of the guide's health rules; the defaults are the guide's numbers."""
+    """Thresholds of the guide's health rules (``health:`` in the config); the defaults are
+    the guide's numbers. Each rule fires once per episode and re-arms when healthy again."""
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = True
+    """False: no health alerts (GPU sampling still runs)."""
     initial_loss_min: float = 2.0
+    """The first logged loss is expected in [initial_loss_min, initial_loss_max] (guide: 2.0-3.0)."""
     initial_loss_max: float = 3.0
+    """Above it: a warning, "OK if higher, will decrease"."""
     final_loss_max: float = 1.5
+    """Train loss (mean of the last 10 logged) expected below this at the last step (guide,
+    10% run: < 1.5)."""
+    final_loss_check_data: float = 2.0
+    """Above it at the last step the advice is to check the data format (guide: > 2.0)."""
     perplexity_max: float = 3.0
+    """Validation perplexity expected below this (guide: < 3.0): a warning above it."""
     perplexity_investigate: float = 4.0
+    """Validation perplexity above this is critical (guide: investigate if > 4.0)."""
+    perplexity_after_epoch: float = 1.0
+    """Perplexity rules apply from this epoch on: earlier, the guide's own table expects more
+    (~3.5 at epoch 0.5)."""
     gpu_memory_max_gb: float = 75.0
-    plateau_steps: int = 1000
-    plateau_min_delta: float = 0.01
-    spike_factor: float = 1.5
-    spike_window: int = 50
+    """Used memory of any GPU above this (GiB, as nvidia-smi counts) is critical (guide: < 75 GB)."""
+    gpu_memory_near: float = 0.9
+    """A "nearing the limit" warning from this fraction of gpu_memory_max_gb."""
+    gpu_sample_s: float = Field(10.0, gt=0)
+    """Seconds between two GPU samples in the run log."""
+    smoothing_span: int = Field(50, gt=0)
+    """Logged steps over which the train loss is smoothed (EMA span) for the plateau,
+    overfitting and underfitting rules."""
+    plateau_steps: int = Field(1000, gt=0)
+    """Plateau: the smoothed loss has not improved by plateau_min_delta for this many steps."""
+    plateau_min_delta: float = Field(0.01, ge=0)
+    spike_factor: float = Field(1.5, gt=1)
+    """Spike: a logged loss above spike_factor x the median of the recent window."""
+    spike_window: int = Field(50, gt=1)
+    """Logged steps in the spike rule's recent window (it needs 10 of them, or all, first)."""
     overfit_gap: float = 0.5
+    """Overfitting: eval_loss - smoothed train loss above this (guide: > 0.5)."""
     underfit_loss: float = 1.5
+    """Underfitting: eval and train loss both above this after underfit_after_epoch (guide: 1.5)."""
+    underfit_after_epoch: float = 1.0
 
 
 class RunConfig(BaseModel):

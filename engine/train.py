@@ -20,6 +20,7 @@ from engine.config import RunConfig, dump_resolved
 from engine.control import Controls
 from engine.errors import UserError
 from engine.events import Listener, RunLog
+from engine.health import watch_run
 from engine.runlock import RunLock
 
 
@@ -211,6 +212,7 @@ def run(
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(paths.run_dir):
         log = RunLog(paths.events, listeners)
+        watch = watch_run(log, config.health)  # health alerts + GPU samples into the run log
         try:
             return _run(config, controls, log, paths, resume, notes or [], force_fresh)
         except UserError as e:
@@ -225,6 +227,7 @@ def run(
             )
             raise
         finally:
+            watch.stop()
             log.close()
 
 
