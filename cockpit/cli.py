@@ -67,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        argv.insert(0, "train")  # `leviathan-cockpit CONFIG`
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "train")  # `leviathan-cockpit CONFIG`, `leviathan-cockpit --max-steps N`
     if not argv:
         argv = ["train"]
     args = parser().parse_args(argv)

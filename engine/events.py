@@ -118,10 +118,16 @@ def dedupe_steps(records: list[dict]) -> list[dict]:
     return [last[s] for s in sorted(last)]
 
 
-def follow(path: str | Path, stop: threading.Event, poll_s: float = 0.25) -> Iterator[dict]:
+def follow(
+    path: str | Path,
+    stop: threading.Event,
+    poll_s: float = 0.25,
+    on_bad: Callable[[bytes], None] | None = None,
+) -> Iterator[dict]:
     """Yield records as another process appends them, until ``stop`` is set.
 
-    A partial last line is held back until its newline arrives.
+    A partial last line is held back until its newline arrives. A torn or foreign line is
+    skipped and handed to ``on_bad`` (the cockpit counts them).
     """
     pending = b""
     with open(path, "rb") as f:
@@ -133,7 +139,9 @@ def follow(path: str | Path, stop: threading.Event, poll_s: float = 0.25) -> Ite
             pending += chunk
             if not pending.endswith(b"\n"):
                 continue
-            record = parse_line(pending)
-            pending = b""
+            line, pending = pending, b""
+            record = parse_line(line)
             if record is not None:
                 yield record
+            elif on_bad is not None and line.strip():
+                on_bad(line)

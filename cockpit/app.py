@@ -1,0 +1,266 @@
+"""The cockpit: one screen of live panels over a training run, and the keys that steer it.
+
+The app owns the training thread (a live source) and a drain timer. The training thread
+only puts records on a queue and, at its very end, posts ``TrainingFinished``; it never
+waits on the UI. Every tick the app drains the queue, turns the records into messages and
+posts them to the panels (``.run-view``), which redraw at their own pace.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widget import Widget
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from cockpit.messages import (
+    ControlRequested,
+    LinesSkipped,
+    OpenCheckpoint,
+    TrainingFinished,
+    WriterState,
+    to_messages,
+)
+from cockpit.source import Source
+from cockpit.widgets.confirm_quit import ConfirmQuit
+from cockpit.widgets.dashboard import Dashboard
+from cockpit.widgets.help_screen import HelpScreen
+from cockpit.widgets.loss_chart import LossChart
+from cockpit.widgets.pane_placeholder import PanePlaceholder
+
+DRAIN_S = 0.1
+CONTROL_ACTIONS = ("pause", "save", "evaluate")
+
+
+class CockpitApp(App[int]):
+    CSS_PATH = "cockpit.tcss"
+    TITLE = "leviathan-cockpit"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("s", "save", "Save"),
+        Binding("e", "evaluate", "Eval"),
+        Binding("q", "quit_cockpit", "Quit"),
+        Binding("ctrl+q", "quit_cockpit", "Quit", show=False, priority=True),
+        Binding("ctrl+c", "quit_cockpit", "Quit", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("m", "chart('smoothing')", "Smooth"),
+        Binding("l", "chart('log_scale')", "Log"),
+        Binding("z", "chart('zoom')", "Zoom"),
+        Binding("1", "tab('dashboard')", "Dashboard", show=False),
+        Binding("2", "tab('chat')", "Chat", show=False),
+        Binding("3", "tab('checklist')", "Checklist", show=False),
+    ]
+
+    def __init__(self, source: Source, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.source = source
+        self.clock = clock
+        self.training: threading.Thread | None = None
+        self.finished: TrainingFinished | None = None
+        self.ended = False  # an `end` record was seen (this session's run, or the attached one)
+        self.exit_when_finished = False
+        self._skipped_shown = 0
+        self._stop_shown = False
+        self._ticks = 0
+        self._writer_alive: bool | None = None
+        self._print_log = None
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial="dashboard"):
+            with TabPane("1 Dashboard", id="dashboard"):
+                yield Dashboard(
+                    live=self.source.live and not self.source.read_only,
+                    sample_gpu=self.source.local_gpu,
+                    health=self.source.config.get("health") or {},
+                )
+            with TabPane("2 Chat", id="chat"):
+                yield self._pane(
+                    "cockpit.chat_pane", "ChatPane", "Chat", "Talk to any checkpoint (issue 4).", "chat-pane"
+                )
+            with TabPane("3 Checklist", id="checklist"):
+                yield self._pane(
+                    "cockpit.checklist_pane",
+                    "ChecklistPane",
+                    "Checklist",
+                    "The guide's validation checklist (issue 5).",
+                    "checklist-pane",
+                )
+        yield Footer()
+
+    @staticmethod
+    def _pane(module: str, name: str, title: str, what: str, pane_id: str) -> Widget:
+        """The pane another issue provides, or a placeholder until it exists."""
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            return PanePlaceholder(title, what, id=pane_id)
+        return cls(id=pane_id)
+
+    def on_mount(self) -> None:
+        mode = "attached, read-only" if self.source.read_only else "training"
+        self.sub_title = f"{self.source.run_name} · {mode}" if self.source.run_name else mode
+        if self.source.trains:
+            self._capture_prints()
+        self.source.start()
+        self.set_interval(DRAIN_S, self.drain)
+        if self.source.trains:
+            self.training = threading.Thread(target=self._train, name="training")
+            self.training.start()
+
+    # -- records -> panels ------------------------------------------------------------------
+
+    def drain(self) -> None:
+        records = self.source.drain()
+        messages = to_messages(records)
+        if self.source.bad_lines != self._skipped_shown:
+            self._skipped_shown = self.source.bad_lines
+            messages.append(LinesSkipped(self.source.bad_lines))
+        controls = self.source.controls
+        if controls is not None and controls.stop.is_set() and not self._stop_shown:
+            self._stop_shown = True  # also when a signal asked for it
+            messages.append(ControlRequested("stop"))
+            self.refresh_bindings()
+        self._ticks += 1
+        if self._ticks % 20 == 1:  # every 2 s: is an attached run's trainer still there?
+            alive = self.source.writer_alive()
+            if alive is not None and alive != self._writer_alive:
+                self._writer_alive = alive
+                messages.append(WriterState(alive))
+        if any(r.get("kind") == "end" for r in records):
+            self.ended = True
+        elif any(r.get("kind") == "start" for r in records):
+            self.ended = False
+        self.broadcast(*messages)
+
+    def broadcast(self, *messages) -> None:
+        panels = list(self.query(".run-view"))
+        for message in messages:
+            for panel in panels:
+                panel.post_message(copy.copy(message))
+
+    # -- training thread --------------------------------------------------------------------
+
+    def _train(self) -> None:
+        """Runs in the training thread: the run, then one message (post_message never waits)."""
+        try:
+            result = self.source.train()
+        except BaseException as e:  # noqa: BLE001 - handed to the UI and re-raised by launch
+            self.post_message(TrainingFinished("error", e))
+        else:
+            self.post_message(TrainingFinished(result.status))
+
+    @property
+    def training_alive(self) -> bool:
+        return self.training is not None and self.training.is_alive() and self.finished is None
+
+    def on_training_finished(self, message: TrainingFinished) -> None:
+        self.finished = message
+        self.drain()
+        self.refresh_bindings()
+        if message.error is not None:
+            self.notify(str(message.error), title="training stopped", severity="error", timeout=30)
+        controls = self.source.controls
+        if self.exit_when_finished or (controls is not None and controls.stop.is_set()):
+            self.exit(0)  # quit confirmed, or a signal (SIGHUP/SIGTERM) asked for a safe stop
+
+    def stop_training(self, reason: str) -> None:
+        """Stop at the next step boundary: the engine saves a checkpoint and writes `end`."""
+        if self.source.controls is not None:
+            self.source.controls.request_stop(reason)
+        self.refresh_bindings()
+
+    def on_unmount(self) -> None:
+        # A crash of the UI lands here too: training must not outlive us unsaved.
+        if self.training_alive and self.source.controls is not None:
+            self.source.controls.request_stop("cockpit closed")
+        self.source.stop()
+        if self._print_log is not None:
+            self._print_log.close()
+
+    def _capture_prints(self) -> None:
+        """What the engine and its libraries print goes to the run folder, not over the screen."""
+        if self.source.run_dir is None:
+            return
+        Path(self.source.run_dir).mkdir(parents=True, exist_ok=True)
+        self._print_log = open(Path(self.source.run_dir) / "cockpit-output.log", "a")  # noqa: SIM115
+        self.begin_capture_print(self, stdout=True, stderr=True)
+
+    def on_print(self, event: events.Print) -> None:
+        if self._print_log is not None:
+            self._print_log.write(event.text)
+            self._print_log.flush()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in CONTROL_ACTIONS:
+            controls = self.source.controls
+            if controls is None or self.finished is not None or self.ended or controls.stop.is_set():
+                return None  # shown, greyed: nothing to act on
+            if action == "evaluate" and not getattr(self.source, "can_eval", False):
+                return None
+        return True
+
+    def action_pause(self) -> None:
+        paused = self.source.controls.toggle_pause()
+        self.broadcast(ControlRequested("pause" if paused else "resume"))
+        self.notify("pausing at the next step boundary" if paused else "resuming", timeout=3)
+
+    def action_save(self) -> None:
+        self.source.controls.request_save()
+        self.broadcast(ControlRequested("save"))
+        note = " (after resume: the run is paused)" if self.source.controls.pause.is_set() else ""
+        self.notify(f"saving a checkpoint at the next step boundary{note}", timeout=3)
+
+    def action_evaluate(self) -> None:
+        self.source.controls.request_eval()
+        self.broadcast(ControlRequested("eval"))
+        self.notify("evaluating at the next step boundary", timeout=3)
+
+    def action_quit_cockpit(self) -> None:
+        if not self.training_alive:
+            self.exit(0)
+            return
+        if self.source.controls.stop.is_set():
+            self.notify("stopping: the cockpit exits once the checkpoint is saved", timeout=5)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit_when_finished = True
+                self.stop_training("operator quit")
+
+        self.push_screen(ConfirmQuit(), answered)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.source.read_only))
+
+    def action_chart(self, what: str) -> None:
+        chart = self.query_one(LossChart)
+        if what == "zoom":
+            chart.cycle_zoom()
+        else:
+            setattr(chart, what, not getattr(chart, what))
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def on_open_checkpoint(self, message: OpenCheckpoint) -> None:
+        self.action_tab("chat")
+        pane = self.query_one("#chat-pane")
+        if hasattr(pane, "open_checkpoint"):
+            pane.open_checkpoint(message.path)

@@ -1,0 +1,193 @@
+"""``leviathan-cockpit [train] CONFIG`` and ``leviathan-cockpit attach RUN_DIR``.
+
+Training in the cockpit: the config is loaded and checked before the screen opens (bad
+input exits 2 with its message, as headless does), the app runs the engine in its training
+thread, and whatever ends the app - ``q`` then ``y``, a crash of the UI, SIGHUP from a
+dropped SSH connection, SIGTERM - the run stops at the next step boundary, saves a
+checkpoint of that step and writes its ``end`` record before the process exits.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+
+from engine.control import Controls
+from engine.errors import UserError
+
+SNIFF_LINES = 200
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): the run log says it all
+        pass
+
+
+def install_stop_signals(controls: Controls) -> Callable[[], None]:
+    """SIGHUP / SIGTERM: stop safely at the next step boundary. Returns a function that undoes it.
+
+    After the first SIGHUP further ones are ignored (a hangup often comes twice, and the save
+    must finish); a second SIGTERM ends the process at once, as the sender asked.
+    """
+
+    def handler(signum, frame):
+        controls.request_stop(f"signal {signal.Signals(signum).name}")
+        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGHUP else signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def build_live_app(args):
+    """The cockpit over a training run of the CLI's config (bad input raises UserError here)."""
+    from cockpit.app import CockpitApp
+    from cockpit.source import LiveSource
+    from engine.headless import load_for_cli, run_name_for
+    from engine.runlock import RunLock
+    from engine.train import run_paths
+
+    config, notes, path = load_for_cli(args)
+    run_name = run_name_for(args, config, path)
+    paths = run_paths(config, run_name, args.logs_dir)
+    with RunLock(paths.run_dir):
+        pass  # another process training this run: say so now, not inside the cockpit
+    source = LiveSource(
+        config,
+        run_name=run_name,
+        run_dir=paths.run_dir,
+        run_kwargs={
+            "resume": args.resume,
+            "run_name": run_name,
+            "logs_dir": args.logs_dir,
+            "notes": notes,
+            "force_fresh": args.force,
+        },
+    )
+    return CockpitApp(source)
+
+
+def train_in_cockpit(args) -> int:
+    app = build_live_app(args)
+    controls = app.source.controls
+    restore = install_stop_signals(controls)
+    try:
+        app.run()
+    finally:
+        restore()
+        wait_for_training(app)
+    return training_exit(app)
+
+
+def wait_for_training(app) -> None:
+    """However the app ended, training stops safely before we return."""
+    thread = app.training
+    if thread is None or not thread.is_alive():
+        return
+    if not app.source.controls.stop.is_set():
+        app.source.controls.request_stop("cockpit closed")
+    _say("stopping training at the next step boundary and saving a checkpoint...")
+    thread.join()
+
+
+def training_exit(app) -> int:
+    events = Path(app.source.run_dir) / "events.jsonl" if app.source.run_dir else None
+    finished = app.finished
+    if finished is not None and finished.error is not None:
+        if isinstance(finished.error, UserError):
+            raise finished.error
+        _say(f"training failed: {type(finished.error).__name__}: {finished.error}; run log {events}")
+        return 1
+    if app.return_code not in (None, 0):
+        _say(f"the cockpit crashed; training was stopped and saved. Run log: {events}")
+        return 1
+    status = finished.status if finished is not None else "not started"
+    _say(f"{status}; run log {events}")
+    return 0
+
+
+# -- attach -----------------------------------------------------------------------------
+
+
+def find_run_log(target: str | Path) -> Path:
+    """The events.jsonl of a run folder (or the file itself); UserError when there is none."""
+    p = Path(target)
+    if not p.exists():
+        raise UserError(
+            f"{p}: no such file or folder",
+            "give a run folder (logs/<run-name>) or its events.jsonl",
+        )
+    if p.is_dir():
+        log = p / "events.jsonl"
+        if not log.is_file():
+            runs = sorted(d for d in p.iterdir() if (d / "events.jsonl").is_file()) if _listable(p) else []
+            fix = (
+                "did you mean " + ", ".join(str(r) for r in runs[:5]) + "?"
+                if runs
+                else "run folders are under the logs dir (./logs/<run-name>, or the config's logs_dir)"
+            )
+            raise UserError(f"{p}: no run log (events.jsonl) in this folder", fix)
+        p = log
+    _check_is_run_log(p)
+    return p
+
+
+def _listable(p: Path) -> bool:
+    try:
+        next(iter(p.iterdir()), None)
+        return True
+    except OSError:
+        return False
+
+
+def _check_is_run_log(path: Path) -> None:
+    from engine.events import parse_line
+
+    try:
+        with open(path, "rb") as f:
+            lines = list(islice(f, SNIFF_LINES))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})", "check the path and its permissions") from None
+    full = [line for line in lines if line.endswith(b"\n") and line.strip()]
+    if full and not any(parse_line(line) for line in full):
+        raise UserError(
+            f"{path}: not a run log: none of its first {len(full)} line(s) is a run record",
+            "attach a run folder written by `leviathan-cockpit train` (logs/<run-name>)",
+        )
+
+
+def _resolved_config(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def build_attach_app(target: str | Path, **app_kw):
+    from cockpit.app import CockpitApp
+    from cockpit.source import FileSource
+
+    log = find_run_log(target)
+    run_dir = log.parent
+    source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=_resolved_config(run_dir))
+    return CockpitApp(source, **app_kw)
+
+
+def attach(args) -> int:
+    app = build_attach_app(args.run_dir)
+    app.run()
+    if app.source.bad_lines:
+        _say(f"{app.source.bad_lines} torn or foreign line(s) skipped in {app.source.path}")
+    return 0 if app.return_code in (None, 0) else 1

@@ -1,0 +1,161 @@
+"""The cockpit's messages: run-log records turned into what the panels handle.
+
+Sources only fill a queue; the app drains it on a timer and posts these messages to every
+panel (``bubble=False``: each panel handles the kinds it cares about, nothing climbs the
+DOM). Loss points are never coalesced: every one goes on the chart. Gauges are: a newer GPU
+sample or skipped-line count replaces an older one still waiting in a panel's queue
+(``can_replace``), so a busy panel draws the latest value once instead of every stale one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+
+@dataclass
+class StepsLogged(Message, bubble=False):
+    """Step records in log order (loss, lr, grad_norm, epoch, tokens_per_s, ...)."""
+
+    records: list[dict]
+
+
+@dataclass
+class EvalLogged(Message, bubble=False):
+    record: dict
+
+
+@dataclass
+class CheckpointSaved(Message, bubble=False):
+    record: dict
+
+
+@dataclass
+class CheckpointRemoved(Message, bubble=False):
+    record: dict
+
+
+@dataclass
+class AlertRaised(Message, bubble=False):
+    """An ``alert`` record: rule, level, message, advice (from ``engine/health.py`` and the engine)."""
+
+    record: dict
+
+
+@dataclass
+class RunChanged(Message, bubble=False):
+    """A record about the run's course: start, train_begin, data, resume, paused, resumed,
+    phase, note, end."""
+
+    record: dict
+
+
+@dataclass
+class GpuSampled(Message, bubble=False):
+    """One GPU sample: ``gpus`` as ``engine.gpu.sample()`` gives them, and torch's own peak."""
+
+    gpus: list[dict]
+    torch_peak_mb: float | None = None
+    source: str = "log"
+    """``log``: a ``gpu`` record of the run; ``local``: sampled by this process."""
+    reason: str = ""
+    """Why there are no GPUs to show (``engine.gpu``'s "no NVIDIA GPU: ..."), when there are none."""
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuSampled)
+
+
+@dataclass
+class LinesSkipped(Message, bubble=False):
+    """Torn or foreign lines skipped in a followed run log so far (a running count)."""
+
+    count: int
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LinesSkipped)
+
+
+@dataclass
+class WriterState(Message, bubble=False):
+    """Whether the process writing an attached run log is alive (its run lock's pid)."""
+
+    alive: bool
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, WriterState)
+
+
+@dataclass
+class ControlRequested(Message, bubble=False):
+    """The operator asked for something that happens at the next step boundary."""
+
+    action: str
+    """pause, resume, save, eval or stop."""
+
+
+@dataclass
+class TrainingFinished(Message):
+    """Posted by the training thread as its very last act (post_message never waits)."""
+
+    status: str
+    error: BaseException | None = field(default=None, repr=False)
+
+
+@dataclass
+class OpenCheckpoint(Message):
+    """A checkpoint chosen in the table: the app hands it to the chat pane."""
+
+    path: str
+
+
+_RUN_KINDS = {"start", "train_begin", "data", "resume", "paused", "resumed", "phase", "note", "end"}
+
+
+def to_messages(records: list[dict]) -> list[Message]:
+    """Messages for a batch of records, in log order; runs of steps become one message.
+
+    Only the newest GPU sample of a batch is kept: the panel shows the latest gauge.
+    """
+    out: list[Message] = []
+    steps: list[dict] = []
+    gpu: dict | None = None
+    for r in records:
+        kind = r.get("kind")
+        if kind == "step":
+            steps.append(r)
+            continue
+        if kind == "gpu":
+            gpu = r
+            continue
+        if steps:
+            out.append(StepsLogged(steps))
+            steps = []
+        if kind == "eval":
+            out.append(EvalLogged(r))
+        elif kind == "save":
+            out.append(CheckpointSaved(r))
+        elif kind == "checkpoint_removed":
+            out.append(CheckpointRemoved(r))
+        elif kind == "alert":
+            out.append(AlertRaised(r))
+        elif kind in _RUN_KINDS:
+            out.append(RunChanged(r))
+    if steps:
+        out.append(StepsLogged(steps))
+    if gpu is not None:
+        out.append(gpu_message(gpu))
+    return out
+
+
+def gpu_message(record: dict, source: str = "log") -> GpuSampled:
+    """A ``gpu`` record (engine.gpu.GpuSampler) as a message."""
+    gpus = record.get("gpus")
+    if not isinstance(gpus, list):
+        gpus = []
+    return GpuSampled(
+        [g for g in gpus if isinstance(g, dict)],
+        record.get("torch_peak_mb"),
+        source,
+        str(record.get("reason") or ""),
+    )

@@ -1,0 +1,183 @@
+"""Where the cockpit's records come from: a training run in this process, a run log on disk,
+or a script (tests).
+
+Every source fills a queue from its own thread and the app drains it on a timer. The
+producer never waits on the UI: the live source's listener runs on the training thread and
+does one ``SimpleQueue.put`` (never blocks, no lock held by the UI). Only the file follower,
+which is not training anything, may block on a full queue while the UI catches up with a
+long log.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from engine.control import Controls
+
+DRAIN_LIMIT = 20_000
+"""Records handled per drain tick: a million-line log replays in seconds, the UI stays live."""
+
+
+class Source:
+    """The base: a queue and how to drain it. Read-only unless it carries ``controls``."""
+
+    trains = False
+    """True when the app must run ``train()`` in its training thread."""
+    local_gpu = False
+    """True when the GPU panel should sample this machine's GPUs (the run is in this process)."""
+    live = True
+    """False for a finished log: status shows as a replay, not a running job."""
+
+    def __init__(self, *, run_name: str = "", run_dir: Path | None = None, config: dict | None = None):
+        self.queue: queue.SimpleQueue | queue.Queue = queue.SimpleQueue()
+        self.controls: Controls | None = None
+        self.run_name = run_name
+        self.run_dir = run_dir
+        self.config = config or {}
+        self.bad_lines = 0
+
+    @property
+    def read_only(self) -> bool:
+        return self.controls is None
+
+    def start(self) -> None:
+        """Begin producing (the app calls this once it is mounted)."""
+
+    def stop(self) -> None:
+        """Stop producing (the app calls this when it closes)."""
+
+    def writer_alive(self) -> bool | None:
+        """Whether the process writing this log still runs; None when it is not ours to ask."""
+        return None
+
+    def drain(self, limit: int = DRAIN_LIMIT) -> list[dict]:
+        out: list[dict] = []
+        get = self.queue.get_nowait
+        try:
+            while len(out) < limit:
+                out.append(get())
+        except queue.Empty:
+            pass
+        return out
+
+
+class LiveSource(Source):
+    """A training run in this process: ``engine.train.run`` in the app's training thread.
+
+    The run log's listener is ``self.listener``: one non-blocking put per record.
+    """
+
+    trains = True
+    local_gpu = True
+
+    def __init__(self, config, *, controls: Controls | None = None, run_kwargs: dict | None = None, **kw):
+        super().__init__(config=config.model_dump(mode="json"), **kw)
+        self.run_config = config
+        self.controls = controls or Controls()
+        self.run_kwargs = run_kwargs or {}
+        self.can_eval = bool(config.val_set_size)
+
+    def listener(self, record: dict) -> None:
+        self.queue.put(record)
+
+    def train(self):
+        from engine.train import run
+
+        return run(self.run_config, controls=self.controls, listeners=[self.listener], **self.run_kwargs)
+
+
+class FileSource(Source):
+    """A run log on disk, followed live (``attach``): torn or foreign lines are skipped and counted."""
+
+    def __init__(self, path: Path, *, poll_s: float = 0.25, **kw) -> None:
+        super().__init__(**kw)
+        self.path = Path(path)
+        self.poll_s = poll_s
+        self.queue = queue.Queue(maxsize=4 * DRAIN_LIMIT)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._follow, name="follow-run-log", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def writer_alive(self) -> bool | None:
+        return run_is_live(self.path.parent)
+
+    def _bad(self, line: bytes) -> None:
+        self.bad_lines += 1
+
+    def _follow(self) -> None:
+        from engine.events import follow
+
+        for record in follow(self.path, self._stop, self.poll_s, on_bad=self._bad):
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(record, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+
+class ScriptedSource(Source):
+    """Records given up front (and fed later) by a test; optionally controls to press and a
+    stand-in trainer.
+
+    ``train``, when given, is called in the app's training thread with this source and
+    plays the trainer: it reads ``controls`` and feeds records (say ``save`` and ``end``
+    once a stop is asked), and returns an object with a ``status``.
+    """
+
+    def __init__(
+        self,
+        records: Iterable[dict] = (),
+        *,
+        controls: Controls | None = None,
+        train: Callable[[ScriptedSource], object] | None = None,
+        can_eval: bool = True,
+        **kw,
+    ) -> None:
+        super().__init__(**kw)
+        self.controls = controls
+        self._initial = list(records)
+        self._train = train
+        self.trains = train is not None
+        self.can_eval = can_eval
+
+    def start(self) -> None:
+        self.feed(self._initial)
+
+    def feed(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self.queue.put(r)
+
+    def train(self):
+        return self._train(self)
+
+
+def run_is_live(run_dir: Path) -> bool:
+    """Whether the trainer that holds this run's lock (engine.runlock) is still running.
+
+    Reads the pid the lock holder wrote; never takes the lock (a probe could make a
+    trainer starting at that instant think the run is taken).
+    """
+    try:
+        pid = int((Path(run_dir) / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

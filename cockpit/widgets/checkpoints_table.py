@@ -1,0 +1,110 @@
+"""Saved checkpoints, newest first: step, train and eval loss at save, size on disk, age.
+
+Enter on a row opens that checkpoint in the chat pane (``OpenCheckpoint`` bubbles to the app).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint
+from cockpit.series import as_float
+
+COLUMNS = ("step", "loss", "eval", "size", "age")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def folder_size(path: str) -> int | None:
+    p = Path(path)
+    try:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else None
+    except OSError:
+        return None
+
+
+def age(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+class CheckpointsTable(DataTable):
+    def __init__(self, **kw) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.saves: dict[str, dict] = {}  # path -> save record (+ size)
+
+    def on_mount(self) -> None:
+        self.border_title = "Checkpoints"
+        for name in COLUMNS:
+            self.add_column(name, key=name)
+        self.set_interval(5.0, self.refresh_ages)
+        self.rebuild()
+
+    def on_checkpoint_saved(self, message: CheckpointSaved) -> None:
+        r = message.record
+        if not r.get("path"):
+            return
+        self.saves[str(r["path"])] = {**r, "size": folder_size(str(r["path"]))}
+        self.rebuild()
+
+    def on_checkpoint_removed(self, message: CheckpointRemoved) -> None:
+        path = str(message.record.get("path"))
+        # The engine names removed folders as it found them; match on the folder name too.
+        for key in [k for k in self.saves if k == path or Path(k).name == Path(path).name]:
+            del self.saves[key]
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        # Keep the reader's row; a cursor on the newest row stays on the newest.
+        cursor_key = None
+        if self.row_count and 0 < self.cursor_row < self.row_count:
+            cursor_key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+        self.clear()
+        now = self.app.clock()
+        newest_first = sorted(self.saves.values(), key=lambda r: r.get("step", 0), reverse=True)
+        for r in newest_first:
+            self.add_row(
+                Text(f"{r.get('step', '?'):,}" if isinstance(r.get("step"), int) else "?", justify="right"),
+                _loss(r.get("loss")),
+                _loss(r.get("eval_loss")),
+                Text(human_size(r.get("size")), justify="right"),
+                Text(age(now - float(r.get("t", now))), justify="right"),
+                key=str(r["path"]),
+            )
+        if cursor_key in self.saves:
+            self.move_cursor(row=self.get_row_index(cursor_key))
+        self.border_subtitle = f"{len(self.saves)} kept · ⏎ chat" if self.saves else "none yet"
+
+    def refresh_ages(self) -> None:
+        now = self.app.clock()
+        for path, r in self.saves.items():
+            self.update_cell(path, "age", Text(age(now - float(r.get("t", now))), justify="right"))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(OpenCheckpoint(str(event.row_key.value)))
+
+
+def _loss(value) -> Text:
+    if value is None:
+        return Text("—", justify="right")
+    v = as_float(value)
+    return Text(f"{v:.4f}" if v == v else str(value), justify="right")

@@ -1,0 +1,160 @@
+"""Train and eval loss over steps, with the guide's expected band, on a redraw timer.
+
+Points go into ``Series`` as messages arrive (cheap appends); the plot is rebuilt at most
+a few times a second and only when something changed, from at most two points per screen
+column, so the redraw costs the same for a hundred points or a million.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from cockpit.messages import EvalLogged, RunChanged, StepsLogged
+from cockpit.series import Series, as_float
+from engine.health import expected_band
+
+REDRAW_HZ = 4
+ZOOMS: tuple[int | None, ...] = (None, 10_000, 1_000, 100)
+"""Zoom levels: the whole run, then the last N steps."""
+
+TRAIN, SMOOTH, EVAL, BAND = (96, 96, 110), (0, 200, 255), (255, 160, 40), (70, 160, 70)
+
+
+class LossChart(Vertical):
+    smoothing: reactive[bool] = reactive(True)
+    """Draw an exponential moving average over the raw loss."""
+    log_scale: reactive[bool] = reactive(False)
+    zoom: reactive[int] = reactive(0)
+    """Index into ZOOMS."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.train = Series()
+        self.eval = Series(smoothing=0.0)
+        self.steps_per_epoch: float | None = None
+        self._dirty = True
+        self._drawn_size: tuple[int, int] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield PlotextPlot(id="loss-plot")
+        yield Static(id="loss-caption")
+
+    def on_mount(self) -> None:
+        self.border_title = "Loss"
+        self.set_interval(1 / REDRAW_HZ, self.redraw_if_needed)
+        self.redraw()
+
+    # -- data -------------------------------------------------------------------------------
+
+    def on_steps_logged(self, message: StepsLogged) -> None:
+        for r in message.records:
+            step = r.get("step")
+            if not isinstance(step, (int, float)):
+                continue
+            self.train.add(float(step), as_float(r.get("loss")))
+            epoch = r.get("epoch")
+            if isinstance(epoch, (int, float)) and epoch > 0 and step > 0:
+                self.steps_per_epoch = step / epoch
+        self._dirty = True
+
+    def on_eval_logged(self, message: EvalLogged) -> None:
+        r = message.record
+        if isinstance(r.get("step"), (int, float)):
+            self.eval.add(float(r["step"]), as_float(r.get("eval_loss")))
+            self._dirty = True
+
+    def on_run_changed(self, message: RunChanged) -> None:
+        r = message.record
+        if r.get("kind") == "resume" and isinstance(r.get("from_step"), (int, float)):
+            # Steps past the checkpoint will be trained again: the old tail is not the curve.
+            self.train.truncate(r["from_step"] + 1)
+            self.eval.truncate(r["from_step"] + 1)
+            self._dirty = True
+
+    def watch_smoothing(self) -> None:
+        self._dirty = True
+
+    def watch_log_scale(self) -> None:
+        self._dirty = True
+
+    def watch_zoom(self) -> None:
+        self._dirty = True
+
+    def cycle_zoom(self) -> None:
+        self.zoom = (self.zoom + 1) % len(ZOOMS)
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    def redraw_if_needed(self) -> None:
+        plot = self.query_one(PlotextPlot)
+        if self._dirty or self._drawn_size != (plot.size.width, plot.size.height):
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Rebuild the plot's data (the plot renders it on its next paint)."""
+        self._dirty = False
+        plot = self.query_one(PlotextPlot)
+        self._drawn_size = (plot.size.width, plot.size.height)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        columns = max(plot.size.width - 8, 10)
+        n = ZOOMS[self.zoom]
+        last = self.train.last_step
+        first = None if n is None or last is None else last - n + 1
+        x, y, smooth = self.train.sample(columns, first)
+        if len(x):
+            if self.smoothing:
+                plt.plot(x, y, color=TRAIN, marker="braille")
+                plt.plot(x, smooth, color=SMOOTH, marker="braille")
+            else:
+                plt.plot(x, y, color=SMOOTH, marker="braille")
+            lo, hi = self._band(x[0], x[-1], columns)
+            if lo is not None:
+                bx = np.linspace(x[0], x[-1], len(lo))
+                plt.plot(bx, lo, color=BAND, marker="braille")
+                plt.plot(bx, hi, color=BAND, marker="braille")
+        ex, ey, _ = self.eval.sample(columns, first)
+        if len(ex):
+            plt.plot(ex, ey, color=EVAL, marker="braille")
+            plt.scatter(ex, ey, color=EVAL, marker="●")
+        if self.log_scale:
+            plt.yscale("log")
+        plot.refresh()
+        self.query_one("#loss-caption", Static).update(self.caption())
+
+    def _band(self, x0: float, x1: float, columns: int):
+        """The guide's expected train loss (engine.health.expected_band) over the drawn steps."""
+        if not self.steps_per_epoch:
+            return None, None
+        steps = np.linspace(x0, x1, max(columns // 2, 2))
+        bands = [expected_band(s / self.steps_per_epoch).loss for s in steps]
+        return np.array([b[0] for b in bands]), np.array([b[1] for b in bands])
+
+    def caption(self) -> str:
+        parts = ["[#00c8ff]━ train[/]"]
+        if self.smoothing:
+            parts[0] = "[#60606e]━ raw[/] [#00c8ff]━ smoothed[/]"
+        if len(self.eval):
+            parts.append("[#ffa028]● eval[/]")
+        last = self.train.last_step
+        if self.steps_per_epoch and last is not None:
+            band = expected_band(last / self.steps_per_epoch)
+            lo, hi = band.loss
+            parts.append(f"[#46a046]━ guide {lo:.2f}–{hi:.2f}[/] [dim]({band.note})[/]")
+        elif not len(self.train):
+            parts.append("[dim]waiting for the first step…[/]")
+        n = ZOOMS[self.zoom]
+        view = "whole run" if n is None else f"last {n:,} steps"
+        flags = [view, "log" if self.log_scale else "linear"]
+        latest = self.train.values[-1] if len(self.train) else None
+        if latest is not None and not math.isfinite(latest):
+            parts.append(f"[b red]loss {latest}[/]")
+        return "  ".join(parts) + f"  [dim]· {' · '.join(flags)}[/]"

@@ -1,0 +1,194 @@
+"""Where the run is: status, step / total, epoch, phase, loss, lr, grad norm, speed, time, ETA."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, Static
+
+from cockpit.messages import ControlRequested, EvalLogged, RunChanged, StepsLogged, WriterState
+from cockpit.series import as_float
+
+STATUS_STYLE = {
+    "completed": "bold green",
+    "stopped": "bold yellow",
+    "failed": "bold red",
+    "error": "bold red",
+}
+
+
+def hms(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "—"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    text = f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{d}d {text}" if d else text
+
+
+def fmt(value, spec: str) -> str:
+    v = as_float(value)
+    if value is None:
+        return "—"
+    return format(v, spec) if math.isfinite(v) else str(value)
+
+
+class ProgressPanel(Vertical):
+    def __init__(self, *, live: bool = True, **kw) -> None:
+        super().__init__(**kw)
+        self.live = live
+        self.last: dict | None = None
+        self.last_eval: dict | None = None
+        self.total: int | None = None
+        self.start_t: float | None = None
+        self.end: dict | None = None
+        self.paused = False
+        self.paused_step: int | None = None
+        self.pending: str | None = None
+        self.phase: str | None = None
+        self.resumed_from: int | None = None
+        self.seen_start = False
+        self.writer_alive: bool | None = None
+        self.recent_s_per_step: deque[float] = deque(maxlen=50)
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="progress-fields")
+        yield ProgressBar(id="progress-bar", show_eta=False)
+
+    def on_mount(self) -> None:
+        self.border_title = "Progress"
+        self.set_interval(1.0, self.show)
+        self.show()
+
+    # -- records ----------------------------------------------------------------------------
+
+    def on_steps_logged(self, message: StepsLogged) -> None:
+        for r in message.records:
+            sps = r.get("s_per_step")
+            if isinstance(sps, (int, float)) and sps > 0:
+                self.recent_s_per_step.append(float(sps))
+            if r.get("phase"):
+                self.phase = str(r["phase"])
+            if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
+                self.total = r["max_steps"]
+        self.last = message.records[-1]
+        if self.pending == "resume":
+            self.pending = None
+        self.show()
+
+    def on_eval_logged(self, message: EvalLogged) -> None:
+        self.last_eval = message.record
+        self.show()
+
+    def on_run_changed(self, message: RunChanged) -> None:
+        r = message.record
+        kind = r["kind"]
+        if kind == "start":
+            self.seen_start = True
+            self.start_t = r.get("t")
+            self.end = None
+            if isinstance(r.get("max_steps"), int):
+                self.total = r["max_steps"]
+        elif kind == "train_begin" and isinstance(r.get("max_steps"), int):
+            self.total = r["max_steps"]
+        elif kind == "resume":
+            self.resumed_from = r.get("from_step")
+        elif kind == "paused":
+            self.paused = True
+            self.paused_step = r.get("step")
+            if self.pending == "pause":
+                self.pending = None
+        elif kind == "resumed":
+            self.paused = False
+            if self.pending == "resume":
+                self.pending = None
+        elif kind == "phase":
+            self.phase = str(r.get("name") or r.get("phase") or "?")
+        elif kind == "end":
+            self.end = r
+            self.paused, self.pending = False, None
+        self.show()
+
+    def on_writer_state(self, message: WriterState) -> None:
+        self.writer_alive = message.alive
+        self.show()
+
+    def on_control_requested(self, message: ControlRequested) -> None:
+        if message.action in ("pause", "resume", "stop"):
+            self.pending = message.action
+        self.show()
+
+    # -- view -------------------------------------------------------------------------------
+
+    def status(self) -> Text:
+        if self.end is not None:
+            status = str(self.end.get("status", "ended"))
+            return Text(f"■ {status}", style=STATUS_STYLE.get(status, "bold"))
+        if self.writer_alive is False and self.seen_start:
+            return Text("■ not running (no end record: killed?)", style="bold red")
+        if self.pending == "stop":
+            return Text("◌ stopping: saving at the next step", style="bold yellow")
+        if self.pending == "pause":
+            return Text("◌ pausing at the next step", style="yellow")
+        if self.pending == "resume":
+            return Text("◌ resuming…", style="yellow")
+        if self.paused:
+            at = f" at step {self.paused_step:,}" if isinstance(self.paused_step, int) else ""
+            return Text(f"‖ paused{at}", style="bold yellow")
+        if not self.seen_start and self.last is None:
+            return Text("◌ loading model and data…" if self.live else "◌ waiting for records…", style="dim")
+        if self.last is None:
+            return Text("◌ starting…", style="dim")
+        return Text("▶ training" if self.live else "▶ running", style="bold green")
+
+    def eta_s(self) -> float | None:
+        if self.end is not None or self.writer_alive is False or not self.last or not self.total:
+            return None
+        if not self.recent_s_per_step:
+            return None
+        left = self.total - int(self.last.get("step", 0))
+        return max(left, 0) * statistics.median(self.recent_s_per_step)
+
+    def elapsed_s(self) -> float | None:
+        if self.start_t is None:
+            return None
+        until = self.end.get("t") if self.end is not None else self.app.clock()
+        return max(float(until) - float(self.start_t), 0.0)
+
+    def show(self) -> None:
+        r = self.last or {}
+        step = r.get("step")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True, min_width=6)
+        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid.add_row("status", self.status())
+        total = f"/{self.total:,}" if self.total else ""
+        pct = f"  {100 * step / self.total:.1f}%" if step is not None and self.total else ""
+        grid.add_row("step", f"{step:,}{total}{pct}" if step is not None else "—")
+        epoch = f"{fmt(r.get('epoch'), '.2f')}"
+        if self.phase:
+            epoch += f"  phase [b]{self.phase}[/]"
+        grid.add_row("epoch", epoch)
+        loss = f"{fmt(r.get('loss'), '.4f')}"
+        if self.last_eval:
+            loss += f"  eval {fmt(self.last_eval.get('eval_loss'), '.4f')}"
+            loss += f"  ppl {fmt(self.last_eval.get('perplexity'), '.2f')}"
+        grid.add_row("loss", loss)
+        grid.add_row("lr", f"{fmt(r.get('lr'), '.2e')}  grad norm {fmt(r.get('grad_norm'), '.3f')}")
+        speed = f"{fmt(r.get('tokens_per_s'), ',.0f')} tok/s"
+        if self.recent_s_per_step:
+            speed += f"  {statistics.median(self.recent_s_per_step):.2f} s/step"
+        grid.add_row("speed", speed)
+        grid.add_row("time", f"{hms(self.elapsed_s())}  ETA {hms(self.eta_s())}")
+        if self.resumed_from is not None:
+            grid.add_row("resumed", f"from step {self.resumed_from:,}")
+        self.query_one("#progress-fields", Static).update(grid)
+        bar = self.query_one(ProgressBar)
+        if self.total:
+            bar.update(total=self.total, progress=step or 0)
