@@ -9,6 +9,7 @@ checkpoint of that step and writes its ``end`` record before the process exits.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
@@ -22,10 +23,8 @@ SNIFF_LINES = 200
 
 
 def _say(text: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the run log says it all
         print(text, file=sys.stderr, flush=True)
-    except OSError:  # the terminal is gone (SIGHUP): the run log says it all
-        pass
 
 
 def install_stop_signals(controls: Controls) -> Callable[[], None]:
