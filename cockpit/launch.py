@@ -9,17 +9,22 @@ checkpoint of that step and writes its ``end`` record before the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
-from engine.control import Controls
 from engine.errors import UserError
 
 SNIFF_LINES = 200
+HANGUP_GRACE_S = 10.0
+"""After a hangup and the end of training, how long the UI gets to close before the process exits."""
 
 
 def _say(text: str) -> None:
@@ -27,16 +32,27 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def install_stop_signals(controls: Controls) -> Callable[[], None]:
+def install_stop_signals(app) -> Callable[[], None]:
     """SIGHUP / SIGTERM: stop safely at the next step boundary. Returns a function that undoes it.
 
-    After the first SIGHUP further ones are ignored (a hangup often comes twice, and the save
-    must finish); a second SIGTERM ends the process at once, as the sender asked.
+    SIGTERM keeps the screen until the checkpoint is saved; a second SIGTERM ends the
+    process at once, as its sender asked. SIGHUP means the terminal is gone: output goes to
+    /dev/null from then on (a write to a hung-up terminal fails and would wedge the UI's
+    writer), the UI closes, training saves and ends, and a watchdog makes sure the process
+    exits once that is done. Further SIGHUPs are ignored (a hangup often comes twice).
     """
+    controls = app.source.controls
 
     def handler(signum, frame):
         controls.request_stop(f"signal {signal.Signals(signum).name}")
-        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGHUP else signal.SIG_DFL)
+        if signum != signal.SIGHUP:
+            signal.signal(signum, signal.SIG_DFL)
+            return
+        signal.signal(signum, signal.SIG_IGN)
+        _detach_from_terminal()
+        _exit_after_training(app)
+        with contextlib.suppress(RuntimeError):  # no loop: the app has not started or has ended
+            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGHUP, signal.SIGTERM)}
 
@@ -45,6 +61,25 @@ def install_stop_signals(controls: Controls) -> Callable[[], None]:
             signal.signal(sig, old)
 
     return restore
+
+
+def _detach_from_terminal() -> None:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _exit_after_training(app) -> None:
+    """After a hangup: once training has saved and ended, the process must not linger."""
+
+    def watchdog() -> None:
+        if app.training is not None:
+            app.training.join()
+        time.sleep(HANGUP_GRACE_S)
+        os._exit(0)  # the run log is closed and the checkpoint is complete; nothing is lost
+
+    threading.Thread(target=watchdog, name="hangup-watchdog", daemon=True).start()
 
 
 def build_live_app(args):
@@ -77,8 +112,7 @@ def build_live_app(args):
 
 def train_in_cockpit(args) -> int:
     app = build_live_app(args)
-    controls = app.source.controls
-    restore = install_stop_signals(controls)
+    restore = install_stop_signals(app)
     try:
         app.run()
     finally:

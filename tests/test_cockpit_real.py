@@ -1,0 +1,161 @@
+"""The real cockpit on a real tiny model: keys act on training; a hangup saves and ends the run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import pty
+import struct
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cockpit_script import text_of
+
+from cockpit.launch import build_live_app, wait_for_training
+from cockpit.widgets.confirm_quit import ConfirmQuit
+from engine.events import dedupe_steps, read_events
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def train_args(config: Path, **over) -> argparse.Namespace:
+    args = dict(config=str(config), headless=False, resume="auto", max_steps=None, run_name=None)
+    args.update(logs_dir=None, force=False, **over)
+    return argparse.Namespace(**args)
+
+
+def events_of(path: Path) -> list[dict]:
+    return read_events(path).records if path.exists() else []
+
+
+def steps_in(records: list[dict]) -> list[int]:
+    return [r["step"] for r in records if r["kind"] == "step"]
+
+
+async def wait_for(pilot, cond, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.1)
+
+
+@pytest.mark.slow
+async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp_path):
+    config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    app = build_live_app(train_args(config))
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 3, timeout=180)
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: any(r["kind"] == "paused" for r in events_of(log)), timeout=60)
+            frozen = steps_in(events_of(log))
+            await pilot.pause(1.5)
+            assert steps_in(events_of(log)) == frozen, "steps went on while paused"
+            assert "paused" in text_of(app.query_one("#progress-fields").content)
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= len(frozen) + 2, timeout=60)
+            assert any(r["kind"] == "resumed" for r in events_of(log))
+
+            await pilot.press("s")
+            await wait_for(pilot, lambda: any(r["kind"] == "save" for r in events_of(log)), timeout=60)
+            await wait_for(pilot, lambda: app.query_one("#checkpoints").row_count >= 1, timeout=10)
+
+            await pilot.press("q")
+            assert isinstance(app.screen, ConfirmQuit)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+    finally:
+        wait_for_training(app)
+    records = events_of(log)
+    last_step = dedupe_steps(records)[-1]["step"]
+    saves = [r for r in records if r["kind"] == "save"]
+    assert saves[-1]["step"] == last_step < 400
+    assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
+    assert app.finished.status == "stopped"
+    assert (Path(saves[-1]["path"]) / "leviathan.json").exists()
+
+
+def run_in_pty(argv: list[str], cwd: Path, env: dict, size=(40, 120)) -> tuple[int, int, list[bytes]]:
+    """Start argv on a new pseudo-terminal; returns (pid, master fd, output chunks being read)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its own session, the pty as controlling terminal
+        try:
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    out: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out.append(chunk)
+
+    threading.Thread(target=read, daemon=True).start()
+    return pid, fd, out
+
+
+def wait_exit(pid: int, timeout: float) -> int | None:
+    end = time.time() + timeout
+    while time.time() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.slow
+def test_hangup_saves_the_current_step_and_ends_the_run(tiny_model, write_config, tmp_path):
+    """An SSH drop outside tmux: the terminal hangs up under a training cockpit."""
+    config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color"}
+    pid, fd, out = run_in_pty([sys.executable, "-m", "cockpit.cli", "train", str(config)], tmp_path, env)
+    try:
+        end = time.time() + 180
+        while len(steps_in(events_of(log))) < 3:
+            assert time.time() < end, b"".join(out)[-2000:]
+            assert os.waitpid(pid, os.WNOHANG)[0] == 0, b"".join(out)[-2000:]
+            time.sleep(0.2)
+        assert b"Progress" in b"".join(out)  # the cockpit is on screen
+        os.close(fd)  # hang up: the kernel sends SIGHUP to the cockpit's session
+        fd = -1
+        code = wait_exit(pid, timeout=120)
+        assert code is not None, "the cockpit did not exit after the hangup"
+        pid = 0
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if pid:  # still running after a failure: do not leave it behind
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    records = events_of(log)
+    last_step = dedupe_steps(records)[-1]["step"]
+    saves = [r for r in records if r["kind"] == "save"]
+    assert saves and saves[-1]["step"] == last_step < 400
+    assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
+    assert (Path(saves[-1]["path"]) / "leviathan.json").exists()
