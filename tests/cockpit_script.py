@@ -94,7 +94,7 @@ def run_records(
 
 
 def last_t(records: list[dict]) -> float:
-    return max(r["t"] for r in records)
+    return max(r["t"] for r in records if isinstance(r, dict))
 
 
 def text_of(renderable, width: int = 100) -> str:

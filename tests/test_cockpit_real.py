@@ -67,7 +67,7 @@ async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp
             frozen = steps_in(events_of(log))
             await pilot.pause(1.5)
             assert steps_in(events_of(log)) == frozen, "steps went on while paused"
-            assert "paused" in text_of(app.query_one("#progress-fields").content)
+            assert "paused" in text_of(app.query_one("#progress").content)
 
             await pilot.press("p")
             await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= len(frozen) + 2, timeout=60)

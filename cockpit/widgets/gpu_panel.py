@@ -43,6 +43,7 @@ class GpuPanel(Static):
         self.memory_line_gb = memory_line_gb
         self.memory_near = memory_near
         self.latest: GpuSampled | None = None
+        self._shape: tuple | None = None
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
@@ -67,7 +68,19 @@ class GpuPanel(Static):
         self.show()
 
     def show(self) -> None:
-        self.update(self.render_sample(self.latest))
+        s = self.latest
+        names = sorted({str(g.get("name") or "") for g in s.gpus}) if s is not None and s.gpus else []
+        count = f"{len(s.gpus)}× " if names and len(s.gpus) > 1 else ""
+        self.border_subtitle = f"{count}{names[0]}" if len(names) == 1 else ", ".join(names)
+        shape = None if s is None else (len(s.gpus), s.reason, bool(s.torch_peak_mb), self._warnings(s))
+        self.update(self.render_sample(s), layout=shape != self._shape)  # resize only when lines change
+        self._shape = shape
+
+    def _warnings(self, s: GpuSampled) -> tuple:
+        return tuple(
+            float(g.get("used_mb") or 0) >= self.memory_near * self.line_mb(float(g.get("total_mb") or 0))
+            for g in s.gpus
+        )
 
     def line_mb(self, total_mb: float | None) -> float:
         """The memory line: the guide's 75 GB, or the card's own size where that is smaller
@@ -85,7 +98,7 @@ class GpuPanel(Static):
             return Text(
                 f"{reason[0].upper()}{reason[1:]}.\nThe rest of the cockpit works without one.", style="dim"
             )
-        width = max(self.size.width - 4, 20)
+        width = max(self.content_size.width, 20)
         grid = Table.grid(padding=0)
         grid.add_column(no_wrap=True, overflow="ellipsis")
         warnings = []
@@ -110,19 +123,18 @@ class GpuPanel(Static):
                         f"▲ GPU {g.get('index', '?')} nearing the {line / 1024:.0f} GiB line", style="yellow"
                     )
                 )
-            grid.add_row(
-                Text.assemble((f"GPU {g.get('index', '?')} ", "bold"), (str(g.get("name") or ""), "dim"))
-            )
             mem = f" {used_mb / 1024:.1f}/{total_mb / 1024:.0f} GiB"
-            cells = max(width - len(mem), 4)
-            grid.add_row(Text.assemble((bar(used_mb / total_mb if total_mb else 0, cells), style), mem))
+            label = f"{g.get('index', '?')} "
+            cells = max(width - len(mem) - len(label), 4)
+            frac = used_mb / total_mb if total_mb else 0
+            grid.add_row(Text.assemble((label, "bold"), (bar(frac, cells), style), mem))
             extra = [
-                f"{label} {float(g[key]):.0f}{unit}"
-                for key, label, unit in (("util", "util", "%"), ("temp_c", "", "°C"), ("power_w", "", " W"))
+                f"{name}{float(g[key]):.0f}{unit}"
+                for key, name, unit in (("util", "util ", "%"), ("temp_c", "", "°C"), ("power_w", "", " W"))
                 if g.get(key) is not None
             ]
             if extra:
-                grid.add_row(Text("  ".join(e.strip() for e in extra), style="dim"))
+                grid.add_row(Text("  " + "  ".join(extra), style="dim"))
         if s.torch_peak_mb:
-            grid.add_row(Text(f"torch peak {s.torch_peak_mb / 1024:.1f} GiB (this process)", style="dim"))
+            grid.add_row(Text(f"torch peak {s.torch_peak_mb / 1024:.1f} GiB", style="dim"))
         return Group(grid, *warnings)

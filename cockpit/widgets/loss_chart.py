@@ -20,7 +20,7 @@ from cockpit.messages import EvalLogged, RunChanged, StepsLogged
 from cockpit.series import Series, as_float
 from engine.health import expected_band
 
-REDRAW_HZ = 4
+REDRAW_HZ = 2
 ZOOMS: tuple[int | None, ...] = (None, 10_000, 1_000, 100)
 """Zoom levels: the whole run, then the last N steps."""
 
@@ -109,6 +109,8 @@ class LossChart(Vertical):
         n = ZOOMS[self.zoom]
         last = self.train.last_step
         first = None if n is None or last is None else last - n + 1
+        # Each braille series costs plotext a pass over the whole canvas: at most three here
+        # (raw, smoothed, the band's outline); eval points are plain markers.
         x, y, smooth = self.train.sample(columns, first)
         if len(x):
             if self.smoothing:
@@ -119,16 +121,20 @@ class LossChart(Vertical):
             lo, hi = self._band(x[0], x[-1], columns)
             if lo is not None:
                 bx = np.linspace(x[0], x[-1], len(lo))
-                plt.plot(bx, lo, color=BAND, marker="braille")
-                plt.plot(bx, hi, color=BAND, marker="braille")
+                # One closed outline: along the low edge, back along the high one.
+                plt.plot(
+                    np.concatenate([bx, bx[::-1]]),
+                    np.concatenate([lo, hi[::-1]]),
+                    color=BAND,
+                    marker="braille",
+                )
         ex, ey, _ = self.eval.sample(columns, first)
         if len(ex):
-            plt.plot(ex, ey, color=EVAL, marker="braille")
             plt.scatter(ex, ey, color=EVAL, marker="●")
         if self.log_scale:
             plt.yscale("log")
         plot.refresh()
-        self.query_one("#loss-caption", Static).update(self.caption())
+        self.query_one("#loss-caption", Static).update(self.caption(), layout=False)
 
     def _band(self, x0: float, x1: float, columns: int):
         """The guide's expected train loss (engine.health.expected_band) over the drawn steps."""

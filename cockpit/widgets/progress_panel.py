@@ -8,9 +8,7 @@ from collections import deque
 
 from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Static
 
 from cockpit.messages import ControlRequested, EvalLogged, RunChanged, StepsLogged, WriterState
 from cockpit.series import as_float
@@ -39,7 +37,21 @@ def fmt(value, spec: str) -> str:
     return format(v, spec) if math.isfinite(v) else str(value)
 
 
-class ProgressPanel(Vertical):
+def bar(frac: float, width: int) -> Text:
+    """A one-line progress bar (drawn as text: no widget, no animation timer)."""
+    width = max(width, 4)
+    filled = min(max(frac, 0.0), 1.0) * width
+    full = int(filled)
+    half = "╸" if filled - full >= 0.5 and full < width else ""
+    rest = width - full - len(half)
+    return Text.assemble(("━" * full + half, "bold #0178d4"), ("━" * rest, "#2a2a35"))
+
+
+REFRESH_S = 0.5
+"""Redraws at most twice a second (and once a second for the clock), however fast steps come."""
+
+
+class ProgressPanel(Static):
     def __init__(self, *, live: bool = True, **kw) -> None:
         super().__init__(**kw)
         self.live = live
@@ -56,15 +68,22 @@ class ProgressPanel(Vertical):
         self.seen_start = False
         self.writer_alive: bool | None = None
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="progress-fields")
-        yield ProgressBar(id="progress-bar", show_eta=False)
+        self._dirty = True
+        self._ticks = 0
+        self._rows = 0
 
     def on_mount(self) -> None:
         self.border_title = "Progress"
-        self.set_interval(1.0, self.show)
+        self.set_interval(REFRESH_S, self._tick)
         self.show()
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        if self._dirty or self._ticks % 2 == 0:  # the elapsed clock moves once a second
+            self.show()
+
+    def changed(self) -> None:
+        self._dirty = True
 
     # -- records ----------------------------------------------------------------------------
 
@@ -80,11 +99,11 @@ class ProgressPanel(Vertical):
         self.last = message.records[-1]
         if self.pending == "resume":
             self.pending = None
-        self.show()
+        self.changed()
 
     def on_eval_logged(self, message: EvalLogged) -> None:
         self.last_eval = message.record
-        self.show()
+        self.changed()
 
     def on_run_changed(self, message: RunChanged) -> None:
         r = message.record
@@ -113,11 +132,11 @@ class ProgressPanel(Vertical):
         elif kind == "end":
             self.end = r
             self.paused, self.pending = False, None
-        self.show()
+        self.changed()
 
     def on_writer_state(self, message: WriterState) -> None:
         self.writer_alive = message.alive
-        self.show()
+        self.changed()
 
     def on_control_requested(self, message: ControlRequested) -> None:
         if message.action in ("pause", "resume", "stop"):
@@ -188,7 +207,11 @@ class ProgressPanel(Vertical):
         grid.add_row("time", f"{hms(self.elapsed_s())}  ETA {hms(self.eta_s())}")
         if self.resumed_from is not None:
             grid.add_row("resumed", f"from step {self.resumed_from:,}")
-        self.query_one("#progress-fields", Static).update(grid)
-        bar = self.query_one(ProgressBar)
         if self.total:
-            bar.update(total=self.total, progress=step or 0)
+            frac = (step or 0) / self.total
+            width = max(self.content_size.width - 12, 4)
+            grid.add_row("", Text.assemble(bar(frac, width), f" {100 * frac:3.0f}%"))
+        self._dirty = False
+        layout = grid.row_count != self._rows  # a resize only when a line comes or goes
+        self._rows = grid.row_count
+        self.update(grid, layout=layout)
