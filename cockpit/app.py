@@ -9,7 +9,6 @@ posts them to the panels (``.run-view``), which redraw at their own pace.
 from __future__ import annotations
 
 import copy
-import importlib
 import threading
 import time
 from collections.abc import Callable
@@ -60,10 +59,20 @@ class CockpitApp(App[int]):
         Binding("3", "tab('checklist')", "Checklist", show=False),
     ]
 
-    def __init__(self, source: Source, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        source: Source,
+        *,
+        clock: Callable[[], float] = time.time,
+        panes: dict[str, Callable[[], Widget]] | None = None,
+    ) -> None:
         super().__init__()
         self.source = source
         self.clock = clock
+        """Unix time now; tests pin it so ages and elapsed times are fixed."""
+        self.panes = panes or {}
+        """Factories for the ``chat`` and ``checklist`` panes (placeholders without one)."""
+        self.pane_widgets: dict[str, Widget] = {}
         self.training: threading.Thread | None = None
         self.finished: TrainingFinished | None = None
         self.ended = False  # an `end` record was seen (this session's run, or the attached one)
@@ -86,29 +95,24 @@ class CockpitApp(App[int]):
                     health=self.source.config.get("health") or {},
                 )
             with TabPane("2 Chat", id="chat"):
-                yield self._pane(
-                    "cockpit.chat_pane", "ChatPane", "Chat", "Talk to any checkpoint (issue 4).", "chat-pane"
-                )
+                yield self._pane("chat", "Chat", "Talk to any checkpoint (issue 4).")
             with TabPane("3 Checklist", id="checklist"):
-                yield self._pane(
-                    "cockpit.checklist_pane",
-                    "ChecklistPane",
-                    "Checklist",
-                    "The guide's validation checklist (issue 5).",
-                    "checklist-pane",
-                )
+                yield self._pane("checklist", "Checklist", "The guide's validation checklist (issue 5).")
         yield Footer()
 
-    @staticmethod
-    def _pane(module: str, name: str, title: str, what: str, pane_id: str) -> Widget:
-        """The pane another issue provides, or a placeholder until it exists."""
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            return PanePlaceholder(title, what, id=pane_id)
-        return cls(id=pane_id)
+    def _pane(self, name: str, title: str, what: str) -> Widget:
+        """The pane its own issue provides (a factory given to the app), or a placeholder.
+
+        The pane gets the id ``<name>-pane``. Give it the class ``run-view`` to receive the
+        run's messages too; a chat pane with ``open_checkpoint(path)`` is handed the
+        checkpoint chosen in the table.
+        """
+        factory = self.panes.get(name)
+        pane = factory() if factory is not None else PanePlaceholder(title, what)
+        if pane.id is None:
+            pane.id = f"{name}-pane"
+        self.pane_widgets[name] = pane
+        return pane
 
     def on_mount(self) -> None:
         mode = "attached, read-only" if self.source.read_only else "training"
@@ -261,6 +265,6 @@ class CockpitApp(App[int]):
 
     def on_open_checkpoint(self, message: OpenCheckpoint) -> None:
         self.action_tab("chat")
-        pane = self.query_one("#chat-pane")
+        pane = self.pane_widgets.get("chat")
         if hasattr(pane, "open_checkpoint"):
             pane.open_checkpoint(message.path)

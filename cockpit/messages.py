@@ -46,7 +46,7 @@ class AlertRaised(Message, bubble=False):
 @dataclass
 class RunChanged(Message, bubble=False):
     """A record about the run's course: start, train_begin, data, resume, paused, resumed,
-    phase, note, end."""
+    phase and mix (curriculum), note, end."""
 
     record: dict
 
@@ -109,7 +109,19 @@ class OpenCheckpoint(Message):
     path: str
 
 
-_RUN_KINDS = {"start", "train_begin", "data", "resume", "paused", "resumed", "phase", "note", "end"}
+_RUN_KINDS = {
+    "start",
+    "train_begin",
+    "data",
+    "resume",
+    "paused",
+    "resumed",
+    "phase",
+    "mix",
+    "curriculum",
+    "note",
+    "end",
+}
 
 
 def to_messages(records: list[dict]) -> list[Message]:

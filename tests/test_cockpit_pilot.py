@@ -462,3 +462,48 @@ async def test_progress_status_before_any_record():
         msgs = [CheckpointSaved({"t": 1, "kind": "save", "step": 1, "path": "p"})]
         app.broadcast(*msgs)
         await wait_for(pilot, lambda: app.query_one(CheckpointsTable).row_count == 1)
+
+
+async def test_panes_come_from_factories_and_get_run_messages():
+    from textual.widgets import Static
+
+    class Checklist(Static):
+        def __init__(self) -> None:
+            super().__init__("my checklist", classes="run-view")
+            self.saves = []
+
+        def on_checkpoint_saved(self, message: CheckpointSaved) -> None:
+            self.saves.append(message.record["step"])
+
+    source = ScriptedSource(run_records(steps=100), controls=Controls())
+    app = CockpitApp(source, clock=lambda: 0.0, panes={"checklist": Checklist})
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.query_one(Checklist)
+        assert pane.id == "checklist-pane" and app.pane_widgets["checklist"] is pane
+        await wait_for(pilot, lambda: pane.saves == [100])
+        assert isinstance(app.pane_widgets["chat"], PanePlaceholder)
+
+
+async def test_curriculum_phase_and_mix_show_in_progress():
+    recs = run_records(steps=10) + [
+        {
+            "t": 1,
+            "kind": "phase",
+            "step": 10,
+            "epoch": 1.5,
+            "name": "integration",
+            "weights": {"psychology": 0.5},
+        },
+        {
+            "t": 1,
+            "kind": "mix",
+            "step": 10,
+            "phase": "integration",
+            "phase_examples": {"psychology": 30, "esoteric": 70},
+            "target": {"psychology": 0.4, "esoteric": 0.6},
+        },
+    ]
+    app = make_app(recs)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "phase integration" in fields(app))
+        await wait_for(pilot, lambda: "esoteric 70/60%" in fields(app) and "psychology 30/40%" in fields(app))

@@ -47,6 +47,22 @@ def bar(frac: float, width: int) -> Text:
     return Text.assemble(("━" * full + half, "bold #0178d4"), ("━" * rest, "#2a2a35"))
 
 
+def mix_text(r: dict) -> str:
+    """The categories seen so far in this phase against the phase's target shares."""
+    seen = r.get("phase_examples") or r.get("examples") or {}
+    target = r.get("target") or {}
+    total = sum(v for v in seen.values() if isinstance(v, (int, float))) or 0
+    if not total:
+        return "—"
+    names = sorted(set(seen) | set(target), key=lambda n: -(target.get(n) or seen.get(n, 0) / total))
+    parts = []
+    for n in names:
+        share = 100 * (seen.get(n) or 0) / total
+        goal = f"/{100 * target[n]:.0f}" if isinstance(target.get(n), (int, float)) else ""
+        parts.append(f"{n} {share:.0f}{goal}%")
+    return " · ".join(parts)
+
+
 REFRESH_S = 0.5
 """Redraws at most twice a second (and once a second for the clock), however fast steps come."""
 
@@ -64,6 +80,7 @@ class ProgressPanel(Static):
         self.paused_step: int | None = None
         self.pending: str | None = None
         self.phase: str | None = None
+        self.mix: dict | None = None
         self.resumed_from: int | None = None
         self.seen_start = False
         self.writer_alive: bool | None = None
@@ -129,6 +146,8 @@ class ProgressPanel(Static):
                 self.pending = None
         elif kind == "phase":
             self.phase = str(r.get("name") or r.get("phase") or "?")
+        elif kind == "mix":
+            self.mix = r
         elif kind == "end":
             self.end = r
             self.paused, self.pending = False, None
@@ -205,6 +224,8 @@ class ProgressPanel(Static):
             speed += f"  {statistics.median(self.recent_s_per_step):.2f} s/step"
         grid.add_row("speed", speed)
         grid.add_row("time", f"{hms(self.elapsed_s())}  ETA {hms(self.eta_s())}")
+        if self.mix:
+            grid.add_row("mix", mix_text(self.mix))
         if self.resumed_from is not None:
             grid.add_row("resumed", f"from step {self.resumed_from:,}")
         if self.total:
