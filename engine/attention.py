@@ -79,12 +79,14 @@ def varlen_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
     q, k, v = query[0], key[0], value[0]  # [H, T, D]
-    if q.is_cuda and _VARLEN is not None and q.dtype in (torch.bfloat16, torch.float16):
+    if q.is_cuda and _VARLEN is not None:
         max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+        # The flash kernel is half precision only; an fp32 residual stream (some QLoRA setups) is cast.
+        half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         out = _flash_varlen(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, int(max_len), scaling, groups
+            *(t.transpose(0, 1).to(half) for t in (q, k, v)), cu, int(max_len), scaling, groups
         )
-        return out.unsqueeze(0), None  # [1, T, H, D]
+        return out.to(q.dtype).unsqueeze(0), None  # [1, T, H, D]
     out = _per_document(q, k, v, cu, scaling, groups)
     return out.transpose(0, 1).unsqueeze(0).contiguous(), None
 
