@@ -133,5 +133,5 @@ def test_stop_control_saves_the_current_step(tiny_model, write_config):
 def test_trained_adapter_lowers_the_loss(persona_checkpoint):
     ckpt, base, answer = persona_checkpoint
     meta = json.loads((ckpt / "leviathan.json").read_text())
-    assert meta["loss"] < 1.0
+    assert meta["loss"] < 0.5
     assert torch.load(ckpt / "rng_state.pth", weights_only=False)
