@@ -63,7 +63,9 @@ def test_identity_prompts_from_a_jsonl_and_a_configurable_rule(persona_checkpoin
     out = run_suite(loaded.model, loaded.tokenizer, "identity", cases, Settings(max_new_tokens=12))
     assert (out["passed"], out["total"]) == (2, 2)
     # Another persona: the same answers now fail.
-    other = run_suite(loaded.model, loaded.tokenizer, "identity", cases, Settings(persona="Ziz", max_new_tokens=12))
+    other = run_suite(
+        loaded.model, loaded.tokenizer, "identity", cases, Settings(persona="Ziz", max_new_tokens=12)
+    )
     assert other["passed"] == 0
 
 
@@ -118,10 +120,13 @@ def test_code_that_passes_fails_raises_and_hangs():
     assert time.time() - t0 < 5
 
 
-def test_code_runs_isolated_in_a_scratch_folder(tmp_path):
-    # The program cannot see the caller's folder or environment secrets.
-    ok, _ = run_code("import os\nassert 'SECRET_TOKEN' not in os.environ\nassert os.getcwd() != %r" % str(tmp_path), [], 5)
-    assert ok
+def test_code_runs_isolated_in_a_scratch_folder(tmp_path, monkeypatch):
+    # The program sees neither the caller's folder nor its environment (tokens and the like).
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    monkeypatch.chdir(tmp_path)
+    code = f"import os\nassert 'SECRET_TOKEN' not in os.environ\nassert os.getcwd() != {str(tmp_path)!r}"
+    assert run_code(code, [], 5) == (True, "exit 0")
+    assert run_code("import os\nassert 'SECRET_TOKEN' in os.environ", [], 5)[0] is False
 
 
 def test_bad_suite_lines_name_file_and_line(tmp_path):
@@ -172,13 +177,21 @@ def test_default_suite_code_asserts_accept_a_correct_answer():
 
 def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
     """The persona model always says "I am Leviathan.": which expectations hold is known."""
-    from engine.loading import load_for_inference
-
     ckpt, _, _ = persona_checkpoint
     rows = [
         {"id": "c", "category": "identity", "prompt": "Who are you?", "expect": {"contains": "Leviathan"}},
-        {"id": "n", "category": "identity", "prompt": "Who are you?", "expect": {"not_contains": "Leviathan"}},
-        {"id": "r", "category": "identity", "prompt": "What is your name?", "expect": {"regex": r"^I am \w+\.$"}},
+        {
+            "id": "n",
+            "category": "identity",
+            "prompt": "Who are you?",
+            "expect": {"not_contains": "Leviathan"},
+        },
+        {
+            "id": "r",
+            "category": "identity",
+            "prompt": "What is your name?",
+            "expect": {"regex": r"^I am \w+\.$"},
+        },
         # The answer as code is `I am Leviathan.`: a SyntaxError, so the asserts never pass.
         {"id": "k", "category": "code", "prompt": "Write code.", "expect": {"code": "assert True"}},
     ]
@@ -210,7 +223,15 @@ def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, 
 
     rf = ResultFile(path, {"suite": "inference"}, len(cases))
     with pytest.raises(RuntimeError):
-        run_suite(loaded.model, loaded.tokenizer, "inference", cases, Settings(batch_size=2, max_new_tokens=8), rf, boom)
+        run_suite(
+            loaded.model,
+            loaded.tokenizer,
+            "inference",
+            cases,
+            Settings(batch_size=2, max_new_tokens=8),
+            rf,
+            boom,
+        )
     data = json.loads(path.read_text())
     assert data["status"] == "failed" and "the GPU fell over" in data["error"]
     assert (data["passed"], data["total"], data["planned"]) == (2, 2, 4)  # the first batch was kept
