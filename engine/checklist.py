@@ -83,14 +83,14 @@ DEFAULT_ITEMS: list[dict] = [
     {
         "id": "final_loss",
         "group": "post_training",
-        "title": "Final training loss < {max:g}",
+        "title": "Final training loss < {max}",
         "rule": "final_loss",
         "max": 1.0,
     },
     {
         "id": "val_perplexity",
         "group": "post_training",
-        "title": "Validation perplexity < {max:g}",
+        "title": "Validation perplexity < {max}",
         "rule": "val_perplexity",
         "max": 2.0,
     },
