@@ -33,9 +33,23 @@ def build(tiny: bool):
 
     cuda = torch.cuda.is_available() and not tiny
     shape = (
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        )
         if tiny
-        else dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+        else dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+        )
     )
     tok = build_tokenizer("qwen3")
     cfg = Qwen3Config(vocab_size=151936, max_position_embeddings=40960, tie_word_embeddings=False, **shape)
@@ -59,10 +73,14 @@ def plain(model, tok, prompts, max_new_tokens: int) -> list[str]:
 
     out = []
     for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
         inputs = tok(text, return_tensors="pt").to(model.device)
         with torch.inference_mode():
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            ids = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
         out.append(tok.decode(ids[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return out
 
@@ -80,7 +98,9 @@ def main() -> int:
     new = args.max_new_tokens or (16 if args.tiny else 256)
     model, tok, build_s, params, cuda = build(args.tiny)
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
-    print(f"model: random Qwen3, {params / 1e9:.2f}B parameters, {next(model.parameters()).dtype}, {device}; built in {build_s:.1f}s")
+    print(
+        f"model: random Qwen3, {params / 1e9:.2f}B parameters, {next(model.parameters()).dtype}, {device}; built in {build_s:.1f}s"
+    )
     settings = Settings(max_new_tokens=new, batch_size=args.batch_size, code_timeout_s=10)
 
     def sync():
@@ -102,7 +122,17 @@ def main() -> int:
         sync()
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append((suite, f"batched x{args.batch_size}", len(cases), len(cases) * new, dt, f"{res['passed']}/{res['total']}", peak))
+        rows.append(
+            (
+                suite,
+                f"batched x{args.batch_size}",
+                len(cases),
+                len(cases) * new,
+                dt,
+                f"{res['passed']}/{res['total']}",
+                peak,
+            )
+        )
 
     prompts = [c.prompt for c in identity_cases()]
     t0 = time.perf_counter()

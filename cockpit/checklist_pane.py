@@ -65,7 +65,9 @@ class ChecklistPane(Vertical):
         items: list[checklist.ItemStatus]
         failing: int
 
-    def __init__(self, run_dir: str | Path | None = None, config=None, *, refresh_s: float = 5.0, **kw) -> None:
+    def __init__(
+        self, run_dir: str | Path | None = None, config=None, *, refresh_s: float = 5.0, **kw
+    ) -> None:
         super().__init__(**kw)
         self.run_dir = Path(run_dir) if run_dir else None
         self.config = config
@@ -120,7 +122,9 @@ class ChecklistPane(Vertical):
         for it in items:
             if it.group != group:
                 group = it.group
-                table.add_row("", Text(checklist.GROUPS.get(group, group), style="bold"), "", "", key=f"group:{group}")
+                table.add_row(
+                    "", Text(checklist.GROUPS.get(group, group), style="bold"), "", "", key=f"group:{group}"
+                )
             glyph, style = GLYPHS[it.status]
             title = Text(it.title + ("" if it.required else " (optional)"))
             if it.ticked:

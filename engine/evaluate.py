@@ -549,3 +549,63 @@ def eval_main(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+# -- scores per checkpoint ---------------------------------------------------------------
+
+
+def checkpoint_scores(run_dir: str | Path) -> dict[str, dict[str, dict]]:
+    """``{checkpoint label: {suite: {"passed", "total", "score", "status"}}}`` from ``eval/``.
+
+    For the checkpoint table: the checkpoint-over-checkpoint trend of the suites.
+    """
+    from engine.rundir import read_eval_results
+
+    out: dict[str, dict[str, dict]] = {}
+    for r in read_eval_results(run_dir):
+        if r.get("suite") in ("identity", "inference"):
+            out.setdefault(r.get("label") or "?", {})[r["suite"]] = {
+                k: r.get(k) for k in ("passed", "total", "score", "status", "step")
+            }
+    return out
+
+
+class SaveScorer:
+    """A run log listener that scores every saved checkpoint (``evaluation.on_save``).
+
+    ``__call__`` only queues the path (listeners must not block the training thread); one
+    daemon thread loads each checkpoint and runs the suites, one at a time. It loads its own
+    copy of the base model: on a GPU that holds training, budget the memory for it.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, suites: tuple[str, ...] = ("identity", "inference"), **kw
+    ) -> None:
+        import queue
+        import threading
+
+        self.run_dir = str(run_dir)
+        self.suites = suites
+        self.kw = kw
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.done: list[str] = []
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._work, name="save-scorer", daemon=True)
+        self.thread.start()
+
+    def __call__(self, record: dict) -> None:
+        if record.get("kind") == "save" and record.get("path"):
+            self.queue.put(record["path"])
+
+    def close(self, wait: bool = True) -> None:
+        self.queue.put(None)
+        if wait:
+            self.thread.join()
+
+    def _work(self) -> None:
+        while (path := self.queue.get()) is not None:
+            try:
+                evaluate_checkpoint(path, self.suites, run_dir=self.run_dir, **self.kw)
+                self.done.append(path)
+            except Exception as e:  # a failed scoring must not take training down
+                self.errors.append(f"{path}: {type(e).__name__}: {e}")

@@ -53,7 +53,20 @@ def task_dir(tmp_path_factory) -> Path:
 def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_path):
     ckpt, base, _ = persona_checkpoint
     out = tmp_path / "ours"
-    r = cli("eval", ckpt, "--suite", "lmeval", "--tasks", "tiny_mc", "--include-path", task_dir, "--out", out, "--batch-size", "1")
+    r = cli(
+        "eval",
+        ckpt,
+        "--suite",
+        "lmeval",
+        "--tasks",
+        "tiny_mc",
+        "--include-path",
+        task_dir,
+        "--out",
+        out,
+        "--batch-size",
+        "1",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ours = json.loads((out / f"lmeval-{ckpt.name}.json").read_text())
     assert ours["status"] == "completed" and ours["model_args"]["peft"] == str(ckpt)
@@ -64,7 +77,16 @@ def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_
     args = f"pretrained={base},peft={ckpt},tokenizer={ckpt}"
     p = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", args, "--tasks", "tiny_mc"]
-        + ["--include_path", str(task_dir), "--device", "cpu", "--batch_size", "1", "--output_path", str(theirs_dir)],
+        + [
+            "--include_path",
+            str(task_dir),
+            "--device",
+            "cpu",
+            "--batch_size",
+            "1",
+            "--output_path",
+            str(theirs_dir),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -84,11 +106,21 @@ def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
     run_dir = tmp_path / "logs" / "run"
     run_dir.mkdir(parents=True)
     data = run_lmeval(
-        str(ckpt), ["tiny_mc"], out_file=run_dir / "eval" / "lmeval-x.json", header={"label": "x"}, include_path=str(task_dir)
+        str(ckpt),
+        ["tiny_mc"],
+        out_file=run_dir / "eval" / "lmeval-x.json",
+        header={"label": "x"},
+        include_path=str(task_dir),
     )
     src = checklist.Sources(run_dir)
     acc = data["tasks"]["tiny_mc"]["value"]
-    item = checklist.Item("mc", "tiny mc", "post_training", "lmeval", params={"task": "tiny_mc", "metric": "acc_norm", "min": 0.0})
+    item = checklist.Item(
+        "mc",
+        "tiny mc",
+        "post_training",
+        "lmeval",
+        params={"task": "tiny_mc", "metric": "acc_norm", "min": 0.0},
+    )
     m = checklist.RULES["lmeval"](src, item)
     assert m.status == "pass" and m.value.endswith("acc_norm on x")
     item.params["min"] = acc + 1.01
@@ -99,6 +131,22 @@ def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
 def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
     ckpt, _, _ = persona_checkpoint
     r = cli("eval", ckpt, "--suite", "lmeval", "--tasks", "tiny_mcc", "--include-path", task_dir)
-    assert r.returncode == 2 and "lm-eval task `tiny_mcc` does not exist" in r.stderr and "tiny_mc" in r.stderr
+    assert (
+        r.returncode == 2 and "lm-eval task `tiny_mcc` does not exist" in r.stderr and "tiny_mc" in r.stderr
+    )
     r = cli("eval", ckpt, "--suite", "lmeval", "--tasks", "humaneval")
     assert r.returncode == 2 and "--allow-code-execution" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vision_language_base_runs_through_our_loader(tiny_model, task_dir, tmp_path):
+    """lm-eval's HF model cannot load Qwen3-VL from a path; it gets the model we load."""
+    from engine.lmeval import run_lmeval
+
+    data = run_lmeval(
+        str(tiny_model("qwen3_vl")), ["tiny_mc"], out_file=tmp_path / "r.json", include_path=str(task_dir)
+    )
+    assert (
+        data["status"] == "completed"
+        and data["model_args"]["pretrained"] == "Qwen3VLForConditionalGeneration"
+    )
+    assert data["tasks"]["tiny_mc"]["n"] == 24 and 0 <= data["tasks"]["tiny_mc"]["value"] <= 1
