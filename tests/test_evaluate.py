@@ -251,3 +251,22 @@ def test_save_scorer_scores_each_saved_checkpoint(persona_checkpoint, tmp_path):
     scores = checkpoint_scores(run_dir)
     assert scores[ckpt.name]["identity"]["score"] == 1.0
     assert scores[ckpt.name]["inference"]["status"] == "completed"
+
+
+def test_run_folder_found_from_the_marker_or_the_runs_output_dir(tmp_path, monkeypatch):
+    from engine.rundir import find_run_dir
+
+    run = tmp_path / "logs" / "run"
+    run.mkdir(parents=True)
+    out = tmp_path / "out"
+    (run / "config.yaml").write_text(f"output_dir: {out}\n")
+    ckpt = out / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "leviathan.json").write_text("{}")  # a marker from before run_dir was recorded
+    monkeypatch.chdir(tmp_path)
+    assert find_run_dir(ckpt).resolve() == run.resolve()
+    other = tmp_path / "elsewhere" / "run2"
+    other.mkdir(parents=True)
+    (ckpt / "leviathan.json").write_text(json.dumps({"run_dir": str(other)}))
+    assert find_run_dir(ckpt) == other
+    assert find_run_dir(tmp_path / "unrelated") is None
