@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import UserError
+from engine.evalconfig import ChecklistConfig, ChecklistItemSpec, EvaluationConfig
 
 NOTED_KEYS = {
     "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
@@ -209,6 +210,10 @@ class RunConfig(BaseModel):
     logs_dir: str = "logs"
     run_name: str | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """The identity and inference suites: persona, prompts, suite file, generation length."""
+    checklist: ChecklistConfig = Field(default_factory=ChecklistConfig)
+    """The validation checklist's items (the guide's lists by default)."""
 
     @field_validator("val_set_size")
     @classmethod
@@ -348,6 +353,10 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
             parent = DatasetSpec
         elif loc[0] == "health":
             parent = HealthConfig
+        elif loc[0] == "evaluation":
+            parent = EvaluationConfig
+        elif loc[0] == "checklist":
+            parent = ChecklistItemSpec if "items" in loc else ChecklistConfig
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)
