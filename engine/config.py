@@ -113,6 +113,19 @@ class HealthConfig(BaseModel):
     underfit_loss: float = 1.5
 
 
+class ExportConfig(BaseModel):
+    """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = None
+    """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_ctx: int = Field(4096, gt=0)
+    """Context length Ollama serves with."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -181,6 +194,8 @@ class RunConfig(BaseModel):
     logs_dir: str = "logs"
     run_name: str | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Serving settings used after training (`leviathan-cockpit export ollama`)."""
 
     @field_validator("val_set_size")
     @classmethod
@@ -320,6 +335,8 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
             parent = DatasetSpec
         elif loc[0] == "health":
             parent = HealthConfig
+        elif loc[0] == "export":
+            parent = ExportConfig
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)

@@ -269,7 +269,11 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     )
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
-    meta = {"base_model": config.base_model, "fingerprint": fingerprint(config)}
+    meta = {
+        "base_model": config.base_model,
+        "fingerprint": fingerprint(config),
+        "run_dir": str(paths.run_dir.resolve()),  # lets merge/push find the run from a checkpoint
+    }
     from engine.callback import CockpitCallback
 
     callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)
