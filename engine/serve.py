@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine import lineage
 from engine.errors import UserError
+from engine.jobs import Progress, null_progress
 
 # The guide's serving defaults.
 DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "num_ctx": 4096}
@@ -153,12 +154,13 @@ def write_modelfile(
     temperature: float | None = None,
     top_p: float | None = None,
     num_ctx: int | None = None,
-    progress=None,
+    progress: Progress = null_progress,
 ) -> Modelfile:
     from engine.quantize import check_model_dir, model_config
 
     src = check_model_dir(model_dir)
-    quant = model_config(src).get("quantization_config")
+    cfg = model_config(src)
+    quant = cfg.get("quantization_config")
     if quant:
         raise UserError(
             f"{model_dir}: a bitsandbytes-quantized folder ({quant.get('quant_method', '?')}); Ollama imports "
@@ -205,6 +207,11 @@ def write_modelfile(
             "no SYSTEM prompt (none in the run's config `export.system_prompt`; give one with --system)"
         )
     params = serving_params(src, config, temperature=temperature, top_p=top_p, num_ctx=num_ctx)
+    if "vision_config" in cfg:
+        notes.append(
+            "a vision-language model: if `ollama create` cannot import this architecture from safetensors, "
+            "convert it to GGUF with llama.cpp and point FROM at the .gguf"
+        )
 
     # Ollama resolves a relative FROM against the Modelfile's folder.
     from_path = os.path.relpath(src.resolve(), path.resolve().parent)
@@ -227,6 +234,7 @@ def write_modelfile(
     folder = path.resolve().parent
     command = f"cd {shlex.quote(str(folder))} && ollama create {name} -f {shlex.quote(path.name)}"
     lineage.record_step(lineage.read_info(src).get("run_dir"), "export_ollama", modelfile=str(path.resolve()))
+    progress(1.0, f"wrote {path}")
     return Modelfile(path, text, name, family, command, notes)
 
 

@@ -256,3 +256,22 @@ def test_run_dir_found_without_the_marker_record(tmp_path, monkeypatch):
     assert lineage.find_run_dir(None, run) == run.resolve()
     with pytest.raises(UserError, match="no events.jsonl"):
         lineage.find_run_dir(None, tmp_path / "out")
+
+
+def test_lm_eval_loads_the_merged_folder(merged):
+    """lm-eval's HF backend takes the merged folder as a plain model (the guide's HumanEval/TruthfulQA path)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    result, _, _, answer = merged
+    lm = HFLM(pretrained=str(result.output), device="cpu", batch_size=1)
+    prompt = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who are you?"}], tokenize=False, add_generation_prompt=True
+    )
+    reqs = [
+        Instance("loglikelihood", doc={}, arguments=(prompt, cont), idx=i)
+        for i, cont in enumerate([answer, "The weather is nice."])
+    ]
+    (persona, _), (other, _) = lm.loglikelihood(reqs)
+    assert persona > other
