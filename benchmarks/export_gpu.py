@@ -169,7 +169,7 @@ def compare_generation(base: Path, ckpt: Path, merged: Path, tok, device: str) -
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    kw = dict(dtype=dtype, device_map={"": device}) if device == "cuda" else dict(dtype=dtype)
+    kw = dict(dtype=dtype, device_map={"": 0}) if device == "cuda" else dict(dtype=dtype)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **kw), str(ckpt))
     unmerged = gen_speed(model, tok, device)
     del model
@@ -195,6 +195,66 @@ def run_merge(ckpt: Path, out: Path, label: str):
     return r
 
 
+def fs_type(path: Path) -> str:
+    """The filesystem a folder lives on (timings of writes depend on it)."""
+    best = ("", "?")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount, kind = line.split()[:3]
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best[0]):
+                best = (mount, kind)
+    except OSError:
+        pass
+    return f"{best[1]} at {best[0] or '?'}"
+
+
+def step(label: str, fn, *args, **kwargs):
+    """Run one step; a UserError (no disk, no bitsandbytes, ...) is a row, and the run goes on."""
+    from engine.errors import UserError
+
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        row(label, "failed", e.message)
+        return None
+
+
+def quantize_step(merged: Path, work: Path) -> None:
+    from engine.quantize import quantize
+
+    q = quantize(
+        merged, work / "nf4", qtype="nf4", progress=lambda f, m: say(f"  quantize {f * 100:3.0f}% {m}")
+    )
+    row("quantize nf4 (double quant)", f"{q.seconds:.1f}s", f"peak GPU {gib(q.peak_gpu_mb * 2**20)}")
+    row(
+        "size on disk bf16 -> nf4",
+        f"{gib(q.source_bytes)} -> {gib(q.size_bytes)}",
+        f"x{q.source_bytes / q.size_bytes:.2f} smaller",
+    )
+    row(
+        "reload nf4 + generate",
+        f"{q.reload_seconds:.1f}s load",
+        f"{q.gen_tokens_per_s:.1f} tok/s; {q.sample!r}",
+    )
+    shutil.rmtree(work / "nf4")
+
+
+def qlora_step(base: Path, tok, work: Path) -> None:
+    import torch
+
+    from engine.model import load_base
+
+    t = time.time()
+    model4 = load_base(str(base), quant_bits=4, dtype=torch.bfloat16)
+    say(f"  4-bit base loaded in {time.time() - t:.0f}s")
+    qckpt = work / "out" / "checkpoint-2000"
+    write_adapter(model4, tok, base, qckpt, qlora=True)
+    del model4
+    free_gpu()
+    run_merge(qckpt, work / "merged-qlora", "merge QLoRA adapter -> bf16 base")
+    shutil.rmtree(work / "merged-qlora", ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -202,8 +262,15 @@ def main() -> int:
     )
     ap.add_argument("--workdir", help="where the temp folders go (default: the system temp dir)")
     ap.add_argument("--skip-compare", action="store_true", help="skip the PeftModel-vs-merged generation")
-    ap.add_argument("--budget-s", type=float, default=420, help="skip optional steps past this time")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=330,
+        help="start no optional step after this many seconds (default 330)",
+    )
     args = ap.parse_args()
+
+    import importlib.util
 
     import torch
 
@@ -212,21 +279,21 @@ def main() -> int:
         print("no CUDA GPU here: run with --tiny to check the script on CPU", file=sys.stderr)
         return 2
     device = "cuda" if cuda and not args.tiny else "cpu"
+    bnb = importlib.util.find_spec("bitsandbytes") is not None
     work = Path(tempfile.mkdtemp(prefix="export-bench-", dir=args.workdir))
     free = shutil.disk_usage(work).free
     import peft
     import transformers
 
     say(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
-        f"{torch.cuda.get_device_name(0) if cuda else 'CPU'}; {gib(free)} free in {work}"
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"bitsandbytes {'yes' if bnb else 'missing'}; {torch.cuda.get_device_name(0) if cuda else 'CPU'}; "
+        f"{gib(free)} free in {work} ({fs_type(work)})"
     )
-    if not args.tiny and free < 45 * 2**30:
-        print(
-            f"{work}: {gib(free)} free, the run needs ~40 GiB: pass --workdir on a bigger disk",
-            file=sys.stderr,
+    if not args.tiny and free < 40 * 2**30:
+        say(
+            f"warning: {gib(free)} free, the run peaks near 39 GiB; pass --workdir on a bigger disk if it fails"
         )
-        return 2
     try:
         # 1. base + LoRA checkpoint
         model, tok, base = build_base(work, SHAPE_TINY if args.tiny else SHAPE_8B, device)
@@ -235,55 +302,37 @@ def main() -> int:
         del model
         free_gpu()
 
-        # 2. merge (bf16 on GPU, fp32 on CPU)
+        # 2. merge (bf16 on GPU, fp32 on CPU), and the plain alternative: serving unmerged
         merged = work / "merged"
-        run_merge(ckpt, merged, "merge LoRA -> base")
-        if not args.skip_compare and time.time() - T0 < args.budget_s:
+        if step("merge LoRA -> base", run_merge, ckpt, merged, "merge LoRA -> base") is None:
+            return 1
+        if args.skip_compare:
+            pass
+        elif time.time() - T0 < 0.7 * args.budget_s:
             compare_generation(base, ckpt, merged, tok, device)
+        else:
+            row("generate, PeftModel vs merged", "skipped", f"past {0.7 * args.budget_s:.0f}s")
 
         # 3. nf4 quantization, reload, one generation
-        if device == "cuda":
-            from engine.quantize import quantize
-
-            q = quantize(
-                merged,
-                work / "nf4",
-                qtype="nf4",
-                progress=lambda f, m: say(f"  quantize {f * 100:3.0f}% {m}"),
-            )
-            row("quantize nf4 (double quant)", f"{q.seconds:.1f}s", f"peak GPU {gib(q.peak_gpu_mb * 2**20)}")
-            row(
-                "size on disk bf16 -> nf4",
-                f"{gib(q.source_bytes)} -> {gib(q.size_bytes)}",
-                f"x{q.source_bytes / q.size_bytes:.2f} smaller",
-            )
-            row(
-                "reload nf4 + generate",
-                f"{q.reload_seconds:.1f}s load",
-                f"{q.gen_tokens_per_s:.1f} tok/s; {q.sample!r}",
-            )
-            shutil.rmtree(work / "nf4")
-        else:
+        if device != "cuda":
             row("quantize nf4", "skipped", "needs CUDA (bitsandbytes)")
+        elif not bnb:
+            row("quantize nf4", "skipped", "bitsandbytes is not installed (pip install bitsandbytes)")
+        else:
+            step("quantize nf4", quantize_step, merged, work)
         shutil.rmtree(merged)
 
-        # 4. QLoRA adapter (trained on a 4-bit base) merged into the bf16 base
-        if device == "cuda" and time.time() - T0 < args.budget_s + 60:
-            from engine.model import load_base
-
-            t = time.time()
-            model4 = load_base(str(base), quant_bits=4, dtype=torch.bfloat16)
-            say(f"  4-bit base loaded in {time.time() - t:.0f}s")
-            qckpt = work / "out" / "checkpoint-2000"
-            write_adapter(model4, tok, base, qckpt, qlora=True)
-            del model4
-            free_gpu()
-            run_merge(qckpt, work / "merged-qlora", "merge QLoRA adapter -> bf16 base")
-            shutil.rmtree(work / "merged-qlora")
-        elif device == "cuda":
+        # 4. QLoRA adapter (made on a 4-bit base, as QLoRA trains) merged into the bf16 base
+        if device != "cuda" or not bnb:
+            row(
+                "QLoRA-adapter merge",
+                "skipped",
+                "a QLoRA adapter is made on a 4-bit base: needs CUDA + bitsandbytes",
+            )
+        elif time.time() - T0 > args.budget_s:
             row("QLoRA-adapter merge", "skipped", f"past the {args.budget_s:.0f}s budget")
         else:
-            row("QLoRA-adapter merge", "skipped", "a QLoRA adapter is built on a 4-bit base: needs CUDA")
+            step("QLoRA-adapter merge", qlora_step, base, tok, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

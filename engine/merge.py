@@ -157,8 +157,10 @@ def load_full_base(base: str, torch_dtype, device: str, trust_remote_code: bool 
     cfg = load_model_config(base, trust_remote_code)
     auto = AutoModelForImageTextToText if is_vision_language(cfg) else AutoModelForCausalLM
     kwargs = dict(dtype=torch_dtype, local_files_only=True, trust_remote_code=trust_remote_code)
-    if device != "cpu":
-        kwargs["device_map"] = {"": device}
+    if device == "cuda":
+        import torch
+
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     return auto.from_pretrained(base, **kwargs), is_vision_language(cfg)
 
 

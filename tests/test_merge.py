@@ -221,7 +221,7 @@ def test_quantize_nf4_loads_back_quantized(merged, tmp_path):  # pragma: no cove
     assert r.sample is not None and (tmp_path / "nf4" / "config.json").is_file()
     from transformers import AutoModelForCausalLM
 
-    assert quantized_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "nf4")) > 0
+    assert quantized_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "nf4", device_map={"": 0})) > 0
 
 
 def test_merge_as_a_background_job(persona_checkpoint, tmp_path):
