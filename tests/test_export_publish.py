@@ -13,8 +13,8 @@ import yaml
 from conftest import cli
 
 from engine import lineage
+from engine.card import CARD_MARK, model_card, summarize_run
 from engine.merge import merge
-from engine.publish import CARD_MARK, model_card, summarize_run
 
 
 @pytest.fixture(scope="module")
