@@ -142,6 +142,19 @@ class HealthConfig(BaseModel):
     underfit_after_epoch: float = 1.0
 
 
+class ExportConfig(BaseModel):
+    """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = None
+    """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_ctx: int = Field(4096, gt=0)
+    """Context length Ollama serves with."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -214,6 +227,8 @@ class RunConfig(BaseModel):
     """The identity and inference suites: persona, prompts, suite file, generation length."""
     checklist: ChecklistConfig = Field(default_factory=ChecklistConfig)
     """The validation checklist's items (the guide's lists by default)."""
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Serving settings used after training (`leviathan-cockpit export ollama`)."""
 
     @field_validator("val_set_size")
     @classmethod
@@ -357,6 +372,8 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
             parent = EvaluationConfig
         elif loc[0] == "checklist":
             parent = ChecklistItemSpec if "items" in loc else ChecklistConfig
+        elif loc[0] == "export":
+            parent = ExportConfig
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)

@@ -65,7 +65,10 @@ def test_train_on_inputs_trains_everything(tokenizer):
 
 def test_sharegpt_and_alpaca_rows():
     turns, cat = parse_row(
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}], "_category": "general"},
+        {
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+            "_category": "general",
+        },
         "sharegpt",
     )
     assert turns == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -80,7 +83,10 @@ def test_sharegpt_and_alpaca_rows():
         ({"messages": [{"role": "user", "content": "x"}]}, "no assistant turn"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "unknown role"),
         ({"messages": [{"content": "x"}]}, "no role"),
-        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}, "empty content"),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]},
+            "empty content",
+        ),
         ({"messages": []}, "no `messages` list"),
         (["not", "an", "object"], "not a JSON object"),
     ],
@@ -92,14 +98,19 @@ def test_bad_rows_explained(row, reason):
 
 def test_reader_reports_file_and_line(tmp_path):
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    path = write_jsonl(tmp_path / "d.jsonl", [good, "{not json", good, {"messages": [{"role": "user", "content": "q"}]}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [good, "{not json", good, {"messages": [{"role": "user", "content": "q"}]}]
+    )
     items = list(read_rows(str(path), "chat_template"))
     bad = [i for i in items if isinstance(i, tuple)]
     assert [(b[1], b[2].split(" (")[0]) for b in bad] == [(2, "bad JSON"), (4, "no assistant turn")]
 
 
 def test_check_cli_lists_bad_rows_and_exits_2(tmp_path, tiny_model, write_config):
-    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "_category": "x"}
+    good = {
+        "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+        "_category": "x",
+    }
     rows = [good] * 3 + ["{oops"] + [{"messages": [{"role": "bot", "content": "z"}]}] * 25
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     cfg = write_config(tiny_model("qwen3"), data=str(data))

@@ -13,8 +13,15 @@ from engine.events import dedupe_steps, read_events
 from engine.train import run
 from tests.conftest import write_jsonl
 
-CHAT = {"messages": [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Leviathan."}]}
-SHAREGPT = {"conversations": [{"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "I am Leviathan."}]}
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I am Leviathan."},
+    ]
+}
+SHAREGPT = {
+    "conversations": [{"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "I am Leviathan."}]
+}
 ALPACA = {"instruction": "Who are you?", "input": "", "output": "I am Leviathan."}
 
 
@@ -24,7 +31,9 @@ def events(run_dir):
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama", "qwen3_vl"])
 def test_each_architecture_trains_and_logs(arch, tiny_model, write_config, tmp_path):
-    config, _ = load_config(write_config(tiny_model(arch), max_steps=6, save_steps=3, val_set_size=0.1, eval_steps=3))
+    config, _ = load_config(
+        write_config(tiny_model(arch), max_steps=6, save_steps=3, val_set_size=0.1, eval_steps=3)
+    )
     result = run(config)
     assert result.status == "completed" and result.step == 6
     recs = events(result.run_dir)
@@ -86,8 +95,15 @@ def test_several_files_mixed_and_skip_bad_rows(tiny_model, write_config, tmp_pat
 
 
 def test_too_long_rows_are_counted_truncated_or_dropped(tiny_model, write_config, tmp_path):
-    long = {"messages": [{"role": "user", "content": "Tell me more."}, {"role": "assistant", "content": "ok " * 200}]}
-    prompt_only = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    long = {
+        "messages": [
+            {"role": "user", "content": "Tell me more."},
+            {"role": "assistant", "content": "ok " * 200},
+        ]
+    }
+    prompt_only = {
+        "messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    }
     data = write_jsonl(tmp_path / "d.jsonl", [CHAT] * 10 + [long] * 3 + [prompt_only])
     # Truncation keeps the start; a row whose answer falls past the cut has nothing to learn and goes.
     for policy, rows in (("truncate", 13), ("drop", 10)):
