@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import UserError
-from engine.evalconfig import ChecklistConfig, ChecklistItemSpec, EvaluationConfig
+from engine.evalconfig import ChecklistConfig, EvaluationConfig
 
 NOTED_KEYS = {
     "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
@@ -354,6 +354,24 @@ def validate(
     return config, notes
 
 
+def _model_at(loc: tuple):
+    """The pydantic model class that owns the keys at ``loc`` (list indices skipped)."""
+    import typing
+
+    model = RunConfig
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        for c in candidates:
+            c = next((a for a in typing.get_args(c) if isinstance(a, type) and issubclass(a, BaseModel)), c)
+            if isinstance(c, type) and issubclass(c, BaseModel):
+                model = c
+                break
+    return model
+
+
 def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserError:
     err = e.errors()[0]
     loc = tuple(err["loc"])
@@ -363,17 +381,7 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
         return UserError(f"{where}: required key `{key}` is missing", f"add `{key}:` to the config")
     if err["type"] == "extra_forbidden":
         field = str(loc[-1])
-        parent = RunConfig
-        if len(loc) > 1 and loc[0] == "datasets":
-            parent = DatasetSpec
-        elif loc[0] == "health":
-            parent = HealthConfig
-        elif loc[0] == "evaluation":
-            parent = EvaluationConfig
-        elif loc[0] == "checklist":
-            parent = ChecklistItemSpec if "items" in loc else ChecklistConfig
-        elif loc[0] == "export":
-            parent = ExportConfig
+        parent = _model_at(loc[:-1])
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)
