@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The engine sets this for its runs; set here so both sides of the comparison get it.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -237,10 +239,6 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     if not gc_on and hasattr(model, "gradient_checkpointing_disable"):
         model.gradient_checkpointing_disable()
     peft_model = attach_lora(model, config, gc_on)
-    if args.compile:
-        from engine.compile import compile_layers
-
-        note += f" compiled {compile_layers(peft_model)} layers"
     timer = Timer(args.warmup, args.steps)
     ds = dataset.map(lambda r: {"labels": r["input_ids"], "category": "x"})
     paths = RunPaths(Path(out), Path(out))
@@ -298,7 +296,6 @@ def main() -> int:
     ap.add_argument("--force-gc", type=lambda s: s == "on", default=None)
     ap.add_argument("--save-dir", default=None, help="where to save the bf16 model for QLoRA loading")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--compile", action="store_true", help="per-layer torch.compile in our variants")
     args = ap.parse_args()
 
     from datasets import Dataset
@@ -328,7 +325,6 @@ def main() -> int:
     for name in [v for v in variants if "qlora" not in v]:
         torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
         fn = run_plain_trl if name == "trl" else run_ours
-        args.compile = name.endswith("compile")
         t0 = time.time()
         out = fn(model, tokenizer, dataset, args, f"{work}/{name}", False)
         trainer, timer, collator, gc_on = out[:4]
@@ -353,7 +349,6 @@ def main() -> int:
             m = load_4bit(save)
             torch.cuda.reset_peak_memory_stats()
             fn = run_plain_trl if name == "trl-qlora" else run_ours
-            args.compile = name.endswith("compile")
             out = fn(m, tokenizer, dataset, args, f"{work}/{name}", True)
             trainer, timer, collator, gc_on = out[:4]
             note = out[4] if len(out) > 4 else ""

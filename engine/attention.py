@@ -58,12 +58,10 @@ def _flash_varlen(q, k, v, cu, max_len, scaling, groups):
         kwargs["is_causal"] = True
     if "scale" in _VARLEN_PARAMS:
         kwargs["scale"] = scaling
-    if groups > 1:
-        if "enable_gqa" in _VARLEN_PARAMS:
-            kwargs["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+    if groups > 1 and "enable_gqa" in _VARLEN_PARAMS:
+        kwargs["enable_gqa"] = True
+    # Older releases have no flag but their flash kernel takes fewer K/V heads as they are
+    # (checked on torch 2.11 / H100: identical to repeated K/V, benchmarks/gqa_check.py).
     cu = cu.to(device=q.device, dtype=torch.int32)
     return _VARLEN(q, k, v, cu, cu, max_len, max_len, **kwargs)
 
@@ -81,12 +79,14 @@ def varlen_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
     q, k, v = query[0], key[0], value[0]  # [H, T, D]
-    if q.is_cuda and _VARLEN is not None and q.dtype in (torch.bfloat16, torch.float16):
+    if q.is_cuda and _VARLEN is not None:
         max_len = kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max())
+        # The flash kernel is half precision only; an fp32 residual stream (some QLoRA setups) is cast.
+        half = q.dtype if q.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         out = _flash_varlen(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), cu, int(max_len), scaling, groups
+            *(t.transpose(0, 1).to(half) for t in (q, k, v)), cu, int(max_len), scaling, groups
         )
-        return out.unsqueeze(0), None  # [1, T, H, D]
+        return out.to(q.dtype).unsqueeze(0), None  # [1, T, H, D]
     out = _per_document(q, k, v, cu, scaling, groups)
     return out.transpose(0, 1).unsqueeze(0).contiguous(), None
 

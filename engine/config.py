@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import UserError
+from engine.evalconfig import ChecklistConfig, EvaluationConfig
 
 NOTED_KEYS = {
     "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
@@ -141,6 +142,19 @@ class HealthConfig(BaseModel):
     underfit_after_epoch: float = 1.0
 
 
+class ExportConfig(BaseModel):
+    """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = None
+    """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_ctx: int = Field(4096, gt=0)
+    """Context length Ollama serves with."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -209,6 +223,12 @@ class RunConfig(BaseModel):
     logs_dir: str = "logs"
     run_name: str | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """The identity and inference suites: persona, prompts, suite file, generation length."""
+    checklist: ChecklistConfig = Field(default_factory=ChecklistConfig)
+    """The validation checklist's items (the guide's lists by default)."""
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Serving settings used after training (`leviathan-cockpit export ollama`)."""
 
     @field_validator("val_set_size")
     @classmethod
@@ -334,6 +354,24 @@ def validate(
     return config, notes
 
 
+def _model_at(loc: tuple):
+    """The pydantic model class that owns the keys at ``loc`` (list indices skipped)."""
+    import typing
+
+    model = RunConfig
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        for c in candidates:
+            c = next((a for a in typing.get_args(c) if isinstance(a, type) and issubclass(a, BaseModel)), c)
+            if isinstance(c, type) and issubclass(c, BaseModel):
+                model = c
+                break
+    return model
+
+
 def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserError:
     err = e.errors()[0]
     loc = tuple(err["loc"])
@@ -343,11 +381,7 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
         return UserError(f"{where}: required key `{key}` is missing", f"add `{key}:` to the config")
     if err["type"] == "extra_forbidden":
         field = str(loc[-1])
-        parent = RunConfig
-        if len(loc) > 1 and loc[0] == "datasets":
-            parent = DatasetSpec
-        elif loc[0] == "health":
-            parent = HealthConfig
+        parent = _model_at(loc[:-1])
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)

@@ -160,12 +160,27 @@ def lora_targets(model, wanted: list[str] | None = None) -> list[str]:
     return names
 
 
+def prepare_kbit(model, gradient_checkpointing: bool) -> None:
+    """PEFT's prepare_model_for_kbit_training without its fp32 upcast.
+
+    PEFT casts every non-quantized weight (norms, embeddings, lm_head) to fp32, which turns
+    the whole residual stream fp32: twice the activation memory and no bf16 kernels. The
+    norms are stable in bf16 (Unsloth and Axolotl train QLoRA that way), so only freeze and
+    make the inputs carry gradients for checkpointing.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def attach_lora(model, config, gradient_checkpointing: bool):
     """Wrap the base in a PEFT LoRA model with the config's rank, alpha, dropout and targets."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     if config.quant_bits:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        prepare_kbit(model, gradient_checkpointing)
     wanted = (
         None if config.lora_target_linear and not config.lora_target_modules else config.lora_target_modules
     )

@@ -103,6 +103,9 @@ def _config(arch: str, tokenizer, hidden: int, layers: int):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        # Wide enough weights that LoRA on a 64-wide model can move the loss the way a real
+        # run does (to ~0 on a memorised answer); with the usual 0.02 it stalls near ln(vocab).
+        initializer_range=0.2,
     )
     if arch == "qwen3":
         return Qwen3Config(**text)
@@ -132,6 +135,7 @@ def _config(arch: str, tokenizer, hidden: int, layers: int):
             vision_start_token_id=ids("<|vision_start|>"),
             vision_end_token_id=ids("<|vision_end|>"),
             tie_word_embeddings=False,
+            initializer_range=0.2,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHITECTURES}")
 
@@ -169,9 +173,9 @@ def demo_model_path(cache_dir: str | Path | None = None) -> Path:
     import os
 
     root = Path(cache_dir or os.environ.get("LEVIATHAN_CACHE", Path.home() / ".cache" / "leviathan"))
-    path = root / "tiny-qwen3-demo"
+    path = root / "tiny-qwen3-demo-v2"
     if not (path / "tiny.json").exists():
-        tmp = root / f".tiny-qwen3-demo.{os.getpid()}"
+        tmp = root / f".tiny-qwen3-demo-v2.{os.getpid()}"
         build_tiny_model(tmp, arch="qwen3", hidden=64, layers=2)
         # Rename last so a killed build never leaves a half-written model behind.
         os.replace(tmp, path) if not path.exists() else None

@@ -207,6 +207,9 @@ def run(
     force_fresh: bool = False,
 ) -> RunResult:
     """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input."""
+    # Packed batches change shape every step; without expandable segments the caching
+    # allocator fragments (13 GiB reserved but unusable seen on an 8B run at 80 GB).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     controls = controls or Controls()
     paths = run_paths(config, run_name, logs_dir)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +289,12 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     )
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
-    meta = {"base_model": config.base_model, "fingerprint": fingerprint(config)}
+    # run_dir links a checkpoint back to its run (eval results and the checklist live there).
+    meta = {
+        "base_model": config.base_model,
+        "fingerprint": fingerprint(config),
+        "run_dir": str(paths.run_dir.resolve()),
+    }
     from engine.callback import CockpitCallback
 
     callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)

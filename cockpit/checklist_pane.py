@@ -1,0 +1,184 @@
+"""The checklist pane: the guide's gates for this run, measured or ticked.
+
+Automatic items show their measured value, pass/fail and when the evidence was recorded;
+manual items (and any automatic one the operator vouches for) are ticked with ``space``, or
+with a note with ``n``. The list is measured in a worker thread (reading a long run log
+takes a moment) every few seconds and on ``r``; state lives in ``logs/<run>/checklist.json``
+through ``engine.checklist``, so a restart or an ``attach`` shows the same ticks.
+
+Self-contained: mount it with a run folder, or inside the cockpit app, where it finds the
+run folder on ``app.source.run_dir``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Input, Static
+
+from engine import checklist
+
+VALUE_WIDTH = 64
+GLYPHS = {"pass": ("✓", "green"), "fail": ("✗", "red"), "pending": ("·", "dim")}
+
+
+def ago(t: float | None, now: float | None = None) -> str:
+    if not t:
+        return ""
+    s = max(0.0, (now or time.time()) - t)
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{int(s // n)}{unit} ago"
+    return f"{int(s)}s ago"
+
+
+class ChecklistPane(Vertical):
+    """The run's checklist: a table of items, a summary line, and a note prompt."""
+
+    DEFAULT_CSS = """
+    ChecklistPane { height: 1fr; }
+    ChecklistPane #checklist-summary { height: 1; padding: 0 1; }
+    ChecklistPane DataTable { height: 1fr; }
+    ChecklistPane #checklist-note { display: none; }
+    ChecklistPane.noting #checklist-note { display: block; }
+    """
+
+    BINDINGS = [
+        Binding("space", "toggle", "Tick / untick"),
+        Binding("n", "note", "Tick with note"),
+        Binding("r", "refresh", "Re-measure"),
+        Binding("escape", "cancel_note", "Cancel", show=False),
+    ]
+
+    @dataclass
+    class Measured(Message):
+        """Posted after every measurement: for a tab title or a status line."""
+
+        items: list[checklist.ItemStatus]
+        failing: int
+
+    def __init__(
+        self, run_dir: str | Path | None = None, config=None, *, refresh_s: float = 5.0, **kw
+    ) -> None:
+        super().__init__(**kw)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.config = config
+        self.refresh_s = refresh_s
+        self.items: list[checklist.ItemStatus] = []
+        self._noting: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("measuring...", id="checklist-summary")
+        table = DataTable(id="checklist-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns("", "item", "when", "measured")
+        yield table
+        yield Input(placeholder="note (enter: tick with this note, esc: cancel)", id="checklist-note")
+
+    def on_mount(self) -> None:
+        self.border_title = "Checklist"
+        if self.run_dir is None:
+            source = getattr(self.app, "source", None)
+            if getattr(source, "run_dir", None):
+                self.run_dir = Path(source.run_dir)
+        self.action_refresh()
+        if self.refresh_s:
+            self.set_interval(self.refresh_s, self.action_refresh)
+
+    # -- measuring (worker thread) --------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        if self.run_dir is None or not self.run_dir.is_dir():
+            self.query_one("#checklist-summary", Static).update("no run folder yet")
+            return
+        self._measure()
+
+    @work(thread=True, exclusive=True, group="checklist")
+    def _measure(self) -> None:
+        try:
+            items = checklist.evaluate(self.run_dir, self.config)
+        except Exception as e:  # a bad config section: say it here, keep the cockpit up
+            self.app.call_from_thread(self._error, str(e))
+            return
+        self.app.call_from_thread(self._show, items)
+
+    def _error(self, message: str) -> None:
+        self.query_one("#checklist-summary", Static).update(Text(f"checklist: {message}", style="red"))
+
+    def _show(self, items: list[checklist.ItemStatus]) -> None:
+        self.items = items
+        table = self.query_one(DataTable)
+        keep = table.cursor_row
+        table.clear()
+        now = time.time()
+        group = None
+        for it in items:
+            if it.group != group:
+                group = it.group
+                table.add_row(
+                    "", Text(checklist.GROUPS.get(group, group), style="bold"), "", "", key=f"group:{group}"
+                )
+            glyph, style = GLYPHS[it.status]
+            title = Text(it.title + ("" if it.required else " (optional)"))
+            if it.ticked:
+                value = Text("ticked by hand" + (f": {it.note}" if it.note else ""), style="italic")
+            elif it.value:
+                value = Text(it.value)
+            else:
+                value = Text(it.detail, style="dim")
+            when = ago(it.ticked_at if it.ticked else it.when, now)
+            value.truncate(VALUE_WIDTH, overflow="ellipsis")
+            table.add_row(Text(glyph, style=style), title, when, value, key=it.id)
+        if table.row_count:
+            table.move_cursor(row=min(keep, table.row_count - 1))
+        bad = checklist.failing(items)
+        done = sum(i.ok for i in items)
+        summary = f"{done}/{len(items)} passed · {len(bad)} required not passed · space: tick  n: tick with note  r: re-measure"
+        self.query_one("#checklist-summary", Static).update(summary)
+        self.post_message(self.Measured(items, len(bad)))
+
+    # -- ticking --------------------------------------------------------------------------
+
+    def selected(self) -> checklist.ItemStatus | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((i for i in self.items if i.id == key), None)
+
+    def action_toggle(self) -> None:
+        item = self.selected()
+        if item is None or self.run_dir is None:
+            return
+        checklist.tick(self.run_dir, item.id, None, not item.ticked, self.config)
+        self._measure()
+
+    def action_note(self) -> None:
+        item = self.selected()
+        if item is None:
+            return
+        self._noting = item.id
+        self.add_class("noting")
+        note = self.query_one("#checklist-note", Input)
+        note.value = item.note
+        note.placeholder = f"note for “{item.title}” (enter: tick with this note, esc: cancel)"
+        note.focus()
+
+    def action_cancel_note(self) -> None:
+        self._noting = None
+        self.remove_class("noting")
+        self.query_one(DataTable).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self._noting and self.run_dir is not None:
+            checklist.tick(self.run_dir, self._noting, event.value.strip(), True, self.config)
+        self.action_cancel_note()
+        self._measure()

@@ -1,0 +1,114 @@
+"""The checklist pane with Pilot: items shown as measured, ticks and notes written to checklist.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable
+
+from cockpit.checklist_pane import ChecklistPane
+from engine.events import RunLog
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "logs" / "run"
+    log = RunLog(d / "events.jsonl")
+    log.emit("start", step=0, output_dir=str(tmp_path / "out"))
+    for i in range(1, 41):
+        log.emit("step", step=i, loss=2.5 - 0.04 * i)
+    log.close()
+    return d
+
+
+class Host(App):
+    def __init__(self, run_dir) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.measured: list[ChecklistPane.Measured] = []
+
+    def compose(self) -> ComposeResult:
+        yield ChecklistPane(self.run_dir, refresh_s=0)
+
+    def on_checklist_pane_measured(self, m: ChecklistPane.Measured) -> None:
+        self.measured.append(m)
+
+
+async def until(pilot, cond, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.05)
+
+
+def row_of(table: DataTable, key: str) -> int:
+    return table.get_row_index(key)
+
+
+async def test_pane_shows_measured_items_and_ticks(run_dir):
+    app = Host(run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.measured)
+        pane = app.query_one(ChecklistPane)
+        table = app.query_one(DataTable)
+        loss_row = table.get_row("loss_smooth")
+        assert str(loss_row[0]) == "✓" and str(loss_row[3]) == "2.4 -> 0.96"
+        assert str(table.get_row("docs")[0]) == "·"
+        assert str(table.get_row("group:validation")[1]) == "10% run: critical checks"
+
+        # space on a manual item ticks it.
+        table.focus()
+        table.move_cursor(row=row_of(table, "docs"))
+        n = len(app.measured)
+        await pilot.press("space")
+        await until(pilot, lambda: len(app.measured) > n)
+        assert str(table.get_row("docs")[0]) == "✓"
+        state = json.loads((run_dir / "checklist.json").read_text())
+        assert state["items"]["docs"]["ticked"] is True
+
+        # n: tick with a note, typed into the prompt.
+        table.move_cursor(row=row_of(table, "dark_topics"))
+        await pilot.press("n")
+        assert pane.has_class("noting")
+        await pilot.press(*"nuanced")
+        n = len(app.measured)
+        await pilot.press("enter")
+        await until(pilot, lambda: len(app.measured) > n)
+        assert not pane.has_class("noting")
+        assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
+
+        # space again takes the first tick back.
+        table.move_cursor(row=row_of(table, "docs"))
+        n = len(app.measured)
+        await pilot.press("space")
+        await until(pilot, lambda: len(app.measured) > n)
+        assert str(table.get_row("docs")[0]) == "·"
+        assert app.measured[-1].failing == sum(1 for i in app.measured[-1].items if i.required and not i.ok)
+
+    # A new pane (a restart, an attach) shows the same ticks.
+    app2 = Host(run_dir)
+    async with app2.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app2.measured)
+        table = app2.query_one(DataTable)
+        assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
+        assert str(table.get_row("docs")[0]) == "·"
+
+
+async def test_pane_without_a_run_folder_says_so(tmp_path):
+    app = Host(tmp_path / "nothing-here")
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        summary = app.query_one("#checklist-summary")
+        assert "no run folder yet" in str(summary.render())
