@@ -82,6 +82,13 @@ def _exit_after_training(app) -> None:
     threading.Thread(target=watchdog, name="hangup-watchdog", daemon=True).start()
 
 
+def panes() -> dict:
+    """The chat and checklist panes of the other issues, where they exist in this build."""
+    from cockpit.checklist_pane import ChecklistPane
+
+    return {"checklist": ChecklistPane}
+
+
 def build_live_app(args):
     """The cockpit over a training run of the CLI's config (bad input raises UserError here)."""
     from cockpit.app import CockpitApp
@@ -107,7 +114,7 @@ def build_live_app(args):
             "force_fresh": args.force,
         },
     )
-    return CockpitApp(source)
+    return CockpitApp(source, panes=panes())
 
 
 def train_in_cockpit(args) -> int:
@@ -215,7 +222,7 @@ def build_attach_app(target: str | Path, **app_kw):
     log = find_run_log(target)
     run_dir = log.parent
     source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=_resolved_config(run_dir))
-    return CockpitApp(source, **app_kw)
+    return CockpitApp(source, panes=panes(), **app_kw)
 
 
 def attach(args) -> int:

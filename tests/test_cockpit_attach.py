@@ -105,6 +105,10 @@ async def test_a_finished_run_shows_in_full_read_only(tmp_path):
         assert app.query_one(CheckpointsTable).row_count == 3
         for action in ("pause", "save", "evaluate"):
             assert app.check_action(action, ()) is None
+        from cockpit.checklist_pane import ChecklistPane
+
+        assert isinstance(app.pane_widgets["checklist"], ChecklistPane)
+        assert app.pane_widgets["checklist"].run_dir == run_dir
         await pilot.press("p", "s", "e", "q")  # controls greyed out; q quits without asking
         await wait_for(pilot, lambda: not app.is_running)
 

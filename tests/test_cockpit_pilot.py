@@ -507,3 +507,36 @@ async def test_curriculum_phase_and_mix_show_in_progress():
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "phase integration" in fields(app))
         await wait_for(pilot, lambda: "esoteric 70/60%" in fields(app) and "psychology 30/40%" in fields(app))
+
+
+async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses():
+    """Past epoch 3 the guide only gives a ceiling (band 0-1.0): no log of zero, no crash."""
+    recs = [
+        {"t": 1, "kind": "step", "step": s, "loss": 0.0 if s == 7 else 3.0 / s, "epoch": s / 10}
+        for s in range(1, 60)
+    ]
+    app = make_app(recs)
+    async with app.run_test(size=SIZE) as pilot:
+        chart = app.query_one(LossChart)
+        await wait_for(pilot, lambda: len(chart.train) == 59)
+        for key in ("l", "m", "l"):
+            await pilot.press(key)
+            chart.redraw()
+            rendered = chart.query_one("#loss-plot").render()
+            assert "chart unavailable" not in rendered.plain
+        assert "guide < 1.00" in text_of(app.query_one("#loss-caption").content)
+
+
+async def test_a_chart_that_cannot_draw_says_so_and_the_cockpit_stays():
+    app = make_app(run_records(steps=20))
+    async with app.run_test(size=SIZE) as pilot:
+        plot = app.query_one("#loss-plot")
+
+        def broken():
+            raise ValueError("math domain error")
+
+        plot.plt.build = broken
+        rendered = plot.render()
+        assert "chart unavailable: ValueError: math domain error" in rendered.plain
+        await pilot.pause(0.6)
+        assert app.is_running

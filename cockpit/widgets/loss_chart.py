@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
@@ -23,6 +24,24 @@ from engine.health import expected_band
 REDRAW_HZ = 2
 ZOOMS: tuple[int | None, ...] = (None, 10_000, 1_000, 100)
 """Zoom levels: the whole run, then the last N steps."""
+
+
+def _positive(x: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, ...]:
+    keep = np.ones(len(x), dtype=bool)
+    for y in ys:
+        keep &= y > 0
+    return (x[keep], *(y[keep] for y in ys))
+
+
+class SafePlot(PlotextPlot):
+    """A plot whose rendering error shows as a line of text instead of closing the cockpit."""
+
+    def render(self):
+        try:
+            return super().render()
+        except Exception as e:  # plotext on data it cannot draw: the run matters more
+            return Text(f"chart unavailable: {type(e).__name__}: {e}", style="red")
+
 
 TRAIN, SMOOTH, EVAL, BAND = (96, 96, 110), (0, 200, 255), (255, 160, 40), (70, 160, 70)
 
@@ -43,7 +62,7 @@ class LossChart(Vertical):
         self._drawn_size: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
-        yield PlotextPlot(id="loss-plot")
+        yield SafePlot(id="loss-plot")
         yield Static(id="loss-caption")
 
     def on_mount(self) -> None:
@@ -112,6 +131,10 @@ class LossChart(Vertical):
         # Each braille series costs plotext a pass over the whole canvas: at most three here
         # (raw, smoothed, the band's outline); eval points are plain markers.
         x, y, smooth = self.train.sample(columns, first)
+        ex, ey, _ = self.eval.sample(columns, first)
+        if self.log_scale:  # a log axis has no room for zero or below
+            x, y, smooth = _positive(x, y, smooth)
+            ex, ey = _positive(ex, ey)
         if len(x):
             if self.smoothing:
                 plt.plot(x, y, color=TRAIN, marker="braille")
@@ -121,17 +144,18 @@ class LossChart(Vertical):
             lo, hi = self._band(x[0], x[-1], columns)
             if lo is not None:
                 bx = np.linspace(x[0], x[-1], len(lo))
-                # One closed outline: along the low edge, back along the high one.
-                plt.plot(
-                    np.concatenate([bx, bx[::-1]]),
-                    np.concatenate([lo, hi[::-1]]),
-                    color=BAND,
-                    marker="braille",
-                )
-        ex, ey, _ = self.eval.sample(columns, first)
+                if (lo > 0).all():  # one closed outline: along the low edge, back along the high
+                    plt.plot(
+                        np.concatenate([bx, bx[::-1]]),
+                        np.concatenate([lo, hi[::-1]]),
+                        color=BAND,
+                        marker="braille",
+                    )
+                else:  # the guide gives only a ceiling here ("< 1.0"): draw the ceiling
+                    plt.plot(bx, hi, color=BAND, marker="braille")
         if len(ex):
             plt.scatter(ex, ey, color=EVAL, marker="●")
-        if self.log_scale:
+        if self.log_scale and (len(x) or len(ex)):
             plt.yscale("log")
         plot.refresh()
         self.query_one("#loss-caption", Static).update(self.caption(), layout=False)
@@ -154,7 +178,8 @@ class LossChart(Vertical):
         if self.steps_per_epoch and last is not None:
             band = expected_band(last / self.steps_per_epoch)
             lo, hi = band.loss
-            parts.append(f"[#46a046]━ guide {lo:.2f}–{hi:.2f}[/] [dim]({band.note})[/]")
+            expected = f"{lo:.2f}–{hi:.2f}" if lo > 0 else f"< {hi:.2f}"
+            parts.append(f"[#46a046]━ guide {expected}[/] [dim]({band.note})[/]")
         elif not len(self.train):
             parts.append("[dim]waiting for the first step…[/]")
         n = ZOOMS[self.zoom]
