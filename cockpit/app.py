@@ -57,6 +57,10 @@ class CockpitApp(App[int]):
         Binding("1", "tab('dashboard')", "Dashboard", show=False),
         Binding("2", "tab('chat')", "Chat", show=False),
         Binding("3", "tab('checklist')", "Checklist", show=False),
+        # The same from inside a text box (where 1 2 3 are typed): F1 F2 F3.
+        Binding("f1", "tab('dashboard')", "Dashboard", show=False, priority=True),
+        Binding("f2", "tab('chat')", "Chat", show=False, priority=True),
+        Binding("f3", "tab('checklist')", "Checklist", show=False, priority=True),
     ]
 
     def __init__(

@@ -326,7 +326,7 @@ async def test_a_signal_stop_ends_the_app_after_the_save():
     assert app.finished.status == "stopped"
 
 
-async def test_a_crash_of_the_ui_stops_training_with_a_save():
+async def test_a_crash_of_the_ui_stops_training_with_a_save(monkeypatch):
     fed = []
 
     def trainer(source):
@@ -342,12 +342,9 @@ async def test_a_crash_of_the_ui_stops_training_with_a_save():
     with pytest.raises(RuntimeError, match="panel bug"):
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.training is not None and app.training.is_alive())
-            HealthPanel.on_alert_raised = boom  # the next alert crashes the UI
-            try:
-                app.source.feed([{"t": 1, "kind": "alert", "rule": "x", "level": "warning", "message": "m"}])
-                await pilot.pause(1.0)
-            finally:
-                del HealthPanel.on_alert_raised
+            monkeypatch.setattr(HealthPanel, "on_alert_raised", boom)  # the next alert crashes the UI
+            app.source.feed([{"t": 1, "kind": "alert", "rule": "x", "level": "warning", "message": "m"}])
+            await pilot.pause(1.0)
     wait_for_training(app)
     assert app.source.controls.stop.is_set() and app.source.controls.stop_reason == "cockpit closed"
     assert fed == [True]  # the trainer saved and ended before we returned
@@ -406,6 +403,10 @@ async def test_number_keys_switch_tabs():
         assert tabs.active == "checklist"
         assert app.query_one("#checklist-pane").display
         await pilot.press("1")
+        assert tabs.active == "dashboard"
+        await pilot.press("f2")
+        assert tabs.active == "chat"
+        await pilot.press("f1")
         assert tabs.active == "dashboard"
 
 

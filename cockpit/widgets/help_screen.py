@@ -16,7 +16,7 @@ KEYS = (
     ("m", "loss chart: smoothing on / off"),
     ("l", "loss chart: log / linear scale"),
     ("z", "loss chart: whole run / last 10,000 / 1,000 / 100 steps"),
-    ("1 2 3", "dashboard / chat / checklist"),
+    ("1 2 3", "dashboard / chat / checklist (F1 F2 F3 also from inside a text box)"),
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("?", "this help"),
 )
