@@ -32,6 +32,17 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def need_terminal(what: str) -> None:
+    """The cockpit draws on a terminal; without one (nohup, a pipe, CI) say what to use instead."""
+    streams = (sys.stdin, sys.__stderr__)
+    if not all(getattr(f, "isatty", lambda: False)() for f in streams):
+        raise UserError(
+            f"{what} needs a terminal, and this process has none (stdin or stderr is not a tty)",
+            "use `leviathan-cockpit train CONFIG --headless` for scripts, nohup and CI; "
+            "run the cockpit inside tmux to keep it across SSH drops",
+        )
+
+
 def install_stop_signals(app) -> Callable[[], None]:
     """SIGHUP / SIGTERM: stop safely at the next step boundary. Returns a function that undoes it.
 
@@ -118,6 +129,7 @@ def build_live_app(args):
 
 
 def train_in_cockpit(args) -> int:
+    need_terminal("the cockpit")
     app = build_live_app(args)
     restore = install_stop_signals(app)
     try:
@@ -227,6 +239,7 @@ def build_attach_app(target: str | Path, **app_kw):
 
 def attach(args) -> int:
     app = build_attach_app(args.run_dir)
+    need_terminal("attach")
     app.run()
     if app.source.bad_lines:
         _say(f"{app.source.bad_lines} torn or foreign line(s) skipped in {app.source.path}")

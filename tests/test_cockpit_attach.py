@@ -89,6 +89,15 @@ def test_attach_cli_exits_2_with_the_message(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_without_a_terminal_the_cockpit_points_to_headless(tmp_path):
+    run_dir = write_log(tmp_path / "run", run_records(steps=3))
+    r = cli("attach", run_dir, cwd=tmp_path)  # stdin/stderr are pipes here
+    assert r.returncode == 2 and "needs a terminal" in r.stderr and "--headless" in r.stderr
+    r = cli("train", "--max-steps", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "needs a terminal" in r.stderr
+    assert not (tmp_path / "logs").exists()  # nothing started
+
+
 # -- finished and live logs ----------------------------------------------------------------
 
 
