@@ -91,7 +91,8 @@ class Series:
 
 
 def downsample_index(y: np.ndarray, columns: int) -> np.ndarray:
-    """Indices of at most about ``2 * columns`` points: each bucket's minimum and maximum.
+    """Indices of at most about ``2 * columns`` points: each bucket's minimum and maximum,
+    and the first and last points.
 
     Non-finite values are left out (the health panel reports NaN/Inf; a chart cannot draw
     them). One vectorised pass: about a millisecond for a million points.
@@ -114,7 +115,8 @@ def downsample_index(y: np.ndarray, columns: int) -> np.ndarray:
             tail = y[full:]
             i_lo = np.append(i_lo, full + int(tail.argmin()))
             i_hi = np.append(i_hi, full + int(tail.argmax()))
-        idx = np.empty(2 * len(i_lo), dtype=np.int64)
-        idx[0::2] = np.minimum(i_lo, i_hi)
-        idx[1::2] = np.maximum(i_lo, i_hi)
+        idx = np.empty(2 * len(i_lo) + 2, dtype=np.int64)
+        idx[1:-1:2] = np.minimum(i_lo, i_hi)
+        idx[2:-1:2] = np.maximum(i_lo, i_hi)
+        idx[0], idx[-1] = 0, n - 1  # the curve spans the whole window, to the latest point
     return idx if keep is None else keep[idx]

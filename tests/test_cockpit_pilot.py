@@ -138,7 +138,7 @@ async def test_gpu_over_the_line_and_no_gpu():
         panel.post_message(GpuSampled([], None, "log", "no NVIDIA GPU: NVML found no device"))
         await wait_for(pilot, lambda: not panel.latest.gpus)
         text = text_of(panel.content)
-        assert "No NVIDIA GPU: NVML found no device" in text and "works without one" in text
+        assert "No NVIDIA GPU: NVML found no device." in text
 
 
 async def test_local_gpu_sampling_says_plainly_when_there_is_none():

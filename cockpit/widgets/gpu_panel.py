@@ -93,11 +93,9 @@ class GpuPanel(Static):
             return Text(
                 "sampling…" if self.sample_local else "no GPU samples in this run log yet", style="dim"
             )
-        if not s.gpus:
+        if not s.gpus:  # the engine's reason says it plainly ("no NVIDIA GPU: ...")
             reason = s.reason or "no NVIDIA GPU"
-            return Text(
-                f"{reason[0].upper()}{reason[1:]}.\nThe rest of the cockpit works without one.", style="dim"
-            )
+            return Text(f"{reason[0].upper()}{reason[1:]}.", style="dim")
         width = max(self.content_size.width, 20)
         grid = Table.grid(padding=0)
         grid.add_column(no_wrap=True, overflow="ellipsis")
