@@ -283,6 +283,10 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
 
     dtype = pick_dtype(config.bf16)
     gc, gc_reason = _choose_gc(config)
+    from transformers import set_seed
+
+    # LoRA's A matrices are drawn at attach time: seed first so a run is reproducible.
+    set_seed(config.seed)
     attn = attention.register() if config.sample_packing else None
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
