@@ -65,6 +65,9 @@ class Progress:
             self._write(f"saved {r['path']}")
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
+        elif kind == "phase":
+            mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
+            self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")
         elif kind in ("resume", "start", "end", "note", "data"):
             fields = {
                 k: v for k, v in r.items() if k not in ("t", "kind", "traceback", "by_category", "lengths")
