@@ -55,6 +55,18 @@ class Segment:
     row_end: int  # exclusive; a very large number after the last phase
 
 
+def check_names(phases, present: set[str], first: int = 0) -> None:
+    """Every category a phase weights must have training rows (a typo would silently drop it)."""
+    for i, phase in enumerate(phases, first):
+        for cat in phase.weights or {}:
+            if cat != "*" and cat not in present:
+                raise UserError(
+                    f"`curriculum.phases[{i}].weights.{cat}`: no training row has _category {cat!r} "
+                    f"(categories: {', '.join(sorted(present))})",
+                    "use the names `leviathan-cockpit check CONFIG` lists, or `*` for the rest",
+                )
+
+
 def _rng(seed: int, *parts):
     import numpy as np
 
@@ -170,13 +182,7 @@ class Plan:
         if phase.weights is None:
             return None
         present = {name for name, size in zip(self.names, self.sizes.tolist(), strict=True) if size}
-        for cat in phase.weights:
-            if cat != "*" and cat not in present:
-                raise UserError(
-                    f"`curriculum.phases[{i}].weights.{cat}`: no training row has _category {cat!r} "
-                    f"(categories: {', '.join(sorted(present))})",
-                    "use the names `leviathan-cockpit check CONFIG` lists, or `*` for the rest",
-                )
+        check_names([phase], present, first=i)
         rest = phase.weights.get("*", 0.0)
         raw = {c: phase.weights.get(c, rest) for c in sorted(present)}
         total = sum(raw.values())
@@ -332,6 +338,60 @@ class Plan:
 
     def named(self, counts) -> dict[str, int]:
         return {self.names[c]: int(v) for c, v in enumerate(counts) if v}
+
+    def phase_table(self, end_rows: int) -> list[dict]:
+        """Each segment up to ``end_rows``: its span, target shares, draws per category and
+        passes over each category (above 1: the phase repeats that category's examples)."""
+        out = []
+        for seg in self.segments:
+            if seg.row_start >= end_rows:
+                break
+            stop = min(seg.row_end, end_rows)
+            draws = self.seen(stop)[0] - self.seen(seg.row_start)[0]
+            out.append(
+                {
+                    "name": seg.name,
+                    "start_epoch": seg.start_epoch,
+                    "end_epoch": round(stop / self.rows_per_epoch, 4),
+                    "rows": stop - seg.row_start,
+                    "weights": _rounded(seg.shares),
+                    "draws": self.named(draws),
+                    "passes": {
+                        self.names[c]: round(int(d) / int(self.sizes[c]), 3)
+                        for c, d in enumerate(draws)
+                        if d and self.sizes[c]
+                    },
+                }
+            )
+        return out
+
+
+def preview(config, categories: list[str], lengths) -> str:
+    """The curriculum's plan as text, for ``leviathan-cockpit check --tokens``."""
+    import numpy as np
+
+    index: dict[str, int] = {}
+    codes = np.array([index.setdefault(c, len(index)) for c in categories], np.int32)
+    plan = Plan(
+        codes,
+        sorted(index, key=index.get),
+        np.frombuffer(lengths, np.int32) if not isinstance(lengths, np.ndarray) else lengths,
+        config.curriculum.phases,
+        seed=config.seed,
+        max_length=config.sequence_len,
+        packing=config.sample_packing,
+    )
+    epochs = config.num_epochs
+    table = plan.phase_table(round(epochs * plan.rows_per_epoch))
+    out = [
+        f"curriculum preview ({len(codes):,} rows before the validation split; "
+        f"{plan.rows_per_epoch:,} packed rows an epoch, {epochs:g} epochs):"
+    ]
+    for ph in table:
+        out.append(f"  {ph['name']}: epochs {ph['start_epoch']:g}-{ph['end_epoch']:g}, {ph['rows']:,} rows")
+        for cat, d in sorted(ph["draws"].items(), key=lambda kv: -kv[1]):
+            out.append(f"    {cat:<20} {d:>12,} draws  {ph['passes'][cat]:>7.2f} passes")
+    return "\n".join(out)
 
 
 def _rounded(shares: dict[str, float] | None) -> dict[str, float] | None:
@@ -534,30 +594,6 @@ def _callback(plan: Plan, log, mix_every: int):
             )
 
         def _emit_plan(self, args, state, end_rows: int) -> None:
-            phases = []
-            for seg in plan.segments:
-                if seg.row_start >= end_rows:
-                    break
-                stop = min(seg.row_end, end_rows)
-                ex1, _ = plan.seen(stop)
-                ex0, _ = plan.seen(seg.row_start)
-                draws = ex1 - ex0
-                phases.append(
-                    {
-                        "name": seg.name,
-                        "start_epoch": seg.start_epoch,
-                        "end_epoch": round(stop / plan.rows_per_epoch, 4),
-                        "rows": stop - seg.row_start,
-                        "weights": _rounded(seg.shares),
-                        "draws": plan.named(draws),
-                        # passes over each category's examples (>1: examples repeat in the phase)
-                        "passes": {
-                            plan.names[c]: round(int(d) / int(plan.sizes[c]), 3)
-                            for c, d in enumerate(draws)
-                            if d and plan.sizes[c]
-                        },
-                    }
-                )
             log.emit(
                 "curriculum",
                 step=state.global_step,
@@ -565,7 +601,7 @@ def _callback(plan: Plan, log, mix_every: int):
                 examples=int(plan.sizes.sum()),
                 categories=plan.named(plan.sizes),
                 packing=plan.packing,
-                phases=phases,
+                phases=plan.phase_table(end_rows),
             )
 
     return CurriculumCallback()
