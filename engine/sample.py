@@ -251,6 +251,7 @@ class KeyReader:
         self.bad = 0
         self.bad_shown: list[tuple[int, str]] = []
         self.bad_sink = bad_sink
+        self._mask = self._mask2 = ()  # scratch for the newline scan, grown to the block size
         self.decoder = None
         if fast:
             try:
@@ -310,20 +311,31 @@ class KeyReader:
         import numpy as np
 
         a = np.frombuffer(block, np.uint8)
-        ends = np.flatnonzero(a == 10)
+        if len(self._mask) < len(a):
+            self._mask = np.empty(len(a), bool)
+            self._mask2 = np.empty(len(a), bool)
+        mask = np.equal(a, 10, out=self._mask[: len(a)])
+        high = None
+        if block.isascii():
+            ends = np.flatnonzero(mask)
+        else:  # newlines and bytes >= 0x80 in one scan
+            np.bitwise_or(mask, np.greater_equal(a, 0x80, out=self._mask2[: len(a)]), out=mask)
+            hits = np.flatnonzero(mask)
+            newline = a[hits] == 10
+            ends, high = hits[newline], hits[~newline]
         unterminated = not len(ends) or ends[-1] != len(a) - 1
         if unterminated:
             ends = np.append(ends, len(a))
         lengths = np.diff(ends, prepend=-1).astype(np.uint32).tobytes()
         if self.decoder is not None and not unterminated:
-            out = self._fast(block, a, ends)
+            out = self._fast(block, a, ends, high)
             if out is not None:
                 return out, lengths
         lines = split_lines(block)
         code = self.line_code
         return array("H", [code(line, first_line + i) for i, line in enumerate(lines)]), lengths
 
-    def _fast(self, block: bytes, a, ends) -> array | None:
+    def _fast(self, block: bytes, a, ends, high) -> array | None:
         """All the block's codes from one ``decode_lines`` call, or None to go line by line.
 
         Taken only when every line starts with ``{`` and ends with ``}`` (before an optional
@@ -339,7 +351,7 @@ class KeyReader:
             cr = last == 13
             if not (last[~cr] == 125).all() or (ends[cr] < 2).any() or not (a[ends[cr] - 2] == 125).all():
                 return None
-        if not block.isascii() and not utf8_ok(a):
+        if high is not None and not utf8_ok(a, high):
             return None
         try:
             values = self.decoder.decode_lines(block)
@@ -413,15 +425,17 @@ def _utf8_tables():
     return length, lo, hi
 
 
-def utf8_ok(a) -> bool:
+def utf8_ok(a, hi=None) -> bool:
     """Whether a uint8 array is UTF-8 as Python decodes it with errors="surrogatepass".
 
-    The json module reads bytes that way; only the bytes >= 0x80 are looked at.
+    The json module reads bytes that way; only the bytes >= 0x80 (at positions ``hi``, found
+    here when not given) are looked at.
     """
     import numpy as np
 
     _LEN, _LO, _HI = _utf8_tables()
-    hi = np.flatnonzero(a >= 0x80)
+    if hi is None:
+        hi = np.flatnonzero(a >= 0x80)
     if not len(hi):
         return True
     v = a[hi]
@@ -758,10 +772,10 @@ def _select_pass(src: Path, size: int, scratch: Path, selector: Selector, tmp: P
     """Copy the chosen lines, reading the file front to back and slicing them out by offset."""
     meter.start("pass 2/2 select", size)
     buf = bytearray(BLOCK)
+    view = memoryview(buf)
     lo = hi = 0  # buf holds the file's bytes [lo, hi)
     with open(src, "rb", buffering=0) as f, open(tmp, "wb", buffering=BLOCK) as out:
         for offsets, lengths in _chosen_lines(scratch, selector):
-            parts = []
             for off, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
                 if off + n > hi and hi < size:  # refill: keep from `off`, read on
                     keep = hi - off if off < hi else 0
@@ -773,22 +787,22 @@ def _select_pass(src: Path, size: int, scratch: Path, selector: Selector, tmp: P
                     need = max(BLOCK, n)
                     if len(buf) < need:
                         buf = buf[:keep] + bytes(need - keep)
-                    with memoryview(buf) as view:
-                        while hi - lo < need and hi < size:
-                            got = f.readinto(view[hi - lo :])
-                            if not got:
-                                break
-                            hi += got
+                        view = memoryview(buf)
+                    while hi - lo < need and hi < size:
+                        got = f.readinto(view[hi - lo :])
+                        if not got:
+                            break
+                        hi += got
                     meter.update(hi)
-                line = bytes(buf[off - lo : min(off + n, hi) - lo])
-                if off + n > size:  # the unterminated last line
-                    line = line + b"\n"
-                if len(line) != n or line[-1:] != b"\n":
+                start, stop = off - lo, min(off + n, hi) - lo
+                last = off + n > size  # the file's unterminated last line
+                if stop - start != n - last or (not last and buf[stop - 1] != 10):
                     raise UserError(
                         f"{src} changed while it was being sampled", "run again on a file at rest"
                     )
-                parts.append(line)
-            out.write(b"".join(parts))
+                out.write(view[start:stop])
+                if last:
+                    out.write(b"\n")
         out.flush()
         os.fsync(out.fileno())
     meter.update(size, final=True)
