@@ -135,9 +135,10 @@ class CurriculumPhase(BaseModel):
     """Where it ends (exclusive). Phases may not overlap; a gap trains on the natural mix."""
     weights: dict[str, float] | None = None
     """Share of the examples drawn from each ``_category`` while the phase lasts (made to sum
-    to 1). ``"*"`` gives that weight to every category not named. Categories not named (and no
-    ``"*"``) are left out of the phase. Omitted: the natural mix (every example equally likely,
-    each seen once per epoch)."""
+    to 1). ``"*"`` is one weight for all the categories not named, shared among them by their
+    sizes (the rest of the corpus in its natural mix). Without ``"*"``, categories not named are
+    left out of the phase. Omitted: the natural mix (every example equally likely, each seen
+    once per epoch)."""
 
     @field_validator("weights")
     @classmethod

@@ -155,7 +155,7 @@ class Plan:
         def take():
             nxt[0] = next(it, None)
 
-        rows: list[int] = []
+        rows = array("i")
         self._fill(math.inf, peek, take, rows, None)
         return max(1, len(rows))
 
@@ -183,22 +183,29 @@ class Plan:
             return None
         present = {name for name, size in zip(self.names, self.sizes.tolist(), strict=True) if size}
         check_names([phase], present, first=i)
+        # "*": one weight for all the categories not named, shared by their natural sizes
         rest = phase.weights.get("*", 0.0)
-        raw = {c: phase.weights.get(c, rest) for c in sorted(present)}
-        total = sum(raw.values())
+        named = {c: w for c, w in phase.weights.items() if c != "*"}
+        others = {c: int(self.sizes[self.names.index(c)]) for c in sorted(present - set(named))}
+        if not others:
+            rest = 0.0
+        total = sum(named.values()) + rest
         if total <= 0:
             raise UserError(
                 f"`curriculum.phases[{i}].weights`: no category with a weight above 0 has rows",
                 "give a weight to a category that has rows",
             )
-        return {c: w / total for c, w in raw.items() if w > 0}
+        shares = {c: w / total for c, w in named.items()}
+        pool = sum(others.values())
+        shares.update({c: rest / total * n / pool for c, n in others.items()} if rest else {})
+        return {c: v for c, v in sorted(shares.items()) if v > 0}
 
     def segment_at(self, row: int) -> Segment:
         return self.segments[bisect.bisect_right(self._starts, row) - 1]
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _fill(self, limit, peek, take, rows: list[int], examples_out: list[int] | None) -> None:
+    def _fill(self, limit, peek, take, rows, examples_out) -> None:
         """Pack drawn examples into ``limit`` rows (fewer only if the draws run out), appending
         each row's example count to ``rows`` and its example ids to ``examples_out``."""
         lengths = self._length_of
@@ -256,8 +263,7 @@ class Plan:
         n = self.rows_per_epoch
         while len(self._epochs) <= epoch:
             e = len(self._epochs)
-            rows: list[int] = []
-            examples: list[int] = []
+            rows, examples = array("i"), array("i")  # compact: an epoch can be millions
             lo, hi = e * n, (e + 1) * n
             k = bisect.bisect_right(self._starts, lo) - 1
             while lo < hi:
@@ -270,8 +276,8 @@ class Plan:
                     raise RuntimeError("curriculum segment came up short")
                 lo, k = stop, k + 1
             offsets = np.zeros(len(rows) + 1, np.int64)
-            np.cumsum(rows, out=offsets[1:])
-            ex = np.asarray(examples, np.int32)
+            np.cumsum(np.frombuffer(rows, np.int32), out=offsets[1:])
+            ex = np.frombuffer(examples, np.int32).copy()
             self._epochs.append((offsets, ex))
             cats = self.categories[ex]
             self._totals.append(

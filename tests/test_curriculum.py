@@ -66,6 +66,12 @@ def test_mix_per_phase_matches_the_weights():
             assert abs(got[c] - want.get(name, 0.0)) < 0.02, (seg.name, name, got[c], want.get(name))
         if seg.name == "foundation":  # categories not named, and no "*": left out
             assert got[NAMES.index("identity")] == 0 and got[NAMES.index("esoteric")] == 0
+        if seg.name == "integration":  # "*": 0.25 of 2.25 for the rest, shared by their sizes
+            sizes = np.bincount(cats, minlength=len(NAMES))
+            rest = [NAMES.index(c) for c in ("general", "coding", "reasoning", "identity")]
+            for c in rest:
+                assert abs(seg.shares[NAMES[c]] - 0.25 / 2.25 * sizes[c] / sizes[rest].sum()) < 1e-9
+            assert abs(seg.shares["psychology"] - 1 / 2.25) < 1e-9
         # seen() over the phase's span says the same as the rows themselves
         a, _ = plan.seen(seg.row_start)
         b, _ = plan.seen(min(seg.row_end, 3 * plan.rows_per_epoch))
