@@ -57,6 +57,7 @@ FINGERPRINT_KEYS = (
     "datasets",
     "val_set_size",
     "train_on_inputs",
+    "curriculum",
 )
 
 
@@ -167,13 +168,18 @@ def build_trainer(
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = LeviathanTrainer(
+    trainer_cls, callbacks = LeviathanTrainer, [callback]
+    if config.curriculum is not None:  # phases by category: a sampler over the training set
+        from engine.curriculum import curriculum_trainer
+
+        trainer_cls, callbacks = curriculum_trainer(config, prepared.train, callback)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=prepared.train.remove_columns(["category"]),
         eval_dataset=prepared.val.remove_columns(["category"]) if prepared.val is not None else None,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     # Our run log and progress line replace the trainer's own printing.
     trainer.remove_callback(PrinterCallback)
