@@ -267,6 +267,9 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code
     )
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA's random init comes before the trainer seeds anything
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
     meta = {"base_model": config.base_model, "fingerprint": fingerprint(config)}
