@@ -113,6 +113,33 @@ class HealthConfig(BaseModel):
     underfit_loss: float = 1.5
 
 
+class ChatPresetSpec(BaseModel):
+    """One prompt of the chat pane's preset list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    label: str | None = None
+    """What the list shows (default: the prompt's start)."""
+    group: str = "config"
+    """Groups pass/fail marks in the checklist (identity, esoteric, code, ...)."""
+
+
+class ChatConfig(BaseModel):
+    """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = None
+    """System prompt the pane starts with (editable there); none by default."""
+    temperature: float = Field(0.7, ge=0)
+    """0 means greedy decoding."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    presets: list[ChatPresetSpec | str] = Field(default_factory=list)
+    """Prompts (plain strings, or prompt/label/group) listed after the guide's spot checks."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -181,6 +208,7 @@ class RunConfig(BaseModel):
     logs_dir: str = "logs"
     run_name: str | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
 
     @field_validator("val_set_size")
     @classmethod
@@ -320,6 +348,8 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
             parent = DatasetSpec
         elif loc[0] == "health":
             parent = HealthConfig
+        elif loc[0] == "chat":
+            parent = ChatPresetSpec if "presets" in loc else ChatConfig
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
         hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
         return UserError(f"{where}: unknown key `{key}`", hint)
