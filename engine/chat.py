@@ -436,6 +436,8 @@ class Adapters:
         for n, p in self.model.named_parameters():
             if f".{name}." in n:
                 p.requires_grad_(False)
+        # New modules start in train mode: the checkpoint's LoRA dropout would be live.
+        self.model.eval()
         self.loaded[folder] = name
 
     def trim(self, keep: int | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
@@ -139,6 +140,37 @@ def test_adapters_beside_training_adapter_keep_flags(persona_checkpoint):
     assert set(model.state_dict()) == keys
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert model.training and model.active_adapter == "default"
+
+
+def test_loaded_checkpoint_generates_in_eval_mode(persona_checkpoint, tmp_path):
+    """A checkpoint trained with LoRA dropout must not drop out while it answers."""
+    from peft import LoraConfig, get_peft_model
+
+    from engine.loading import load_for_inference
+
+    ckpt, base, answer = persona_checkpoint
+    dropped = tmp_path / "checkpoint-60"
+    shutil.copytree(ckpt, dropped)
+    cfg = json.loads((dropped / "adapter_config.json").read_text())
+    (dropped / "adapter_config.json").write_text(json.dumps({**cfg, "lora_dropout": 0.9}))
+    loaded = load_for_inference(str(base))
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.5))
+    model.train()
+    adapters = Adapters(model, str(base), live="default", keep=0)
+    with training_untouched(model):
+        names = adapters.names([str(dropped)])
+        assert not any(m.training for m in model.modules())
+        request = Request("Who are you?", [str(dropped)], GREEDY)
+        assert generate(model, loaded.tokenizer, request, names, lambda e: None)[0].text == answer
+        adapters.trim(0)
+    assert all(m.training for m in model.modules())
+
+
+def test_vision_language_base_chats(tiny_model, tmp_path):
+    """The guide's base is a Qwen3-VL model, trained and chatted with on text only."""
+    backend = StandaloneBackend(str(tiny_model("qwen3_vl")))
+    done = ask(backend, "Who are you?", [BASE])[-1]
+    assert isinstance(done, Done) and done.answers[0].tokens > 0
 
 
 def test_peft_set_adapter_flips_requires_grad_and_we_restore(persona_checkpoint):
