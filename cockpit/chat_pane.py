@@ -307,7 +307,10 @@ class ChatPane(Vertical):
             turn.done = True
             self._finish(request)
             at = f" at step {ev.step}" if ev.step is not None else ""
-            self.status(f"answered{at} in {ev.seconds:.1f}s: " + "  |  ".join(_stats(a) for a in ev.answers))
+            notes = "".join(f"  note: {n}" for n in ev.notes)
+            self.status(
+                f"answered{at} in {ev.seconds:.1f}s: " + "  |  ".join(_stats(a) for a in ev.answers) + notes
+            )
             self.post_message(self.Answered(request, ev, ids))
         elif isinstance(ev, Failed):
             for view in turn.answers:

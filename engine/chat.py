@@ -123,6 +123,7 @@ class Done:
     answers: list[Answer]
     step: int | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. a checkpoint trained on another base
 
 
 @dataclass
@@ -393,6 +394,7 @@ class Adapters:
         self.live = live  # the adapter being trained, when there is one
         self.keep = keep
         self.loaded: dict[str, str] = {}  # resolved folder -> adapter name
+        self.notes: list[str] = []  # said once per request, then cleared
 
     def names(self, targets: list[str]) -> list[str] | None:
         """PEFT adapter names for the targets, loading checkpoints that are not loaded yet."""
@@ -412,11 +414,25 @@ class Adapters:
                 key = str(Path(t).resolve())
                 if key not in self.loaded:
                     check_adapter_fits(self.model, t, self.base_name)
+                    self._note_other_base(t)
                     self._load(key)
                 # Most recently used last.
                 self.loaded[key] = self.loaded.pop(key)
                 names.append(self.loaded[key])
         return names
+
+    def _note_other_base(self, folder: str) -> None:
+        from engine.loading import adapter_base
+
+        trained_on = adapter_base(folder)
+
+        def norm(name: str) -> str:
+            return str(Path(name).resolve()) if Path(name).exists() else name
+
+        if trained_on and self.base_name and norm(trained_on) != norm(self.base_name):
+            self.notes.append(
+                f"{Path(folder).name} was trained on {trained_on}; it fits, but this is {self.base_name}"
+            )
 
     def _load(self, folder: str) -> None:
         name = adapter_name(folder)
@@ -583,7 +599,7 @@ def chat_on_training_model(
                 answers = generate(model, tokenizer, request, names, sink)
             finally:
                 adapters.trim(0)
-        done = Done(request.id, answers, step, round(time.perf_counter() - t0, 3))
+        done = Done(request.id, answers, step, round(time.perf_counter() - t0, 3), adapters.notes)
         sink(done)
         return done
     except Exception as e:  # a chat never takes the training run down

@@ -152,10 +152,11 @@ class StandaloneBackend(ChatBackend):
                 raise UserError("`live` weights exist only during training", "pick a checkpoint or base")
             loaded = self.load()
             sink(Started(request.id, list(request.targets)))
+            self.adapters.notes = []
             names = self.adapters.names(request.targets)
             answers = generate(self.adapters.model, loaded.tokenizer, request, names, sink)
             self.adapters.trim()
-            done = Done(request.id, answers, None, round(time.perf_counter() - t0, 3))
+            done = Done(request.id, answers, None, round(time.perf_counter() - t0, 3), self.adapters.notes)
             sink(done)
             return done
         except Exception as e:

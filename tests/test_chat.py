@@ -209,6 +209,11 @@ def test_bad_checkpoints_are_clear(persona_checkpoint, tiny_model, tmp_path):
     assert f"{ckpt} was trained on {base} and does not fit" in misfit.message
     assert "size 192 here, 128 in the checkpoint" in misfit.message
     assert ask(wide, "hi", [BASE])[-1].answers[0].tokens > 0  # the model still answers
+    # Another base of the same shapes: it loads, with a note.
+    same_shapes = StandaloneBackend(str(build_tiny_model(tmp_path / "twin", seed=1)))
+    twin = ask(same_shapes, "hi", [str(ckpt)])[-1]
+    assert isinstance(twin, Done) and "was trained on" in twin.notes[0]
+    assert ask(backend, "hi", [str(ckpt)])[-1].notes == []
     # A checkpoint folder without weights.
     torn = tmp_path / "checkpoint-7"
     shutil.copytree(ckpt, torn)
