@@ -106,9 +106,10 @@ class CockpitCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         c = self.controls
+        self._run_jobs(state, kwargs)
         if c.pause.is_set():
             self.log.emit("paused", step=state.global_step)
-            c.wait_while_paused()
+            c.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
             if not c.stop.is_set():
                 self.log.emit("resumed", step=state.global_step)
             self._mark_t = time.time()
@@ -121,6 +122,20 @@ class CockpitCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.controls.close_jobs("training has ended")
+
+    def _run_jobs(self, state, kwargs) -> None:
+        # Chat jobs: on this thread, between optimizer steps, with the model in memory.
+        t0 = time.time()
+        n = self.controls.run_jobs(
+            model=kwargs.get("model"), tokenizer=kwargs.get("processing_class"), step=state.global_step
+        )
+        if n:
+            seconds = time.time() - t0
+            self._mark_t += seconds  # chat time is not training time
+            self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
 
 
 def _num(x):

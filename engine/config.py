@@ -231,6 +231,33 @@ class CurriculumConfig(BaseModel):
         return self
 
 
+class ChatPresetSpec(BaseModel):
+    """One prompt of the chat pane's preset list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    label: str | None = None
+    """What the list shows (default: the prompt's start)."""
+    group: str = "config"
+    """Groups pass/fail marks in the checklist (identity, esoteric, code, ...)."""
+
+
+class ChatConfig(BaseModel):
+    """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = None
+    """System prompt the pane starts with (editable there); none by default."""
+    temperature: float = Field(0.7, ge=0)
+    """0 means greedy decoding."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    presets: list[ChatPresetSpec | str] = Field(default_factory=list)
+    """Prompts (plain strings, or prompt/label/group) listed after the guide's spot checks."""
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -308,6 +335,8 @@ class RunConfig(BaseModel):
     curriculum: CurriculumConfig | None = None
     """Phases over epochs with ``_category`` weights (see CurriculumConfig); none: every epoch
     is the natural mix."""
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
 
     @field_validator("val_set_size")
     @classmethod

@@ -297,6 +297,9 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
     )
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA's random init comes before the trainer seeds anything
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
     # run_dir links a checkpoint back to its run (eval results and the checklist live there).
