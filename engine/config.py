@@ -133,6 +133,8 @@ class HealthConfig(BaseModel):
     plateau_min_delta: float = Field(0.01, ge=0)
     spike_factor: float = Field(1.5, gt=1)
     """Spike: a logged loss above spike_factor x the median of the recent window."""
+    spike_min_delta: float = Field(0.3, ge=0)
+    """Spike: the jump must also exceed the median by this much; near a loss of 0.1 a 1.5x ratio is noise."""
     spike_window: int = Field(50, gt=1)
     """Logged steps in the spike rule's recent window (it needs 10 of them, or all, first)."""
     overfit_gap: float = 0.5
