@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
         "--tokens", action="store_true", help="also count tokens per _category with the model's tokenizer"
     )
     p.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model needed)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes that tokenize (default: the cores)",
+    )
     from engine.cli_extra import register
 
     register(sub)

@@ -17,7 +17,18 @@ from engine.events import RunLog
 
 
 class CockpitCallback(TrainerCallback):
-    def __init__(self, log: RunLog, controls: Controls, *, save_total_limit: int | None, meta: dict) -> None:
+    def __init__(
+        self,
+        log: RunLog,
+        controls: Controls,
+        *,
+        save_total_limit: int | None,
+        meta: dict,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
         self.log = log
         self.controls = controls
         self.save_total_limit = save_total_limit
@@ -48,6 +59,7 @@ class CockpitCallback(TrainerCallback):
             steps = state.global_step - self._mark_step
             loss = float(logs["loss"])
             self.last_loss = loss
+            tps = (tokens - self._mark_tokens) / dt
             self.log.emit(
                 "step",
                 step=state.global_step,
@@ -56,7 +68,8 @@ class CockpitCallback(TrainerCallback):
                 grad_norm=_num(logs.get("grad_norm")),
                 epoch=round(state.epoch or 0.0, 4),
                 tokens=tokens,
-                tokens_per_s=round((tokens - self._mark_tokens) / dt, 1),
+                tokens_per_s=round(tps, 1),
+                mfu=round(tps * self.flops_per_token / self.peak_flops, 4) if self.peak_flops else None,
                 s_per_step=round(dt / steps, 4) if steps else None,
                 max_steps=state.max_steps,
             )
@@ -106,9 +119,10 @@ class CockpitCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         c = self.controls
+        self._run_jobs(state, kwargs)
         if c.pause.is_set():
             self.log.emit("paused", step=state.global_step)
-            c.wait_while_paused()
+            c.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
             if not c.stop.is_set():
                 self.log.emit("resumed", step=state.global_step)
             self._mark_t = time.time()
@@ -121,6 +135,20 @@ class CockpitCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.controls.close_jobs("training has ended")
+
+    def _run_jobs(self, state, kwargs) -> None:
+        # Chat jobs: on this thread, between optimizer steps, with the model in memory.
+        t0 = time.time()
+        n = self.controls.run_jobs(
+            model=kwargs.get("model"), tokenizer=kwargs.get("processing_class"), step=state.global_step
+        )
+        if n:
+            seconds = time.time() - t0
+            self._mark_t += seconds  # chat time is not training time
+            self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
 
 
 def _num(x):

@@ -133,6 +133,8 @@ class HealthConfig(BaseModel):
     plateau_min_delta: float = Field(0.01, ge=0)
     spike_factor: float = Field(1.5, gt=1)
     """Spike: a logged loss above spike_factor x the median of the recent window."""
+    spike_min_delta: float = Field(0.3, ge=0)
+    """Spike: the jump must also exceed the median by this much; near a loss of 0.1 a 1.5x ratio is noise."""
     spike_window: int = Field(50, gt=1)
     """Logged steps in the spike rule's recent window (it needs 10 of them, or all, first)."""
     overfit_gap: float = 0.5
@@ -153,6 +155,109 @@ class ExportConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     num_ctx: int = Field(4096, gt=0)
     """Context length Ollama serves with."""
+
+
+class KeyError_(ValueError):
+    """Raised by a validator to name the exact sub-key at fault (``loc`` below the field)."""
+
+    def __init__(self, loc: tuple, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.loc, self.message, self.fix = loc, message, fix
+
+
+class CurriculumPhase(BaseModel):
+    """One phase of the curriculum: a span of training with its own category mix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    """Shown in the cockpit and in the run log's ``phase`` records."""
+    start_epoch: float = Field(ge=0)
+    """Where the phase begins, in epochs of training (0.0 is the first step; 1.5 is half-way
+    through the second epoch)."""
+    end_epoch: float = Field(gt=0)
+    """Where it ends (exclusive). Phases may not overlap; a gap trains on the natural mix."""
+    weights: dict[str, float] | None = None
+    """Share of the examples drawn from each ``_category`` while the phase lasts (made to sum
+    to 1). ``"*"`` is one weight for all the categories not named, shared among them by their
+    sizes (the rest of the corpus in its natural mix). Without ``"*"``, categories not named are
+    left out of the phase. Omitted: the natural mix (every example equally likely, each seen
+    once per epoch)."""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        for cat, w in v.items():
+            if not w >= 0:
+                raise KeyError_((cat,), f"weight {w!r} is negative", "weights are shares: 0 or more")
+        if not any(w > 0 for w in v.values()):
+            raise KeyError_((), "every weight is 0", "give at least one category a weight above 0")
+        return v
+
+
+class CurriculumConfig(BaseModel):
+    """Phases over epochs with category weights, applied by a sampler over the training set
+    (files are not rewritten). Reproducible by ``seed`` and exact on resume."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phases: list[CurriculumPhase] = Field(min_length=1)
+    """In order of ``start_epoch``."""
+    mix_every: int = Field(50, gt=0)
+    """Steps between the run log's ``mix`` records (the mix of categories seen so far)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CurriculumConfig:
+        names = set()
+        for i, ph in enumerate(self.phases):
+            if ph.end_epoch <= ph.start_epoch:
+                raise KeyError_(
+                    ("phases", i, "end_epoch"),
+                    f"end_epoch {ph.end_epoch} is not after start_epoch {ph.start_epoch}",
+                    "a phase ends after it starts",
+                )
+            if i and ph.start_epoch < self.phases[i - 1].end_epoch:
+                raise KeyError_(
+                    ("phases", i, "start_epoch"),
+                    f"phase {ph.name!r} starts at {ph.start_epoch}, before phase "
+                    f"{self.phases[i - 1].name!r} ends ({self.phases[i - 1].end_epoch})",
+                    "list phases in order, without overlaps",
+                )
+            if ph.name in names:
+                raise KeyError_(
+                    ("phases", i, "name"), f"phase name {ph.name!r} is used twice", "name each phase once"
+                )
+            names.add(ph.name)
+        return self
+
+
+class ChatPresetSpec(BaseModel):
+    """One prompt of the chat pane's preset list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    label: str | None = None
+    """What the list shows (default: the prompt's start)."""
+    group: str = "config"
+    """Groups pass/fail marks in the checklist (identity, esoteric, code, ...)."""
+
+
+class ChatConfig(BaseModel):
+    """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = None
+    """System prompt the pane starts with (editable there); none by default."""
+    temperature: float = Field(0.7, ge=0)
+    """0 means greedy decoding."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    presets: list[ChatPresetSpec | str] = Field(default_factory=list)
+    """Prompts (plain strings, or prompt/label/group) listed after the guide's spot checks."""
 
 
 class RunConfig(BaseModel):
@@ -229,6 +334,11 @@ class RunConfig(BaseModel):
     """The validation checklist's items (the guide's lists by default)."""
     export: ExportConfig = Field(default_factory=ExportConfig)
     """Serving settings used after training (`leviathan-cockpit export ollama`)."""
+    curriculum: CurriculumConfig | None = None
+    """Phases over epochs with ``_category`` weights (see CurriculumConfig); none: every epoch
+    is the natural mix."""
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
 
     @field_validator("val_set_size")
     @classmethod
@@ -245,6 +355,15 @@ class RunConfig(BaseModel):
             raise ValueError("adapter: qlora quantizes to 4 bits; drop load_in_8bit")
         if self.chat_template == "jinja" and not self.chat_template_jinja:
             raise ValueError("chat_template: jinja needs chat_template_jinja")
+        if self.curriculum is not None and self.max_steps is None:
+            last = len(self.curriculum.phases) - 1
+            if self.curriculum.phases[last].start_epoch >= self.num_epochs:
+                raise KeyError_(
+                    ("curriculum", "phases", last, "start_epoch"),
+                    f"the phase starts at epoch {self.curriculum.phases[last].start_epoch} "
+                    f"but training ends at num_epochs {self.num_epochs:g}",
+                    "start it earlier or raise num_epochs",
+                )
         if self.chat_template not in ("tokenizer_default", "chatml", "llama3", "jinja"):
             raise ValueError(
                 f"chat_template {self.chat_template!r} is not one of tokenizer_default, chatml, llama3, jinja"
@@ -375,6 +494,10 @@ def _model_at(loc: tuple):
 def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserError:
     err = e.errors()[0]
     loc = tuple(err["loc"])
+    exc = err.get("ctx", {}).get("error")
+    if isinstance(exc, KeyError_):  # a validator that names the sub-key at fault
+        loc = loc + exc.loc
+        return UserError(f"{_where(str(file), lines, loc)}: `{_dotted(loc)}`: {exc.message}", exc.fix)
     key = ".".join(str(p) for p in loc) or "(top level)"
     where = _where(str(file), lines, loc)
     if err["type"] == "missing":
@@ -388,6 +511,14 @@ def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserErr
     value = err.get("input")
     allowed = err.get("ctx", {}).get("expected") or err["msg"]
     return UserError(f"{where}: bad value for `{key}`: {value!r}", f"{allowed}")
+
+
+def _dotted(loc: tuple) -> str:
+    """('curriculum', 'phases', 1, 'weights', 'coding') -> curriculum.phases[1].weights.coding"""
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def dump_resolved(config: RunConfig, path: str | Path) -> None:

@@ -6,7 +6,10 @@ steps. Nothing here blocks the UI, and the training thread only blocks while pau
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+from collections.abc import Callable
 
 
 class Controls:
@@ -17,6 +20,9 @@ class Controls:
         self.eval_now = threading.Event()
         self._resume = threading.Event()
         self.stop_reason = ""
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs_lock = threading.Lock()
+        self.jobs_closed = threading.Event()
 
     def request_pause(self) -> None:
         self._resume.clear()
@@ -45,13 +51,61 @@ class Controls:
     def request_eval(self) -> None:
         self.eval_now.set()
 
-    def wait_while_paused(self, timeout: float = 0.2) -> None:
-        """Called by the training thread at a step boundary; returns when resumed or stopped."""
+    def wait_while_paused(self, timeout: float = 0.2, between: Callable[[], object] | None = None) -> None:
+        """Called by the training thread at a step boundary; returns when resumed or stopped.
+
+        ``between`` runs after each wake-up (submitted jobs wake the loop): chat while paused.
+        """
         while self.pause.is_set() and not self.stop.is_set():
             self._resume.wait(timeout)
+            if self.pause.is_set():
+                self._resume.clear()  # woken for a job, not to resume
+            if between is not None:
+                between()
 
     def take(self, flag: threading.Event) -> bool:
         if flag.is_set():
             flag.clear()
             return True
         return False
+
+    # -- jobs on the training thread (chat with the model in memory) -----------------------
+
+    def submit(self, job: Callable[..., object]) -> bool:
+        """Queue ``job(**context)`` for the training thread's next step boundary (at once while
+        paused). Returns False when training has ended and nothing will ever run it."""
+        with self._jobs_lock:
+            if self.jobs_closed.is_set():
+                return False
+            self._jobs.put(job)
+        self._resume.set()  # wakes a paused loop, which goes back to waiting
+        return True
+
+    def run_jobs(self, **context) -> int:
+        """Run every queued job on this (the training) thread; returns how many ran.
+
+        A job reports its own result and errors; one that raises anyway is dropped so
+        that a chat can never take the run down.
+        """
+        n = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return n
+            n += 1
+            with contextlib.suppress(Exception):  # the job already told its caller
+                job(**context)
+
+    def close_jobs(self, reason: str = "training has ended") -> None:
+        """No more jobs: queued ones are cancelled with ``job.cancel(reason)`` when they have it."""
+        with self._jobs_lock:
+            self.jobs_closed.set()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            cancel = getattr(job, "cancel", None)
+            if cancel is not None:
+                cancel(reason)

@@ -114,19 +114,26 @@ def read_rows(
         raise UserError(f"{path}: dataset file not found", "fix `datasets[].path` in the config")
     with p.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                yield (path, lineno, f"bad JSON ({str(e).split(':')[0]})")
-                continue
-            try:
-                turns, category = parse_row(obj, ds_type, field_messages)
-            except BadRow as e:
-                yield (path, lineno, str(e))
-                continue
-            yield Row(path, lineno, turns, category)
+            item = parse_line(path, lineno, raw, ds_type, field_messages)
+            if item is not None:
+                yield item
+
+
+def parse_line(
+    path: str, lineno: int, raw: bytes, ds_type: str, field_messages: str | None = None
+) -> Row | tuple[str, int, str] | None:
+    """One line of a JSONL file: a Row, (file, line, reason) when bad, None when blank."""
+    if not raw.strip():
+        return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
+        return (path, lineno, f"bad JSON ({str(e).split(':')[0]})")
+    try:
+        turns, category = parse_row(obj, ds_type, field_messages)
+    except BadRow as e:
+        return (path, lineno, str(e))
+    return Row(path, lineno, turns, category)
 
 
 def bad_rows_error(bad: list[tuple[str, int, str]], total: int) -> UserError:
@@ -204,16 +211,26 @@ class Stats:
     rows_by_file: dict[str, int] = field(default_factory=dict)
     rows_by_category: dict[str, int] = field(default_factory=dict)
     tokens_by_category: dict[str, int] = field(default_factory=dict)
+    trained_by_category: dict[str, int] = field(default_factory=dict)  # tokens with a label
     lengths: list[int] = field(default_factory=list)
     bad: list[tuple[str, int, str]] = field(default_factory=list)
     too_long: list[tuple[str, int, int]] = field(default_factory=list)
+    row_categories: list[str] | None = None  # per good row, kept by `check(collect=True)`
+    row_lengths: object | None = None  # array("i") of token counts, same rows
 
-    def add(self, row: Row, n_tokens: int | None) -> None:
-        self.rows_by_file[row.file] = self.rows_by_file.get(row.file, 0) + 1
-        self.rows_by_category[row.category] = self.rows_by_category.get(row.category, 0) + 1
+    def add(self, row: Row, n_tokens: int | None, n_trained: int | None = None) -> None:
+        self.add_counts(row.file, row.category, n_tokens, n_trained)
+
+    def add_counts(
+        self, file: str, category: str, n_tokens: int | None, n_trained: int | None = None
+    ) -> None:
+        self.rows_by_file[file] = self.rows_by_file.get(file, 0) + 1
+        self.rows_by_category[category] = self.rows_by_category.get(category, 0) + 1
         if n_tokens is not None:
             self.lengths.append(n_tokens)
-            self.tokens_by_category[row.category] = self.tokens_by_category.get(row.category, 0) + n_tokens
+            self.tokens_by_category[category] = self.tokens_by_category.get(category, 0) + n_tokens
+        if n_trained is not None:
+            self.trained_by_category[category] = self.trained_by_category.get(category, 0) + n_trained
 
     @property
     def total(self) -> int:
@@ -241,4 +258,26 @@ class Stats:
         if self.too_long:
             out.append(f"rows longer than sequence_len: {len(self.too_long)}")
         out.append(f"bad rows: {len(self.bad)}")
+        return "\n".join(out)
+
+    def token_report(self) -> str:
+        """Tokens per category: all of them, the trained (assistant) ones, shares and means."""
+        total = sum(self.tokens_by_category.values()) or 1
+        trained_total = sum(self.trained_by_category.values()) or 1
+        w = max([len(c) for c in self.rows_by_category] + [9])
+        out = [
+            "tokens per _category (the model's tokenizer, chat template applied):",
+            f"  {'_category':<{w}}  {'rows':>10}  {'tokens':>14}  {'share':>6}  {'trained':>14}  {'share':>6}  {'mean/row':>8}",
+        ]
+        for cat, n in sorted(self.tokens_by_category.items(), key=lambda kv: -kv[1]):
+            rows = self.rows_by_category.get(cat, 0)
+            tr = self.trained_by_category.get(cat, 0)
+            out.append(
+                f"  {cat:<{w}}  {rows:>10,}  {n:>14,}  {100 * n / total:5.1f}%  {tr:>14,}  "
+                f"{100 * tr / trained_total:5.1f}%  {n / max(rows, 1):>8,.0f}"
+            )
+        out.append(
+            f"  {'total':<{w}}  {sum(self.rows_by_category.values()):>10,}  {sum(self.tokens_by_category.values()):>14,}"
+            f"          {sum(self.trained_by_category.values()):>14,}"
+        )
         return "\n".join(out)

@@ -65,6 +65,9 @@ class Progress:
             self._write(f"saved {r['path']}")
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
+        elif kind == "phase":
+            mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
+            self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")
         elif kind in ("resume", "start", "end", "note", "data"):
             fields = {
                 k: v for k, v in r.items() if k not in ("t", "kind", "traceback", "by_category", "lengths")
@@ -138,8 +141,20 @@ def check_command(args) -> int:
             config.chat_template_jinja,
             config.trust_remote_code,
         )
-    stats = check(config, tokenizer)
+    tokens = getattr(args, "tokens", False) and tokenizer is not None
+    curriculum = tokens and config.curriculum is not None
+    stats = check(config, tokenizer, workers=max(1, getattr(args, "workers", 1) or 1), collect=curriculum)
     print(stats.report())
+    if tokens:
+        print(stats.token_report())
     if stats.bad:
         raise bad_rows_error(stats.bad, stats.total)
+    if config.curriculum is not None:
+        from engine.curriculum import check_names
+
+        check_names(config.curriculum.phases, set(stats.rows_by_category))
+    if curriculum:
+        from engine.curriculum import preview
+
+        print(preview(config, stats.row_categories, stats.row_lengths))
     return 0

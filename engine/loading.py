@@ -7,6 +7,7 @@ base loads through the same path as in training (causal LM or image-text-to-text
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,73 @@ def resolve(path: str, base: str | None = None) -> tuple[str, str | None]:
     return base or path, None
 
 
+def adapter_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a saved adapter, read from the safetensors header (no weights loaded)."""
+    folder = Path(path)
+    file = folder / "adapter_model.safetensors"
+    if not file.is_file():
+        raise UserError(
+            f"{folder}: no adapter_model.safetensors (an incomplete or foreign checkpoint)",
+            "pick a complete checkpoint-N folder",
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error types
+        raise UserError(f"{file}: unreadable ({e})", "pick another checkpoint") from None
+
+
+def check_adapter_fits(model, path: str | Path, base_name: str | None = None) -> None:
+    """Raise a clear UserError when the LoRA checkpoint at ``path`` does not fit ``model``.
+
+    Compares every LoRA matrix with the layer it would sit on: ``lora_A`` is [r, in] and
+    ``lora_B`` is [out, r]. A checkpoint trained on another base of the same shapes fits
+    (and loads); the base named in its adapter_config.json is quoted in the message.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such checkpoint folder", "pick one from the list or check the path")
+    if not (folder / "adapter_config.json").is_file():
+        raise UserError(
+            f"{folder}: not a LoRA checkpoint (no adapter_config.json)", "pick a checkpoint-N folder"
+        )
+    trained_on = adapter_base(folder) or "an unnamed base"
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for key, shape in adapter_shapes(folder).items():
+        m = re.match(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight$", key)
+        if not m or len(shape) != 2:
+            continue
+        module_path, which = m.groups()
+        try:
+            layer = root.get_submodule(module_path)
+        except AttributeError:
+            raise _misfit(
+                folder, trained_on, base_name, f"layer {module_path} is not in this model"
+            ) from None
+        layer = getattr(layer, "base_layer", layer)
+        want_in, want_out = getattr(layer, "in_features", None), getattr(layer, "out_features", None)
+        got = shape[1] if which == "A" else shape[0]
+        want = want_in if which == "A" else want_out
+        if want is not None and got != want:
+            side = "input" if which == "A" else "output"
+            raise _misfit(
+                folder,
+                trained_on,
+                base_name,
+                f"{module_path} has {side} size {want} here, {got} in the checkpoint",
+            )
+
+
+def _misfit(folder: Path, trained_on: str, base_name: str | None, detail: str) -> UserError:
+    here = f"the model in memory ({base_name})" if base_name else "the model in memory"
+    return UserError(
+        f"{folder} was trained on {trained_on} and does not fit {here}: {detail}",
+        "chat with checkpoints of this base, or run `leviathan-cockpit chat CHECKPOINT --base BASE` with its own base",
+    )
+
+
 def load_for_inference(path: str, base: str | None = None, dtype=None, device: str | None = None) -> Loaded:
     import torch
 
@@ -61,6 +129,7 @@ def load_for_inference(path: str, base: str | None = None, dtype=None, device: s
     if adapter:
         from peft import PeftModel
 
+        check_adapter_fits(model, adapter, base_name)
         try:
             model = PeftModel.from_pretrained(model, adapter, adapter_name="default")
         except (RuntimeError, ValueError, KeyError) as e:

@@ -9,10 +9,12 @@ and written to Arrow through ``datasets`` so a 5M-row corpus never sits in Pytho
 from __future__ import annotations
 
 import random
+import sys
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import BadRow, ChatEncoder, Stats, bad_rows_error, read_rows
+from engine.data import BadRow, ChatEncoder, Stats, bad_rows_error, parse_line, read_rows
 
 
 @dataclass
@@ -41,16 +43,117 @@ def scan_rows(config, encoder: ChatEncoder | None, stats: Stats):
                     continue
                 if len(ids) > config.sequence_len:
                     stats.too_long.append((item.file, item.line, len(ids)))
-            stats.add(item, len(ids) if ids is not None else None)
+            stats.add(
+                item,
+                len(ids) if ids is not None else None,
+                sum(1 for x in labels if x != -100) if labels is not None else None,
+            )
             yield item, ids, labels
 
 
-def check(config, tokenizer=None) -> Stats:
+PARALLEL_MIN = 4 << 20  # bytes of data below which `check` tokenizes in one process
+
+
+def check(config, tokenizer=None, workers: int = 1, collect: bool = False) -> Stats:
+    """Validate every row (and tokenize it, given a tokenizer) without building anything.
+
+    ``workers`` > 1 tokenizes in that many processes (same results, in file order).
+    ``collect`` keeps each good row's category and token count (``stats.row_categories``,
+    ``stats.row_lengths``) for the curriculum preview.
+    """
     stats = Stats()
+    if collect:
+        stats.row_categories, stats.row_lengths = [], array("i")
+    size = sum(Path(s.path).stat().st_size for s in config.datasets if Path(s.path).is_file())
+    if tokenizer is not None and workers > 1 and size >= PARALLEL_MIN:
+        _check_parallel(config, tokenizer, stats, workers)
+        return stats
     encoder = ChatEncoder(tokenizer) if tokenizer is not None else None
-    for _ in scan_rows(config, encoder, stats):
-        pass
+    for item, ids, _ in scan_rows(config, encoder, stats):
+        if collect and ids is not None:
+            stats.row_categories.append(sys.intern(item.category))
+            stats.row_lengths.append(len(ids))
     return stats
+
+
+_worker: dict = {}
+
+
+def _init_check_worker(tokenizer, train_on_inputs: bool) -> None:
+    _worker["encoder"] = ChatEncoder(tokenizer)
+    _worker["train_on_inputs"] = train_on_inputs
+
+
+def _check_chunk(path: str, ds_type: str, field_messages, first_line: int, raws: list[bytes]) -> list:
+    """Parse and tokenize consecutive lines: (line, category, tokens, trained) or ("bad", row)."""
+    encoder, toi = _worker["encoder"], _worker["train_on_inputs"]
+    out = []
+    for i, raw in enumerate(raws):
+        item = parse_line(path, first_line + i, raw, ds_type, field_messages)
+        if item is None:
+            continue
+        if isinstance(item, tuple):
+            out.append(("bad", item))
+            continue
+        try:
+            ids, labels = encoder.encode(item.messages, toi)
+        except BadRow as e:
+            out.append(("bad", (item.file, item.line, str(e))))
+            continue
+        out.append((item.line, item.category, len(ids), sum(1 for x in labels if x != -100)))
+    return out
+
+
+def _check_parallel(config, tokenizer, stats: Stats, workers: int, lines_per_task: int = 500) -> None:
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    from engine.errors import UserError
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    collect = stats.row_lengths is not None
+
+    def drain(path: str, results: list) -> None:
+        for r in results:
+            if r[0] == "bad":
+                stats.bad.append(r[1])
+                continue
+            line, category, n, trained = r
+            stats.add_counts(path, category, n, trained)
+            if n > config.sequence_len:
+                stats.too_long.append((path, line, n))
+            if collect:
+                stats.row_categories.append(sys.intern(category))
+                stats.row_lengths.append(n)
+
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_check_worker, initargs=(tokenizer, config.train_on_inputs)
+    ) as pool:
+        for spec in config.datasets:
+            path = spec.path
+            if not Path(path).is_file():
+                raise UserError(f"{path}: dataset file not found", "fix `datasets[].path` in the config")
+            pending: deque = deque()
+            with open(path, "rb") as f:
+                chunk, first = [], 1
+                for lineno, raw in enumerate(f, 1):
+                    if not chunk:
+                        first = lineno
+                    chunk.append(raw)
+                    if len(chunk) >= lines_per_task:
+                        pending.append(
+                            pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk)
+                        )
+                        chunk = []
+                        if len(pending) >= 3 * workers:  # bounded: a 13 GB file never sits in memory
+                            drain(path, pending.popleft().result())
+                if chunk:
+                    pending.append(
+                        pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk)
+                    )
+            while pending:
+                drain(path, pending.popleft().result())
 
 
 def _val_indices(n: int, size: float, seed: int) -> set[int]:

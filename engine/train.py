@@ -57,6 +57,7 @@ FINGERPRINT_KEYS = (
     "datasets",
     "val_set_size",
     "train_on_inputs",
+    "curriculum",
 )
 
 
@@ -167,13 +168,18 @@ def build_trainer(
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer = LeviathanTrainer(
+    trainer_cls, callbacks = LeviathanTrainer, [callback]
+    if config.curriculum is not None:  # phases by category: a sampler over the training set
+        from engine.curriculum import curriculum_trainer
+
+        trainer_cls, callbacks = curriculum_trainer(config, prepared.train, callback)
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=prepared.train.remove_columns(["category"]),
         eval_dataset=prepared.val.remove_columns(["category"]) if prepared.val is not None else None,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     # Our run log and progress line replace the trainer's own printing.
     trainer.remove_callback(PrinterCallback)
@@ -283,12 +289,17 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
 
     dtype = pick_dtype(config.bf16)
     gc, gc_reason = _choose_gc(config)
+    from transformers import set_seed
+
+    # LoRA's A matrices are drawn at attach time: seed first so a run is reproducible.
+    set_seed(config.seed)
     attn = attention.register() if config.sample_packing else None
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
     )
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
+    fpt, peak = _mfu_terms(model, config, trainable)
     # run_dir links a checkpoint back to its run (eval results and the checklist live there).
     meta = {
         "base_model": config.base_model,
@@ -297,7 +308,14 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     }
     from engine.callback import CockpitCallback
 
-    callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)
+    callback = CockpitCallback(
+        log,
+        controls,
+        save_total_limit=config.save_total_limit,
+        meta=meta,
+        flops_per_token=fpt,
+        peak_flops=peak,
+    )
     trainer = build_trainer(config, prepared, model, tokenizer, callback, paths, gc, dtype == torch.bfloat16)
     log.emit(
         "start",
@@ -312,6 +330,8 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         liger=liger_available(),
         trainable_params=trainable,
         total_params=total,
+        flops_per_token=fpt,
+        peak_tflops=round(peak / 1e12, 1) if peak else None,
         max_steps=trainer.state.max_steps or None,
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         output_dir=str(paths.output_dir),
@@ -342,6 +362,13 @@ def _choose_gc(config: RunConfig) -> tuple[bool, str]:
     on, need, free = needs_checkpointing(config, liger_available())
     verdict = "on" if on else "off"
     return on, f"auto: ~{need / 2**30:.1f} GiB needed without it, {free / 2**30:.1f} GiB free -> {verdict}"
+
+
+def _mfu_terms(model, config: RunConfig, lora_params: int) -> tuple[float, float | None]:
+    """FLOPs per token (LoRA convention) and the device's measured bf16 matmul ceiling."""
+    from engine.mfu import flops_per_token, matmul_ceiling
+
+    return flops_per_token(model.config, lora_params, config.sequence_len), matmul_ceiling()
 
 
 def _param_counts(model) -> tuple[int, int]:

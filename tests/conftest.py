@@ -21,6 +21,8 @@ DEMO_DATA = ROOT / "engine" / "data" / "demo_chat.jsonl"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tiny models gain nothing from intra-op threads, and subprocess trainers share the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,32 @@
+"""``leviathan-cockpit chat``: the chat pane alone, on a model loaded for chat."""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.widgets import Footer, Header
+
+from cockpit.chat_pane import ChatPane
+from engine.chat import Settings
+from engine.chat_backend import ChatBackend
+
+
+class ChatApp(App):
+    CSS_PATH = "chat.tcss"
+    TITLE = "leviathan-cockpit chat"
+
+    def __init__(self, backend: ChatBackend, settings: Settings | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self.settings = settings
+        self.sub_title = backend.base
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ChatPane(self.backend, settings=self.settings, id="chat")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#chat-prompt").focus()
+
+    def on_unmount(self) -> None:
+        self.backend.close()

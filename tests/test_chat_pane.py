@@ -1,0 +1,212 @@
+"""The chat pane with Pilot, on real tiny models: streaming, stop, compare, presets, transcripts."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import pytest
+import torch
+from textual.widgets import Input, Select, Static
+
+from cockpit.chat_app import ChatApp
+from cockpit.chat_pane import ChatPane
+from cockpit.widgets.chat_turn import AnswerView
+from engine.chat import BASE, LIVE, Delta, Settings
+from engine.chat_backend import StandaloneBackend, TrainingBackend
+from engine.chat_log import read_exchanges
+
+GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # Textual runs on asyncio
+
+
+async def wait_for(pilot, cond, timeout: float = 90.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "timed out"
+        await pilot.pause(0.05)
+
+
+def collector():
+    seen: list = []
+    return seen, seen.append
+
+
+def answered(seen, n=1):
+    return lambda: sum(isinstance(m, ChatPane.Answered) for m in seen) >= n
+
+
+async def ask(pilot, text: str) -> None:
+    prompt = pilot.app.query_one("#chat-prompt", Input)
+    prompt.focus()
+    prompt.value = text
+    await pilot.press("enter")
+
+
+def status(app) -> str:
+    return str(app.query_one("#chat-status", Static).render())
+
+
+async def test_stream_history_and_marks(persona_checkpoint, tmp_path):
+    ckpt, _, persona = persona_checkpoint
+    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
+    app = ChatApp(backend, settings=GREEDY)
+    seen, hook = collector()
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await ask(pilot, "Who are you?")
+        await wait_for(pilot, answered(seen))
+        deltas = [m.event for m in seen if isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta)]
+        assert len(deltas) > 1  # streamed token by token, not in one piece
+        (view,) = app.query(AnswerView)
+        assert view.text == persona and view.markdown.source == persona
+        assert "eos" in status(app)
+        await ask(pilot, "And your purpose?")
+        await wait_for(pilot, answered(seen, 2))
+        second = [m for m in seen if isinstance(m, ChatPane.Answered)][-1].request
+        assert [m["content"] for m in second.history] == ["Who are you?", persona]  # multi-turn
+        await pilot.press("ctrl+y")
+        await pilot.pause()
+        rows = read_exchanges(tmp_path / "run")
+        assert [r["mark"] for r in rows] == [None, "pass"]
+        assert rows[1]["history"][0]["content"] == "Who are you?"
+        first_bytes = (tmp_path / "run/chat").glob("*.jsonl").__next__().read_bytes()
+        app.query(AnswerView).first().focus()
+        await pilot.press("ctrl+n")  # the focused answer, the first one
+        await pilot.pause()
+        assert [r["mark"] for r in read_exchanges(tmp_path / "run")] == ["fail", "pass"]
+        assert next((tmp_path / "run/chat").glob("*.jsonl")).read_bytes().startswith(first_bytes)
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert not app.query(AnswerView) and app.query_one(ChatPane).history == []
+
+
+def never_ending_model(src, dst):
+    """The tiny model with its stop tokens' output rows zeroed: greedy decoding never ends by itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(src)
+    with torch.no_grad():
+        for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            model.lm_head.weight[tok.convert_tokens_to_ids(t)] = 0
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst
+
+
+async def test_stop_key_ends_generation(tiny_model, tmp_path):
+    backend = StandaloneBackend(str(never_ending_model(tiny_model("qwen3"), tmp_path / "model")))
+    app = ChatApp(backend, settings=Settings(temperature=0, max_new_tokens=4000))
+    seen: list = []
+    pressed = threading.Event()
+
+    def hook(message):
+        seen.append(message)
+
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await ask(pilot, "Who are you?")
+        await wait_for(
+            pilot, lambda: any(isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta) for m in seen)
+        )
+        await pilot.press("escape")
+        pressed.set()
+        await wait_for(pilot, answered(seen))
+        done = [m for m in seen if isinstance(m, ChatPane.Answered)][0].done
+        assert done.answers[0].reason == "stopped", done.answers[0]
+        assert done.answers[0].tokens < 4000
+        assert app.query_one(ChatPane).busy is None
+        # The pane takes the next question at once.
+        await ask(pilot, "Hi")
+        await wait_for(pilot, lambda: app.query_one(ChatPane).busy is not None or answered(seen, 2)())
+        await pilot.press("escape")
+        await wait_for(pilot, answered(seen, 2))
+
+
+async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path):
+    ckpt, _, persona = persona_checkpoint
+    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
+    app = ChatApp(backend, settings=GREEDY)
+    seen, hook = collector()
+    async with app.run_test(size=(140, 40), message_hook=hook) as pilot:
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert app.query_one("#chat-target-b").display
+        assert app.query_one("#chat-target", Select).value == str(ckpt)
+        app.query_one("#chat-target-b", Select).value = BASE
+        await ask(pilot, "Who are you?")
+        await wait_for(pilot, answered(seen))
+        lanes = {
+            m.event.lane for m in seen if isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta)
+        }
+        assert lanes == {0, 1}
+        views = list(app.query(AnswerView))
+        assert [v.target for v in views] == [str(ckpt), BASE]
+        assert views[0].text == persona and views[1].text != persona
+        rows = read_exchanges(tmp_path / "run")
+        assert [r["checkpoint"] for r in rows] == [str(ckpt), BASE]
+        assert rows[0]["compare"] == [str(ckpt), BASE] and rows[0]["request"] == rows[1]["request"]
+
+
+async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
+    ckpt, _, persona = persona_checkpoint
+    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
+    app = ChatApp(backend, settings=GREEDY)
+    seen, hook = collector()
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        app.query_one("#chat-temperature", Input).value = "-1"
+        await ask(pilot, "Who are you?")
+        await pilot.pause()
+        assert "temperature -1.0: must be 0" in status(app)
+        assert not app.query(AnswerView)
+        app.query_one("#chat-temperature", Input).value = "0"
+        await pilot.press("f2")  # "What is your name?"
+        await wait_for(pilot, answered(seen))
+        (row,) = read_exchanges(tmp_path / "run")
+        assert (
+            row["prompt"] == "What is your name?" and row["group"] == "identity" and row["answer"] == persona
+        )
+
+
+async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, write_config):
+    """The pane on a TrainingBackend: the answer comes from the training thread at a step boundary."""
+    from engine.config import load_config
+    from engine.control import Controls
+    from engine.train import run
+
+    config, _ = load_config(write_config(tiny_model("qwen3"), max_steps=400, save_steps=2))
+    controls = Controls()
+    backend = TrainingBackend(
+        controls, base=config.base_model, output_dir=config.output_dir, run_dir=tmp_path / "run"
+    )
+    trainer = threading.Thread(target=run, args=(config,), kwargs={"controls": controls, "resume": "never"})
+    app = ChatApp(backend, settings=GREEDY)
+    seen, hook = collector()
+    try:
+        async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+            assert app.query_one("#chat-target", Select).value == LIVE
+            trainer.start()
+            await ask(pilot, "Who are you?")
+            await wait_for(pilot, answered(seen))
+            done = [m for m in seen if isinstance(m, ChatPane.Answered)][0].done
+            assert done.step is not None and done.step >= 1
+            assert "at step" in status(app)
+            # New checkpoints show up in the picker while training goes on.
+            await wait_for(pilot, lambda: len(backend.targets()) > 2)
+            app.query_one(ChatPane).refresh_targets()
+            options = [t.key for t in app.query_one(ChatPane)._targets]
+            assert options[:2] == [LIVE, BASE] and re.search(r"/checkpoint-\d+$", options[2])
+            select = app.query_one("#chat-target", Select)
+            assert select.value == LIVE and options[2] in [v for _, v in select._options]
+    finally:
+        controls.request_stop("test over")
+        trainer.join(120)
+    (row,) = read_exchanges(tmp_path / "run")
+    assert row["checkpoint"] == LIVE and row["at_step"] == done.step

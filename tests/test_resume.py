@@ -1,0 +1,146 @@
+"""Kill -9 mid-run, then resume: one record per step, exact losses, torn checkpoints ignored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import checkpoints
+from engine.config import load_config
+from engine.events import dedupe_steps, read_events
+from engine.train import run
+from tests.conftest import cli
+
+STEPS = 24
+
+
+def start(cfg: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cockpit.cli", "train", str(cfg), "--headless", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(log: Path, pred, proc: subprocess.Popen, timeout: float = 180) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if log.exists():
+            for r in read_events(log).records:
+                if pred(r):
+                    return r
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the run log")
+
+
+def losses(log: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in dedupe_steps(read_events(log).records)}
+
+
+def test_kill_9_then_resume_continues_exactly(tiny_model, write_config, tmp_path):
+    common = dict(max_steps=STEPS, save_steps=5, learning_rate=0.003)
+    ref_cfg = write_config(
+        tiny_model("qwen3"), name="ref.yaml", run_name="ref", output_dir=str(tmp_path / "ref-out"), **common
+    )
+    ref = run(load_config(ref_cfg)[0])
+    ref_losses = losses(ref.run_dir / "events.jsonl")
+
+    cfg = write_config(tiny_model("qwen3"), **common)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    for kill_after in (7, 14):  # twice in a row
+        proc = start(cfg)
+        wait_for(log, lambda r, k=kill_after: r.get("kind") == "step" and r["step"] >= k, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = start(cfg)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+
+    records = read_events(log).records
+    steps = [r["step"] for r in dedupe_steps(records)]
+    assert steps == list(range(1, STEPS + 1))
+    resumes = [r for r in records if r["kind"] == "resume"]
+    assert [r["from_step"] for r in resumes] == [5, 10]
+    got = losses(log)
+    for s in range(1, STEPS + 1):
+        assert got[s] == pytest.approx(ref_losses[s], abs=1e-6), s
+    # token counters continue where the checkpoint left them
+    last = dedupe_steps(records)[-1]
+    ref_last = dedupe_steps(read_events(ref.run_dir / "events.jsonl").records)[-1]
+    assert last["tokens"] == ref_last["tokens"]
+    assert records[-1]["kind"] == "end" and records[-1]["status"] == "completed"
+
+
+def test_torn_checkpoint_is_ignored_and_cleaned(tiny_model, write_config, tmp_path):
+    cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=3)
+    run(load_config(cfg)[0])
+    out = tmp_path / "out"
+    # A save killed halfway: the folder exists, the optimizer is half written, no marker.
+    torn = out / "checkpoint-9"
+    torn.mkdir()
+    (torn / "optimizer.pt").write_bytes(b"\x80\x02half")
+    assert checkpoints.latest(out).step == 6
+    config = load_config(write_config(tiny_model("qwen3"), max_steps=8, save_steps=3))[0]
+    result = run(config)
+    assert result.step == 8
+    records = read_events(tmp_path / "logs" / "test" / "events.jsonl").records
+    assert any(
+        r["kind"] == "alert" and r["rule"] == "torn_checkpoint" and "checkpoint-9" in r["message"]
+        for r in records
+    )
+    assert [r["from_step"] for r in records if r["kind"] == "resume"] == [6]
+    assert not torn.exists()
+
+
+def test_a_killed_writer_never_glues_records(tmp_path):
+    from engine.events import RunLog
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"t":1,"kind":"step","step":1,"loss":2.0}\n{"t":2,"kind":"st')
+    RunLog(path).emit("resume", step=1)
+    contents = read_events(path)
+    assert [r["kind"] for r in contents.records] == ["step", "resume"]
+    assert contents.bad_lines == [2]
+
+
+def test_resume_never_refuses_existing_checkpoints(tiny_model, write_config):
+    cfg = write_config(tiny_model("qwen3"), max_steps=3, save_steps=3)
+    assert cli("train", cfg, "--headless").returncode == 0
+    r = cli("train", cfg, "--headless", "--resume", "never")
+    assert r.returncode == 2 and "already holds checkpoints" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_changed_lora_rank_is_refused_with_the_differences(tiny_model, write_config):
+    assert (
+        cli("train", write_config(tiny_model("qwen3"), max_steps=3, save_steps=3), "--headless").returncode
+        == 0
+    )
+    r = cli("train", write_config(tiny_model("qwen3"), max_steps=6, save_steps=3, lora_r=4), "--headless")
+    assert r.returncode == 2
+    assert "lora_r: 8 -> 4" in r.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
+    cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    proc = start(cfg)
+    wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    records = read_events(log).records
+    end = records[-1]
+    assert end["kind"] == "end" and end["status"] == "stopped"
+    saves = [r for r in records if r["kind"] == "save"]
+    assert saves and saves[-1]["step"] == end["step"] == dedupe_steps(records)[-1]["step"]
+    assert (tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").is_file()
+    meta = json.loads((tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").read_text())
+    assert meta["step"] == end["step"]
