@@ -485,6 +485,14 @@ async def test_panes_come_from_factories_and_get_run_messages():
         assert isinstance(app.pane_widgets["chat"], PanePlaceholder)
 
 
+async def test_mfu_shows_when_the_engine_logs_it():
+    recs = run_records(steps=5)
+    recs[-2] = {**recs[-2], "mfu": 0.3812}  # the last step record (the gpu record is last)
+    app = make_app(recs)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "MFU 38%" in fields(app))
+
+
 async def test_curriculum_phase_and_mix_show_in_progress():
     recs = run_records(steps=10) + [
         {

@@ -220,6 +220,8 @@ class ProgressPanel(Static):
         grid.add_row("loss", loss)
         grid.add_row("lr", f"{fmt(r.get('lr'), '.2e')}  grad norm {fmt(r.get('grad_norm'), '.3f')}")
         speed = f"{fmt(r.get('tokens_per_s'), ',.0f')} tok/s"
+        if isinstance(r.get("mfu"), (int, float)):
+            speed += f"  MFU {100 * r['mfu']:.0f}%"
         if self.recent_s_per_step:
             speed += f"  {statistics.median(self.recent_s_per_step):.2f} s/step"
         grid.add_row("speed", speed)
