@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pty
 import statistics
@@ -72,6 +73,15 @@ def make_config(work: Path, args) -> Path:
             if not model.exists():
                 print(f"building a random {hidden}x{layers} Qwen3 in {model} ...", flush=True)
                 build_tiny_model(model, hidden=hidden, layers=layers)
+            # The demo's 320 rows make a single packed batch at this length: draw enough
+            # rows from the same tables for ~100 steps an epoch.
+            from engine.demo import demo_rows
+
+            data = work / "bench_chat.jsonl"
+            with data.open("w") as f:
+                for row in demo_rows(n=60 * seq // 16, seed=1):
+                    f.write(json.dumps(row) + "\n")
+            raw["datasets"] = [{"path": str(data), "type": "chat_template"}]
             raw.update(base_model=str(model), sequence_len=seq, micro_batch_size=micro, bf16="auto")
     raw.update(
         max_steps=args.steps,
