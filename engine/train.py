@@ -265,6 +265,12 @@ def _run(
             f"{paths.output_dir} already holds checkpoints and --resume never was given",
             "choose a new output_dir, remove the old checkpoints, or pass --force to train over them",
         )
+    if ckpt is None and resume == "never" and force_fresh and dist.is_main():
+        # Old checkpoints would outrank the new run's (resume auto picks the highest step): set aside, not deleted.
+        moved = checkpoints.supersede(paths.output_dir)
+        if moved:
+            notes.append(f"--force: the previous checkpoints were moved to {moved}")
+    dist.barrier()
     if ckpt is not None:
         _check_compatible(ckpt, config)
         notes.append(dist.check_world_size(ckpt, config, allow_world_size_change))
