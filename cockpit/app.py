@@ -40,7 +40,7 @@ CONTROL_ACTIONS = ("pause", "save", "evaluate")
 
 
 class CockpitApp(App[int]):
-    CSS_PATH = "cockpit.tcss"
+    CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [

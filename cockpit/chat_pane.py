@@ -163,6 +163,17 @@ class ChatPane(Vertical):
             keys = self._keys()
             sel.value = value if value in keys else keys[0]
 
+    def open_checkpoint(self, path) -> None:
+        """Chosen in the checkpoints table: ask that checkpoint next."""
+        self.refresh_targets()
+        key = str(path)
+        if key not in self._keys():
+            self.status(f"{path} is not a complete checkpoint of this run", error=True)
+            return
+        self.query_one("#chat-target", Select).value = key
+        self.query_one("#chat-prompt", Input).focus()
+        self.status(f"asking {self._label(key)}")
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self, text: str, error: bool = False) -> None:

@@ -93,11 +93,29 @@ def _exit_after_training(app) -> None:
     threading.Thread(target=watchdog, name="hangup-watchdog", daemon=True).start()
 
 
-def panes() -> dict:
-    """The chat and checklist panes of the other issues, where they exist in this build."""
+def panes(chat_backend=None) -> dict:
+    """The chat and checklist panes; the chat pane only where there is a model to talk to."""
     from cockpit.checklist_pane import ChecklistPane
 
-    return {"checklist": ChecklistPane}
+    found = {"checklist": ChecklistPane}
+    if chat_backend is not None:
+        from cockpit.chat_pane import ChatPane
+
+        found["chat"] = lambda: ChatPane(chat_backend)
+    return found
+
+
+def training_chat(source, config, run_dir):
+    """Chat on the model being trained: jobs run on the training thread at step boundaries."""
+    from engine.chat_backend import TrainingBackend
+
+    return TrainingBackend(
+        source.controls,
+        base=config.base_model,
+        output_dir=config.output_dir,
+        run_dir=run_dir,
+        chat_config=config.chat,
+    )
 
 
 def build_live_app(args):
@@ -125,7 +143,7 @@ def build_live_app(args):
             "force_fresh": args.force,
         },
     )
-    return CockpitApp(source, panes=panes())
+    return CockpitApp(source, panes=panes(training_chat(source, config, paths.run_dir)))
 
 
 def train_in_cockpit(args) -> int:
@@ -233,8 +251,19 @@ def build_attach_app(target: str | Path, **app_kw):
 
     log = find_run_log(target)
     run_dir = log.parent
-    source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=_resolved_config(run_dir))
-    return CockpitApp(source, panes=panes(), **app_kw)
+    config = _resolved_config(run_dir)
+    source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=config)
+    return CockpitApp(source, panes=panes(attached_chat(config, run_dir)), **app_kw)
+
+
+def attached_chat(config: dict, run_dir: Path):
+    """Chat beside a run in another process: a model of our own, loaded on the first question."""
+    base, output_dir = config.get("base_model"), config.get("output_dir")
+    if not base or not output_dir:
+        return None
+    from engine.chat_backend import StandaloneBackend
+
+    return StandaloneBackend(base, run_dir=run_dir, output_dir=output_dir)
 
 
 def attach(args) -> int:
