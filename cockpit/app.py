@@ -266,6 +266,9 @@ class CockpitApp(App[int]):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        pane = self.pane_widgets.get(tab)
+        if hasattr(pane, "activate"):
+            pane.activate()  # e.g. the chat pane puts the cursor in its prompt
 
     def on_open_checkpoint(self, message: OpenCheckpoint) -> None:
         self.action_tab("chat")

@@ -163,6 +163,10 @@ class ChatPane(Vertical):
             keys = self._keys()
             sel.value = value if value in keys else keys[0]
 
+    def activate(self) -> None:
+        """Shown by the app: typing goes to the prompt (not to the app's single-key bindings)."""
+        self.query_one("#chat-prompt", Input).focus()
+
     def open_checkpoint(self, path) -> None:
         """Chosen in the checkpoints table: ask that checkpoint next."""
         self.refresh_targets()
