@@ -155,6 +155,38 @@ class ExportConfig(BaseModel):
     """Context length Ollama serves with."""
 
 
+class GuardConfig(BaseModel):
+    """What the engine does when a long run meets a fault (``guard:`` in the config).
+
+    NaN/Inf: a step whose loss or gradient norm is not finite is skipped (no optimizer update;
+    the step still counts, so the step counter and the LR schedule move on) and raises a
+    ``nan`` alert. Out of memory: the step is retried with half the micro batch and twice the
+    accumulation (same effective batch). Disk: free space is checked before every save."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nan_patience: int = Field(3, gt=0)
+    """Non-finite steps in a row before ``nan_policy`` acts (each one is skipped)."""
+    nan_policy: Literal["rollback", "stop"] = "rollback"
+    """rollback: go back to the newest complete checkpoint saved before the bad steps began and
+    go on with the learning rate times ``nan_lr_scale``; stop: end the run (status diverged)."""
+    nan_lr_scale: float = Field(0.5, gt=0, le=1)
+    """Factor on the learning rate at each rollback (it compounds: 0.5, 0.25, ...)."""
+    nan_max_rollbacks: int = Field(3, ge=0)
+    """Rollbacks allowed in one run; one more streak of non-finite steps stops it."""
+    oom_retry: bool = True
+    """On CUDA out of memory in a step: retry it with half the micro batch and twice
+    gradient_accumulation_steps, kept for the rest of the run and on resume."""
+    disk_margin: float = Field(1.25, gt=0)
+    """A save starts only with this many times the last checkpoint's size free on the
+    output_dir's disk (no checkpoint yet: an estimate from the trainable parameters)."""
+    disk_poll_s: float = Field(5.0, gt=0)
+    """While paused for disk space: seconds between two looks at the free space."""
+    save_best: bool = True
+    """When an evaluation finds a new best eval_loss at a step that is not a save step, save a
+    checkpoint there too, so the best weights exist on disk and retention keeps them."""
+
+
 class KeyError_(ValueError):
     """Raised by a validator to name the exact sub-key at fault (``loc`` below the field)."""
 
@@ -337,6 +369,8 @@ class RunConfig(BaseModel):
     is the natural mix."""
     chat: ChatConfig = Field(default_factory=ChatConfig)
     """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
 
     @field_validator("val_set_size")
     @classmethod

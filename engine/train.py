@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import checkpoints
+from engine import checkpoints, runstate
 from engine.config import RunConfig, dump_resolved
 from engine.control import Controls
 from engine.errors import UserError
@@ -244,6 +244,7 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     import torch
 
     from engine import attention
+    from engine.guard import Guard
     from engine.model import attach_lora, load_base, load_tokenizer, pick_dtype, resolve_base
     from engine.prepare import prepare
 
@@ -258,7 +259,9 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         )
     if ckpt is not None:
         _check_compatible(ckpt, config)
-    dump_resolved(config, paths.run_dir / "config.yaml")
+        runstate.record_config_changes(paths.run_dir, config, log)
+    # NaN/OOM/disk handling; --resume never starts from a clean run state.
+    guard = Guard(config, log, controls, paths.output_dir, fresh=resume == "never")
     for note in notes:
         log.emit("note", message=note)
 
@@ -311,7 +314,19 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     from engine.callback import CockpitCallback
 
     callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)
-    trainer = build_trainer(config, prepared, model, tokenizer, callback, paths, gc, dtype == torch.bfloat16)
+    trainer = build_trainer(
+        guard.effective_config(config, ckpt is not None),
+        prepared,
+        model,
+        tokenizer,
+        callback,
+        paths,
+        gc,
+        dtype == torch.bfloat16,
+    )
+    guard.attach(trainer, callback)
+    # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
+    dump_resolved(config, paths.run_dir / "config.yaml")
     log.emit(
         "start",
         step=ckpt.step if ckpt else 0,
@@ -326,6 +341,8 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         trainable_params=trainable,
         total_params=total,
         max_steps=trainer.state.max_steps or None,
+        micro_batch_size=trainer.args.per_device_train_batch_size,  # the run state's after an OOM
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         output_dir=str(paths.output_dir),
         setup_s=round(time.time() - t0, 2),
@@ -333,8 +350,8 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     )
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
-    trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
-    status = callback.status
+    guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
+    status = guard.status or callback.status
     last = checkpoints.latest(paths.output_dir)
     log.emit(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
