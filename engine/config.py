@@ -84,7 +84,7 @@ UNSUPPORTED_KEYS = {
 
 
 class DatasetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str
     """A local JSONL file (one example a line)."""
@@ -94,12 +94,23 @@ class DatasetSpec(BaseModel):
     field_messages: str | None = None
     """The key holding the turns (default ``messages``, or ``conversations`` for sharegpt)."""
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _usable_path(v)
+
+
+def _usable_path(v: str | None) -> str | None:
+    if v is not None and ("\x00" in v or not v.strip()):
+        raise ValueError("a path must be non-empty and cannot contain a NUL byte")
+    return v
+
 
 class HealthConfig(BaseModel):
     """Thresholds of the guide's health rules (``health:`` in the config); the defaults are
     the guide's numbers. Each rule fires once per episode and re-arms when healthy again."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     """False: no health alerts (GPU sampling still runs)."""
@@ -145,7 +156,7 @@ class HealthConfig(BaseModel):
 class ExportConfig(BaseModel):
     """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     system_prompt: str | None = None
     """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
@@ -163,7 +174,7 @@ class GuardConfig(BaseModel):
     ``nan`` alert. Out of memory: the step is retried with half the micro batch and twice the
     accumulation (same effective batch). Disk: free space is checked before every save."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     nan_patience: int = Field(3, gt=0)
     """Non-finite steps in a row before ``nan_policy`` acts (each one is skipped)."""
@@ -198,7 +209,7 @@ class KeyError_(ValueError):
 class CurriculumPhase(BaseModel):
     """One phase of the curriculum: a span of training with its own category mix."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     """Shown in the cockpit and in the run log's ``phase`` records."""
@@ -231,7 +242,7 @@ class CurriculumConfig(BaseModel):
     """Phases over epochs with category weights, applied by a sampler over the training set
     (files are not rewritten). Reproducible by ``seed`` and exact on resume."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     phases: list[CurriculumPhase] = Field(min_length=1)
     """In order of ``start_epoch``."""
@@ -266,7 +277,7 @@ class CurriculumConfig(BaseModel):
 class ChatPresetSpec(BaseModel):
     """One prompt of the chat pane's preset list."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(min_length=1)
     label: str | None = None
@@ -278,7 +289,7 @@ class ChatPresetSpec(BaseModel):
 class ChatConfig(BaseModel):
     """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     system: str | None = None
     """System prompt the pane starts with (editable there); none by default."""
@@ -291,7 +302,7 @@ class ChatConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     base_model: str
     """A local model folder or a hub id (already in the local cache: nothing is downloaded)."""
@@ -372,6 +383,18 @@ class RunConfig(BaseModel):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
 
+    @field_validator("base_model", "output_dir", "logs_dir")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return _usable_path(v)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v and ("\x00" in v or "/" in v or v in (".", "..")):
+            raise ValueError("a run name is one folder name: no '/', no NUL byte, not . or ..")
+        return v
+
     @field_validator("val_set_size")
     @classmethod
     def _whole_count(cls, v: float) -> float:
@@ -439,7 +462,10 @@ def _where(file: str, lines: dict[tuple, int], loc: tuple) -> str:
 
 
 def _resolve_path(value: str, base: Path) -> str:
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        return value
     if p.is_absolute():
         return str(p)
     for root in (base, Path.cwd()):
@@ -453,7 +479,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{file}: no such config file", "give the path of an Axolotl-style YAML file")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{file}:{line}: not UTF-8 text (byte {e.start})", "save the config as UTF-8"
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"{file}: cannot read the config ({e.strerror})", "check the path and its permissions"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

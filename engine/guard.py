@@ -623,6 +623,9 @@ class GuardCallback(TrainerCallback):
         self.guard = guard
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed TrainerState brings the checkpoint's logging/eval/save intervals and Trainer
+        # only warns; the config's (changed on resume, recorded) are the ones to honour.
+        state.compute_steps(args, state.max_steps)
         g = self.guard
         g._halt, g._streak, g._tr_poisoned = False, [], False
         g._new_step()
