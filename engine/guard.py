@@ -132,6 +132,18 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out of device memory, as the caching allocator or a library (cuBLAS, cuDNN) reports it."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+    )
+
+
 def _torch_write_failed(exc: BaseException) -> bool:
     # torch.save on a full disk: "[enforce fail at inline_container.cc] . unexpected pos N vs M"
     return isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "file write failed" in str(exc))
@@ -273,7 +285,6 @@ class Guard:
 
     def training_step(self, trainer, step_fn, model, inputs, num_items):
         """One micro-batch's forward and backward; on OOM, the whole step again at half size."""
-        import torch
 
         index = self._micro
         self._micro += 1
@@ -286,7 +297,9 @@ class Guard:
                         self._add_step_loss(self._pieces(step_fn, model, earlier, num_items))
                 loss = self._pieces(step_fn, model, inputs, num_items)
                 break
-            except torch.OutOfMemoryError as e:
+            except RuntimeError as e:  # torch.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate
+                if not is_oom(e):
+                    raise
                 message = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
             except _CannotSplit:
                 message = "a micro-batch could not be cut further"
