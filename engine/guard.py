@@ -187,13 +187,23 @@ class Guard:
     # -- wiring ---------------------------------------------------------------------------
 
     def effective_config(self, config, resuming: bool):
-        """The config the trainer is built with: the run state's micro batch and learning rate."""
-        update = {}
+        """The config the trainer is built with: the run state's micro batch after an OOM.
+
+        The state applies while the config still has the micro batch and accumulation it was
+        derived from (a changed config is the operator's new choice). A start without a
+        checkpoint is a new trajectory: NaN rollbacks and their learning-rate factor reset.
+        """
         s = self.state
-        if s.micro_batch_size and (s.micro_batch_size, s.gradient_accumulation_steps) != (
-            config.micro_batch_size,
-            config.gradient_accumulation_steps,
-        ):
+        changed = False
+        if not resuming and (s.lr_scale != 1.0 or s.rollbacks):
+            s.lr_scale, s.rollbacks = 1.0, 0
+            changed = True
+        update = {}
+        base = (config.micro_batch_size, config.gradient_accumulation_steps)
+        if s.micro_batch_size and tuple(s.derived_from or ()) != base:
+            s.micro_batch_size = s.gradient_accumulation_steps = s.derived_from = None
+            changed = True
+        if s.micro_batch_size:
             update["micro_batch_size"] = s.micro_batch_size
             update["gradient_accumulation_steps"] = s.gradient_accumulation_steps
             last = next((c for c in reversed(s.changes) if c.get("what") == "oom"), {})
@@ -202,13 +212,12 @@ class Guard:
                 rule="oom",
                 level="info",
                 message=f"micro batch {s.micro_batch_size} x accumulation {s.gradient_accumulation_steps} "
-                f"(config: {config.micro_batch_size} x {config.gradient_accumulation_steps}), as the run "
-                f"state says since the out of memory at step {last.get('step', '?')}",
+                f"(config: {base[0]} x {base[1]}), as the run state says since the out of memory at "
+                f"step {last.get('step', '?')}",
                 advice=f"nothing to do; {runstate.path_in(self.output_dir)} keeps it",
             )
-        if s.lr_scale != 1.0 and not resuming:
-            # A resume scales the loaded schedule instead (after_load); a fresh start scales the config.
-            update["learning_rate"] = config.learning_rate * s.lr_scale
+        if changed:
+            self._save_state()
         return config.model_copy(update=update) if update else config
 
     def attach(self, trainer, callback) -> None:
@@ -237,6 +246,7 @@ class Guard:
                 trainer.train(resume_from_checkpoint=path)
             except Halt:
                 self.status = "stopped"
+                self.controls.close_jobs("training has ended")
                 return
             target, self.rollback_to = self.rollback_to, None
             if target is None:
@@ -350,6 +360,8 @@ class Guard:
         self.splits *= 2
         new_micro, new_accum = base_micro // self.splits, base_accum * self.splits
         self.state.micro_batch_size, self.state.gradient_accumulation_steps = new_micro, new_accum
+        if self.state.derived_from is None:
+            self.state.derived_from = [self.config.micro_batch_size, self.config.gradient_accumulation_steps]
         self.state.record(
             step,
             "oom",
@@ -387,7 +399,9 @@ class Guard:
         self._step_loss = None
         norm = grad_norm if torch.is_tensor(grad_norm) else None
         ok = torch.isfinite(norm) if norm is not None else None
-        if loss is not None:
+        # Several processes: decide on the (all-reduced, identical) grad norm alone, so that every
+        # rank skips the same steps; a local loss could differ between them.
+        if loss is not None and trainer.accelerator.num_processes == 1:
             fin = torch.isfinite(loss).all()
             ok = fin if ok is None else ok & fin.to(ok.device)
         finite = bool(ok) if ok is not None else True  # the guard's one host sync per optimizer step

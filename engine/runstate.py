@@ -27,6 +27,8 @@ class RunState:
     micro_batch_size: int | None = None
     """Set after an out of memory: the micro batch the run goes on with."""
     gradient_accumulation_steps: int | None = None
+    derived_from: list[int] | None = None
+    """The config's [micro_batch_size, gradient_accumulation_steps] the two above replace."""
     lr_scale: float = 1.0
     """Product of the NaN rollbacks' factors on the configured learning rate."""
     rollbacks: int = 0

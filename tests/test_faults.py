@@ -333,3 +333,32 @@ def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, wr
     recs = since_last_start(records(tmp_path))
     assert [x["from_step"] for x in recs if x["kind"] == "resume"] == [2]
     assert recs[-1]["status"] == "completed" and checkpoints.latest(out).step == 6
+
+
+def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
+    from engine.config import validate
+    from engine.events import RunLog
+    from engine.guard import Guard
+    from tests.conftest import base_config
+
+    out = tmp_path / "out"
+    state = runstate.RunState(
+        micro_batch_size=2, gradient_accumulation_steps=4, derived_from=[4, 2], lr_scale=0.5, rollbacks=1
+    )
+    out.mkdir()
+    runstate.save(out, state)
+    log = RunLog(tmp_path / "events.jsonl")
+
+    def effective(resuming, **over):
+        config, _ = validate(base_config("m", output_dir=str(out), **over), tmp_path / "c.yaml")
+        guard = Guard(config, log, Controls(), out)
+        eff = guard.effective_config(config, resuming)
+        return (eff.micro_batch_size, eff.gradient_accumulation_steps), runstate.load(out)
+
+    got, st = effective(True, micro_batch_size=4, gradient_accumulation_steps=2)
+    assert got == (2, 4) and st.lr_scale == 0.5  # resuming the run it came from: applied
+    got, st = effective(False, micro_batch_size=4, gradient_accumulation_steps=2)
+    assert got == (2, 4) and (st.lr_scale, st.rollbacks) == (1.0, 0)  # no checkpoint: LR factor reset
+    got, st = effective(False, micro_batch_size=1, gradient_accumulation_steps=8)
+    assert got == (1, 8) and st.micro_batch_size is None  # the operator chose new values
+    log.close()
