@@ -36,21 +36,9 @@ MICRO = 4
 
 
 def matmul_ceiling() -> float:
-    if not torch.cuda.is_available():
-        return float("nan")
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * n**3 * 10 / (start.elapsed_time(end) / 1e3)
+    from engine.mfu import matmul_ceiling as measure
+
+    return measure() or float("nan")
 
 
 def qwen3_config(tiny: bool, vocab: int):
@@ -135,13 +123,12 @@ def lora_config():
 
 
 def flops_per_token(model, cfg) -> tuple[float, int, int]:
-    """LoRA convention; frozen matmul params from the shape, so 4-bit storage counts the same."""
-    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    hd = cfg.head_dim
-    attn = h * hd * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
-    frozen = layers * (attn + 3 * h * inter) + cfg.vocab_size * h  # lm_head counts, the embedding does not
+    """LoRA convention (engine.mfu); frozen params from the shape, so 4-bit storage counts the same."""
+    from engine.mfu import flops_per_token as fpt
+    from engine.mfu import frozen_matmul_params
+
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    return 4 * frozen + 6 * lora + 6 * layers * h * SEQ, frozen, lora
+    return fpt(cfg, lora, SEQ), frozen_matmul_params(cfg), lora
 
 
 def result_row(name, timer, collator, warmup, steps, model, cfg, ceiling, gc_on, extra=""):

@@ -51,6 +51,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="Axolotl-style YAML (default: the embedded demo)")
     p.add_argument("--headless", action="store_true", help="no UI; progress and alerts on stderr")
     _common(p)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="training processes (one per GPU; all hosts together) through `accelerate launch` "
+        "(default: the config's distributed.num_processes, else 1)",
+    )
+    p.add_argument("--machine-rank", type=int, metavar="R", help="this host's rank in a multi-host run")
+    p.add_argument(
+        "--allow-world-size-change",
+        action="store_true",
+        help="resume a checkpoint written by a different number of processes",
+    )
     p = sub.choices["attach"]
     p.add_argument("run_dir", help="a run folder (logs/<run-name>) or its events.jsonl")
     p = sub.choices["check"]
@@ -92,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "train":
+        if not args.headless and (args.nproc or 1) > 1:
+            from engine.errors import UserError
+
+            raise UserError(
+                "the cockpit does not start multi-process runs yet",
+                "add --headless, and watch it with `leviathan-cockpit attach logs/<run>` in another window",
+            )
         if args.headless:
             from engine.headless import train_headless
 

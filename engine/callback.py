@@ -17,7 +17,18 @@ from engine.events import RunLog
 
 
 class CockpitCallback(TrainerCallback):
-    def __init__(self, log: RunLog, controls: Controls, *, save_total_limit: int | None, meta: dict) -> None:
+    def __init__(
+        self,
+        log: RunLog,
+        controls: Controls,
+        *,
+        save_total_limit: int | None,
+        meta: dict,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
         self.log = log
         self.controls = controls
         self.save_total_limit = save_total_limit
@@ -29,6 +40,7 @@ class CockpitCallback(TrainerCallback):
         self._mark_t = time.time()
         self._mark_tokens = 0
         self._mark_step = 0
+        self._phase_end = time.time()  # end of the last log/eval: a save that follows starts then
         self.status = "completed"
 
     # -- progress -------------------------------------------------------------------------
@@ -49,6 +61,7 @@ class CockpitCallback(TrainerCallback):
             steps = state.global_step - self._mark_step
             loss = float(logs["loss"])
             self.last_loss = loss
+            tps = (tokens - self._mark_tokens) / dt
             self.log.emit(
                 "step",
                 step=state.global_step,
@@ -57,11 +70,13 @@ class CockpitCallback(TrainerCallback):
                 grad_norm=_num(logs.get("grad_norm")),
                 epoch=round(state.epoch or 0.0, 4),
                 tokens=tokens,
-                tokens_per_s=round((tokens - self._mark_tokens) / dt, 1),
+                tokens_per_s=round(tps, 1),
+                mfu=round(tps * self.flops_per_token / self.peak_flops, 4) if self.peak_flops else None,
                 s_per_step=round(dt / steps, 4) if steps else None,
                 max_steps=state.max_steps,
             )
             self._mark_t, self._mark_tokens, self._mark_step = now, tokens, state.global_step
+            self._phase_end = time.time()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
@@ -79,7 +94,8 @@ class CockpitCallback(TrainerCallback):
             epoch=round(state.epoch or 0.0, 4),
         )
         # Time spent evaluating is not training time.
-        self._mark_t = time.time()
+        self._exclude(float(metrics.get("eval_runtime") or 0.0))
+        self._phase_end = time.time()
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -103,7 +119,7 @@ class CockpitCallback(TrainerCallback):
         best_step = self.best[1] if self.best else None
         for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_step):
             self.log.emit("checkpoint_removed", step=state.global_step, path=str(removed))
-        self._mark_t = time.time()
+        self._exclude(time.time() - self._phase_end)  # saving is not training time
 
     # -- commands -------------------------------------------------------------------------
 
@@ -112,10 +128,11 @@ class CockpitCallback(TrainerCallback):
         self._run_jobs(state, kwargs)
         if c.pause.is_set():
             self.log.emit("paused", step=state.global_step)
+            t0 = time.time()
             c.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
             if not c.stop.is_set():
                 self.log.emit("resumed", step=state.global_step)
-            self._mark_t = time.time()
+            self._exclude(time.time() - t0)  # paused time is not training time
         if c.take(c.save_now):
             control.should_save = True
         if c.take(c.eval_now):
@@ -124,7 +141,13 @@ class CockpitCallback(TrainerCallback):
             self.status = "stopped"
             control.should_save = True
             control.should_training_stop = True
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True  # the last step is always kept, whatever save_steps says
         return control
+
+    def _exclude(self, seconds: float) -> None:
+        """Leave time spent not training out of the next tokens/s (the token count is untouched)."""
+        self._mark_t += max(seconds, 0.0)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.controls.close_jobs("training has ended")
@@ -137,7 +160,7 @@ class CockpitCallback(TrainerCallback):
         )
         if n:
             seconds = time.time() - t0
-            self._mark_t += seconds  # chat time is not training time
+            self._exclude(seconds)  # chat time is not training time
             self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
 
 

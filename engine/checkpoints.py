@@ -140,3 +140,16 @@ def retain(output_dir: str | Path, limit: int | None, best_step: int | None = No
             shutil.rmtree(c.path, ignore_errors=True)
             removed.append(c.path)
     return removed
+
+
+def supersede(output_dir: str | Path) -> Path | None:
+    """Move every checkpoint folder (complete or torn) into ``superseded-<time>/``; return it."""
+    out = Path(output_dir)
+    folders = [c for c in out.iterdir() if _NAME.match(c.name) and c.is_dir()] if out.is_dir() else []
+    if not folders:
+        return None
+    dest = out / f"superseded-{int(time.time())}"
+    dest.mkdir(exist_ok=True)
+    for f in folders:
+        os.replace(f, dest / f.name)
+    return dest

@@ -235,7 +235,10 @@ class Guard:
         self.meta["run_state"] = {**self.state.effective(), "learning_rate": self.config.learning_rate}
 
     def _save_state(self) -> None:
-        runstate.save(self.output_dir, self.state)
+        from engine import dist
+
+        if dist.is_main():  # every rank decides the same; one writes
+            runstate.save(self.output_dir, self.state)
         self._sync_meta()
 
     def train(self, trainer, ckpt) -> None:
@@ -411,7 +414,9 @@ class Guard:
         if finite:
             self._streak = []
             return
-        model.zero_grad(set_to_none=True)  # no gradients: the optimizer updates nothing
+        deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
+        if not deepspeed:  # DeepSpeed keeps its own gradient buffers and steps regardless
+            model.zero_grad(set_to_none=True)  # no gradients: the optimizer updates nothing
         self._tr_poisoned = True
         self._streak.append(step)
         loss_v = float(loss.float().sum()) if loss is not None else None
@@ -429,8 +434,12 @@ class Guard:
                 rule="nan",
                 level="critical",
                 step=step,
-                message=f"step {step}: loss {_v(loss_v)}, grad norm {_v(norm_v)}: the optimizer step was "
-                "skipped (no update)",
+                message=f"step {step}: loss {_v(loss_v)}, grad norm {_v(norm_v)}: "
+                + (
+                    "DeepSpeed applies its own update (not skipped)"
+                    if deepspeed
+                    else "the optimizer step was skipped (no update)"
+                ),
                 advice=f"nothing to do yet; after {c.nan_patience} in a row the run {then}",
             )
         if len(self._streak) >= c.nan_patience:

@@ -106,6 +106,11 @@ def train_headless(args) -> int:
     from engine.train import run
 
     config, notes, path = load_for_cli(args)
+    nproc = getattr(args, "nproc", None) or config.distributed.num_processes or 1
+    if nproc > 1 or config.distributed.num_machines > 1:  # several processes: accelerate launch
+        from engine.launcher import train_headless_multi
+
+        return train_headless_multi(args, nproc)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     controls = Controls()
@@ -120,6 +125,7 @@ def train_headless(args) -> int:
         logs_dir=args.logs_dir,
         notes=notes,
         force_fresh=args.force,
+        allow_world_size_change=getattr(args, "allow_world_size_change", False),
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
     return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)

@@ -219,7 +219,7 @@ class HealthMonitor:
         w = self._window
         if len(w) >= min(10, w.maxlen):
             med = statistics.median(w)
-            high = med > 0 and loss > self.c.spike_factor * med
+            high = med > 0 and loss > self.c.spike_factor * med and loss - med > self.c.spike_min_delta
             self._episode(
                 "spike",
                 "warning" if high else None,

@@ -7,6 +7,7 @@ worker thread under the cockpit, headless, or under ``accelerate launch``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import checkpoints, runstate
+from engine import checkpoints, dist, runstate
 from engine.config import RunConfig, dump_resolved
 from engine.control import Controls
 from engine.errors import UserError
@@ -165,6 +166,7 @@ def build_trainer(
         use_cpu=not _cuda(),
         # Liger's RMSNorm/SwiGLU/RoPE kernels; TRL's fused LM head already avoids full logits.
         use_liger_kernel=liger_available(),
+        **dist.trainer_args(config),  # DDP settings; DeepSpeed or FSDP when configured
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -211,6 +213,7 @@ def run(
     logs_dir: str | None = None,
     notes: list[str] | None = None,
     force_fresh: bool = False,
+    allow_world_size_change: bool = False,
 ) -> RunResult:
     """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input."""
     # Packed batches change shape every step; without expandable segments the caching
@@ -218,18 +221,22 @@ def run(
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     controls = controls or Controls()
     paths = run_paths(config, run_name, logs_dir)
+    dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/dist.py)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(paths.run_dir):
-        log = RunLog(paths.events, listeners)
-        watch = watch_run(log, config.health)  # health alerts + GPU samples into the run log
+    with RunLock(paths.run_dir) if dist.is_main() else contextlib.nullcontext():
+        log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
+        # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
+        watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
         try:
-            return _run(config, controls, log, paths, resume, notes or [], force_fresh)
+            return _run(
+                config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
+            )
         except UserError as e:
             log.emit("end", status="error", message=str(e))
             raise
         except BaseException as e:
             log.emit(
-                "end",
+                dist.failure_kind(),  # "end"; under the launcher "rank_error": it writes the end
                 status="failed",
                 message=f"{type(e).__name__}: {e}",
                 traceback=traceback.format_exc()[-4000:],
@@ -240,7 +247,9 @@ def run(
             log.close()
 
 
-def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
+def _run(
+    config, controls, log, paths, resume, notes, force_fresh, allow_world_size_change=False
+) -> RunResult:
     import torch
 
     from engine import attention
@@ -251,18 +260,25 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     base = resolve_base(config.base_model)
     if config.quant_bits and not torch.cuda.is_available():
         load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
-    ckpt = _resume_point(resume, paths, log)
+    ckpt = dist.share_from_main(lambda: _resume_point(resume, paths, log))
     if ckpt is None and resume == "never" and checkpoints.scan(paths.output_dir)[0] and not force_fresh:
         raise UserError(
             f"{paths.output_dir} already holds checkpoints and --resume never was given",
             "choose a new output_dir, remove the old checkpoints, or pass --force to train over them",
         )
+    if ckpt is None and resume == "never" and force_fresh and dist.is_main():
+        # Old checkpoints would outrank the new run's (resume auto picks the highest step): set aside, not deleted.
+        moved = checkpoints.supersede(paths.output_dir)
+        if moved:
+            notes.append(f"--force: the previous checkpoints were moved to {moved}")
+    dist.barrier()
     if ckpt is not None:
         _check_compatible(ckpt, config)
+        notes.append(dist.check_world_size(ckpt, config, allow_world_size_change))
         runstate.record_config_changes(paths.run_dir, config, log)
     # NaN/OOM/disk handling; --resume never starts from a clean run state.
-    guard = Guard(config, log, controls, paths.output_dir, fresh=resume == "never")
-    for note in notes:
+    guard = Guard(config, log, controls, paths.output_dir, fresh=resume == "never" and dist.is_main())
+    for note in filter(None, notes):
         log.emit("note", message=note)
 
     t0 = time.time()
@@ -300,20 +316,26 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
     model = load_base(
         base, quant_bits=config.quant_bits, dtype=dtype, trust_remote_code=config.trust_remote_code, attn=attn
     )
-    from transformers import set_seed
-
-    set_seed(config.seed)  # LoRA's random init comes before the trainer seeds anything
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
+    fpt, peak = _mfu_terms(model, config, trainable)
     # run_dir links a checkpoint back to its run (eval results and the checklist live there).
     meta = {
         "base_model": config.base_model,
         "fingerprint": fingerprint(config),
         "run_dir": str(paths.run_dir.resolve()),
+        **dist.checkpoint_meta(config),
     }
     from engine.callback import CockpitCallback
 
-    callback = CockpitCallback(log, controls, save_total_limit=config.save_total_limit, meta=meta)
+    callback = CockpitCallback(
+        log,
+        controls,
+        save_total_limit=config.save_total_limit,
+        meta=meta,
+        flops_per_token=fpt,
+        peak_flops=peak,
+    )
     trainer = build_trainer(
         guard.effective_config(config, ckpt is not None),
         prepared,
@@ -324,9 +346,11 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         gc,
         dtype == torch.bfloat16,
     )
+    dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
     guard.attach(trainer, callback)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
-    dump_resolved(config, paths.run_dir / "config.yaml")
+    if dist.is_main():
+        dump_resolved(config, paths.run_dir / "config.yaml")
     log.emit(
         "start",
         step=ckpt.step if ckpt else 0,
@@ -340,10 +364,12 @@ def _run(config, controls, log, paths, resume, notes, force_fresh) -> RunResult:
         liger=liger_available(),
         trainable_params=trainable,
         total_params=total,
+        flops_per_token=fpt,
+        peak_tflops=round(peak / 1e12, 1) if peak else None,
         max_steps=trainer.state.max_steps or None,
         micro_batch_size=trainer.args.per_device_train_batch_size,  # the run state's after an OOM
         gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        **dist.start_fields(config),  # world_size, distributed, ranks (a collective)
         output_dir=str(paths.output_dir),
         setup_s=round(time.time() - t0, 2),
         pid=os.getpid(),
@@ -372,6 +398,13 @@ def _choose_gc(config: RunConfig) -> tuple[bool, str]:
     on, need, free = needs_checkpointing(config, liger_available())
     verdict = "on" if on else "off"
     return on, f"auto: ~{need / 2**30:.1f} GiB needed without it, {free / 2**30:.1f} GiB free -> {verdict}"
+
+
+def _mfu_terms(model, config: RunConfig, lora_params: int) -> tuple[float, float | None]:
+    """FLOPs per token (LoRA convention) and the device's measured bf16 matmul ceiling."""
+    from engine.mfu import flops_per_token, matmul_ceiling
+
+    return flops_per_token(model.config, lora_params, config.sequence_len), matmul_ceiling()
 
 
 def _param_counts(model) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import re
 import threading
 
 import pytest
+import torch
 from textual.widgets import Input, Select, Static
 
 from cockpit.chat_app import ChatApp
@@ -87,8 +88,22 @@ async def test_stream_history_and_marks(persona_checkpoint, tmp_path):
         assert not app.query(AnswerView) and app.query_one(ChatPane).history == []
 
 
+def never_ending_model(src, dst):
+    """The tiny model with its stop tokens' output rows zeroed: greedy decoding never ends by itself."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(src)
+    with torch.no_grad():
+        for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            model.lm_head.weight[tok.convert_tokens_to_ids(t)] = 0
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    return dst
+
+
 async def test_stop_key_ends_generation(tiny_model, tmp_path):
-    backend = StandaloneBackend(str(tiny_model("qwen3")))
+    backend = StandaloneBackend(str(never_ending_model(tiny_model("qwen3"), tmp_path / "model")))
     app = ChatApp(backend, settings=Settings(temperature=0, max_new_tokens=4000))
     seen: list = []
     pressed = threading.Event()
@@ -105,7 +120,7 @@ async def test_stop_key_ends_generation(tiny_model, tmp_path):
         pressed.set()
         await wait_for(pilot, answered(seen))
         done = [m for m in seen if isinstance(m, ChatPane.Answered)][0].done
-        assert done.answers[0].reason == "stopped"
+        assert done.answers[0].reason == "stopped", done.answers[0]
         assert done.answers[0].tokens < 4000
         assert app.query_one(ChatPane).busy is None
         # The pane takes the next question at once.

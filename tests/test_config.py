@@ -61,10 +61,17 @@ def test_negative_number_rejected(tmp_path):
 
 
 def test_unsupported_axolotl_key_is_named(tmp_path):
+    p = write(tmp_path, minimal() + "peft_use_dora: true\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert "`peft_use_dora` is an Axolotl key this engine does not support" in e.value.message
+
+
+def test_deepspeed_json_must_exist(tmp_path):
     p = write(tmp_path, minimal() + "deepspeed: ds.json\n")
     with pytest.raises(UserError) as e:
         load_config(p)
-    assert "`deepspeed` is an Axolotl key this engine does not support" in e.value.message
+    assert "`deepspeed`: ds.json: no such file" in e.value.message and str(p) in e.value.message
 
 
 def test_noted_keys_are_accepted_with_a_note(tmp_path):
@@ -106,7 +113,8 @@ def test_val_set_size_count_must_be_whole(tmp_path):
     "extra,needle",
     [
         ("learning_rte: 0.1\n", "did you mean `learning_rate`"),
-        ("fsdp: [full_shard]\n", "does not support"),
+        ("fsdp: [fullshard]\n", "`fullshard` is not an fsdp option"),
+        ("rl: dpo\n", "does not support"),
         ("lora_r: many\n", "lora_r"),
     ],
 )

@@ -422,3 +422,17 @@ def test_final_loss_reads_the_last_losses_not_the_early_curve():
 def test_a_stopped_run_gets_no_final_loss_alert():
     recs = [step(s, 2.5, max_steps=100) for s in range(1, 41)]
     assert rules(feed(HealthMonitor(), recs), "final_loss") == []
+
+
+def test_spike_ignores_ratio_noise_at_low_loss():
+    from engine.config import HealthConfig
+    from engine.health import HealthMonitor
+
+    m = HealthMonitor(HealthConfig())
+    alerts = []
+    for step in range(1, 40):
+        loss = 0.12 if step != 30 else 0.19  # 1.6x the median, but only 0.07 above it
+        alerts += m.observe({"t": step, "kind": "step", "step": step, "loss": loss, "epoch": step / 100})
+    assert not [a for a in alerts if a["rule"] == "spike"]
+    alerts = m.observe({"t": 41, "kind": "step", "step": 41, "loss": 0.9, "epoch": 0.41})
+    assert [a["rule"] for a in alerts if a["rule"] == "spike"] == ["spike"]

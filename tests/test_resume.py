@@ -144,3 +144,18 @@ def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
     assert (tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").is_file()
     meta = json.loads((tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").read_text())
     assert meta["step"] == end["step"]
+
+
+def test_force_fresh_sets_old_checkpoints_aside_and_the_last_step_is_saved(
+    tiny_model, write_config, tmp_path
+):
+    # No save_steps at all: the final step is still kept.
+    cfg = write_config(tiny_model("qwen3"), max_steps=4)
+    assert cli("train", cfg, "--headless").returncode == 0
+    assert checkpoints.latest(tmp_path / "out").step == 4
+    cfg = write_config(tiny_model("qwen3"), max_steps=2)
+    r = cli("train", cfg, "--headless", "--resume", "never", "--force")
+    assert r.returncode == 0, r.stderr
+    assert checkpoints.latest(tmp_path / "out").step == 2  # the old step-4 checkpoint no longer outranks it
+    moved = list((tmp_path / "out").glob("superseded-*/checkpoint-4/leviathan.json"))
+    assert len(moved) == 1

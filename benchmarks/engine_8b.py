@@ -1,0 +1,215 @@
+"""The real command line on an 8B-shaped model: `leviathan-cockpit train CONFIG --headless`, LoRA and QLoRA.
+
+    python3 benchmarks/engine_8b.py [--steps 30] [--variants lora,qlora]
+
+Builds a random-initialised 8B-shaped Qwen3 (bf16) with a tiny byte-level tokenizer, saves it,
+writes a chat JSONL of long synthetic conversations and an Axolotl-style config, then runs the
+CLI headless in a subprocess for each variant and reads its run log: tokens/s over the steps
+after warm-up, the time to the first step, the peak GPU memory from the run log's `gpu`
+records, the gradient checkpointing choice. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = [
+    "abyss",
+    "balance",
+    "chaos",
+    "depth",
+    "guardian",
+    "mind",
+    "tarot",
+    "tower",
+    "house",
+    "python",
+    "function",
+    "return",
+    "value",
+    "loop",
+    "grief",
+    "meaning",
+    "reason",
+    "light",
+    "water",
+    "cycle",
+]
+
+
+def build(workdir: Path, tiny: bool) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from engine.tiny import build_tokenizer
+
+    tok = build_tokenizer("qwen3")
+    if tiny:
+        cfg = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            tie_word_embeddings=False,
+        )
+    else:
+        cfg = Qwen3Config(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            tie_word_embeddings=False,
+            max_position_embeddings=40960,
+        )
+    cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+        )
+    path = workdir / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    del model
+    # Give the memory back: the trainer subprocesses size gradient checkpointing from what is free.
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return path
+
+
+def write_data(path: Path, rows: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(rows):
+            answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(150, 1400)))
+            row = {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}: tell me about {rng.choice(WORDS)}."},
+                    {"role": "assistant", "content": answer},
+                ],
+                "_category": rng.choice(["coding", "esoteric", "identity", "psychology"]),
+            }
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def run_cli(cfg: Path, env: dict) -> tuple[int, float, str]:
+    t0 = time.time()
+    p = subprocess.run(
+        [sys.executable, "-m", "cockpit.cli", "train", str(cfg), "--headless"],
+        cwd=cfg.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return p.returncode, time.time() - t0, p.stderr[-3000:]
+
+
+def summarise(name: str, events: Path, warmup: int, wall: float) -> dict:
+    recs = [json.loads(line) for line in events.read_text().splitlines()]
+    steps = [r for r in recs if r["kind"] == "step"]
+    start = next(r for r in recs if r["kind"] == "start")
+    first_step_t = steps[0]["t"] - recs[0]["t"]
+    w = next(s for s in steps if s["step"] == warmup)
+    last = steps[-1]
+    tps = (last["tokens"] - w["tokens"]) / (last["t"] - w["t"])
+    peaks = [r.get("torch_peak_mb") or 0 for r in recs if r["kind"] == "gpu"]
+    return {
+        "variant": name,
+        "tokens_per_s": tps,
+        "s_per_step": (last["t"] - w["t"]) / (last["step"] - warmup),
+        "first_step_s": first_step_t,
+        "peak_gib": max(peaks, default=0) / 1024,
+        "grad_ckpt": start.get("gradient_checkpointing"),
+        "why": start.get("gradient_checkpointing_reason"),
+        "final_loss": last["loss"],
+        "wall_s": wall,
+        "setup_s": start.get("setup_s"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--variants", default="lora,qlora")
+    ap.add_argument("--rows", type=int, default=1200)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lev-8b-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model = build(work, args.tiny)
+    print(f"model built and saved in {time.time() - t0:.0f}s at {model}", flush=True)
+    data = write_data(work / "chat.jsonl", args.rows)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
+    rows = []
+    for v in args.variants.split(","):
+        cfg = {
+            "base_model": str(model),
+            "datasets": [{"path": str(data), "type": "chat_template"}],
+            "adapter": v,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "lora_dropout": 0.0,
+            "lora_target_linear": True,
+            "sequence_len": 256 if args.tiny else 2048,
+            "sample_packing": True,
+            "micro_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_steps": args.steps,
+            "learning_rate": 2e-4,
+            "warmup_steps": 5,
+            "logging_steps": 1,
+            "save_steps": args.steps,
+            "save_total_limit": 1,
+            "output_dir": str(work / f"out-{v}"),
+            "logs_dir": str(work / "logs"),
+            "run_name": v,
+            "health": {"gpu_sample_s": 2},
+        }
+        path = work / f"{v}.yaml"
+        import yaml
+
+        path.write_text(yaml.safe_dump(cfg))
+        rc, wall, err = run_cli(path, env)
+        print(f"{v}: exit {rc} in {wall:.0f}s", flush=True)
+        if rc != 0:
+            print(err, flush=True)
+            continue
+        rows.append(summarise(v, work / "logs" / v / "events.jsonl", args.warmup, wall))
+        print(json.dumps(rows[-1]), flush=True)
+    print()
+    print(
+        f"{'variant':<8} {'tokens/s':>9} {'s/step':>7} {'1st step s':>10} {'peak GiB':>9} {'ckpt':>5} "
+        f"{'loss':>6}  gradient checkpointing choice"
+    )
+    for r in rows:
+        print(
+            f"{r['variant']:<8} {r['tokens_per_s']:>9,.0f} {r['s_per_step']:>7.2f} {r['first_step_s']:>10.1f} "
+            f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>5} {r['final_loss']:>6.3f}  {r['why']}"
+        )
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "engine_8b.json").write_text(json.dumps(rows, indent=1))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
