@@ -59,6 +59,7 @@ def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_confi
     recs = records(tmp_path)
     by_step = steps(recs)
     assert by_step[4]["loss"] == "nan" and by_step[4]["grad_norm"] == "nan"  # shown, not filtered
+    # finite before and after (a NaN is logged as the string "nan"): the loss sum was reset after it
     assert all(isinstance(by_step[s]["loss"], float) for s in (1, 2, 3, 5, 6))
     (skip,) = [r for r in recs if r["kind"] == "skip"]
     assert skip["step"] == 4
@@ -76,8 +77,6 @@ def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_confi
     for i in o3:
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(o3[i][key], o4[i][key])
-    # The loss sum was reset after the NaN step: step 5's logged loss is finite.
-    assert by_step[5]["loss"] == pytest.approx(by_step[5]["loss"])
 
 
 def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(tiny_model, write_config, tmp_path):
