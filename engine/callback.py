@@ -35,6 +35,7 @@ class CockpitCallback(TrainerCallback):
         self.meta = meta
         self.last_loss: float | None = None
         self.last_eval_loss: float | None = None
+        self.last_eval_step: int | None = None  # the marker says which step its eval_loss is from
         self.best: tuple[float, int] | None = None  # (eval_loss, step)
         self._mark_t = time.time()
         self._mark_tokens = 0
@@ -82,6 +83,7 @@ class CockpitCallback(TrainerCallback):
             return
         loss = float(metrics["eval_loss"])
         self.last_eval_loss = loss
+        self.last_eval_step = state.global_step
         if math.isfinite(loss) and (self.best is None or loss < self.best[0]):
             self.best = (loss, state.global_step)
         self.log.emit(
@@ -107,6 +109,7 @@ class CockpitCallback(TrainerCallback):
                 "epoch": state.epoch,
                 "loss": self.last_loss,
                 "eval_loss": self.last_eval_loss,
+                "eval_step": self.last_eval_step,
                 "tokens": state.num_input_tokens_seen,
             },
         )

@@ -9,6 +9,7 @@ that resume ignores (and cleans away).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -90,20 +91,49 @@ def remove_torn(output_dir: str | Path) -> list[Path]:
     return torn
 
 
+def best(complete: list[Checkpoint]) -> Checkpoint | None:
+    """The checkpoint with the lowest finite ``eval_loss`` measured at its own step.
+
+    A marker records the last evaluation before the save; only one taken at the checkpoint's
+    own step (``eval_step == step``) describes its weights. Markers older than ``eval_step``
+    count with the eval_loss they carry.
+    """
+    found = None
+    for c in complete:
+        loss = c.meta.get("eval_loss")
+        if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+            continue
+        if "eval_step" in c.meta and c.meta["eval_step"] != c.step:
+            continue
+        if found is None or loss < found.meta["eval_loss"]:
+            found = c
+    return found
+
+
 def retain(output_dir: str | Path, limit: int | None, best_step: int | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond ``limit``; the newest and the best survive."""
+    """Delete the oldest complete checkpoints beyond ``limit``; the newest and the best survive.
+
+    The best is read from the markers (so it survives restarts), plus ``best_step`` when given.
+    ``limit`` counts them all: with limit 3 and an old best, the best and the two newest stay
+    (with limit 1 and a best that is not the newest, both stay).
+    """
     if not limit:
         return []
     complete, _ = scan(output_dir)
-    keep = {c.step for c in complete[-limit:]}
-    if complete:
-        keep.add(complete[-1].step)
-    if best_step is not None:
+    if not complete:
+        return []
+    keep = {complete[-1].step}
+    top = best(complete)
+    if top is not None:
+        keep.add(top.step)
+    if best_step is not None and any(c.step == best_step for c in complete):
         keep.add(best_step)
+    for c in reversed(complete):  # fill the remaining places with the newest
+        if len(keep) >= limit:
+            break
+        keep.add(c.step)
     removed = []
     for c in complete:
-        if len(complete) - len(removed) <= max(limit, len(keep)):
-            break
         if c.step not in keep:
             # Unmark first: a kill during the delete leaves a torn folder, never a half checkpoint.
             (c.path / MARKER).unlink(missing_ok=True)

@@ -81,7 +81,7 @@ UNSUPPORTED_KEYS = {
 
 
 class DatasetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str
     """A local JSONL file (one example a line)."""
@@ -91,12 +91,23 @@ class DatasetSpec(BaseModel):
     field_messages: str | None = None
     """The key holding the turns (default ``messages``, or ``conversations`` for sharegpt)."""
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _usable_path(v)
+
+
+def _usable_path(v: str | None) -> str | None:
+    if v is not None and ("\x00" in v or not v.strip()):
+        raise ValueError("a path must be non-empty and cannot contain a NUL byte")
+    return v
+
 
 class HealthConfig(BaseModel):
     """Thresholds of the guide's health rules (``health:`` in the config); the defaults are
     the guide's numbers. Each rule fires once per episode and re-arms when healthy again."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     """False: no health alerts (GPU sampling still runs)."""
@@ -144,7 +155,7 @@ class HealthConfig(BaseModel):
 class ExportConfig(BaseModel):
     """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     system_prompt: str | None = None
     """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
@@ -152,6 +163,38 @@ class ExportConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     num_ctx: int = Field(4096, gt=0)
     """Context length Ollama serves with."""
+
+
+class GuardConfig(BaseModel):
+    """What the engine does when a long run meets a fault (``guard:`` in the config).
+
+    NaN/Inf: a step whose loss or gradient norm is not finite is skipped (no optimizer update;
+    the step still counts, so the step counter and the LR schedule move on) and raises a
+    ``nan`` alert. Out of memory: the step is retried with half the micro batch and twice the
+    accumulation (same effective batch). Disk: free space is checked before every save."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    nan_patience: int = Field(3, gt=0)
+    """Non-finite steps in a row before ``nan_policy`` acts (each one is skipped)."""
+    nan_policy: Literal["rollback", "stop"] = "rollback"
+    """rollback: go back to the newest complete checkpoint saved before the bad steps began and
+    go on with the learning rate times ``nan_lr_scale``; stop: end the run (status diverged)."""
+    nan_lr_scale: float = Field(0.5, gt=0, le=1)
+    """Factor on the learning rate at each rollback (it compounds: 0.5, 0.25, ...)."""
+    nan_max_rollbacks: int = Field(3, ge=0)
+    """Rollbacks allowed in one run; one more streak of non-finite steps stops it."""
+    oom_retry: bool = True
+    """On CUDA out of memory in a step: retry it with half the micro batch and twice
+    gradient_accumulation_steps, kept for the rest of the run and on resume."""
+    disk_margin: float = Field(1.25, gt=0)
+    """A save starts only with this many times the last checkpoint's size free on the
+    output_dir's disk (no checkpoint yet: an estimate from the trainable parameters)."""
+    disk_poll_s: float = Field(5.0, gt=0)
+    """While paused for disk space: seconds between two looks at the free space."""
+    save_best: bool = True
+    """When an evaluation finds a new best eval_loss at a step that is not a save step, save a
+    checkpoint there too, so the best weights exist on disk and retention keeps them."""
 
 
 class KeyError_(ValueError):
@@ -165,7 +208,7 @@ class KeyError_(ValueError):
 class CurriculumPhase(BaseModel):
     """One phase of the curriculum: a span of training with its own category mix."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     """Shown in the cockpit and in the run log's ``phase`` records."""
@@ -198,7 +241,7 @@ class CurriculumConfig(BaseModel):
     """Phases over epochs with category weights, applied by a sampler over the training set
     (files are not rewritten). Reproducible by ``seed`` and exact on resume."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     phases: list[CurriculumPhase] = Field(min_length=1)
     """In order of ``start_epoch``."""
@@ -233,7 +276,7 @@ class CurriculumConfig(BaseModel):
 class ChatPresetSpec(BaseModel):
     """One prompt of the chat pane's preset list."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(min_length=1)
     label: str | None = None
@@ -245,7 +288,7 @@ class ChatPresetSpec(BaseModel):
 class ChatConfig(BaseModel):
     """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     system: str | None = None
     """System prompt the pane starts with (editable there); none by default."""
@@ -386,7 +429,7 @@ class DistributedConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     base_model: str
     """A local model folder or a hub id (already in the local cache: nothing is downloaded)."""
@@ -464,6 +507,20 @@ class RunConfig(BaseModel):
     is the natural mix."""
     chat: ChatConfig = Field(default_factory=ChatConfig)
     """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
+
+    @field_validator("base_model", "output_dir", "logs_dir")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return _usable_path(v)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v and ("\x00" in v or "/" in v or v in (".", "..")):
+            raise ValueError("a run name is one folder name: no '/', no NUL byte, not . or ..")
+        return v
 
     # -- several GPUs (see engine/dist.py and README "Several GPUs") --
     deepspeed: str | None = None
@@ -574,7 +631,10 @@ def _where(file: str, lines: dict[tuple, int], loc: tuple) -> str:
 
 
 def _resolve_path(value: str, base: Path) -> str:
-    p = Path(value).expanduser()
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        return value
     if p.is_absolute():
         return str(p)
     for root in (base, Path.cwd()):
@@ -588,7 +648,17 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{file}: no such config file", "give the path of an Axolotl-style YAML file")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = file.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{file}:{line}: not UTF-8 text (byte {e.start})", "save the config as UTF-8"
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"{file}: cannot read the config ({e.strerror})", "check the path and its permissions"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

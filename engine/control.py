@@ -23,6 +23,9 @@ class Controls:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs_lock = threading.Lock()
         self.jobs_closed = threading.Event()
+        # Someone can free disk space and press resume (the cockpit). Headless sets False:
+        # a full disk then ends the run (exit 2) instead of pausing it.
+        self.operator_present = True
 
     def request_pause(self) -> None:
         self._resume.clear()

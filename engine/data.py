@@ -53,7 +53,7 @@ def _turns_chat(obj: dict, key: str) -> list[dict]:
         role = t.get("role")
         if role is None:
             raise BadRow(f"{key}[{i}] has no role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRow(f"{key}[{i}] has unknown role {role!r} (allowed: system, user, assistant)")
         out.append({"role": role, "content": t.get("content")})
     return out
@@ -70,7 +70,7 @@ def _turns_sharegpt(obj: dict, key: str) -> list[dict]:
         who = t.get("from")
         if who is None:
             raise BadRow(f"{key}[{i}] has no `from`")
-        if who not in SHAREGPT_ROLES:
+        if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             raise BadRow(f"{key}[{i}] has unknown role {who!r} (allowed: human, gpt, system)")
         out.append({"role": SHAREGPT_ROLES[who], "content": t.get("value")})
     return out
@@ -164,8 +164,22 @@ class ChatEncoder:
 
     def _probe_turn_end(self) -> str:
         probe = [{"role": "user", "content": "PROBEQ"}, {"role": "assistant", "content": "PROBEA"}]
-        text = self.tok.apply_chat_template(probe, tokenize=False)
+        fix = "fix `chat_template_jinja`, or use `chat_template: chatml` / `llama3` / `tokenizer_default`"
+        try:
+            text = self.tok.apply_chat_template(probe, tokenize=False)
+        except Exception as e:  # jinja2 syntax or runtime errors, raise_exception(...) in the template
+            raise UserError(
+                f"the chat template fails on a plain user/assistant chat: {_short(e)}", fix
+            ) from None
+        if not isinstance(text, str) or "PROBEA" not in text:
+            raise UserError("the chat template does not write out the assistant's text", fix)
         return text[text.rindex("PROBEA") + len("PROBEA") :].strip()
+
+    def _render(self, turns: list[dict]) -> str:
+        try:
+            return self.tok.apply_chat_template(turns, tokenize=False)
+        except Exception as e:  # e.g. "System message must be at the beginning" from the template
+            raise BadRow(f"the chat template refused it: {_short(e)}") from None
 
     def spans(self, text: str, turns: list[dict]) -> list[tuple[int, int]]:
         """Character spans of each assistant turn's text plus its end marker."""
@@ -188,7 +202,7 @@ class ChatEncoder:
         return spans
 
     def encode(self, turns: list[dict], train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
-        text = self.tok.apply_chat_template(turns, tokenize=False)
+        text = self._render(turns)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         if train_on_inputs:
@@ -201,6 +215,11 @@ class ChatEncoder:
             inside = k < len(spans) and spans[k][0] <= start < spans[k][1]
             labels.append(tid if inside else -100)
         return ids, labels
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 # ---- stats -------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def train_headless(args) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     controls = Controls()
+    controls.operator_present = False  # nobody to free disk space and press resume: exit 2
     install_stop_signals(controls)
     result = run(
         config,
@@ -127,7 +128,7 @@ def train_headless(args) -> int:
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
-    return 0
+    return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)
 
 
 def check_command(args) -> int:

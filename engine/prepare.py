@@ -166,6 +166,11 @@ def prepare(config, tokenizer, cache_dir: str | Path) -> Prepared:
     """Tokenize every row; raise the bad-rows error unless ``skip_bad_rows``."""
     from datasets import Dataset
 
+    from engine.errors import UserError
+
+    for spec in config.datasets:  # before anything else reads their sizes
+        if not Path(spec.path).is_file():
+            raise UserError(f"{spec.path}: dataset file not found", "fix `datasets[].path` in the config")
     encoder = ChatEncoder(tokenizer)
     stats = Stats()
     counts = {"truncated": 0, "dropped": 0, "no_labels": 0}
@@ -198,8 +203,6 @@ def prepare(config, tokenizer, cache_dir: str | Path) -> Prepared:
     if stats.bad and not config.skip_bad_rows:
         raise bad_rows_error(stats.bad, stats.total)
     if full is None or len(full) == 0:
-        from engine.errors import UserError
-
         raise UserError("no trainable rows in the datasets", "check `datasets` paths and row formats")
     val = None
     if config.val_set_size:

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import checkpoints, dist
+from engine import checkpoints, dist, runstate
 from engine.config import RunConfig, dump_resolved
 from engine.control import Controls
 from engine.errors import UserError
@@ -253,6 +253,7 @@ def _run(
     import torch
 
     from engine import attention
+    from engine.guard import Guard
     from engine.model import attach_lora, load_base, load_tokenizer, pick_dtype, resolve_base
     from engine.prepare import prepare
 
@@ -274,8 +275,9 @@ def _run(
     if ckpt is not None:
         _check_compatible(ckpt, config)
         notes.append(dist.check_world_size(ckpt, config, allow_world_size_change))
-    if dist.is_main():
-        dump_resolved(config, paths.run_dir / "config.yaml")
+        runstate.record_config_changes(paths.run_dir, config, log)
+    # NaN/OOM/disk handling; --resume never starts from a clean run state.
+    guard = Guard(config, log, controls, paths.output_dir, fresh=resume == "never" and dist.is_main())
     for note in filter(None, notes):
         log.emit("note", message=note)
 
@@ -334,8 +336,21 @@ def _run(
         flops_per_token=fpt,
         peak_flops=peak,
     )
-    trainer = build_trainer(config, prepared, model, tokenizer, callback, paths, gc, dtype == torch.bfloat16)
+    trainer = build_trainer(
+        guard.effective_config(config, ckpt is not None),
+        prepared,
+        model,
+        tokenizer,
+        callback,
+        paths,
+        gc,
+        dtype == torch.bfloat16,
+    )
     dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
+    guard.attach(trainer, callback)
+    # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
+    if dist.is_main():
+        dump_resolved(config, paths.run_dir / "config.yaml")
     log.emit(
         "start",
         step=ckpt.step if ckpt else 0,
@@ -352,6 +367,8 @@ def _run(
         flops_per_token=fpt,
         peak_tflops=round(peak / 1e12, 1) if peak else None,
         max_steps=trainer.state.max_steps or None,
+        micro_batch_size=trainer.args.per_device_train_batch_size,  # the run state's after an OOM
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
         **dist.start_fields(config),  # world_size, distributed, ranks (a collective)
         output_dir=str(paths.output_dir),
         setup_s=round(time.time() - t0, 2),
@@ -359,8 +376,8 @@ def _run(
     )
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
-    trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
-    status = callback.status
+    guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
+    status = guard.status or callback.status
     last = checkpoints.latest(paths.output_dir)
     log.emit(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None

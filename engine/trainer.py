@@ -14,6 +14,8 @@ from trl import SFTTrainer
 
 
 class LeviathanTrainer(SFTTrainer):
+    guard = None  # engine.guard.Guard, attached by engine.train: NaN/OOM/disk handling
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._pending_tokens: torch.Tensor | int = 0
@@ -24,6 +26,13 @@ class LeviathanTrainer(SFTTrainer):
         sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        guard = self.guard if model.training and not return_outputs else None
+        if guard is not None:
+            guard.on_forward(self)
+        loss = self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return guard.on_loss(self, loss) if guard is not None else loss
+
+    def _compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or self.compute_loss_func is not None or self.label_smoother is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.aux_loss_enabled or self.args.loss_type != "nll":
@@ -82,4 +91,45 @@ class LeviathanTrainer(SFTTrainer):
     def _save_checkpoint(self, model, trial):
         # Tokens counted since the last log belong in the saved state, so a resume counts exactly.
         self._flush_tokens()
-        super()._save_checkpoint(model, trial)
+        if self.guard is None:
+            super()._save_checkpoint(model, trial)
+        else:  # free space checked first; a save that runs out of space is removed and retried
+            self.guard.save_checkpoint(
+                self, lambda: super(LeviathanTrainer, self)._save_checkpoint(model, trial)
+            )
+
+    # -- the guard's hooks (engine/guard.py); each is a None check without one ----------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.guard is not None:
+            self.guard.on_batches(self, batches, num_items)
+        return batches, num_items
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.guard is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self.guard.training_step(self, super().training_step, model, inputs, num_items_in_batch)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if self.guard is not None and model.training:
+            self.guard.check_step(self, model, grad_norm)
+        return grad_norm
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+        if self.guard is not None:
+            self.guard.after_log(self)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        if self.guard is not None:
+            from engine import faults
+
+            faults.on_save_write(output_dir, self.state.global_step)
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.guard is not None and checkpoint is not None:
+            self.guard.after_load(self, checkpoint)
