@@ -233,6 +233,13 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     trainer = build_trainer(
         config, prepared, peft_model, tokenizer, timer, paths, gc_on, torch.cuda.is_available()
     )
+    # The engine's fault guard too (one isfinite check per optimizer step), as a real run has it.
+    from engine.control import Controls
+    from engine.events import RunLog
+    from engine.guard import Guard
+
+    timer.meta = {}
+    Guard(config, RunLog(Path(out) / "events.jsonl"), Controls(), out, fresh=True).attach(trainer, timer)
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     trainer.train()
