@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -280,6 +281,28 @@ def free(*objs):
         torch.cuda.reset_peak_memory_stats()
 
 
+def run_variant(name, cfg, tokenizer, dataset, args, work, ceiling) -> dict:
+    """One variant, in this (fresh) process, on the saved base model."""
+    from transformers import AutoModelForCausalLM
+
+    qlora = "qlora" in name
+    if qlora:
+        model = load_4bit(args.save_dir)
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.save_dir, dtype=dtype).to(device)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    fn = run_plain_trl if name.startswith("trl") else run_ours
+    out = fn(model, tokenizer, dataset, args, f"{work}/{name}", qlora)
+    trainer, timer, collator, gc_on = out[:4]
+    note = out[4] if len(out) > 4 else ""
+    return result_row(
+        name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling, gc_on, note
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
@@ -290,13 +313,14 @@ def main() -> int:
     ap.add_argument("--force-gc", type=lambda s: s == "on", default=None)
     ap.add_argument("--save-dir", default=None, help="where to save the bf16 model for QLoRA loading")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--child", action="store_true", help="internal: run one variant and write --json")
     args = ap.parse_args()
 
     from datasets import Dataset
 
     from engine.tiny import build_tokenizer
 
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if torch.cuda.is_available() or "qlora" not in v]
     tokenizer = build_tokenizer("qwen3")
     cfg = qwen3_config(args.tiny, len(tokenizer))
     n_docs = args.docs or int(args.steps * MICRO * SEQ / 1100 * 1.3) + 20
@@ -313,46 +337,49 @@ def main() -> int:
         f"matmul ceiling: {ceiling / 1e12:.0f} TFLOP/s  docs: {n_docs}",
         flush=True,
     )
-    rows = []
     work = tempfile.mkdtemp(prefix="lev-bench-")
-    model = build_model(cfg, args.tiny)
-    for name in [v for v in variants if "qlora" not in v]:
-        torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
-        fn = run_plain_trl if name == "trl" else run_ours
-        t0 = time.time()
-        out = fn(model, tokenizer, dataset, args, f"{work}/{name}", False)
-        trainer, timer, collator, gc_on = out[:4]
-        note = out[4] if len(out) > 4 else ""
-        rows.append(
-            result_row(
-                name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling, gc_on, note
-            )
-        )
-        print(json.dumps(rows[-1]), f"wall {time.time() - t0:.0f}s", flush=True)
-        model = trainer.model.unload() if hasattr(trainer.model, "unload") else trainer.model
-        free(trainer)
-    qv = [v for v in variants if "qlora" in v]
-    if qv and torch.cuda.is_available():
-        save = args.save_dir or f"{work}/base"
-        if not Path(save, "config.json").exists():
-            model.save_pretrained(save)
-            tokenizer.save_pretrained(save)
+    if args.child:
+        rows = [run_variant(variants[0], cfg, tokenizer, dataset, args, work, ceiling)]
+        Path(args.json).write_text(json.dumps(rows))
+        return 0
+    # Each variant in a fresh process: Liger patches module-level functions of the model
+    # code (RoPE, ...), which would otherwise leak into the plain-TRL runs that follow.
+    save = args.save_dir or f"{work}/base"
+    if not Path(save, "config.json").exists():
+        model = build_model(cfg, args.tiny)
+        model.save_pretrained(save)
+        tokenizer.save_pretrained(save)
         free(model)
-        model = None
-        for name in qv:
-            m = load_4bit(save)
-            torch.cuda.reset_peak_memory_stats()
-            fn = run_plain_trl if name == "trl-qlora" else run_ours
-            out = fn(m, tokenizer, dataset, args, f"{work}/{name}", True)
-            trainer, timer, collator, gc_on = out[:4]
-            note = out[4] if len(out) > 4 else ""
-            rows.append(
-                result_row(
-                    name, timer, collator, args.warmup, args.steps, trainer.model, cfg, ceiling, gc_on, note
-                )
-            )
-            print(json.dumps(rows[-1]), flush=True)
-            free(trainer, m)
+        del model
+    rows = []
+    for name in variants:
+        out = Path(work) / f"{name}.json"
+        t0 = time.time()
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--variants",
+            name,
+            "--save-dir",
+            save,
+            "--json",
+            str(out),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--docs",
+            str(n_docs),
+        ]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--force-gc", "on" if args.force_gc else "off"] if args.force_gc is not None else []
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0 or not out.exists():
+            print(f"{name}: failed (exit {proc.returncode})", flush=True)
+            continue
+        rows += json.loads(out.read_text())
+        print(json.dumps(rows[-1]), f"wall {time.time() - t0:.0f}s", flush=True)
     base = {r["variant"]: r["tokens_per_s"] for r in rows}
     print()
     print(
