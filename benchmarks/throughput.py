@@ -349,8 +349,8 @@ def main() -> int:
         model = build_model(cfg, args.tiny)
         model.save_pretrained(save)
         tokenizer.save_pretrained(save)
-        free(model)
         del model
+        free()  # the children size gradient checkpointing from what is free on the GPU
     rows = []
     for name in variants:
         out = Path(work) / f"{name}.json"
