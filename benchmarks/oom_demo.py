@@ -233,7 +233,12 @@ def main() -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="oom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
     t0 = time.time()
     model = work / "model"
     if not (model / "config.json").exists():

@@ -178,7 +178,11 @@ def run_cockpit(config: Path, work: Path, name: str, env: dict, size=(40, 120)) 
 
 
 def bench_training(args) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     with tempfile.TemporaryDirectory(prefix="ui-overhead-") as tmp:
         work = Path(tmp)
         config = make_config(work, args)
