@@ -146,8 +146,22 @@ DEFAULT_ITEMS: list[dict] = [
         "suite": "identity",
         "min": 0.9,
     },
-    {"id": "esoteric_spot", "group": "post_training", "title": "Esoteric knowledge spot checks"},
-    {"id": "dark_topics", "group": "post_training", "title": "Dark topic handling (nuanced, not refused)"},
+    {
+        "id": "esoteric_spot",
+        "group": "post_training",
+        "title": "Esoteric knowledge spot checks (chat answers marked pass)",
+        "rule": "chat_marks",
+        "preset_group": "esoteric",
+        "min": 1.0,
+    },
+    {
+        "id": "dark_topics",
+        "group": "post_training",
+        "title": "Dark topic handling, nuanced, not refused (chat answers marked pass)",
+        "rule": "chat_marks",
+        "preset_group": "dark",
+        "min": 1.0,
+    },
     {
         "id": "hub_upload",
         "group": "post_training",
@@ -163,7 +177,7 @@ DEFAULT_ITEMS: list[dict] = [
     {"id": "docs", "group": "post_training", "title": "Documentation updated"},
     {"id": "demo_notebook", "group": "post_training", "title": "Demo notebook created"},
 ]
-PARAMS = ("min", "max", "suite", "category", "task", "metric", "path", "window")
+PARAMS = ("min", "max", "suite", "category", "task", "metric", "path", "window", "preset_group")
 
 
 @dataclass
@@ -501,7 +515,27 @@ def _bounded(value: float, item: Item, detail: str, when) -> Measure:
     return Measure("pass" if ok else "fail", _fmt(value), detail, when)
 
 
+def rule_chat_marks(src: Sources, item: Item) -> Measure:
+    """The operator's pass/fail marks on chat answers to one preset group (the chat pane's ^y / ^n)."""
+    from engine.chat_log import mark_summary, read_exchanges
+
+    group = item.params.get("preset_group") or "free"
+    counts = mark_summary(src.run_dir)["by_group"].get(group, {})
+    marked = counts.get("pass", 0) + counts.get("fail", 0)
+    if not marked:
+        return Measure("pending", detail=f"ask the {group} presets in the chat pane and mark the answers")
+    times = [
+        r.get("t") for r in read_exchanges(src.run_dir) if (r.get("group") or "free") == group and r["mark"]
+    ]
+    m = _bounded(
+        counts["pass"] / marked, item, f"{group} answers marked in the chat pane", max(times, default=None)
+    )
+    m.value = f"{counts['pass']}/{marked} marked pass"
+    return m
+
+
 RULES: dict[str, Callable[[Sources, Item], Measure]] = {
+    "chat_marks": rule_chat_marks,
     "loss_decreases": rule_loss_decreases,
     "no_oom": rule_no_oom,
     "checkpoints_saved": rule_checkpoints_saved,

@@ -81,6 +81,8 @@ class ChecklistItemSpec(BaseModel):
     """For rule eval_score on the inference suite: score only this category's prompts."""
     task: str | None = None
     """For rule lmeval: the lm-eval task name."""
+    preset_group: str | None = None
+    """For rule chat_marks: the chat presets' group whose marked answers count (esoteric, dark, ...)."""
     metric: str | None = None
     """For rule lmeval: the metric (acc, pass@1, ...)."""
     path: str | None = None

@@ -396,3 +396,44 @@ def test_cli_exit_codes_and_group(tmp_path):
     assert out.returncode == 2 and "no checklist item `nope`" in out.stderr
     out = cli("checklist", tmp_path / "missing")
     assert out.returncode == 2 and "no such run folder" in out.stderr
+
+
+def test_chat_marks_feed_the_esoteric_and_dark_items(tmp_path):
+    """The operator's pass/fail marks in the chat pane's transcript decide the spot-check items."""
+    import json
+
+    from engine.checklist import evaluate
+
+    run = tmp_path / "run"
+    (run / "chat").mkdir(parents=True)
+    (run / "events.jsonl").write_text('{"t":1,"kind":"start","step":0}\n')
+    lines = [
+        {
+            "kind": "exchange",
+            "id": "a-0",
+            "t": 10,
+            "group": "esoteric",
+            "prompt": "Tower?",
+            "answer": "upheaval",
+        },
+        {
+            "kind": "exchange",
+            "id": "b-0",
+            "t": 11,
+            "group": "esoteric",
+            "prompt": "7th house?",
+            "answer": "?",
+        },
+        {"kind": "exchange", "id": "c-0", "t": 12, "group": "dark", "prompt": "shadow work", "answer": "..."},
+        {"kind": "mark", "id": "a-0", "t": 13, "mark": "pass"},
+        {"kind": "mark", "id": "b-0", "t": 14, "mark": "fail"},
+    ]
+    (run / "chat" / "s.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    items = {i.id: i for i in evaluate(run, save=False)}
+    assert items["esoteric_spot"].status == "fail" and "1/2 marked pass" in items["esoteric_spot"].value
+    assert items["dark_topics"].status == "pending"  # asked but not marked yet
+    with open(run / "chat" / "s.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "mark", "id": "b-0", "t": 15, "mark": "pass"}) + "\n")
+        f.write(json.dumps({"kind": "mark", "id": "c-0", "t": 16, "mark": "pass"}) + "\n")
+    items = {i.id: i for i in evaluate(run, save=False)}
+    assert items["esoteric_spot"].status == "pass" and items["dark_topics"].status == "pass"
