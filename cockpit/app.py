@@ -150,6 +150,8 @@ class CockpitApp(App[int]):
                 messages.append(WriterState(alive))
         if any(r.get("kind") == "end" for r in records):
             self.ended = True
+            if self.exit_when_finished and getattr(self.source, "job", None) is not None:
+                self.exit(0)  # quit confirmed on a launched job: its ranks have saved and ended
         elif any(r.get("kind") == "start" for r in records):
             self.ended = False
         self.broadcast(*messages)
@@ -173,6 +175,9 @@ class CockpitApp(App[int]):
 
     @property
     def training_alive(self) -> bool:
+        if getattr(self.source, "job", None) is not None:
+            # A job of our own in other processes (accelerate launch): alive until its `end` record.
+            return not self.ended and self.source.writer_alive() is not False
         return self.training is not None and self.training.is_alive() and self.finished is None
 
     def on_training_finished(self, message: TrainingFinished) -> None:

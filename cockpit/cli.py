@@ -106,12 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if args.command == "train":
         if not args.headless and (args.nproc or 1) > 1:
-            from engine.errors import UserError
+            from cockpit.launch import train_launched_in_cockpit
 
-            raise UserError(
-                "the cockpit does not start multi-process runs yet",
-                "add --headless, and watch it with `leviathan-cockpit attach logs/<run>` in another window",
-            )
+            return train_launched_in_cockpit(args, args.nproc)
         if args.headless:
             from engine.headless import train_headless
 

@@ -146,6 +146,47 @@ def build_live_app(args):
     return CockpitApp(source, panes=panes(training_chat(source, config, paths.run_dir)))
 
 
+def build_launched_app(args, nproc: int):
+    """The cockpit over a job of several processes that it starts with `accelerate launch`."""
+    from cockpit.app import CockpitApp
+    from cockpit.source import LaunchedSource
+    from engine.headless import demo_config_path
+    from engine.launcher import launch
+
+    job = launch(
+        args.config or demo_config_path(),
+        nproc,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        run_name=args.run_name,
+        logs_dir=args.logs_dir,
+        force=args.force,
+        allow_world_size_change=getattr(args, "allow_world_size_change", False),
+        machine_rank=getattr(args, "machine_rank", None),
+    )
+    config = _resolved_config(job.run_dir) if (job.run_dir / "config.yaml").exists() else {}
+    source = LaunchedSource(job, run_name=job.run_dir.name, config=config)
+    return CockpitApp(source, panes=panes())
+
+
+def train_launched_in_cockpit(args, nproc: int) -> int:
+    need_terminal("the cockpit")
+    app = build_launched_app(args, nproc)
+    job = app.source.job
+    restore = install_stop_signals(app)
+    try:
+        app.run()
+    finally:
+        restore()
+        if job.poll() is None:
+            if not app.source.controls.stop.is_set():
+                app.source.controls.request_stop("cockpit closed")
+            _say("stopping every rank at the next step boundary and saving a checkpoint...")
+        code = job.wait()
+    _say(f"job ended with exit code {code}; run log {job.events}")
+    return code
+
+
 def train_in_cockpit(args) -> int:
     need_terminal("the cockpit")
     app = build_live_app(args)

@@ -181,3 +181,54 @@ def run_is_live(run_dir: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class JobControls(Controls):
+    """The cockpit's keys for a job of several processes: the same flags, sent to every rank.
+
+    The flags here only mirror what was asked (so the app can show it); the ranks act on the
+    commands appended to the run's control file, at the same step everywhere.
+    """
+
+    def __init__(self, job) -> None:
+        super().__init__()
+        self.job = job
+
+    def request_pause(self) -> None:
+        super().request_pause()
+        self.job.control("pause")
+
+    def request_resume(self) -> None:
+        super().request_resume()
+        self.job.control("resume")
+
+    def request_stop(self, reason: str = "operator") -> None:
+        super().request_stop(reason)
+        self.job.control("stop", reason=reason)
+
+    def request_save(self) -> None:
+        self.job.control("save")
+
+    def request_eval(self) -> None:
+        self.job.control("eval")
+
+
+class LaunchedSource(FileSource):
+    """A job started with ``accelerate launch`` (engine.launcher): its rank 0's run log, followed,
+    and controls that reach every rank."""
+
+    def __init__(self, job, **kw) -> None:
+        super().__init__(job.events, run_dir=job.run_dir, **kw)
+        self.job = job
+        self.controls = JobControls(job)
+
+    def writer_alive(self) -> bool | None:
+        return self.job.poll() is None
+
+    def _follow(self) -> None:
+        # Rank 0 opens the run log once the processes are up; wait for it (or for a failed start).
+        while not self.path.exists() and not self._stop.is_set():
+            if self.job.poll() is not None and not self.path.exists():
+                return
+            self._stop.wait(self.poll_s)
+        super()._follow()

@@ -377,7 +377,7 @@ def _run(
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
     guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
-    status = guard.status or callback.status
+    status = guard.status or ("stopped" if controls.stop.is_set() else callback.status)
     last = checkpoints.latest(paths.output_dir)
     log.emit(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None

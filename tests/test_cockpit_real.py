@@ -159,3 +159,43 @@ def test_hangup_saves_the_current_step_and_ends_the_run(tiny_model, write_config
     assert saves and saves[-1]["step"] == last_step < 400
     assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
     assert (Path(saves[-1]["path"]) / "leviathan.json").exists()
+
+
+@pytest.mark.slow
+async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_path, monkeypatch):
+    """`train CONFIG --nproc 2` in the cockpit: accelerate launch, rank 0's log, keys reach every rank."""
+    from cockpit.launch import build_launched_app
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
+    app = build_launched_app(train_args(config, allow_world_size_change=False, machine_rank=None), 2)
+    job = app.source.job
+    log = job.events
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 3, timeout=240)
+            await pilot.press("s")
+            await wait_for(pilot, lambda: any(r["kind"] == "save" for r in events_of(log)), timeout=120)
+            await pilot.press("q")
+            await pilot.pause(0.3)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: any(r["kind"] == "end" for r in events_of(log)), timeout=180)
+    finally:
+        if job.poll() is None:
+            job.control("stop")
+        assert job.wait(timeout=180) == 0
+    records = events_of(log)
+    start = next(r for r in records if r["kind"] == "start")
+    assert start["world_size"] == 2
+    steps = [r["step"] for r in dedupe_steps(records)]
+    assert steps == list(range(1, steps[-1] + 1))  # written once, by rank 0
+    controls = [r for r in records if r["kind"] == "control"]
+    sent = {
+        (x.get("command") if isinstance(x, dict) else x) for c in controls for x in c.get("commands") or []
+    }
+    assert "save" in sent  # the stop shows as the end record below
+    assert all(len(set(c["rank_steps"])) == 1 for c in controls if c.get("rank_steps"))  # same step on both
+    end = records[-1]
+    assert end["kind"] == "end" and end["status"] == "stopped"
+    saves = [r["step"] for r in records if r["kind"] == "save"]
+    assert saves[-1] == end["step"]
