@@ -26,24 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-EIGHT_B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=1024,
-)
+from shapes import QWEN3_8B as EIGHT_B  # noqa: E402
+from shapes import TINY  # noqa: E402
 
 GIB = 1024**3
 MIB = 1024**2
@@ -74,8 +58,7 @@ def build_model(shape: dict, device, dtype):
 
     tokenizer = build_tokenizer("qwen3")
     config = Qwen3Config(
-        **shape,
-        max_position_embeddings=4096,
+        **{**shape, "max_position_embeddings": 4096},
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

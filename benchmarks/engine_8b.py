@@ -50,34 +50,14 @@ WORDS = [
 
 def build(workdir: Path, tiny: bool) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoModelForCausalLM
 
     from engine.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen3")
-    if tiny:
-        cfg = Qwen3Config(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            tie_word_embeddings=False,
-        )
-    else:
-        cfg = Qwen3Config(
-            vocab_size=151936,
-            hidden_size=4096,
-            intermediate_size=12288,
-            num_hidden_layers=36,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            tie_word_embeddings=False,
-            max_position_embeddings=40960,
-        )
+    from shapes import qwen3_config
+
+    cfg = qwen3_config(tiny, vocab_size=len(tok)) if tiny else qwen3_config()
     cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):

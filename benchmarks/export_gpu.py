@@ -30,24 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SHAPE_8B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-)
-SHAPE_TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=151936,
-)
+from shapes import QWEN3_8B, TINY  # noqa: E402
+
+SHAPE_8B = {k: v for k, v in QWEN3_8B.items() if k != "max_position_embeddings"}
+SHAPE_TINY = {**TINY, "vocab_size": 151936}
 
 T0 = time.time()
 ROWS: list[tuple[str, str, str]] = []

@@ -43,30 +43,9 @@ def matmul_ceiling() -> float:
 
 
 def qwen3_config(tiny: bool, vocab: int):
-    from transformers import Qwen3Config
+    from shapes import qwen3_config as shaped
 
-    if tiny:
-        return Qwen3Config(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            tie_word_embeddings=False,
-        )
-    return Qwen3Config(
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=False,
-        max_position_embeddings=40960,
-    )
+    return shaped(tiny, vocab_size=vocab) if tiny else shaped()
 
 
 def make_docs(n_docs: int, vocab: int, seed: int = 0, lo: int = 256, hi: int = SEQ):

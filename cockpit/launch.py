@@ -150,20 +150,9 @@ def build_launched_app(args, nproc: int):
     """The cockpit over a job of several processes that it starts with `accelerate launch`."""
     from cockpit.app import CockpitApp
     from cockpit.source import LaunchedSource
-    from engine.headless import demo_config_path
-    from engine.launcher import launch
+    from engine.launcher import launch_from_args
 
-    job = launch(
-        args.config or demo_config_path(),
-        nproc,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        run_name=args.run_name,
-        logs_dir=args.logs_dir,
-        force=args.force,
-        allow_world_size_change=getattr(args, "allow_world_size_change", False),
-        machine_rank=getattr(args, "machine_rank", None),
-    )
+    job = launch_from_args(args, nproc)
     config = _resolved_config(job.run_dir) if (job.run_dir / "config.yaml").exists() else {}
     source = LaunchedSource(job, run_name=job.run_dir.name, config=config)
     return CockpitApp(source, panes=panes())

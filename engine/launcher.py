@@ -400,11 +400,11 @@ def agent_main(argv: list[str] | None = None) -> int:
 # -- train CONFIG --headless --nproc N ---------------------------------------------------------
 
 
-def train_headless_multi(args, nproc: int) -> int:
-    """Launch, wait, and stop gracefully on the first Ctrl-C (every rank saves at the same step)."""
+def launch_from_args(args, nproc: int, output: str | None = "file") -> LaunchedJob:
+    """``launch`` with the `train` command line's arguments (the embedded demo without a config)."""
     from engine.headless import demo_config_path
 
-    job = launch(
+    return launch(
         args.config or demo_config_path(),
         nproc,
         resume=args.resume,
@@ -414,8 +414,14 @@ def train_headless_multi(args, nproc: int) -> int:
         force=args.force,
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
         machine_rank=getattr(args, "machine_rank", None),
-        output=None,
+        output=output,
     )
+
+
+def train_headless_multi(args, nproc: int) -> int:
+    """Launch, wait, and stop gracefully on the first Ctrl-C (every rank saves at the same step)."""
+
+    job = launch_from_args(args, nproc, output=None)
     print(f"launched: {' '.join(job.command)}", file=sys.stderr)
     print(f"run log: {job.events}", file=sys.stderr)
     asked = []
