@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -24,28 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WORDS = [
-    "abyss",
-    "balance",
-    "chaos",
-    "depth",
-    "guardian",
-    "mind",
-    "tarot",
-    "tower",
-    "house",
-    "python",
-    "function",
-    "return",
-    "value",
-    "loop",
-    "grief",
-    "meaning",
-    "reason",
-    "light",
-    "water",
-    "cycle",
-]
+from synthetic import write_chat_data  # noqa: E402
 
 
 def build(workdir: Path, tiny: bool) -> Path:
@@ -70,22 +48,6 @@ def build(workdir: Path, tiny: bool) -> Path:
     del model
     # Give the memory back: the trainer subprocesses size gradient checkpointing from what is free.
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return path
-
-
-def write_data(path: Path, rows: int, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for i in range(rows):
-            answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(150, 1400)))
-            row = {
-                "messages": [
-                    {"role": "user", "content": f"Question {i}: tell me about {rng.choice(WORDS)}."},
-                    {"role": "assistant", "content": answer},
-                ],
-                "_category": rng.choice(["coding", "esoteric", "identity", "psychology"]),
-            }
-            f.write(json.dumps(row) + "\n")
     return path
 
 
@@ -138,7 +100,7 @@ def main() -> int:
     t0 = time.time()
     model = build(work, args.tiny)
     print(f"model built and saved in {time.time() - t0:.0f}s at {model}", flush=True)
-    data = write_data(work / "chat.jsonl", args.rows)
+    data = write_chat_data(work / "chat.jsonl", args.rows)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
     rows = []
     for v in args.variants.split(","):

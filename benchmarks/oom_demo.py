@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -32,28 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WORDS = [
-    "abyss",
-    "balance",
-    "chaos",
-    "depth",
-    "guardian",
-    "mind",
-    "tarot",
-    "tower",
-    "house",
-    "python",
-    "function",
-    "return",
-    "value",
-    "loop",
-    "grief",
-    "meaning",
-    "reason",
-    "light",
-    "water",
-    "cycle",
-]
+from synthetic import write_chat_data  # noqa: E402
+
 SEQ = 2048
 
 
@@ -97,21 +76,6 @@ def pick_micro(model_dir: Path) -> tuple[int, str]:
         micro,
         f"estimate at micro {micro} x {SEQ}: {need / 2**30:.0f} GiB > {total / 2**30:.0f} GiB on the GPU",
     )
-
-
-def write_data(path: Path, rows: int, words: tuple[int, int]) -> None:
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for i in range(rows):
-            answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words)))
-            row = {
-                "messages": [
-                    {"role": "user", "content": f"Question {i}: tell me about {rng.choice(WORDS)}."},
-                    {"role": "assistant", "content": answer},
-                ],
-                "_category": rng.choice(["coding", "esoteric", "identity", "psychology"]),
-            }
-            f.write(json.dumps(row) + "\n")
 
 
 def write_config(
@@ -227,7 +191,7 @@ def main() -> int:
     print(f"model ready in {time.time() - t0:.0f}s: {model}", flush=True)
 
     data = work / "data.jsonl"
-    write_data(data, 400 if not args.tiny else 200, (150, 1400) if not args.tiny else (10, 60))
+    write_chat_data(data, 400 if not args.tiny else 200, (150, 1400) if not args.tiny else (10, 60))
     if args.tiny:
         micro, why = args.micro or 4, "CPU: the OOM is injected at step 2 (LEVIATHAN_FAULT=oom@step:2)"
         env["LEVIATHAN_FAULT"] = "oom@step:2"
