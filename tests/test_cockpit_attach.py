@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
 
 import pytest
-from cockpit_script import last_t, run_records, text_of
+from cockpit_script import fields, last_t, run_records, text_of
+from cockpit_script import wait_for as shared_wait_for
 from conftest import cli
 
 from cockpit.launch import build_attach_app, find_run_log
@@ -39,16 +39,7 @@ def write_log(run_dir: Path, records: list, *, end: bool = True) -> Path:
 
 
 async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
-def fields(app) -> str:
-    return text_of(app.query_one("#progress").content)
+    await shared_wait_for(pilot, cond, timeout)  # attach tails a file: a longer default
 
 
 # -- bad targets ---------------------------------------------------------------------------

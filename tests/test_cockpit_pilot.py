@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
-from cockpit_script import last_t, run_records, text_of
+from cockpit_script import fields, last_t, run_records, text_of, wait_for
 
 from cockpit.app import CockpitApp
 from cockpit.launch import wait_for_training
@@ -72,19 +71,6 @@ def make_app(records=None, *, controls=True, train=None, can_eval=True, clock_t=
     )
     t = clock_t if clock_t is not None else (last_t(records) + 60 if records else 0.0)
     return CockpitApp(source, clock=lambda: t)
-
-
-async def wait_for(pilot, cond, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
-def fields(app) -> str:
-    return text_of(app.query_one("#progress").content)
 
 
 # -- panels --------------------------------------------------------------------------------
