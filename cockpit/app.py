@@ -121,8 +121,8 @@ class CockpitApp(App[int]):
     def on_mount(self) -> None:
         mode = "attached, read-only" if self.source.read_only else "training"
         self.sub_title = f"{self.source.run_name} · {mode}" if self.source.run_name else mode
-        if self.source.trains:
-            self._capture_prints()
+        if not self.source.read_only:
+            self._capture_prints()  # a chat model loaded here after training prints too
         self.source.start()
         self.set_interval(DRAIN_S, self.drain)
         if self.source.trains:
@@ -150,8 +150,9 @@ class CockpitApp(App[int]):
                 messages.append(WriterState(alive))
         if any(r.get("kind") == "end" for r in records):
             self.ended = True
-            if self.exit_when_finished and getattr(self.source, "job", None) is not None:
-                self.exit(0)  # quit confirmed on a launched job: its ranks have saved and ended
+            stopping = self.exit_when_finished or (controls is not None and controls.stop.is_set())
+            if stopping and getattr(self.source, "job", None) is not None:
+                self.exit(0)  # quit confirmed, or a signal asked: the job has saved and ended
         elif any(r.get("kind") == "start" for r in records):
             self.ended = False
         self.broadcast(*messages)
@@ -270,10 +271,14 @@ class CockpitApp(App[int]):
             setattr(chart, what, not getattr(chart, what))
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
+        tabs.active = tab
         pane = self.pane_widgets.get(tab)
         if hasattr(pane, "activate"):
             pane.activate()  # e.g. the chat pane puts the cursor in its prompt
+        elif self.focused is not None and tabs.get_pane(tab) not in self.focused.ancestors_with_self:
+            # A text box left behind in the hidden tab would keep the focus and bring its tab back.
+            self.set_focus(None)
 
     def on_open_checkpoint(self, message: OpenCheckpoint) -> None:
         self.action_tab("chat")

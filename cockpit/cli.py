@@ -105,17 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "train":
-        if not args.headless and (args.nproc or 1) > 1:
-            from cockpit.launch import train_launched_in_cockpit
-
-            return train_launched_in_cockpit(args, args.nproc)
         if args.headless:
             from engine.headless import train_headless
 
             return train_headless(args)
         from cockpit.launch import train_in_cockpit
 
-        return train_in_cockpit(args)
+        return train_in_cockpit(args, args.nproc)
     if args.command == "attach":
         from cockpit.launch import attach
 

@@ -1,10 +1,15 @@
 """``leviathan-cockpit [train] CONFIG`` and ``leviathan-cockpit attach RUN_DIR``.
 
 Training in the cockpit: the config is loaded and checked before the screen opens (bad
-input exits 2 with its message, as headless does), the app runs the engine in its training
-thread, and whatever ends the app - ``q`` then ``y``, a crash of the UI, SIGHUP from a
-dropped SSH connection, SIGTERM - the run stops at the next step boundary, saves a
-checkpoint of that step and writes its ``end`` record before the process exits.
+input exits 2 with its message, as headless does), then the trainer starts in a child
+process of its own (``engine.launcher``) and the app follows its run log and sends it
+commands. Two interpreters, so the UI never holds the trainer's GIL: measured in one
+process, drawing the screen cost training 15-22% on an H100 (benchmarks/ui_overhead.py).
+Whatever ends the app - ``q`` then ``y``, a crash of the UI, SIGHUP from a dropped SSH
+connection, SIGTERM - the run stops at the next step boundary, saves a checkpoint of that
+step and writes its ``end`` record before the cockpit exits. The trainer is in its own
+session: a hangup reaches it only as that stop, and a cockpit killed outright leaves it
+training (``attach`` finds it).
 """
 
 from __future__ import annotations
@@ -85,8 +90,9 @@ def _exit_after_training(app) -> None:
     """After a hangup: once training has saved and ended, the process must not linger."""
 
     def watchdog() -> None:
-        if app.training is not None:
-            app.training.join()
+        job = getattr(app.source, "job", None)
+        if job is not None:
+            job.wait()
         time.sleep(HANGUP_GRACE_S)
         os._exit(0)  # the run log is closed and the checkpoint is complete; nothing is lost
 
@@ -105,114 +111,90 @@ def panes(chat_backend=None) -> dict:
     return found
 
 
-def training_chat(source, config, run_dir):
-    """Chat on the model being trained: jobs run on the training thread at step boundaries."""
-    from engine.chat_backend import TrainingBackend
+def launched_chat(job, config: dict, app):
+    """Chat on the model the job trains (one process): questions go to its training thread."""
+    if job.nproc != 1 or not config.get("base_model") or not config.get("output_dir"):
+        return None  # several ranks: no one of them holds the whole model
+    from engine.chat_bridge import ProcessBackend
+    from engine.config import ChatConfig
 
-    return TrainingBackend(
-        source.controls,
-        base=config.base_model,
-        output_dir=config.output_dir,
-        run_dir=run_dir,
-        chat_config=config.chat,
+    try:
+        chat_config = ChatConfig.model_validate(config.get("chat") or {})
+    except ValueError:
+        chat_config = None
+    return ProcessBackend(
+        job,
+        base=config["base_model"],
+        output_dir=config["output_dir"],
+        run_dir=job.run_dir,
+        chat_config=chat_config,
+        ended=lambda: app.ended,
     )
 
 
-def build_live_app(args):
-    """The cockpit over a training run of the CLI's config (bad input raises UserError here)."""
-    from cockpit.app import CockpitApp
-    from cockpit.source import LiveSource
-    from engine.headless import load_for_cli, run_name_for
-    from engine.runlock import RunLock
-    from engine.train import run_paths
-
-    config, notes, path = load_for_cli(args)
-    run_name = run_name_for(args, config, path)
-    paths = run_paths(config, run_name, args.logs_dir)
-    with RunLock(paths.run_dir):
-        pass  # another process training this run: say so now, not inside the cockpit
-    source = LiveSource(
-        config,
-        run_name=run_name,
-        run_dir=paths.run_dir,
-        run_kwargs={
-            "resume": args.resume,
-            "run_name": run_name,
-            "logs_dir": args.logs_dir,
-            "notes": notes,
-            "force_fresh": args.force,
-        },
-    )
-    return CockpitApp(source, panes=panes(training_chat(source, config, paths.run_dir)))
-
-
-def build_launched_app(args, nproc: int):
-    """The cockpit over a job of several processes that it starts with `accelerate launch`."""
+def build_launched_app(args, nproc: int = 1):
+    """The cockpit over a training job it starts in child processes (bad input raises UserError
+    here, before anything starts): ``python -m engine.dist_main`` for one process, ``accelerate
+    launch`` for several. The UI shares no interpreter with the trainer, so it cannot slow it."""
     from cockpit.app import CockpitApp
     from cockpit.source import LaunchedSource
+    from engine.headless import load_for_cli
     from engine.launcher import launch_from_args
 
     job = launch_from_args(args, nproc)
-    config = _resolved_config(job.run_dir) if (job.run_dir / "config.yaml").exists() else {}
+    config = load_for_cli(args)[0].model_dump(mode="json")  # what the trainer loads, checked already
     source = LaunchedSource(job, run_name=job.run_dir.name, config=config)
-    return CockpitApp(source, panes=panes())
+    app = CockpitApp(source)
+    app.panes = panes(launched_chat(job, config, app))
+    return app
 
 
-def train_launched_in_cockpit(args, nproc: int) -> int:
+def train_in_cockpit(args, nproc: int = 1) -> int:
     need_terminal("the cockpit")
     app = build_launched_app(args, nproc)
+    restore = install_stop_signals(app)
+    try:
+        app.run()
+    finally:
+        restore()
+        stop_job(app)
+    return job_exit(app)
+
+
+def stop_job(app) -> int:
+    """However the app ended, the job stops safely (a checkpoint of its current step) before we return."""
     job = app.source.job
-    restore = install_stop_signals(app)
-    try:
-        app.run()
-    finally:
-        restore()
-        if job.poll() is None:
-            if not app.source.controls.stop.is_set():
-                app.source.controls.request_stop("cockpit closed")
-            _say("stopping every rank at the next step boundary and saving a checkpoint...")
-        code = job.wait()
-    _say(f"job ended with exit code {code}; run log {job.events}")
-    return code
+    if job.poll() is None:
+        if not app.source.controls.stop.is_set():
+            app.source.controls.request_stop("cockpit closed")
+        _say("stopping training at the next step boundary and saving a checkpoint...")
+    return job.wait()
 
 
-def train_in_cockpit(args) -> int:
-    need_terminal("the cockpit")
-    app = build_live_app(args)
-    restore = install_stop_signals(app)
-    try:
-        app.run()
-    finally:
-        restore()
-        wait_for_training(app)
-    return training_exit(app)
+def job_exit(app) -> int:
+    """The exit code, and what ended the run in a line: 0 done or stopped, 2 bad input, 1 failed."""
+    job = app.source.job
+    code = job.wait()
+    from engine.launcher import records_since
 
-
-def wait_for_training(app) -> None:
-    """However the app ended, training stops safely before we return."""
-    thread = app.training
-    if thread is None or not thread.is_alive():
-        return
-    if not app.source.controls.stop.is_set():
-        app.source.controls.request_stop("cockpit closed")
-    _say("stopping training at the next step boundary and saving a checkpoint...")
-    thread.join()
-
-
-def training_exit(app) -> int:
-    events = Path(app.source.run_dir) / "events.jsonl" if app.source.run_dir else None
-    finished = app.finished
-    if finished is not None and finished.error is not None:
-        if isinstance(finished.error, UserError):
-            raise finished.error
-        _say(f"training failed: {type(finished.error).__name__}: {finished.error}; run log {events}")
-        return 1
+    end = next(
+        (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), {}
+    )
+    status, message = end.get("status", "ended"), end.get("message")
+    if code == 2 and message:
+        raise UserError(message.split("\n  fix: ")[0], _fix_of(message))
     if app.return_code not in (None, 0):
-        _say(f"the cockpit crashed; training was stopped and saved. Run log: {events}")
+        _say(f"the cockpit crashed; training was stopped and saved. Run log: {job.events}")
         return 1
-    status = finished.status if finished is not None else "not started"
-    _say(f"{status}; run log {events}")
+    if code != 0:
+        _say(f"training {status}: {message or f'exit code {code}'}; see {job.log_path or job.events}")
+        return 1
+    _say(f"{status}; run log {job.events}")
     return 0
+
+
+def _fix_of(message: str) -> str:
+    return message.split("\n  fix: ", 1)[1] if "\n  fix: " in message else ""
 
 
 # -- attach -----------------------------------------------------------------------------

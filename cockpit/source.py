@@ -1,11 +1,10 @@
-"""Where the cockpit's records come from: a training run in this process, a run log on disk,
-or a script (tests).
+"""Where the cockpit's records come from: the cockpit's own training job (child processes,
+``LaunchedSource``), a run log on disk (``attach``), or a script (tests).
 
-Every source fills a queue from its own thread and the app drains it on a timer. The
-producer never waits on the UI: the live source's listener runs on the training thread and
-does one ``SimpleQueue.put`` (never blocks, no lock held by the UI). Only the file follower,
-which is not training anything, may block on a full queue while the UI catches up with a
-long log.
+Every source fills a queue from its own thread and the app drains it on a timer. Training
+never waits on the UI: the trainer is another process that writes its run log and reads
+its control file at step boundaries; the file follower here is the only one that may block
+(on a full queue, while the UI catches up with a long log).
 """
 
 from __future__ import annotations
@@ -63,31 +62,6 @@ class Source:
         except queue.Empty:
             pass
         return out
-
-
-class LiveSource(Source):
-    """A training run in this process: ``engine.train.run`` in the app's training thread.
-
-    The run log's listener is ``self.listener``: one non-blocking put per record.
-    """
-
-    trains = True
-    local_gpu = True
-
-    def __init__(self, config, *, controls: Controls | None = None, run_kwargs: dict | None = None, **kw):
-        super().__init__(config=config.model_dump(mode="json"), **kw)
-        self.run_config = config
-        self.controls = controls or Controls()
-        self.run_kwargs = run_kwargs or {}
-        self.can_eval = bool(config.val_set_size)
-
-    def listener(self, record: dict) -> None:
-        self.queue.put(record)
-
-    def train(self):
-        from engine.train import run
-
-        return run(self.run_config, controls=self.controls, listeners=[self.listener], **self.run_kwargs)
 
 
 class FileSource(Source):
@@ -214,13 +188,16 @@ class JobControls(Controls):
 
 
 class LaunchedSource(FileSource):
-    """A job started with ``accelerate launch`` (engine.launcher): its rank 0's run log, followed,
-    and controls that reach every rank."""
+    """The cockpit's own training job in child processes (engine.launcher): its rank 0's run
+    log, followed, and controls that reach every rank."""
 
-    def __init__(self, job, **kw) -> None:
-        super().__init__(job.events, run_dir=job.run_dir, **kw)
+    local_gpu = True  # the job runs on this machine: sample its GPUs here, fresher than the log
+
+    def __init__(self, job, *, poll_s: float = 0.1, **kw) -> None:
+        super().__init__(job.events, run_dir=job.run_dir, poll_s=poll_s, **kw)
         self.job = job
         self.controls = JobControls(job)
+        self.can_eval = bool(self.config.get("val_set_size"))
 
     def writer_alive(self) -> bool | None:
         return self.job.poll() is None

@@ -243,7 +243,7 @@ class TrainingBackend(ChatBackend):
         except UserError as e:
             sink(Failed(request.id, e.message, e.fix))
             return
-        if self.controls.submit(ChatJob(request, sink, self.base)):
+        if self._send(request, sink):
             return
         # Training is over: the same question goes to a standalone model of the same base.
         if LIVE in request.targets:
@@ -254,6 +254,10 @@ class TrainingBackend(ChatBackend):
                 self.base, run_dir=self.run_dir, output_dir=self.output_dir, chat_config=self.chat_config
             )
         self._after.submit(request, sink)
+
+    def _send(self, request: Request, sink: Sink) -> bool:
+        """Hand the request to the trainer; False when training has ended."""
+        return self.controls.submit(ChatJob(request, sink, self.base))
 
     def close(self) -> None:
         if self._after is not None:

@@ -34,7 +34,7 @@ from engine.errors import UserError
 CONTROL_FILE = "control.jsonl"
 # Set by the launcher: the control file was created fresh for this job, read it from the start.
 CONTROL_FROM_START_ENV = "LEVIATHAN_CONTROL_FROM_START"
-COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "eval")
+COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "eval", "chat")
 PAUSE_POLL_S = 0.25
 
 _control_file_wanted = False
@@ -415,13 +415,24 @@ class ControlFile:
                 cmd = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(cmd, dict) and apply(controls, cmd):
+            if isinstance(cmd, dict) and apply(controls, cmd, self.path.parent):
                 applied.append(cmd)
         return applied
 
 
-def apply(controls, cmd: dict) -> bool:
+def apply(controls, cmd: dict, run_dir=None) -> bool:
     name = cmd.get("command")
+    if name == "chat":
+        # A question for the model in memory (engine.chat_bridge): one process only, where
+        # rank 0 holds the whole model; answered on the training thread like any chat job.
+        if run_dir is None or initialized():
+            return False
+        from engine.chat_bridge import job_from_command
+
+        job = job_from_command(run_dir, cmd)
+        if job is not None and not controls.submit(job):
+            job.cancel("training has ended")
+        return job is not None
     if name == "pause":
         controls.request_pause()
     elif name == "resume":
@@ -506,6 +517,8 @@ class SyncSteps:
             while c.pause.is_set() and not c.stop.is_set():
                 time.sleep(PAUSE_POLL_S)
                 self._sync(state.global_step)
+                if self.cockpit is not None and not initialized():
+                    self.cockpit._run_jobs(state, kwargs)  # chat while paused (one process)
             if not c.stop.is_set():
                 self.log.emit("resumed", step=state.global_step)
             if self.cockpit is not None:

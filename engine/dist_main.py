@@ -24,6 +24,9 @@ import sys
 import traceback
 
 
+RANK0_SPEAKS_S = 10.0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.dist_main", description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="?", help="Axolotl-style YAML (default: the embedded demo)")
@@ -120,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if main_rank:  # every rank reads the same config and data: one message is enough
             print(f"leviathan-cockpit: {e}", file=sys.stderr)
+        else:
+            # Let rank 0 say it: a rank that left first would have torchrun end rank 0 unheard.
+            import time
+
+            time.sleep(RANK0_SPEAKS_S)
         code = 2
     except dist.RankAborted:
         code = 1  # rank 0 reports its own failure

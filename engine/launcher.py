@@ -13,6 +13,11 @@ or signal, and the ``end`` record (status ``failed``) when rank 0 could not writ
 agent ends every rank when one exits non-zero, and each rank dies with the agent
 (``PR_SET_PDEATHSIG``), so a job never hangs on a lost rank.
 
+One process on one host (the cockpit's own training, ``train CONFIG`` without ``--nproc``) needs
+no agent: the child is ``python -m engine.dist_main ...`` itself, in its own session, so that
+the UI and the trainer never share an interpreter (nor its GIL) and a dropped terminal reaches
+the trainer only as the cockpit's ``stop``.
+
 ``LaunchedJob`` is what the cockpit holds: ``run_dir`` (attach to ``events.jsonl`` there),
 ``control(command)`` (pause, resume, toggle_pause, stop, save, eval: appended to
 ``control.jsonl``, acted on by every rank at the same step), ``poll()``, ``wait()``,
@@ -93,7 +98,7 @@ class LaunchedJob:
     machine_rank: int
     proc: subprocess.Popen
     command: list[str]
-    """The equivalent ``accelerate launch ...`` console line (what the child runs in-process)."""
+    """The equivalent console line (``accelerate launch ...``, or ``python -m engine.dist_main ...``)."""
     log_path: Path | None
     """Where the processes' stdout and stderr go (None: inherited from this process)."""
     events_offset: int = 0
@@ -206,7 +211,7 @@ def launch(
             f"{n} processes on {d.num_machines} machines with machine_rank {rank} does not add up",
             "give --nproc as hosts x processes per host and --machine-rank below num_machines",
         )
-    if importlib.util.find_spec("accelerate") is None:
+    if n > 1 and importlib.util.find_spec("accelerate") is None:
         raise UserError("several processes need the accelerate package", "pip install accelerate")
     if config.deepspeed:
         require_deepspeed(config.deepspeed)
@@ -226,11 +231,19 @@ def launch(
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env[CONTROL_FROM_START_ENV] = "1"
-    child_env[LAUNCHER_ENV] = "1"
     root = str(Path(__file__).resolve().parent.parent)  # ranks import this engine, wherever they start
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, child_env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "engine.launcher", "--run-dir", str(run_dir), "--events-offset", str(offset)]
-    cmd += ["--machine-rank", str(rank), "--", *accel, "-m", "engine.dist_main", *ranks]
+    if n == 1 and d.num_machines == 1:
+        # One process needs no agent: the trainer writes its own ending, and ``LaunchedJob``
+        # writes it for a trainer that was killed.
+        cmd = [sys.executable, "-m", "engine.dist_main", *ranks]
+        display = ["python", "-m", "engine.dist_main", *ranks]
+    else:
+        child_env[LAUNCHER_ENV] = "1"
+        cmd = [sys.executable, "-m", "engine.launcher", "--run-dir", str(run_dir)]
+        cmd += ["--events-offset", str(offset), "--machine-rank", str(rank)]
+        cmd += ["--", *accel, "-m", "engine.dist_main", *ranks]
+        display = ["accelerate", "launch", *accel, "-m", "engine.dist_main", *ranks]
     log_path = None
     if output is None:
         out = None
@@ -245,7 +258,6 @@ def launch(
     finally:
         if out is not None:
             out.close()
-    display = ["accelerate", "launch", *accel, "-m", "engine.dist_main", *ranks]
     return LaunchedJob(run_dir, n, rank, proc, display, log_path, offset)
 
 

@@ -1,4 +1,5 @@
-"""The real cockpit on a real tiny model: keys act on training; a hangup saves and ends the run."""
+"""The real cockpit on a real tiny model: keys act on training in its child process, chat reaches
+the model being trained, a hangup saves and ends the run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from cockpit_script import text_of
 
-from cockpit.launch import build_live_app, wait_for_training
+from cockpit.launch import build_launched_app, stop_job
 from cockpit.widgets.confirm_quit import ConfirmQuit
 from engine.events import dedupe_steps, read_events
 
@@ -32,7 +33,7 @@ def anyio_backend():
 
 def train_args(config: Path, **over) -> argparse.Namespace:
     args = dict(config=str(config), headless=False, resume="auto", max_steps=None, run_name=None)
-    args.update(logs_dir=None, force=False, **over)
+    args.update(logs_dir=None, force=False, allow_world_size_change=False, machine_rank=None, **over)
     return argparse.Namespace(**args)
 
 
@@ -57,7 +58,8 @@ async def wait_for(pilot, cond, timeout: float) -> None:
 async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp_path):
     config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
     log = tmp_path / "logs" / "test" / "events.jsonl"
-    app = build_live_app(train_args(config))
+    app = build_launched_app(train_args(config))
+    assert app.source.job.pid != os.getpid() and app.source.job.nproc == 1
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 3, timeout=180)
@@ -82,13 +84,13 @@ async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp
             await pilot.press("y")
             await wait_for(pilot, lambda: not app.is_running, timeout=120)
     finally:
-        wait_for_training(app)
+        code = stop_job(app)
+    assert code == 0
     records = events_of(log)
     last_step = dedupe_steps(records)[-1]["step"]
     saves = [r for r in records if r["kind"] == "save"]
     assert saves[-1]["step"] == last_step < 400
     assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
-    assert app.finished.status == "stopped"
     assert (Path(saves[-1]["path"]) / "leviathan.json").exists()
 
 
@@ -168,7 +170,7 @@ async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_pa
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
-    app = build_launched_app(train_args(config, allow_world_size_change=False, machine_rank=None), 2)
+    app = build_launched_app(train_args(config), 2)
     job = app.source.job
     log = job.events
     try:
@@ -199,3 +201,45 @@ async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_pa
     assert end["kind"] == "end" and end["status"] == "stopped"
     saves = [r["step"] for r in records if r["kind"] == "save"]
     assert saves[-1] == end["step"]
+
+
+@pytest.mark.slow
+async def test_chat_reaches_the_model_being_trained(tiny_model, write_config, tmp_path):
+    """The chat pane's backend sends questions to the trainer's process: answered at a step
+    boundary while training, and at once while paused (no step goes by)."""
+    from engine.chat import LIVE, Done, Request, Settings, Started
+
+    config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    app = build_launched_app(train_args(config))
+    running, paused = [], []
+    greedy = Settings(temperature=0, max_new_tokens=6)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            backend = app.pane_widgets["chat"].backend
+            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 2, timeout=180)
+            assert backend.targets()[0].key == LIVE
+            backend.submit(Request("Hello", [LIVE], greedy), running.append)
+            await wait_for(pilot, lambda: any(isinstance(e, Done) for e in running), timeout=60)
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: any(r["kind"] == "paused" for r in events_of(log)), timeout=60)
+            frozen = steps_in(events_of(log))
+            backend.submit(Request("Hi", [LIVE, "base"], greedy), paused.append)
+            await wait_for(pilot, lambda: any(isinstance(e, Done) for e in paused), timeout=60)
+            assert steps_in(events_of(log)) == frozen, "a step went by while paused"
+
+            await pilot.press("q")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+    finally:
+        assert stop_job(app) == 0
+    for events, lanes in ((running, 1), (paused, 2)):
+        started = next(e for e in events if isinstance(e, Started))
+        done = next(e for e in events if isinstance(e, Done))
+        assert started.step is not None and started.step >= 2
+        assert len(done.answers) == lanes and all(a.tokens > 0 for a in done.answers), done
+    assert backend.targets()[0].key != LIVE  # the live weights are gone with the trainer
+    chats = [r for r in events_of(log) if r["kind"] == "chat"]
+    paused_at = next(r["step"] for r in events_of(log) if r["kind"] == "paused")
+    assert len(chats) == 2 and chats[1]["step"] == paused_at

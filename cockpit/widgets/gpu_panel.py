@@ -1,8 +1,9 @@
 """Per-GPU memory, utilisation, temperature and power, with the guide's 75 GB line.
 
-Two feeds, one view: a run in this process is sampled here (``engine.gpu`` in a thread
-worker, and torch's own peak from this process), every couple of seconds; an attached run
-shows the ``gpu`` records its trainer wrote. Without an NVIDIA GPU the panel says so, with
+Two feeds, one view: a run on this machine (the cockpit's own trainer child) is sampled
+here (``engine.gpu`` in a thread worker) every couple of seconds, with torch's peak taken
+from the ``gpu`` records the trainer writes (only its process knows it); an attached run
+shows those records alone. Without an NVIDIA GPU the panel says so, with
 the reason, and nothing else waits on it.
 """
 
@@ -43,6 +44,7 @@ class GpuPanel(Static):
         self.memory_line_gb = memory_line_gb
         self.memory_near = memory_near
         self.latest: GpuSampled | None = None
+        self._trainer_peak_mb: float | None = None
         self._shape: tuple | None = None
 
     def on_mount(self) -> None:
@@ -60,7 +62,11 @@ class GpuPanel(Static):
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         if self.sample_local and message.source == "log":
-            return  # our own sample of the same GPUs is fresher
+            # Our own sample of the same GPUs is fresher; the trainer's torch peak is its own.
+            self._trainer_peak_mb = message.torch_peak_mb or self._trainer_peak_mb
+            return
+        if message.source == "local" and self._trainer_peak_mb:
+            message.torch_peak_mb = max(message.torch_peak_mb or 0.0, self._trainer_peak_mb)
         self.latest = message
         self.show()
 
