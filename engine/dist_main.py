@@ -23,7 +23,6 @@ import signal
 import sys
 import traceback
 
-
 RANK0_SPEAKS_S = 10.0
 
 

@@ -136,11 +136,15 @@ class LossChart(Vertical):
             x, y, smooth = _positive(x, y, smooth)
             ex, ey = _positive(ex, ey)
         if len(x):
+            # Raw points as dots where they are dense (a column's minimum and maximum): plotext
+            # draws a line pixel by pixel in Python, and a noisy loss joined up is a wall of
+            # full-height strokes that doubles the redraw and shows no more than the dots do.
+            raw = plt.scatter if self.smoothing or len(x) > columns else plt.plot
             if self.smoothing:
-                plt.plot(x, y, color=TRAIN, marker="braille")
+                raw(x, y, color=TRAIN, marker="braille")
                 plt.plot(x, smooth, color=SMOOTH, marker="braille")
             else:
-                plt.plot(x, y, color=SMOOTH, marker="braille")
+                raw(x, y, color=SMOOTH, marker="braille")
             lo, hi = self._band(x[0], x[-1], columns)
             if lo is not None:
                 bx = np.linspace(x[0], x[-1], len(lo))
