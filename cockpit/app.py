@@ -24,14 +24,17 @@ from cockpit.messages import (
     ControlRequested,
     LinesSkipped,
     OpenCheckpoint,
+    ShipRequested,
     TrainingFinished,
     WriterState,
     to_messages,
 )
 from cockpit.source import Source
+from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.confirm_quit import ConfirmQuit
 from cockpit.widgets.dashboard import Dashboard
 from cockpit.widgets.help_screen import HelpScreen
+from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.loss_chart import LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 
@@ -54,6 +57,7 @@ class CockpitApp(App[int]):
         Binding("m", "chart('smoothing')", "Smooth"),
         Binding("l", "chart('log_scale')", "Log"),
         Binding("z", "chart('zoom')", "Zoom"),
+        Binding("M", "ship", "Merge", show=False),  # the table's own M, wherever the focus is
         Binding("1", "tab('dashboard')", "Dashboard", show=False),
         Binding("2", "tab('chat')", "Chat", show=False),
         Binding("3", "tab('checklist')", "Checklist", show=False),
@@ -102,6 +106,7 @@ class CockpitApp(App[int]):
                 yield self._pane("chat", "Chat", "Talk to any checkpoint (issue 4).")
             with TabPane("3 Checklist", id="checklist"):
                 yield self._pane("checklist", "Checklist", "The guide's validation checklist (issue 5).")
+        yield JobsPanel(id="jobs", classes="panel")
         yield Footer()
 
     def _pane(self, name: str, title: str, what: str) -> Widget:
@@ -285,3 +290,12 @@ class CockpitApp(App[int]):
         pane = self.pane_widgets.get("chat")
         if hasattr(pane, "open_checkpoint"):
             pane.open_checkpoint(message.path)
+
+    def action_ship(self) -> None:
+        if len(self.screen_stack) == 1 and self.query_one(TabbedContent).active == "dashboard":
+            self.query_one(CheckpointsTable).action_ship()
+
+    def on_ship_requested(self, message: ShipRequested) -> None:
+        from cockpit.ship import open_menu
+
+        open_menu(self, message)

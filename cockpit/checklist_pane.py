@@ -2,9 +2,11 @@
 
 Automatic items show their measured value, pass/fail and when the evidence was recorded;
 manual items (and any automatic one the operator vouches for) are ticked with ``space``, or
-with a note with ``n``. The list is measured in a worker thread (reading a long run log
-takes a moment) every few seconds and on ``r``; state lives in ``logs/<run>/checklist.json``
-through ``engine.checklist``, so a restart or an ``attach`` shows the same ticks.
+with a note with ``n``. On the merged, quantized and uploaded items ``g`` runs that step (the
+ship menu, ``cockpit/ship.py``). The list is measured in a worker thread (reading a long run
+log takes a moment) every few seconds, on ``r`` and when a background job ends; state lives in
+``logs/<run>/checklist.json`` through ``engine.checklist``, so a restart or an ``attach``
+shows the same ticks.
 
 Self-contained: mount it with a run folder, or inside the cockpit app, where it finds the
 run folder on ``app.source.run_dir``.
@@ -24,10 +26,13 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
+from cockpit.messages import JobEnded, ShipRequested
 from engine import checklist
 
 VALUE_WIDTH = 64
 GLYPHS = {"pass": ("✓", "green"), "fail": ("✗", "red"), "pending": ("·", "dim")}
+STEPS = {"merged": "merge", "quantized": "quantize", "hub_upload": "push_dry"}
+"""Items a post-training step makes pass (default item ids), and the ship menu's action for each."""
 
 
 def ago(t: float | None, now: float | None = None) -> str:
@@ -55,6 +60,7 @@ class ChecklistPane(Vertical):
         Binding("space", "toggle", "Tick / untick"),
         Binding("n", "note", "Tick with note"),
         Binding("r", "refresh", "Re-measure"),
+        Binding("g", "run_step", "Run step"),
         Binding("escape", "cancel_note", "Cancel", show=False),
     ]
 
@@ -69,6 +75,7 @@ class ChecklistPane(Vertical):
         self, run_dir: str | Path | None = None, config=None, *, refresh_s: float = 5.0, **kw
     ) -> None:
         super().__init__(**kw)
+        self.add_class("job-view")
         self.run_dir = Path(run_dir) if run_dir else None
         self.config = config
         self.refresh_s = refresh_s
@@ -140,9 +147,23 @@ class ChecklistPane(Vertical):
             table.move_cursor(row=min(keep, table.row_count - 1))
         bad = checklist.failing(items)
         done = sum(i.ok for i in items)
-        summary = f"{done}/{len(items)} passed · {len(bad)} required not passed · space: tick  n: tick with note  r: re-measure"
+        summary = f"{done}/{len(items)} passed · {len(bad)} required not passed · space: tick  n: tick with note  r: re-measure  g: run step"
         self.query_one("#checklist-summary", Static).update(summary)
         self.post_message(self.Measured(items, len(bad)))
+
+    def on_job_ended(self, message: JobEnded) -> None:
+        self.action_refresh()
+
+    # -- running a step ---------------------------------------------------------------------
+
+    def action_run_step(self) -> None:
+        item = self.selected()
+        if item is None:
+            return
+        if item.id not in STEPS:
+            self.app.notify("g runs merge, quantize and push: on those items only", timeout=4)
+            return
+        self.post_message(ShipRequested(STEPS[item.id]))
 
     # -- ticking --------------------------------------------------------------------------
 

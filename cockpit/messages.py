@@ -109,6 +109,24 @@ class OpenCheckpoint(Message):
     path: str
 
 
+@dataclass
+class ShipRequested(Message):
+    """A post-training step asked for (the checkpoint table's M, the checklist's g): the app
+    opens the ship menu with ``action`` highlighted."""
+
+    action: str
+    """merge, quantize, ollama, vllm, push_dry or push."""
+    checkpoint: str | None = None
+    """The checkpoint to merge; None: the run's best (lowest eval loss), else its newest."""
+
+
+@dataclass
+class JobEnded(Message, bubble=False):
+    """A background job (engine.jobs) finished, well or not: re-measure what it may have made."""
+
+    job: object
+
+
 _RUN_KINDS = {
     "start",
     "train_begin",

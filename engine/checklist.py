@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine import lineage
 from engine.errors import UserError
 from engine.rundir import atomic_write_json, output_dir_of, read_eval_results, read_json
 
@@ -467,26 +468,32 @@ def _model_folder(p: Path) -> bool:
     )
 
 
-def _candidates(src: Sources, item: Item, artifact: str, suffixes: tuple[str, ...]) -> list[Path]:
+def _candidates(
+    src: Sources, item: Item, artifact: str, suffixes: tuple[str, ...], made: list[dict] = ()
+) -> list[Path]:
+    """Where the product may be: the item's path, the recorded artifact, what the run's
+    merge/quantize steps wrote (newest first), then the conventional names beside output_dir."""
     if item.params.get("path"):
         return [Path(item.params["path"])]
     out = []
     if artifact in src.artifacts:
         out.append(Path(src.artifacts[artifact]["path"]))
+    out += [Path(r["output"]) for r in made if r.get("output")]
     if src.output_dir:
         out += [src.output_dir / s for s in suffixes] + [Path(f"{src.output_dir}-{s}") for s in suffixes]
     return out
 
 
 def rule_merged_model(src: Sources, item: Item) -> Measure:
-    for p in _candidates(src, item, "merged", ("merged",)):
+    for p in _candidates(src, item, "merged", ("merged",), lineage.step_outputs(src.run_dir, "merge")):
         if p.is_dir() and _model_folder(p):
             return Measure("pass", str(p), when=p.stat().st_mtime)
     return Measure("pending", detail="no merged model folder yet (leviathan-cockpit merge CHECKPOINT -o DIR)")
 
 
 def rule_quantized_model(src: Sources, item: Item) -> Measure:
-    for p in _candidates(src, item, "quantized", ("merged-nf4", "nf4", "quantized")):
+    nf4 = [r for r in lineage.step_outputs(src.run_dir, "quantize") if r.get("type") == "nf4"]
+    for p in _candidates(src, item, "quantized", ("merged-nf4", "nf4", "quantized"), nf4):
         cfg = read_json(p / "config.json") if p.is_dir() else None
         if cfg is not None and _model_folder(p):
             q = cfg.get("quantization_config") or {}
@@ -504,6 +511,9 @@ def rule_hub_upload(src: Sources, item: Item) -> Measure:
     a = src.artifacts.get("hub")
     if a:
         return Measure("pass", str(a.get("path")), when=a.get("at"))
+    pushed = lineage.step_outputs(src.run_dir, "push")  # a real upload only: a dry run records nothing
+    if pushed:
+        return Measure("pass", str(pushed[0].get("url") or pushed[0].get("repo_id")), when=pushed[0].get("t"))
     return Measure(
         "pending", detail="not uploaded (leviathan-cockpit push DIR --repo-id USER/NAME), or tick by hand"
     )

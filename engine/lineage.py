@@ -151,6 +151,13 @@ def read_steps(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def step_outputs(run_dir: str | Path | None, step: str) -> list[dict]:
+    """The records of one kind of finished step (``merge``, ``quantize``, ``push``), newest first."""
+    if not run_dir:
+        return []
+    return [r for r in reversed(read_steps(run_dir)) if r.get("step") == step]
+
+
 def folder_files(folder: str | Path) -> list[tuple[str, int]]:
     """(relative path, size) of every file under a folder, hidden files left out, sorted."""
     root = Path(folder)

@@ -85,6 +85,14 @@ def check_output(output: str | Path, force: bool, inputs: list[Path]) -> Path:
     return out
 
 
+def default_output(checkpoint: str | Path) -> Path:
+    """Where a merge goes when nobody says: ``<output_dir>-merged``, beside the checkpoints (where
+    the checklist looks), or ``<output_dir>-merged-checkpoint-N`` once that is taken."""
+    ckpt = Path(checkpoint)
+    first = ckpt.parent.with_name(f"{ckpt.parent.name}-merged")
+    return first if not first.exists() else first.with_name(f"{first.name}-{ckpt.name}")
+
+
 def resolve_base_for(checkpoint: Path, base: str | None) -> str:
     """The base model to merge into: --base, else the adapter's record, else the run's."""
     from engine.loading import adapter_base

@@ -52,6 +52,12 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def default_output(model_dir: str | Path, qtype: str = "nf4") -> Path:
+    """``DIR-nf4`` beside the merged folder (the name the checklist and `merge`'s hint use)."""
+    p = Path(model_dir)
+    return p.with_name(f"{p.name}-{qtype}")
+
+
 def model_config(path: Path) -> dict:
     try:
         return json.loads((path / "config.json").read_text())

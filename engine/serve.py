@@ -254,6 +254,7 @@ def vllm_command(
     max_model_len: int = 4096,
     dtype: str = "bfloat16",
     name: str | None = None,
+    progress: Progress = null_progress,
 ) -> VllmServe:
     from engine.quantize import check_model_dir, model_config
 
@@ -276,6 +277,7 @@ def vllm_command(
         '  -H "Content-Type: application/json" \\\n'
         f"  -d {shlex.quote(body)}"
     )
+    progress(1.0, f"vLLM command for {src}")
     return VllmServe([sys.executable, *args], command, curl, name)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import cli
 
-from engine import checklist
+from engine import checklist, lineage
 from engine.checkpoints import mark_complete
 from engine.config import validate
 from engine.errors import UserError
@@ -280,6 +281,29 @@ def test_hub_upload(run):
     assert run.check("hub_upload").status == "pending"
     checklist.record_artifact(run.dir, "hub", "user/leviathan-8b-v1")
     assert run.check("hub_upload").status == "pass"
+
+
+def test_products_recorded_by_the_post_training_steps(tmp_path):
+    """merge / quantize / push append to exports.jsonl (engine.lineage): that alone ticks the items."""
+    r = Run(tmp_path / "a")
+    merged = _model_folder(tmp_path / "models" / "lev-merged")
+    lineage.record_step(r.dir, "merge", output=str(merged), checkpoint="c")
+    assert r.check("merged").status == "pass" and r.check("merged").value == str(merged)
+    shutil.rmtree(merged)  # the folder is the evidence, not the record
+    assert r.check("merged").status == "pending"
+
+    int8 = _model_folder(tmp_path / "models" / "lev-int8", {"load_in_8bit": True})
+    lineage.record_step(r.dir, "quantize", output=str(int8), type="int8")
+    assert r.check("quantized").status == "pending"  # the item asks for 4 bits
+    nf4 = _model_folder(tmp_path / "models" / "lev-nf4", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+    lineage.record_step(r.dir, "quantize", output=str(nf4), type="nf4")
+    lineage.record_step(r.dir, "quantize", output=str(int8), type="int8")  # a newer int8 changes nothing
+    assert r.check("quantized").status == "pass"
+
+    assert r.check("hub_upload").status == "pending"
+    lineage.record_step(r.dir, "push", repo_id="me/lev", url="https://huggingface.co/me/lev")
+    item = r.check("hub_upload")
+    assert item.status == "pass" and item.value == "https://huggingface.co/me/lev"
 
 
 # -- manual items, persistence, config ---------------------------------------------------

@@ -1,6 +1,7 @@
 """Saved checkpoints, newest first: step, train and eval loss at save, size on disk, age.
 
-Enter on a row opens that checkpoint in the chat pane (``OpenCheckpoint`` bubbles to the app).
+Enter on a row opens that checkpoint in the chat pane (``OpenCheckpoint`` bubbles to the app);
+``M`` opens the ship menu on it, merge first (``ShipRequested``).
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
-from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint
+from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint, ShipRequested
 from cockpit.series import as_float
 
 COLUMNS = ("step", "loss", "eval", "size", "age")
@@ -47,6 +49,8 @@ def age(seconds: float) -> str:
 
 
 class CheckpointsTable(DataTable):
+    BINDINGS = [Binding("M", "ship", "Merge / ship")]
+
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
         self.saves: dict[str, dict] = {}  # path -> save record (+ size)
@@ -91,7 +95,7 @@ class CheckpointsTable(DataTable):
             )
         if cursor_key in self.saves:
             self.move_cursor(row=self.get_row_index(cursor_key))
-        self.border_subtitle = f"{len(self.saves)} kept · ⏎ chat" if self.saves else "none yet"
+        self.border_subtitle = f"{len(self.saves)} kept · ⏎ chat · M merge" if self.saves else "none yet"
 
     def refresh_ages(self) -> None:
         now = self.app.clock()
@@ -101,6 +105,13 @@ class CheckpointsTable(DataTable):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.post_message(OpenCheckpoint(str(event.row_key.value)))
+
+    def action_ship(self) -> None:
+        if not self.row_count:
+            self.app.notify("no checkpoint saved yet", timeout=3)
+            return
+        row = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+        self.post_message(ShipRequested("merge", str(row)))
 
 
 def _loss(value) -> Text:
