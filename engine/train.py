@@ -168,6 +168,10 @@ def build_trainer(
         use_liger_kernel=liger_available(),
         **dist.trainer_args(config),  # DDP settings; DeepSpeed or FSDP when configured
     )
+    if dist.world_size() == 1 and args.n_gpu > 1:
+        # One process sees several GPUs: Trainer would wrap the model in nn.DataParallel (which
+        # TRL refuses, and which is slower than DDP). Train on the first; --nproc N uses them all.
+        args._n_gpu = 1
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer_cls, callbacks = LeviathanTrainer, [callback]
