@@ -113,8 +113,10 @@ def panes(chat_backend=None) -> dict:
 
 def launched_chat(job, config: dict, app):
     """Chat on the model the job trains (one process): questions go to its training thread."""
-    if job.nproc != 1 or not config.get("base_model") or not config.get("output_dir"):
-        return None  # several ranks: no one of them holds the whole model
+    if not config.get("base_model") or not config.get("output_dir"):
+        return None
+    if job.nproc != 1:  # no one rank holds the whole model: checkpoints, on a model of our own
+        return attached_chat(config, job.run_dir)
     from engine.chat_bridge import ProcessBackend
     from engine.config import ChatConfig
 
