@@ -188,6 +188,8 @@ class CockpitApp(App[int]):
 
     def on_training_finished(self, message: TrainingFinished) -> None:
         self.finished = message
+        if not self.screen_stack:  # it came while the app was closing: nothing left to update
+            return
         self.drain()
         self.refresh_bindings()
         if message.error is not None:

@@ -14,6 +14,7 @@ run folder on ``app.source.run_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
@@ -112,16 +114,25 @@ class ChecklistPane(Vertical):
         try:
             items = checklist.evaluate(self.run_dir, self.config)
         except Exception as e:  # a bad config section: say it here, keep the cockpit up
-            self.app.call_from_thread(self._error, str(e))
+            self._hand_over(self._error, str(e))
             return
-        self.app.call_from_thread(self._show, items)
+        self._hand_over(self._show, items)
+
+    def _hand_over(self, fn, arg) -> None:
+        # A measurement that ends while the cockpit closes has no one to show it to.
+        with contextlib.suppress(RuntimeError, NoMatches):
+            self.app.call_from_thread(fn, arg)
 
     def _error(self, message: str) -> None:
-        self.query_one("#checklist-summary", Static).update(Text(f"checklist: {message}", style="red"))
+        with contextlib.suppress(NoMatches):  # the pane is being taken down
+            self.query_one("#checklist-summary", Static).update(Text(f"checklist: {message}", style="red"))
 
     def _show(self, items: list[checklist.ItemStatus]) -> None:
         self.items = items
-        table = self.query_one(DataTable)
+        try:
+            table = self.query_one(DataTable)
+        except NoMatches:  # the pane is being taken down
+            return
         keep = table.cursor_row
         table.clear()
         now = time.time()

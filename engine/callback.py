@@ -42,6 +42,7 @@ class CockpitCallback(TrainerCallback):
         self._mark_step = 0
         self._phase_end = time.time()  # end of the last log/eval: a save that follows starts then
         self.status = "completed"
+        self._pause_pending = False
 
     # -- progress -------------------------------------------------------------------------
 
@@ -52,31 +53,36 @@ class CockpitCallback(TrainerCallback):
         self.log.emit("train_begin", step=state.global_step, max_steps=state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        if "loss" in logs:
-            now = time.time()
-            dt = max(now - self._mark_t, 1e-9)
-            tokens = state.num_input_tokens_seen
-            steps = state.global_step - self._mark_step
-            loss = float(logs["loss"])
-            self.last_loss = loss
-            tps = (tokens - self._mark_tokens) / dt
-            self.log.emit(
-                "step",
-                step=state.global_step,
-                loss=loss,
-                lr=logs.get("learning_rate"),
-                grad_norm=_num(logs.get("grad_norm")),
-                epoch=round(state.epoch or 0.0, 4),
-                tokens=tokens,
-                tokens_per_s=round(tps, 1),
-                mfu=round(tps * self.flops_per_token / self.peak_flops, 4) if self.peak_flops else None,
-                s_per_step=round(dt / steps, 4) if steps else None,
-                max_steps=state.max_steps,
-            )
-            self._mark_t, self._mark_tokens, self._mark_step = now, tokens, state.global_step
-            self._phase_end = time.time()
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self._step_record(state, logs)
+        if self._pause_pending:  # every rank: they wait together
+            self._pause_pending = False
+            return self._pause(state, control, kwargs)
+        return None
+
+    def _step_record(self, state, logs) -> None:
+        now = time.time()
+        dt = max(now - self._mark_t, 1e-9)
+        tokens = state.num_input_tokens_seen
+        steps = state.global_step - self._mark_step
+        loss = float(logs["loss"])
+        self.last_loss = loss
+        tps = (tokens - self._mark_tokens) / dt
+        self.log.emit(
+            "step",
+            step=state.global_step,
+            loss=loss,
+            lr=logs.get("learning_rate"),
+            grad_norm=_num(logs.get("grad_norm")),
+            epoch=round(state.epoch or 0.0, 4),
+            tokens=tokens,
+            tokens_per_s=round(tps, 1),
+            mfu=round(tps * self.flops_per_token / self.peak_flops, 4) if self.peak_flops else None,
+            s_per_step=round(dt / steps, 4) if steps else None,
+            max_steps=state.max_steps,
+        )
+        self._mark_t, self._mark_tokens, self._mark_step = now, tokens, state.global_step
+        self._phase_end = time.time()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
@@ -126,13 +132,30 @@ class CockpitCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         c = self.controls
         self._run_jobs(state, kwargs)
-        if c.pause.is_set():
-            self.log.emit("paused", step=state.global_step)
-            t0 = time.time()
-            c.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
-            if not c.stop.is_set():
-                self.log.emit("resumed", step=state.global_step)
-            self._exclude(time.time() - t0)  # paused time is not training time
+        if c.pause.is_set() and not c.stop.is_set():
+            # Pause once this step's record is written (on_log), so that the screen shows the
+            # step the run is paused at; what is asked meanwhile acts on this same step.
+            control.should_log = True
+            self._pause_pending = True
+        return self._apply_commands(state, control)
+
+    def _pause(self, state, control, kwargs):
+        c = self.controls
+        self.log.emit("paused", step=state.global_step)
+        t0 = time.time()
+        self.wait_paused(state, kwargs)
+        if not c.stop.is_set():
+            self.log.emit("resumed", step=state.global_step)
+        self._exclude(time.time() - t0)  # paused time is not training time
+        return self._apply_commands(state, control)
+
+    def wait_paused(self, state, kwargs) -> None:
+        """Until resumed or stopped, answering chat meanwhile (engine.dist replaces it with a
+        wait that every rank does together)."""
+        self.controls.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
+
+    def _apply_commands(self, state, control):
+        c = self.controls
         if c.take(c.save_now):
             control.should_save = True
         if c.take(c.eval_now):

@@ -458,7 +458,8 @@ class SyncSteps:
 
     Rank 0 reads the control file; one ``all_reduce(MAX)`` of [stop, pause, save, eval] gives
     every rank the same flags (pause is rank 0's alone, so a resume there resumes all); while
-    paused, all ranks wait together, polling every ``PAUSE_POLL_S``. On save, a barrier makes
+    paused (the cockpit callback pauses once the step's record is written), all ranks wait
+    together, polling every ``PAUSE_POLL_S``. On save, a barrier makes
     every rank finish its part of the checkpoint before rank 0 marks it complete.
     """
 
@@ -468,6 +469,8 @@ class SyncSteps:
         self.file = control_file
         self.cockpit = cockpit_callback
         self._paused = False  # the last agreed pause state: the same on every rank
+        if cockpit_callback is not None:
+            cockpit_callback.wait_paused = self.wait_paused
 
     def _sync(self, step: int) -> list[str]:
         c = self.controls
@@ -508,23 +511,20 @@ class SyncSteps:
         return commands
 
     def on_step_end(self, args, state, control, **kwargs):
-        c = self.controls
         commands = self._sync(state.global_step)
         if commands and not initialized():
             self.log.emit("control", step=state.global_step, commands=commands)
-        if c.pause.is_set() and not c.stop.is_set():
-            self.log.emit("paused", step=state.global_step)
-            while c.pause.is_set() and not c.stop.is_set():
-                time.sleep(PAUSE_POLL_S)
-                self._sync(state.global_step)
-                if self.cockpit is not None and not initialized():
-                    self.cockpit._run_jobs(state, kwargs)  # chat while paused (one process)
-            if not c.stop.is_set():
-                self.log.emit("resumed", step=state.global_step)
-            if self.cockpit is not None:
-                self.cockpit._mark_t = time.time()  # paused time is not training time
-        c.pause.clear()  # the cockpit callback must not wait again (it would wait alone)
         return control
+
+    def wait_paused(self, state, kwargs) -> None:
+        """The cockpit callback's wait while paused, done by every rank together: each poll
+        agrees the flags again, so a resume (or stop) read by rank 0 releases them all."""
+        c = self.controls
+        while c.pause.is_set() and not c.stop.is_set():
+            time.sleep(PAUSE_POLL_S)
+            self._sync(state.global_step)
+            if self.cockpit is not None and not initialized():
+                self.cockpit._run_jobs(state, kwargs)  # chat while paused (one process)
 
     def on_save(self, args, state, control, **kwargs):
         barrier()  # every rank's files (its RNG state, its shard) are on disk before the marker

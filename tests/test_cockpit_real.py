@@ -67,6 +67,8 @@ async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp
             await pilot.press("p")
             await wait_for(pilot, lambda: any(r["kind"] == "paused" for r in events_of(log)), timeout=60)
             frozen = steps_in(events_of(log))
+            paused_at = next(r["step"] for r in events_of(log) if r["kind"] == "paused")
+            assert frozen[-1] == paused_at, "the screen must show the step the run is paused at"
             await pilot.pause(1.5)
             assert steps_in(events_of(log)) == frozen, "steps went on while paused"
             assert "paused" in text_of(app.query_one("#progress").content)
@@ -241,5 +243,4 @@ async def test_chat_reaches_the_model_being_trained(tiny_model, write_config, tm
         assert len(done.answers) == lanes and all(a.tokens > 0 for a in done.answers), done
     assert backend.targets()[0].key != LIVE  # the live weights are gone with the trainer
     chats = [r for r in events_of(log) if r["kind"] == "chat"]
-    paused_at = next(r["step"] for r in events_of(log) if r["kind"] == "paused")
-    assert len(chats) == 2 and chats[1]["step"] == paused_at
+    assert len(chats) == 2 and chats[1]["step"] == frozen[-1]
