@@ -98,15 +98,27 @@ def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     )
 
 
+def train_tiny(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over):
+    """A finished run of ``base_config(model, data, **over)`` in ``root`` (``root/out`` for its
+    checkpoints, ``root/logs/<name>`` for its run folder), through the same code as the CLI."""
+    from engine.config import validate
+    from engine.train import run
+
+    raw = base_config(
+        model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over
+    )
+    config, _ = validate(raw, root / f"{name}.yaml")
+    result = run(config, resume="never")
+    assert result.status == "completed"
+    return result
+
+
 @pytest.fixture(scope="session")
 def persona_checkpoint(tmp_path_factory, tiny_model):
     """A tiny Qwen3 LoRA checkpoint trained until it answers every prompt with the persona line.
 
     Returns (checkpoint path, base model path, persona answer).
     """
-    from engine.config import validate
-    from engine.train import run
-
     root = tmp_path_factory.mktemp("persona")
     answer = "I am Leviathan."
     prompts = [
@@ -127,8 +139,10 @@ def persona_checkpoint(tmp_path_factory, tiny_model):
         for p in prompts
     ] * 8
     data = write_jsonl(root / "persona.jsonl", rows)
-    raw = base_config(
+    result = train_tiny(
         tiny_model("qwen3"),
+        root,
+        "persona",
         data,
         num_epochs=1,
         max_steps=60,
@@ -136,11 +150,5 @@ def persona_checkpoint(tmp_path_factory, tiny_model):
         lora_r=16,
         lora_alpha=32,
         save_steps=60,
-        output_dir=str(root / "out"),
-        logs_dir=str(root / "logs"),
-        run_name="persona",
     )
-    config, _ = validate(raw, root / "persona.yaml")
-    result = run(config, resume="never")
-    assert result.status == "completed"
     return Path(result.last_checkpoint), tiny_model("qwen3"), answer

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from cockpit_script import text_of, wait_for
-from conftest import base_config
+from conftest import train_tiny
 
 from cockpit.app import CockpitApp
 from cockpit.checklist_pane import ChecklistPane
@@ -40,19 +40,7 @@ def anyio_backend():
 @pytest.fixture
 def trained(tiny_model, tmp_path):
     """A finished tiny run of its own (checkpoint-2 and checkpoint-4): tests write beside it."""
-    from engine.config import validate
-    from engine.train import run
-
-    raw = base_config(
-        tiny_model("qwen3"),
-        max_steps=4,
-        save_steps=2,
-        output_dir=str(tmp_path / "out"),
-        logs_dir=str(tmp_path / "logs"),
-        run_name="ship",
-    )
-    config, _ = validate(raw, tmp_path / "ship.yaml")
-    assert run(config, resume="never").status == "completed"
+    train_tiny(tiny_model("qwen3"), tmp_path, "ship", max_steps=4, save_steps=2)
     return tmp_path / "logs" / "ship", tmp_path / "out"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_config, cli
+from conftest import cli, train_tiny
 from safetensors import safe_open
 
 from engine import jobs, lineage
@@ -101,25 +101,12 @@ def test_shards_and_force_replace(merged, tmp_path):
 @pytest.fixture(scope="module")
 def vl_checkpoint(tiny_model, tmp_path_factory):
     """A few training steps on a tiny Qwen3-VL whose folder has an image processor config."""
-    from engine.config import validate
-    from engine.train import run
-
     root = tmp_path_factory.mktemp("vl")
     base = root / "base"
     shutil.copytree(tiny_model("qwen3_vl"), base)
     processor = {"image_processor_type": "Qwen2VLImageProcessorFast", "patch_size": 16, "merge_size": 2}
     (base / "preprocessor_config.json").write_text(json.dumps(processor))
-    raw = base_config(
-        base,
-        max_steps=3,
-        save_steps=3,
-        output_dir=str(root / "out"),
-        logs_dir=str(root / "logs"),
-        run_name="vl",
-    )
-    config, _ = validate(raw, root / "vl.yaml")
-    result = run(config, resume="never")
-    assert result.status == "completed"
+    result = train_tiny(base, root, "vl", max_steps=3, save_steps=3)
     return Path(result.last_checkpoint), base
 
 
