@@ -111,25 +111,18 @@ def panes(chat_backend=None) -> dict:
     return found
 
 
-def launched_chat(job, config: dict, app):
+def launched_chat(job, config, app):
     """Chat on the model the job trains (one process): questions go to its training thread."""
-    if not config.get("base_model") or not config.get("output_dir"):
-        return None
     if job.nproc != 1:  # no one rank holds the whole model: checkpoints, on a model of our own
-        return attached_chat(config, job.run_dir)
+        return attached_chat(config.model_dump(mode="json"), job.run_dir)
     from engine.chat_bridge import ProcessBackend
-    from engine.config import ChatConfig
 
-    try:
-        chat_config = ChatConfig.model_validate(config.get("chat") or {})
-    except ValueError:
-        chat_config = None
     return ProcessBackend(
         job,
-        base=config["base_model"],
-        output_dir=config["output_dir"],
+        base=config.base_model,
+        output_dir=config.output_dir,
         run_dir=job.run_dir,
-        chat_config=chat_config,
+        chat_config=config.chat,
         ended=lambda: app.ended,
     )
 
@@ -144,8 +137,8 @@ def build_launched_app(args, nproc: int = 1):
     from engine.launcher import launch_from_args
 
     job = launch_from_args(args, nproc)
-    config = load_for_cli(args)[0].model_dump(mode="json")  # what the trainer loads, checked already
-    source = LaunchedSource(job, run_name=job.run_dir.name, config=config)
+    config = load_for_cli(args)[0]  # what the trainer loads, checked already
+    source = LaunchedSource(job, run_name=job.run_dir.name, config=config.model_dump(mode="json"))
     app = CockpitApp(source)
     app.panes = panes(launched_chat(job, config, app))
     return app
@@ -184,7 +177,7 @@ def job_exit(app) -> int:
     )
     status, message = end.get("status", "ended"), end.get("message")
     if code == 2 and message:
-        raise UserError(message.split("\n  fix: ")[0], _fix_of(message))
+        raise UserError.from_text(message)  # the trainer's own message, as it printed it
     if app.return_code not in (None, 0):
         _say(f"the cockpit crashed; training was stopped and saved. Run log: {job.events}")
         return 1
@@ -193,10 +186,6 @@ def job_exit(app) -> int:
         return 1
     _say(f"{status}; run log {job.events}")
     return 0
-
-
-def _fix_of(message: str) -> str:
-    return message.split("\n  fix: ", 1)[1] if "\n  fix: " in message else ""
 
 
 # -- attach -----------------------------------------------------------------------------

@@ -18,5 +18,13 @@ class UserError(Exception):
         self.message = message
         self.fix = fix
 
+    FIX = "\n  fix: "
+
     def __str__(self) -> str:
-        return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
+        return f"{self.message}{self.FIX}{self.fix}" if self.fix else self.message
+
+    @classmethod
+    def from_text(cls, text: str) -> UserError:
+        """The error back from its ``str`` (a run log's ``end`` message, written by another process)."""
+        message, _, fix = text.partition(cls.FIX)
+        return cls(message, fix)
