@@ -90,6 +90,16 @@ class DatasetSpec(BaseModel):
     alpaca: instruction/input/output."""
     field_messages: str | None = None
     """The key holding the turns (default ``messages``, or ``conversations`` for sharegpt)."""
+    roles_to_train: list[str] | None = None
+    """Roles whose turns carry loss (Axolotl's; default ``[assistant]``). ``train_on_inputs: true``
+    trains every turn's text (never the template's headers)."""
+    train_on_eos: Literal["turn", "last", "all", "none"] = "turn"
+    """End tokens (the end-of-turn marker the template writes after a turn, and the EOS after the
+    last one) that carry loss: turn: those of every trained turn; last: only the last trained
+    turn's; all: those of every turn; none: no end token (the model never learns to stop)."""
+    message_field_training: str | None = None
+    """The message key of a per-message boolean that overrides roles_to_train for that turn
+    (Axolotl's). Unset: a boolean ``training`` or ``train`` key is read where a message has one."""
 
     @field_validator("path")
     @classmethod

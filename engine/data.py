@@ -4,10 +4,7 @@ Three row shapes (Axolotl's ``type``): ``chat_template`` (OpenAI ``messages``),
 ``sharegpt`` (``conversations`` with from/value) and ``alpaca``
 (instruction/input/output). Each becomes a list of ``{"role", "content"}`` turns.
 
-The loss mask is built here, not by the chat template: most real templates (Llama 3's,
-Qwen's) have no ``{% generation %}`` markers, so we render the conversation once, find
-each assistant turn's text in it, and train on the tokens of that text plus the turn's
-end marker (so the model learns to stop). Headers and user/system text carry no loss.
+The loss mask is built in engine/masks.py (``ChatEncoder``, from token positions).
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.masks import BadRow, ChatEncoder  # noqa: F401  (re-exported: callers import them from here)
 
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {
@@ -28,10 +26,6 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 NO_CATEGORY = "(none)"
-
-
-class BadRow(ValueError):
-    """A row that cannot be trained on; the message says why."""
 
 
 @dataclass
@@ -55,8 +49,14 @@ def _turns_chat(obj: dict, key: str) -> list[dict]:
             raise BadRow(f"{key}[{i}] has no role")
         if not isinstance(role, str) or role not in ROLES:
             raise BadRow(f"{key}[{i}] has unknown role {role!r} (allowed: system, user, assistant)")
-        out.append({"role": role, "content": t.get("content")})
+        out.append({**_extras(t, ("role", "content")), "role": role, "content": t.get("content")})
     return out
+
+
+def _extras(t: dict, taken: tuple[str, ...]) -> dict:
+    """The message's other keys (reasoning_content, training flags, ...): the encoder picks what
+    the template and the mask read."""
+    return {k: v for k, v in t.items() if k not in taken}
 
 
 def _turns_sharegpt(obj: dict, key: str) -> list[dict]:
@@ -72,7 +72,7 @@ def _turns_sharegpt(obj: dict, key: str) -> list[dict]:
             raise BadRow(f"{key}[{i}] has no `from`")
         if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             raise BadRow(f"{key}[{i}] has unknown role {who!r} (allowed: human, gpt, system)")
-        out.append({"role": SHAREGPT_ROLES[who], "content": t.get("value")})
+        out.append({**_extras(t, ("from", "value")), "role": SHAREGPT_ROLES[who], "content": t.get("value")})
     return out
 
 
@@ -145,83 +145,6 @@ def bad_rows_error(bad: list[tuple[str, int, str]], total: int) -> UserError:
     )
 
 
-# ---- masks -------------------------------------------------------------------------------
-
-
-class ChatEncoder:
-    """Renders turns with the chat template and marks the assistant tokens."""
-
-    def __init__(self, tokenizer) -> None:
-        if not getattr(tokenizer, "is_fast", False):
-            raise UserError("the tokenizer is not a fast tokenizer", "use a model with a tokenizer.json")
-        if not tokenizer.chat_template:
-            raise UserError(
-                "the tokenizer has no chat template",
-                "set `chat_template: chatml` (or llama3, or jinja with chat_template_jinja) in the config",
-            )
-        self.tok = tokenizer
-        self.turn_end = self._probe_turn_end()
-
-    def _probe_turn_end(self) -> str:
-        probe = [{"role": "user", "content": "PROBEQ"}, {"role": "assistant", "content": "PROBEA"}]
-        fix = "fix `chat_template_jinja`, or use `chat_template: chatml` / `llama3` / `tokenizer_default`"
-        try:
-            text = self.tok.apply_chat_template(probe, tokenize=False)
-        except Exception as e:  # jinja2 syntax or runtime errors, raise_exception(...) in the template
-            raise UserError(
-                f"the chat template fails on a plain user/assistant chat: {_short(e)}", fix
-            ) from None
-        if not isinstance(text, str) or "PROBEA" not in text:
-            raise UserError("the chat template does not write out the assistant's text", fix)
-        return text[text.rindex("PROBEA") + len("PROBEA") :].strip()
-
-    def _render(self, turns: list[dict]) -> str:
-        try:
-            return self.tok.apply_chat_template(turns, tokenize=False)
-        except Exception as e:  # e.g. "System message must be at the beginning" from the template
-            raise BadRow(f"the chat template refused it: {_short(e)}") from None
-
-    def spans(self, text: str, turns: list[dict]) -> list[tuple[int, int]]:
-        """Character spans of each assistant turn's text plus its end marker."""
-        spans, cursor = [], 0
-        for i, turn in enumerate(turns):
-            content = turn["content"].strip()
-            at = text.find(content, cursor)
-            if at < 0:
-                if turn["role"] == "assistant":
-                    raise BadRow(f"assistant turn {i} is not found verbatim in the rendered chat template")
-                continue
-            end = at + len(content)
-            if turn["role"] == "assistant":
-                rest = text[end:]
-                lead = len(rest) - len(rest.lstrip(" \n"))
-                if self.turn_end and rest[lead:].startswith(self.turn_end):
-                    end += lead + len(self.turn_end)
-                spans.append((at, end))
-            cursor = end
-        return spans
-
-    def encode(self, turns: list[dict], train_on_inputs: bool = False) -> tuple[list[int], list[int]]:
-        text = self._render(turns)
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        if train_on_inputs:
-            return ids, list(ids)
-        spans = self.spans(text, turns)
-        labels, k = [], 0
-        for tid, (start, _end) in zip(ids, enc["offset_mapping"], strict=True):
-            while k < len(spans) and start >= spans[k][1]:
-                k += 1
-            inside = k < len(spans) and spans[k][0] <= start < spans[k][1]
-            labels.append(tid if inside else -100)
-        return ids, labels
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
 # ---- stats -------------------------------------------------------------------------------
 
 
@@ -236,6 +159,9 @@ class Stats:
     too_long: list[tuple[str, int, int]] = field(default_factory=list)
     row_categories: list[str] | None = None  # per good row, kept by `check(collect=True)`
     row_lengths: object | None = None  # array("i") of token counts, same rows
+    notes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    """What the chat template did to rows (dropped or merged a turn, ...): note -> rows."""
+    notes_count: dict[str, int] = field(default_factory=dict)
 
     def add(self, row: Row, n_tokens: int | None, n_trained: int | None = None) -> None:
         self.add_counts(row.file, row.category, n_tokens, n_trained)
@@ -250,6 +176,22 @@ class Stats:
             self.tokens_by_category[category] = self.tokens_by_category.get(category, 0) + n_tokens
         if n_trained is not None:
             self.trained_by_category[category] = self.trained_by_category.get(category, 0) + n_trained
+
+    def note(self, file: str, line: int, notes: list[str]) -> None:
+        for n in dict.fromkeys(notes):
+            self.notes_count[n] = self.notes_count.get(n, 0) + 1
+            rows = self.notes.setdefault(n, [])
+            if len(rows) < 20:  # a count for all, file:line for the first few
+                rows.append((file, line))
+
+    def notes_report(self) -> list[str]:
+        """One line per kind of template note: how many rows, and the first ones as file:line."""
+        out = []
+        for n, count in sorted(self.notes_count.items(), key=lambda kv: -kv[1]):
+            rows = self.notes[n]
+            where = ", ".join(f"{f}:{line}" for f, line in rows[:3]) + (", ..." if count > 3 else "")
+            out.append(f"{count:>10,} row(s): {n} ({where})")
+        return out
 
     @property
     def total(self) -> int:
@@ -276,6 +218,9 @@ class Stats:
             out.append("tokens per row: " + "  ".join(f"{k} {v}" for k, v in p.items()))
         if self.too_long:
             out.append(f"rows longer than sequence_len: {len(self.too_long)}")
+        if self.notes_count:
+            out.append("what the chat template did to rows (changes what is trained):")
+            out += [f"  {line}" for line in self.notes_report()]
         out.append(f"bad rows: {len(self.bad)}")
         return "\n".join(out)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data import BadRow, ChatEncoder, Stats, bad_rows_error, parse_line, read_rows
+from engine.masks import MaskOptions
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Prepared:
 def scan_rows(config, encoder: ChatEncoder | None, stats: Stats):
     """Yield (row, ids, labels) for good rows; fills ``stats`` as it goes."""
     for spec in config.datasets:
+        options = MaskOptions.of(spec, config)
         for item in read_rows(spec.path, spec.type, spec.field_messages):
             if isinstance(item, tuple):
                 stats.bad.append(item)
@@ -37,10 +39,13 @@ def scan_rows(config, encoder: ChatEncoder | None, stats: Stats):
             ids = labels = None
             if encoder is not None:
                 try:
-                    ids, labels = encoder.encode(item.messages, config.train_on_inputs)
+                    enc = encoder.encode_row(item.messages, options)
                 except BadRow as e:
                     stats.bad.append((item.file, item.line, str(e)))
                     continue
+                ids, labels = enc.input_ids, enc.labels
+                if enc.notes:
+                    stats.note(item.file, item.line, enc.notes)
                 if len(ids) > config.sequence_len:
                     stats.too_long.append((item.file, item.line, len(ids)))
             stats.add(
@@ -84,9 +89,13 @@ def _init_check_worker(tokenizer, train_on_inputs: bool) -> None:
     _worker["train_on_inputs"] = train_on_inputs
 
 
-def _check_chunk(path: str, ds_type: str, field_messages, first_line: int, raws: list[bytes]) -> list:
-    """Parse and tokenize consecutive lines: (line, category, tokens, trained) or ("bad", row)."""
-    encoder, toi = _worker["encoder"], _worker["train_on_inputs"]
+def _check_chunk(
+    path: str, ds_type: str, field_messages, first_line: int, raws: list[bytes], options=None
+) -> list:
+    """Parse and tokenize consecutive lines: (line, category, tokens, trained) or ("bad", row),
+    and ("note", (file, line, notes)) for what the template did to a row."""
+    encoder = _worker["encoder"]
+    options = options or MaskOptions(train_on_inputs=_worker["train_on_inputs"])
     out = []
     for i, raw in enumerate(raws):
         item = parse_line(path, first_line + i, raw, ds_type, field_messages)
@@ -96,10 +105,13 @@ def _check_chunk(path: str, ds_type: str, field_messages, first_line: int, raws:
             out.append(("bad", item))
             continue
         try:
-            ids, labels = encoder.encode(item.messages, toi)
+            enc = encoder.encode_row(item.messages, options)
         except BadRow as e:
             out.append(("bad", (item.file, item.line, str(e))))
             continue
+        ids, labels = enc.input_ids, enc.labels
+        if enc.notes:
+            out.append(("note", (item.file, item.line, enc.notes)))
         out.append((item.line, item.category, len(ids), sum(1 for x in labels if x != -100)))
     return out
 
@@ -119,6 +131,9 @@ def _check_parallel(config, tokenizer, stats: Stats, workers: int, lines_per_tas
             if r[0] == "bad":
                 stats.bad.append(r[1])
                 continue
+            if r[0] == "note":
+                stats.note(*r[1])
+                continue
             line, category, n, trained = r
             stats.add_counts(path, category, n, trained)
             if n > config.sequence_len:
@@ -131,7 +146,7 @@ def _check_parallel(config, tokenizer, stats: Stats, workers: int, lines_per_tas
         workers, mp_context=ctx, initializer=_init_check_worker, initargs=(tokenizer, config.train_on_inputs)
     ) as pool:
         for spec in config.datasets:
-            path = spec.path
+            path, options = spec.path, MaskOptions.of(spec, config)
             if not Path(path).is_file():
                 raise UserError(f"{path}: dataset file not found", "fix `datasets[].path` in the config")
             pending: deque = deque()
@@ -143,14 +158,16 @@ def _check_parallel(config, tokenizer, stats: Stats, workers: int, lines_per_tas
                     chunk.append(raw)
                     if len(chunk) >= lines_per_task:
                         pending.append(
-                            pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk)
+                            pool.submit(
+                                _check_chunk, path, spec.type, spec.field_messages, first, chunk, options
+                            )
                         )
                         chunk = []
                         if len(pending) >= 3 * workers:  # bounded: a 13 GB file never sits in memory
                             drain(path, pending.popleft().result())
                 if chunk:
                     pending.append(
-                        pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk)
+                        pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk, options)
                     )
             while pending:
                 drain(path, pending.popleft().result())

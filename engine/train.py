@@ -299,6 +299,9 @@ def _run(
             advice="see `leviathan-cockpit check` for the list",
             rows=[f"{f}:{n}: {why}" for f, n, why in prepared.stats.bad[:200]],
         )
+    for note, count in prepared.stats.notes_count.items():  # what the chat template did to rows
+        rows = [f"{f}:{n}" for f, n in prepared.stats.notes[note]]
+        log.emit("note", message=f"{count} row(s): {note}", rows=rows)
     log.emit(
         "data",
         rows=len(prepared.train),

@@ -43,7 +43,7 @@ def test_only_assistant_tokens_carry_loss(tokenizer):
     ignored = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab == -100])
     # Both answers are trained, with the turn's end marker so the model learns to stop.
     assert "I am Leviathan, the Abyssal Mind." in trained and "7 times 6 is 42." in trained
-    end = ChatEncoder(tokenizer).turn_end
+    end = "<|eot_id|>" if "eot_id" in tokenizer.chat_template else "<|im_end|>"
     assert trained.count(end) == 2
     # No user or system text, and no role header, carries loss.
     for text in ("You are Leviathan.", "Who are you?", "What is 7 times 6?", "user", "system"):
@@ -58,9 +58,13 @@ def test_labels_equal_ids_where_trained(tokenizer):
     assert all(lab in (-100, i) for i, lab in zip(ids, labels, strict=True))
 
 
-def test_train_on_inputs_trains_everything(tokenizer):
-    ids, labels = ChatEncoder(tokenizer).encode(CONVO, train_on_inputs=True)
-    assert labels == ids
+def test_train_on_inputs_trains_every_turn(tokenizer):
+    # Axolotl's meaning: every turn's text and end marker carries loss, the template's headers do not.
+    ids, labels = ChatEncoder(tokenizer).encode(CONVO, True)
+    trained = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+    for m in CONVO:
+        assert m["content"] in trained
+    assert "<|im_start|>" not in trained and "<|start_header_id|>" not in trained
 
 
 def test_sharegpt_and_alpaca_rows():
