@@ -73,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model needed)")
     p.add_argument(
+        "--show-masks",
+        type=int,
+        metavar="N",
+        help="show the first N rows of each dataset as the model sees them, trained tokens highlighted",
+    )
+    p.add_argument("--json", action="store_true", help="with --show-masks: one JSON object a line per row")
+    p.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from engine.control import Controls
+from engine.errors import UserError
 
 
 def demo_config_path() -> Path:
@@ -139,6 +140,11 @@ def check_command(args) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     tokenizer = None
+    show = getattr(args, "show_masks", None)
+    if show is not None and (args.no_tokenizer or show < 1):
+        raise UserError(
+            "--show-masks N needs the tokenizer and N >= 1", "drop --no-tokenizer; give a row count"
+        )
     if not args.no_tokenizer:
         from engine.model import load_tokenizer, resolve_base
 
@@ -148,6 +154,10 @@ def check_command(args) -> int:
             config.chat_template_jinja,
             config.trust_remote_code,
         )
+    if show is not None:
+        from engine.show_masks import show_masks
+
+        return show_masks(config, tokenizer, show, getattr(args, "json", False))
     tokens = getattr(args, "tokens", False) and tokenizer is not None
     curriculum = tokens and config.curriculum is not None
     stats = check(config, tokenizer, workers=max(1, getattr(args, "workers", 1) or 1), collect=curriculum)
