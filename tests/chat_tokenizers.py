@@ -118,9 +118,11 @@ CORPUS = [
 ]
 
 
-def build(name: str):
-    """A PreTrainedTokenizerFast for SPECS[name], trained on a few lines, with the template set."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+def build(name: str, trim_offsets: bool = False):
+    """A PreTrainedTokenizerFast for SPECS[name], trained on a few lines, with the template set.
+
+    ``trim_offsets``: GPT-2's post-processor, whose offsets leave out the space a token carries."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     spec = SPECS[name]
@@ -128,6 +130,8 @@ def build(name: str):
     if spec.style == "bytelevel":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
+        if trim_offsets:
+            tok.post_processor = processors.ByteLevel(trim_offsets=True)
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     else:  # SentencePiece-style: spaces become "▁" and stick to the word after them
         tok.normalizer = normalizers.Replace(" ", "▁")
