@@ -208,3 +208,39 @@ def test_force_fresh_sets_old_checkpoints_aside_and_the_last_step_is_saved(
     assert checkpoints.latest(tmp_path / "out").step == 2  # the old step-4 checkpoint no longer outranks it
     moved = list((tmp_path / "out").glob("superseded-*/checkpoint-4/leviathan.json"))
     assert len(moved) == 1
+
+
+def test_corrupt_files_in_the_newest_checkpoints_fall_back_to_one_that_loads(
+    tiny_model, write_config, tmp_path
+):
+    cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=2)
+    out, log = tmp_path / "out", tmp_path / "logs" / "test" / "events.jsonl"
+    assert cli("train", cfg, "--headless").returncode == 0
+    # Bit rot in checkpoint-6's weights (same size), a short optimizer.pt in checkpoint-4.
+    weights = out / "checkpoint-6" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    optim = out / "checkpoint-4" / "optimizer.pt"
+    optim.write_bytes(optim.read_bytes()[:1000])
+    kept = {n: digest(out / n) for n in ("checkpoint-4", "checkpoint-6")}
+
+    r = cli("train", cfg, "--headless", "--resume", str(out / "checkpoint-6"))
+    assert r.returncode == 2 and "adapter_model.safetensors has changed" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    r = cli("train", cfg, "--headless", "--max-steps", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    bad = alerts(log, "corrupt_checkpoint")
+    assert len(bad) == 2
+    assert "checkpoint-6" in bad[0] and "adapter_model.safetensors has changed" in bad[0]
+    assert "checkpoint-4" in bad[1] and "optimizer.pt is 1,000 bytes" in bad[1]
+    records = read_events(log)
+    assert [x["from_step"] for x in records.records if x["kind"] == "resume"] == [2]
+    assert [x["step"] for x in dedupe_steps(records.records)] == list(range(1, 9))
+    # nothing deleted: the damaged folders are kept under another name
+    assert digest(out / "checkpoint-6.corrupt") == kept["checkpoint-6"]
+    assert digest(out / "checkpoint-4.corrupt") == kept["checkpoint-4"]
+    assert [c.step for c in checkpoints.scan(out)[0]] == [2, 4, 6, 8]
+    assert all(checkpoints.verify(c) == [] for c in checkpoints.scan(out)[0])
