@@ -119,6 +119,7 @@ class CockpitCallback(TrainerCallback):
                 "tokens": state.num_input_tokens_seen,
             },
         )
+        checkpoints.clear_torn(args.output_dir)  # a complete save: the torn ones set aside can go
         self.log.emit(
             "save", step=state.global_step, path=path, loss=self.last_loss, eval_loss=self.last_eval_loss
         )

@@ -1,24 +1,34 @@
 """Checkpoints: complete or invisible, listed with their metadata, kept by a policy.
 
-A checkpoint folder counts only once ``leviathan.json`` is in it. That file is written
-last, after every other file of the folder is on disk (fsync), through a temporary name
-and a rename, so a kill at any moment leaves either a complete checkpoint or a folder
-that resume ignores (and cleans away).
+A save begins by putting ``.leviathan-saving`` in its folder and ends by writing
+``leviathan.json`` (after every other file is on disk, fsync, through a temporary name and a
+rename; it records each file's size and SHA-256), then removing the flag. So a folder is:
+
+- complete: ``leviathan.json`` reads;
+- torn (ours): the flag is there and the marker does not read: a kill while this engine
+  saved or removed it. Start-up moves it aside into ``.torn/`` (never deletes it) until the
+  next complete save;
+- foreign: neither, e.g. an HF Trainer or Axolotl checkpoint, or one of ours whose marker was
+  damaged. It is left where it is and named, never resumed from and never written over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = "leviathan.json"
+SAVING = ".leviathan-saving"
+TORN_DIR = ".torn"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_OURS = (MARKER, MARKER + ".tmp", SAVING)
 
 
 @dataclass
@@ -47,48 +57,176 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def begin_save(folder: str | Path) -> None:
+    """Flag ``folder`` as being written by this engine (before its first file). The flag is an
+    empty file: creating it needs no data block, even on a disk that is all but full."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SAVING).touch()
+
+
 def mark_complete(folder: str | Path, meta: dict) -> None:
     folder = Path(folder)
     _fsync_tree(folder)
     tmp = folder / (MARKER + ".tmp")
+    files = {"files": file_digests(folder)}
     with open(tmp, "w") as f:
-        json.dump({**meta, "completed_at": time.time()}, f, indent=1)
+        json.dump({**meta, **files, "completed_at": time.time()}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / MARKER)
+    (folder / SAVING).unlink(missing_ok=True)
 
 
-def scan(output_dir: str | Path) -> tuple[list[Checkpoint], list[Path]]:
-    """Complete checkpoints (oldest first) and torn folders."""
+def file_digests(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file of a checkpoint but our own markers.
+
+    Read right after the write, from the page cache: SHA-256 runs at ~1.3 GiB/s on one core
+    (measured), about a second for a 500 MB adapter and its optimizer state.
+    """
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name not in _OURS:
+            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": sha256_of(f)}
+    return out
+
+
+def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def verify(ckpt: Checkpoint) -> list[str]:
+    """What is wrong with a complete checkpoint's files (empty: all as saved, or not recorded)."""
+    recorded = ckpt.meta.get("files")
+    if not isinstance(recorded, dict):
+        return []  # saved before sizes and checksums were recorded
+    problems = []
+    for rel, want in recorded.items():
+        f = ckpt.path / rel
+        try:
+            size = f.stat().st_size
+        except OSError:
+            problems.append(f"{rel} is missing")
+            continue
+        if size != want.get("size"):
+            problems.append(f"{rel} is {size:,} bytes, {want.get('size'):,} when saved")
+            continue
+        if sha256_of(f) != want.get("sha256"):
+            problems.append(f"{rel} has changed since it was saved (SHA-256 differs)")
+    return problems
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def kind_of(folder: Path) -> str | None:
+    """ "complete", "torn" (ours, unfinished), "foreign", or None where there is no folder."""
+    if not folder.is_dir():
+        return None
+    if _read_marker(folder) is not None:
+        return "complete"
+    return "torn" if (folder / SAVING).exists() else "foreign"
+
+
+@dataclass
+class Layout:
+    complete: list[Checkpoint] = field(default_factory=list)  # oldest first
+    torn: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)
+
+
+def classify(output_dir: str | Path) -> Layout:
     out = Path(output_dir)
-    complete, torn = [], []
+    found = Layout()
     if not out.is_dir():
-        return complete, torn
+        return found
     for child in out.iterdir():
         m = _NAME.match(child.name)
         if not m or not child.is_dir():
             continue
-        marker = child / MARKER
-        try:
-            meta = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            torn.append(child)
-            continue
-        complete.append(Checkpoint(child, int(m.group(1)), meta))
-    complete.sort(key=lambda c: c.step)
-    return complete, sorted(torn)
+        meta = _read_marker(child)
+        if meta is not None:
+            found.complete.append(Checkpoint(child, int(m.group(1)), meta))
+        elif (child / SAVING).exists():
+            found.torn.append(child)
+        else:
+            found.foreign.append(child)
+    found.complete.sort(key=lambda c: c.step)
+    found.torn.sort()
+    found.foreign.sort()
+    return found
+
+
+def scan(output_dir: str | Path) -> tuple[list[Checkpoint], list[Path]]:
+    """Complete checkpoints (oldest first) and torn folders of ours."""
+    found = classify(output_dir)
+    return found.complete, found.torn
+
+
+def why_foreign(folder: Path) -> str:
+    """What a folder that is not ours looks like, for the message that names it."""
+    if (folder / MARKER).exists():
+        return "its leviathan.json does not read (damaged); the files may be complete"
+    if (folder / "trainer_state.json").exists():
+        return "no leviathan.json: written by another trainer (HF Trainer / Axolotl)"
+    return "no leviathan.json and not started by this engine"
+
+
+def _free_name(path: Path) -> Path:
+    if not path.exists():
+        return path
+    k = 1
+    while path.with_name(f"{path.name}-{k}").exists():
+        k += 1
+    return path.with_name(f"{path.name}-{k}")
+
+
+def set_aside_torn(output_dir: str | Path, torn: list[Path]) -> list[tuple[Path, Path]]:
+    """Move torn folders of ours into ``output_dir/.torn/`` (until the next complete save)."""
+    dest_dir = Path(output_dir) / TORN_DIR
+    moved = []
+    for t in torn:
+        dest_dir.mkdir(exist_ok=True)
+        dest = _free_name(dest_dir / t.name)
+        os.replace(t, dest)
+        moved.append((t, dest))
+    return moved
+
+
+def clear_torn(output_dir: str | Path) -> None:
+    """After a complete save: the torn folders set aside are no longer needed."""
+    shutil.rmtree(Path(output_dir) / TORN_DIR, ignore_errors=True)
+
+
+def set_aside(folder: Path, why: str) -> Path:
+    """Rename ``folder`` beside itself (``checkpoint-N.<why>``): kept, no longer a checkpoint."""
+    dest = _free_name(folder.with_name(f"{folder.name}.{why}"))
+    os.replace(folder, dest)
+    return dest
+
+
+def discard(folder: Path) -> None:
+    """Delete a complete checkpoint of ours: flagged and unmarked first, so a kill during the
+    delete leaves a torn folder of ours, never a half checkpoint or a foreign-looking one."""
+    (folder / SAVING).touch()
+    (folder / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def latest(output_dir: str | Path) -> Checkpoint | None:
     complete, _ = scan(output_dir)
     return complete[-1] if complete else None
-
-
-def remove_torn(output_dir: str | Path) -> list[Path]:
-    _, torn = scan(output_dir)
-    for t in torn:
-        shutil.rmtree(t, ignore_errors=True)
-    return torn
 
 
 def best(complete: list[Checkpoint]) -> Checkpoint | None:
@@ -135,9 +273,7 @@ def retain(output_dir: str | Path, limit: int | None, best_step: int | None = No
     removed = []
     for c in complete:
         if c.step not in keep:
-            # Unmark first: a kill during the delete leaves a torn folder, never a half checkpoint.
-            (c.path / MARKER).unlink(missing_ok=True)
-            shutil.rmtree(c.path, ignore_errors=True)
+            discard(c.path)
             removed.append(c.path)
     return removed
 

@@ -9,6 +9,10 @@
   K times a forward runs at or after it.
 - ``enospc@save:N[xK]``: the save of checkpoint N (or the first save after it) writes half an
   ``optimizer.pt`` and fails with ``OSError(ENOSPC)`` at that write, K times.
+- ``kill@save:N``: the save of checkpoint N (or the first save after it) writes half an
+  ``optimizer.pt`` and the process kills itself with SIGKILL there (a kill -9 mid-save).
+- ``enospc@log:N[xK]``: the run log's write of a record at or after step N writes half its line
+  and fails with ``OSError(ENOSPC)``, K times (the logs disk is full).
 
 Counts are per process: a fault that fired is used up, so a rolled-back or retried step runs
 clean (a transient fault). Without the variable every hook is one ``None`` check.
@@ -19,13 +23,14 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 from dataclasses import dataclass, field
 
 from engine.errors import UserError
 
 ENV = "LEVIATHAN_FAULT"
-_SPEC = re.compile(r"^(nan|oom|enospc)@(step|save):(\d+)(?:x(\d+))?$")
-_WHERE = {"nan": "step", "oom": "step", "enospc": "save"}
+_SPEC = re.compile(r"^(nan|oom|enospc|kill)@(step|save|log):(\d+)(?:x(\d+))?$")
+_WHERE = {"nan": ("step",), "oom": ("step",), "enospc": ("save", "log"), "kill": ("save",)}
 
 
 @dataclass
@@ -51,12 +56,14 @@ def parse(text: str) -> list[Fault]:
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         m = _SPEC.match(part)
-        if not m or _WHERE[m.group(1)] != m.group(2):
+        if not m or m.group(2) not in _WHERE[m.group(1)]:
             raise UserError(
                 f"{ENV}: bad fault {part!r}",
-                "use nan@step:N, oom@step:N or enospc@save:N (each with an optional xK), comma-separated",
+                "use nan@step:N, oom@step:N, enospc@save:N, enospc@log:N or kill@save:N (each with an "
+                "optional xK), comma-separated",
             )
-        out.append(Fault(m.group(1), int(m.group(3)), int(m.group(4) or 1)))
+        kind = m.group(1) if m.group(2) != "log" else "enospc_log"
+        out.append(Fault(kind, int(m.group(3)), int(m.group(4) or 1)))
     return out
 
 
@@ -99,9 +106,20 @@ def on_loss(loss, step: int):
 
 
 def on_save_write(folder: str, step: int) -> None:
-    """At the optimizer's write in a save: half a file, then the disk is full."""
-    if _take("enospc", step):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "optimizer.pt"), "wb") as f:
-            f.write(b"PK\x03\x04" + b"\0" * 4096)  # the start of a zip that never ends
-        raise OSError(errno.ENOSPC, f"No space left on device (injected by {ENV})", folder)
+    """At the optimizer's write in a save: half a file, then the disk is full (or a kill -9)."""
+    full, kill = _take("enospc", step), _take("kill", step)
+    if not (full or kill):
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "optimizer.pt"), "wb") as f:
+        f.write(b"PK\x03\x04" + b"\0" * 4096)  # the start of a zip that never ends
+    if kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(errno.ENOSPC, f"No space left on device (injected by {ENV})", folder)
+
+
+def log_write_fails(step) -> bool:
+    """Whether the run log's write of a record of ``step`` fails as on a full disk."""
+    if not isinstance(step, int) or not active():
+        return False
+    return _take("enospc_log", step)

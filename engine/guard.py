@@ -256,8 +256,7 @@ class Guard:
                 return
             for later in checkpoints.scan(self.output_dir)[0]:
                 if later.step > target.step:  # saved on the abandoned stretch; its steps run again
-                    (later.path / checkpoints.MARKER).unlink(missing_ok=True)
-                    shutil.rmtree(later.path, ignore_errors=True)
+                    checkpoints.discard(later.path)
                     self.log.emit(
                         "checkpoint_removed", step=target.step, path=str(later.path), reason="nan_rollback"
                     )
@@ -537,10 +536,7 @@ class Guard:
         step = trainer.state.global_step
         folder = Path(trainer.args.output_dir) / f"checkpoint-{step}"
         need = self.space_needed()
-        if (folder / checkpoints.MARKER).exists():
-            # Saving over a folder of this step (a step trained again): unmark it first, so a kill
-            # while it is rewritten leaves a torn folder, never a complete-looking mix.
-            (folder / checkpoints.MARKER).unlink()
+        self._clear_the_way(folder, step)
         force = False
         while True:
             free = free_bytes(self.output_dir)
@@ -549,6 +545,8 @@ class Guard:
                 continue
             force = False
             try:
+                if dist_main():
+                    checkpoints.begin_save(folder)  # before the first file: a kill leaves it ours
                 do_save()
                 return
             except Exception as e:
@@ -560,6 +558,28 @@ class Guard:
             free = free_bytes(self.output_dir)
             need = max(need, free + max(need // 4, MB))  # it did not fit: wait for more than there is now
             force = self._wait_for_space(trainer, step, need, free, error)
+
+    def _clear_the_way(self, folder: Path, step: int) -> None:
+        """The folder this save writes into, if there is one already: ours is rewritten (flagged
+        and unmarked first, so a kill meanwhile leaves a torn folder of ours, never a
+        complete-looking mix); anyone else's is renamed beside it, never written over."""
+        kind = checkpoints.kind_of(folder)
+        if kind is None or not dist_main():
+            return
+        if kind == "complete":
+            (folder / checkpoints.SAVING).touch()
+            (folder / checkpoints.MARKER).unlink()
+        elif kind == "foreign":
+            dest = checkpoints.set_aside(folder, "set-aside")
+            self.log.emit(
+                "alert",
+                rule="foreign_checkpoint",
+                level="warning",
+                step=step,
+                message=f"{folder} was not written by this engine ({checkpoints.why_foreign(dest)}): "
+                f"renamed to {dest.name} so that this run's checkpoint-{step} does not overwrite it",
+                advice="nothing to do; move it elsewhere when you no longer need it in output_dir",
+            )
 
     def _wait_for_space(self, trainer, step: int, need: int, free: int, error: str | None) -> bool:
         """Alert, then wait for room (True: the operator asked to try anyway). Headless: exit 2."""
@@ -624,6 +644,12 @@ class Guard:
             free_mb=round(free_bytes(self.output_dir) / MB, 1),
         )
         return forced
+
+
+def dist_main() -> bool:
+    from engine import dist
+
+    return dist.is_main()
 
 
 class _CannotSplit(Exception):

@@ -77,27 +77,69 @@ class RunResult:
 
 
 def _resume_point(resume: str, paths: RunPaths, log: RunLog) -> checkpoints.Checkpoint | None:
-    torn = checkpoints.remove_torn(paths.output_dir)
-    for t in torn:
+    found = checkpoints.classify(paths.output_dir)
+    for old, new in checkpoints.set_aside_torn(paths.output_dir, found.torn):
         log.emit(
             "alert",
             rule="torn_checkpoint",
             level="warning",
-            message=f"{t} was incomplete (killed while saving) and was removed",
+            message=f"{old} was incomplete (killed while this engine saved or removed it): moved to "
+            f"{new}, which is deleted at the next complete save",
             advice="nothing to do: the run resumes from the newest complete checkpoint",
+        )
+    for f in found.foreign:
+        log.emit(
+            "alert",
+            rule="foreign_checkpoint",
+            level="warning",
+            message=f"{f}: {checkpoints.why_foreign(f)}; left where it is, not resumed from",
+            advice="nothing to do; resume uses the newest checkpoint with a readable leviathan.json "
+            "(move that folder out of output_dir when you no longer need it there)",
         )
     if resume == "never":
         return None
     if resume == "auto":
-        return checkpoints.latest(paths.output_dir)
+        return _newest_sound(found.complete, log)
     p = Path(resume)
-    if not (p / checkpoints.MARKER).exists():
+    if checkpoints.kind_of(p) != "complete":
         raise UserError(
             f"{resume}: not a complete checkpoint folder",
             "use --resume auto, never, or a checkpoint-N folder",
         )
     step = int(p.name.rsplit("-", 1)[-1]) if "-" in p.name else 0
-    return checkpoints.Checkpoint(p, step, json.loads((p / checkpoints.MARKER).read_text()))
+    ckpt = checkpoints.Checkpoint(p, step, json.loads((p / checkpoints.MARKER).read_text()))
+    problems = checkpoints.verify(ckpt)
+    if problems:
+        raise UserError(
+            f"{p}: its files are not as saved: " + "; ".join(problems),
+            "resume from another checkpoint (--resume auto picks the newest sound one)",
+        )
+    return ckpt
+
+
+def _newest_sound(complete: list[checkpoints.Checkpoint], log: RunLog) -> checkpoints.Checkpoint | None:
+    """The newest checkpoint whose files are as saved (size and SHA-256 in its marker). A damaged
+    one is renamed ``checkpoint-N.corrupt`` (kept, but no longer a checkpoint to resume from or to
+    count in retention) and named in an alert."""
+    for c in reversed(complete):
+        problems = checkpoints.verify(c)
+        if not problems:
+            return c
+        dest = checkpoints.set_aside(c.path, "corrupt")
+        older = next((o for o in reversed(complete) if o.step < c.step), None)
+        log.emit(
+            "alert",
+            rule="corrupt_checkpoint",
+            level="critical",
+            step=c.step,
+            message=f"{c.path}: "
+            + "; ".join(problems)
+            + f". Renamed to {dest.name}; resuming from "
+            + (f"checkpoint-{older.step} if it is sound" if older else "the start (no older checkpoint)"),
+            advice="check that disk (a file changed after it was written); delete the .corrupt folder "
+            "when you have looked at it",
+        )
+    return None
 
 
 def _check_compatible(ckpt: checkpoints.Checkpoint, config: RunConfig) -> None:
