@@ -169,7 +169,7 @@ def train_in_cockpit(args, nproc: int = 1) -> int:
 def stop_job(app) -> int:
     """However the app ended, the job stops safely (a checkpoint of its current step) before we return."""
     job = app.source.job
-    if job.poll() is None:
+    if job.poll() is None and not app.ended:  # a job whose run log has ended is only exiting
         if not app.source.controls.stop.is_set():
             app.source.controls.request_stop("cockpit closed")
         _say("stopping training at the next step boundary and saving a checkpoint...")
