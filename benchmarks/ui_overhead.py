@@ -240,13 +240,13 @@ async def _bench_chart(points: int, reps: int) -> None:
 
     from cockpit.app import CockpitApp
     from cockpit.messages import StepsLogged
-    from cockpit.source import ScriptedSource
+    from cockpit.source import Source
     from cockpit.widgets.loss_chart import ZOOMS, LossChart
 
     print(
         f"\n== loss chart redraw at 120x40, {points:,}-point history (ms: wall; cpu: this thread's CPU time)"
     )
-    app = CockpitApp(ScriptedSource([]), clock=lambda: 0.0)
+    app = CockpitApp(Source(), clock=lambda: 0.0)  # no records: the chart is fed directly below
     async with app.run_test(size=(120, 40)) as pilot:
         chart = app.query_one(LossChart)
         plot = chart.query_one(PlotextPlot)

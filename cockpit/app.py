@@ -1,15 +1,16 @@
 """The cockpit: one screen of live panels over a training run, and the keys that steer it.
 
-The app owns the training thread (a live source) and a drain timer. The training thread
-only puts records on a queue and, at its very end, posts ``TrainingFinished``; it never
-waits on the UI. Every tick the app drains the queue, turns the records into messages and
-posts them to the panels (``.run-view``), which redraw at their own pace.
+The trainer is another process (``engine.launcher``): it writes the run log and reads the
+run's control file at step boundaries, so it never waits on the UI. The app's source
+follows that log from a thread of its own; every tick the app drains the source, turns the
+records into messages and posts them to the panels (``.run-view``), which redraw at their
+own pace. The keys append commands to the control file (``cockpit.source.JobControls``).
+The run's state (``RunState``) drives the header, which keys are offered, and quitting.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +26,10 @@ from cockpit.messages import (
     LinesSkipped,
     OpenCheckpoint,
     ShipRequested,
-    TrainingFinished,
     WriterState,
     to_messages,
 )
+from cockpit.run_state import RunState
 from cockpit.source import Source
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.confirm_quit import ConfirmQuit
@@ -39,7 +40,7 @@ from cockpit.widgets.loss_chart import LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 
 DRAIN_S = 0.1
-CONTROL_ACTIONS = ("pause", "save", "evaluate")
+CONTROL_ACTIONS = ("pause", "resume", "save", "evaluate")
 
 
 class CockpitApp(App[int]):
@@ -48,6 +49,7 @@ class CockpitApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),  # the one offered follows the run (check_action)
         Binding("s", "save", "Save"),
         Binding("e", "evaluate", "Eval"),
         Binding("q", "quit_cockpit", "Quit"),
@@ -61,7 +63,8 @@ class CockpitApp(App[int]):
         Binding("1", "tab('dashboard')", "Dashboard", show=False),
         Binding("2", "tab('chat')", "Chat", show=False),
         Binding("3", "tab('checklist')", "Checklist", show=False),
-        # The same from inside a text box (where 1 2 3 are typed): F1 F2 F3.
+        # The same from inside a text box (where 1 2 3 are typed): F1 F2 F3. The chat's
+        # presets start at F4, so no key means two things.
         Binding("f1", "tab('dashboard')", "Dashboard", show=False, priority=True),
         Binding("f2", "tab('chat')", "Chat", show=False, priority=True),
         Binding("f3", "tab('checklist')", "Checklist", show=False, priority=True),
@@ -81,9 +84,8 @@ class CockpitApp(App[int]):
         self.panes = panes or {}
         """Factories for the ``chat`` and ``checklist`` panes (placeholders without one)."""
         self.pane_widgets: dict[str, Widget] = {}
-        self.training: threading.Thread | None = None
-        self.finished: TrainingFinished | None = None
-        self.ended = False  # an `end` record was seen (this session's run, or the attached one)
+        self.state = RunState(source.read_only)
+        """Where the run stands (header, keys, quitting)."""
         self.exit_when_finished = False
         self._skipped_shown = 0
         self._stop_shown = False
@@ -103,9 +105,9 @@ class CockpitApp(App[int]):
                     health=self.source.config.get("health") or {},
                 )
             with TabPane("2 Chat", id="chat"):
-                yield self._pane("chat", "Chat", "Talk to any checkpoint (issue 4).")
+                yield self._pane("chat", "Chat", "No model to talk to: the run's config names no base model.")
             with TabPane("3 Checklist", id="checklist"):
-                yield self._pane("checklist", "Checklist", "The guide's validation checklist (issue 5).")
+                yield self._pane("checklist", "Checklist", "No run folder to check.")
         yield JobsPanel(id="jobs", classes="panel")
         yield Footer()
 
@@ -123,16 +125,23 @@ class CockpitApp(App[int]):
         self.pane_widgets[name] = pane
         return pane
 
+    @property
+    def ended(self) -> bool:
+        """An `end` record was seen (this session's run, or the attached one)."""
+        return self.state.ended
+
     def on_mount(self) -> None:
-        mode = "attached, read-only" if self.source.read_only else "training"
-        self.sub_title = f"{self.source.run_name} · {mode}" if self.source.run_name else mode
+        self.show_state()
         if not self.source.read_only:
             self._capture_prints()  # a chat model loaded here after training prints too
         self.source.start()
         self.set_interval(DRAIN_S, self.drain)
-        if self.source.trains:
-            self.training = threading.Thread(target=self._train, name="training")
-            self.training.start()
+        self.query_one(CheckpointsTable).focus()  # its Enter and M work at once
+
+    def show_state(self) -> None:
+        label = self.state.label()
+        self.sub_title = f"{self.source.run_name} · {label}" if self.source.run_name else label
+        self.refresh_bindings()
 
     # -- records -> panels ------------------------------------------------------------------
 
@@ -143,24 +152,38 @@ class CockpitApp(App[int]):
             self._skipped_shown = self.source.bad_lines
             messages.append(LinesSkipped(self.source.bad_lines))
         controls = self.source.controls
+        before = self.state.label()
+        self.state.observe(records)
         if controls is not None and controls.stop.is_set() and not self._stop_shown:
             self._stop_shown = True  # also when a signal asked for it
+            self.state.stop_requested()
             messages.append(ControlRequested("stop"))
-            self.refresh_bindings()
         self._ticks += 1
         if self._ticks % 20 == 1:  # every 2 s: is an attached run's trainer still there?
             alive = self.source.writer_alive()
             if alive is not None and alive != self._writer_alive:
                 self._writer_alive = alive
+                self.state.writer(alive)
                 messages.append(WriterState(alive))
-        if any(r.get("kind") == "end" for r in records):
-            self.ended = True
-            stopping = self.exit_when_finished or (controls is not None and controls.stop.is_set())
-            if stopping and getattr(self.source, "job", None) is not None:
-                self.exit(0)  # quit confirmed, or a signal asked: the job has saved and ended
-        elif any(r.get("kind") == "start" for r in records):
-            self.ended = False
+        if self.state.label() != before:
+            self.show_state()
         self.broadcast(*messages)
+        if any(r.get("kind") == "end" for r in records):
+            self._on_end()
+
+    def _on_end(self) -> None:
+        stopping = self.exit_when_finished or (
+            self.source.controls is not None and self.source.controls.stop.is_set()
+        )
+        if stopping and self.source.job is not None:
+            self.exit(0)  # quit confirmed, or a signal asked: the job has saved and ended
+        elif self.state.already_finished:
+            self.notify(
+                f"{self.source.run_name or 'this run'} had already finished at step {self.state.step:,}: "
+                "the checkpoints are ready (2: chat, M: merge). To train again: --resume never --force",
+                title="nothing left to train",
+                timeout=30,
+            )
 
     def broadcast(self, *messages) -> None:
         panels = list(self.query(".run-view"))
@@ -168,35 +191,12 @@ class CockpitApp(App[int]):
             for panel in panels:
                 panel.post_message(copy.copy(message))
 
-    # -- training thread --------------------------------------------------------------------
-
-    def _train(self) -> None:
-        """Runs in the training thread: the run, then one message (post_message never waits)."""
-        try:
-            result = self.source.train()
-        except BaseException as e:  # noqa: BLE001 - handed to the UI and re-raised by launch
-            self.post_message(TrainingFinished("error", e))
-        else:
-            self.post_message(TrainingFinished(result.status))
+    # -- the training job --------------------------------------------------------------------
 
     @property
     def training_alive(self) -> bool:
-        if getattr(self.source, "job", None) is not None:
-            # A job of our own in other processes (accelerate launch): alive until its `end` record.
-            return not self.ended and self.source.writer_alive() is not False
-        return self.training is not None and self.training.is_alive() and self.finished is None
-
-    def on_training_finished(self, message: TrainingFinished) -> None:
-        self.finished = message
-        if not self.screen_stack:  # it came while the app was closing: nothing left to update
-            return
-        self.drain()
-        self.refresh_bindings()
-        if message.error is not None:
-            self.notify(str(message.error), title="training stopped", severity="error", timeout=30)
-        controls = self.source.controls
-        if self.exit_when_finished or (controls is not None and controls.stop.is_set()):
-            self.exit(0)  # quit confirmed, or a signal (SIGHUP/SIGTERM) asked for a safe stop
+        """A job of our own (child processes) that has not ended: quitting must stop it first."""
+        return self.source.job is not None and not self.ended and self.source.writer_alive() is not False
 
     def stop_training(self, reason: str) -> None:
         """Stop at the next step boundary: the engine saves a checkpoint and writes `end`."""
@@ -230,16 +230,29 @@ class CockpitApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in CONTROL_ACTIONS:
             controls = self.source.controls
-            if controls is None or self.finished is not None or self.ended or controls.stop.is_set():
-                return None  # shown, greyed: nothing to act on
+            if controls is None or not self.training_alive:
+                return False  # attached read-only, or the run has ended: not offered at all
+            if controls.stop.is_set():
+                return None  # shown, greyed: the run is stopping
+            if action == "pause" and controls.pause.is_set():
+                return False  # offered as Resume
+            if action == "resume" and not controls.pause.is_set():
+                return False
             if action == "evaluate" and not getattr(self.source, "can_eval", False):
                 return None
         return True
 
     def action_pause(self) -> None:
-        paused = self.source.controls.toggle_pause()
-        self.broadcast(ControlRequested("pause" if paused else "resume"))
-        self.notify("pausing at the next step boundary" if paused else "resuming", timeout=3)
+        self.source.controls.request_pause()
+        self.broadcast(ControlRequested("pause"))
+        self.notify("pausing at the next step boundary", timeout=3)
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        self.source.controls.request_resume()
+        self.broadcast(ControlRequested("resume"))
+        self.notify("resuming", timeout=3)
+        self.refresh_bindings()
 
     def action_save(self) -> None:
         self.source.controls.request_save()
@@ -281,11 +294,19 @@ class CockpitApp(App[int]):
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
         pane = self.pane_widgets.get(tab)
-        if hasattr(pane, "activate"):
-            pane.activate()  # e.g. the chat pane puts the cursor in its prompt
+        if tab == "dashboard":
+            self.query_one(CheckpointsTable).focus()  # the table whose keys the border offers
+        elif hasattr(pane, "activate"):
+            pane.activate()  # the chat pane's prompt, the checklist's table
         elif self.focused is not None and tabs.get_pane(tab) not in self.focused.ancestors_with_self:
             # A text box left behind in the hidden tab would keep the focus and bring its tab back.
             self.set_focus(None)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # A click on a tab, or the tab bar's own keys: the same focus as 1 2 3.
+        tab = event.pane.id
+        if tab and (self.focused is None or event.pane not in self.focused.ancestors_with_self):
+            self.call_after_refresh(self.action_tab, tab)
 
     def on_open_checkpoint(self, message: OpenCheckpoint) -> None:
         self.action_tab("chat")

@@ -101,6 +101,11 @@ class ChecklistPane(Vertical):
         if self.refresh_s:
             self.set_interval(self.refresh_s, self.action_refresh)
 
+    def activate(self) -> None:
+        """Shown by the app: the table takes the keys (space, n, r, g) at once."""
+        if not self.has_class("noting"):
+            self.query_one(DataTable).focus()
+
     # -- measuring (worker thread) --------------------------------------------------------
 
     def action_refresh(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -92,9 +93,36 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def not_a_command(word: str):
+    """A first word that is neither a command nor a config file: the UserError to say so, else None.
+
+    ``leviathan-cockpit CONFIG`` means ``train CONFIG``, so a mistyped command would otherwise
+    be read as a config path ("no such config file") or its arguments as unknown flags.
+    """
+    from pathlib import Path
+
+    from engine.errors import UserError
+
+    if word in COMMANDS or word.startswith("-") or Path(word).exists():
+        return None
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    if close:
+        return UserError(f"`{word}` is not a command", f"did you mean `leviathan-cockpit {close[0]}`?")
+    if word.endswith((".yaml", ".yml")):
+        return None  # a config path: loading it says what is wrong with it
+    return UserError(
+        f"`{word}` is not a command, and no file of that name exists",
+        f"commands: {', '.join(COMMANDS)} (`leviathan-cockpit --help`); or give a config file (YAML)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        wrong = not_a_command(argv[0])
+        if wrong is not None:
+            print(f"leviathan-cockpit: {wrong}", file=sys.stderr)
+            return 2
         argv.insert(0, "train")  # `leviathan-cockpit CONFIG`, `leviathan-cockpit --max-steps N`
     if not argv:
         argv = ["train"]

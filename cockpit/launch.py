@@ -127,17 +127,26 @@ def launched_chat(job, config, app):
     )
 
 
-def build_launched_app(args, nproc: int = 1):
-    """The cockpit over a training job it starts in child processes (bad input raises UserError
-    here, before anything starts): ``python -m engine.dist_main`` for one process, ``accelerate
-    launch`` for several. The UI shares no interpreter with the trainer, so it cannot slow it."""
+def checked_config(args):
+    """The config the trainer will load, and every start-up problem at once (engine.preflight):
+    bad input exits 2 here, before a screen opens or a process starts."""
+    from engine.headless import check_before_start, load_for_cli
+
+    config, _, path = load_for_cli(args)
+    check_before_start(args, config, path)
+    return config
+
+
+def build_launched_app(args, nproc: int = 1, config=None):
+    """The cockpit over a training job it starts in child processes: ``python -m
+    engine.dist_main`` for one process, ``accelerate launch`` for several. The UI shares no
+    interpreter with the trainer, so it cannot slow it."""
     from cockpit.app import CockpitApp
     from cockpit.source import LaunchedSource
-    from engine.headless import load_for_cli
     from engine.launcher import launch_from_args
 
+    config = config if config is not None else checked_config(args)
     job = launch_from_args(args, nproc)
-    config = load_for_cli(args)[0]  # what the trainer loads, checked already
     source = LaunchedSource(job, run_name=job.run_dir.name, config=config.model_dump(mode="json"))
     app = CockpitApp(source)
     app.panes = panes(launched_chat(job, config, app))
@@ -145,8 +154,9 @@ def build_launched_app(args, nproc: int = 1):
 
 
 def train_in_cockpit(args, nproc: int = 1) -> int:
+    config = checked_config(args)
     need_terminal("the cockpit")
-    app = build_launched_app(args, nproc)
+    app = build_launched_app(args, nproc, config)
     restore = install_stop_signals(app)
     try:
         app.run()
@@ -159,7 +169,7 @@ def train_in_cockpit(args, nproc: int = 1) -> int:
 def stop_job(app) -> int:
     """However the app ended, the job stops safely (a checkpoint of its current step) before we return."""
     job = app.source.job
-    if job.poll() is None:
+    if job.poll() is None and not app.ended:  # a job whose run log has ended is only exiting
         if not app.source.controls.stop.is_set():
             app.source.controls.request_stop("cockpit closed")
         _say("stopping training at the next step boundary and saving a checkpoint...")

@@ -9,7 +9,7 @@ sample or skipped-line count replaces an older one still waiting in a panel's qu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from textual.message import Message
 
@@ -92,14 +92,6 @@ class ControlRequested(Message, bubble=False):
 
     action: str
     """pause, resume, save, eval or stop."""
-
-
-@dataclass
-class TrainingFinished(Message):
-    """Posted by the training thread as its very last act (post_message never waits)."""
-
-    status: str
-    error: BaseException | None = field(default=None, repr=False)
 
 
 @dataclass

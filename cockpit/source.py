@@ -1,5 +1,7 @@
 """Where the cockpit's records come from: the cockpit's own training job (child processes,
-``LaunchedSource``), a run log on disk (``attach``), or a script (tests).
+``LaunchedSource``) or a run log on disk (``attach``). Tests drive the same two: a scripted
+job (tests/cockpit_script.py) is a child process that writes a run log and reads the control
+file, as ``engine.dist_main`` does.
 
 Every source fills a queue from its own thread and the app drains it on a timer. Training
 never waits on the UI: the trainer is another process that writes its run log and reads
@@ -9,10 +11,8 @@ its control file at step boundaries; the file follower here is the only one that
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from engine.control import Controls
@@ -24,8 +24,8 @@ DRAIN_LIMIT = 20_000
 class Source:
     """The base: a queue and how to drain it. Read-only unless it carries ``controls``."""
 
-    trains = False
-    """True when the app must run ``train()`` in its training thread."""
+    job = None
+    """The training job this cockpit started (engine.launcher.LaunchedJob); None: read-only."""
     local_gpu = False
     """True when the GPU panel should sample this machine's GPUs (the run is in this process)."""
     live = True
@@ -100,61 +100,11 @@ class FileSource(Source):
                     continue
 
 
-class ScriptedSource(Source):
-    """Records given up front (and fed later) by a test; optionally controls to press and a
-    stand-in trainer.
-
-    ``train``, when given, is called in the app's training thread with this source and
-    plays the trainer: it reads ``controls`` and feeds records (say ``save`` and ``end``
-    once a stop is asked), and returns an object with a ``status``.
-    """
-
-    def __init__(
-        self,
-        records: Iterable[dict] = (),
-        *,
-        controls: Controls | None = None,
-        train: Callable[[ScriptedSource], object] | None = None,
-        can_eval: bool = True,
-        **kw,
-    ) -> None:
-        super().__init__(**kw)
-        self.controls = controls
-        self._initial = list(records)
-        self._train = train
-        self.trains = train is not None
-        self.can_eval = can_eval
-
-    def start(self) -> None:
-        self.feed(self._initial)
-
-    def feed(self, records: Iterable[dict]) -> None:
-        for r in records:
-            self.queue.put(r)
-
-    def train(self):
-        return self._train(self)
-
-
 def run_is_live(run_dir: Path) -> bool:
-    """Whether the trainer that holds this run's lock (engine.runlock) is still running.
+    """Whether the trainer that holds this run's lock (engine.runlock) is still running."""
+    from engine.preflight import lock_holder
 
-    Reads the pid the lock holder wrote; never takes the lock (a probe could make a
-    trainer starting at that instant think the run is taken).
-    """
-    try:
-        pid = int((Path(run_dir) / ".lock").read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return lock_holder(run_dir) is not None
 
 
 class JobControls(Controls):

@@ -32,6 +32,16 @@ def run_name_for(args, config, path: Path) -> str:
     return args.run_name or config.run_name or path.stem
 
 
+def check_before_start(args, config, path: Path) -> None:
+    """Every start-up problem at once (engine.preflight), before a trainer or a screen starts."""
+    from engine.preflight import preflight
+    from engine.train import run_paths
+
+    run_dir = run_paths(config, run_name_for(args, config, path), getattr(args, "logs_dir", None)).run_dir
+    resume, force = getattr(args, "resume", "auto"), getattr(args, "force", False)
+    preflight(config, run_dir, resume=resume, force=force, config_file=path)
+
+
 class Progress:
     """A one-line progress report on stderr; a new line per record when stderr is not a tty."""
 
@@ -70,9 +80,10 @@ class Progress:
             mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
             self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")
         elif kind in ("resume", "start", "end", "note", "data"):
-            fields = {
-                k: v for k, v in r.items() if k not in ("t", "kind", "traceback", "by_category", "lengths")
-            }
+            skip = {"t", "kind", "traceback", "by_category", "lengths"}
+            if kind == "end" and r.get("status") == "error":
+                skip.add("message")  # bad input: the command prints it once, as its error
+            fields = {k: v for k, v in r.items() if k not in skip}
             self._write(f"{kind}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def _write(self, line: str, transient: bool = False) -> None:
@@ -107,6 +118,7 @@ def train_headless(args) -> int:
     from engine.train import run
 
     config, notes, path = load_for_cli(args)
+    check_before_start(args, config, path)
     nproc = getattr(args, "nproc", None) or config.distributed.num_processes or 1
     if nproc > 1 or config.distributed.num_machines > 1:  # several processes: accelerate launch
         from engine.launcher import train_headless_multi

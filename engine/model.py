@@ -28,7 +28,7 @@ def _hub_error(name: str) -> UserError:
     return UserError(
         f"base_model `{name}` is not a local folder and is not in the local Hugging Face cache "
         "(nothing is downloaded at run time)",
-        f"download it once with `huggingface-cli download {name}`, or point base_model at a model folder",
+        f"download it once with `hf download {name}`, or point base_model at a model folder",
     )
 
 

@@ -101,15 +101,16 @@ async def test_a_finished_run_shows_in_full_read_only(tmp_path):
         await wait_for(pilot, lambda: len(chart.train) == 300 and app.ended)
         await pilot.pause(0.2)
         assert app.source.read_only and "read-only" in app.sub_title
+        assert "completed at step 300" in app.sub_title  # the header says how the run ended
         await wait_for(pilot, lambda: "completed" in fields(app) and "ETA —" in fields(app))
         assert app.query_one(CheckpointsTable).row_count == 3
         for action in ("pause", "save", "evaluate"):
-            assert app.check_action(action, ()) is None
+            assert app.check_action(action, ()) is False  # not offered in attach mode
         from cockpit.checklist_pane import ChecklistPane
 
         assert isinstance(app.pane_widgets["checklist"], ChecklistPane)
         assert app.pane_widgets["checklist"].run_dir == run_dir
-        await pilot.press("p", "s", "e", "q")  # controls greyed out; q quits without asking
+        await pilot.press("p", "s", "e", "q")  # no controls; q quits without asking
         await wait_for(pilot, lambda: not app.is_running)
 
 

@@ -1,11 +1,21 @@
-"""The cockpit driven by a scripted source: every panel and every key, with Pilot."""
+"""The cockpit over a scripted job (a child process that writes a run log and reads the control
+file, as a launched trainer does): every panel and every key, with Pilot."""
 
 from __future__ import annotations
 
-import time
+import json
 
 import pytest
-from cockpit_script import fields, last_t, run_records, text_of, wait_for
+from cockpit_script import (
+    append_records,
+    attached_app,
+    end_jobs,
+    fields,
+    launched_app,
+    run_records,
+    text_of,
+    wait_for,
+)
 
 from cockpit.app import CockpitApp
 from cockpit.messages import (
@@ -16,7 +26,6 @@ from cockpit.messages import (
     StepsLogged,
     to_messages,
 )
-from cockpit.source import ScriptedSource
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.confirm_quit import ConfirmQuit
 from cockpit.widgets.gpu_panel import GpuPanel
@@ -25,8 +34,6 @@ from cockpit.widgets.help_screen import HelpScreen
 from cockpit.widgets.loss_chart import ZOOMS, LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 from cockpit.widgets.progress_panel import ProgressPanel
-from engine.control import Controls
-from engine.errors import UserError
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.anyio
@@ -37,44 +44,36 @@ def anyio_backend():
     return "asyncio"
 
 
-class Done:
-    def __init__(self, status: str) -> None:
-        self.status = status
+@pytest.fixture(autouse=True)
+def _end_jobs():
+    yield
+    end_jobs()
 
 
-def stand_in_trainer(source: ScriptedSource) -> Done:
-    """Plays the engine: trains until asked to stop, then saves the current step and ends."""
-    c = source.controls
-    while not c.stop.wait(0.02):
-        pass
-    time.sleep(0.5)  # the step under way finishes first
-    t = time.time()
-    source.feed(
-        [
-            {"t": t, "kind": "save", "step": 300, "path": "outputs/scripted/checkpoint-300", "loss": 1.0},
-            {"t": t, "kind": "end", "step": 300, "status": "stopped"},
-        ]
-    )
-    return Done("stopped")
+@pytest.fixture
+def make_app(tmp_path):
+    """make_app(records=None, *, controls=True, ...): the cockpit over a scripted job of its
+    own (controls=False: attached read-only to the same records on disk)."""
+
+    def make(records=None, *, controls=True, can_eval=True, clock_t=None, **job_kw) -> CockpitApp:
+        records = run_records() if records is None else records
+        if not controls:
+            return attached_app(tmp_path / "run", records, clock_t=clock_t)
+        config = {"val_set_size": 0.1} if can_eval else {}
+        return launched_app(tmp_path / "run", records, clock_t=clock_t, config=config, **job_kw)
+
+    return make
 
 
-def make_app(records=None, *, controls=True, train=None, can_eval=True, clock_t=None) -> CockpitApp:
-    records = run_records() if records is None else records
-    source = ScriptedSource(
-        records,
-        controls=Controls() if controls else None,
-        train=train,
-        can_eval=can_eval,
-        run_name="scripted",
-    )
-    t = clock_t if clock_t is not None else (last_t(records) + 60 if records else 0.0)
-    return CockpitApp(source, clock=lambda: t)
+def end_record(job) -> dict:
+    lines = (job.run_dir / "events.jsonl").read_text().splitlines()
+    return next(r for r in map(json.loads, reversed(lines)) if r["kind"] == "end")
 
 
 # -- panels --------------------------------------------------------------------------------
 
 
-async def test_every_panel_shows_the_scripted_run():
+async def test_every_panel_shows_the_scripted_run(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
@@ -113,7 +112,7 @@ async def test_every_panel_shows_the_scripted_run():
         assert "nearing the 75 GiB line" in gpu
 
 
-async def test_gpu_over_the_line_and_no_gpu():
+async def test_gpu_over_the_line_and_no_gpu(make_app):
     app = make_app(run_records(gpu_used_mb=78_000))
     async with app.run_test(size=SIZE) as pilot:
         panel = app.query_one(GpuPanel)
@@ -125,13 +124,11 @@ async def test_gpu_over_the_line_and_no_gpu():
         assert "No NVIDIA GPU: NVML found no device." in text
 
 
-async def test_local_gpu_sampling_says_plainly_when_there_is_none():
+async def test_local_gpu_sampling_says_plainly_when_there_is_none(make_app):
     from engine.gpu import get_probe
 
     probe = get_probe()
-    source = ScriptedSource(run_records(), controls=Controls())
-    source.local_gpu = True
-    app = CockpitApp(source, clock=lambda: 0.0)
+    app = make_app(local_gpu=True)  # a launched job runs on this machine: its GPUs are sampled here
     async with app.run_test(size=SIZE) as pilot:
         panel = app.query_one(GpuPanel)
         await wait_for(pilot, lambda: panel.latest is not None and panel.latest.source == "local")
@@ -141,7 +138,7 @@ async def test_local_gpu_sampling_says_plainly_when_there_is_none():
             assert probe.reason.split(":")[0].lower() in text_of(panel.content).lower()
 
 
-async def test_messages_batch_steps_and_coalesce_gauges():
+async def test_messages_batch_steps_and_coalesce_gauges(make_app):
     seen = []
     app = make_app()
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
@@ -173,15 +170,16 @@ def test_to_messages_keeps_order_and_only_the_newest_gpu():
     assert msgs[-1].gpus[0]["used_mb"] == 2
 
 
-async def test_resumed_run_keeps_the_continuing_curve():
+async def test_resumed_run_keeps_the_continuing_curve(make_app):
     recs = run_records(steps=50)
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
         await wait_for(pilot, lambda: len(chart.train) == 50)
-        app.source.feed(
+        append_records(
+            app.source.run_dir,
             [{"t": 1, "kind": "resume", "step": 30, "from_step": 30, "path": "x"}]
-            + [{"t": 1, "kind": "step", "step": s, "loss": 0.5, "epoch": s / 200} for s in range(31, 41)]
+            + [{"t": 1, "kind": "step", "step": s, "loss": 0.5, "epoch": s / 200} for s in range(31, 41)],
         )
         await wait_for(pilot, lambda: chart.train.last_step == 40)
         assert len(chart.train) == 40
@@ -189,12 +187,14 @@ async def test_resumed_run_keeps_the_continuing_curve():
         await wait_for(pilot, lambda: "resumed" in fields(app))
 
 
-async def test_nan_loss_is_shown_not_drawn():
+async def test_nan_loss_is_shown_not_drawn(make_app):
     app = make_app(run_records(steps=20))
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
         await wait_for(pilot, lambda: len(chart.train) == 20)
-        app.source.feed([{"t": 1, "kind": "step", "step": 21, "loss": "nan", "epoch": 0.1}])
+        append_records(
+            app.source.run_dir, [{"t": 1, "kind": "step", "step": 21, "loss": "nan", "epoch": 0.1}]
+        )
         await wait_for(pilot, lambda: len(chart.train) == 21)
         chart.redraw()
         assert "loss nan" in text_of(app.query_one("#loss-caption").content)
@@ -203,32 +203,33 @@ async def test_nan_loss_is_shown_not_drawn():
         await wait_for(pilot, lambda: "nan" in fields(app))
 
 
-async def test_checkpoint_removed_and_lines_skipped():
+async def test_checkpoint_removed_and_lines_skipped(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
         await wait_for(pilot, lambda: table.row_count == 3)
-        app.source.feed(
-            [{"t": 1, "kind": "checkpoint_removed", "step": 300, "path": "outputs/scripted/checkpoint-100"}]
+        append_records(
+            app.source.run_dir,
+            [{"t": 1, "kind": "checkpoint_removed", "step": 300, "path": "outputs/scripted/checkpoint-100"}],
         )
         await wait_for(pilot, lambda: table.row_count == 2)
-        app.source.bad_lines = 4
+        with open(app.source.run_dir / "events.jsonl", "a") as f:
+            f.write("not json\n{torn\n[1, 2]\n\x00\x01\n")
         health = app.query_one(HealthPanel)
         await wait_for(pilot, lambda: health.skipped == 4)
         assert "4 torn or foreign line(s)" in text_of(app.query_one("#health-list").content)
 
 
-async def test_failed_run_shows_in_health_and_progress():
-    recs = run_records(steps=10) + [
-        {"t": T_END, "kind": "end", "step": 10, "status": "failed", "message": "RuntimeError: boom"}
-    ]
-    app = make_app(recs)
+async def test_failed_run_shows_in_health_and_progress(make_app):
+    end = {"t": T_END, "kind": "end", "step": 10, "status": "failed", "message": "RuntimeError: boom"}
+    app = make_app(run_records(steps=10), end=end, exit_code=1)
     async with app.run_test(size=SIZE) as pilot:
         health = app.query_one(HealthPanel)
         await wait_for(pilot, lambda: health.failure is not None)
         assert "RuntimeError: boom" in text_of(app.query_one("#health-list").content)
         await wait_for(pilot, lambda: "failed" in fields(app))
-        assert app.check_action("pause", ()) is None  # nothing left to pause
+        assert "failed at step 10" in app.sub_title
+        assert app.check_action("pause", ()) is False  # nothing left to pause: not offered
 
 
 T_END = 1_750_000_100.0
@@ -237,35 +238,44 @@ T_END = 1_750_000_100.0
 # -- keys ----------------------------------------------------------------------------------
 
 
-async def test_p_pauses_and_resumes_at_the_step_boundary():
+async def test_p_pauses_and_resumes_at_the_step_boundary(make_app):
+    """p goes to the trainer through the control file; its `paused` record changes the screen,
+    and the footer then offers Resume."""
     seen = []
     app = make_app()
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        c = app.source.controls
+        await wait_for(pilot, lambda: "training" in app.sub_title)
         await pilot.press("p")
-        assert c.pause.is_set()
-        await pilot.pause(0.1)
-        await wait_for(pilot, lambda: "pausing at the next step" in fields(app))
+        assert app.source.controls.pause.is_set()
         assert any(isinstance(m, ControlRequested) and m.action == "pause" for m in seen)
-        app.source.feed([{"t": 1, "kind": "paused", "step": 301}])
-        await wait_for(pilot, lambda: "paused at step 301" in fields(app))
+        await wait_for(pilot, lambda: "paused at step 300" in fields(app))
+        assert "paused at step 300" in app.sub_title
+        assert app.check_action("resume", ()) and not app.check_action("pause", ())
         await pilot.press("p")
-        assert not c.pause.is_set()
-        app.source.feed([{"t": 1, "kind": "resumed", "step": 301}])
-        await wait_for(pilot, lambda: "training" in fields(app))
+        assert not app.source.controls.pause.is_set()
+        await wait_for(pilot, lambda: "training" in fields(app) and "training" in app.sub_title)
+    commands = [json.loads(line)["command"] for line in (app.source.run_dir / "control.jsonl").open()]
+    assert commands[:2] == ["pause", "resume"]
 
 
-async def test_s_and_e_ask_for_a_save_and_an_eval():
+async def test_s_and_e_ask_for_a_save_and_an_eval(make_app):
     app = make_app()
+    log = app.source.run_dir / "events.jsonl"
+
+    def kinds() -> list[str]:
+        return [json.loads(line)["kind"] for line in log.read_text().splitlines()]
+
     async with app.run_test(size=SIZE) as pilot:
-        c = app.source.controls
+        await wait_for(pilot, lambda: "training" in app.sub_title)
+        before = kinds()
         await pilot.press("s")
-        assert c.save_now.is_set()
+        await wait_for(pilot, lambda: kinds()[len(before) :] == ["save"])  # the job saved
         await pilot.press("e")
-        assert c.eval_now.is_set()
+        await wait_for(pilot, lambda: kinds()[len(before) :] == ["save", "eval"])
+        await wait_for(pilot, lambda: app.query_one(LossChart).eval.values[-1] == pytest.approx(1.1))
 
 
-async def test_e_is_disabled_without_a_validation_set():
+async def test_e_is_disabled_without_a_validation_set(make_app):
     app = make_app(can_eval=False)
     async with app.run_test(size=SIZE) as pilot:
         assert app.check_action("evaluate", ()) is None
@@ -273,10 +283,10 @@ async def test_e_is_disabled_without_a_validation_set():
         assert not app.source.controls.eval_now.is_set()
 
 
-async def test_q_asks_first_then_stops_safely_and_exits():
-    app = make_app(train=stand_in_trainer)
+async def test_q_asks_first_then_stops_safely_and_exits(make_app):
+    app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.training is not None and app.training.is_alive())
+        await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")  # keep training
@@ -288,67 +298,83 @@ async def test_q_asks_first_then_stops_safely_and_exits():
         assert app.source.controls.stop.is_set()
         assert app.source.controls.stop_reason == "operator quit"
         await wait_for(pilot, lambda: not app.is_running, timeout=10)
-    assert app.finished is not None and app.finished.status == "stopped"
     assert app.ended  # the end record was drained before exiting
+    end = end_record(app.source.job)
+    assert end["status"] == "stopped" and end["reason"] == "operator quit"
 
 
-async def test_q_exits_at_once_when_nothing_trains():
-    app = make_app()
+async def test_quitting_a_finished_run_exits_at_once_and_says_no_stop(make_app, capsys):
+    from cockpit.launch import stop_job
+
+    recs = run_records(steps=20)
+    app = make_app(recs, end={"t": T_END, "kind": "end", "step": 20, "status": "completed"})
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("q")
+        await wait_for(pilot, lambda: app.ended)
+        assert "completed at step 20" in app.sub_title
+        for action in ("pause", "resume", "save", "evaluate"):
+            assert app.check_action(action, ()) is False  # not offered any more
+        keys = {b.binding.key for b in app.active_bindings.values() if b.binding.show and b.enabled}
+        assert not keys & {"p", "s", "e"}
+        await pilot.press("p", "s", "e", "q")
         await wait_for(pilot, lambda: not app.is_running)
     assert app.return_code == 0
+    assert stop_job(app) == 0
+    assert "stopping training" not in capsys.readouterr().err
+    assert (
+        not (app.source.run_dir / "control.jsonl").exists()
+        or not (app.source.run_dir / "control.jsonl").read_text()
+    )
 
 
-async def test_a_signal_stop_ends_the_app_after_the_save():
-    app = make_app(train=stand_in_trainer)
-    async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.training is not None and app.training.is_alive())
+async def test_a_signal_stop_ends_the_app_after_the_save(make_app):
+    app = make_app()
+    titles, seen = [], []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
+        app.watch(app, "sub_title", lambda t: titles.append(t))
         app.source.controls.request_stop("signal SIGHUP")  # what launch's handler does
-        await wait_for(pilot, lambda: "stopping" in fields(app))
+        assert app.check_action("pause", ()) is None  # greyed while it saves
         await wait_for(pilot, lambda: not app.is_running, timeout=10)
-    assert app.finished.status == "stopped"
+    assert any(isinstance(m, ControlRequested) and m.action == "stop" for m in seen)
+    assert any("stopping" in t for t in titles)
+    assert end_record(app.source.job)["reason"] == "signal SIGHUP"
 
 
-async def test_a_crash_of_the_ui_stops_training_with_a_save(monkeypatch):
-    fed = []
-
-    def trainer(source):
-        done = stand_in_trainer(source)
-        fed.append(True)
-        return done
-
-    app = make_app(train=trainer)
+async def test_a_crash_of_the_ui_stops_training_with_a_save(make_app, monkeypatch):
+    app = make_app()
 
     def boom(self, message):
         raise RuntimeError("panel bug")
 
     with pytest.raises(RuntimeError, match="panel bug"):
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.training is not None and app.training.is_alive())
+            await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
             monkeypatch.setattr(HealthPanel, "on_alert_raised", boom)  # the next alert crashes the UI
-            app.source.feed([{"t": 1, "kind": "alert", "rule": "x", "level": "warning", "message": "m"}])
+            append_records(
+                app.source.run_dir,
+                [{"t": 1, "kind": "alert", "rule": "x", "level": "warning", "message": "m"}],
+            )
             await pilot.pause(1.0)
-    app.training.join(timeout=30)  # the app asked the stop itself, on its way down
-    assert app.source.controls.stop.is_set() and app.source.controls.stop_reason == "cockpit closed"
-    assert fed == [True]  # the trainer saved and ended before we returned
+    assert app.source.job.wait(30) == 0  # the app asked the stop itself, on its way down
+    end = end_record(app.source.job)
+    assert end["status"] == "stopped" and end["reason"] == "cockpit closed"
+    saves = [json.loads(line) for line in (app.source.run_dir / "events.jsonl").open()]
+    assert saves[-2]["kind"] == "save" and saves[-2]["step"] == 300  # the trainer saved and ended
 
 
-async def test_training_error_is_kept_for_the_exit_code():
-    def bad(source):
-        source.feed([{"t": 1, "kind": "end", "status": "error", "message": "data.jsonl:3: bad row"}])
-        raise UserError("data.jsonl:3: bad row", "fix the row")
-
-    app = make_app(train=bad)
+async def test_training_error_shows_and_the_keys_go(make_app):
+    end = {"t": T_END, "kind": "end", "step": 10, "status": "error", "message": "data.jsonl:3: bad row"}
+    app = make_app(run_records(steps=10), end=end, exit_code=2)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.finished is not None)
         await wait_for(pilot, lambda: app.query_one(HealthPanel).failure is not None)
-        assert isinstance(app.finished.error, UserError)
+        await wait_for(pilot, lambda: "error at step 10" in app.sub_title)
+        assert app.source.job.wait(10) == 2
+        assert app.check_action("pause", ()) is False
         await pilot.press("q")  # nothing trains any more: exits at once
         await wait_for(pilot, lambda: not app.is_running)
 
 
-async def test_question_mark_shows_help():
+async def test_question_mark_shows_help(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("question_mark")
@@ -357,7 +383,7 @@ async def test_question_mark_shows_help():
         assert not isinstance(app.screen, HelpScreen)
 
 
-async def test_chart_keys_toggle_smoothing_log_and_zoom():
+async def test_chart_keys_toggle_smoothing_log_and_zoom(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
@@ -375,7 +401,7 @@ async def test_chart_keys_toggle_smoothing_log_and_zoom():
         assert ZOOMS[chart.zoom] is None
 
 
-async def test_number_keys_switch_tabs():
+async def test_number_keys_switch_tabs(make_app):
     from textual.widgets import TabbedContent
 
     app = make_app()
@@ -394,7 +420,7 @@ async def test_number_keys_switch_tabs():
         assert tabs.active == "dashboard"
 
 
-async def test_enter_on_a_checkpoint_opens_it_in_the_chat_pane():
+async def test_enter_on_a_checkpoint_opens_it_in_the_chat_pane(make_app):
     from textual.widgets import TabbedContent
 
     app = make_app()
@@ -409,21 +435,24 @@ async def test_enter_on_a_checkpoint_opens_it_in_the_chat_pane():
             assert pane.checkpoint == "outputs/scripted/checkpoint-200"
 
 
-async def test_read_only_attach_disables_controls():
+async def test_read_only_attach_disables_controls(make_app):
     app = make_app(controls=False)
     async with app.run_test(size=SIZE) as pilot:
         assert app.source.read_only
         assert "read-only" in app.sub_title
-        for action in ("pause", "save", "evaluate"):
-            assert app.check_action(action, ()) is None
-        await pilot.press("p", "s", "e")  # greyed out: nothing happens, nothing breaks
+        for action in ("pause", "resume", "save", "evaluate"):
+            assert app.check_action(action, ()) is False
+        await pilot.pause(0.3)
+        footer = {b.binding.description for b in app.active_bindings.values() if b.binding.show and b.enabled}
+        assert not footer & {"Pause", "Resume", "Save", "Eval"} and "Quit" in footer
+        await pilot.press("p", "s", "e")  # not offered: nothing happens, nothing breaks
         await pilot.press("question_mark")
         assert "read-only" in text_of(app.screen.query_one("#help-box Static").content)
         await pilot.press("escape", "q")
         await wait_for(pilot, lambda: not app.is_running)
 
 
-async def test_progress_status_before_any_record():
+async def test_progress_status_before_any_record(make_app):
     app = make_app([])
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.2)
@@ -435,7 +464,7 @@ async def test_progress_status_before_any_record():
         await wait_for(pilot, lambda: app.query_one(CheckpointsTable).row_count == 1)
 
 
-async def test_panes_come_from_factories_and_get_run_messages():
+async def test_panes_come_from_factories_and_get_run_messages(make_app):
     from textual.widgets import Static
 
     class Checklist(Static):
@@ -446,8 +475,8 @@ async def test_panes_come_from_factories_and_get_run_messages():
         def on_checkpoint_saved(self, message: CheckpointSaved) -> None:
             self.saves.append(message.record["step"])
 
-    source = ScriptedSource(run_records(steps=100), controls=Controls())
-    app = CockpitApp(source, clock=lambda: 0.0, panes={"checklist": Checklist})
+    app = make_app(run_records(steps=100))
+    app.panes = {"checklist": Checklist}
     async with app.run_test(size=SIZE) as pilot:
         pane = app.query_one(Checklist)
         assert pane.id == "checklist-pane" and app.pane_widgets["checklist"] is pane
@@ -455,7 +484,7 @@ async def test_panes_come_from_factories_and_get_run_messages():
         assert isinstance(app.pane_widgets["chat"], PanePlaceholder)
 
 
-async def test_mfu_shows_when_the_engine_logs_it():
+async def test_mfu_shows_when_the_engine_logs_it(make_app):
     recs = run_records(steps=5)
     recs[-2] = {**recs[-2], "mfu": 0.3812}  # the last step record (the gpu record is last)
     app = make_app(recs)
@@ -463,7 +492,7 @@ async def test_mfu_shows_when_the_engine_logs_it():
         await wait_for(pilot, lambda: "MFU 38%" in fields(app))
 
 
-async def test_curriculum_phase_and_mix_show_in_progress():
+async def test_curriculum_phase_and_mix_show_in_progress(make_app):
     recs = run_records(steps=10) + [
         {
             "t": 1,
@@ -488,7 +517,7 @@ async def test_curriculum_phase_and_mix_show_in_progress():
         await wait_for(pilot, lambda: "esoteric 70/60%" in fields(app) and "psychology 30/40%" in fields(app))
 
 
-async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses():
+async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses(make_app):
     """Past epoch 3 the guide only gives a ceiling (band 0-1.0): no log of zero, no crash."""
     recs = [
         {"t": 1, "kind": "step", "step": s, "loss": 0.0 if s == 7 else 3.0 / s, "epoch": s / 10}
@@ -506,7 +535,7 @@ async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses():
         assert "guide < 1.00" in text_of(app.query_one("#loss-caption").content)
 
 
-async def test_a_chart_that_cannot_draw_says_so_and_the_cockpit_stays():
+async def test_a_chart_that_cannot_draw_says_so_and_the_cockpit_stays(make_app):
     app = make_app(run_records(steps=20))
     async with app.run_test(size=SIZE) as pilot:
         plot = app.query_one("#loss-plot")

@@ -7,24 +7,20 @@ re-measures when a job ends.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from cockpit_script import text_of, wait_for
+from cockpit_script import end_jobs, launched_app, text_of, wait_for
 from conftest import train_tiny
 
-from cockpit.app import CockpitApp
 from cockpit.checklist_pane import ChecklistPane
 from cockpit.launch import build_attach_app, panes
 from cockpit.messages import JobEnded
-from cockpit.source import ScriptedSource
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.ship_menu import ShipMenu
 from engine import lineage
-from engine.control import Controls
 from engine.events import read_events
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +31,12 @@ JOB_S = 120.0
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _end_jobs():
+    yield
+    end_jobs()
 
 
 @pytest.fixture
@@ -216,26 +218,15 @@ async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch
 
 
 async def test_merge_while_training_says_it_loads_a_second_base(trained):
-    """A live run in this cockpit (a stand-in trainer here): the merge runs beside it, never on it."""
+    """A live run in this cockpit (a scripted job here): the merge runs beside it, never on it."""
     run_dir, out = trained
     records = read_events(run_dir / "events.jsonl").records
-    started = []
-
-    def trainer(source):
-        started.append(True)
-        source.controls.stop.wait(JOB_S)
-
-        class Done:
-            status = "stopped"
-
-        return Done()
-
-    source = ScriptedSource(records, controls=Controls(), train=trainer, run_name="ship", run_dir=run_dir)
-    source.config = json.loads(json.dumps({"output_dir": str(out)}))
-    app = CockpitApp(source, panes=panes())
+    records = [r for r in records if r["kind"] != "end"]  # still training
+    app = launched_app(run_dir.parent / "live", records, config={"output_dir": str(out)})
+    app.panes = panes()
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 2 and started, 30)
+        await wait_for(pilot, lambda: table.row_count == 2 and "training" in app.sub_title, 30)
         table.focus()
         await pilot.press("M")
         menu = await ship_menu(pilot)
@@ -246,5 +237,5 @@ async def test_merge_while_training_says_it_loads_a_second_base(trained):
         assert panel.entries[0].note.startswith("loads a second copy of the base")
         await job_ended(pilot)
         assert panel.entries[0].job.state == "done" and app.training_alive
-        # Closing the app stops the stand-in trainer (as it stops a real run).
+        # Closing the app stops the scripted job (as it stops a real run).
     assert (out.with_name("out-merged") / "config.json").is_file()

@@ -7,33 +7,38 @@ sampling. Update after a deliberate change with ``pytest tests/test_cockpit_snap
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from cockpit_script import last_t, run_records
+from cockpit_script import attached_app, end_jobs, launched_app, run_records
 
 from cockpit.app import CockpitApp
-from cockpit.source import ScriptedSource
 from cockpit.widgets.loss_chart import LossChart
-from engine.control import Controls
 
 WIDE, NARROW = (120, 40), (80, 24)
 
 
-def scripted_app(*, controls: bool = True, train=None) -> CockpitApp:
-    records = run_records()
-    source = ScriptedSource(
-        records, controls=Controls() if controls else None, train=train, run_name="scripted"
-    )
-    t = last_t(records) + 60
-    return CockpitApp(source, clock=lambda: t)
+@pytest.fixture(autouse=True)
+def _end_jobs():
+    yield
+    end_jobs()
+
+
+@pytest.fixture
+def scripted_app(tmp_path):
+    """The cockpit over a scripted job (controls=False: attached read-only to the same log)."""
+
+    def make(*, controls: bool = True, **job_kw) -> CockpitApp:
+        if not controls:
+            return attached_app(tmp_path / "run", run_records(), live=True)
+        return launched_app(tmp_path / "run", run_records(), **job_kw)
+
+    return make
 
 
 async def loaded(pilot) -> None:
     """Wait until every record is on screen and the chart has drawn them."""
     chart = pilot.app.query_one(LossChart)
-    for _ in range(100):
-        if len(chart.train) == 300:
+    for _ in range(200):
+        if len(chart.train) == 300 and any(w in pilot.app.sub_title for w in ("training", "running")):
             break
         await pilot.pause(0.05)
     await pilot.pause(0.6)  # past one refresh of every panel
@@ -41,27 +46,18 @@ async def loaded(pilot) -> None:
     await pilot.pause(0.1)
 
 
-def stand_in_trainer(source):
-    source.controls.stop.wait(30)  # ended by the app closing after the snapshot
-
-    class Done:
-        status = "stopped"
-
-    return Done()
-
-
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["120x40", "80x24"])
-def test_dashboard(snap_compare, size):
+def test_dashboard(snap_compare, scripted_app, size):
     assert snap_compare(scripted_app(), terminal_size=size, run_before=loaded)
 
 
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["120x40", "80x24"])
-def test_attached_read_only(snap_compare, size):
+def test_attached_read_only(snap_compare, scripted_app, size):
     assert snap_compare(scripted_app(controls=False), terminal_size=size, run_before=loaded)
 
 
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["120x40", "80x24"])
-def test_chart_zoomed_log_unsmoothed(snap_compare, size):
+def test_chart_zoomed_log_unsmoothed(snap_compare, scripted_app, size):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("m", "l", "z", "z")
@@ -70,7 +66,7 @@ def test_chart_zoomed_log_unsmoothed(snap_compare, size):
     assert snap_compare(scripted_app(), terminal_size=size, run_before=run_before)
 
 
-def test_help(snap_compare):
+def test_help(snap_compare, scripted_app):
     async def run_before(pilot):
         await loaded(pilot)
         await pilot.press("question_mark")
@@ -79,12 +75,10 @@ def test_help(snap_compare):
     assert snap_compare(scripted_app(), terminal_size=NARROW, run_before=run_before)
 
 
-def test_confirm_quit(snap_compare):
+def test_confirm_quit(snap_compare, scripted_app):
     async def run_before(pilot):
         await loaded(pilot)
-        while not (pilot.app.training and pilot.app.training.is_alive()):
-            await asyncio.sleep(0.05)
         await pilot.press("q")
         await pilot.pause(0.2)
 
-    assert snap_compare(scripted_app(train=stand_in_trainer), terminal_size=WIDE, run_before=run_before)
+    assert snap_compare(scripted_app(), terminal_size=WIDE, run_before=run_before)

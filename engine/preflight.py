@@ -1,0 +1,227 @@
+"""Start-up checks: everything that can be known wrong before training starts, found at once.
+
+``preflight(config, ...)`` runs after the config has loaded and before a trainer (or the
+cockpit's screen) starts: the base model folder or cache entry, the data files, what the
+config asks of the machine (QLoRA, 4-bit and 8-bit need a CUDA GPU and bitsandbytes), the
+run folder and ``output_dir`` (another trainer on them; ``--resume never`` over old
+checkpoints) and whether the folders can be written. Every problem is collected and raised
+as one ``UserError`` (exit 2), so a user fixes them all in one go instead of one per attempt.
+
+Cheap by design: no model, tokenizer or data set is loaded (``check`` validates every row),
+and torch is imported only when the config needs a GPU. Locks are only read, never taken:
+a probe must not make a trainer starting at that instant think its run is taken.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import UserError
+
+
+@dataclass
+class Problem:
+    message: str
+    fix: str
+
+
+def preflight(
+    config,
+    run_dir: Path,
+    *,
+    resume: str = "auto",
+    force: bool = False,
+    cuda: bool | None = None,
+    config_file: str | Path | None = None,
+) -> None:
+    """Raise one UserError listing every problem found; return quietly when there is none.
+
+    ``cuda``: whether a CUDA GPU is usable (None: ask torch, only if the config needs one).
+    ``config_file`` names the file in the messages about its keys.
+    """
+    at = f"{config_file}: " if config_file else ""
+    problems = [
+        *model_problems(config.base_model, at),
+        *data_problems(config.datasets, at),
+        *device_problems(config, cuda),
+        *folder_problems(config, Path(run_dir), resume, force),
+    ]
+    if problems:
+        raise combined(problems)
+
+
+def combined(problems: list[Problem]) -> UserError:
+    if len(problems) == 1:
+        return UserError(problems[0].message, problems[0].fix)
+    lines = [f"{len(problems)} problems stop this run before it starts:"]
+    for i, p in enumerate(problems, 1):
+        lines.append(f"  {i}. {p.message}\n     fix: {p.fix}")
+    return UserError("\n".join(lines), "fix the problems above and run the same command again")
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+def model_problems(base_model: str, at: str = "") -> list[Problem]:
+    if base_model.startswith("builtin:"):
+        return []  # built offline on first use
+    p = Path(base_model)
+    if p.exists():
+        if not p.is_dir():
+            return [
+                Problem(
+                    f"base_model {base_model}: a file, not a model folder", "point base_model at a folder"
+                )
+            ]
+        if not (p / "config.json").is_file():
+            return [
+                Problem(
+                    f"base_model {base_model}: no config.json in this folder",
+                    "point base_model at a model folder",
+                )
+            ]
+        return []
+    if _looks_like_path(base_model) or not _in_hub_cache(base_model):
+        return [
+            Problem(
+                f"{at}base_model `{base_model}` is not a local folder and is not in the local Hugging Face "
+                "cache (nothing is downloaded at run time)",
+                f"download it once with `hf download {base_model}`, or point base_model at a model folder",
+            )
+        ]
+    return []
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+# -- the data ---------------------------------------------------------------------------------
+
+
+def data_problems(datasets, at: str = "") -> list[Problem]:
+    out = []
+    for i, ds in enumerate(datasets):
+        p = Path(ds.path)
+        where = f"{at}datasets[{i}].path {ds.path}"
+        if not p.exists():
+            out.append(
+                Problem(
+                    f"{where}: no such file or folder",
+                    "fix the path (relative paths are looked up beside the config, then in the current folder)",
+                )
+            )
+        elif p.is_file() and not os.access(p, os.R_OK):
+            out.append(Problem(f"{where}: cannot be read", "check its permissions"))
+        elif p.is_file() and p.stat().st_size == 0:
+            out.append(Problem(f"{where}: the file is empty", "point it at a data file with rows"))
+    return out
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+def device_problems(config, cuda: bool | None = None) -> list[Problem]:
+    bits = config.quant_bits
+    if not bits:
+        return []
+    what = (
+        "adapter: qlora (4-bit)"
+        if config.adapter == "qlora"
+        else ("load_in_4bit" if bits == 4 else "load_in_8bit")
+    )
+    out = []
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        out.append(
+            Problem(
+                f"{what} needs a CUDA GPU, and this machine has none (bitsandbytes quantizes on the GPU)",
+                "use `adapter: lora` without load_in_4bit/load_in_8bit on this machine, or run on a GPU host",
+            )
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        out.append(Problem(f"{what} needs the bitsandbytes package", "pip install 'leviathan-cockpit[gpu]'"))
+    return out
+
+
+# -- the folders ------------------------------------------------------------------------------
+
+
+def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Problem]:
+    out_dir = Path(config.output_dir)
+    out = []
+    for what, folder in (("run folder", run_dir), ("output_dir", out_dir)):
+        holder = lock_holder(folder)
+        if holder is not None:
+            out.append(
+                Problem(
+                    f"{what} {folder} is in use by a running trainer (pid {holder})",
+                    f"watch it with `leviathan-cockpit attach {run_dir}`, stop that process, "
+                    "or give this run its own output_dir / --run-name",
+                )
+            )
+        elif not _writable(folder):
+            out.append(
+                Problem(
+                    f"{what} {folder}: cannot be created or written", "check the path and its permissions"
+                )
+            )
+    if resume == "never" and not force and _has_checkpoints(out_dir):
+        out.append(
+            Problem(
+                f"{out_dir} already holds checkpoints and --resume never was given",
+                "choose a new output_dir, remove the old checkpoints, or pass --force to train over them",
+            )
+        )
+    return out
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid of a live process named in ``folder/.lock`` (engine.runlock), else None.
+
+    Reads the pid the holder wrote and never takes the lock, not even shared for an instant:
+    a trainer starting at that moment would think its run is taken."""
+    try:
+        pid = int((Path(folder) / ".lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _writable(folder: Path) -> bool:
+    p = Path(folder).absolute()
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def _has_checkpoints(out_dir: Path) -> bool:
+    from engine import checkpoints
+
+    return out_dir.is_dir() and bool(checkpoints.scan(out_dir)[0])
