@@ -149,19 +149,9 @@ def main(argv=None) -> int:
 
     base, tok = build_model(shape, device, dtype)
     merged_src = copy.deepcopy(base)  # the second copy: becomes the merged model
-    # The training model as the trainer has it: our packed attention, Liger's kernels.
     from engine.attention import register
 
-    base.config._attn_implementation = register()
-    liger = "no"
-    if cuda:
-        try:
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-
-            _apply_liger_kernel_to_instance(model=base)
-            liger = "yes"
-        except Exception as e:  # not installed here: the numbers say so
-            liger = f"no ({type(e).__name__})"
+    base.config._attn_implementation = register()  # the trainer's packed attention
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.enable_input_require_grads()
     model = attach_lora(base, lora_config(16), gradient_checkpointing=True)
@@ -183,43 +173,58 @@ def main(argv=None) -> int:
     add(row("raw HF generate, static cache: 1st call", n, f, tps, s, extra="includes its compile"))
     n, f, tps, s = hf_generate(merged, ids, new, static=True)
     add(row("raw HF generate, static cache", n, f, tps, s))
-
-    modes = ["graph", "eager"] + ([] if args.no_compile or not cuda else ["compile"])
-    for mode in modes:
-        for call in ("1st call", "again"):
-            n, f, tps, s, used = ours_rows(merged, [prompt], new, mode=mode)
-            add(row(f"ours: merged model, {mode} steps ({call})", n, f, tps, s, extra=used))
-
-    for label, targets in (
-        ("ours: chat, checkpoint beside training adapter", [str(ckpt)]),
-        ("ours: chat, live training weights", [LIVE]),
-        ("ours: compare, checkpoint | live (one batch)", [str(ckpt), LIVE]),
-    ):
-        for call in ("1st call", "again"):
-            done = chat(model, tok, targets, new)
-            a = done.answers[0]
-            add(
-                row(
-                    f"{label} ({call})", a.tokens, a.first_token_s, a.tokens_per_s, done.seconds, len(targets)
-                )
-            )
-
-    if "compile" in modes:
-        with training_untouched(model):
-            for call in ("1st call", "again"):
-                n, f, tps, s, used = ours_rows(model, [prompt], new, mode="compile", names=[ACTIVE])
-                add(row(f"ours: live weights, compile steps ({call})", n, f, tps, s, extra=used))
-        from engine.generate import release
-
-        release(model)
-
-    # Suites: 8 prompts in one batch (live weights), and the identity suite on the checkpoint.
     suite = list(IDENTITY_PROMPTS) + ["What is 2 plus 2?", "Write a haiku.", "Name three colours."]
     rows8 = [render(tok, p) for p in suite]
     width = max(len(r) for r in rows8)
     padded = torch.tensor([[0] * (width - len(r)) + r for r in rows8], device=device)
     n, f, tps, s = hf_generate(merged, padded, new, static=False)
     add(row("raw HF generate, eager, 8 suite prompts", n, f, tps, s, batch=8, extra="tokens/s: all rows"))
+    if cuda and not args.no_compile:
+        for call in ("1st call", "again"):
+            n, f, tps, s = hf_generate(merged, padded, new, static=True)
+            add(row(f"raw HF generate, static cache, 8 suite prompts ({call})", n, f, tps, s, 8, "all rows"))
+    n, f, tps, s, used = ours_rows(merged, rows8, new)
+    n, f, tps, s, used = ours_rows(merged, rows8, new)
+    add(row("ours: 8 suite prompts, merged model", n, f, tps, s, 8, f"all rows, {used}"))
+
+    compiled = [] if args.no_compile or not cuda else ["compile-graph", "compile"]
+    for mode in ["graph", *compiled, "eager"]:
+        for call in ("1st call", "again"):
+            n, f, tps, s, used = ours_rows(merged, [prompt], new, mode=mode)
+            add(row(f"ours: merged model, {mode} steps ({call})", n, f, tps, s, extra=used))
+    from engine.generate import release
+
+    release(merged)
+
+    # Liger's kernels as the trainer applies them (they patch transformers' module functions
+    # for every model in the process, so only after the raw HF baselines).
+    liger = "no"
+    if cuda:
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=base)
+            liger = "yes"
+        except Exception as e:  # not installed here: the numbers say so
+            liger = f"no ({type(e).__name__})"
+
+    def chats(mode):
+        os.environ["LEVIATHAN_DECODE_MODE"] = mode
+        for label, targets in (
+            ("ours: chat, checkpoint beside training adapter", [str(ckpt)]),
+            ("ours: chat, live training weights", [LIVE]),
+            ("ours: compare, checkpoint | live (one batch)", [str(ckpt), LIVE]),
+        ):
+            for call in ("1st call", "again"):
+                done = chat(model, tok, targets, new)
+                a = done.answers[0]
+                lab = f"{label}, {mode} ({call})"
+                add(row(lab, a.tokens, a.first_token_s, a.tokens_per_s, done.seconds, len(targets)))
+        os.environ.pop("LEVIATHAN_DECODE_MODE", None)
+
+    chats("graph")
+
+    # Suites: 8 prompts in one batch (live weights), and the identity suite on the checkpoint.
     with training_untouched(model):
         for call in ("1st call", "again"):
             n, f, tps, s, used = ours_rows(model, rows8, new, names=[ACTIVE] * 8)
@@ -244,6 +249,9 @@ def main(argv=None) -> int:
 
         release(model)
         adapters.trim(0)
+
+    for mode in compiled[:1]:  # last: its compiles take the longest
+        chats(mode)
 
     same = all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
     rng_now = capture_rng()

@@ -11,8 +11,10 @@ token rows (left-padded here), prefills them in one eager forward, then decodes:
   updated in place, one column a step;
 - on CUDA a decode step (forward, greedy pick, the in-place updates of the next step's
   inputs) is captured once as a CUDA graph and replayed: one launch a token instead of a
-  thousand (``mode="graph"``); ``mode="compile"`` runs ``torch.compile(mode="reduce-overhead")``
-  of the forward instead (measured in benchmarks/generate.py); on CPU steps run eagerly;
+  thousand (``mode="graph"``); ``mode="compile-graph"`` captures the same step with the
+  model under ``torch.compile`` (Inductor fuses the small ops; its graph breaks cost nothing
+  inside one captured graph); ``mode="compile"`` is plain ``torch.compile(mode="reduce-overhead")``
+  of the forward (measured in benchmarks/generate.py); on CPU steps run eagerly;
 - tokens come back through a pinned buffer a few steps behind the device, so the host
   reads them (for streaming, end of answer, stop requests) without stalling the GPU.
 
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-MODES = ("auto", "eager", "graph", "compile")
+MODES = ("auto", "eager", "graph", "compile-graph", "compile")
+MODE_ENV = "LEVIATHAN_DECODE_MODE"  # overrides "auto" (benchmarks, or a model that needs eager)
 BUCKET = 256  # cache lengths are rounded up to this: fewer distinct graphs
 LAG = 2  # decode steps the host may trail the device by
 MASKS_OK = ("sdpa", "eager", "leviathan_varlen")
@@ -63,7 +66,13 @@ class Decoder:
         self.core = core_model(model)
         first = next(p for p in self.core.parameters() if p.device.type != "meta")
         self.device, self.dtype = first.device, self._compute_dtype()
-        self.mode = ("graph" if self.device.type == "cuda" else "eager") if mode == "auto" else mode
+        if mode == "auto":
+            import os
+
+            mode = os.environ.get(MODE_ENV) or ("graph" if self.device.type == "cuda" else "eager")
+            if mode not in MODES[1:]:
+                raise ValueError(f"{MODE_ENV}={mode!r}: one of {MODES[1:]}")
+        self.mode = mode
         if self.device.type != "cuda":
             self.mode = "eager"
         params = inspect.signature(self.core.forward).parameters
@@ -71,6 +80,7 @@ class Decoder:
         self._caches: dict[tuple[int, int], object] = {}
         self._graphs: dict[tuple, object] = {}
         self._compiled = None
+        self._inductor = None  # compile-graph: the model compiled without cudagraphs
         self.notes: list[str] = []
 
     def _compute_dtype(self):
@@ -174,8 +184,16 @@ class Decoder:
         )
 
     def _stepper(self, st, cache, route, greedy, temperature, top_p) -> Callable[[], None]:
+        fused = None
+        if self.mode == "compile-graph":
+            # Inductor fuses the small ops (norms, rope, activations); graph breaks cost nothing
+            # because the whole step, compiled parts and eager parts, is captured as one graph.
+            if self._inductor is None:
+                self._inductor = torch.compile(self.core, dynamic=False, fullgraph=False)
+            fused = self._inductor
+
         def eager_step():
-            logits = self._forward(st.ids, st.mask, st.pos, st.cpos, cache)
+            logits = self._forward(st.ids, st.mask, st.pos, st.cpos, cache, fused)
             st.advance(_pick(logits, greedy, temperature, top_p))
 
         self._mode_used = "eager"
@@ -184,7 +202,7 @@ class Decoder:
         if self.mode == "compile":
             return self._compiled_step(st, cache, greedy, temperature, top_p)
         key = (route.key if route is not None else None, st.rows, st.length, greedy)
-        self._mode_used = "graph"
+        self._mode_used = self.mode
         graph = self._graphs.get(key, (None,))[0]
 
         def graph_step():
@@ -197,7 +215,7 @@ class Decoder:
                 with torch.cuda.stream(stream):
                     eager_step()
                 torch.cuda.current_stream(self.device).wait_stream(stream)
-                graph = self._capture(st, cache, greedy, stream)
+                graph = self._capture(st, cache, greedy, stream, fused)
                 if graph is None:
                     self._mode_used = "eager"
                     graph = eager_step
@@ -215,11 +233,11 @@ class Decoder:
 
         return graph_step
 
-    def _capture(self, st, cache, greedy, stream):
+    def _capture(self, st, cache, greedy, stream, fused=None):
         try:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, stream=stream, capture_error_mode="thread_local"):
-                logits = self._forward(st.ids, st.mask, st.pos, st.cpos, cache)
+                logits = self._forward(st.ids, st.mask, st.pos, st.cpos, cache, fused)
                 if greedy:
                     st.advance(logits.argmax(-1))
             g.logits = logits
