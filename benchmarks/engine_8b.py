@@ -1,8 +1,10 @@
 """The real command line on an 8B-shaped model: `leviathan-cockpit train CONFIG --headless`, LoRA and QLoRA.
 
-    python3 benchmarks/engine_8b.py [--steps 30] [--variants lora,qlora]
+    python3 benchmarks/engine_8b.py [--steps 30] [--variants lora,qlora,vl-lora,vl-qlora]
 
 Builds a random-initialised 8B-shaped Qwen3 (bf16) with a tiny byte-level tokenizer, saves it,
+and for the ``vl-`` variants the guide's own base shape: a Qwen3-VL whose text tower is
+Qwen3-8B's (Qwen3-VL-8B's interleaved mrope) with a small vision tower (trained text-only),
 writes a chat JSONL of long synthetic conversations and an Axolotl-style config, then runs the
 CLI headless in a subprocess for each variant and reads its run log: tokens/s over the steps
 after warm-up, the time to the first step, the peak GPU memory from the run log's `gpu`
@@ -26,23 +28,65 @@ sys.path.insert(0, str(ROOT))
 from synthetic import write_chat_data  # noqa: E402
 
 
-def build(workdir: Path, tiny: bool) -> Path:
+def vl_config(tiny: bool, tok):
+    """Qwen3-VL with Qwen3-8B's text tower and Qwen3-VL-8B's mrope; a 2-block vision tower."""
+    from shapes import QWEN3_8B, TINY
+    from transformers import Qwen3VLConfig
+
+    ids = tok.convert_tokens_to_ids
+    shape = TINY if tiny else QWEN3_8B
+    half = shape["head_dim"] // 2  # mrope sections cover half the head: Qwen3-VL-8B's 24/20/20 of 64
+    section = [24, 20, 20] if half == 64 else [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
+    text = dict(
+        **{**shape, "vocab_size": len(tok) if tiny else shape["vocab_size"]},
+        tie_word_embeddings=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5_000_000.0,
+            "mrope_section": section,
+            "mrope_interleaved": True,
+        },
+    )
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2,
+            hidden_size=256,
+            intermediate_size=512,
+            num_heads=4,
+            out_hidden_size=shape["hidden_size"],
+            num_position_embeddings=256,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+
+
+def build(workdir: Path, tiny: bool, vl: bool = False) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from engine.tiny import build_tokenizer
 
-    tok = build_tokenizer("qwen3")
+    tok = build_tokenizer("qwen3_vl" if vl else "qwen3")
     from shapes import qwen3_config
 
-    cfg = qwen3_config(tiny, vocab_size=len(tok)) if tiny else qwen3_config()
-    cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    if vl:
+        cfg = vl_config(tiny, tok)
+    else:
+        cfg = qwen3_config(tiny, vocab_size=len(tok)) if tiny else qwen3_config()
+        cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    auto = AutoModelForImageTextToText if vl else AutoModelForCausalLM
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(
-            cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32
-        )
-    path = workdir / "model"
+        model = auto.from_config(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    path = workdir / ("model-vl" if vl else "model")
     model.save_pretrained(path)
     tok.save_pretrained(path)
     del model
@@ -81,6 +125,9 @@ def summarise(name: str, events: Path, warmup: int, wall: float) -> dict:
         "grad_ckpt": start.get("gradient_checkpointing"),
         "why": start.get("gradient_checkpointing_reason"),
         "final_loss": last["loss"],
+        "mfu": sum(s.get("mfu") or 0 for s in steps[warmup:]) / max(len(steps[warmup:]), 1),
+        "attention": start.get("attention"),
+        "liger": start.get("liger"),
         "wall_s": wall,
         "setup_s": start.get("setup_s"),
     }
@@ -97,17 +144,19 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lev-8b-"))
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    model = build(work, args.tiny)
-    print(f"model built and saved in {time.time() - t0:.0f}s at {model}", flush=True)
+    models = {}
+    for vl in sorted({v.startswith("vl-") for v in args.variants.split(",")}):
+        t0 = time.time()
+        models[vl] = build(work, args.tiny, vl)
+        print(f"model built and saved in {time.time() - t0:.0f}s at {models[vl]}", flush=True)
     data = write_chat_data(work / "chat.jsonl", args.rows)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
     rows = []
     for v in args.variants.split(","):
         cfg = {
-            "base_model": str(model),
+            "base_model": str(models[v.startswith("vl-")]),
             "datasets": [{"path": str(data), "type": "chat_template"}],
-            "adapter": v,
+            "adapter": v.removeprefix("vl-"),
             "lora_r": 16,
             "lora_alpha": 32,
             "lora_dropout": 0.0,
@@ -140,12 +189,12 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     print()
     print(
-        f"{'variant':<8} {'tokens/s':>9} {'s/step':>7} {'1st step s':>10} {'peak GiB':>9} {'ckpt':>5} "
+        f"{'variant':<8} {'tokens/s':>9} {'MFU':>5} {'s/step':>7} {'1st step s':>10} {'peak GiB':>9} {'ckpt':>5} "
         f"{'loss':>6}  gradient checkpointing choice"
     )
     for r in rows:
         print(
-            f"{r['variant']:<8} {r['tokens_per_s']:>9,.0f} {r['s_per_step']:>7.2f} {r['first_step_s']:>10.1f} "
+            f"{r['variant']:<8} {r['tokens_per_s']:>9,.0f} {(r['mfu'] or 0):>5.1%} {r['s_per_step']:>7.2f} {r['first_step_s']:>10.1f} "
             f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>5} {r['final_loss']:>6.3f}  {r['why']}"
         )
     if os.environ.get("OUT"):

@@ -3,12 +3,12 @@
 One base model in memory, any number of LoRA checkpoints loaded beside it as named PEFT
 adapters. A request names its *targets*: ``base`` (adapters off), ``live`` (the adapter
 being trained, during training only) or a checkpoint folder. Generation does not switch
-the model's active adapter: PEFT's mixed-batch inference (``adapter_names=[...]``, one
-name per row) routes each row through its own adapter, so
+the model's active adapter: the engine (``engine.generate.run_rows``, ``engine.routing``)
+routes each row through its own adapter for the length of the call, so
 
 - a chat with a checkpoint never touches the active (training) adapter or its
   ``requires_grad`` flags (``set_adapter`` would flip them), and
-- *compare* is one batched ``generate`` call: the same prompt twice, row 0 through
+- *compare* is one batch: the same prompt twice, row 0 through
   checkpoint A and row 1 through checkpoint B, both streaming token by token together.
   Same prompt means same length: no padding, and each row is exactly what a single chat
   with that checkpoint would produce greedily.
@@ -231,48 +231,6 @@ class _Lane:
         return self._decode(self.ids)
 
 
-class Streamer:
-    """A transformers streamer for a batch: one lane per row, deltas to the sink."""
-
-    def __init__(self, tokenizer, rows: int, stop_ids: set[int], emit: Callable[[int, str], None]) -> None:
-        self.lanes = [_Lane(tokenizer, stop_ids) for _ in range(rows)]
-        self.emit = emit
-        self._prompt_seen = False
-        self.t0 = time.perf_counter()
-        self.t_first: float | None = None
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() hands over the prompt first
-            self._prompt_seen = True
-            return
-        now = time.perf_counter()
-        self.t_first = self.t_first or now
-        for lane_i, token in enumerate(value.reshape(len(self.lanes), -1)[:, -1].tolist()):
-            lane = self.lanes[lane_i]
-            if not lane.done:
-                lane.t_last = now
-            text = lane.push(int(token))
-            if text:
-                self.emit(lane_i, text)
-
-    def end(self) -> None:
-        for lane_i, lane in enumerate(self.lanes):
-            text = lane.flush()
-            if text:
-                self.emit(lane_i, text)
-
-
-def _stop_criteria(stop: threading.Event):
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class StopOnEvent(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([StopOnEvent()])
-
-
 def stop_token_ids(tokenizer, model=None) -> set[int]:
     """EOS of the tokenizer and of the model's generation config, plus the usual turn ends."""
     ids: set[int] = set()
@@ -314,54 +272,58 @@ def generate(model, tokenizer, request: Request, adapter_names: list[str] | None
     """Generate the answer(s) of ``request`` on the calling thread, streaming deltas to ``sink``.
 
     ``adapter_names`` has one PEFT adapter name per target (``__base__`` for the base),
-    or is None for a model without adapters.
+    or is None for a model without adapters. One batch through the engine
+    (``engine.generate.run_rows``): a chat is one row, compare one row per target.
     """
-    import torch
+    from engine.generate import ACTIVE, run_rows
 
     s = request.settings
     rows = len(request.targets)
-    ids = encode(tokenizer, request.messages()).to(device_of(model))
-    ids = ids.repeat(rows, 1)
+    ids = encode(tokenizer, request.messages())[0].tolist()
     stops = stop_token_ids(tokenizer, model)
-    streamer = Streamer(tokenizer, rows, stops, lambda lane, text: sink(Delta(request.id, lane, text)))
+    lanes = [_Lane(tokenizer, stops) for _ in range(rows)]
+
+    def on_token(row: int, token: int) -> None:
+        text = lanes[row].push(token)
+        if text:
+            sink(Delta(request.id, row, text))
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    kwargs = dict(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
+    result = run_rows(
+        model,
+        [ids] * rows,
         max_new_tokens=s.max_new_tokens,
-        do_sample=s.temperature > 0,
-        streamer=streamer,
-        stopping_criteria=_stop_criteria(request.stop),
-        eos_token_id=sorted(stops),
-        pad_token_id=pad,
-        use_cache=True,
+        stop_ids=stops,
+        pad_id=pad,
+        names=list(adapter_names) if adapter_names is not None else [ACTIVE] * rows,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        on_token=on_token,
+        should_stop=request.stop.is_set,
     )
-    if s.temperature > 0:
-        kwargs.update(temperature=s.temperature, top_p=s.top_p)
-    else:
-        # The model's own sampling defaults would only warn under greedy decoding.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if adapter_names is not None:
-        kwargs["adapter_names"] = adapter_names
-    with torch.no_grad():
-        model.generate(**kwargs)
+    for lane_i, lane in enumerate(lanes):
+        text = lane.flush()
+        if text:
+            sink(Delta(request.id, lane_i, text))
     answers = []
-    for target, lane in zip(request.targets, streamer.lanes, strict=True):
-        n = len(lane.ids) + (1 if lane.hit_eos else 0)
-        if request.stop.is_set() and not lane.hit_eos:
-            reason = "stopped"
-        elif lane.hit_eos:
+    for row, (target, lane) in enumerate(zip(request.targets, lanes, strict=True)):
+        n = len(result.tokens[row]) + (1 if result.hit_stop[row] else 0)
+        if result.hit_stop[row]:
             reason = "eos"
+        elif request.stop.is_set() and n < s.max_new_tokens:
+            reason = "stopped"
         else:
             reason = "length"
-        span = (lane.t_last - streamer.t_first) if streamer.t_first and lane.t_last else 0.0
+        t_last = result.t_last[row]
+        span = (t_last - result.t_first) if result.t_first and t_last else 0.0
+        first = result.first_token_s if n else None
         answers.append(
             Answer(
                 target=target,
                 text=lane.text(),
                 reason=reason,
                 tokens=n,
-                first_token_s=round(streamer.t_first - streamer.t0, 4) if streamer.t_first else None,
+                first_token_s=round(first, 4) if first is not None else None,
                 tokens_per_s=round((n - 1) / span, 2) if span > 0 and n > 1 else None,
             )
         )
@@ -598,6 +560,9 @@ def chat_on_training_model(
                 names = adapters.names(request.targets)
                 answers = generate(model, tokenizer, request, names, sink)
             finally:
+                from engine.generate import release
+
+                release(model)  # its KV cache and graphs: training wants the memory back
                 adapters.trim(0)
         done = Done(request.id, answers, step, round(time.perf_counter() - t0, 3), adapters.notes)
         sink(done)

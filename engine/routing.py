@@ -1,0 +1,147 @@
+"""Which adapter each row of a batch goes through, without PEFT's per-sample path.
+
+PEFT's mixed-batch inference (``adapter_names=[...]``) splits every LoRA layer's input by
+row with index tensors built from Python lists on each call: many small launches, a host
+copy per layer, nothing a CUDA graph can hold. A ``Route`` instead replaces, for the
+length of a ``with`` block, each LoRA linear layer's forward with a lean one:
+
+- one target for the whole batch (a chat, a suite): ``base(x) + B(A(x)) * scaling`` of that
+  adapter only (no dropout: inference), or the base layer alone for ``base``;
+- several (compare): every adapter named in the batch runs on the whole batch, and a
+  per-row scale (the adapter's scaling on its rows, 0 elsewhere) keeps each row's own.
+
+Nothing about the model changes: not the active adapter, not ``requires_grad``, not the
+weights. On CUDA the adapter's matrices are used in the base layer's dtype (copies when
+PEFT keeps them in float32) and the second product adds into the base output in one
+``addmm``; on CPU the arithmetic is PEFT's own, operation for operation, so greedy answers
+equal PEFT's. Layers this does not cover (DoRA and other variants, merged adapters, saved
+whole modules) make ``supported`` False: the caller uses PEFT's own path then.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lora_layers(model) -> list:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover
+        return []
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def _unsupported(model, names: set[str]) -> str | None:
+    from peft.tuners.lora import Linear
+
+    try:
+        from peft.utils import ModulesToSaveWrapper
+    except ImportError:  # pragma: no cover
+        ModulesToSaveWrapper = ()  # noqa: N806
+    for m in model.modules():
+        if ModulesToSaveWrapper and isinstance(m, ModulesToSaveWrapper):
+            return "the adapter saves whole modules"
+    for m in lora_layers(model):
+        here = names & set(m.lora_A.keys())
+        if not here:
+            continue
+        if not isinstance(m, Linear):
+            return f"{type(m).__name__} layers"
+        if getattr(m, "merged", False):
+            return "an adapter is merged into the weights"
+        if here & set(getattr(m, "lora_variant", {}) or {}) or any(
+            (getattr(m, "use_dora", {}) or {}).get(n) for n in here
+        ):
+            return "DoRA or another LoRA variant"
+    return None
+
+
+class Route:
+    """Rows of a batch to adapters: ``names[i]`` is row i's adapter, None for the base.
+
+    ``key`` identifies the routing (captured decode graphs are kept per key).
+    """
+
+    def __init__(self, model, names: list[str | None]) -> None:
+        self.model = model
+        self.names = list(names)
+        wanted = {n for n in self.names if n is not None}
+        self.layers = lora_layers(model)
+        # Which tensors the adapters are now: a reloaded checkpoint of the same name is another route.
+        first = {n: m.lora_A[n].weight for m in reversed(self.layers) for n in wanted if n in m.lora_A}
+        self.key = (tuple(self.names), tuple((n, w.data_ptr(), w._version) for n, w in sorted(first.items())))
+        self.reason = _unsupported(model, wanted) if self.layers else None
+        self.supported = self.reason is None
+        self._saved: list[tuple[object, object]] = []
+        self._plans: list[tuple[object, list]] | None = None
+
+    def _plan(self) -> list[tuple[object, list]]:
+        plans = []
+        rows = len(self.names)
+        for m in self.layers:
+            entries = []
+            for name in dict.fromkeys(n for n in self.names if n is not None):
+                if name not in m.lora_A:
+                    continue
+                A, B = m.lora_A[name].weight, m.lora_B[name].weight
+                bias = getattr(m.lora_B[name], "bias", None)
+                base_w = getattr(m.get_base_layer(), "weight", None)
+                half = (
+                    A.is_cuda
+                    and base_w is not None
+                    and base_w.dtype in (torch.bfloat16, torch.float16)
+                    and A.dtype != base_w.dtype
+                )
+                if half:  # inference copies in the base's dtype: fewer casts, half the bytes
+                    A, B = A.detach().to(base_w.dtype), B.detach().to(base_w.dtype)
+                    bias = bias.detach().to(base_w.dtype) if bias is not None else None
+                scale = m.scaling[name]
+                if all(n == name for n in self.names):
+                    row_scale = None
+                else:
+                    row_scale = torch.tensor(
+                        [scale if n == name else 0.0 for n in self.names], dtype=A.dtype, device=A.device
+                    ).view(rows)
+                entries.append((A.detach(), B.detach(), bias, scale, row_scale))
+            plans.append((m, entries))
+        return plans
+
+    def __enter__(self) -> Route:
+        if not self.supported or not self.layers:
+            return self
+        if self._plans is None:
+            self._plans = self._plan()
+        for m, entries in self._plans:
+            self._saved.append((m, m.__dict__.get("forward")))
+            m.forward = _lean_forward(m.get_base_layer(), entries)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, old in self._saved:
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = old
+        self._saved.clear()
+
+
+def _lean_forward(base, entries):
+    def forward(x, *args, **kwargs):
+        result = base(x, *args, **kwargs)
+        dtype = result.dtype
+        for A, B, bias, scale, row_scale in entries:
+            xa = x.to(A.dtype)
+            if row_scale is None and bias is None and A.is_cuda and A.dtype == dtype:
+                flat = result.reshape(-1, result.shape[-1])
+                mid = F.linear(xa.reshape(-1, xa.shape[-1]), A)
+                result = torch.addmm(flat, mid, B.t(), alpha=scale).view(result.shape)
+                continue
+            delta = F.linear(F.linear(xa, A), B, bias)
+            if row_scale is None:
+                result = result + delta * scale
+            else:
+                result = result + delta * row_scale.view(-1, *([1] * (delta.dim() - 1)))
+        return result.to(dtype)
+
+    return forward
