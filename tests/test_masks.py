@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.mask_locate import _fast, locate
 from engine.masks import BadRow, ChatEncoder, MaskOptions
 from tests.chat_tokenizers import SPECS, build
 
@@ -215,6 +216,11 @@ def test_trained_spans_are_the_replies_and_their_markers(name, replies, system):
     out, spans = run(name, convo)
     assert spans == expected(name, convo)
     assert len(out.input_ids) == len(out.labels)
+    # The one-render fast path, where it applies, finds what the per-message re-render finds.
+    enc = encoder(name)
+    text = enc.render(convo)[0]
+    fast = _fast(enc.render, convo, text)
+    assert fast is None or fast == [locate(enc.render, convo, k, text) for k in range(len(convo))]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1"])
