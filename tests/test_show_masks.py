@@ -38,7 +38,9 @@ def test_text_mode_brackets_trained_tokens_and_reports_template_notes(tmp_path, 
         [chat("Be brief.", "Capital of France?", "Paris."), chat(None, "Hi", "a"), chat("Sys", "Q", "S")],
     )
     mistral = (TEMPLATES / "mistral_v3.jinja").read_text()
-    cfg = write_config(tiny_model("qwen3"), data=str(data), chat_template="jinja", chat_template_jinja=mistral)
+    cfg = write_config(
+        tiny_model("qwen3"), data=str(data), chat_template="jinja", chat_template_jinja=mistral
+    )
     r = cli("check", cfg, "--show-masks", "2")
     assert r.returncode == 0, r.stderr
     eos = "<|im_end|>"  # the template writes the tokenizer's eos_token after each reply
@@ -65,3 +67,21 @@ def test_a_template_that_raises_makes_a_bad_row_with_its_message(tmp_path, tiny_
 def test_show_masks_needs_the_tokenizer(tiny_model, write_config):
     r = cli("check", write_config(tiny_model("qwen3")), "--show-masks", "2", "--no-tokenizer")
     assert r.returncode == 2 and "--show-masks N needs the tokenizer" in r.stderr
+
+
+def test_the_run_log_names_rows_the_template_changed(tmp_path, tiny_model, write_config):
+    from engine.config import load_config
+    from engine.train import run
+
+    rows = [chat("Be brief.", "Capital?", "Paris.")] + [chat(None, "Hi", "Hello.")] * 20
+    data = write_jsonl(tmp_path / "m.jsonl", rows)
+    mistral = (TEMPLATES / "mistral_v3.jinja").read_text()
+    cfg = write_config(
+        tiny_model("qwen3"), data=str(data), chat_template="jinja", chat_template_jinja=mistral, max_steps=1
+    )
+    result = run(load_config(cfg)[0])
+    assert result.status == "completed"
+    recs = [json.loads(x) for x in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    note = next(r for r in recs if r["kind"] == "note" and "system turn" in r["message"])
+    assert note["message"] == "1 row(s): the template leaves out the system turn"
+    assert note["rows"] == [f"{data}:1"]
