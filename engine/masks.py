@@ -58,8 +58,9 @@ class MaskOptions:
     @classmethod
     def of(cls, spec=None, config=None) -> MaskOptions:
         roles = getattr(spec, "roles_to_train", None)
+        alias = {"human": "user", "gpt": "assistant"}  # sharegpt's names, as Axolotl maps them
         return cls(
-            tuple(roles) if roles is not None else ("assistant",),
+            tuple(alias.get(r, r) for r in roles) if roles is not None else ("assistant",),
             getattr(spec, "train_on_eos", None) or "turn",
             bool(getattr(config, "train_on_inputs", False)),
             getattr(spec, "message_field_training", None),
