@@ -80,14 +80,15 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def split_reasoning(content: str) -> tuple[str, str, str] | None:
-    """(text before the reply, the reasoning, the reply) of inline ``<think>...</think>`` content."""
+def split_reasoning(content: str) -> tuple[str, str, str, tuple[int, int]] | None:
+    """(text before the reply, the reasoning, the reply, the reasoning's span in content) of
+    inline ``<think>...</think>`` content."""
     for opener, closer in THINK_PAIRS:
         i, j = content.find(opener), content.find(closer)
         if 0 <= i < j:
-            reply = content[j + len(closer) :].strip()
-            head = content[: content.index(reply, j)] if reply else content
-            return head, content[i + len(opener) : j], reply
+            rest = content[j + len(closer) :]
+            at = j + len(closer) + len(rest) - len(rest.lstrip())
+            return content[:at], content[i + len(opener) : j], rest.strip(), (i + len(opener), j)
     return None
 
 
@@ -231,9 +232,10 @@ class ChatEncoder:
             inline = split_reasoning(t["content"]) if isinstance(t["content"], str) else None
             reasoning = field_r if field_r is not None else (inline[1] if inline else None)
             a, b = regions[k]
-            if reasoning is None or reasoning.strip() in text[a:b]:
-                if reasoning is not None:  # kept: its opening tag belongs to the reply too
-                    regions[k] = (_opener_start(text, a), b)
+            if reasoning is None:
+                continue
+            if self._renders_reasoning(msgs, k, inline, text):  # its opening tag belongs to the reply too
+                regions[k] = (_opener_start(text, a), b)
                 continue
             if k != last:
                 notes.append(
@@ -241,8 +243,9 @@ class ChatEncoder:
                 )
                 continue
             reply = inline[2] if inline else t["content"].strip()
-            at = text.find(reply, a, b) if reply else b
-            if at < 0:
+            body = text[a:b]
+            at = a + len(body) - len(body.lstrip())
+            if body.strip() != reply:
                 raise BadRow(
                     f"turn {k} (assistant): the template rewrites the reply, so its reasoning cannot be placed"
                 )
@@ -259,6 +262,22 @@ class ChatEncoder:
                 "the template leaves out the final reply's reasoning: written before the reply as <think>"
             )
         return text, regions, gen
+
+    def _renders_reasoning(self, msgs, k: int, inline, text: str) -> bool:
+        """Whether the template writes message k's reasoning: swap it for a sentinel and look."""
+        sentinel = next(c for c in SENTINELS if c not in text)
+        m = dict(msgs[k])
+        if inline is None:
+            m.update({f: sentinel for f in REASONING_FIELDS if f in m})
+        else:
+            i, j = inline[3]
+            m["content"] = m["content"][:i] + sentinel + m["content"][j:]
+        try:
+            return sentinel in self.render(msgs[:k] + [m] + msgs[k + 1 :])[0]
+        except Exception as e:
+            raise BadRow(
+                f"turn {k} (assistant): the template fails once its reasoning changes ({_short(e)})"
+            ) from None
 
     def _spans(self, msgs, regions, text, gen, trained, opts) -> list[tuple[int, int]]:
         """Character spans that carry loss: trained turns, and end tokens per train_on_eos."""
