@@ -23,13 +23,14 @@ during training.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from engine.errors import UserError
+from engine.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, locate_all
 
 IGNORE = -100
 EOS_POLICIES = ("turn", "last", "all", "none")
-REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 TRAIN_FLAGS = ("training", "train")  # per-message flags read when no `message_field_training` is set
 TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", *REASONING_FIELDS)
 THINK_PAIRS = (
@@ -37,8 +38,6 @@ THINK_PAIRS = (
     ("<reasoning>", "</reasoning>"),
     ("<|begin_of_thought|>", "<|end_of_thought|>"),
 )
-# Private-use characters: a sentinel must occur nowhere in the rendered conversation.
-SENTINELS = "\U000f4e01\U000f4e02\U000f4e03\U000f4e04\U000f4e05\U000f4e06"
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -59,8 +58,9 @@ class MaskOptions:
     @classmethod
     def of(cls, spec=None, config=None) -> MaskOptions:
         roles = getattr(spec, "roles_to_train", None)
+        alias = {"human": "user", "gpt": "assistant"}  # sharegpt's names, as Axolotl maps them
         return cls(
-            tuple(roles) if roles is not None else ("assistant",),
+            tuple(alias.get(r, r) for r in roles) if roles is not None else ("assistant",),
             getattr(spec, "train_on_eos", None) or "turn",
             bool(getattr(config, "train_on_inputs", False)),
             getattr(spec, "message_field_training", None),
@@ -75,41 +75,20 @@ class Encoded:
     """What the template did to this row that changes what is trained (one line each)."""
 
 
-def _lcp(x: str, y: str) -> int:
-    lo, hi = 0, min(len(x), len(y))
-    while lo < hi:  # binary search on slice equality: C-speed compares on long renderings
-        mid = (lo + hi + 1) // 2
-        if x[:mid] == y[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _lcs(x: str, y: str, limit: int) -> int:
-    lo, hi = 0, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if x[len(x) - mid :] == y[len(y) - mid :]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def split_reasoning(content: str) -> tuple[str, str, str] | None:
-    """(text before the reply, the reasoning, the reply) of inline ``<think>...</think>`` content."""
+def split_reasoning(content: str) -> tuple[str, str, str, tuple[int, int]] | None:
+    """(text before the reply, the reasoning, the reply, the reasoning's span in content) of
+    inline ``<think>...</think>`` content."""
     for opener, closer in THINK_PAIRS:
         i, j = content.find(opener), content.find(closer)
         if 0 <= i < j:
-            reply = content[j + len(closer) :].strip()
-            head = content[: content.index(reply, j)] if reply else content
-            return head, content[i + len(opener) : j], reply
+            rest = content[j + len(closer) :]
+            at = j + len(closer) + len(rest) - len(rest.lstrip())
+            return content[:at], content[i + len(opener) : j], rest.strip(), (i + len(opener), j)
     return None
 
 
@@ -213,21 +192,6 @@ class ChatEncoder:
         # Only what chat templates read: a row's own bookkeeping keys never reach the template.
         return [{k: v for k, v in t.items() if k in TEMPLATE_KEYS} for t in turns]
 
-    def _locate(self, msgs: list[dict], k: int, text: str) -> tuple[int, int] | None:
-        """Characters of ``text`` that message k decides; None when the template leaves it out."""
-        sentinel = next(c for c in SENTINELS if c not in text)
-        dummy = {key: v for key, v in msgs[k].items() if key not in REASONING_FIELDS}
-        dummy["content"] = sentinel
-        try:
-            other = self.render(msgs[:k] + [dummy] + msgs[k + 1 :])[0]
-        except Exception as e:
-            raise BadRow(f"turn {k} ({msgs[k]['role']}) cannot be located: {_short(e)}") from None
-        if sentinel not in other:
-            return None
-        p = _lcp(text, other)
-        q = _lcs(text, other, min(len(text), len(other)) - p)
-        return p, len(text) - q
-
     # ---- encoding ------------------------------------------------------------------
 
     def encode(self, turns: list[dict], options: MaskOptions | bool = False) -> tuple[list[int], list[int]]:
@@ -243,13 +207,18 @@ class ChatEncoder:
             text, gen = self.render(msgs)
         except Exception as e:  # e.g. "System role not supported" from the template itself
             raise BadRow(f"the chat template refused it: {_short(e)}") from None
-        regions = [self._locate(msgs, k, text) for k in range(len(msgs))]
+        try:
+            regions = locate_all(self.render, msgs, text)
+        except LocateError as e:
+            raise BadRow(
+                f"a turn cannot be located: the template fails once its text changes ({e})"
+            ) from None
         notes = _layout_notes(msgs, regions, text, self.specials)
         text, regions, gen = self._reasoning(turns, msgs, regions, text, gen, notes)
         trained = [_wants(t, opts) for t in turns]
         spans = self._spans(msgs, regions, text, gen, trained, opts)
         enc = self.tok.backend_tokenizer.encode(text, add_special_tokens=False)
-        return Encoded(list(enc.ids), _labels(enc.ids, enc.offsets, spans, len(text)), notes)
+        return Encoded(list(enc.ids), _labels(list(enc.ids), enc.offsets, spans), notes)
 
     def _reasoning(self, turns, msgs, regions, text, gen, notes):
         """Keep the final reply's reasoning in the text where the template leaves it out."""
@@ -263,9 +232,10 @@ class ChatEncoder:
             inline = split_reasoning(t["content"]) if isinstance(t["content"], str) else None
             reasoning = field_r if field_r is not None else (inline[1] if inline else None)
             a, b = regions[k]
-            if reasoning is None or reasoning.strip() in text[a:b]:
-                if reasoning is not None:  # kept: its opening tag belongs to the reply too
-                    regions[k] = (_opener_start(text, a), b)
+            if reasoning is None:
+                continue
+            if self._renders_reasoning(msgs, k, inline, text):  # its opening tag belongs to the reply too
+                regions[k] = (_opener_start(text, a), b)
                 continue
             if k != last:
                 notes.append(
@@ -273,8 +243,9 @@ class ChatEncoder:
                 )
                 continue
             reply = inline[2] if inline else t["content"].strip()
-            at = text.find(reply, a, b) if reply else b
-            if at < 0:
+            body = text[a:b]
+            at = a + len(body) - len(body.lstrip())
+            if body.strip() != reply:
                 raise BadRow(
                     f"turn {k} (assistant): the template rewrites the reply, so its reasoning cannot be placed"
                 )
@@ -291,6 +262,22 @@ class ChatEncoder:
                 "the template leaves out the final reply's reasoning: written before the reply as <think>"
             )
         return text, regions, gen
+
+    def _renders_reasoning(self, msgs, k: int, inline, text: str) -> bool:
+        """Whether the template writes message k's reasoning: swap it for a sentinel and look."""
+        sentinel = next(c for c in SENTINELS if c not in text)
+        m = dict(msgs[k])
+        if inline is None:
+            m.update({f: sentinel for f in REASONING_FIELDS if f in m})
+        else:
+            i, j = inline[3]
+            m["content"] = m["content"][:i] + sentinel + m["content"][j:]
+        try:
+            return sentinel in self.render(msgs[:k] + [m] + msgs[k + 1 :])[0]
+        except Exception as e:
+            raise BadRow(
+                f"turn {k} (assistant): the template fails once its reasoning changes ({_short(e)})"
+            ) from None
 
     def _spans(self, msgs, regions, text, gen, trained, opts) -> list[tuple[int, int]]:
         """Character spans that carry loss: trained turns, and end tokens per train_on_eos."""
@@ -361,19 +348,19 @@ def _opener_start(text: str, a: int) -> int:
     return a
 
 
-def _labels(ids, offsets, spans: list[tuple[int, int]], n: int) -> list[int]:
+def _labels(ids, offsets, spans: list[tuple[int, int]]) -> list[int]:
     """A token is trained when any character it covers (the gap before it included) is in a span."""
-    mark = bytearray(n + 1)
-    for a, b in spans:
-        mark[a:b] = b"\x01" * max(b - a, 0)
-    labels, prev = [], 0
-    for tid, (start, end) in zip(ids, offsets, strict=True):
+    los, his, prev = [], [], 0
+    for start, end in offsets:
         # A token owns the gap since the previous one: offsets trimmed of a leading space (GPT-2's
         # ByteLevel) still give ` Paris` its space.
-        lo, hi = min(start, prev), max(end, prev)
-        prev = hi
-        hit = mark.find(1, lo, hi) >= 0 if hi > lo else mark[lo] == 1
-        labels.append(tid if hit else IGNORE)
+        los.append(min(start, prev))
+        prev = max(end, prev)
+        his.append(prev)
+    labels = [IGNORE] * len(ids)
+    for a, b in spans:
+        i, j = bisect_right(his, a), bisect_left(los, b)  # tokens with hi > a and lo < b
+        labels[i:j] = ids[i:j]
     return labels
 
 

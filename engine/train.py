@@ -147,12 +147,23 @@ def _check_compatible(ckpt: checkpoints.Checkpoint, config: RunConfig) -> None:
     if not old:
         return
     new = fingerprint(config)
+    if isinstance(old.get("datasets"), list):  # dataset keys added since then read as their defaults
+        old = {**old, "datasets": [_with_spec_defaults(d) for d in old["datasets"]]}
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
     if diffs:
         raise UserError(
             f"{ckpt.path} was trained with a different config:\n  " + "\n  ".join(diffs),
             "restore those keys, use --resume never with a new output_dir, or --resume PATH of a matching run",
         )
+
+
+def _with_spec_defaults(d):
+    from engine.config import DatasetSpec
+
+    if not isinstance(d, dict):
+        return d
+    fields = DatasetSpec.model_fields
+    return {**{k: f.default for k, f in fields.items() if not f.is_required()}, **d}
 
 
 def liger_available() -> bool:

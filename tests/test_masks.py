@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.mask_locate import _fast, locate
 from engine.masks import BadRow, ChatEncoder, MaskOptions
 from tests.chat_tokenizers import SPECS, build
 
@@ -215,6 +216,11 @@ def test_trained_spans_are_the_replies_and_their_markers(name, replies, system):
     out, spans = run(name, convo)
     assert spans == expected(name, convo)
     assert len(out.input_ids) == len(out.labels)
+    # The one-render fast path, where it applies, finds what the per-message re-render finds.
+    enc = encoder(name)
+    text = enc.render(convo)[0]
+    fast = _fast(enc.render, convo, text)
+    assert fast is None or fast == [locate(enc.render, convo, k, text) for k in range(len(convo))]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1"])
@@ -231,3 +237,36 @@ def test_offsets_that_leave_out_the_space_a_token_carries(name, replies):
     convo = convo_for(name, replies)
     out = enc.encode_row(convo)
     assert trained_spans(enc.tok, out.input_ids, out.labels) == expected(name, convo)
+
+
+@settings(max_examples=15, deadline=None)
+@given(replies=st.lists(reply, min_size=1, max_size=3))
+def test_generation_template_agrees_with_transformers_assistant_mask(replies):
+    # transformers' own return_assistant_tokens_mask is an independent oracle for this template.
+    enc = encoder("qwen3_generation")
+    convo = convo_for("qwen3_generation", replies)
+    out = enc.encode_row(convo)
+    ref = enc.tok.apply_chat_template(
+        convo, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert out.input_ids == list(ref["input_ids"])
+    assert [lab != -100 for lab in out.labels] == [bool(m) for m in ref["assistant_masks"]]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "deepseek_r1_distill", "llama3_1"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    thoughts=st.lists(reply_with_newlines, min_size=2, max_size=2),
+    answers=st.lists(reply, min_size=2, max_size=2),
+)
+def test_reasoning_of_the_final_reply_is_always_trained(name, thoughts, answers):
+    convo = convo_for(name, answers, system=None)
+    convo[-1] = {**convo[-1], "reasoning_content": thoughts[1]}
+    convo[1] = {**convo[1], "content": f"<think>\n{thoughts[0]}\n</think>\n\n{answers[0]}"}
+    marker = SPECS[name].marker
+    spans = run(name, convo)[1]
+    assert spans[-1] == f"<think>\n{thoughts[1]}\n</think>\n\n{answers[1]}" + marker
+    # The earlier turn as its template renders it: Llama 3.1 verbatim, Qwen3 without the
+    # reasoning, DeepSeek what follows `</think>`.
+    first = {"llama3_1": convo[1]["content"], "qwen3": answers[0], "deepseek_r1_distill": f"\n\n{answers[0]}"}
+    assert spans[0] == first[name] + marker
