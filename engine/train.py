@@ -22,7 +22,7 @@ from engine.control import Controls
 from engine.errors import UserError
 from engine.events import Listener, RunLog
 from engine.health import watch_run
-from engine.runlock import RunLock
+from engine.runlock import OutputLock, RunLock
 
 
 @dataclass
@@ -60,6 +60,18 @@ FINGERPRINT_KEYS = (
     "train_on_inputs",
     "curriculum",
 )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Before anything is written: output_dir must be a folder (or not exist yet)."""
+    p = Path(output_dir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(
+            f"output_dir {output_dir}: {p} is a file, not a folder",
+            "point output_dir at a folder (it is created if missing), or move that file away",
+        )
 
 
 def fingerprint(config: RunConfig) -> dict:
@@ -268,8 +280,13 @@ def run(
     controls = controls or Controls()
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/dist.py)
+    check_output_dir(paths.output_dir)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(paths.run_dir) if dist.is_main() else contextlib.nullcontext():
+    main = dist.is_main()
+    with (
+        RunLock(paths.run_dir) if main else contextlib.nullcontext(),
+        OutputLock(paths.output_dir, paths.run_dir) if main else contextlib.nullcontext(),
+    ):
         log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
