@@ -198,8 +198,9 @@ def launch(
 
     from engine.config import load_config
     from engine.dist import CONTROL_FROM_START_ENV, LAUNCHER_ENV, control_path, require_deepspeed
+    from engine.preflight import check_setup
     from engine.runlock import OutputLock, RunLock
-    from engine.train import check_output_dir, run_paths
+    from engine.train import run_paths
 
     config_path = Path(config_path).resolve()
     config, _ = load_config(config_path, {"max_steps": max_steps} if max_steps else None)
@@ -221,7 +222,7 @@ def launch(
     offset = 0
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        check_output_dir(paths.output_dir)
+        check_setup(config)
         # refuse at once when the run, or its output_dir, is being trained already
         with RunLock(run_dir), OutputLock(paths.output_dir, run_dir):
             pass

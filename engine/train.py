@@ -22,6 +22,7 @@ from engine.control import Controls
 from engine.errors import UserError
 from engine.events import Listener, RunLog
 from engine.health import watch_run
+from engine.preflight import check_setup
 from engine.runlock import OutputLock, RunLock
 
 
@@ -60,18 +61,6 @@ FINGERPRINT_KEYS = (
     "train_on_inputs",
     "curriculum",
 )
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Before anything is written: output_dir must be a folder (or not exist yet)."""
-    p = Path(output_dir)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        raise UserError(
-            f"output_dir {output_dir}: {p} is a file, not a folder",
-            "point output_dir at a folder (it is created if missing), or move that file away",
-        )
 
 
 def fingerprint(config: RunConfig) -> dict:
@@ -280,7 +269,7 @@ def run(
     controls = controls or Controls()
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/dist.py)
-    check_output_dir(paths.output_dir)
+    check_setup(config)  # every problem found before anything is written, at once
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     main = dist.is_main()
     with (
