@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import UserError
 from engine.evalconfig import ChecklistConfig, EvaluationConfig
+from engine.yamlload import booleans_as_numbers, load_yaml
 
 NOTED_KEYS = {
     "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
@@ -670,7 +671,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
             f"{file}: cannot read the config ({e.strerror})", "check the path and its permissions"
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, file)  # duplicate keys refused, with both lines
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else str(file)
@@ -709,6 +710,7 @@ def validate(
         else:
             data[skey] = value
     data.update(overrides or {})
+    booleans_as_numbers(data, RunConfig, file, text)  # `lora_r: yes` is not 1
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:

@@ -11,8 +11,9 @@
   ``optimizer.pt`` and fails with ``OSError(ENOSPC)`` at that write, K times.
 - ``kill@save:N``: the save of checkpoint N (or the first save after it) writes half an
   ``optimizer.pt`` and the process kills itself with SIGKILL there (a kill -9 mid-save).
-- ``enospc@log:N[xK]``: the run log's write of a record at or after step N writes half its line
-  and fails with ``OSError(ENOSPC)``, K times (the logs disk is full).
+- ``enospc@log:N[xK]``: from the run log's first write of a record at or after step N, its next
+  K writes each write half their data and fail with ``OSError(ENOSPC)`` (the logs disk is full,
+  then freed).
 
 Counts are per process: a fault that fired is used up, so a rolled-back or retried step runs
 clean (a transient fault). Without the variable every hook is one ``None`` check.
@@ -120,6 +121,10 @@ def on_save_write(folder: str, step: int) -> None:
 
 def log_write_fails(step) -> bool:
     """Whether the run log's write of a record of ``step`` fails as on a full disk."""
-    if not isinstance(step, int) or not active():
-        return False
-    return _take("enospc_log", step)
+    for f in active():
+        # Once the disk is full every write fails, with or without a step, until it is freed.
+        started = f.fired or (isinstance(step, int) and step >= f.at)
+        if f.kind == "enospc_log" and started and len(f.fired) < f.times:
+            f.fired.append(step)
+            return True
+    return False

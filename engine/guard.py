@@ -22,7 +22,9 @@ the trainer's callbacks. Everything it does is written to the run log.
   ``disk_margin`` times the last checkpoint's size. When it is not, or a write fails for
   lack of space, the partial folder is removed (older checkpoints and retention are not
   touched), an alert ``disk_full`` is raised and the run pauses until there is room (or the
-  operator resumes it to try again); headless (no operator) it ends with exit 2.
+  operator resumes it to try again); headless (no operator) it ends with exit 2. A run log
+  that cannot be written (engine.events keeps its records in memory) is handled the same way,
+  checked at every step end and before every save (so no checkpoint is newer than the log).
 - **Best checkpoint.** An evaluation with a new best eval_loss at a step that is not a save
   step saves a checkpoint there (``save_best``), so retention can keep the best weights.
 """
@@ -171,6 +173,7 @@ class Guard:
         self.trainable_bytes = 0
         self.splits = 1  # pieces each micro-batch of the dataloader is cut into (after OOM)
         self.rollback_to: checkpoints.Checkpoint | None = None
+        self.trainer = None  # set by attach
         self.best: float | None = None
         self._halt = False
         self._streak: list[int] = []
@@ -223,6 +226,7 @@ class Guard:
     def attach(self, trainer, callback) -> None:
         """Hook into a built trainer: its hooks call the guard; the guard writes into the markers."""
         trainer.guard = self
+        self.trainer = trainer
         self.meta = callback.meta
         self._sync_meta()
         self.trainable_bytes = sum(
@@ -533,6 +537,8 @@ class Guard:
         return int(size * self.c.disk_margin)
 
     def save_checkpoint(self, trainer, do_save) -> None:
+        # A save whose step record could not be written would resume past a step the log lacks.
+        self.check_log(trainer)
         step = trainer.state.global_step
         folder = Path(trainer.args.output_dir) / f"checkpoint-{step}"
         need = self.space_needed()
@@ -614,11 +620,22 @@ class Guard:
         )
         if not present:
             raise UserError(message, advice)
+        forced = self._pause_until(trainer, step, since, lambda: free_bytes(self.output_dir) >= need)
+        self.log.emit(
+            "resumed",
+            step=step,
+            reason="operator" if forced else "disk space freed",
+            free_mb=round(free_bytes(self.output_dir) / MB, 1),
+        )
+        return forced
+
+    def _pause_until(self, trainer, step: int, since: str, ready) -> bool:
+        """Paused (chat still answered) until ``ready()`` (checked every disk_poll_s) or the
+        operator resumes (True) or stops (Halt)."""
         c = self.controls
         self.log.emit("paused", step=step, reason="disk_full")
         c.request_pause()
         next_look = time.time() + self.c.disk_poll_s
-        forced = False
         while True:
             if c.stop.is_set():
                 self.log.emit(
@@ -628,22 +645,59 @@ class Guard:
                 )
                 raise Halt
             if not c.pause.is_set():
-                forced = True  # the operator resumed: try the save now
-                break
+                return True  # the operator resumed: try now
             if time.time() >= next_look:
-                if free_bytes(self.output_dir) >= need:
+                if ready():
                     c.request_resume()
-                    break
+                    return False
                 next_look = time.time() + self.c.disk_poll_s
             c.run_jobs(model=trainer.model, tokenizer=trainer.processing_class, step=step)
             time.sleep(0.05)
-        self.log.emit(
-            "resumed",
-            step=step,
-            reason="operator" if forced else "disk space freed",
-            free_mb=round(free_bytes(self.output_dir) / MB, 1),
+
+    def check_log(self, trainer) -> None:
+        """The run log could not be written (its disk is full, or another OSError): handled as
+        a full checkpoint disk. Its records wait in memory meanwhile, so nothing is lost; the
+        reserve beside the log makes room for the alert, the pause and the end record."""
+        log, step = self.log, trainer.state.global_step
+        if getattr(log, "error", None) is None or log.retry():
+            return
+        from engine import dist
+
+        error = log.error
+        log.release_reserve()
+        last = checkpoints.latest(self.output_dir)
+        since = f"checkpoint-{last.step}" if last else "the start (no checkpoint yet)"
+        message = (
+            f"{log.path.parent}: the run log cannot be written ({_first_line(error)}); training holds "
+            f"at step {step} with {len(log.pending)} record(s) kept in memory. Checkpoints are intact; "
+            "nothing was deleted"
         )
-        return forced
+        present = getattr(self.controls, "operator_present", True) and dist.world_size() == 1
+        advice = (
+            "free space on that disk (or fix it); training goes on by itself when the log can be "
+            "written again (resume: try now)"
+            if present
+            else "free space on that disk (or move logs_dir), then run the same command again: it "
+            f"resumes from {since}"
+        )
+        log.emit(
+            "alert",
+            rule="disk_full",
+            level="critical",
+            step=step,
+            where="logs",
+            message=message,
+            advice=advice,
+        )
+        if not present:
+            raise UserError(message, advice)
+        forced = self._pause_until(trainer, step, since, lambda: log.retry() and log.restore_reserve())
+        log.emit("resumed", step=step, reason="operator" if forced else "the run log can be written again")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def dist_main() -> bool:
@@ -695,6 +749,7 @@ class GuardCallback(TrainerCallback):
         g.best = best.meta.get("eval_loss") if best else None
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.guard.check_log(self.guard.trainer)
         if self.guard._halt:  # a rollback or a stop: nothing of this step is evaluated or saved
             control.should_save = False
             control.should_evaluate = False

@@ -146,11 +146,13 @@ def train_headless(args) -> int:
 
 def check_command(args) -> int:
     from engine.data import bad_rows_error
+    from engine.preflight import check_setup
     from engine.prepare import check
 
     config, notes, _ = load_for_cli(args)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    check_setup(config)  # before loading anything: folders, empty data files, base_model's config
     tokenizer = None
     show = getattr(args, "show_masks", None)
     if show is not None and (args.no_tokenizer or show < 1):

@@ -198,7 +198,8 @@ def launch(
 
     from engine.config import load_config
     from engine.dist import CONTROL_FROM_START_ENV, LAUNCHER_ENV, control_path, require_deepspeed
-    from engine.runlock import RunLock
+    from engine.preflight import check_setup
+    from engine.runlock import OutputLock, RunLock
     from engine.train import run_paths
 
     config_path = Path(config_path).resolve()
@@ -220,8 +221,10 @@ def launch(
     run_dir = paths.run_dir.resolve()
     offset = 0
     if rank == 0:
+        check_setup(config)  # before the first byte is written
         run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(run_dir):  # refuse at once when the run is being trained already
+        # refuse at once when the run, or its output_dir, is being trained already
+        with RunLock(run_dir), OutputLock(paths.output_dir, run_dir):
             pass
         control_path(run_dir).write_text("")  # commands of an earlier job are not for this one
         events = run_dir / "events.jsonl"

@@ -17,11 +17,52 @@ VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector
 
 
 def resolve_base(base_model: str) -> str:
+    """The model folder or hub id to load; a local folder is checked first (a clear message,
+    before any work, for an empty folder or a config.json that will not load)."""
     if base_model.startswith("builtin:"):
         from engine.tiny import demo_model_path
 
         return str(demo_model_path())
+    if Path(base_model).is_dir():
+        check_model_folder(Path(base_model))
     return base_model
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise a UserError naming what is wrong with a local model folder's config.json."""
+    import json
+
+    cfg = folder / "config.json"
+    if not any(folder.iterdir()):
+        raise UserError(
+            f"base_model {folder}: the folder is empty",
+            "point base_model at the folder holding config.json and the weights (or a hub id in the cache)",
+        )
+    if not cfg.is_file():
+        raise UserError(
+            f"base_model {folder}: no config.json in this folder", "point base_model at a model folder"
+        )
+    fix = "restore config.json (download the model again if it was cut short)"
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); truncated?", fix) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg}: cannot be read ({e})", fix) from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{cfg}: not a JSON object (a {type(raw).__name__})", fix)
+    model_type = raw.get("model_type")
+    if raw.get("auto_map"):
+        return  # the model ships its own code (trust_remote_code decides)
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
+        what = f"model_type {model_type!r} is not known" if model_type else "no model_type, which is needed"
+        raise UserError(
+            f"{cfg}: {what} to transformers {__version__}",
+            "check model_type in config.json, or upgrade transformers if the model is newer than it",
+        )
 
 
 def _hub_error(name: str) -> UserError:
@@ -37,6 +78,11 @@ def load_model_config(name: str, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
+    except ValueError as e:  # e.g. custom code without trust_remote_code, an unknown model_type
+        raise UserError(
+            f"base_model {name}: its config does not load ({str(e).strip().splitlines()[0][:300]})",
+            "set trust_remote_code: true if the model ships its own code, or check its config.json",
+        ) from None
     except OSError:
         if Path(name).exists():
             raise UserError(
@@ -61,6 +107,11 @@ def load_tokenizer(
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
     except OSError:
+        if Path(name).is_dir():
+            raise UserError(
+                f"{name}: no tokenizer in this folder (tokenizer.json / tokenizer_config.json)",
+                "point at a model folder that holds its tokenizer files",
+            ) from None
         raise _hub_error(name) from None
     if chat_template == "chatml":
         tok.chat_template = tiny.CHATML_TEMPLATE

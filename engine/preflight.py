@@ -76,13 +76,12 @@ def model_problems(base_model: str, at: str = "") -> list[Problem]:
                     f"base_model {base_model}: a file, not a model folder", "point base_model at a folder"
                 )
             ]
-        if not (p / "config.json").is_file():
-            return [
-                Problem(
-                    f"base_model {base_model}: no config.json in this folder",
-                    "point base_model at a model folder",
-                )
-            ]
+        from engine.model import check_model_folder
+
+        try:
+            check_model_folder(p)
+        except UserError as e:
+            return [Problem(e.message, e.fix)]
         return []
     if _looks_like_path(base_model) or not _in_hub_cache(base_model):
         return [
@@ -112,6 +111,26 @@ def _in_hub_cache(repo_id: str) -> bool:
 # -- the data ---------------------------------------------------------------------------------
 
 
+_WHITESPACE = b" \t\r\n\f\v"
+
+
+def dataset_problem(path: str | Path) -> str | None:
+    """Why an existing dataset path cannot be read as a data file, or None."""
+    p = Path(path)
+    if p.is_dir():
+        return "a folder, not a data file (folders of data files are not read yet)"
+    if not p.is_file():
+        return "not a regular file"
+    try:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):  # the first non-blank byte ends it: at once, for real data
+                if chunk.strip(_WHITESPACE):
+                    return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return "the data file is empty" if p.stat().st_size == 0 else "the data file holds only blank lines"
+
+
 def data_problems(datasets, at: str = "") -> list[Problem]:
     out = []
     for i, ds in enumerate(datasets):
@@ -124,10 +143,8 @@ def data_problems(datasets, at: str = "") -> list[Problem]:
                     "fix the path (relative paths are looked up beside the config, then in the current folder)",
                 )
             )
-        elif p.is_file() and not os.access(p, os.R_OK):
-            out.append(Problem(f"{where}: cannot be read", "check its permissions"))
-        elif p.is_file() and p.stat().st_size == 0:
-            out.append(Problem(f"{where}: the file is empty", "point it at a data file with rows"))
+        elif why := dataset_problem(p):
+            out.append(Problem(f"{where}: {why}", "point it at a JSONL file with one example a line"))
     return out
 
 
@@ -165,7 +182,9 @@ def device_problems(config, cuda: bool | None = None) -> list[Problem]:
 
 def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Problem]:
     out_dir = Path(config.output_dir)
-    out = []
+    out = [p for p in [output_dir_problem(out_dir)] if p]
+    if out:
+        return out
     for what, folder in (("run folder", run_dir), ("output_dir", out_dir)):
         holder = lock_holder(folder)
         if holder is not None:
@@ -192,13 +211,41 @@ def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Pro
     return out
 
 
+def output_dir_problem(output_dir: Path) -> Problem | None:
+    p = Path(output_dir)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.is_dir():
+        return None
+    return Problem(
+        f"output_dir {output_dir}: {p} is a file, not a folder",
+        "point output_dir at a folder (it is created if missing), or move that file away",
+    )
+
+
+def problems(config) -> list[Problem]:
+    """What can be found wrong before any work with no run folder known yet (`check`, `train`)."""
+    return [
+        *model_problems(config.base_model),
+        *data_problems(config.datasets),
+        *[p for p in [output_dir_problem(Path(config.output_dir))] if p],
+    ]
+
+
+def check_setup(config) -> None:
+    """Raise one UserError listing every problem `problems` finds, with the fix of each."""
+    found = problems(config)
+    if found:
+        raise combined(found)
+
+
 def lock_holder(folder: Path) -> int | None:
     """The pid of a live process named in ``folder/.lock`` (engine.runlock), else None.
 
     Reads the pid the holder wrote and never takes the lock, not even shared for an instant:
     a trainer starting at that moment would think its run is taken."""
     try:
-        pid = int((Path(folder) / ".lock").read_text().strip() or 0)
+        pid = _lock_pid(Path(folder))
     except (OSError, ValueError):
         return None
     if pid <= 0 or pid == os.getpid():
@@ -225,3 +272,15 @@ def _has_checkpoints(out_dir: Path) -> bool:
     from engine import checkpoints
 
     return out_dir.is_dir() and bool(checkpoints.scan(out_dir)[0])
+
+
+def _lock_pid(folder: Path) -> int:
+    """The pid written in the folder's lock: a run folder's ``.lock`` or an output_dir's
+    ``.leviathan-lock`` ("pid run_dir"), see engine.runlock."""
+    for name in (".lock", ".leviathan-lock"):
+        f = folder / name
+        if f.is_file():
+            text = f.read_text().split()
+            if text:
+                return int(text[0])
+    return 0

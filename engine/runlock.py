@@ -1,4 +1,10 @@
-"""One writer per run folder: a second trainer on the same run is refused; readers are free."""
+"""One writer per run folder and per output_dir: a second trainer on either is refused;
+readers are free.
+
+Two runs with different names (the default name comes from the config file's name) would
+otherwise train into one output_dir at once and overwrite each other's ``checkpoint-N``. The
+locks are ``flock``s, so a killed holder never blocks the next start (a stale lock is free).
+"""
 
 from __future__ import annotations
 
@@ -9,30 +15,62 @@ from pathlib import Path
 from engine.errors import UserError
 
 
-class RunLock:
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / ".lock"
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self._fd: int | None = None
 
-    def __enter__(self) -> RunLock:
+    def _take(self, content: str) -> str | None:
+        """Lock and write ``content``; the holder's content when another process has it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise UserError(
-                f"{self.path.parent}: this run is already being trained (pid {holder})",
-                f"watch it with `leviathan-cockpit attach {self.path.parent}`, or stop that process first",
-            ) from None
+            return holder
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, content.encode(), 0)
         self._fd = fd
-        return self
+        return None
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class RunLock(_Lock):
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(Path(run_dir) / ".lock")
+
+    def __enter__(self) -> RunLock:
+        holder = self._take(str(os.getpid()))
+        if holder is not None:
+            raise UserError(
+                f"{self.path.parent}: this run is already being trained (pid {holder or 'another process'})",
+                f"watch it with `leviathan-cockpit attach {self.path.parent}`, or stop that process first",
+            )
+        return self
+
+
+class OutputLock(_Lock):
+    """``output_dir/.leviathan-lock``, holding the pid and run folder of the run training into it."""
+
+    def __init__(self, output_dir: str | Path, run_dir: str | Path) -> None:
+        super().__init__(Path(output_dir) / ".leviathan-lock")
+        self.run_dir = Path(run_dir).resolve()
+
+    def __enter__(self) -> OutputLock:
+        holder = self._take(f"{os.getpid()} {self.run_dir}")
+        if holder is not None:
+            pid, _, run = holder.partition(" ")
+            run = run or "another run"
+            raise UserError(
+                f"{self.path.parent}: run {run} (pid {pid or '?'}) is already training into this output_dir; "
+                "a second run there would overwrite its checkpoint-N folders",
+                f"give this run its own output_dir, or watch that one with `leviathan-cockpit attach {run}`",
+            )
+        return self

@@ -611,6 +611,10 @@ def _check_paths(src: Path, dst: Path, fraction, count) -> None:
         raise UserError(f"IN and OUT are the same file ({src})", "write the sample to another path with -o")
     if not dst.parent.is_dir():
         raise UserError(f"{dst.parent}: no such folder for OUT", "create it first or choose another -o path")
+    if dst.is_dir():
+        raise UserError(
+            f"-o {dst}: is a folder, not a file", f"give a file path, e.g. -o {dst / 'sample.jsonl'}"
+        )
 
 
 def _count_pass(src: Path, size: int, reader: KeyReader, scratch: Path, meter) -> int:

@@ -22,7 +22,8 @@ from engine.control import Controls
 from engine.errors import UserError
 from engine.events import Listener, RunLog
 from engine.health import watch_run
-from engine.runlock import RunLock
+from engine.preflight import check_setup
+from engine.runlock import OutputLock, RunLock
 
 
 @dataclass
@@ -279,8 +280,13 @@ def run(
     controls = controls or Controls()
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/dist.py)
+    check_setup(config)  # every problem found before anything is written, at once
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(paths.run_dir) if dist.is_main() else contextlib.nullcontext():
+    main = dist.is_main()
+    with (
+        RunLock(paths.run_dir) if main else contextlib.nullcontext(),
+        OutputLock(paths.output_dir, paths.run_dir) if main else contextlib.nullcontext(),
+    ):
         log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()

@@ -12,7 +12,7 @@ import yaml
 from conftest import cli
 
 from engine import checklist, lineage
-from engine.checkpoints import mark_complete
+from engine.checkpoints import begin_save, mark_complete
 from engine.config import validate
 from engine.errors import UserError
 from engine.evaluate import ResultFile
@@ -47,7 +47,7 @@ class Run:
 
     def save(self, step: int, complete: bool = True) -> Path:
         path = self.out / f"checkpoint-{step}"
-        path.mkdir()
+        begin_save(path)  # as the engine saves: flagged first, so a save cut short is a torn one
         (path / "adapter_model.safetensors").write_bytes(b"x")
         if complete:
             mark_complete(path, {"step": step})

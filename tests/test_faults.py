@@ -361,3 +361,80 @@ def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
     got, st = effective(False, micro_batch_size=1, gradient_accumulation_steps=8)
     assert got == (1, 8) and st.micro_batch_size is None  # the operator chose new values
     log.close()
+
+
+# -- full logs disk ------------------------------------------------------------------------------
+
+
+def fill_all(disk: Path) -> Path:
+    """Every byte of ``disk`` taken (written until the kernel says ENOSPC)."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
+    tiny_model, write_config, tmp_path, small_disk
+):
+    from tests.test_resume import start, wait_for
+
+    logs = small_disk / "logs"
+    cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=2, logs_dir=str(logs))
+    log = logs / "test" / "events.jsonl"
+    proc = start(cfg)
+    try:
+        wait_for(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, proc)
+        filler = fill_all(small_disk)
+        assert proc.wait(timeout=120) == 2
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "run log cannot be written" in err and "No space left on device" in err
+    assert "Traceback" not in err and "run the same command again" in err
+    contents = read_events(log)
+    assert contents.bad_lines == [] and log.read_bytes().endswith(b"\n")  # no torn line
+    recs = contents.records
+    (alert,) = alerts(recs, "disk_full")
+    assert alert["where"] == "logs"
+    assert recs[-1]["kind"] == "end" and recs[-1]["status"] == "error"
+    out = tmp_path / "out"
+    saved = [c.step for c in checkpoints.scan(out)[0]]
+    logged = max(r["step"] for r in recs if r["kind"] == "step")
+    assert saved and max(saved) <= logged  # no checkpoint is newer than the log
+
+    filler.unlink()
+    r = cli("train", cfg, "--headless", "--max-steps", str(logged + 3))
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = read_events(log).records
+    assert [x["from_step"] for x in since_last_start(recs) if x["kind"] == "resume"] == [max(saved)]
+    assert [x["step"] for x in dedupe_steps(recs)] == list(range(1, logged + 4))
+
+
+def test_full_logs_disk_in_the_cockpit_pauses_and_goes_on_with_every_record(
+    tiny_model, write_config, tmp_path
+):
+    # Injected (runs where no tmpfs can be mounted): from step 4's record on, the next 6 writes of
+    # the run log fail with ENOSPC after writing half their data; then the disk has room again.
+    faults.reset("enospc@log:4x6")
+    cfg = write_config(tiny_model("qwen3"), max_steps=8, save_steps=3, guard={"disk_poll_s": 0.2})
+    seen: list[dict] = []
+    result = run(load_config(cfg)[0], controls=Controls(), listeners=[seen.append])
+    assert result.status == "completed" and result.step == 8
+    contents = read_events(tmp_path / "logs" / "test" / "events.jsonl")
+    assert contents.bad_lines == []
+    recs = contents.records
+    assert [r["step"] for r in recs if r["kind"] == "step"] == list(range(1, 9))  # each once, in order
+    (alert,) = alerts(recs, "disk_full")
+    assert alert["where"] == "logs" and "kept in memory" in alert["message"]
+    paused = [r for r in recs if r["kind"] == "paused"]
+    resumed = [r for r in recs if r["kind"] == "resumed"]
+    assert paused and paused[0]["reason"] == "disk_full"
+    assert resumed and resumed[0]["reason"] == "the run log can be written again"
+    # everything the listeners saw is in the file too: nothing was lost
+    assert [(r["kind"], r.get("step")) for r in recs] == [(r["kind"], r.get("step")) for r in seen]

@@ -145,3 +145,35 @@ def test_failed_starts_leave_the_run_folder_as_it_was(tiny_model, write_config, 
 
 def read_events_bytes(data: bytes) -> list:
     return [line for line in data.splitlines() if line.strip()]
+
+
+def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config, tmp_path):
+    first = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
+    other = write_config(tiny_model("qwen3"), name="other.yaml", run_name="other", max_steps=4, save_steps=1)
+    proc = start(first)
+    try:
+        wait_for(log_of(tmp_path), lambda r: r.get("kind") == "step" and r["step"] >= 2, proc)
+        r = cli("train", other, "--headless")
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert f"pid {proc.pid}" in r.stderr and str((tmp_path / "logs" / "test").resolve()) in r.stderr
+        assert "Traceback" not in r.stderr
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    end = read_events(log_of(tmp_path)).records[-1]
+    # only the first run's checkpoint: the refused one saved nothing there
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == [f"checkpoint-{end['step']}"]
+    assert not (tmp_path / "logs" / "other" / "events.jsonl").exists()
+    # the lock is gone with its holder: the second run now trains there
+    r = cli("train", other, "--headless", "--resume", "never", "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_output_dir_that_is_a_file_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
+    taken = tmp_path / "out"
+    taken.write_text("not a folder\n")
+    r = cli("train", write_config(tiny_model("qwen3"), max_steps=2), "--headless")
+    assert r.returncode == 2 and f"output_dir {taken}" in r.stderr and "is a file" in r.stderr
+    assert "Traceback" not in r.stderr and taken.read_text() == "not a folder\n"

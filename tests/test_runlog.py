@@ -1,0 +1,88 @@
+"""The run log writer against what happens to its file for real: another writer's half line,
+the file deleted or replaced mid-run, a full disk (a real tmpfs where one can be mounted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.events import RunLog, read_events
+
+
+def test_a_half_line_from_another_writer_never_glues_the_next_record(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = RunLog(path)
+    log.emit("step", step=1, loss=2.0)
+    with open(path, "ab") as other:  # someone else appends, and stops mid-line
+        other.write(b'{"t":2,"kind":"st')
+    log.emit("step", step=2, loss=1.5)
+    log.emit("step", step=3, loss=1.2)
+    log.close()
+    contents = read_events(path)
+    assert [r["step"] for r in contents.records] == [1, 2, 3]
+    assert contents.bad_lines == [2]
+
+
+def test_a_deleted_or_replaced_log_is_opened_again(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = RunLog(path)
+    log.emit("step", step=1)
+    path.unlink()  # an operator's `rm`, mid-run
+    log.emit("step", step=2)
+    assert [r["step"] for r in read_events(path).records] == [2]
+    new = tmp_path / "new.jsonl"
+    new.write_bytes(b'{"t":1,"kind":"note","message":"rotated"}\n')
+    os.replace(new, path)  # replaced by another file
+    log.emit("step", step=3)
+    log.close()
+    assert [r.get("step") for r in read_events(path).records] == [None, 3]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MB filesystem (tmpfs); skipped where mounting is not allowed."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_up(disk: Path) -> Path:
+    """Every byte of ``disk`` taken (written until the kernel says ENOSPC)."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_leaves_no_torn_line_and_loses_no_record(tiny_disk):
+    path = tiny_disk / "events.jsonl"
+    log = RunLog(path)
+    log.emit("step", step=1, loss=2.0)
+    filler = fill_up(tiny_disk)
+    big = "x" * 6000  # more than the page the file's tail may still have
+    log.emit("step", step=2, loss=1.5, note=big)
+    log.emit("step", step=3, loss=1.2, note=big)
+    assert log.error is not None and len(log.pending) == 2
+    contents = read_events(path)
+    assert [r["step"] for r in contents.records] == [1] and contents.bad_lines == []
+    assert path.read_bytes().endswith(b"\n")
+    log.release_reserve()  # room for the alert, as engine.guard does
+    log.emit("alert", rule="disk_full", message="logs disk full")
+    assert log.error is None and [r.get("step") for r in read_events(path).records] == [1, 2, 3, None]
+    filler.unlink()
+    assert log.restore_reserve() and log.retry()
+    log.close()
+    assert read_events(path).bad_lines == []
