@@ -41,7 +41,7 @@ async def test_enter_and_m_work_on_the_table_as_soon_as_the_dashboard_opens(tmp_
         await wait_for(pilot, lambda: table.row_count == 3)
         assert app.focused is table  # no Tab needed
         assert table.has_pseudo_class("focus")  # and the stylesheet marks it (a brighter border)
-        assert footer_keys(app).get("M") == "Merge / ship"
+        assert footer_keys(app).get("M") == "Merge"
         await pilot.press("down", "enter")
         assert app.query_one(TabbedContent).active == "chat"
         pane = app.query_one("#chat-pane")
