@@ -109,7 +109,7 @@ class CockpitApp(App[int]):
             with TabPane("3 Checklist", id="checklist"):
                 yield self._pane("checklist", "Checklist", "No run folder to check.")
         yield JobsPanel(id="jobs", classes="panel")
-        yield Footer()
+        yield Footer(compact=True)
 
     def _pane(self, name: str, title: str, what: str) -> Widget:
         """The pane its own issue provides (a factory given to the app), or a placeholder.

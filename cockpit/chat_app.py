@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from textual.app import App, ComposeResult
 from textual.widgets import Footer, Header
 
@@ -30,3 +32,17 @@ class ChatApp(App):
 
     def on_unmount(self) -> None:
         self.backend.close()
+
+
+def chat_pane_main(args) -> int:
+    """``leviathan-cockpit chat TARGET`` without ``--prompt``: the pane alone, on a terminal."""
+    from engine.chat_cli import prepare_chat
+    from engine.errors import UserError
+
+    backend, settings, _ = prepare_chat(args)
+    if not sys.stdout.isatty():
+        raise UserError("the chat pane needs a terminal", "pass --prompt TEXT for one answer on stdout")
+    print(f"loading {args.target} ...", file=sys.stderr)
+    backend.load()
+    ChatApp(backend, settings=settings).run()
+    return 0

@@ -15,9 +15,13 @@ thread (a worker, or the training thread) through a sink that posts ``ChatPane.C
 After each answer the pane posts ``ChatPane.Answered`` (request and result), and after a
 pass/fail mark ``ChatPane.Marked``: the host app can refresh its checklist on those.
 
-Keys (shown in the footer): Enter sends, Esc stops the answer, F1..F12 send a preset,
-ctrl+o compare on/off, ctrl+l new conversation, ctrl+y / ctrl+n mark the focused (or
-latest) answer pass / fail.
+Keys (shown in the footer): Enter sends, Esc stops the answer, F4..F12 send a preset (F1-F3
+are the cockpit's tabs; every preset is also chosen from its list), ctrl+o compare on/off,
+ctrl+l new conversation, ctrl+y / ctrl+n mark the focused (or latest) answer pass / fail.
+
+The history is one target's: choosing another target starts a new conversation (a model
+asked to continue another's answers looks broken), marked in the log, and every answer's
+header names the target it came from.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class ChatPane(Vertical):
         Binding("ctrl+l", "clear", "New chat"),
         Binding("ctrl+y", "mark('pass')", "Pass"),
         Binding("ctrl+n", "mark('fail')", "Fail"),
-        *[Binding(k, f"preset({i})", f"preset {i + 1}", show=False) for i, k in enumerate(PRESET_KEYS)],
+        Binding(PRESET_KEYS[0], "preset(0)", "Preset", key_display="F4-F12"),
+        *[Binding(k, f"preset({i})", f"preset {i + 1}", show=False) for i, k in enumerate(PRESET_KEYS)][1:],
     ]
 
     compare: reactive[bool] = reactive(False)
@@ -102,6 +107,8 @@ class ChatPane(Vertical):
         self.busy: Request | None = None
         self.turns: dict[str, tuple[Request, ChatTurn, object]] = {}
         self._targets = backend.targets()
+        self.history_target: str | None = None
+        """The target the history was answered by (None: no history yet)."""
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -162,6 +169,21 @@ class ChatPane(Vertical):
             sel.set_options(self._options())
             keys = self._keys()
             sel.value = value if value in keys else keys[0]
+
+    @on(Select.Changed, "#chat-target")
+    async def _target_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if self.history and event.value != self.history_target:
+            await self.new_conversation(f"new conversation with {self._label(str(event.value))}")
+
+    async def new_conversation(self, why: str) -> None:
+        """Forget the history (what is on screen stays, under a line that says so)."""
+        self.history.clear()
+        self.history_target = None
+        log = self.query_one("#chat-log", VerticalScroll)
+        if log.children:
+            await log.mount(Static(f"── {why} ──", classes="chat-divider", markup=False))
+        self.status(why)
 
     def activate(self) -> None:
         """Shown by the app: typing goes to the prompt (not to the app's single-key bindings)."""
@@ -276,6 +298,7 @@ class ChatPane(Vertical):
             self.status("still answering: Esc stops it", error=True)
             return
         self.history.clear()
+        self.history_target = None
         self.turns.clear()
         await self.query_one("#chat-log", VerticalScroll).remove_children()
         self.status("new conversation")
@@ -315,6 +338,7 @@ class ChatPane(Vertical):
             for view, exchange_id in zip(turn.answers, ids or [None] * len(ev.answers), strict=True):
                 view.exchange_id = exchange_id
             if len(request.targets) == 1:
+                self.history_target = request.targets[0]
                 self.history += [
                     {"role": "user", "content": request.prompt},
                     {"role": "assistant", "content": ev.answers[0].text},

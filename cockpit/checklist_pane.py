@@ -47,6 +47,16 @@ def ago(t: float | None, now: float | None = None) -> str:
     return f"{int(s)}s ago"
 
 
+def detail_text(it: checklist.ItemStatus) -> str:
+    lines = [f"{it.title}{'' if it.required else ' (optional)'}: {it.status}"]
+    if it.ticked:
+        lines.append("ticked by hand" + (f": {it.note}" if it.note else ""))
+    for text in (it.value, it.detail):
+        if text and text not in lines:
+            lines.append(text)
+    return "\n".join(lines)
+
+
 class ChecklistPane(Vertical):
     """The run's checklist: a table of items, a summary line, and a note prompt."""
 
@@ -54,6 +64,7 @@ class ChecklistPane(Vertical):
     ChecklistPane { height: 1fr; }
     ChecklistPane #checklist-summary { height: 1; padding: 0 1; }
     ChecklistPane DataTable { height: 1fr; }
+    ChecklistPane #checklist-detail { height: auto; max-height: 6; padding: 0 1; border-top: solid $panel-lighten-2; }
     ChecklistPane #checklist-note { display: none; }
     ChecklistPane.noting #checklist-note { display: block; }
     """
@@ -89,6 +100,7 @@ class ChecklistPane(Vertical):
         table = DataTable(id="checklist-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("", "item", "when", "measured")
         yield table
+        yield Static("", id="checklist-detail", markup=False)
         yield Input(placeholder="note (enter: tick with this note, esc: cancel)", id="checklist-note")
 
     def on_mount(self) -> None:
@@ -163,9 +175,19 @@ class ChecklistPane(Vertical):
             table.move_cursor(row=min(keep, table.row_count - 1))
         bad = checklist.failing(items)
         done = sum(i.ok for i in items)
-        summary = f"{done}/{len(items)} passed · {len(bad)} required not passed · space: tick  n: tick with note  r: re-measure  g: run step"
-        self.query_one("#checklist-summary", Static).update(summary)
+        summary = f"{done}/{len(items)} passed · {len(bad)} required not passed"
+        self.query_one("#checklist-summary", Static).update(summary)  # the keys are in the footer
+        self.show_detail()
         self.post_message(self.Measured(items, len(bad)))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        """The highlighted item in full: the table cuts long values, the commands it names included."""
+        item = self.selected()
+        with contextlib.suppress(NoMatches):
+            self.query_one("#checklist-detail", Static).update(detail_text(item) if item else "")
 
     def on_job_ended(self, message: JobEnded) -> None:
         self.action_refresh()

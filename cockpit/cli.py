@@ -151,6 +151,10 @@ def _dispatch(args) -> int:
         from cockpit.launch import attach
 
         return attach(args)
+    if args.command == "chat" and args.prompt is None:
+        from cockpit.chat_app import chat_pane_main  # the pane is the cockpit's; --prompt the engine's
+
+        return chat_pane_main(args)
     if args.command == "check":
         from engine.headless import check_command
 

@@ -44,6 +44,13 @@ class AlertRaised(Message, bubble=False):
 
 
 @dataclass
+class AlertResolved(Message, bubble=False):
+    """An ``alert_resolved`` record: the rule is healthy again (rule, step, the value now)."""
+
+    record: dict
+
+
+@dataclass
 class RunChanged(Message, bubble=False):
     """A record about the run's course: start, train_begin, data, resume, paused, resumed,
     phase and mix (curriculum), note, end."""
@@ -161,6 +168,8 @@ def to_messages(records: list[dict]) -> list[Message]:
             out.append(CheckpointRemoved(r))
         elif kind == "alert":
             out.append(AlertRaised(r))
+        elif kind == "alert_resolved":
+            out.append(AlertResolved(r))
         elif kind in _RUN_KINDS:
             out.append(RunChanged(r))
     if steps:

@@ -1,4 +1,5 @@
-"""``leviathan-cockpit chat CHECKPOINT_OR_MODEL``: the chat pane alone, or one answer for scripts.
+"""``leviathan-cockpit chat CHECKPOINT_OR_MODEL --prompt TEXT``: one answer for scripts; the
+arguments and the backend for the chat pane, which ``cockpit.chat_app`` opens.
 
 Top level imports the standard library only: ``--help`` must stay fast.
 """
@@ -48,12 +49,13 @@ def _settings(args, chat_config):
     ).check()
 
 
-def chat_main(args) -> int:
+def prepare_chat(args):
+    """The backend and settings for ``chat`` (bad paths: a clear message before any loading)."""
     from engine.chat_backend import StandaloneBackend, find_run_dir, run_chat_config
     from engine.errors import UserError
     from engine.loading import resolve
 
-    base_name, adapter = resolve(args.target, args.base)  # bad paths: a clear message before any loading
+    base_name, adapter = resolve(args.target, args.base)
     run_dir = Path(args.run_dir) if args.run_dir else (find_run_dir(adapter) if adapter else None)
     chat_config = run_chat_config(run_dir)
     settings = _settings(args, chat_config)
@@ -63,15 +65,19 @@ def chat_main(args) -> int:
         name = Path(adapter).parent.name if adapter else Path(base_name).name
         run_dir = Path("logs") / (name or "chat")
     backend = StandaloneBackend(args.target, args.base, run_dir=run_dir, chat_config=chat_config)
-    if args.prompt is None:
-        if not sys.stdout.isatty():
-            raise UserError("the chat pane needs a terminal", "pass --prompt TEXT for one answer on stdout")
-        from cockpit.chat_app import ChatApp
+    return backend, settings, run_dir
 
-        print(f"loading {args.target} ...", file=sys.stderr)
-        backend.load()
-        ChatApp(backend, settings=settings).run()
-        return 0
+
+def chat_main(args) -> int:
+    """One answer to stdout (``--prompt``). The chat pane itself is the cockpit's
+    (``cockpit.chat_app``): the engine never imports the UI."""
+    from engine.errors import UserError
+
+    if args.prompt is None:
+        raise UserError(
+            "the chat pane is the cockpit's", "run `leviathan-cockpit chat TARGET`, or pass --prompt TEXT"
+        )
+    backend, settings, run_dir = prepare_chat(args)
     return _one_shot(backend, args, settings, run_dir)
 
 

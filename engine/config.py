@@ -161,6 +161,9 @@ class HealthConfig(BaseModel):
     underfit_loss: float = 1.5
     """Underfitting: eval and train loss both above this after underfit_after_epoch (guide: 1.5)."""
     underfit_after_epoch: float = 1.0
+    expected_loss: list[tuple[float, float]] | None = None
+    """The chart's expected train loss: ``[epoch, ceiling]`` pairs, linear between them (a
+    small model or a new recipe has its own curve). None: the guide's table for an 8B run."""
 
 
 class ExportConfig(BaseModel):

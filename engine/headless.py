@@ -76,6 +76,8 @@ class Progress:
             self._write(f"saved {r['path']}")
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
+        elif kind == "alert_resolved":
+            self._write(f"resolved {r.get('rule')}: {r.get('message')}")
         elif kind == "phase":
             mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
             self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")

@@ -19,7 +19,9 @@ returns the alerts they raise (pure: no I/O, no clock). Rules, with the guide's 
   (above 2.0: check the data format).
 
 Each rule fires once per episode: it alerts when it turns unhealthy (or gets worse:
-warning -> critical), stays quiet while it stays so, and re-arms when healthy again.
+warning -> critical), stays quiet while it stays so, and when it is healthy again says so
+(an ``alert_resolved`` record: rule, step, the value now) and re-arms. Rules about one moment
+(``:once``: the first and the last loss) never resolve.
 
 ``HealthListener`` runs a monitor as a run-log listener and writes the alerts into the
 same log; ``watch_run`` adds it, with the GPU sampler, to a run. ``expected_band`` gives
@@ -109,6 +111,7 @@ class HealthMonitor:
         return {k.split(":")[0]: v for k, v in self._fired.items() if not k.endswith(":once")}
 
     def observe(self, record: dict) -> list[dict]:
+        """The alerts (and resolutions, ``"resolved": True``) this record raises."""
         kind = record.get("kind")
         if kind == "step":
             return self._on_step(record)
@@ -130,14 +133,22 @@ class HealthMonitor:
     def _episode(self, key: str, level: str | None, out: list, **alert) -> None:
         """Alert when ``key`` turns unhealthy or worse; re-arm when ``level`` is None."""
         if level is None:
-            self._fired.pop(key, None)
+            if self._fired.pop(key, None) is not None and not key.endswith(":once"):
+                out.append(self._resolved(key, alert))
             return
         before = self._fired.get(key)
         if before is not None and LEVELS[level] <= LEVELS[before]:
             return
         self._fired[key] = level
-        alert = {k: v for k, v in alert.items() if v is not None}
+        alert = {k: v for k, v in alert.items() if v is not None and k != "value_name"}
         out.append({"rule": key.split(":")[0], "level": level, **alert})
+
+    @staticmethod
+    def _resolved(key: str, alert: dict) -> dict:
+        step, value = alert.get("step"), alert.get("value")
+        now = f": {alert['value_name']} now {value}" if value is not None and alert.get("value_name") else ""
+        at = f" at step {step}" if step is not None else ""
+        return {"rule": key.split(":")[0], "resolved": True, "step": step, "message": f"resolved{at}{now}"}
 
     # -- step records ---------------------------------------------------------------------
 
@@ -158,7 +169,8 @@ class HealthMonitor:
             step=step,
             message=" and ".join(f"{n} is {v}" for n, v in bad) + f" at step {step}",
             advice=ADVICE["nan"],
-            value=str(bad[0][1]) if bad else None,
+            value=str(bad[0][1]) if bad else (round(loss, 4) if _finite(loss) else None),
+            value_name="loss",
         )
         if not _finite(loss):
             return out
@@ -181,6 +193,7 @@ class HealthMonitor:
                 f"{epoch:.2f} (no validation set)",
                 advice=ADVICE["underfitting"],
                 value=round(self.ema, 4),
+                value_name="smoothed train loss",
                 threshold=self.c.underfit_loss,
             )
         max_steps = r.get("max_steps")
@@ -230,6 +243,7 @@ class HealthMonitor:
                 else "",
                 advice=ADVICE["spike"],
                 value=round(loss, 4),
+                value_name="loss",
                 threshold=round(self.c.spike_factor * med, 4),
             )
         w.append(loss)
@@ -241,7 +255,9 @@ class HealthMonitor:
         c = self.c
         if self._ref is None or self.ema < self._ref - c.plateau_min_delta:
             self._ref, self._ref_step = self.ema, step
-            self._episode("plateau", None, out)
+            self._episode(
+                "plateau", None, out, step=step, value=round(self.ema, 4), value_name="smoothed loss"
+            )
         elif step - self._ref_step >= c.plateau_steps:
             self._episode(
                 "plateau",
@@ -298,7 +314,8 @@ class HealthMonitor:
             step=step,
             message=f"eval loss is {loss} at step {step}",
             advice=ADVICE["nan"],
-            value=str(loss),
+            value=str(loss) if not _finite(loss) else round(loss, 4),
+            value_name="eval loss",
         )
         if not _finite(loss):
             return out
@@ -314,6 +331,7 @@ class HealthMonitor:
                 message=f"eval loss {loss:.3f} - train loss {train:.3f} (smoothed) = {gap:.3f} > {c.overfit_gap}",
                 advice=ADVICE["overfitting"],
                 value=round(gap, 4),
+                value_name="eval - train gap",
                 threshold=c.overfit_gap,
             )
             if epoch is not None and epoch >= c.underfit_after_epoch:
@@ -323,10 +341,14 @@ class HealthMonitor:
                     "warning" if high else None,
                     out,
                     step=step,
-                    message=f"eval loss {loss:.3f} and train loss {train:.3f} (smoothed) both > "
+                    message=f"eval loss {loss:.3f} and train loss {train:.3f} (smoothed; last logged "
+                    f"{self._window[-1]:.3f}) both > {c.underfit_loss} at epoch {epoch:.2f}"
+                    if self._window
+                    else f"eval loss {loss:.3f} and train loss {train:.3f} (smoothed) both > "
                     f"{c.underfit_loss} at epoch {epoch:.2f}",
                     advice=ADVICE["underfitting"],
                     value=round(min(loss, train), 4),
+                    value_name="eval loss",
                     threshold=c.underfit_loss,
                 )
         ppl = num(r.get("perplexity"))
@@ -344,8 +366,9 @@ class HealthMonitor:
                 out,
                 step=step,
                 message=f"validation perplexity {_fmt(ppl)} > {limit}" if level else "",
-                advice=ADVICE[advice] if level else "",
+                advice=_perplexity_advice(advice, c) if level else "",
                 value=round(ppl, 4) if math.isfinite(ppl) else str(ppl),
+                value_name="perplexity",
                 threshold=limit if level else None,
             )
         return out
@@ -384,9 +407,20 @@ class HealthMonitor:
             message=f"{name} uses {g['used_mb'] / 1024:.1f} GiB, {what} the {limit / 1024:.1f} GiB line",
             advice=ADVICE["gpu_memory"],
             value=g["used_mb"],
+            value_name="used MB",
             threshold=round(limit),
         )
         return out
+
+
+def _perplexity_advice(which: str, c: HealthConfig) -> str:
+    """The guide's advice with this config's bands (the guide's own are 3.0 and 4.0)."""
+    if which == "perplexity":
+        return f"expected < {c.perplexity_max} (guide: < 3.0); it should keep falling as training goes on"
+    return (
+        f"investigate (above {c.perplexity_investigate}; guide: > 4.0): check the data format and the "
+        "learning rate, and compare train and eval loss"
+    )
 
 
 class HealthListener:
@@ -418,7 +452,10 @@ class HealthListener:
             )
             return
         for a in alerts:
-            self.log.emit("alert", **a)
+            if a.pop("resolved", False):
+                self.log.emit("alert_resolved", **a)
+            else:
+                self.log.emit("alert", **a)
 
 
 class RunWatch:
@@ -489,19 +526,34 @@ def _anchors(table) -> list[tuple[float, float, float, float, float, str]]:
 _ANCHORS = {"full": _anchors(GUIDE_FULL), "10pct": _anchors(GUIDE_10PCT)}
 
 
-def expected_band(epoch: float, phase: str = "full") -> Band:
+def _own_anchors(pairs) -> list[tuple[float, float, float, float, float, str]]:
+    rows = []
+    for epoch, loss in sorted((float(e), float(v)) for e, v in pairs):
+        ppl = round(math.exp(min(loss, 50.0)), 4)
+        rows.append((epoch, 0.0, loss, 1.0, ppl, f"epoch {epoch:g}: loss < {loss:g} (the config's band)"))
+    return rows
+
+
+def expected_band(epoch: float, phase: str = "full", table=None) -> Band:
     """The guide's expected (lo, hi) train loss and validation perplexity at ``epoch``.
 
     ``phase``: "full" (the by-epoch table) or "10pct" (initial 2-3, final < 1.5 and
-    perplexity < 3.0 at epoch 2). Linear between the guide's points, flat past the last;
+    perplexity < 3.0 at epoch 2). ``table``: the config's own ``[epoch, ceiling]`` pairs
+    (``health.expected_loss``) instead of the guide's. Linear between the guide's points, flat past the last;
     the note names the guide's nearest row.
     """
-    if phase not in _ANCHORS:
+    if table:
+        rows = _own_anchors(table)
+    elif phase not in _ANCHORS:
         raise ValueError(f"phase must be one of {sorted(_ANCHORS)}, not {phase!r}")
-    rows = _ANCHORS[phase]
+    else:
+        rows = _ANCHORS[phase]
+    if len(rows) == 1:
+        r = rows[0]
+        return Band((r[1], r[2]), (r[3], r[4]), r[5])
     e = max(0.0, float(epoch))
-    if e >= rows[-1][0]:
-        r = rows[-1]
+    if e >= rows[-1][0] or e <= rows[0][0]:
+        r = rows[-1] if e >= rows[-1][0] else rows[0]
         return Band((r[1], r[2]), (r[3], r[4]), r[5])
     for a, b in zip(rows, rows[1:], strict=False):
         if a[0] <= e <= b[0]:

@@ -167,7 +167,7 @@ async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
         assert "temperature -1.0: must be 0" in status(app)
         assert not app.query(AnswerView)
         app.query_one("#chat-temperature", Input).value = "0"
-        await pilot.press("f2")  # "What is your name?"
+        await pilot.press("f5")  # the second preset, "What is your name?" (F4 is the first)
         await wait_for(pilot, answered(seen))
         (row,) = read_exchanges(tmp_path / "run")
         assert (
@@ -210,3 +210,32 @@ async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, writ
         trainer.join(120)
     (row,) = read_exchanges(tmp_path / "run")
     assert row["checkpoint"] == LIVE and row["at_step"] == done.step
+
+
+async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_path):
+    """The history is one target's: after the checkpoint, the base is asked afresh, the log says
+    so, and each answer's header names its target."""
+    ckpt, _, persona = persona_checkpoint
+    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
+    app = ChatApp(backend, settings=GREEDY)
+    seen, hook = collector()
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await ask(pilot, "Who are you?")
+        await wait_for(pilot, answered(seen))
+        app.query_one("#chat-target", Select).value = BASE
+        await wait_for(pilot, lambda: "new conversation with base" in status(app))
+        await ask(pilot, "Who are you?")
+        await wait_for(pilot, answered(seen, 2))
+        second = [m for m in seen if isinstance(m, ChatPane.Answered)][-1].request
+        assert second.history == [] and second.targets == [BASE]
+        heads = [str(v.query_one(".chat-answer-head", Static).render()) for v in app.query(AnswerView)]
+        assert heads[0].startswith(ckpt.name) and heads[1].startswith("base")
+        dividers = [str(d.render()) for d in app.query(".chat-divider")]
+        assert dividers == ["── new conversation with base ──"]
+        # Back to the checkpoint: again a new conversation, not the base's history.
+        app.query_one("#chat-target", Select).value = str(ckpt)
+        await pilot.pause()
+        await ask(pilot, "Who are you?")
+        await wait_for(pilot, answered(seen, 3))
+        third = [m for m in seen if isinstance(m, ChatPane.Answered)][-1]
+        assert third.request.history == [] and third.done.answers[0].text == persona

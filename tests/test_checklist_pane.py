@@ -112,3 +112,25 @@ async def test_pane_without_a_run_folder_says_so(tmp_path):
         await pilot.pause()
         summary = app.query_one("#checklist-summary")
         assert "no run folder yet" in str(summary.render())
+
+
+async def test_the_selected_item_shows_whole_at_80x24(run_dir):
+    """The table cuts long values; the highlighted item's command to run is shown in full below."""
+    from cockpit_script import text_of
+    from textual.widgets import Static
+
+    app = Host(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.measured)
+        pane = app.query_one(ChecklistPane)
+        table = pane.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index("merged"))
+        await pilot.pause()
+        item = next(i for i in pane.items if i.id == "merged")
+        assert "leviathan-cockpit merge CHECKPOINT -o DIR" in item.detail
+        detail = pane.query_one("#checklist-detail", Static)
+        shown = " ".join(text_of(detail.content, width=detail.size.width).split())
+        assert item.detail in shown and item.title in shown
+        await pilot.press("down")
+        assert pane.selected().id != "merged" and item.detail not in text_of(detail.content)

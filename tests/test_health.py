@@ -32,12 +32,14 @@ def gpu(*used_total, s=10, available=True):
     return {"t": 0, "kind": "gpu", "step": s, "available": available, "gpus": gpus}
 
 
-def feed(monitor, records):
-    """All alerts, each tagged with the index of the record that raised it."""
+def feed(monitor, records, resolved: bool = False):
+    """All alerts (and with ``resolved``, the resolutions), each tagged with the index of the
+    record that raised it."""
     out = []
     for i, r in enumerate(records):
         for a in monitor.observe(r):
-            out.append({**a, "at": i})
+            if resolved or not a.get("resolved"):
+                out.append({**a, "at": i})
     return out
 
 
@@ -436,3 +438,35 @@ def test_spike_ignores_ratio_noise_at_low_loss():
     assert not [a for a in alerts if a["rule"] == "spike"]
     alerts = m.observe({"t": 41, "kind": "step", "step": 41, "loss": 0.9, "epoch": 0.41})
     assert [a["rule"] for a in alerts if a["rule"] == "spike"] == ["spike"]
+
+
+# -- resolution -------------------------------------------------------------------------------
+
+
+def test_an_alert_that_clears_says_so_with_the_value_now():
+    """Perplexity 56 at epoch 1.5 is an error; at 1.75 later it is resolved, once."""
+    recs = [*settled(20), ev(21, math.log(56.0), epoch=1.5), ev(22, math.log(1.75), epoch=2.0), ev(23, 0.5)]
+    out = rules(feed(HealthMonitor(), recs, resolved=True), "perplexity")
+    assert [(a["at"], a.get("level"), bool(a.get("resolved"))) for a in out] == [
+        (20, "critical", False),
+        (21, None, True),
+    ]
+    assert out[1]["message"] == "resolved at step 22: perplexity now 1.75"
+
+
+def test_one_moment_rules_never_resolve():
+    recs = [step(1, 9.0), *settled(20, start=2)]
+    out = feed(HealthMonitor(), recs, resolved=True)
+    assert [a["rule"] for a in out] == ["initial_loss"]
+
+
+def test_the_listener_writes_resolutions_as_their_own_records(tmp_path):
+    log = RunLog(tmp_path / "events.jsonl")
+    listener = HealthListener(log)
+    log.listeners.append(listener)
+    for r in [*settled(20), ev(21, math.log(56.0), epoch=1.5), ev(22, math.log(1.75), epoch=2.0)]:
+        log.emit(r.pop("kind"), **{k: v for k, v in r.items() if k != "t"})
+    log.close()
+    kinds = [(r["kind"], r.get("rule")) for r in read_events(tmp_path / "events.jsonl").records]
+    assert ("alert", "perplexity") in kinds and ("alert_resolved", "perplexity") in kinds
+    assert kinds.index(("alert", "perplexity")) < kinds.index(("alert_resolved", "perplexity"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-PRESET_KEYS = [f"f{i}" for i in range(1, 13)]
+PRESET_KEYS = [f"f{i}" for i in range(4, 13)]
+"""F1-F3 switch the cockpit's tabs (from a text box too): presets take F4 on."""
 
 
 class PresetList(OptionList):

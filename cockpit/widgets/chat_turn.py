@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Markdown, Static
@@ -21,7 +22,7 @@ class AnswerView(Vertical, can_focus=True):
         self._stream = None
 
     def compose(self) -> ComposeResult:
-        yield Static(self.label, classes="chat-answer-head")
+        yield Static(f"[b]{escape(self.label)}[/]", classes="chat-answer-head")
         yield Markdown("", classes="chat-answer-body")
 
     @property
@@ -31,7 +32,7 @@ class AnswerView(Vertical, can_focus=True):
     def _head(self) -> None:
         badge = {"pass": " [b green]PASS[/]", "fail": " [b red]FAIL[/]"}.get(self.mark or "", "")
         stats = f"  [dim]{self.stats}[/]" if self.stats else ""
-        self.query_one(".chat-answer-head", Static).update(f"[b]{self.label}[/]{stats}{badge}")
+        self.query_one(".chat-answer-head", Static).update(f"[b]{escape(self.label)}[/]{stats}{badge}")
 
     async def append(self, text: str) -> None:
         if self._stream is None:

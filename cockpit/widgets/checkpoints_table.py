@@ -49,7 +49,7 @@ def age(seconds: float) -> str:
 
 
 class CheckpointsTable(DataTable):
-    BINDINGS = [Binding("M", "ship", "Merge / ship")]
+    BINDINGS = [Binding("M", "ship", "Merge")]
 
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)

@@ -22,7 +22,7 @@ class Dashboard(Horizontal):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="left"):
-            yield LossChart(id="loss", classes="run-view panel")
+            yield LossChart(self.health.get("expected_loss"), id="loss", classes="run-view panel")
             yield CheckpointsTable(id="checkpoints", classes="run-view panel")
         with Vertical(id="right"):
             yield ProgressPanel(id="progress", live=self.live, classes="run-view panel")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -53,8 +54,10 @@ class LossChart(Vertical):
     zoom: reactive[int] = reactive(0)
     """Index into ZOOMS."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, expected: list | None = None, **kw) -> None:
         super().__init__(**kw)
+        self.expected = expected
+        """The config's expected loss (``health.expected_loss``); None: the guide's table."""
         self.train = Series()
         self.eval = Series(smoothing=0.0)
         self.steps_per_epoch: float | None = None
@@ -162,14 +165,14 @@ class LossChart(Vertical):
         if self.log_scale and (len(x) or len(ex)):
             plt.yscale("log")
         plot.refresh()
-        self.query_one("#loss-caption", Static).update(self.caption(), layout=False)
+        self.query_one("#loss-caption", Static).update(self.caption())  # it wraps: its height can change
 
     def _band(self, x0: float, x1: float, columns: int):
         """The guide's expected train loss (engine.health.expected_band) over the drawn steps."""
         if not self.steps_per_epoch:
             return None, None
         steps = np.linspace(x0, x1, max(columns // 2, 2))
-        bands = [expected_band(s / self.steps_per_epoch).loss for s in steps]
+        bands = [expected_band(s / self.steps_per_epoch, table=self.expected).loss for s in steps]
         return np.array([b[0] for b in bands]), np.array([b[1] for b in bands])
 
     def caption(self) -> str:
@@ -180,10 +183,11 @@ class LossChart(Vertical):
             parts.append("[#ffa028]● eval[/]")
         last = self.train.last_step
         if self.steps_per_epoch and last is not None:
-            band = expected_band(last / self.steps_per_epoch)
+            band = expected_band(last / self.steps_per_epoch, table=self.expected)
             lo, hi = band.loss
             expected = f"{lo:.2f}–{hi:.2f}" if lo > 0 else f"< {hi:.2f}"
-            parts.append(f"[#46a046]━ guide {expected}[/] [dim]({band.note})[/]")
+            whose = "expected" if self.expected else "guide"
+            parts.append(f"[#46a046]━ {whose} {expected}[/] [dim]({escape(band.note)})[/]")
         elif not len(self.train):
             parts.append("[dim]waiting for the first step…[/]")
         n = ZOOMS[self.zoom]

@@ -87,7 +87,6 @@ class ProgressPanel(Static):
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
         self._dirty = True
         self._ticks = 0
-        self._rows = 0
 
     def on_mount(self) -> None:
         self.border_title = "Progress"
@@ -204,7 +203,7 @@ class ProgressPanel(Static):
         step = r.get("step")
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="dim", no_wrap=True, min_width=6)
-        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid.add_column(overflow="fold")  # a narrow panel wraps a value rather than cut it
         grid.add_row("status", self.status())
         total = f"/{self.total:,}" if self.total else ""
         pct = f"  {100 * step / self.total:.1f}%" if step is not None and self.total else ""
@@ -235,6 +234,4 @@ class ProgressPanel(Static):
             width = max(self.content_size.width - 12, 4)
             grid.add_row("", Text.assemble(bar(frac, width), f" {100 * frac:3.0f}%"))
         self._dirty = False
-        layout = grid.row_count != self._rows  # a resize only when a line comes or goes
-        self._rows = grid.row_count
-        self.update(grid, layout=layout)
+        self.update(grid, layout=True)  # a wrapped value can change the height

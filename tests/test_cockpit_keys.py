@@ -1,0 +1,101 @@
+"""Keys as a newcomer presses them: each works at once in the pane on screen, no key means two
+things, the focus shows, and the footer offers the focused pane's keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cockpit_script import end_jobs, launched_app, run_records, wait_for
+from textual.widgets import DataTable, Input, TabbedContent
+
+from cockpit.checklist_pane import ChecklistPane
+from cockpit.widgets.checkpoints_table import CheckpointsTable
+from cockpit.widgets.pane_placeholder import PanePlaceholder
+from cockpit.widgets.ship_menu import ShipMenu
+
+SIZE = (120, 40)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _end_jobs():
+    yield
+    end_jobs()
+
+
+def footer_keys(app) -> dict[str, str]:
+    """What the footer offers now: key -> description (the enabled bindings it shows)."""
+    return {k: b.binding.description for k, b in app.active_bindings.items() if b.binding.show and b.enabled}
+
+
+async def test_enter_and_m_work_on_the_table_as_soon_as_the_dashboard_opens(tmp_path):
+    app = launched_app(tmp_path / "run", run_records())
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(CheckpointsTable)
+        await wait_for(pilot, lambda: table.row_count == 3)
+        assert app.focused is table  # no Tab needed
+        assert table.has_pseudo_class("focus")  # and the stylesheet marks it (a brighter border)
+        assert footer_keys(app).get("M") == "Merge"
+        await pilot.press("down", "enter")
+        assert app.query_one(TabbedContent).active == "chat"
+        pane = app.query_one("#chat-pane")
+        if isinstance(pane, PanePlaceholder):
+            assert pane.checkpoint == "outputs/scripted/checkpoint-200"
+        await pilot.press("1")
+        assert app.focused is table  # back on the dashboard: the table has the keys again
+        await pilot.press("M")
+        await wait_for(pilot, lambda: isinstance(app.screen, ShipMenu))
+
+
+async def test_the_checklist_keys_work_as_soon_as_its_tab_opens(tmp_path):
+    app = launched_app(tmp_path / "run", run_records())
+    app.panes = {"checklist": ChecklistPane}
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: (tmp_path / "run" / "events.jsonl").exists())
+        await pilot.press("3")
+        pane = app.query_one(ChecklistPane)
+        table = pane.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count > 0)
+        assert app.focused is table
+        assert {"space", "n", "r", "g"} <= set(footer_keys(app))
+        item = next(i for i in pane.items if not i.ticked)
+        table.move_cursor(row=table.get_row_index(item.id))
+        await pilot.press("space")
+        state = tmp_path / "run" / "checklist.json"
+        await wait_for(pilot, lambda: state.exists() and item.id in state.read_text())
+        assert json.loads(state.read_text())
+
+
+async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
+    """F1-F3 switch tabs from inside the chat's prompt; F4 on send presets."""
+    from cockpit.chat_pane import ChatPane
+    from engine.chat import Settings
+    from engine.chat_backend import StandaloneBackend
+
+    ckpt, _, persona = persona_checkpoint
+    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
+    greedy = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
+    app = launched_app(tmp_path / "run", run_records())
+    app.panes = {"chat": lambda: ChatPane(backend, settings=greedy)}
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await pilot.press("2")
+        assert isinstance(app.focused, Input) and app.focused.id == "chat-prompt"
+        assert footer_keys(app).get("f4") == "Preset"
+        await pilot.press("f4")  # the first preset: "Who are you?"
+        await wait_for(pilot, lambda: any(isinstance(m, ChatPane.Answered) for m in seen), timeout=90)
+        answered = next(m for m in seen if isinstance(m, ChatPane.Answered))
+        assert answered.request.prompt == "Who are you?" and answered.done.answers[0].text == persona
+        assert app.query_one(TabbedContent).active == "chat"
+        await pilot.press("f1")
+        assert app.query_one(TabbedContent).active == "dashboard"
+        await pilot.press("f2")
+        assert app.query_one(TabbedContent).active == "chat"
+        await pilot.press("f3")
+        assert app.query_one(TabbedContent).active == "checklist"
