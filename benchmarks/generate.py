@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--quick", action="store_true", help="skip HF static at batch 8 and reduce-overhead")
     args = ap.parse_args(argv)
 
     import torch
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     padded = torch.tensor([[0] * (width - len(r)) + r for r in rows8], device=device)
     n, f, tps, s = hf_generate(merged, padded, new, static=False)
     add(row("raw HF generate, eager, 8 suite prompts", n, f, tps, s, batch=8, extra="tokens/s: all rows"))
-    if cuda and not args.no_compile:
+    if cuda and not args.no_compile and not args.quick:
         for call in ("1st call", "again"):
             n, f, tps, s = hf_generate(merged, padded, new, static=True)
             add(row(f"raw HF generate, static cache, 8 suite prompts ({call})", n, f, tps, s, 8, "all rows"))
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     n, f, tps, s, used = ours_rows(merged, rows8, new)
     add(row("ours: 8 suite prompts, merged model", n, f, tps, s, 8, f"all rows, {used}"))
 
-    compiled = [] if args.no_compile or not cuda else ["compile-graph", "compile"]
+    compiled = [] if args.no_compile or not cuda else ["compile-graph", "compile"][: 1 if args.quick else 2]
     for mode in ["graph", *compiled, "eager"]:
         for call in ("1st call", "again"):
             n, f, tps, s, used = ours_rows(merged, [prompt], new, mode=mode)

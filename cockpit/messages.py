@@ -32,6 +32,11 @@ class CheckpointSaved(Message, bubble=False):
 
 
 @dataclass
+class ProbeScored(Message, bubble=False):
+    record: dict  # a `probe` record: a suite's score on a saved checkpoint
+
+
+@dataclass
 class CheckpointRemoved(Message, bubble=False):
     record: dict
 
@@ -164,6 +169,8 @@ def to_messages(records: list[dict]) -> list[Message]:
             out.append(EvalLogged(r))
         elif kind == "save":
             out.append(CheckpointSaved(r))
+        elif kind == "probe":
+            out.append(ProbeScored(r))
         elif kind == "checkpoint_removed":
             out.append(CheckpointRemoved(r))
         elif kind == "alert":

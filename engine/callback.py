@@ -26,7 +26,9 @@ class CockpitCallback(TrainerCallback):
         meta: dict,
         flops_per_token: float | None = None,
         peak_flops: float | None = None,
+        probes=None,
     ) -> None:
+        self.probes = probes  # engine.probes.Probes: suites run on each checkpoint as it is saved
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.log = log
@@ -123,10 +125,14 @@ class CockpitCallback(TrainerCallback):
         self.log.emit(
             "save", step=state.global_step, path=path, loss=self.last_loss, eval_loss=self.last_eval_loss
         )
-        best_step = self.best[1] if self.best else None
-        for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_step):
+        if self.probes:  # on the weights just saved, at this step boundary
+            self.probes.run(kwargs.get("model"), kwargs.get("processing_class"), path, state.global_step)
+        best_steps = [self.best[1]] if self.best else []
+        if self.probes and (probe_best := self.probes.best_step(args.output_dir)) is not None:
+            best_steps.append(probe_best)
+        for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_steps):
             self.log.emit("checkpoint_removed", step=state.global_step, path=str(removed))
-        self._exclude(time.time() - self._phase_end)  # saving is not training time
+        self._exclude(time.time() - self._phase_end)  # saving (and probing) is not training time
 
     # -- commands -------------------------------------------------------------------------
 

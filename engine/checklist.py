@@ -242,7 +242,6 @@ class Sources:
         self.evals = [r for r in self.records if r.get("kind") == "eval"]
         self.output_dir = output_dir_of(self.run_dir, self.records)
         self.results = read_eval_results(self.run_dir)
-        self.artifacts = (state or {}).get("artifacts", {})
         health = getattr(config, "health", None)
         self.spike_factor = getattr(health, "spike_factor", 1.5)
         self.spike_window = getattr(health, "spike_window", 50)
@@ -468,16 +467,12 @@ def _model_folder(p: Path) -> bool:
     )
 
 
-def _candidates(
-    src: Sources, item: Item, artifact: str, suffixes: tuple[str, ...], made: list[dict] = ()
-) -> list[Path]:
-    """Where the product may be: the item's path, the recorded artifact, what the run's
+def _candidates(src: Sources, item: Item, suffixes: tuple[str, ...], made: list[dict] = ()) -> list[Path]:
+    """Where the product may be: the item's path, what the run's
     merge/quantize steps wrote (newest first), then the conventional names beside output_dir."""
     if item.params.get("path"):
         return [Path(item.params["path"])]
     out = []
-    if artifact in src.artifacts:
-        out.append(Path(src.artifacts[artifact]["path"]))
     out += [Path(r["output"]) for r in made if r.get("output")]
     if src.output_dir:
         out += [src.output_dir / s for s in suffixes] + [Path(f"{src.output_dir}-{s}") for s in suffixes]
@@ -485,7 +480,7 @@ def _candidates(
 
 
 def rule_merged_model(src: Sources, item: Item) -> Measure:
-    for p in _candidates(src, item, "merged", ("merged",), lineage.step_outputs(src.run_dir, "merge")):
+    for p in _candidates(src, item, ("merged",), lineage.step_outputs(src.run_dir, "merge")):
         if p.is_dir() and _model_folder(p):
             return Measure("pass", str(p), when=p.stat().st_mtime)
     return Measure("pending", detail="no merged model folder yet (leviathan-cockpit merge CHECKPOINT -o DIR)")
@@ -493,7 +488,7 @@ def rule_merged_model(src: Sources, item: Item) -> Measure:
 
 def rule_quantized_model(src: Sources, item: Item) -> Measure:
     nf4 = [r for r in lineage.step_outputs(src.run_dir, "quantize") if r.get("type") == "nf4"]
-    for p in _candidates(src, item, "quantized", ("merged-nf4", "nf4", "quantized"), nf4):
+    for p in _candidates(src, item, ("merged-nf4", "nf4", "quantized"), nf4):
         cfg = read_json(p / "config.json") if p.is_dir() else None
         if cfg is not None and _model_folder(p):
             q = cfg.get("quantization_config") or {}
@@ -508,9 +503,6 @@ def rule_quantized_model(src: Sources, item: Item) -> Measure:
 
 
 def rule_hub_upload(src: Sources, item: Item) -> Measure:
-    a = src.artifacts.get("hub")
-    if a:
-        return Measure("pass", str(a.get("path")), when=a.get("at"))
     pushed = lineage.step_outputs(src.run_dir, "push")  # a real upload only: a dry run records nothing
     if pushed:
         return Measure("pass", str(pushed[0].get("url") or pushed[0].get("repo_id")), when=pushed[0].get("t"))
@@ -627,7 +619,6 @@ def load_state(run_dir: str | Path) -> dict:
     state = read_json(Path(run_dir) / STATE_FILE) or {}
     state.setdefault("version", 1)
     state.setdefault("items", {})
-    state.setdefault("artifacts", {})
     return state
 
 
@@ -663,13 +654,6 @@ def tick(run_dir: str | Path, item_id: str, note: str | None = None, done: bool 
             entry["note"] = note or ""
 
     _update(run_dir, change)
-
-
-def record_artifact(run_dir: str | Path, name: str, path: str) -> None:
-    """Tell the checklist where a product went (``merged``, ``quantized``, ``hub``)."""
-    _update(
-        _run_dir(run_dir), lambda s: s["artifacts"].__setitem__(name, {"path": str(path), "at": time.time()})
-    )
 
 
 def _config(run_dir: Path):

@@ -248,10 +248,11 @@ def best(complete: list[Checkpoint]) -> Checkpoint | None:
     return found
 
 
-def retain(output_dir: str | Path, limit: int | None, best_step: int | None = None) -> list[Path]:
+def retain(output_dir: str | Path, limit: int | None, best_step: int | list[int] | None = None) -> list[Path]:
     """Delete the oldest complete checkpoints beyond ``limit``; the newest and the best survive.
 
-    The best is read from the markers (so it survives restarts), plus ``best_step`` when given.
+    The best is read from the markers (so it survives restarts), plus ``best_step`` (one step or
+    several: the best eval loss, the best probe score) when given.
     ``limit`` counts them all: with limit 3 and an old best, the best and the two newest stay
     (with limit 1 and a best that is not the newest, both stay).
     """
@@ -264,8 +265,9 @@ def retain(output_dir: str | Path, limit: int | None, best_step: int | None = No
     top = best(complete)
     if top is not None:
         keep.add(top.step)
-    if best_step is not None and any(c.step == best_step for c in complete):
-        keep.add(best_step)
+    for b in [best_step] if isinstance(best_step, int) else list(best_step or []):
+        if any(c.step == b for c in complete):
+            keep.add(b)
     for c in reversed(complete):  # fill the remaining places with the newest
         if len(keep) >= limit:
             break

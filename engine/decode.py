@@ -122,7 +122,7 @@ class Decoder:
 
     def _forward(self, ids, mask, pos, cpos, cache, forward=None):
         kw = {"cache": cache} if self._new_cache_api else {"past_key_values": cache, "cache_position": cpos}
-        out = (forward or self.core)(
+        out = (forward if forward is not None else self.core)(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw
         )
         return out.logits[:, -1, :]

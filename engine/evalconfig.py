@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class EvaluationConfig(BaseModel):
@@ -37,8 +37,32 @@ class EvaluationConfig(BaseModel):
     """A system message put before every prompt."""
     lmeval_tasks: list[str] = Field(default_factory=lambda: ["humaneval", "truthfulqa_mc"])
     """lm-evaluation-harness tasks run by ``eval --suite lmeval`` when --tasks is not given."""
-    on_save: bool = False
-    """Run the identity and inference suites on every checkpoint as it is saved."""
+    on_save: list[Literal["identity", "inference"]] = Field(default_factory=list)
+    """Suites run on every checkpoint as it is saved (probes), on the training model at that step:
+    ``[identity, inference]``; ``true`` means both, ``false`` none. Scores go to the run log
+    (``probe`` records), the run's ``eval/`` folder and the checkpoint's marker."""
+    keep_best: Literal["eval_loss", "identity", "inference"] = "eval_loss"
+    """Which checkpoint ``save_total_limit`` keeps besides the newest: the best eval loss (always),
+    and with ``identity`` or ``inference`` also the best score of that probe (``on_save``)."""
+
+    @field_validator("on_save", mode="before")
+    @classmethod
+    def _suites(cls, v):
+        if v is True:
+            return ["identity", "inference"]
+        if v is False or v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @model_validator(mode="after")
+    def _best_is_probed(self):
+        if self.keep_best != "eval_loss" and self.keep_best not in self.on_save:
+            raise ValueError(
+                f"keep_best: {self.keep_best} needs that probe: add it to on_save (e.g. on_save: [{self.keep_best}])"
+            )
+        return self
 
     @field_validator("identity_pattern")
     @classmethod

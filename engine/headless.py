@@ -74,6 +74,9 @@ class Progress:
             self._write(f"eval step {r['step']}: eval_loss {r['eval_loss']:.4f} ppl {r['perplexity']:.3f}")
         elif kind == "save":
             self._write(f"saved {r['path']}")
+        elif kind == "probe":
+            got = r.get("error") or f"{r.get('passed')}/{r.get('total')}"
+            self._write(f"probe {r.get('suite')} on step {r['step']}: {got} ({r.get('seconds')}s)")
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":

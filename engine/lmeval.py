@@ -1,11 +1,11 @@
 """lm-evaluation-harness on a checkpoint or a merged model (optional: ``pip install lm-eval``).
 
-A LoRA checkpoint runs through lm-eval's own HF model with ``pretrained=<base>,peft=<adapter>``
-(the guide's ``lm_eval --model hf`` command, with the adapter), a merged model with
-``pretrained=<folder>``; a vision-language base (which ``AutoModelForCausalLM`` cannot load)
-is loaded by our loader and handed to lm-eval's HF model as an object. The model loads once;
-tasks run one after another and the result file is rewritten after each, so a failure keeps
-the tasks already done.
+The model (a LoRA checkpoint on its base, a merged model, a vision-language base that
+``AutoModelForCausalLM`` cannot load) is loaded by our loader and evaluated by lm-eval's
+``hf`` model with generation through our engine (``engine.lmeval_engine``, model class
+``leviathan``): the same scores as ``lm_eval --model hf`` (the guide's command), its
+generation tasks at the engine's speed. The model loads once; tasks run one after another
+and the result file is rewritten after each, so a failure keeps the tasks already done.
 
 Tasks that execute model-written code (``humaneval``) run only with ``--allow-code-execution``,
 which also sets ``HF_ALLOW_CODE_EVAL=1`` as the ``evaluate`` library requires. The guide's
@@ -74,24 +74,19 @@ def unsafe(tasks: list[str], tm) -> list[str]:
     return [t for t in tasks if ((getattr(tm.task_index.get(t), "cfg", None) or {}).get("unsafe_code"))]
 
 
-def model_spec(model_path: str, base: str | None = None) -> tuple[dict, object | None]:
-    """lm-eval HF model arguments, and a loaded model for bases lm-eval cannot load itself."""
-    from engine.loading import resolve
-    from engine.model import is_vision_language, load_model_config, resolve_base
+def model_spec(model_path: str, base: str | None = None) -> tuple[dict, dict]:
+    """lm-eval model arguments (our loaded model and tokenizer) and what the result records."""
+    from engine.decode import core_model
+    from engine.loading import load_for_inference
 
-    base_name, adapter = resolve(model_path, base)
-    base_name = resolve_base(base_name)
-    if is_vision_language(load_model_config(base_name)):
-        from engine.loading import load_for_inference
-
-        loaded = load_for_inference(model_path, base)
-        return {"pretrained": loaded.model, "tokenizer": loaded.tokenizer}, loaded
-    args = {"pretrained": base_name}
-    if adapter:
-        args["peft"] = adapter
-        if (Path(adapter) / "tokenizer_config.json").is_file():
-            args["tokenizer"] = adapter  # the tokenizer the run trained with
-    return args, None
+    loaded = load_for_inference(model_path, base)
+    record = {
+        "model": "leviathan",
+        "pretrained": type(core_model(loaded.model)).__name__,
+        "base": loaded.base,
+        "peft": loaded.adapter,
+    }
+    return {"pretrained": loaded.model, "tokenizer": loaded.tokenizer}, record
 
 
 def primary_metric(metrics: dict) -> tuple[str, float] | None:
@@ -139,10 +134,11 @@ def run_lmeval(
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = batch_size or ("auto" if device.startswith("cuda") else 1)
-    args, _ = model_spec(model_path, base)
+    args, record = model_spec(model_path, base)
 
     import lm_eval
-    from lm_eval.api.registry import get_model
+
+    from engine.lmeval_engine import model_class
 
     data = {
         **(header or {}),
@@ -152,7 +148,7 @@ def run_lmeval(
         "finished": None,
         "planned": names,
         "lm_eval_version": getattr(lm_eval, "__version__", "?"),
-        "model_args": {k: v if isinstance(v, str) else type(v).__name__ for k, v in args.items()},
+        "model_args": record,
         "limit": limit,
         "tasks": {},
     }
@@ -164,7 +160,7 @@ def run_lmeval(
     save()
     name = "(loading the model)"
     try:
-        lm = get_model("hf").create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
+        lm = model_class().create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
         for i, name in enumerate(names, 1):
             log(f"lm-eval task {i}/{len(names)}: {name}")
             t0 = time.time()

@@ -393,6 +393,7 @@ def _run(
         **dist.checkpoint_meta(config),
     }
     from engine.callback import CockpitCallback
+    from engine.probes import Probes
 
     callback = CockpitCallback(
         log,
@@ -401,6 +402,7 @@ def _run(
         meta=meta,
         flops_per_token=fpt,
         peak_flops=peak,
+        probes=Probes(config, paths.run_dir, log) if config.evaluation.on_save and dist.is_main() else None,
     )
     trainer = build_trainer(
         guard.effective_config(config, ckpt is not None),

@@ -237,22 +237,6 @@ def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, 
     assert (data["passed"], data["total"], data["planned"]) == (2, 2, 4)  # the first batch was kept
 
 
-def test_save_scorer_scores_each_saved_checkpoint(persona_checkpoint, tmp_path):
-    from engine.evaluate import SaveScorer, checkpoint_scores
-
-    ckpt, _, _ = persona_checkpoint
-    run_dir = tmp_path / "logs" / "run"
-    run_dir.mkdir(parents=True)
-    scorer = SaveScorer(run_dir, settings=Settings(max_new_tokens=8))
-    scorer({"kind": "step", "step": 1})  # ignored
-    scorer({"kind": "save", "step": 60, "path": str(ckpt)})
-    scorer.close()
-    assert scorer.errors == [] and scorer.done == [str(ckpt)]
-    scores = checkpoint_scores(run_dir)
-    assert scores[ckpt.name]["identity"]["score"] == 1.0
-    assert scores[ckpt.name]["inference"]["status"] == "completed"
-
-
 def test_run_folder_found_from_the_marker_or_the_runs_output_dir(tmp_path, monkeypatch):
     from engine.rundir import find_run_dir
 

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint, ShipRequested
+from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint, ProbeScored, ShipRequested
 from cockpit.series import as_float
 
 COLUMNS = ("step", "loss", "eval", "size", "age")
@@ -69,6 +69,16 @@ class CheckpointsTable(DataTable):
         self.saves[str(r["path"])] = {**r, "size": folder_size(str(r["path"]))}
         self.rebuild()
 
+    def on_probe_scored(self, message: ProbeScored) -> None:
+        # A run with probes (evaluation.on_save) gets a column of their scores.
+        r = message.record
+        for key, saved in self.saves.items():
+            if key == r.get("path") or Path(key).name == Path(str(r.get("path"))).name:
+                saved.setdefault("probe", {})[r.get("suite", "?")] = r
+        if "probe" not in self.columns:
+            self.add_column("probe", key="probe")
+        self.rebuild()
+
     def on_checkpoint_removed(self, message: CheckpointRemoved) -> None:
         path = str(message.record.get("path"))
         # The engine names removed folders as it found them; match on the folder name too.
@@ -91,6 +101,7 @@ class CheckpointsTable(DataTable):
                 _loss(r.get("eval_loss")),
                 Text(human_size(r.get("size")), justify="right"),
                 Text(age(now - float(r.get("t", now))), justify="right"),
+                *([_probe(r.get("probe"))] if "probe" in self.columns else []),
                 key=str(r["path"]),
             )
         if cursor_key in self.saves:
@@ -119,3 +130,14 @@ def _loss(value) -> Text:
         return Text("—", justify="right")
     v = as_float(value)
     return Text(f"{v:.4f}" if v == v else str(value), justify="right")
+
+
+def _probe(scores: dict | None) -> Text:
+    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``."""
+    if not scores:
+        return Text("—", justify="right")
+    parts = [
+        f"{suite} " + ("error" if p.get("error") else f"{p.get('passed')}/{p.get('total')}")
+        for suite, p in sorted(scores.items())
+    ]
+    return Text(" · ".join(parts))
