@@ -11,12 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from engine.chat_templates import CHATML_TEMPLATE
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
