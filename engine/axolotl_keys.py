@@ -299,6 +299,6 @@ def translate(raw: dict, fields: set[str]) -> Translation:
     t.omitted_defaults = [
         f"`{k}` is not set: Axolotl's default is {v[0]!r}; {v[1]}"
         for k, v in DEFAULTS_DIFFER.items()
-        if raw.get(k) is None
+        if raw.get(k) is None and not (k == "lora_target_linear" and raw.get("lora_target_modules"))
     ]
     return t

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 
-BNB = ("bitsandbytes", "pip install bitsandbytes (a CUDA GPU is needed as well)")
-TORCHAO = ("torchao", "pip install torchao (a CUDA GPU is needed as well)")
+BNB = ("bitsandbytes", "pip install bitsandbytes")
+TORCHAO = ("torchao", "pip install torchao")
 
 # name -> (library it needs or None, needs CUDA)
 OPTIMIZERS: dict[str, tuple[tuple[str, str] | None, bool]] = {
@@ -48,4 +48,4 @@ def needs(name: str, cuda: bool | None = None) -> str | None:
             missing.append("a CUDA GPU (this machine has none)")
     if not missing:
         return None
-    return f"optimizer `{name}` keeps its state in {name.split('_')[-1]} and needs " + " and ".join(missing)
+    return f"optimizer `{name}` needs " + " and ".join(missing)
