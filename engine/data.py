@@ -193,7 +193,7 @@ def read_rows(path, ds_type=None, field_messages: str | None = None) -> Iterator
         ):
             yield _parsed(path, n, obj, opt)
         return
-    files = readers.files_of(path)
+    files = readers.files_of(path, getattr(spec, "data_files", None))
     keep = readers.split_range(split, lambda: sum(readers.count(f) for f in files), path)
     index = 0
     for f in files:

@@ -69,9 +69,20 @@ def size_of(path: str) -> int:
     return sum(f.stat().st_size for f in files_of(path))
 
 
-def files_of(path: str) -> list[Path]:
-    """The data files of a local file or folder; UserError when there are none."""
+def files_of(path: str, data_files: list[str] | str | None = None) -> list[Path]:
+    """The data files of a local file or folder (in a folder, only those matching
+    ``data_files`` globs when given); UserError when there are none."""
     p = Path(path)
+    if data_files and p.is_dir():
+        import fnmatch
+
+        globs = [data_files] if isinstance(data_files, str) else list(data_files)
+        found = [f for f in files_of(path) if any(fnmatch.fnmatch(str(f.relative_to(p)), g) for g in globs)]
+        if not found:
+            raise UserError(
+                f"{path}: no file matches data_files {globs}", "fix `data_files` (paths inside the folder)"
+            )
+        return found
     if p.is_file():
         if not p.name.endswith(SUFFIXES):
             raise UserError(

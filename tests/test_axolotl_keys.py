@@ -233,6 +233,8 @@ def test_every_local_format_and_a_folder(tmp_path):
     bad_at = [(Path(x[0]).name, x[1]) for x in got if isinstance(x, tuple)]
     assert bad_at == [("a.jsonl.gz", 2), ("b.json", 2), ("c.parquet", 2), ("d.arrow", 2)]
     assert sum(1 for x in got if not isinstance(x, tuple)) == 4
+    only = _rows(folder, data_files=["c.parquet"])
+    assert {Path(x.file if not isinstance(x, tuple) else x[0]).name for x in only} == {"c.parquet"}
 
 
 def test_hub_id_not_in_cache_says_how_to_get_it(tmp_path, monkeypatch):
