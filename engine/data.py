@@ -186,15 +186,18 @@ def read_rows(path, ds_type=None, field_messages: str | None = None) -> Iterator
     spec = path if not isinstance(path, str) else None
     opt = Options.of(spec if spec is not None else ds_type, field_messages)
     path = spec.path if spec is not None else path
-    split = getattr(spec, "split", None)
+    split, data_files = getattr(spec, "split", None), getattr(spec, "data_files", None)
     if readers.is_hub_id(path):
-        for n, obj in readers.hub_rows(
-            path, getattr(spec, "name", None), split, getattr(spec, "data_files", None)
-        ):
-            yield _parsed(path, n, obj, opt)
-        return
-    files = readers.files_of(path, getattr(spec, "data_files", None))
-    keep = readers.split_range(split, lambda: sum(readers.count(f) for f in files), path)
+        snapshot = readers.hub_snapshot(path)
+        if snapshot is None:  # not downloaded as files: maybe in the datasets library's own cache
+            for n, obj in readers.hub_rows(path, getattr(spec, "name", None), split, data_files):
+                yield _parsed(path, n, obj, opt)
+            return
+        files = readers.split_files(snapshot, readers.files_of(str(snapshot), data_files), split)
+    else:
+        files = readers.files_of(path, data_files)
+    count = lambda: sum(readers.count(f) for f in files)  # noqa: E731
+    keep = readers.split_range(split, count, path, hub=readers.is_hub_id(path))
     index = 0
     for f in files:
         for n, record in readers.records(f):

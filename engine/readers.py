@@ -38,12 +38,12 @@ def _bound(b: str | None, n: int, default: int) -> int:
     return max(0, min(n, v))
 
 
-def split_range(split: str | None, n_rows, where: str) -> range | None:
+def split_range(split: str | None, n_rows, where: str, hub: bool = False) -> range | None:
     """The row indices a split keeps (None: all). ``n_rows`` is called only when needed."""
     if split is None:
         return None
     name, start, stop = parse_split(split)
-    if name != "train":
+    if name != "train" and not hub:
         raise UserError(
             f"{where}: split `{name}`: a local file has one split, `train`",
             "use `split: train` (or a slice of it, e.g. train[:20%])",
@@ -147,6 +147,31 @@ def records(p: Path) -> Iterator[tuple[int, bytes | object]]:
 
 def count(p: Path) -> int:
     return sum(1 for _ in records(p))
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The folder of a hub dataset downloaded as files (``huggingface-cli download --repo-type
+    dataset``) in the local cache; None when it is not there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and friends: not in the cache
+        return None
+
+
+def split_files(root: Path, files: list[Path], split: str | None) -> list[Path]:
+    """The files of one split in a hub snapshot: those naming it (``train-00000.parquet``,
+    ``data/train.jsonl``), or all of them when none does (a single-split dataset)."""
+    name = parse_split(split)[0] if split else "train"
+    rel = {f: str(f.relative_to(root)) for f in files}
+    named = [f for f in files if re.search(rf"(^|[/_.-]){re.escape(name)}([/_.-]|$)", rel[f])]
+    if named:
+        return named
+    splits = {"train", "test", "validation", "valid", "dev"}
+    if any(re.search(rf"(^|[/_.-]){s}([/_.-]|$)", r) for r in rel.values() for s in splits):
+        raise UserError(f"no `{name}` split in {root}", "set `split:` to one the dataset has")
+    return files
 
 
 def hub_rows(path: str, name: str | None, split: str | None, data_files) -> Iterator[tuple[int, object]]:

@@ -277,3 +277,27 @@ def test_completion_trains_on_all_of_the_text(tiny_model):
     row = make_row("d.jsonl", 1, {"text": "once upon a time"}, Options.of("completion"))
     ids, labels = RowEncoder(tok).encode_row(row, train_on_inputs=False)
     assert ids == labels == tok("once upon a time")["input_ids"] + [tok.eos_token_id]
+
+
+def test_hub_dataset_downloaded_as_files_is_read_offline(tmp_path, monkeypatch):
+    """The layout `huggingface-cli download --repo-type dataset` leaves in the hub cache."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    repo = tmp_path / "hf" / "hub" / "datasets--someone--tiny-chat"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    data = repo / "snapshots" / rev / "data"
+    data.mkdir(parents=True)
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(5)
+    ]
+    write_jsonl(data / "train-00000.jsonl", rows)
+    write_jsonl(data / "test-00000.jsonl", rows[:1])
+    got = _rows("someone/tiny-chat", split="train[:40%]")
+    assert [r.messages[0]["content"] for r in got] == ["q0", "q1"]
+    assert [r.line for r in _rows("someone/tiny-chat", split="test")] == [1]
