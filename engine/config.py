@@ -3,12 +3,13 @@
 A user brings their Axolotl file unchanged. Every key is one of:
 
 - honoured: a field of ``RunConfig`` below, applied exactly;
-- noted: a known Axolotl key with no effect here that changes nothing about the result
-  (logging integrations, attention back-end flags: the engine picks its own attention);
-  a note says so in the run log and on stderr;
+- mapped or noted: a known Axolotl key reached the engine's own way, or with no effect on the
+  result (``engine.axolotl_keys`` says which and why); a note says so in the run log and on stderr;
 - unsupported: a known Axolotl key that would change training and that we do not do;
-  refused by name (exit 2), never silently ignored;
-- unknown: refused with "did you mean ...".
+  refused by name with the reason (exit 2), never silently ignored;
+- unknown: refused, with "did you mean ..." where a key of related meaning is close.
+
+An empty value means "not set". Every problem of a file comes in one report (``config_report``).
 
 Paths: a relative dataset or model path is looked up first in the config file's folder,
 then in the current directory (Axolotl's own rule, so configs used from a project root
@@ -18,77 +19,68 @@ directory, as Axolotl does.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from engine import chat_templates
+from engine.axolotl_keys import NOTED_KEYS, UNSUPPORTED_KEYS, translate
+from engine.config_dist import FSDP_OPTIONS, DistributedConfig, FsdpConfig
+from engine.config_report import KeyError_, Problem, explain, key_lines, report, suggest
+from engine.config_report import where as _where
+from engine.config_sections import (
+    ChatConfig,
+    ChatPresetSpec,
+    CurriculumConfig,
+    CurriculumPhase,
+    ExportConfig,
+    GuardConfig,
+    HealthConfig,
+)
 from engine.errors import UserError
 from engine.evalconfig import ChecklistConfig, EvaluationConfig
-from engine.yamlload import booleans_as_numbers, load_yaml
+from engine.yamlload import BOOLEAN_FIX, boolean_problems, load_yaml
 
-NOTED_KEYS = {
-    "wandb_project": "W&B logging is not built in; the run log and cockpit replace it",
-    "wandb_entity": "W&B logging is not built in",
-    "wandb_watch": "W&B logging is not built in",
-    "wandb_name": "W&B logging is not built in",
-    "wandb_run_id": "W&B logging is not built in",
-    "wandb_log_model": "W&B logging is not built in",
-    "wandb_mode": "W&B logging is not built in",
-    "flash_attention": "the engine picks its attention (varlen flash kernels on CUDA, exact per-document attention on CPU)",
-    "sdp_attention": "the engine picks its attention",
-    "xformers_attention": "the engine picks its attention",
-    "strict": "has no meaning here",
-    "debug": "has no meaning here",
-    "tokenizer_type": "the tokenizer always loads with AutoTokenizer",
-    "model_type": "the model class is chosen from its config (causal LM or image-text-to-text)",
-    "is_llama_derived_model": "has no meaning here",
-    "is_qwen_derived_model": "has no meaning here",
-    "pad_to_sequence_len": "packed batches are padding-free",
-    "eval_sample_packing": "evaluation is packed like training",
-    "dataset_prepared_path": "datasets are tokenized in memory for each run",
-    "local_rank": "set by the launcher",
-    "hub_model_id": "use `leviathan-cockpit push`",
-    "eval_table_size": "has no meaning here",
-    "group_by_length": "packing already groups by length",
-    "use_tensorboard": "the run log replaces it",
-    "tf32": "TF32 matmuls are enabled on GPUs that have them",
-}
-
-UNSUPPORTED_KEYS = {
-    "gptq": "GPTQ models are not supported; use adapter: qlora",
-    "peft_use_dora": "DoRA is not supported",
-    "peft_use_rslora": "rsLoRA is not supported",
-    "lora_fan_in_fan_out": "not supported",
-    "lora_modules_to_save": "training extra full modules is not supported",
-    "unfrozen_parameters": "full fine-tuning of chosen parameters is not supported",
-    "special_tokens": "adding special tokens is not supported; the base tokenizer is used as is",
-    "tokens": "adding tokens is not supported",
-    "rl": "RL training is not supported; this is supervised fine-tuning",
-    "fp16": "fp16 training is not supported; use bf16 (or fp32 where bf16 is missing)",
-    "relora_steps": "ReLoRA is not supported",
-    "max_packed_sequence_len": "use sequence_len with sample_packing",
-    "early_stopping_patience": "early stopping is not supported; watch the health alerts",
-    "plugins": "Axolotl plugins are not supported",
-    "resume_from_checkpoint": "use --resume PATH on the command line",
-    "auto_resume_from_checkpoints": "resuming is automatic; see --resume",
-    "torch_compile": "compilation is chosen by the engine",
-    "evals_per_epoch": "use eval_steps",
-    "saves_per_epoch": "use save_steps",
-}
+__all__ = [
+    "FSDP_OPTIONS",
+    "NOTED_KEYS",
+    "UNSUPPORTED_KEYS",
+    "ChatConfig",
+    "ChatPresetSpec",
+    "CurriculumConfig",
+    "CurriculumPhase",
+    "DistributedConfig",
+    "ExportConfig",
+    "FsdpConfig",
+    "GuardConfig",
+    "HealthConfig",
+    "KeyError_",
+    "RunConfig",
+    "load_config",
+    "validate",
+]
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str
-    """A local JSONL file (one example a line)."""
-    type: Literal["chat_template", "sharegpt", "alpaca"] = "chat_template"
-    """chat_template: OpenAI ``messages``; sharegpt: ``conversations`` with from/value;
-    alpaca: instruction/input/output."""
+    """A local file (.jsonl, .jsonl.gz, .json, .parquet, .arrow), a folder of them, or a hub
+    dataset id already in the local Hugging Face cache (nothing is downloaded)."""
+    type: str = "chat_template"
+    """chat_template: OpenAI ``messages``; sharegpt: ``conversations`` with from/value; alpaca:
+    instruction/input/output in Axolotl's ``### Instruction:`` prompt; completion: raw ``text``.
+    Also Axolotl's ``chat_template.default``, ``alpaca:chat`` and ``alpaca_chat``."""
     field_messages: str | None = None
     """The key holding the turns (default ``messages``, or ``conversations`` for sharegpt)."""
     roles_to_train: list[str] | None = None
@@ -101,11 +93,53 @@ class DatasetSpec(BaseModel):
     message_field_training: str | None = None
     """The message key of a per-message boolean that overrides roles_to_train for that turn
     (Axolotl's). Unset: a boolean ``training`` or ``train`` key is read where a message has one."""
+    message_property_mappings: dict[str, str] | None = None
+    """Which key of a turn holds what, e.g. ``{role: from, content: value}`` (FineTome, SlimOrca)."""
+    message_field_role: str | None = None
+    """Older spelling of ``message_property_mappings.role``."""
+    message_field_content: str | None = None
+    """Older spelling of ``message_property_mappings.content``."""
+    roles: dict[str, list[str]] | None = None
+    """Our role -> the data's role names, e.g. ``{user: [human], assistant: [gpt]}`` (added to the
+    usual human/gpt/user/assistant/system names)."""
+    drop_system_message: bool = False
+    """Leave system turns out of every conversation."""
+    split: str | None = None
+    """The rows to use: ``train``, or a slice such as ``train[:20%]`` / ``train[10:100]``."""
+    field: str | None = None
+    """completion: the key with the text (default ``text``)."""
+    name: str | None = None
+    """A hub dataset's configuration name."""
+    data_files: list[str] | str | None = None
+    """Files inside a hub dataset or folder to read (default: all of them)."""
+    ds_type: str | None = None
+    """Axolotl's file-format hint (json, parquet, arrow); the format is read from the file here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_set(cls, data):
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
         return _usable_path(v)
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        from engine.prompt_formats import canonical_type
+
+        return canonical_type(v)
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: str | None) -> str | None:
+        from engine.readers import parse_split
+
+        if v is not None:
+            parse_split(v)
+        return v
 
 
 def _usable_path(v: str | None) -> str | None:
@@ -114,344 +148,28 @@ def _usable_path(v: str | None) -> str | None:
     return v
 
 
-class HealthConfig(BaseModel):
-    """Thresholds of the guide's health rules (``health:`` in the config); the defaults are
-    the guide's numbers. Each rule fires once per episode and re-arms when healthy again."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    enabled: bool = True
-    """False: no health alerts (GPU sampling still runs)."""
-    initial_loss_min: float = 2.0
-    """The first logged loss is expected in [initial_loss_min, initial_loss_max] (guide: 2.0-3.0)."""
-    initial_loss_max: float = 3.0
-    """Above it: a warning, "OK if higher, will decrease"."""
-    final_loss_max: float = 1.5
-    """Train loss (mean of the last 10 logged) expected below this at the last step (guide,
-    10% run: < 1.5)."""
-    final_loss_check_data: float = 2.0
-    """Above it at the last step the advice is to check the data format (guide: > 2.0)."""
-    perplexity_max: float = 3.0
-    """Validation perplexity expected below this (guide: < 3.0): a warning above it."""
-    perplexity_investigate: float = 4.0
-    """Validation perplexity above this is critical (guide: investigate if > 4.0)."""
-    perplexity_after_epoch: float = 1.0
-    """Perplexity rules apply from this epoch on: earlier, the guide's own table expects more
-    (~3.5 at epoch 0.5)."""
-    gpu_memory_max_gb: float = 75.0
-    """Used memory of any GPU above this (GiB, as nvidia-smi counts) is critical (guide: < 75 GB)."""
-    gpu_memory_near: float = 0.9
-    """A "nearing the limit" warning from this fraction of gpu_memory_max_gb."""
-    gpu_sample_s: float = Field(10.0, gt=0)
-    """Seconds between two GPU samples in the run log."""
-    smoothing_span: int = Field(50, gt=0)
-    """Logged steps over which the train loss is smoothed (EMA span) for the plateau,
-    overfitting and underfitting rules."""
-    plateau_steps: int = Field(1000, gt=0)
-    """Plateau: the smoothed loss has not improved by plateau_min_delta for this many steps."""
-    plateau_min_delta: float = Field(0.01, ge=0)
-    spike_factor: float = Field(1.5, gt=1)
-    """Spike: a logged loss above spike_factor x the median of the recent window."""
-    spike_min_delta: float = Field(0.3, ge=0)
-    """Spike: the jump must also exceed the median by this much; near a loss of 0.1 a 1.5x ratio is noise."""
-    spike_window: int = Field(50, gt=1)
-    """Logged steps in the spike rule's recent window (it needs 10 of them, or all, first)."""
-    overfit_gap: float = 0.5
-    """Overfitting: eval_loss - smoothed train loss above this (guide: > 0.5)."""
-    underfit_loss: float = 1.5
-    """Underfitting: eval and train loss both above this after underfit_after_epoch (guide: 1.5)."""
-    underfit_after_epoch: float = 1.0
-    expected_loss: list[tuple[float, float]] | None = None
-    """The chart's expected train loss: ``[epoch, ceiling]`` pairs, linear between them (a
-    small model or a new recipe has its own curve). None: the guide's table for an 8B run."""
-
-
-class ExportConfig(BaseModel):
-    """Serving settings for `leviathan-cockpit export` (Ollama Modelfile); the defaults are the guide's."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    system_prompt: str | None = None
-    """The Modelfile's SYSTEM prompt (none by default; `export ollama --system` overrides)."""
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    num_ctx: int = Field(4096, gt=0)
-    """Context length Ollama serves with."""
-
-
-class GuardConfig(BaseModel):
-    """What the engine does when a long run meets a fault (``guard:`` in the config).
-
-    NaN/Inf: a step whose loss or gradient norm is not finite is skipped (no optimizer update;
-    the step still counts, so the step counter and the LR schedule move on) and raises a
-    ``nan`` alert. Out of memory: the step is retried with half the micro batch and twice the
-    accumulation (same effective batch). Disk: free space is checked before every save."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    nan_patience: int = Field(3, gt=0)
-    """Non-finite steps in a row before ``nan_policy`` acts (each one is skipped)."""
-    nan_policy: Literal["rollback", "stop"] = "rollback"
-    """rollback: go back to the newest complete checkpoint saved before the bad steps began and
-    go on with the learning rate times ``nan_lr_scale``; stop: end the run (status diverged)."""
-    nan_lr_scale: float = Field(0.5, gt=0, le=1)
-    """Factor on the learning rate at each rollback (it compounds: 0.5, 0.25, ...)."""
-    nan_max_rollbacks: int = Field(3, ge=0)
-    """Rollbacks allowed in one run; one more streak of non-finite steps stops it."""
-    oom_retry: bool = True
-    """On CUDA out of memory in a step: retry it with half the micro batch and twice
-    gradient_accumulation_steps, kept for the rest of the run and on resume."""
-    disk_margin: float = Field(1.25, gt=0)
-    """A save starts only with this many times the last checkpoint's size free on the
-    output_dir's disk (no checkpoint yet: an estimate from the trainable parameters)."""
-    disk_poll_s: float = Field(5.0, gt=0)
-    """While paused for disk space: seconds between two looks at the free space."""
-    save_best: bool = True
-    """When an evaluation finds a new best eval_loss at a step that is not a save step, save a
-    checkpoint there too, so the best weights exist on disk and retention keeps them."""
-
-
-class KeyError_(ValueError):
-    """Raised by a validator to name the exact sub-key at fault (``loc`` below the field)."""
-
-    def __init__(self, loc: tuple, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.loc, self.message, self.fix = loc, message, fix
-
-
-class CurriculumPhase(BaseModel):
-    """One phase of the curriculum: a span of training with its own category mix."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    name: str = Field(min_length=1)
-    """Shown in the cockpit and in the run log's ``phase`` records."""
-    start_epoch: float = Field(ge=0)
-    """Where the phase begins, in epochs of training (0.0 is the first step; 1.5 is half-way
-    through the second epoch)."""
-    end_epoch: float = Field(gt=0)
-    """Where it ends (exclusive). Phases may not overlap; a gap trains on the natural mix."""
-    weights: dict[str, float] | None = None
-    """Share of the examples drawn from each ``_category`` while the phase lasts (made to sum
-    to 1). ``"*"`` is one weight for all the categories not named, shared among them by their
-    sizes (the rest of the corpus in its natural mix). Without ``"*"``, categories not named are
-    left out of the phase. Omitted: the natural mix (every example equally likely, each seen
-    once per epoch)."""
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v is None:
-            return v
-        for cat, w in v.items():
-            if not w >= 0:
-                raise KeyError_((cat,), f"weight {w!r} is negative", "weights are shares: 0 or more")
-        if not any(w > 0 for w in v.values()):
-            raise KeyError_((), "every weight is 0", "give at least one category a weight above 0")
-        return v
-
-
-class CurriculumConfig(BaseModel):
-    """Phases over epochs with category weights, applied by a sampler over the training set
-    (files are not rewritten). Reproducible by ``seed`` and exact on resume."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    phases: list[CurriculumPhase] = Field(min_length=1)
-    """In order of ``start_epoch``."""
-    mix_every: int = Field(50, gt=0)
-    """Steps between the run log's ``mix`` records (the mix of categories seen so far)."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> CurriculumConfig:
-        names = set()
-        for i, ph in enumerate(self.phases):
-            if ph.end_epoch <= ph.start_epoch:
-                raise KeyError_(
-                    ("phases", i, "end_epoch"),
-                    f"end_epoch {ph.end_epoch} is not after start_epoch {ph.start_epoch}",
-                    "a phase ends after it starts",
-                )
-            if i and ph.start_epoch < self.phases[i - 1].end_epoch:
-                raise KeyError_(
-                    ("phases", i, "start_epoch"),
-                    f"phase {ph.name!r} starts at {ph.start_epoch}, before phase "
-                    f"{self.phases[i - 1].name!r} ends ({self.phases[i - 1].end_epoch})",
-                    "list phases in order, without overlaps",
-                )
-            if ph.name in names:
-                raise KeyError_(
-                    ("phases", i, "name"), f"phase name {ph.name!r} is used twice", "name each phase once"
-                )
-            names.add(ph.name)
-        return self
-
-
-class ChatPresetSpec(BaseModel):
-    """One prompt of the chat pane's preset list."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    prompt: str = Field(min_length=1)
-    label: str | None = None
-    """What the list shows (default: the prompt's start)."""
-    group: str = "config"
-    """Groups pass/fail marks in the checklist (identity, esoteric, code, ...)."""
-
-
-class ChatConfig(BaseModel):
-    """The chat pane: system prompt, generation defaults, presets added to the guide's own."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    system: str | None = None
-    """System prompt the pane starts with (editable there); none by default."""
-    temperature: float = Field(0.7, ge=0)
-    """0 means greedy decoding."""
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(256, gt=0)
-    presets: list[ChatPresetSpec | str] = Field(default_factory=list)
-    """Prompts (plain strings, or prompt/label/group) listed after the guide's spot checks."""
-
-
-FSDP_OPTIONS = (
-    "full_shard",
-    "shard_grad_op",
-    "hybrid_shard",
-    "hybrid_shard_zero2",
-    "no_shard",
-    "offload",
-    "auto_wrap",
-)
-
-
-class FsdpConfig(BaseModel):
-    """``fsdp_config:``, with Axolotl's FSDP2 key names; its FSDP1 spelling (the same names with
-    an ``fsdp_`` prefix, e.g. ``fsdp_offload_params``) is accepted too. Passed to the trainer's
-    FSDP plugin (accelerate); FSDP needs CUDA GPUs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: Literal[1, 2] | None = None
-    """Same as the top-level ``fsdp_version`` (which wins)."""
-    offload_params: bool = False
-    """Keep parameters and gradients on the CPU between uses (slow; for models that do not fit)."""
-    cpu_ram_efficient_loading: bool = False
-    """Load the base weights on the first process only; the others receive them by broadcast."""
-    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = (
-        "TRANSFORMER_BASED_WRAP"
-    )
-    transformer_layer_cls_to_wrap: list[str] | str | None = None
-    """Decoder layer class(es) to shard one by one, e.g. Qwen3DecoderLayer (default: the model's own
-    ``_no_split_modules``)."""
-    min_num_params: int = Field(0, ge=0)
-    """With SIZE_BASED_WRAP: the smallest module (in parameters) that gets its own shard."""
-    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
-    """FULL: one adapter file as usual (gathered on rank 0). SHARDED: one file per rank (faster
-    for large models; resume needs the same world size)."""
-    reshard_after_forward: bool | None = None
-    """FSDP2: free gathered parameters after the forward pass (default true, like full_shard)."""
-    activation_checkpointing: bool = False
-    """FSDP's own activation checkpointing; replaces ``gradient_checkpointing`` (which must not be
-    true as well)."""
-    sharding_strategy: (
-        Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "HYBRID_SHARD_ZERO2", "NO_SHARD"] | None
-    ) = None
-    """FSDP1 only (FSDP2: reshard_after_forward)."""
-    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] | None = None
-    """FSDP1 only."""
-    forward_prefetch: bool | None = None
-    """FSDP1 only."""
-    sync_module_states: bool | None = None
-    """FSDP1 only."""
-    use_orig_params: bool | None = None
-    """FSDP1 only."""
-    limit_all_gathers: bool | None = None
-    """FSDP1 only."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _axolotl_spellings(cls, data):
-        if not isinstance(data, dict):
-            return data
-        out = {}
-        for key, value in data.items():
-            name = key[5:] if isinstance(key, str) and key.startswith("fsdp_") else key
-            if name in out:
-                raise KeyError_(
-                    (key,), f"`{name}` is given twice (as `{name}` and `fsdp_{name}`)", "keep one"
-                )
-            if name in ("auto_wrap_policy", "state_dict_type", "sharding_strategy", "backward_prefetch") and (
-                isinstance(value, str)
-            ):
-                value = value.upper()
-            out[name] = value
-        return out
-
-    def v1_keys(self) -> list[str]:
-        v1 = (
-            "sharding_strategy",
-            "backward_prefetch",
-            "forward_prefetch",
-            "sync_module_states",
-            "use_orig_params",
-        )
-        return [k for k in (*v1, "limit_all_gathers") if getattr(self, k) is not None]
-
-
-class DistributedConfig(BaseModel):
-    """``distributed:``: how many processes on how many hosts. Axolotl leaves these to
-    ``accelerate config``; here they live with the run and become ``accelerate launch`` flags.
-    ``--nproc`` / ``--machine-rank`` on the command line override them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_processes: int | None = Field(None, gt=0)
-    """Training processes in all, over all hosts (one per GPU). Unset: 1 (``--nproc N`` sets it)."""
-    num_machines: int = Field(1, gt=0)
-    """Hosts taking part; each runs the same command with its own ``machine_rank``."""
-    machine_rank: int = Field(0, ge=0)
-    """This host's rank, 0 .. num_machines-1. Host 0 holds rank 0, which writes the run log."""
-    main_process_ip: str | None = None
-    """Address of host 0 (needed with num_machines > 1)."""
-    main_process_port: int | None = Field(None, ge=0, le=65535)
-    """Port on host 0 for the rendezvous. Unset or 0 on one host: a free port is picked."""
-
-    @model_validator(mode="after")
-    def _hosts(self) -> DistributedConfig:
-        if self.machine_rank >= self.num_machines:
-            raise KeyError_(
-                ("machine_rank",),
-                f"machine_rank {self.machine_rank} is not below num_machines {self.num_machines}",
-                "number the hosts 0 .. num_machines-1",
-            )
-        if self.num_machines > 1:
-            for key in ("main_process_ip", "main_process_port", "num_processes"):
-                if not getattr(self, key):
-                    raise KeyError_(
-                        (key,),
-                        f"`{key}` is required with num_machines {self.num_machines}",
-                        "set it for every host",
-                    )
-            if self.num_processes % self.num_machines:
-                raise KeyError_(
-                    ("num_processes",),
-                    f"num_processes {self.num_processes} does not split evenly over {self.num_machines} machines",
-                    "give every host the same number of processes (num_processes = hosts x GPUs per host)",
-                )
-        return self
-
-
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    _defaults_differ: list[str] = PrivateAttr(default_factory=list)
+    """Keys left out whose Axolotl default differs from ours (``check`` and the start record say so)."""
 
     base_model: str
     """A local model folder or a hub id (already in the local cache: nothing is downloaded)."""
     trust_remote_code: bool = False
     datasets: list[DatasetSpec] = Field(min_length=1)
     chat_template: str = "tokenizer_default"
-    """tokenizer_default (the model's own), chatml, llama3, or jinja with chat_template_jinja."""
+    """tokenizer_default (the model's own), one of Axolotl's names (chatml, llama3, qwen3, qwen_25,
+    gemma3, phi_3, mistral_v7_tekken, deepseek_v3, ...: engine/chat_templates/), or jinja with
+    chat_template_jinja. ``tokenizer_default_fallback_NAME``: the model's own, else NAME."""
     chat_template_jinja: str | None = None
+    """The template text, or the path of a .jinja file."""
+    special_tokens: dict[str, str] | None = None
+    """bos_token / eos_token / pad_token / unk_token the tokenizer uses; each must already be one
+    token of its vocabulary (a new token would need its embedding trained)."""
+    tokens: list[str] | None = None
+    """Tokens the vocabulary must hold (checked; new ones are refused, as above)."""
+    eot_tokens: list[str] | None = None
+    """Tokens that end a turn (e.g. ``<|im_end|>``); each must be one token of the vocabulary."""
     train_on_inputs: bool = False
     """False: loss on assistant tokens only (Axolotl's default)."""
 
@@ -459,9 +177,20 @@ class RunConfig(BaseModel):
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_target_linear: bool = True
-    """True: every linear layer of the language model (never the vision tower or lm_head)."""
-    lora_target_modules: list[str] | None = None
+    lora_target_linear: bool | None = None
+    """True: every linear layer of the language model (never the vision tower or lm_head), plus
+    lora_target_modules if given. Unset: the same when lora_target_modules is not given."""
+    lora_target_modules: list[str] | str | None = None
+    """Module names (a list), or a regular expression matched against full module names (a
+    string, as PEFT and Axolotl take it). With lora_target_linear: both (Axolotl's union)."""
+    lora_model_dir: str | None = None
+    """Start from this LoRA adapter (a folder with adapter_config.json) instead of a new one."""
+    peft_use_rslora: bool = False
+    """rsLoRA: scale by lora_alpha / sqrt(r) instead of lora_alpha / r."""
+    liger_kernels: dict[str, bool] | None = None
+    """Liger kernels by name (rope, rms_norm, swiglu, layer_norm, fused_linear_cross_entropy, ...);
+    set from Axolotl's ``liger_*`` keys and plugins. Unset: all of them where liger-kernel and CUDA
+    are there."""
     load_in_4bit: bool = False
     load_in_8bit: bool = False
 
@@ -482,26 +211,42 @@ class RunConfig(BaseModel):
     ] = "cosine"
     warmup_steps: int | None = Field(None, ge=0)
     warmup_ratio: float | None = Field(None, ge=0, le=1)
-    optimizer: Literal[
-        "adamw_torch",
-        "adamw_torch_fused",
-        "adamw_8bit",
-        "adamw_bnb_8bit",
-        "paged_adamw_8bit",
-        "paged_adamw_32bit",
-        "adafactor",
-        "sgd",
-    ] = "adamw_torch_fused"
+    optimizer: str = "adamw_torch_fused"
+    """adamw_torch(_fused), adafactor, sgd; 8-bit and 4-bit ones (adamw_bnb_8bit, adamw_8bit,
+    paged_adamw_8bit, adamw_torch_8bit, adamw_torch_4bit, lion_8bit, ...) where their library
+    (bitsandbytes, torchao) and a CUDA GPU are there (engine/optimizers.py)."""
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
-    """auto: off when the memory estimate fits the GPU, on otherwise (the choice is logged)."""
+    gradient_checkpointing: bool | Literal["auto", "offload"] = "auto"
+    """auto: off when the memory estimate fits the GPU, on otherwise (the choice is logged).
+    offload: on, and the checkpointed activations wait in CPU memory for the backward pass."""
     bf16: bool | Literal["auto"] = "auto"
+    tf32: bool | Literal["auto"] = "auto"
+    """TF32 matmuls on GPUs that have them (auto, true); false: full fp32 matmuls."""
+    adam_beta1: float | None = Field(None, gt=0, lt=1)
+    adam_beta2: float | None = Field(None, gt=0, lt=1)
+    adam_epsilon: float | None = Field(None, gt=0)
+    cosine_min_lr_ratio: float | None = Field(None, ge=0, le=1)
+    """cosine: end at this fraction of learning_rate instead of 0."""
 
     val_set_size: float = Field(0.0, ge=0)
     """A fraction (< 1) or a number of rows (>= 1) held out for evaluation, seeded."""
     eval_steps: int | None = Field(None, gt=0)
     save_steps: int | None = Field(None, gt=0)
+    evals_per_epoch: int | None = Field(None, ge=0)
+    """Evaluations per epoch (0: none); sets eval_steps from the epoch's step count."""
+    saves_per_epoch: int | None = Field(None, ge=0)
+    """Checkpoints per epoch (0: none); sets save_steps from the epoch's step count."""
+    eval_batch_size: int | None = Field(None, gt=0)
+    """Micro batch size for evaluation (default micro_batch_size)."""
+    eval_sample_packing: bool | None = None
+    """Pack the evaluation rows (default: as sample_packing)."""
+    resume_from_checkpoint: str | None = None
+    """Resume from this checkpoint folder (the same as ``--resume PATH``)."""
+    loss_watchdog_threshold: float | None = Field(None, gt=0)
+    """Stop the run (status diverged) when the train loss stays above this ..."""
+    loss_watchdog_patience: int | None = Field(None, gt=0)
+    """... for this many logged steps in a row (default 3, as Axolotl)."""
     logging_steps: int = Field(1, gt=0)
     save_total_limit: int | None = Field(None, gt=0)
     output_dir: str = "./outputs/run"
@@ -558,6 +303,25 @@ class RunConfig(BaseModel):
     ddp_bucket_cap_mb: int | None = Field(None, gt=0)
     ddp_broadcast_buffers: bool | None = None
 
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        from engine.optimizers import OPTIMIZERS
+
+        if v not in OPTIMIZERS:
+            raise ValueError(f"optimizer {v!r} is not one of {', '.join(OPTIMIZERS)}")
+        return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template(cls, v: str) -> str:
+        if not chat_templates.is_known(v):
+            raise ValueError(
+                f"chat_template {v!r} is not tokenizer_default, jinja or one of Axolotl's names: "
+                + ", ".join(chat_templates.names())
+            )
+        return v
+
     @field_validator("val_set_size")
     @classmethod
     def _whole_count(cls, v: float) -> float:
@@ -568,11 +332,23 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.load_in_4bit and self.load_in_8bit:
-            raise ValueError("load_in_4bit and load_in_8bit: choose one")
+            raise KeyError_(("load_in_8bit",), "load_in_4bit and load_in_8bit: choose one", "drop one")
         if self.adapter == "qlora" and self.load_in_8bit:
-            raise ValueError("adapter: qlora quantizes to 4 bits; drop load_in_8bit")
+            raise KeyError_(("load_in_8bit",), "adapter: qlora quantizes to 4 bits", "drop load_in_8bit")
         if self.chat_template == "jinja" and not self.chat_template_jinja:
-            raise ValueError("chat_template: jinja needs chat_template_jinja")
+            raise KeyError_(
+                ("chat_template",),
+                "chat_template: jinja needs chat_template_jinja",
+                "add `chat_template_jinja:`",
+            )
+        for a, b in (("evals_per_epoch", "eval_steps"), ("saves_per_epoch", "save_steps")):
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                raise KeyError_((a,), f"`{a}` and `{b}` both set the same interval", "keep one of them")
+        fsdp_ac = self.fsdp_config is not None and self.fsdp_config.activation_checkpointing
+        if self.gradient_checkpointing == "offload" and fsdp_ac:
+            raise KeyError_(
+                ("gradient_checkpointing",), "offload and FSDP's activation checkpointing", "keep one"
+            )
         if self.curriculum is not None and self.max_steps is None:
             last = len(self.curriculum.phases) - 1
             if self.curriculum.phases[last].start_epoch >= self.num_epochs:
@@ -583,7 +359,9 @@ class RunConfig(BaseModel):
                     "start it earlier or raise num_epochs",
                 )
         if self.deepspeed and self.uses_fsdp:
-            raise ValueError("deepspeed and fsdp/fsdp_config are two ways to shard: choose one")
+            raise KeyError_(
+                ("deepspeed",), "deepspeed and fsdp/fsdp_config are two ways to shard", "choose one"
+            )
         if self.fsdp is not None and not isinstance(self.fsdp, bool):
             for i, opt in enumerate(self.fsdp):
                 if opt not in FSDP_OPTIONS:
@@ -598,10 +376,6 @@ class RunConfig(BaseModel):
                     "keep fsdp_config.activation_checkpointing (FSDP's own) and drop gradient_checkpointing",
                 )
             self.gradient_checkpointing = False  # FSDP checkpoints activations itself
-        if self.chat_template not in ("tokenizer_default", "chatml", "llama3", "jinja"):
-            raise ValueError(
-                f"chat_template {self.chat_template!r} is not one of tokenizer_default, chatml, llama3, jinja"
-            )
         return self
 
     @property
@@ -616,32 +390,6 @@ class RunConfig(BaseModel):
 
 
 KNOWN_KEYS = sorted(set(RunConfig.model_fields) | set(NOTED_KEYS) | set(UNSUPPORTED_KEYS))
-
-
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Line numbers of every mapping key, by its path, for messages that point at a line."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, path):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = path + (k.value,)
-                lines[key] = k.start_mark.line + 1
-                walk(v, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    with contextlib.suppress(yaml.YAMLError):
-        walk(yaml.compose(text), ())
-    return lines
-
-
-def _where(file: str, lines: dict[tuple, int], loc: tuple) -> str:
-    while loc and loc not in lines:
-        loc = loc[:-1]
-    return f"{file}:{lines[loc]}" if loc else file
 
 
 def _resolve_path(value: str, base: Path) -> str:
@@ -691,37 +439,31 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 def validate(
     raw: dict, file: Path, text: str = "", overrides: dict[str, Any] | None = None
 ) -> tuple[RunConfig, list[str]]:
-    lines = _key_lines(text)
-    notes = []
-    data = {}
-    for key, value in raw.items():
-        skey = str(key)
-        if skey in NOTED_KEYS:
-            notes.append(
-                f"{_where(str(file), lines, (skey,))}: `{skey}` has no effect here: {NOTED_KEYS[skey]}"
-            )
-        elif skey in UNSUPPORTED_KEYS:
-            raise UserError(
-                f"{_where(str(file), lines, (skey,))}: `{skey}` is an Axolotl key this engine does not "
-                f"support: {UNSUPPORTED_KEYS[skey]}.",
-                f"remove `{skey}` from the config",
-            )
-        elif skey not in RunConfig.model_fields:
-            close = difflib.get_close_matches(skey, KNOWN_KEYS, n=1, cutoff=0.6)
-            hint = f"did you mean `{close[0]}`?" if close else "see README.md for the keys"
-            raise UserError(f"{_where(str(file), lines, (skey,))}: unknown key `{skey}`", hint)
-        else:
-            data[skey] = value
-    data.update(overrides or {})
-    booleans_as_numbers(data, RunConfig, file, text)  # `lora_r: yes` is not 1
+    """All of a config's problems in one UserError; else the config and its notes."""
+    lines = key_lines(text)
+    t = translate(raw, set(RunConfig.model_fields))
+    notes = [f"{_where(str(file), lines, loc)}: {text}" for loc, text in t.notes]
+    problems = []
+    for loc, message, fix in t.problems:
+        if message.startswith("unknown key"):
+            close = suggest(str(loc[-1]), KNOWN_KEYS)
+            fix = f"did you mean `{close}`?" if close else "see README.md for the keys"
+        problems.append(Problem(_where(str(file), lines, loc), message, fix))
+    data = {**t.data, **(overrides or {})}
+    problems += [Problem(w, m, BOOLEAN_FIX) for w, m in boolean_problems(data, RunConfig, file, text)]
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise _explain(e, file, lines) from None
+        problems += explain(e, RunConfig, file, lines)
+    if problems:
+        raise report(problems)
+    config._defaults_differ = t.omitted_defaults
     base = file.resolve().parent
     for ds in config.datasets:
         ds.path = _resolve_path(ds.path, base)
     config.base_model = _resolve_path(config.base_model, base)
+    if config.lora_model_dir:
+        config.lora_model_dir = _resolve_path(config.lora_model_dir, base)
     if config.deepspeed:
         config.deepspeed = _resolve_path(config.deepspeed, base)
         check_deepspeed_json(config.deepspeed, _where(str(file), lines, ("deepspeed",)))
@@ -768,54 +510,6 @@ def check_deepspeed_json(path: str, where: str) -> dict:
             f"{path}: `zero_optimization.stage` {stage!r} is not 0, 1, 2 or 3", "use a ZeRO stage 0-3"
         )
     return ds
-
-
-def _model_at(loc: tuple):
-    """The pydantic model class that owns the keys at ``loc`` (list indices skipped)."""
-    import typing
-
-    model = RunConfig
-    for part in loc:
-        if isinstance(part, int) or part not in model.model_fields:
-            continue
-        annotation = model.model_fields[part].annotation
-        candidates = [annotation, *typing.get_args(annotation)]
-        for c in candidates:
-            c = next((a for a in typing.get_args(c) if isinstance(a, type) and issubclass(a, BaseModel)), c)
-            if isinstance(c, type) and issubclass(c, BaseModel):
-                model = c
-                break
-    return model
-
-
-def _explain(e: ValidationError, file: Path, lines: dict[tuple, int]) -> UserError:
-    err = e.errors()[0]
-    loc = tuple(err["loc"])
-    exc = err.get("ctx", {}).get("error")
-    if isinstance(exc, KeyError_):  # a validator that names the sub-key at fault
-        loc = loc + exc.loc
-        return UserError(f"{_where(str(file), lines, loc)}: `{_dotted(loc)}`: {exc.message}", exc.fix)
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    where = _where(str(file), lines, loc)
-    if err["type"] == "missing":
-        return UserError(f"{where}: required key `{key}` is missing", f"add `{key}:` to the config")
-    if err["type"] == "extra_forbidden":
-        field = str(loc[-1])
-        parent = _model_at(loc[:-1])
-        close = difflib.get_close_matches(field, list(parent.model_fields), n=1, cutoff=0.6)
-        hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(parent.model_fields)}"
-        return UserError(f"{where}: unknown key `{key}`", hint)
-    value = err.get("input")
-    allowed = err.get("ctx", {}).get("expected") or err["msg"]
-    return UserError(f"{where}: bad value for `{key}`: {value!r}", f"{allowed}")
-
-
-def _dotted(loc: tuple) -> str:
-    """('curriculum', 'phases', 1, 'weights', 'coding') -> curriculum.phases[1].weights.coding"""
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
 
 
 def dump_resolved(config: RunConfig, path: str | Path) -> None:

@@ -1,8 +1,11 @@
-"""JSONL readers, row validation with file:line, and assistant-only token masks.
+"""Row parsing with file:line, and assistant-only token masks.
 
-Three row shapes (Axolotl's ``type``): ``chat_template`` (OpenAI ``messages``),
-``sharegpt`` (``conversations`` with from/value) and ``alpaca``
-(instruction/input/output). Each becomes a list of ``{"role", "content"}`` turns.
+Row shapes (Axolotl's ``type``): ``chat_template`` (OpenAI ``messages``, or any turn keys
+through ``message_property_mappings`` and role names through ``roles``), ``sharegpt``
+(``conversations`` with from/value), ``alpaca`` (instruction/input/output) and ``completion``
+(``text``). Each becomes a list of ``{"role", "content"}`` turns; alpaca and completion rows
+also keep their fields for Axolotl's own prompt formats (engine.prompt_formats). The files
+themselves are read by engine.readers.
 
 The loss mask is built in engine/masks.py (``ChatEncoder``, from token positions).
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from engine.errors import UserError
 from engine.masks import BadRow, ChatEncoder  # noqa: F401  (re-exported: callers import them from here)
@@ -34,22 +36,100 @@ class Row:
     line: int
     messages: list[dict]
     category: str
+    fmt: str = "chat"
+    """chat (through the chat template), ``alpaca:STYLE`` or ``completion`` (engine.prompt_formats)."""
+    fields: tuple = ()
+    """alpaca: (instruction, input, output); completion: (text,)."""
 
 
-def _turns_chat(obj: dict, key: str) -> list[dict]:
+@dataclass
+class Options:
+    """The parsing side of a DatasetSpec (Axolotl's dataset keys), with their defaults."""
+
+    type: str = "chat_template"
+    field_messages: str | None = None
+    message_property_mappings: dict | None = None
+    message_field_role: str | None = None
+    message_field_content: str | None = None
+    roles: dict | None = None
+    drop_system_message: bool = False
+    field: str | None = None
+
+    @classmethod
+    def of(cls, spec_or_type, field_messages: str | None = None) -> Options:
+        from engine.prompt_formats import canonical_type
+
+        if isinstance(spec_or_type, Options):
+            return spec_or_type
+        if isinstance(spec_or_type, str):
+            try:
+                return cls(canonical_type(spec_or_type), field_messages)
+            except ValueError:
+                return cls(spec_or_type, field_messages)
+        names = [f for f in cls.__dataclass_fields__ if hasattr(spec_or_type, f)]
+        return cls(**{f: getattr(spec_or_type, f) for f in names})
+
+    def turn_keys(self) -> tuple[str, str]:
+        m = self.message_property_mappings or {}
+        sharegpt = self.type == "sharegpt"
+        role = m.get("role") or self.message_field_role or ("from" if sharegpt else "role")
+        content = m.get("content") or self.message_field_content or ("value" if sharegpt else "content")
+        return role, content
+
+    def role_names(self) -> dict[str, str]:
+        """The data's role names -> ours (Axolotl's defaults, plus ``roles``)."""
+        names = {**SHAREGPT_ROLES}
+        for ours, theirs in (self.roles or {}).items():
+            for name in theirs if isinstance(theirs, list) else [theirs]:
+                names[str(name)] = ours
+        return names
+
+
+def _content(value, where: str):
+    """A turn's content: a string, or a list of text parts joined (Axolotl's multi-part content)."""
+    if not isinstance(value, list):
+        return value
+    texts = []
+    for j, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image", "image_url", "video", "audio", "input_audio"):
+            raise BadRow(f"{where} part {j} is {kind}: text-only training (no image, video or audio parts)")
+        else:
+            raise BadRow(f"{where} part {j} is not a {{'type': 'text', 'text': ...}} part")
+    return "".join(texts)
+
+
+def _turns(obj: dict, opt: Options) -> list[dict]:
+    key = opt.field_messages or ("conversations" if opt.type == "sharegpt" else "messages")
     turns = obj.get(key)
     if not isinstance(turns, list) or not turns:
         raise BadRow(f"no `{key}` list")
+    role_key, content_key = opt.turn_keys()
+    names = opt.role_names()
     out = []
     for i, t in enumerate(turns):
         if not isinstance(t, dict):
             raise BadRow(f"{key}[{i}] is not an object")
-        role = t.get("role")
+        role = t.get(role_key)
         if role is None:
-            raise BadRow(f"{key}[{i}] has no role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise BadRow(f"{key}[{i}] has unknown role {role!r} (allowed: system, user, assistant)")
-        out.append({**_extras(t, ("role", "content")), "role": role, "content": t.get("content")})
+            raise BadRow(f"{key}[{i}] has no {'role' if role_key == 'role' else f'`{role_key}`'}")
+        if not isinstance(role, str) or names.get(role, role) not in ROLES:
+            allowed = ", ".join(sorted(set(names) | ROLES))
+            raise BadRow(
+                f"{key}[{i}] has unknown role {role!r} (allowed: {allowed}; map others with `roles`)"
+            )
+        role = names.get(role, role)
+        if role == "system" and opt.drop_system_message:
+            continue
+        out.append(
+            {
+                **_extras(t, (role_key, content_key)),
+                "role": role,
+                "content": _content(t.get(content_key), f"{key}[{i}]"),
+            }
+        )
     return out
 
 
@@ -57,23 +137,6 @@ def _extras(t: dict, taken: tuple[str, ...]) -> dict:
     """The message's other keys (reasoning_content, training flags, ...): the encoder picks what
     the template and the mask read."""
     return {k: v for k, v in t.items() if k not in taken}
-
-
-def _turns_sharegpt(obj: dict, key: str) -> list[dict]:
-    turns = obj.get(key)
-    if not isinstance(turns, list) or not turns:
-        raise BadRow(f"no `{key}` list")
-    out = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise BadRow(f"{key}[{i}] is not an object")
-        who = t.get("from")
-        if who is None:
-            raise BadRow(f"{key}[{i}] has no `from`")
-        if not isinstance(who, str) or who not in SHAREGPT_ROLES:
-            raise BadRow(f"{key}[{i}] has unknown role {who!r} (allowed: human, gpt, system)")
-        out.append({**_extras(t, ("from", "value")), "role": SHAREGPT_ROLES[who], "content": t.get("value")})
-    return out
 
 
 def _turns_alpaca(obj: dict) -> list[dict]:
@@ -86,16 +149,21 @@ def _turns_alpaca(obj: dict) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
 
 
-def parse_row(obj, ds_type: str, field_messages: str | None = None) -> tuple[list[dict], str]:
-    """Turns and category of one decoded JSON line; raises BadRow."""
+def parse_row(obj, ds_type, field_messages: str | None = None) -> tuple[list[dict], str]:
+    """Turns and category of one decoded row; raises BadRow. ``ds_type``: a type name, or the
+    dataset's spec (its parsing options)."""
+    opt = Options.of(ds_type, field_messages)
     if not isinstance(obj, dict):
         raise BadRow("not a JSON object")
-    if ds_type == "alpaca":
+    if opt.type == "completion":
+        text = obj.get(opt.field or "text")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRow(f"empty or missing `{opt.field or 'text'}`")
+        turns = [{"role": "assistant", "content": text}]
+    elif opt.type.startswith("alpaca"):
         turns = _turns_alpaca(obj)
-    elif ds_type == "sharegpt":
-        turns = _turns_sharegpt(obj, field_messages or "conversations")
     else:
-        turns = _turns_chat(obj, field_messages or "messages")
+        turns = _turns(obj, opt)
     for i, t in enumerate(turns):
         if not isinstance(t["content"], str) or not t["content"].strip():
             raise BadRow(f"turn {i} ({t['role']}) has empty content")
@@ -105,22 +173,60 @@ def parse_row(obj, ds_type: str, field_messages: str | None = None) -> tuple[lis
     return turns, str(category) if category is not None else NO_CATEGORY
 
 
-def read_rows(
-    path: str, ds_type: str, field_messages: str | None = None
-) -> Iterator[Row | tuple[str, int, str]]:
-    """Yield a Row for each good line and (file, line, reason) for each bad one, streaming."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: dataset file not found", "fix `datasets[].path` in the config")
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            item = parse_line(path, lineno, raw, ds_type, field_messages)
+def make_row(path: str, line: int, obj, opt: Options) -> Row:
+    turns, category = parse_row(obj, opt)
+    if opt.type.startswith("alpaca:"):
+        fields = (obj["instruction"], obj.get("input") or "", obj["output"])
+        return Row(path, line, turns, category, opt.type, fields)
+    if opt.type == "completion":
+        return Row(path, line, turns, category, "completion", (turns[0]["content"],))
+    return Row(path, line, turns, category)
+
+
+def read_rows(path, ds_type=None, field_messages: str | None = None) -> Iterator[Row | tuple[str, int, str]]:
+    """Yield a Row for each good record and (file, line, reason) for each bad one, streaming.
+
+    ``path``: a file path with ``ds_type`` (a type name or spec), or a DatasetSpec alone."""
+    from engine import readers
+
+    spec = path if not isinstance(path, str) else None
+    opt = Options.of(spec if spec is not None else ds_type, field_messages)
+    path = spec.path if spec is not None else path
+    split, data_files = getattr(spec, "split", None), getattr(spec, "data_files", None)
+    if readers.is_hub_id(path):
+        snapshot = readers.hub_snapshot(path)
+        if snapshot is None:  # not downloaded as files: maybe in the datasets library's own cache
+            for n, obj in readers.hub_rows(path, getattr(spec, "name", None), split, data_files):
+                yield _parsed(path, n, obj, opt)
+            return
+        files = readers.split_files(snapshot, readers.files_of(str(snapshot), data_files), split)
+    else:
+        files = readers.files_of(path, data_files)
+    count = lambda: sum(readers.count(f) for f in files)  # noqa: E731
+    keep = readers.split_range(split, count, path, hub=readers.is_hub_id(path))
+    index = 0
+    for f in files:
+        for n, record in readers.records(f):
+            index += 1
+            if keep is not None and index - 1 not in keep:
+                continue
+            if isinstance(record, bytes):
+                item = parse_line(str(f), n, record, opt)
+            else:
+                item = _parsed(str(f), n, record, opt)
             if item is not None:
                 yield item
 
 
+def _parsed(path: str, n: int, obj, opt: Options) -> Row | tuple[str, int, str]:
+    try:
+        return make_row(path, n, obj, opt)
+    except BadRow as e:
+        return (path, n, str(e))
+
+
 def parse_line(
-    path: str, lineno: int, raw: bytes, ds_type: str, field_messages: str | None = None
+    path: str, lineno: int, raw: bytes, ds_type, field_messages: str | None = None
 ) -> Row | tuple[str, int, str] | None:
     """One line of a JSONL file: a Row, (file, line, reason) when bad, None when blank."""
     if not raw.strip():
@@ -129,11 +235,7 @@ def parse_line(
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         return (path, lineno, f"bad JSON ({str(e).split(':')[0]})")
-    try:
-        turns, category = parse_row(obj, ds_type, field_messages)
-    except BadRow as e:
-        return (path, lineno, str(e))
-    return Row(path, lineno, turns, category)
+    return _parsed(path, lineno, obj, Options.of(ds_type, field_messages))
 
 
 def bad_rows_error(bad: list[tuple[str, int, str]], total: int) -> UserError:

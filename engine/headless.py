@@ -158,6 +158,7 @@ def check_command(args) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     check_setup(config)  # before loading anything: folders, empty data files, base_model's config
+    machine_notes(config)
     tokenizer = None
     show = getattr(args, "show_masks", None)
     if show is not None and (args.no_tokenizer or show < 1):
@@ -165,7 +166,7 @@ def check_command(args) -> int:
             "--show-masks N needs the tokenizer and N >= 1", "drop --no-tokenizer; give a row count"
         )
     if not args.no_tokenizer:
-        from engine.model import load_tokenizer, resolve_base
+        from engine.model import check_tokens, load_tokenizer, resolve_base
 
         tokenizer = load_tokenizer(
             resolve_base(config.base_model),
@@ -173,6 +174,7 @@ def check_command(args) -> int:
             config.chat_template_jinja,
             config.trust_remote_code,
         )
+        check_tokens(tokenizer, config)
     if show is not None:
         from engine.show_masks import show_masks
 
@@ -194,3 +196,21 @@ def check_command(args) -> int:
 
         print(preview(config, stats.row_categories, stats.row_lengths))
     return 0
+
+
+def machine_notes(config) -> None:
+    """What differs from Axolotl by default, and what this machine lacks to train the config
+    (the config itself is valid: `train` here would stop with exit 2, a CUDA machine runs it)."""
+    import torch
+
+    from engine.optimizers import needs
+
+    if config._defaults_differ:
+        print("note: defaults that differ from Axolotl's (keys not set):", file=sys.stderr)
+        for line in config._defaults_differ:
+            print(f"  {line}", file=sys.stderr)
+    lacks = [needs(config.optimizer)]
+    if config.quant_bits and not torch.cuda.is_available():
+        lacks.append(f"{config.quant_bits}-bit loading needs a CUDA GPU (this machine has none)")
+    for line in filter(None, lacks):
+        print(f"cannot train here: {line}", file=sys.stderr)

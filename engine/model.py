@@ -102,7 +102,7 @@ def load_tokenizer(
 ):
     from transformers import AutoTokenizer
 
-    from engine import tiny
+    from engine import chat_templates
 
     try:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=trust_remote_code)
@@ -113,12 +113,7 @@ def load_tokenizer(
                 "point at a model folder that holds its tokenizer files",
             ) from None
         raise _hub_error(name) from None
-    if chat_template == "chatml":
-        tok.chat_template = tiny.CHATML_TEMPLATE
-    elif chat_template == "llama3":
-        tok.chat_template = tiny.LLAMA3_TEMPLATE
-    elif chat_template == "jinja":
-        tok.chat_template = jinja
+    tok.chat_template = chat_templates.resolve(chat_template, jinja, tok.chat_template)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -227,24 +222,72 @@ def prepare_kbit(model, gradient_checkpointing: bool) -> None:
 
 
 def attach_lora(model, config, gradient_checkpointing: bool):
-    """Wrap the base in a PEFT LoRA model with the config's rank, alpha, dropout and targets."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap the base in a PEFT LoRA model with the config's rank, alpha, dropout and targets,
+    or load the adapter of ``lora_model_dir`` (trainable) to go on from it."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     if config.quant_bits:
         prepare_kbit(model, gradient_checkpointing)
-    wanted = (
-        None if config.lora_target_linear and not config.lora_target_modules else config.lora_target_modules
-    )
-    targets = lora_targets(model, wanted)
+    if config.lora_model_dir:
+        if not (Path(config.lora_model_dir) / "adapter_config.json").is_file():
+            raise UserError(
+                f"lora_model_dir {config.lora_model_dir}: no adapter_config.json there",
+                "point lora_model_dir at a saved LoRA adapter (a checkpoint folder)",
+            )
+        return PeftModel.from_pretrained(model, config.lora_model_dir, is_trainable=True)
+    targets = chosen_targets(model, config)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=_compact_regex(targets),
+        use_rslora=config.peft_use_rslora,
         task_type="CAUSAL_LM",
         bias="none",
     )
     return get_peft_model(model, lora)
+
+
+def chosen_targets(model, config) -> list[str]:
+    """lora_target_linear and lora_target_modules together (Axolotl takes the union); a string
+    ``lora_target_modules`` is a regular expression over full module names (PEFT's rule)."""
+    wanted = config.lora_target_modules
+    if isinstance(wanted, str):
+        try:
+            pattern = re.compile(wanted)
+        except re.error as e:
+            raise UserError(
+                f"lora_target_modules is not a valid regular expression ({e})", "fix the pattern"
+            ) from None
+        names = [n for n in lora_targets(model) if pattern.fullmatch(n)]
+        if not names and config.lora_target_linear is not True:
+            raise UserError(
+                f"no linear layer's full name matches lora_target_modules {wanted!r}",
+                "match names such as model.layers.0.self_attn.q_proj, or give a list of short names",
+            )
+    else:
+        names = lora_targets(model, wanted) if wanted else []
+    if config.lora_target_linear or (config.lora_target_linear is None and not wanted) or not names:
+        names = sorted(set(names) | set(lora_targets(model)))
+    return names
+
+
+def check_tokens(tok, config) -> None:
+    """special_tokens, tokens and eot_tokens must be tokens the vocabulary has; special_tokens
+    become the tokenizer's (e.g. Axolotl's usual ``pad_token: <|end_of_text|>``)."""
+    vocab = tok.get_vocab()
+    missing = [t for t in (config.special_tokens or {}).values() if t not in vocab]
+    missing += [t for t in (config.tokens or []) + (config.eot_tokens or []) if t not in vocab]
+    if missing:
+        raise UserError(
+            "not tokens of this tokenizer's vocabulary: "
+            + ", ".join(repr(t) for t in dict.fromkeys(missing)),
+            "use tokens the model already has: adding one needs its embedding trained, which LoRA "
+            "here does not do (Axolotl would add it and train lm_head/embed_tokens in full)",
+        )
+    for name, token in (config.special_tokens or {}).items():
+        if name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            setattr(tok, name, token)
 
 
 def _compact_regex(targets: list[str]) -> str:

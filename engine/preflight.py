@@ -115,27 +115,39 @@ _WHITESPACE = b" \t\r\n\f\v"
 
 
 def dataset_problem(path: str | Path) -> str | None:
-    """Why an existing dataset path cannot be read as a data file, or None."""
-    p = Path(path)
-    if p.is_dir():
-        return "a folder, not a data file (folders of data files are not read yet)"
-    if not p.is_file():
-        return "not a regular file"
+    """Why an existing local dataset path cannot be read, or None: a folder with no data files,
+    a format this engine does not read, an empty or blank text file."""
+    from engine import readers
+
     try:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):  # the first non-blank byte ends it: at once, for real data
-                if chunk.strip(_WHITESPACE):
-                    return None
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    return "the data file is empty" if p.stat().st_size == 0 else "the data file holds only blank lines"
+        files = readers.files_of(str(path))
+    except UserError as e:
+        return e.message.removeprefix(f"{path}: ")
+    for f in files:
+        if not f.name.endswith((".jsonl", ".json")):
+            continue  # binary and compressed formats are checked by their readers
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):  # the first non-blank byte ends it: at once, for real data
+                    if chunk.strip(_WHITESPACE):
+                        break
+                else:
+                    what = "is empty" if f.stat().st_size == 0 else "holds only blank lines"
+                    return f"the data file {what}" if f == Path(path) else f"the data file {f} {what}"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+    return None
 
 
 def data_problems(datasets, at: str = "") -> list[Problem]:
+    from engine import readers
+
     out = []
     for i, ds in enumerate(datasets):
         p = Path(ds.path)
         where = f"{at}datasets[{i}].path {ds.path}"
+        if readers.is_hub_id(ds.path):
+            continue  # a hub id: its reader looks in the local cache and says how to get it
         if not p.exists():
             out.append(
                 Problem(
@@ -225,8 +237,9 @@ def output_dir_problem(output_dir: Path) -> Problem | None:
 
 def problems(config) -> list[Problem]:
     """What can be found wrong before any work with no run folder known yet (`check`, `train`)."""
+    local = not config.base_model.startswith("builtin:") and Path(config.base_model).exists()
     return [
-        *model_problems(config.base_model),
+        *(model_problems(config.base_model) if local else []),  # a hub id: resolved where it is loaded
         *data_problems(config.datasets),
         *[p for p in [output_dir_problem(Path(config.output_dir))] if p],
     ]

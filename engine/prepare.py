@@ -14,8 +14,10 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data import BadRow, ChatEncoder, Stats, bad_rows_error, parse_line, read_rows
+from engine import readers
+from engine.data import BadRow, Options, Stats, bad_rows_error, parse_line, read_rows
 from engine.masks import MaskOptions
+from engine.prompt_formats import RowEncoder
 
 
 @dataclass
@@ -28,18 +30,18 @@ class Prepared:
     no_labels: int = 0
 
 
-def scan_rows(config, encoder: ChatEncoder | None, stats: Stats):
+def scan_rows(config, encoder: RowEncoder | None, stats: Stats):
     """Yield (row, ids, labels) for good rows; fills ``stats`` as it goes."""
     for spec in config.datasets:
         options = MaskOptions.of(spec, config)
-        for item in read_rows(spec.path, spec.type, spec.field_messages):
+        for item in read_rows(spec):
             if isinstance(item, tuple):
                 stats.bad.append(item)
                 continue
             ids = labels = None
             if encoder is not None:
                 try:
-                    enc = encoder.encode_row(item.messages, options)
+                    enc = encoder.encode_row(item, options)
                 except BadRow as e:
                     stats.bad.append((item.file, item.line, str(e)))
                     continue
@@ -69,11 +71,12 @@ def check(config, tokenizer=None, workers: int = 1, collect: bool = False) -> St
     stats = Stats()
     if collect:
         stats.row_categories, stats.row_lengths = [], array("i")
-    size = sum(Path(s.path).stat().st_size for s in config.datasets if Path(s.path).is_file())
+    plain = all(s.path.endswith(".jsonl") and Path(s.path).is_file() and not s.split for s in config.datasets)
+    size = sum(Path(s.path).stat().st_size for s in config.datasets) if plain else 0
     if tokenizer is not None and workers > 1 and size >= PARALLEL_MIN:
         _check_parallel(config, tokenizer, stats, workers)
         return stats
-    encoder = ChatEncoder(tokenizer) if tokenizer is not None else None
+    encoder = RowEncoder(tokenizer) if tokenizer is not None else None
     for item, ids, _ in scan_rows(config, encoder, stats):
         if collect and ids is not None:
             stats.row_categories.append(sys.intern(item.category))
@@ -85,27 +88,25 @@ _worker: dict = {}
 
 
 def _init_check_worker(tokenizer, train_on_inputs: bool) -> None:
-    _worker["encoder"] = ChatEncoder(tokenizer)
+    _worker["encoder"] = RowEncoder(tokenizer)
     _worker["train_on_inputs"] = train_on_inputs
 
 
-def _check_chunk(
-    path: str, ds_type: str, field_messages, first_line: int, raws: list[bytes], options=None
-) -> list:
+def _check_chunk(path: str, opt: Options, first_line: int, raws: list[bytes], options=None) -> list:
     """Parse and tokenize consecutive lines: (line, category, tokens, trained) or ("bad", row),
     and ("note", (file, line, notes)) for what the template did to a row."""
     encoder = _worker["encoder"]
     options = options or MaskOptions(train_on_inputs=_worker["train_on_inputs"])
     out = []
     for i, raw in enumerate(raws):
-        item = parse_line(path, first_line + i, raw, ds_type, field_messages)
+        item = parse_line(path, first_line + i, raw, opt)
         if item is None:
             continue
         if isinstance(item, tuple):
             out.append(("bad", item))
             continue
         try:
-            enc = encoder.encode_row(item.messages, options)
+            enc = encoder.encode_row(item, options)
         except BadRow as e:
             out.append(("bad", (item.file, item.line, str(e))))
             continue
@@ -158,17 +159,13 @@ def _check_parallel(config, tokenizer, stats: Stats, workers: int, lines_per_tas
                     chunk.append(raw)
                     if len(chunk) >= lines_per_task:
                         pending.append(
-                            pool.submit(
-                                _check_chunk, path, spec.type, spec.field_messages, first, chunk, options
-                            )
+                            pool.submit(_check_chunk, path, Options.of(spec), first, chunk, options)
                         )
                         chunk = []
                         if len(pending) >= 3 * workers:  # bounded: a 13 GB file never sits in memory
                             drain(path, pending.popleft().result())
                 if chunk:
-                    pending.append(
-                        pool.submit(_check_chunk, path, spec.type, spec.field_messages, first, chunk, options)
-                    )
+                    pending.append(pool.submit(_check_chunk, path, Options.of(spec), first, chunk, options))
             while pending:
                 drain(path, pending.popleft().result())
 
@@ -185,10 +182,8 @@ def prepare(config, tokenizer, cache_dir: str | Path) -> Prepared:
 
     from engine.errors import UserError
 
-    for spec in config.datasets:  # before anything else reads their sizes
-        if not Path(spec.path).is_file():
-            raise UserError(f"{spec.path}: dataset file not found", "fix `datasets[].path` in the config")
-    encoder = ChatEncoder(tokenizer)
+    sizes = [readers.size_of(spec.path) for spec in config.datasets]  # raises for a missing path
+    encoder = RowEncoder(tokenizer)
     stats = Stats()
     counts = {"truncated": 0, "dropped": 0, "no_labels": 0}
 
@@ -208,7 +203,7 @@ def prepare(config, tokenizer, cache_dir: str | Path) -> Prepared:
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     # A list keeps the demo fast; large corpora go through Arrow on disk.
-    small = sum(Path(s.path).stat().st_size for s in config.datasets) < 64 * 2**20
+    small = sum(sizes) < 64 * 2**20
     if small:
         records = list(rows())
         full = Dataset.from_list(records) if records else None

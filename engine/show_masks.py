@@ -51,12 +51,13 @@ def highlighted(tokenizer, ids: list[int], labels: list[int], color: bool) -> st
 
 def show_masks(config, tokenizer, n: int, as_json: bool, out=None) -> int:
     """Print the first ``n`` good rows of each dataset; bad ones among them go to stderr."""
-    from engine.data import ChatEncoder, Stats
+    from engine.data import Stats
     from engine.prepare import scan_rows
+    from engine.prompt_formats import RowEncoder
 
     out = out or sys.stdout
     color = not as_json and hasattr(out, "isatty") and out.isatty()
-    encoder = ChatEncoder(tokenizer)
+    encoder = RowEncoder(tokenizer)  # chat, alpaca and completion rows alike
     if not as_json:
         legend = f"{ON}trained{OFF}" if color else "[[trained]]"
         print(f"trained tokens shown as {legend}; the rest carries no loss", file=out)

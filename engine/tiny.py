@@ -11,12 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+from engine.chat_templates import CHATML_TEMPLATE
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
@@ -56,8 +51,14 @@ def _corpus_lines(extra_text: list[str] | None) -> list[str]:
     return lines
 
 
-def build_tokenizer(arch: str, extra_text: list[str] | None = None, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with the architecture's chat template."""
+def build_tokenizer(
+    arch: str,
+    extra_text: list[str] | None = None,
+    vocab_size: int = 1024,
+    extra_special: list[str] | None = None,
+):
+    """A byte-level BPE tokenizer with the architecture's chat template; ``extra_special``: more
+    special tokens (other chat templates' markers, e.g. ``<end_of_turn>``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +67,7 @@ def build_tokenizer(arch: str, extra_text: list[str] | None = None, vocab_size: 
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + [t for t in extra_special or [] if t not in SPECIAL_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -147,6 +148,7 @@ def build_tiny_model(
     layers: int = 2,
     seed: int = 0,
     extra_text: list[str] | None = None,
+    extra_special: list[str] | None = None,
 ) -> Path:
     """Write a random-initialised model and its tokenizer to ``out_dir``; return the path."""
     import torch
@@ -154,7 +156,7 @@ def build_tiny_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(arch, extra_text)
+    tokenizer = build_tokenizer(arch, extra_text, extra_special=extra_special)
     config = _config(arch, tokenizer, hidden, layers)
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if arch == "qwen3_vl" else AutoModelForCausalLM

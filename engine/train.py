@@ -181,12 +181,12 @@ def build_trainer(
     from trl import SFTConfig
 
     from engine.trainer import LeviathanTrainer
+    from engine.trainer_args import axolotl_args
 
     warmup = config.warmup_steps if config.warmup_steps is not None else 0
     args = SFTConfig(
         output_dir=str(paths.output_dir),
         per_device_train_batch_size=config.micro_batch_size,
-        per_device_eval_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps or -1,
@@ -199,10 +199,6 @@ def build_trainer(
         gradient_checkpointing=gc,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         bf16=bf16,
-        eval_strategy="steps" if (prepared.val is not None and config.eval_steps) else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
         save_total_limit=None,  # retention is ours: it knows which folders are complete
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
@@ -218,8 +214,9 @@ def build_trainer(
         dataloader_num_workers=0,
         save_only_model=False,
         use_cpu=not _cuda(),
-        # Liger's RMSNorm/SwiGLU/RoPE kernels; TRL's fused LM head already avoids full logits.
-        use_liger_kernel=liger_available(),
+        # Liger's RMSNorm/SwiGLU/RoPE kernels (as the config's liger_* keys choose), intervals
+        # per epoch, optimizer settings, TF32, eval packing: engine/trainer_args.py.
+        **axolotl_args(config, prepared.val is not None, liger_available()),
         **dist.trainer_args(config),  # DDP settings; DeepSpeed or FSDP when configured
     )
     if dist.world_size() == 1 and args.n_gpu > 1:
@@ -244,6 +241,7 @@ def build_trainer(
     # Our run log and progress line replace the trainer's own printing.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    trainer.offload_activations = gc and config.gradient_checkpointing == "offload"
     return trainer
 
 
@@ -252,7 +250,7 @@ def _optim(name: str) -> str:
 
     if name == "adamw_torch_fused" and not torch.cuda.is_available():
         return "adamw_torch"  # the fused kernel is for accelerators
-    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)
+    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)  # bitsandbytes' AdamW8bit either way
 
 
 def _cuda() -> bool:
@@ -278,6 +276,8 @@ def run(
     # allocator fragments (13 GiB reserved but unusable seen on an 8B run at 80 GB).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     controls = controls or Controls()
+    if config.resume_from_checkpoint and resume == "auto":
+        resume = config.resume_from_checkpoint  # Axolotl's key for --resume PATH
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/dist.py)
     check_setup(config)  # every problem found before anything is written, at once
@@ -317,10 +317,13 @@ def _run(
 
     from engine import attention
     from engine.guard import Guard
-    from engine.model import attach_lora, load_base, load_tokenizer, pick_dtype, resolve_base
+    from engine.model import attach_lora, check_tokens, load_base, load_tokenizer, pick_dtype, resolve_base
     from engine.prepare import prepare
 
     base = resolve_base(config.base_model)
+    from engine.trainer_args import check_optimizer
+
+    check_optimizer(config)  # an 8-/4-bit optimizer without its library or GPU: exit 2, no traceback
     if config.quant_bits and not torch.cuda.is_available():
         load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
     ckpt = dist.share_from_main(lambda: _resume_point(resume, paths, log))
@@ -348,6 +351,7 @@ def _run(
     tokenizer = load_tokenizer(
         base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
     )
+    check_tokens(tokenizer, config)
     prepared = prepare(config, tokenizer, paths.output_dir / ".data-cache")
     if prepared.stats.bad:
         log.emit(
@@ -414,6 +418,12 @@ def _run(
         gc,
         dtype == torch.bfloat16,
     )
+    watchdog = None
+    if config.loss_watchdog_threshold is not None:
+        from engine.loss_watchdog import LossWatchdog
+
+        watchdog = LossWatchdog(log, config.loss_watchdog_threshold, config.loss_watchdog_patience)
+        trainer.add_callback(watchdog)
     dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
     guard.attach(trainer, callback)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
@@ -428,6 +438,7 @@ def _run(
         dtype=str(dtype).replace("torch.", ""),
         gradient_checkpointing=gc,
         gradient_checkpointing_reason=gc_reason,
+        axolotl_defaults_differ=config._defaults_differ or None,
         attention=attn or "sdpa",
         liger=liger_available(),
         trainable_params=trainable,
@@ -445,7 +456,8 @@ def _run(
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
     guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
-    status = guard.status or ("stopped" if controls.stop.is_set() else callback.status)
+    status = guard.status or (watchdog and watchdog.status)
+    status = status or ("stopped" if controls.stop.is_set() else callback.status)
     last = checkpoints.latest(paths.output_dir)
     log.emit(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None

@@ -9,8 +9,12 @@ as device tensors and read once per logging step. The loss is TRL's own: the fus
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from trl import SFTTrainer
+
+_nothing = contextlib.nullcontext
 
 
 class LeviathanTrainer(SFTTrainer):
@@ -106,10 +110,16 @@ class LeviathanTrainer(SFTTrainer):
             self.guard.on_batches(self, batches, num_items)
         return batches, num_items
 
+    offload_activations = False  # gradient_checkpointing: offload (set by engine.train)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.guard is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        return self.guard.training_step(self, super().training_step, model, inputs, num_items_in_batch)
+        # With checkpointing, what autograd saves is mostly each layer's input: kept in pinned CPU
+        # memory until the backward pass needs it (Axolotl's `gradient_checkpointing: offload`).
+        offload = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+        with offload if self.offload_activations else _nothing():
+            if self.guard is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            return self.guard.training_step(self, super().training_step, model, inputs, num_items_in_batch)
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm)

@@ -138,24 +138,32 @@ def _lines(text: str) -> dict[tuple, tuple[int, str]]:
     return lines
 
 
-def booleans_as_numbers(data: dict, model: type[BaseModel], file: str | Path, text: str = "") -> None:
-    """Raise one UserError naming every numeric key given a YAML boolean (yes/no/true/false/on/off)."""
+def boolean_problems(data: dict, model: type[BaseModel], file: str | Path, text: str = "") -> list:
+    """(FILE:LINE, message) for every numeric key given a YAML boolean (yes/no/true/false/on/off)."""
     found: list[tuple[tuple, str]] = []
     _walk(data, model, (), found)
-    if not found:
-        return
-    lines = _lines(text) if text else {}
-    msgs = []
+    lines = _lines(text) if text and found else {}
+    out = []
     for path, kind in found:
         name = ".".join(str(p) for p in path)
         line, written = lines.get(path, (None, ""))
         where = f"{file}:{line}" if line else str(file)
         value = written if isinstance(written, str) and written else str(data_at(data, path)).lower()
-        msgs.append(f"{where}: `{name}` must be a number ({kind}); `{value}` is a YAML boolean")
-    raise UserError(
-        "\n  ".join(msgs) if len(msgs) == 1 else "booleans where numbers belong:\n  " + "\n  ".join(msgs),
-        "write the number (YAML reads yes/no/true/false/on/off as booleans)",
-    )
+        out.append((where, f"`{name}` must be a number ({kind}); `{value}` is a YAML boolean"))
+    return out
+
+
+BOOLEAN_FIX = "write the number (YAML reads yes/no/true/false/on/off as booleans)"
+
+
+def booleans_as_numbers(data: dict, model: type[BaseModel], file: str | Path, text: str = "") -> None:
+    """Raise one UserError naming every numeric key given a YAML boolean."""
+    msgs = [f"{where}: {message}" for where, message in boolean_problems(data, model, file, text)]
+    if msgs:
+        raise UserError(
+            msgs[0] if len(msgs) == 1 else "booleans where numbers belong:\n  " + "\n  ".join(msgs),
+            BOOLEAN_FIX,
+        )
 
 
 def data_at(data, path: tuple):

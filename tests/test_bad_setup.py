@@ -71,14 +71,15 @@ def test_a_truncated_config_json_through_the_real_cli_has_no_traceback(broken_mo
     assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_dataset_path_that_is_a_folder_is_named_as_a_folder(tiny_model, write_config, tmp_path, capsys):
+def test_dataset_folder_without_data_files_is_named_as_a_folder(tiny_model, write_config, tmp_path, capsys):
     folder = tmp_path / "data"
     folder.mkdir()
-    shutil.copy(DEMO_DATA, folder / "part-0.jsonl")
+    (folder / "notes.txt").write_text("not data")
     cfg = write_config(tiny_model("qwen3"), data=str(folder), max_steps=2)
     for command, extra in (("check", ["--no-tokenizer"]), ("train", ["--headless"])):
         code, err = run_cli(capsys, command, cfg, *extra)
-        assert code == 2 and f"{folder}: a folder, not a data file" in err and "not found" not in err
+        assert code == 2 and f"{folder}: no .jsonl" in err and "files in this folder" in err
+        assert "not found" not in err
 
 
 @pytest.mark.parametrize("content", [b"", b"  \n\n\t \r\n"])

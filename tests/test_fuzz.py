@@ -239,7 +239,7 @@ RAISE_ON_LATE_SYSTEM = (
 @pytest.mark.parametrize(
     ("over", "expect"),
     [
-        ({"datasets": [{"path": "/nonexistent/d.jsonl"}]}, "/nonexistent/d.jsonl: dataset file not found"),
+        ({"datasets": [{"path": "/nonexistent/d.jsonl"}]}, "/nonexistent/d.jsonl: no such file or folder"),
         (
             {"chat_template": "jinja", "chat_template_jinja": "{% for m in messages %}{{ m.content }"},
             "TemplateSyntaxError",
