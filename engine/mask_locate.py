@@ -85,9 +85,10 @@ def _fast(render, msgs: list[dict], text: str) -> list[tuple[int, int]] | None:
     except Exception:
         return None
     at = [skeleton.find(c) for c in marks]
-    if min(at) < 0 or any(skeleton.count(c) != 1 for c in marks):
+    if any(skeleton.count(c) > 1 for c in marks):
         return None
-    order = sorted(range(len(msgs)), key=lambda k: at[k])
+    # A message whose sentinel is missing is one the template leaves out (Mistral's system turn).
+    order = sorted((k for k in range(len(msgs)) if at[k] >= 0), key=lambda k: at[k])
     cuts = [0] + [x for k in order for x in (at[k], at[k] + 1)] + [len(skeleton)]
     scaffold = [skeleton[cuts[2 * i] : cuts[2 * i + 1]] for i in range(len(order) + 1)]
     if not text.startswith(scaffold[0]):

@@ -111,7 +111,6 @@ class ChatEncoder:
         self.template = tokenizer.get_chat_template()
         self.generation = bool(_GENERATION.search(self.template))
         self.kwargs = dict(tokenizer.special_tokens_map)
-        self.eos = tokenizer.eos_token or ""
         self.specials = [t for t in tokenizer.added_tokens_encoder if t.strip()]
         self.marker, self.final_eos = self._probe()
         self.lead = self._probe_lead()

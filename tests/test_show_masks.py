@@ -85,3 +85,28 @@ def test_the_run_log_names_rows_the_template_changed(tmp_path, tiny_model, write
     note = next(r for r in recs if r["kind"] == "note" and "system turn" in r["message"])
     assert note["message"] == "1 row(s): the template leaves out the system turn"
     assert note["rows"] == [f"{data}:1"]
+
+
+def test_parallel_check_counts_the_same_notes_and_options(tmp_path, tiny_model, monkeypatch):
+    from engine import prepare
+    from engine.config import validate
+    from engine.model import load_tokenizer
+    from tests.conftest import base_config
+
+    rows = [chat("Sys", "Q", "A."), chat(None, "Q", "A."), chat("Sys", "Q1", "A1.", "Q2", "A2.")] * 30
+    data = write_jsonl(tmp_path / "m.jsonl", rows)
+    mistral = (TEMPLATES / "mistral_v3.jinja").read_text()
+    raw = base_config(tiny_model("qwen3"), data, chat_template="jinja", chat_template_jinja=mistral)
+    raw["datasets"][0]["train_on_eos"] = "none"
+    config, _ = validate(raw, tmp_path / "c.yaml")
+    tok = load_tokenizer(str(tiny_model("qwen3")), "jinja", mistral)
+    serial = prepare.check(config, tok, workers=1)
+    monkeypatch.setattr(prepare, "PARALLEL_MIN", 0)
+    parallel = prepare.check(config, tok, workers=2)
+    assert serial.notes_count == parallel.notes_count == {"the template leaves out the system turn": 60}
+    assert serial.notes == parallel.notes
+    assert serial.trained_by_category == parallel.trained_by_category
+    # train_on_eos: none reached the workers: one end token fewer per reply (120 replies)
+    raw["datasets"][0]["train_on_eos"] = "turn"
+    turn = prepare.check(validate(raw, tmp_path / "c.yaml")[0], tok, workers=2)
+    assert sum(turn.trained_by_category.values()) - sum(parallel.trained_by_category.values()) == 120
