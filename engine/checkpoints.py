@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,14 +82,16 @@ def mark_complete(folder: str | Path, meta: dict) -> None:
 def file_digests(folder: Path) -> dict[str, dict]:
     """``{relative path: {"size", "sha256"}}`` of every file of a checkpoint but our own markers.
 
-    Read right after the write, from the page cache: SHA-256 runs at ~1.3 GiB/s on one core
-    (measured), about a second for a 500 MB adapter and its optimizer state.
+    Read right after the write, from the page cache, one thread a file (hashlib releases the GIL):
+    see benchmarks/checkpoint_checksum.py for what it costs at the guide's sizes.
     """
-    out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name not in _OURS:
-            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": sha256_of(f)}
-    return out
+    files = [f for f in sorted(folder.rglob("*")) if f.is_file() and f.name not in _OURS]
+    with ThreadPoolExecutor(max_workers=min(4, len(files) or 1)) as pool:
+        digests = list(pool.map(sha256_of, files))
+    return {
+        str(f.relative_to(folder)): {"size": f.stat().st_size, "sha256": d}
+        for f, d in zip(files, digests, strict=True)
+    }
 
 
 def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
