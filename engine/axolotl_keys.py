@@ -260,6 +260,15 @@ def translate(raw: dict, fields: set[str]) -> Translation:
     for key, value in raw.items():
         skey = str(key)
         known = skey in fields or skey in AXOLOTL_KEYS or skey in NOTED_KEYS or skey in UNSUPPORTED_KEYS
+        if skey == "adapter" and _empty(value):  # Axolotl's full fine-tuning, written out
+            t.problems.append(
+                (
+                    ("adapter",),
+                    "`adapter:` is empty, which is full fine-tuning in Axolotl; this engine trains LoRA adapters",
+                    "set `adapter: lora` (or qlora)",
+                )
+            )
+            continue
         if known and _empty(value):
             continue  # "not set"
         if skey in LIGER:
