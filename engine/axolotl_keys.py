@@ -74,12 +74,14 @@ NOTED_KEYS = {
     "gradient_checkpointing_kwargs": "checkpointing here is always non-reentrant (the same gradients)",
     "bfloat16": "the model loads in bf16 whenever `bf16` is on (auto: where the GPU has it)",
     "torchdistx_path": "has no meaning here",
+    "torch_compile": "torch.compile changes speed, not the result; this engine does not compile the model",
+    "torch_compile_mode": "torch.compile is not used here",
 }
 
 UNSUPPORTED_KEYS = {
     "gptq": "GPTQ models are not supported; use adapter: qlora",
     "peft_use_dora": "DoRA is not supported",
-    "lora_fan_in_fan_out": "not supported",
+    "lora_fan_in_fan_out": "the transposed (Conv1D, GPT-2 style) weight layout is not supported; models here use nn.Linear",
     "lora_modules_to_save": "training extra full modules is not supported",
     "lora_target_parameters": "LoRA on raw parameters (MoE experts) is not supported; target linear modules",
     "unfrozen_parameters": "full fine-tuning of chosen parameters is not supported; this engine trains LoRA adapters",
@@ -91,7 +93,6 @@ UNSUPPORTED_KEYS = {
     "max_packed_sequence_len": "use sequence_len with sample_packing",
     "early_stopping_patience": "early stopping is not supported; watch the health alerts",
     "auto_resume_from_checkpoints": "resuming is automatic; see --resume",
-    "torch_compile": "compilation is chosen by the engine",
     "quantize_moe_experts": "quantizing MoE expert weights is not supported",
     "tokenizer_use_mistral_common": "mistral-common tokenizers are not supported; use the model's tokenizer.json",
     "model_config": "overriding the model's config is not supported",
@@ -107,7 +108,6 @@ HARMLESS = {
     "fp16": (False,),
     "float16": (False,),
     "gptq": (False,),
-    "torch_compile": (False,),
     "rl": (False,),
 }
 HARMLESS |= {
@@ -260,6 +260,15 @@ def translate(raw: dict, fields: set[str]) -> Translation:
     for key, value in raw.items():
         skey = str(key)
         known = skey in fields or skey in AXOLOTL_KEYS or skey in NOTED_KEYS or skey in UNSUPPORTED_KEYS
+        if skey == "adapter" and _empty(value):  # Axolotl's full fine-tuning, written out
+            t.problems.append(
+                (
+                    ("adapter",),
+                    "`adapter:` is empty, which is full fine-tuning in Axolotl; this engine trains LoRA adapters",
+                    "set `adapter: lora` (or qlora)",
+                )
+            )
+            continue
         if known and _empty(value):
             continue  # "not set"
         if skey in LIGER:

@@ -47,7 +47,8 @@ def models(tmp_path_factory):
 def data(tmp_path_factory):
     """One file per row shape the examples read, from the demo conversations."""
     root = tmp_path_factory.mktemp("axolotl-data")
-    pairs = [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in demo_rows()[:24]]
+    # 100 rows: the examples' smallest slice (train[:1%]) still holds one
+    pairs = [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in demo_rows()[:100]]
     shapes = {
         "alpaca": [
             {"instruction": q, "input": "" if i % 2 else "context", "output": a}
@@ -93,7 +94,13 @@ def test_enough_examples_are_vendored():
 @pytest.mark.parametrize("name", NAMES)
 def test_check_passes_unchanged(name, models, data, tmp_path, capsys):
     path = _localized(name, models, data, tmp_path)
-    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    code = main(["check", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [
+        int(line.split()[0].replace(",", "")) for line in out.split("rows per _category:")[0].splitlines()[1:]
+    ]
+    assert sum(rows) >= 1 and "bad rows: 0" in out, out
 
 
 def _cpu_can_train(raw: dict) -> bool:

@@ -32,6 +32,15 @@ def test_empty_values_mean_not_set(tmp_path):
     assert config.resume_from_checkpoint is None and config.special_tokens is None and notes == []
 
 
+def test_empty_adapter_is_full_fine_tuning_and_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    raw = base_config("m")
+    del raw["adapter"]
+    p.write_text(yaml.safe_dump(raw) + "adapter:\n")
+    with pytest.raises(UserError, match="full fine-tuning"):
+        load_config(p)
+
+
 def test_every_problem_in_one_report_with_lines(tmp_path):
     raw = base_config("m", learning_rte=1, optimizer="adamw_nope", chat_template="nope", rl="dpo")
     raw["micro_batch_size"] = 0
