@@ -401,6 +401,9 @@ class Adapters:
         if not is_peft(self.model):
             from peft import PeftModel
 
+            from engine.generate import release
+
+            release(self.model)  # the engine's caches of the plain model: a new model takes over
             self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
             self.model.eval()
         else:

@@ -13,7 +13,8 @@ length of a ``with`` block, each LoRA linear layer's forward with a lean one:
 Nothing about the model changes: not the active adapter, not ``requires_grad``, not the
 weights. On CUDA the adapter's matrices are used in the base layer's dtype (copies when
 PEFT keeps them in float32) and the second product adds into the base output in one
-``addmm``; on CPU the arithmetic is PEFT's own, operation for operation, so greedy answers
+``addmm``; layers that read one input (q/k/v, gate/up) share one product for their A
+matrices (``group``, default on CUDA); on CPU the arithmetic is PEFT's own, operation for operation, so greedy answers
 equal PEFT's. Layers this does not cover (DoRA and other variants, merged adapters, saved
 whole modules) make ``supported`` False: the caller uses PEFT's own path then.
 """
@@ -22,6 +23,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# Layers that read the same input tensor: their A products become one (fewer launches a token).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
 
 
 def lora_layers(model) -> list:
@@ -63,8 +67,9 @@ class Route:
     ``key`` identifies the routing (captured decode graphs are kept per key).
     """
 
-    def __init__(self, model, names: list[str | None]) -> None:
+    def __init__(self, model, names: list[str | None], group: bool | None = None) -> None:
         self.model = model
+        self.group = group
         self.names = list(names)
         wanted = {n for n in self.names if n is not None}
         self.layers = lora_layers(model)
@@ -75,6 +80,7 @@ class Route:
         self.supported = self.reason is None
         self._saved: list[tuple[object, object]] = []
         self._plans: list[tuple[object, list]] | None = None
+        self._groups: dict[int, tuple[dict, int]] = {}
 
     def _plan(self) -> list[tuple[object, list]]:
         plans = []
@@ -105,6 +111,8 @@ class Route:
                     ).view(rows)
                 entries.append((A.detach(), B.detach(), bias, scale, row_scale))
             plans.append((m, entries))
+        names = {id(m): n for n, m in self.model.named_modules()}
+        self._groups = _groups(plans, self.group, names)
         return plans
 
     def __enter__(self) -> Route:
@@ -114,7 +122,7 @@ class Route:
             self._plans = self._plan()
         for m, entries in self._plans:
             self._saved.append((m, m.__dict__.get("forward")))
-            m.forward = _lean_forward(m.get_base_layer(), entries)
+            m.forward = _lean_forward(m.get_base_layer(), entries, self._groups.get(id(m)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -124,17 +132,58 @@ class Route:
             else:
                 m.forward = old
         self._saved.clear()
+        for shared, _ in self._groups.values():  # let go of the last input
+            shared.pop("x", None)
+            shared.pop("mids", None)
 
 
-def _lean_forward(base, entries):
+def _groups(plans, group: bool | None, names: dict[int, str]) -> dict[int, tuple[dict, int]]:
+    """Sibling layers with one adapter each, in the base's dtype: module id -> (shared, index).
+
+    ``shared`` holds the concatenated A matrices, their row splits, and at run time the last
+    input seen with its products (the first sibling to see an input computes them all).
+    """
+    by_parent: dict[tuple[str, tuple], list] = {}
+    for m, entries in plans:
+        if len(entries) != 1 or entries[0][4] is not None or entries[0][2] is not None:
+            continue
+        A = entries[0][0]
+        if group is False or (group is None and not A.is_cuda):
+            continue
+        parent, _, leaf = names.get(id(m), "").rpartition(".")
+        for sib in SIBLINGS:
+            if leaf in sib:
+                by_parent.setdefault((parent, sib), []).append((sib.index(leaf), m, A))
+    out = {}
+    for members in by_parent.values():
+        if len(members) < 2 or len({(a.dtype, a.shape[1], a.device) for _, _, a in members}) != 1:
+            continue
+        members.sort(key=lambda t: t[0])
+        shared = {"A": torch.cat([a for _, _, a in members]), "splits": [a.shape[0] for _, _, a in members]}
+        for i, (_, m, _) in enumerate(members):
+            out[id(m)] = (shared, i)
+    return out
+
+
+def _lean_forward(base, entries, grouped=None):
+    def a_product(xa, A):
+        flat = xa.reshape(-1, xa.shape[-1])
+        if grouped is None:
+            return F.linear(flat, A)
+        shared, i = grouped
+        if shared.get("x") is not xa:
+            shared["x"] = xa
+            shared["mids"] = F.linear(flat, shared["A"]).split(shared["splits"], dim=-1)
+        return shared["mids"][i]
+
     def forward(x, *args, **kwargs):
         result = base(x, *args, **kwargs)
         dtype = result.dtype
         for A, B, bias, scale, row_scale in entries:
             xa = x.to(A.dtype)
-            if row_scale is None and bias is None and A.is_cuda and A.dtype == dtype:
+            if row_scale is None and bias is None and (A.is_cuda or grouped) and A.dtype == dtype:
                 flat = result.reshape(-1, result.shape[-1])
-                mid = F.linear(xa.reshape(-1, xa.shape[-1]), A)
+                mid = a_product(xa, A)
                 result = torch.addmm(flat, mid, B.t(), alpha=scale).view(result.shape)
                 continue
             delta = F.linear(F.linear(xa, A), B, bias)

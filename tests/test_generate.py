@@ -155,3 +155,29 @@ def test_sampling_and_stop(tiny_model):
     assert [len(t) for t in got.tokens] == [2, 2, 2]  # the first token, then one step, then stopped
     assert all(0 <= t < len(tok) for row in got.tokens for t in row)
     assert stops  # the tokenizer has stop tokens, so the test above stopped on request, not on one
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "qwen3_vl"])
+def test_grouped_a_products_compute_peft_s_lora(tiny_model, arch):
+    """Sibling layers (q/k/v, gate/up) share one product for their A matrices (the CUDA path):
+    the same logits as PEFT's own forward, on CPU up to float rounding."""
+    from engine.decode import core_model
+    from engine.routing import Route
+
+    model, tok = _load(tiny_model(arch))
+    model = _with_adapters(model)
+    ids = torch.tensor(_rows(tok)[1:2])
+    core = core_model(model)
+    with torch.no_grad():
+        model.set_adapter("one")
+        want = core(input_ids=ids).logits
+        route = Route(model, ["one"], group=True)
+        with route:
+            got = core(input_ids=ids).logits
+        layers = core.config.get_text_config().num_hidden_layers
+        assert len(route._groups) == 5 * layers  # q, k, v and gate, up of every decoder layer
+        assert not any("x" in shared for shared, _ in route._groups.values())  # let go after
+        with Route(model, ["one"], group=False):
+            plain = core(input_ids=ids).logits
+    assert torch.equal(plain, want)  # ungrouped: PEFT's arithmetic exactly
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # addmm rounds once, not twice
