@@ -228,6 +228,9 @@ class CockpitApp(App[int]):
     # -- keys -------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "chart":  # the chart's keys, in the footer only where the chart is
+            tabs = self.query(TabbedContent)
+            return not tabs or tabs.first().active == "dashboard"
         if action in CONTROL_ACTIONS:
             controls = self.source.controls
             if controls is None or not self.training_alive:
@@ -293,6 +296,7 @@ class CockpitApp(App[int]):
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
+        self.refresh_bindings()
         pane = self.pane_widgets.get(tab)
         if tab == "dashboard":
             self.query_one(CheckpointsTable).focus()  # the table whose keys the border offers
