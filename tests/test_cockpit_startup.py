@@ -119,3 +119,17 @@ def test_mistyped_commands_suggest_the_right_one(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and "unrecognized arguments" not in err and "no such config file" not in err
+
+
+def test_check_lines_up_the_token_column(capsys):
+    """`check --tokens`: the tokens per _category sit in one column, whatever the names' lengths."""
+    import re
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    assert main(["check", str(demo), "--tokens", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.search(r"%  \S+ +[\d,]+ tokens$", line)]
+    assert len(rows) >= 8  # one per _category of the demo
+    assert len({line.index(" tokens") for line in rows}) == 1
+    assert len({len(re.search(r"%  (\S+ +)", line).group(1)) for line in rows}) == 1
