@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 
@@ -239,3 +240,26 @@ async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_
         await wait_for(pilot, answered(seen, 3))
         third = [m for m in seen if isinstance(m, ChatPane.Answered)][-1]
         assert third.request.history == [] and third.done.answers[0].text == persona
+
+
+async def test_when_training_ends_the_chat_moves_to_its_last_checkpoint(tiny_model, tmp_path):
+    """The live weights are gone once the trainer ends: the picker shows the newest checkpoint,
+    not the untrained base."""
+    from engine.control import Controls
+
+    out = tmp_path / "out"
+    for step in (5, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "leviathan.json").write_text(json.dumps({"step": step}))
+    controls = Controls()
+    backend = TrainingBackend(
+        controls, base=str(tiny_model("qwen3")), output_dir=out, run_dir=tmp_path / "run"
+    )
+    app = ChatApp(backend, settings=GREEDY)
+    async with app.run_test(size=(80, 24)) as pilot:
+        select = app.query_one("#chat-target", Select)
+        assert select.value == LIVE
+        controls.close_jobs()  # what the trainer does when training ends
+        app.query_one(ChatPane).refresh_targets()
+        await pilot.pause()
+        assert select.value == str(out / "checkpoint-10")
