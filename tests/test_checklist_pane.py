@@ -134,3 +134,32 @@ async def test_the_selected_item_shows_whole_at_80x24(run_dir):
         assert item.detail in shown and item.title in shown
         await pilot.press("down")
         assert pane.selected().id != "merged" and item.detail not in text_of(detail.content)
+
+
+async def test_a_merge_whose_checkpoint_retention_deleted_says_so(run_dir, tmp_path):
+    from cockpit_script import text_of
+    from textual.widgets import Static
+
+    from engine import lineage
+
+    merged = tmp_path / "out-merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    (merged / "model.safetensors").write_bytes(b"")
+    lineage.write_info(merged, {"kind": "merged", "checkpoint": str(tmp_path / "out" / "checkpoint-20")})
+    app = Host(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.measured)
+        pane = app.query_one(ChecklistPane)
+        item = next(i for i in pane.items if i.id == "merged")
+        assert item.status == "pass" and item.value == str(merged)
+        assert (
+            item.detail
+            == "merged from checkpoint-20, since deleted by retention: this folder is its only copy"
+        )
+        table = pane.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index("merged"))
+        await pilot.pause()
+        detail = pane.query_one("#checklist-detail", Static)
+        assert "since deleted by retention" in " ".join(text_of(detail.content, width=78).split())
