@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import re
 import threading
 
+import cockpit_script
 import pytest
 import torch
 from textual.widgets import Input, Select, Static
@@ -18,6 +19,7 @@ from engine.chat import BASE, LIVE, Delta, Settings
 from engine.chat_backend import StandaloneBackend, TrainingBackend
 from engine.chat_log import read_exchanges
 
+wait_for = functools.partial(cockpit_script.wait_for, timeout=90.0)  # a model answers on CPU
 GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
 
 pytestmark = pytest.mark.anyio
@@ -26,14 +28,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"  # Textual runs on asyncio
-
-
-async def wait_for(pilot, cond, timeout: float = 90.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await pilot.pause(0.05)
 
 
 def collector():
