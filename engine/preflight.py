@@ -151,7 +151,7 @@ def device_problems(config, cuda: bool | None = None) -> list[Problem]:
     if not cuda:
         out.append(
             Problem(
-                f"{what} needs a CUDA GPU, and this machine has none (bitsandbytes quantizes on the GPU)",
+                f"{what} needs an NVIDIA GPU with CUDA, and this machine has none (bitsandbytes quantizes on the GPU)",
                 "use `adapter: lora` without load_in_4bit/load_in_8bit on this machine, or run on a GPU host",
             )
         )
