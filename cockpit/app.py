@@ -43,6 +43,23 @@ DRAIN_S = 0.1
 CONTROL_ACTIONS = ("pause", "resume", "save", "evaluate")
 
 
+def quiet_progress_bars() -> None:
+    """No tqdm bars from this process (a chat model's load, a merge job's shards): drawn over the
+    screen they garble it, and a job still writing after the cockpit exits prints them in the shell."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
 class CockpitApp(App[int]):
     CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
@@ -131,6 +148,7 @@ class CockpitApp(App[int]):
         return self.state.ended
 
     def on_mount(self) -> None:
+        quiet_progress_bars()
         self.show_state()
         if not self.source.read_only:
             self._capture_prints()  # a chat model loaded here after training prints too
@@ -228,6 +246,9 @@ class CockpitApp(App[int]):
     # -- keys -------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "chart":  # the chart's keys, in the footer only where the chart is
+            tabs = self.query(TabbedContent)
+            return not tabs or tabs.first().active == "dashboard"
         if action in CONTROL_ACTIONS:
             controls = self.source.controls
             if controls is None or not self.training_alive:
@@ -293,6 +314,7 @@ class CockpitApp(App[int]):
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
+        self.refresh_bindings()
         pane = self.pane_widgets.get(tab)
         if tab == "dashboard":
             self.query_one(CheckpointsTable).focus()  # the table whose keys the border offers

@@ -36,7 +36,7 @@ from textual.widgets import Input, Label, OptionList, Select, Static
 
 from cockpit.widgets.chat_presets import PRESET_KEYS, PresetList
 from cockpit.widgets.chat_turn import AnswerView, ChatTurn
-from engine.chat import LIVE, Delta, Done, Failed, Request, Settings, Started, presets
+from engine.chat import BASE, LIVE, Delta, Done, Failed, Request, Settings, Started, presets
 from engine.chat_backend import ChatBackend
 from engine.chat_log import Transcript
 from engine.errors import UserError
@@ -164,11 +164,13 @@ class ChatPane(Vertical):
         if [(t.key, t.label) for t in targets] == [(t.key, t.label) for t in self._targets]:
             return
         self._targets = targets
+        keys = self._keys()
+        # The live weights go when training ends: its last checkpoint is what they became.
+        fallback = next((k for k in keys if k not in (BASE, LIVE)), keys[0])
         for sel in self.query(Select):
             value = sel.value
             sel.set_options(self._options())
-            keys = self._keys()
-            sel.value = value if value in keys else keys[0]
+            sel.value = value if value in keys else fallback
 
     @on(Select.Changed, "#chat-target")
     async def _target_changed(self, event: Select.Changed) -> None:

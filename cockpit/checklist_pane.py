@@ -172,7 +172,8 @@ class ChecklistPane(Vertical):
             value.truncate(VALUE_WIDTH, overflow="ellipsis")
             table.add_row(Text(glyph, style=style), title, when, value, key=it.id)
         if table.row_count:
-            table.move_cursor(row=min(keep, table.row_count - 1))
+            # A group's heading row says nothing of its own: start on the first item.
+            table.move_cursor(row=min(max(keep, 1), table.row_count - 1))
         bad = checklist.failing(items)
         done = sum(i.ok for i in items)
         summary = f"{done}/{len(items)} passed · {len(bad)} required not passed"

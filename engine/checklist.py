@@ -482,7 +482,12 @@ def _candidates(src: Sources, item: Item, suffixes: tuple[str, ...], made: list[
 def rule_merged_model(src: Sources, item: Item) -> Measure:
     for p in _candidates(src, item, ("merged",), lineage.step_outputs(src.run_dir, "merge")):
         if p.is_dir() and _model_folder(p):
-            return Measure("pass", str(p), when=p.stat().st_mtime)
+            source = lineage.read_info(p).get("checkpoint")
+            gone = bool(source) and not Path(source).is_dir()  # retention removed it after the merge
+            detail = f"merged from {Path(source).name}" if source else ""
+            if gone:
+                detail += ", since deleted by retention: this folder is its only copy"
+            return Measure("pass", str(p), detail, when=p.stat().st_mtime)
     return Measure("pending", detail="no merged model folder yet (leviathan-cockpit merge CHECKPOINT -o DIR)")
 
 

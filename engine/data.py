@@ -311,10 +311,11 @@ class Stats:
         out += [f"  {n:>10,}  {f}" for f, n in self.rows_by_file.items()]
         out.append("rows per _category:")
         good = sum(self.rows_by_category.values()) or 1
+        w = max([len(c) for c in self.rows_by_category] + [1])  # the token column lines up
         for cat, n in sorted(self.rows_by_category.items(), key=lambda kv: -kv[1]):
             toks = self.tokens_by_category.get(cat)
-            extra = f"  {toks:>12,} tokens" if toks is not None else ""
-            out.append(f"  {n:>10,}  {100 * n / good:5.1f}%  {cat}{extra}")
+            name = f"{cat:<{w}}  {toks:>12,} tokens" if toks is not None else cat
+            out.append(f"  {n:>10,}  {100 * n / good:5.1f}%  {name}")
         if self.lengths:
             p = self.percentiles()
             out.append("tokens per row: " + "  ".join(f"{k} {v}" for k, v in p.items()))

@@ -283,6 +283,7 @@ def merge(
             "created_at": time.time(),
         }
         lineage.write_info(tmp, info)
+        readable_by_umask(tmp)
         lineage.fsync_tree(tmp)
         _replace(tmp, out)
     finally:
@@ -359,6 +360,16 @@ def _check_disk(out: Path, size: int) -> None:
             f"{lineage.human_size(need)}",
             "free some disk space or write the output to another disk",
         )
+
+
+def readable_by_umask(folder: Path) -> None:
+    """Files as the umask says (644 under the usual 022): safetensors writes its files 600, so a
+    merged model shared with a server or another user would not load."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o666 & ~mask)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -180,7 +180,7 @@ def device_problems(config, cuda: bool | None = None) -> list[Problem]:
     if not cuda:
         out.append(
             Problem(
-                f"{what} needs a CUDA GPU, and this machine has none (bitsandbytes quantizes on the GPU)",
+                f"{what} needs an NVIDIA GPU with CUDA, and this machine has none (bitsandbytes quantizes on the GPU)",
                 "use `adapter: lora` without load_in_4bit/load_in_8bit on this machine, or run on a GPU host",
             )
         )
@@ -200,13 +200,12 @@ def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Pro
     for what, folder in (("run folder", run_dir), ("output_dir", out_dir)):
         holder = lock_holder(folder)
         if holder is not None:
-            out.append(
-                Problem(
-                    f"{what} {folder} is in use by a running trainer (pid {holder})",
-                    f"watch it with `leviathan-cockpit attach {run_dir}`, stop that process, "
-                    "or give this run its own output_dir / --run-name",
-                )
+            fix = (
+                f"watch it with `leviathan-cockpit attach {run_dir}`, or stop that process first"
+                if folder == run_dir
+                else f"another run writes its checkpoints there: give this run its own output_dir, or stop pid {holder}"
             )
+            out.append(Problem(f"{what} {folder} is in use by a running trainer (pid {holder})", fix))
         elif not _writable(folder):
             out.append(
                 Problem(

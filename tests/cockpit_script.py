@@ -123,7 +123,8 @@ def text_of(renderable, width: int = 100) -> str:
     return console.export_text()
 
 
-async def wait_for(pilot, cond, timeout: float = 5.0) -> None:
+async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
+    """Pause the app until ``cond()`` holds (the tests' one wait: on a condition, never a fixed sleep)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not cond():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import json
 import re
 import threading
 
+import cockpit_script
 import pytest
 import torch
 from textual.widgets import Input, Select, Static
@@ -17,6 +19,7 @@ from engine.chat import BASE, LIVE, Delta, Settings
 from engine.chat_backend import StandaloneBackend, TrainingBackend
 from engine.chat_log import read_exchanges
 
+wait_for = functools.partial(cockpit_script.wait_for, timeout=90.0)  # a model answers on CPU
 GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
 
 pytestmark = pytest.mark.anyio
@@ -25,14 +28,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"  # Textual runs on asyncio
-
-
-async def wait_for(pilot, cond, timeout: float = 90.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await pilot.pause(0.05)
 
 
 def collector():
@@ -239,3 +234,26 @@ async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_
         await wait_for(pilot, answered(seen, 3))
         third = [m for m in seen if isinstance(m, ChatPane.Answered)][-1]
         assert third.request.history == [] and third.done.answers[0].text == persona
+
+
+async def test_when_training_ends_the_chat_moves_to_its_last_checkpoint(tiny_model, tmp_path):
+    """The live weights are gone once the trainer ends: the picker shows the newest checkpoint,
+    not the untrained base."""
+    from engine.control import Controls
+
+    out = tmp_path / "out"
+    for step in (5, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "leviathan.json").write_text(json.dumps({"step": step}))
+    controls = Controls()
+    backend = TrainingBackend(
+        controls, base=str(tiny_model("qwen3")), output_dir=out, run_dir=tmp_path / "run"
+    )
+    app = ChatApp(backend, settings=GREEDY)
+    async with app.run_test(size=(80, 24)) as pilot:
+        select = app.query_one("#chat-target", Select)
+        assert select.value == LIVE
+        controls.close_jobs()  # what the trainer does when training ends
+        app.query_one(ChatPane).refresh_targets()
+        await pilot.pause()
+        assert select.value == str(out / "checkpoint-10")

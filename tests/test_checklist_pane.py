@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
+from cockpit_script import wait_for
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
@@ -44,15 +44,6 @@ class Host(App):
         self.measured.append(m)
 
 
-async def until(pilot, cond, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
 def row_of(table: DataTable, key: str) -> int:
     return table.get_row_index(key)
 
@@ -60,7 +51,7 @@ def row_of(table: DataTable, key: str) -> int:
 async def test_pane_shows_measured_items_and_ticks(run_dir):
     app = Host(run_dir)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.measured)
+        await wait_for(pilot, lambda: app.measured)
         pane = app.query_one(ChecklistPane)
         table = app.query_one(DataTable)
         loss_row = table.get_row("loss_smooth")
@@ -73,7 +64,7 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         table.move_cursor(row=row_of(table, "docs"))
         n = len(app.measured)
         await pilot.press("space")
-        await until(pilot, lambda: len(app.measured) > n)
+        await wait_for(pilot, lambda: len(app.measured) > n)
         assert str(table.get_row("docs")[0]) == "✓"
         state = json.loads((run_dir / "checklist.json").read_text())
         assert state["items"]["docs"]["ticked"] is True
@@ -85,7 +76,7 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         await pilot.press(*"nuanced")
         n = len(app.measured)
         await pilot.press("enter")
-        await until(pilot, lambda: len(app.measured) > n)
+        await wait_for(pilot, lambda: len(app.measured) > n)
         assert not pane.has_class("noting")
         assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
 
@@ -93,14 +84,14 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         table.move_cursor(row=row_of(table, "docs"))
         n = len(app.measured)
         await pilot.press("space")
-        await until(pilot, lambda: len(app.measured) > n)
+        await wait_for(pilot, lambda: len(app.measured) > n)
         assert str(table.get_row("docs")[0]) == "·"
         assert app.measured[-1].failing == sum(1 for i in app.measured[-1].items if i.required and not i.ok)
 
     # A new pane (a restart, an attach) shows the same ticks.
     app2 = Host(run_dir)
     async with app2.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app2.measured)
+        await wait_for(pilot, lambda: app2.measured)
         table = app2.query_one(DataTable)
         assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
         assert str(table.get_row("docs")[0]) == "·"
@@ -121,7 +112,7 @@ async def test_the_selected_item_shows_whole_at_80x24(run_dir):
 
     app = Host(run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: app.measured)
+        await wait_for(pilot, lambda: app.measured)
         pane = app.query_one(ChecklistPane)
         table = pane.query_one(DataTable)
         table.focus()
@@ -134,3 +125,32 @@ async def test_the_selected_item_shows_whole_at_80x24(run_dir):
         assert item.detail in shown and item.title in shown
         await pilot.press("down")
         assert pane.selected().id != "merged" and item.detail not in text_of(detail.content)
+
+
+async def test_a_merge_whose_checkpoint_retention_deleted_says_so(run_dir, tmp_path):
+    from cockpit_script import text_of
+    from textual.widgets import Static
+
+    from engine import lineage
+
+    merged = tmp_path / "out-merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    (merged / "model.safetensors").write_bytes(b"")
+    lineage.write_info(merged, {"kind": "merged", "checkpoint": str(tmp_path / "out" / "checkpoint-20")})
+    app = Host(run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.measured)
+        pane = app.query_one(ChecklistPane)
+        item = next(i for i in pane.items if i.id == "merged")
+        assert item.status == "pass" and item.value == str(merged)
+        assert (
+            item.detail
+            == "merged from checkpoint-20, since deleted by retention: this folder is its only copy"
+        )
+        table = pane.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=table.get_row_index("merged"))
+        await pilot.pause()
+        detail = pane.query_one("#checklist-detail", Static)
+        assert "since deleted by retention" in " ".join(text_of(detail.content, width=78).split())

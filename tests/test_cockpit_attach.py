@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cockpit_script import fields, last_t, run_records, text_of
-from cockpit_script import wait_for as shared_wait_for
+from cockpit_script import fields, last_t, run_records, text_of, wait_for
 from conftest import cli
 
 from cockpit.launch import build_attach_app, find_run_log
@@ -36,10 +35,6 @@ def write_log(run_dir: Path, records: list, *, end: bool = True) -> Path:
         )
     (run_dir / "events.jsonl").write_text("\n".join(lines) + "\n")
     return run_dir
-
-
-async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
-    await shared_wait_for(pilot, cond, timeout)  # attach tails a file: a longer default
 
 
 # -- bad targets ---------------------------------------------------------------------------

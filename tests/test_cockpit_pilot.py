@@ -631,3 +631,20 @@ def test_run_state_labels_follow_the_records():
     attached.observe([{"kind": "start", "step": 0}])
     attached.writer(False)
     assert attached.label() == "attached, read-only · not running (no end record) at step 0"
+
+
+async def test_re_running_a_finished_run_says_so(make_app):
+    """The README command again on a finished demo: the trainer resumes at max_steps and ends."""
+    recs = run_records(steps=20, max_steps=20)[:-1] + [
+        {"t": T_END, "kind": "start", "step": 20, "max_steps": 20, "pid": 2},
+        {"t": T_END, "kind": "resume", "step": 20, "from_step": 20, "path": "outputs/scripted/checkpoint-20"},
+        {"t": T_END, "kind": "train_begin", "step": 20, "max_steps": 20},
+    ]
+    end = {"t": T_END, "kind": "end", "step": 20, "status": "completed"}
+    app = make_app(recs, end=end)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.ended)
+        assert app.sub_title == "scripted · already completed at step 20: nothing left to train"
+        await wait_for(pilot, lambda: app._notifications)
+        (note,) = list(app._notifications)
+        assert note.title == "nothing left to train" and "--resume never --force" in note.message

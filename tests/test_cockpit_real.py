@@ -4,7 +4,6 @@ the model being trained, a hangup saves and ends the run."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import fcntl
 import os
 import pty
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cockpit_script import text_of
+from cockpit_script import text_of, wait_for
 
 from cockpit.launch import build_launched_app, stop_job
 from cockpit.widgets.confirm_quit import ConfirmQuit
@@ -43,15 +42,6 @@ def events_of(path: Path) -> list[dict]:
 
 def steps_in(records: list[dict]) -> list[int]:
     return [r["step"] for r in records if r["kind"] == "step"]
-
-
-async def wait_for(pilot, cond, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.1)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ re-measures when a job ends.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,13 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
         await pilot.press("escape")
 
     loads_as_a_model(merged)
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in merged.iterdir():  # readable as the umask says, not safetensors' 600
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    from transformers.utils import logging
+
+    assert not logging.is_progress_bar_enabled()  # no shard bars over the screen or after the exit
     info = lineage.read_info(merged)
     assert info["kind"] == "merged" and info["step"] == 2 and Path(info["run_dir"]) == run_dir.resolve()
     (record,) = lineage.step_outputs(run_dir, "merge")

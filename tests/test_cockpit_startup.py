@@ -61,7 +61,7 @@ def test_headless_reports_every_start_up_problem_once_and_writes_nothing(
     assert "datasets[1].path" in err
     assert f"output_dir {tmp_path / 'out'} is in use by a running trainer (pid {sleeper})" in err
     if not cuda():
-        assert "load_in_8bit needs a CUDA GPU" in err
+        assert "load_in_8bit needs an NVIDIA GPU" in err
     import importlib.util
 
     n = 4 + (not cuda()) + (importlib.util.find_spec("bitsandbytes") is None)
@@ -102,7 +102,7 @@ def test_gpu_needs_on_a_machine_without_one(tmp_path, write_config, tiny_model):
     config, _ = load_config(write_config(tiny_model("qwen3"), adapter="qlora"))
     with pytest.raises(UserError) as e:
         preflight.preflight(config, tmp_path / "run", cuda=False)
-    assert "adapter: qlora (4-bit) needs a CUDA GPU" in str(e.value)
+    assert "adapter: qlora (4-bit) needs an NVIDIA GPU" in str(e.value)
     preflight.preflight(config.model_copy(update={"adapter": "lora"}), tmp_path / "run", cuda=False)
 
 
@@ -119,3 +119,17 @@ def test_mistyped_commands_suggest_the_right_one(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and "unrecognized arguments" not in err and "no such config file" not in err
+
+
+def test_check_lines_up_the_token_column(capsys):
+    """`check --tokens`: the tokens per _category sit in one column, whatever the names' lengths."""
+    import re
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    assert main(["check", str(demo), "--tokens", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.search(r"%  \S+ +[\d,]+ tokens$", line)]
+    assert len(rows) >= 8  # one per _category of the demo
+    assert len({line.index(" tokens") for line in rows}) == 1
+    assert len({len(re.search(r"%  (\S+ +)", line).group(1)) for line in rows}) == 1

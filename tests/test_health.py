@@ -8,10 +8,11 @@ import math
 
 import pytest
 
+from engine.bands import expected_band
 from engine.config import HealthConfig, validate
 from engine.errors import UserError
 from engine.events import RunLog, read_events
-from engine.health import ADVICE, HealthListener, HealthMonitor, expected_band, num
+from engine.health import ADVICE, HealthListener, HealthMonitor, num
 
 GIB = 1024
 

@@ -92,7 +92,7 @@ class HealthPanel(VerticalScroll):
                 )
             )
         if not items:
-            items.append(Text("✓ no alerts: the guide's rules are quiet", style="green"))
+            items.append(Text("✓ no alerts: the health rules are quiet", style="green"))
         self.query_one("#health-list", Static).update(Group(*items))
         live = [a for rule, a in self.alerts.items() if rule not in self.resolved]
         errors = sum(1 for a in live if a.get("level") in ("error", "critical"))
