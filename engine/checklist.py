@@ -673,7 +673,7 @@ def record_artifact(run_dir: str | Path, name: str, path: str) -> None:
 
 
 def _config(run_dir: Path):
-    from engine.rundir import run_config
+    from engine.saved_config import run_config
 
     return run_config(run_dir)
 
