@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 from pathlib import Path
 
@@ -21,17 +22,21 @@ import pytest
 import transformers
 import trl
 
-ENGINE = Path(__file__).resolve().parent.parent / "engine"
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
 OURS = {"_add_metric", "_compute_loss", "_flush_tokens"}
-TRAINER_FILES = ("trainer.py", "curriculum.py")
+TRAINER_MODULES = ("engine.trainer", "engine.curriculum")
+
+
+def _tree(module: str) -> ast.AST:
+    """Our module's syntax tree, found by name (not imported: curriculum builds its class on use)."""
+    return ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
 
 
 def _trainer_classes():
     """(file, class node) for every class of ours that subclasses the trainer."""
-    for name in TRAINER_FILES:
-        tree = ast.parse((ENGINE / name).read_text())
+    for name in TRAINER_MODULES:
+        tree = _tree(name)
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and any(
                 getattr(b, "id", None) in ("SFTTrainer", "LeviathanTrainer") for b in node.bases
@@ -84,7 +89,9 @@ def test_the_trainer_hooks_we_override_still_exist_with_our_parameters():
 
 
 def test_the_six_private_hooks_are_the_ones_the_version_note_names():
-    private = sorted(n.name for w, n in _overrides() if w.startswith("trainer.py") and n.name.startswith("_"))
+    private = sorted(
+        n.name for w, n in _overrides() if w.startswith("engine.trainer:") and n.name.startswith("_")
+    )
     assert private == [
         "_get_grad_norm",
         "_load_optimizer_and_scheduler",
@@ -126,10 +133,10 @@ def test_the_fused_lm_head_still_gives_what_our_loss_reads():
     assert "add_fused_lm_head" in _source_of(trl.SFTTrainer), "SFTTrainer no longer adds the fused LM head"
 
 
-def _keywords(file: str, callee: str) -> set[str]:
+def _keywords(module: str, callee: str) -> set[str]:
     """The keyword names our code passes to ``callee(...)``."""
     out = set()
-    for node in ast.walk(ast.parse((ENGINE / file).read_text())):
+    for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Call):
             f = node.func
             name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
@@ -138,9 +145,9 @@ def _keywords(file: str, callee: str) -> set[str]:
     return out
 
 
-def _dict_keys(file: str, function: str) -> set[str]:
+def _dict_keys(module: str, function: str) -> set[str]:
     """``out["key"] = ...`` keys set in a function that builds keyword arguments."""
-    tree = ast.parse((ENGINE / file).read_text())
+    tree = _tree(module)
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     keys = set()
     for node in ast.walk(fn):
@@ -166,22 +173,22 @@ def test_the_keywords_we_pass_upstream_are_still_accepted():
     from trl import SFTConfig
 
     checks = [
-        ("train.py SFTConfig(...)", _keywords("train.py", "SFTConfig"), _named_params(SFTConfig)),
-        ("dist.py trainer_args()", _dict_keys("dist.py", "trainer_args"), _named_params(SFTConfig)),
+        ("train.py SFTConfig(...)", _keywords("engine.train", "SFTConfig"), _named_params(SFTConfig)),
+        ("dist.py trainer_args()", _dict_keys("engine.dist", "trainer_args"), _named_params(SFTConfig)),
         (
             "train.py trainer_cls(...)",
-            _keywords("train.py", "trainer_cls"),
+            _keywords("engine.train", "trainer_cls"),
             _named_params(trl.SFTTrainer.__init__),
         ),
-        ("model.py LoraConfig(...)", _keywords("model.py", "LoraConfig"), _named_params(LoraConfig)),
+        ("model.py LoraConfig(...)", _keywords("engine.model", "LoraConfig"), _named_params(LoraConfig)),
         (
             "model.py BitsAndBytesConfig(...)",
-            _keywords("model.py", "BitsAndBytesConfig"),
+            _keywords("engine.model", "BitsAndBytesConfig"),
             _named_params(BitsAndBytesConfig.__init__),
         ),
         (
             "quantize.py BitsAndBytesConfig(...)",
-            _keywords("quantize.py", "BitsAndBytesConfig"),
+            _keywords("engine.quantize", "BitsAndBytesConfig"),
             _named_params(BitsAndBytesConfig.__init__),
         ),
     ]
@@ -198,7 +205,7 @@ def test_the_sftconfig_fields_our_trainer_reads_still_exist():
     from trl import SFTConfig
 
     read = set()
-    for node in ast.walk(ast.parse((ENGINE / "trainer.py").read_text())):
+    for node in ast.walk(_tree("engine.trainer")):
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Attribute)
