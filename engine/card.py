@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import lineage
+from engine.rundir import RunDir
 
 CARD_MARK = "<!-- leviathan-cockpit model card: `leviathan-cockpit push` rewrites this file -->"
 
@@ -63,7 +64,7 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
 
     s.config = lineage.run_config(run_dir)
     try:
-        records = read_events(Path(run_dir) / "events.jsonl").records
+        records = read_events(RunDir(run_dir).events).records
     except OSError:
         records = []
     data = [r for r in records if r["kind"] == "data"]
@@ -87,7 +88,7 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
     if starts:
         s.final["device"] = starts[-1].get("device")
     s.final["train_seconds"] = _train_seconds(records)
-    s.checklist = read_checklist(Path(run_dir) / "checklist.json")
+    s.checklist = read_checklist(RunDir(run_dir).checklist)
     return s
 
 

@@ -25,11 +25,13 @@ import threading
 import time
 from pathlib import Path
 
+from engine.rundir import RunDir
+
 MARKS = ("pass", "fail")
 
 
 def chat_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "chat"
+    return RunDir(run_dir).chat
 
 
 def checkpoint_step(target: str) -> int | None:

@@ -27,9 +27,17 @@ from pathlib import Path
 
 from engine import lineage
 from engine.errors import UserError
-from engine.rundir import atomic_write_json, output_dir_of, read_eval_results, read_json
+from engine.rundir import (
+    CHECKLIST,
+    EVENTS,
+    RunDir,
+    atomic_write_json,
+    output_dir_of,
+    read_eval_results,
+    read_json,
+)
 
-STATE_FILE = "checklist.json"
+STATE_FILE = CHECKLIST  # engine.rundir names it
 GROUPS = {"validation": "10% run: critical checks", "post_training": "post-training checklist"}
 
 # Default items: id, group, title (formatted with the item's parameters), rule, parameters.
@@ -236,7 +244,7 @@ class Sources:
 
         self.run_dir = Path(run_dir)
         self.config = config
-        events = self.run_dir / "events.jsonl"
+        events = RunDir(self.run_dir).events
         self.records = read_events(events).records if events.is_file() else []
         self.steps = dedupe_steps(self.records)
         self.evals = [r for r in self.records if r.get("kind") == "eval"]
@@ -638,7 +646,7 @@ def _update(run_dir: Path, change: Callable[[dict], None]) -> dict:
 
 def _run_dir(run_dir: str | Path) -> Path:
     p = Path(run_dir)
-    if p.name == "events.jsonl":
+    if p.name == EVENTS:
         p = p.parent
     if not p.is_dir():
         raise UserError(f"{run_dir}: no such run folder", "give a run folder such as logs/<run-name>")
@@ -662,7 +670,7 @@ def tick(run_dir: str | Path, item_id: str, note: str | None = None, done: bool 
 
 
 def _config(run_dir: Path):
-    from engine.rundir import run_config
+    from engine.saved_config import run_config
 
     return run_config(run_dir)
 

@@ -9,13 +9,14 @@ share of each batch. This module keeps the rest of the engine unaware of that:
   (``share_from_main``), so no rank reads a folder that is being removed or written;
 - a checkpoint is marked complete only after every rank has written its part (a barrier in
   ``SyncCallback.on_save``, before the marker);
-- commands: rank 0 reads ``logs/<run>/control.jsonl`` (appended by the launcher or the cockpit)
-  at each step boundary, and the flags of all ranks are combined by one ``all_reduce`` of four
-  ints, so pause / save-now / eval-now / stop act on the same step everywhere;
+- commands: rank 0 reads ``logs/<run>/control.jsonl`` (appended by the launcher or the cockpit;
+  the protocol is ``engine.control_file``) at each step boundary, and the flags of all ranks are
+  combined by one ``all_reduce`` of four ints, so pause / save-now / eval-now / stop act on the
+  same step everywhere;
 - world size goes into the ``start`` record and each checkpoint's marker; a resume on another
   world size is refused unless allowed (``check_world_size``).
 
-A single-process run (the cockpit's thread, ``train --headless``) has world size 1: everything
+A single-process run (``train --headless``, or the cockpit's one-process job) has world size 1: everything
 here is then trivial, and the in-memory ``Controls`` stay the only command path.
 
 Only the standard library is imported at the top; torch loads on use.
@@ -23,18 +24,23 @@ Only the standard library is imported at the top; torch loads on use.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import socket
 import time
-from pathlib import Path
 
+# The control-file protocol, re-exported: the launcher, the cockpit and the tests import it from here.
+from engine.control_file import (  # noqa: F401
+    COMMANDS,
+    CONTROL_FILE,
+    CONTROL_FROM_START_ENV,
+    ControlFile,
+    append_command,
+    apply,
+    control_path,
+)
 from engine.errors import UserError
 
-CONTROL_FILE = "control.jsonl"
-# Set by the launcher: the control file was created fresh for this job, read it from the start.
-CONTROL_FROM_START_ENV = "LEVIATHAN_CONTROL_FROM_START"
-COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "eval", "chat")
 PAUSE_POLL_S = 0.25
 
 _control_file_wanted = False
@@ -366,88 +372,7 @@ def trainer_args(config) -> dict:
     return out
 
 
-# -- commands for every rank -------------------------------------------------------------------
-
-
-def control_path(run_dir) -> Path:
-    return Path(run_dir) / CONTROL_FILE
-
-
-def append_command(run_dir, command: str, **fields) -> dict:
-    """Append one command to a run's control file (what the launcher and the cockpit call)."""
-    if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
-    record = {"t": round(time.time(), 3), "command": command, **fields}
-    path = control_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())  # one write: lines never interleave
-    finally:
-        os.close(fd)
-    return record
-
-
-class ControlFile:
-    """Rank 0's reader of ``control.jsonl``: new complete lines become ``Controls`` calls."""
-
-    def __init__(self, path, from_start: bool = False) -> None:
-        self.path = Path(path)
-        self.offset = 0
-        if not from_start and self.path.exists():
-            self.offset = self.path.stat().st_size  # commands left from an earlier job are not ours
-        self._pending = b""
-
-    def poll(self, controls) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self._pending + data
-        lines = data.split(b"\n")
-        self._pending = lines.pop()  # a line still being written waits for its newline
-        applied = []
-        for line in lines:
-            try:
-                cmd = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(cmd, dict) and apply(controls, cmd, self.path.parent):
-                applied.append(cmd)
-        return applied
-
-
-def apply(controls, cmd: dict, run_dir=None) -> bool:
-    name = cmd.get("command")
-    if name == "chat":
-        # A question for the model in memory (engine.chat_bridge): one process only, where
-        # rank 0 holds the whole model; answered on the training thread like any chat job.
-        if run_dir is None or initialized():
-            return False
-        from engine.chat_bridge import job_from_command
-
-        job = job_from_command(run_dir, cmd)
-        if job is not None and not controls.submit(job):
-            job.cancel("training has ended")
-        return job is not None
-    if name == "pause":
-        controls.request_pause()
-    elif name == "resume":
-        controls.request_resume()
-    elif name == "toggle_pause":
-        controls.toggle_pause()
-    elif name == "stop":
-        controls.request_stop(str(cmd.get("reason") or "operator"))
-    elif name == "save":
-        controls.request_save()
-    elif name == "eval":
-        controls.request_eval()
-    else:
-        return False
-    return True
+# -- commands for every rank (the control file: engine.control_file) ----------------------
 
 
 class SyncSteps:
@@ -543,13 +468,23 @@ def sync_callback_class():
     return _SYNC_CLASS
 
 
+def _chat_job(run_dir):
+    """Chat on the live weights through the control file: one process only (rank 0 alone does
+    not hold the whole model when there are several)."""
+    if initialized():
+        return None
+    from engine.chat_bridge import job_from_command
+
+    return functools.partial(job_from_command, run_dir)
+
+
 def attach(trainer, controls, log, run_dir) -> None:
     """Put the ``SyncCallback`` in front of the cockpit callback when there is more than one
     process, or when ``engine.dist_main`` asked for the control file."""
     if world_size() == 1 and not _control_file_wanted:
         return
     from_start = os.environ.get(CONTROL_FROM_START_ENV) == "1"
-    control_file = ControlFile(control_path(run_dir), from_start) if is_main() else None
+    control_file = ControlFile(control_path(run_dir), from_start, _chat_job(run_dir)) if is_main() else None
     callbacks = trainer.callback_handler.callbacks
     cockpit = next((cb for cb in callbacks if type(cb).__name__ == "CockpitCallback"), None)
     sync = sync_callback_class()(controls, log, control_file, cockpit)

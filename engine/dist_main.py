@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             allow_world_size_change=args.allow_world_size_change,
         )
         if main_rank:
+            from engine.rundir import RunDir
+
             print(
-                f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl",
+                f"\n{result.status} at step {result.step}; run log {RunDir(result.run_dir).events}",
                 file=sys.stderr,
             )
         dist.shutdown()

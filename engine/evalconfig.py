@@ -117,7 +117,7 @@ class ChecklistItemSpec(BaseModel):
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, v: str | None) -> str | None:
-        from engine.checklist import RULES
+        from engine.rule_names import RULE_NAMES as RULES
 
         if v is not None and v not in RULES:
             raise ValueError(f"unknown rule {v!r}; rules: {', '.join(RULES)}")

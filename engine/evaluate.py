@@ -29,6 +29,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.rundir import atomic_write_json, eval_dir, find_run_dir, read_json, result_name
+from engine.scoring import score_line
 
 SUITES = ("identity", "inference", "lmeval")
 EXPECT_KINDS = ("contains", "not_contains", "regex", "code")
@@ -401,7 +402,7 @@ class Target:
 
 
 def target_for(model: str, run_dir: str | None = None, out: str | None = None) -> Target:
-    from engine.rundir import run_config
+    from engine.saved_config import run_config
 
     if run_dir:
         rd = Path(run_dir)
@@ -418,10 +419,6 @@ def suite_cases(suite: str, settings_config, file: str | None) -> list[Case]:
     if suite == "identity":
         return identity_cases(file or (ev.identity_prompts if ev else None))
     return inference_cases(file or (ev.inference_suite if ev else None))
-
-
-def score_line(passed: int, total: int) -> str:
-    return f"{passed}/{total} ({100 * passed / total:.1f}%)" if total else "0/0 (n/a)"
 
 
 # -- command line ------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def generate(
     ``target``: the PEFT adapter every prompt goes through (default: the model's active one;
     None: the base).
     """
-    from engine.chat import stop_token_ids
+    from engine.stop_tokens import stop_token_ids
 
     encoded = [render(tokenizer, p, system) for p in prompts]
     # Similar lengths together: less padding, and greedy results do not depend on the order.

@@ -8,12 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from engine.bundled import demo_config_path
 from engine.control import Controls
 from engine.errors import UserError
-
-
-def demo_config_path() -> Path:
-    return Path(__file__).resolve().parent / "data" / "demo.yaml"
 
 
 def load_for_cli(args):

@@ -417,7 +417,7 @@ def agent_main(argv: list[str] | None = None) -> int:
 
 def launch_from_args(args, nproc: int, output: str | None = "file") -> LaunchedJob:
     """``launch`` with the `train` command line's arguments (the embedded demo without a config)."""
-    from engine.headless import demo_config_path
+    from engine.bundled import demo_config_path
 
     return launch(
         args.config or demo_config_path(),

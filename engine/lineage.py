@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.rundir import EVENTS, RunDir
 
 INFO = "leviathan_export.json"
 STEPS_FILE = "exports.jsonl"
@@ -75,9 +76,9 @@ def find_run_dir(checkpoint: str | Path | None, explicit: str | Path | None = No
     """
     if explicit:
         p = Path(explicit)
-        if p.is_file() and p.name == "events.jsonl":
+        if p.is_file() and p.name == EVENTS:
             p = p.parent
-        if not (p / "events.jsonl").is_file():
+        if not RunDir(p).is_run():
             raise UserError(
                 f"--run-dir {explicit}: no events.jsonl there", "give a run folder such as logs/<run-name>"
             )
@@ -86,7 +87,7 @@ def find_run_dir(checkpoint: str | Path | None, explicit: str | Path | None = No
         return None
     ckpt = Path(checkpoint).resolve()
     recorded = checkpoint_meta(ckpt).get("run_dir")
-    if recorded and (Path(recorded) / "events.jsonl").is_file():
+    if recorded and RunDir(recorded).is_run():
         return Path(recorded)
     return _search_run_dir(ckpt)
 
@@ -122,7 +123,7 @@ def run_config(run_dir: str | Path | None) -> dict:
     import yaml
 
     try:
-        return yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        return yaml.safe_load(RunDir(run_dir).config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
 

@@ -221,7 +221,7 @@ def lmeval_main(args, target) -> int:
         batch_size=args.batch_size,
         log=lambda m: print(m, file=sys.stderr),
     )
-    from engine.evaluate import score_line
+    from engine.scoring import score_line
 
     for task, t in data["tasks"].items():
         if "value" not in t:

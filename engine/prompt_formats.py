@@ -102,7 +102,7 @@ class RowEncoder:
     @property
     def chat(self):
         if self._chat is None:
-            from engine.data import ChatEncoder
+            from engine.masks import ChatEncoder
 
             self._chat = ChatEncoder(self.tok)
         return self._chat

@@ -16,6 +16,7 @@ from engine import lineage
 from engine.card import CARD_MARK, model_card, summarize_run
 from engine.errors import UserError
 from engine.jobs import Progress, null_progress
+from engine.rundir import RunDir
 
 
 @dataclass
@@ -107,7 +108,7 @@ def push(
     info = lineage.read_info(src)
     if run_dir:
         run = lineage.find_run_dir(None, run_dir)
-    elif info.get("run_dir") and (Path(info["run_dir"]) / "events.jsonl").is_file():
+    elif info.get("run_dir") and RunDir(info["run_dir"]).is_run():
         run = Path(info["run_dir"])
     else:
         run = lineage.find_run_dir(info.get("checkpoint"))

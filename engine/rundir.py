@@ -1,8 +1,12 @@
-"""What lives in a run folder (``logs/<run>/``) besides the run log, and how to find it.
+"""The run folder (``logs/<run>/``): what lives in it, named in one place, and how to find it.
 
-A checkpoint names its run in its ``leviathan.json`` marker (``run_dir``); older checkpoints
-and plain model folders are matched by the ``output_dir`` of the runs' ``config.yaml``.
-Evaluation results are ``eval/<suite>-<model>.json``; the checklist state is ``checklist.json``.
+``RunDir(path)`` names each file and folder of the layout; modules that need a run-folder path ask
+it instead of spelling the name. A checkpoint names its run in its ``leviathan.json`` marker
+(``run_dir``); older checkpoints and plain model folders are matched by the ``output_dir`` of the
+runs' ``config.yaml``. Evaluation results are ``eval/<suite>-<model>.json``.
+
+Standard library (and yaml) only: the trainer, the cockpit and the CLI all read run folders, and
+none of them should pay for the config schema or torch to do it.
 """
 
 from __future__ import annotations
@@ -10,9 +14,63 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = "leviathan.json"  # engine.checkpoints.MARKER, kept here without its imports
+
+EVENTS = "events.jsonl"  # the run log (engine.events)
+CONFIG = "config.yaml"  # the resolved config, written at start
+CONTROL = "control.jsonl"  # commands to the trainer (engine.control_file)
+LOCK = ".lock"  # one writer per run folder (engine.runlock); holds the writer's pid
+CHECKLIST = "checklist.json"  # the checklist's state (engine.checklist)
+CHAT = "chat"  # chat logs and the live chat bridge's replies
+EVAL = "eval"  # evaluation results
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder's layout. Paths only: nothing is created or read here."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str is welcome too
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def control(self) -> Path:
+        return self.path / CONTROL
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def checklist(self) -> Path:
+        return self.path / CHECKLIST
+
+    @property
+    def chat(self) -> Path:
+        return self.path / CHAT
+
+    @property
+    def eval(self) -> Path:
+        return self.path / EVAL
+
+    def is_run(self) -> bool:
+        """A run folder is one with a run log."""
+        return self.events.is_file()
 
 
 def atomic_write_json(path: str | Path, data) -> None:
@@ -39,23 +97,12 @@ def run_config_raw(run_dir: str | Path) -> dict:
     """The run's resolved config as plain data (``{}`` when the folder has none)."""
     import yaml
 
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return raw if isinstance(raw, dict) else {}
-
-
-def run_config(run_dir: str | Path):
-    """The run's ``RunConfig``, or None when the folder has no readable config.yaml."""
-    from engine.config import validate
-
-    raw = run_config_raw(run_dir)
-    if not raw:
-        return None
-    config, _ = validate(raw, Path(run_dir) / "config.yaml")
-    return config
 
 
 def output_dir_of(run_dir: str | Path, records: list[dict] | None = None) -> Path | None:
@@ -84,7 +131,7 @@ def find_run_dir(model_path: str | Path, search: list[str | Path] | None = None)
     for root in roots:
         if not root.is_dir():
             continue
-        for cfg in sorted(root.glob("*/config.yaml")):
+        for cfg in sorted(root.glob(f"*/{CONFIG}")):
             out = run_config_raw(cfg.parent).get("output_dir")
             if out and (_same(Path(out), model_path.parent) or _same(Path(out), model_path)):
                 return cfg.parent
@@ -92,7 +139,7 @@ def find_run_dir(model_path: str | Path, search: list[str | Path] | None = None)
 
 
 def eval_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "eval"
+    return RunDir(run_dir).eval
 
 
 def result_name(suite: str, model_path: str | Path) -> str:

@@ -1,8 +1,9 @@
 """One fine-tuning run: config -> data -> model + LoRA -> SFTTrainer, with a run log.
 
 Reads like a script: ``run`` sets up the run folder, prepares data, loads the model, and
-hands everything to TRL's ``SFTTrainer`` with our one callback. It runs the same in a
-worker thread under the cockpit, headless, or under ``accelerate launch``.
+hands everything to TRL's ``SFTTrainer`` with our one callback. It runs the same in every
+process that trains: the one the cockpit starts (``engine.launcher``; the UI runs in another
+process and follows the run log), ``train --headless``, or each rank under ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from engine.errors import UserError
 from engine.events import Listener, RunLog
 from engine.health import watch_run
 from engine.preflight import check_setup
+from engine.rundir import RunDir
 from engine.runlock import OutputLock, RunLock
 
 
@@ -33,7 +35,7 @@ class RunPaths:
 
     @property
     def events(self) -> Path:
-        return self.run_dir / "events.jsonl"
+        return RunDir(self.run_dir).events
 
 
 def run_paths(config: RunConfig, run_name: str | None = None, logs_dir: str | None = None) -> RunPaths:
@@ -428,7 +430,7 @@ def _run(
     guard.attach(trainer, callback)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():
-        dump_resolved(config, paths.run_dir / "config.yaml")
+        dump_resolved(config, RunDir(paths.run_dir).config)
     log.emit(
         "start",
         step=ckpt.step if ckpt else 0,

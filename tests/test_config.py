@@ -134,7 +134,7 @@ def test_qlora_without_cuda_is_a_clear_exit_2(tmp_path, tiny_model, write_config
     p = write_config(tiny_model("qwen3"), adapter="qlora")
     r = cli("train", p, "--headless")
     assert r.returncode == 2, r.stderr
-    assert "needs a CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+    assert "needs an NVIDIA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_help_lists_every_command_without_importing_torch():

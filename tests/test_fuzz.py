@@ -64,8 +64,11 @@ def test_config_loader_random_keys_and_values(d):
 
 @FAST
 @given(st.sampled_from(sorted(RunConfig.model_fields)), values, st.booleans())
-def test_config_loader_one_bad_value_in_a_good_config(key, value, nested):
-    raw = base_config(str(DEMO_DATA.parent), output_dir="/tmp/fuzz-out", logs_dir="/tmp/fuzz-logs")
+def test_config_loader_one_bad_value_in_a_good_config(tmp_path_factory, key, value, nested):
+    tmp = tmp_path_factory.getbasetemp()  # session-scoped: hypothesis reruns the body many times
+    raw = base_config(
+        str(DEMO_DATA.parent), output_dir=str(tmp / "fuzz-out"), logs_dir=str(tmp / "fuzz-logs")
+    )
     if nested and key in ("datasets",):
         raw[key] = [{"path": value, "type": value}]
     else:

@@ -1,0 +1,218 @@
+"""Canary for an upgrade of transformers, TRL or peft: what we override or pass still exists.
+
+``engine/trainer.py`` (and the curriculum trainer) override private ``Trainer`` / ``SFTTrainer``
+hooks and read private trainer state; ``engine/train.py``, ``engine/dist.py`` and
+``engine/model.py`` pass keyword arguments to ``SFTConfig``, ``LoraConfig`` and
+``BitsAndBytesConfig``. An upgrade that renames one fails silently at best (a hook never called)
+or deep in a run at worst. These tests read our source with ``ast`` (so new overrides and new
+keywords are checked without being listed here) and the real upstream signatures with
+``inspect``: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import inspect
+from pathlib import Path
+
+import peft
+import pytest
+import transformers
+import trl
+
+VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
+# Methods of ours on the trainer that upstream does not have (the others must be upstream's).
+OURS = {"_add_metric", "_compute_loss", "_flush_tokens"}
+TRAINER_MODULES = ("engine.trainer", "engine.curriculum")
+
+
+def _tree(module: str) -> ast.AST:
+    """Our module's syntax tree, found by name (not imported: curriculum builds its class on use)."""
+    return ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+
+
+def _trainer_classes():
+    """(file, class node) for every class of ours that subclasses the trainer."""
+    for name in TRAINER_MODULES:
+        tree = _tree(name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", None) in ("SFTTrainer", "LeviathanTrainer") for b in node.bases
+            ):
+                yield name, node
+
+
+def _overrides():
+    for file, cls in _trainer_classes():
+        for node in cls.body:
+            if isinstance(node, ast.FunctionDef) and node.name not in OURS and node.name != "__init__":
+                yield f"{file}:{cls.name}.{node.name}", node
+
+
+def _upstream_params(name: str) -> list[inspect.Parameter] | None:
+    """The parameters of the nearest upstream definition that names them (TRL's wrappers that
+    take ``*args, **kwargs`` pass through to Trainer's)."""
+    for klass in trl.SFTTrainer.__mro__:
+        fn = klass.__dict__.get(name)
+        if fn is None:
+            continue
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        if [p.kind for p in params] != [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+            return params
+    return [] if hasattr(trl.SFTTrainer, name) else None
+
+
+def test_the_trainer_hooks_we_override_still_exist_with_our_parameters():
+    problems = []
+    found = list(_overrides())
+    assert len(found) >= 10  # compute_loss, log, the six private hooks, the curriculum's two, ...
+    for where, node in found:
+        upstream = _upstream_params(node.name)
+        if upstream is None:
+            problems.append(
+                f"{where}: SFTTrainer has no `{node.name}` any more: our override is never called"
+            )
+            continue
+        ours = [a.arg for a in node.args.args[1:]]
+        names = [p.name for p in upstream]
+        if names[: len(ours)] != ours:
+            problems.append(f"{where}: upstream takes ({', '.join(names)}), our override ({', '.join(ours)})")
+        if node.args.vararg is None:
+            required = [
+                p.name for p in upstream[len(ours) :] if p.default is p.empty and p.kind <= p.KEYWORD_ONLY
+            ]
+            if required:
+                problems.append(f"{where}: upstream now also requires {', '.join(required)}")
+    assert not problems, f"with {VERSIONS}:\n" + "\n".join(problems)
+
+
+def test_the_six_private_hooks_are_the_ones_the_version_note_names():
+    private = sorted(
+        n.name for w, n in _overrides() if w.startswith("engine.trainer:") and n.name.startswith("_")
+    )
+    assert private == [
+        "_get_grad_norm",
+        "_load_optimizer_and_scheduler",
+        "_maybe_log_save_evaluate",
+        "_save_checkpoint",
+        "_save_optimizer_and_scheduler",
+        "_track_num_input_tokens",
+    ], "update the note on transformers/trl in pyproject.toml and this list"
+
+
+def _source_of(obj) -> str:
+    return inspect.getsource(inspect.getmodule(obj))
+
+
+@pytest.mark.parametrize(
+    ("owner", "attribute"),
+    [
+        (transformers.Trainer, "self._tr_loss"),  # engine/guard.py zeroes it after a skipped step
+        (transformers.Trainer, "self._globalstep_last_logged"),  # engine/guard.py
+        (transformers.Trainer, "self.label_smoother"),  # engine/trainer.py falls back to TRL's loss
+        (transformers.Trainer, "self.compute_loss_func"),
+        (trl.SFTTrainer, "self._metrics"),  # engine/trainer.py clears TRL's per-step metrics
+        (trl.SFTTrainer, "self.aux_loss_enabled"),
+    ],
+)
+def test_private_trainer_state_we_read_is_still_set_upstream(owner, attribute):
+    assert f"{attribute} =" in _source_of(owner), (
+        f"{owner.__qualname__} no longer sets `{attribute}` ({VERSIONS}); engine/trainer.py or engine/guard.py reads it"
+    )
+
+
+def test_the_fused_lm_head_still_gives_what_our_loss_reads():
+    from trl.trainer.utils import FusedCausalLMOutput, add_fused_lm_head
+
+    fields = {f.name for f in dataclasses.fields(FusedCausalLMOutput)}
+    missing = {"log_probs", "entropy", "is_top1", "label_mask"} - fields
+    assert not missing, f"TRL's FusedCausalLMOutput lost {missing} ({VERSIONS}); engine/trainer.py reads them"
+    assert "fused_lm_head" in _source_of(add_fused_lm_head)
+    assert "add_fused_lm_head" in _source_of(trl.SFTTrainer), "SFTTrainer no longer adds the fused LM head"
+
+
+def _keywords(module: str, callee: str) -> set[str]:
+    """The keyword names our code passes to ``callee(...)``."""
+    out = set()
+    for node in ast.walk(_tree(module)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+            if name == callee:
+                out |= {k.arg for k in node.keywords if k.arg is not None}
+    return out
+
+
+def _dict_keys(module: str, function: str) -> set[str]:
+    """``out["key"] = ...`` keys set in a function that builds keyword arguments."""
+    tree = _tree(module)
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
+    keys = set()
+    for node in ast.walk(fn):
+        key = getattr(node, "slice", None) if isinstance(node, ast.Subscript) else None
+        if isinstance(node.ctx if key is not None else None, ast.Store) and isinstance(key, ast.Constant):
+            keys.add(key.value)
+        if isinstance(node, ast.Dict):
+            keys |= {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+    return keys
+
+
+def _named_params(target) -> set[str]:
+    return {
+        p.name
+        for p in inspect.signature(target).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def test_the_keywords_we_pass_upstream_are_still_accepted():
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    checks = [
+        ("train.py SFTConfig(...)", _keywords("engine.train", "SFTConfig"), _named_params(SFTConfig)),
+        ("dist.py trainer_args()", _dict_keys("engine.dist", "trainer_args"), _named_params(SFTConfig)),
+        (
+            "train.py trainer_cls(...)",
+            _keywords("engine.train", "trainer_cls"),
+            _named_params(trl.SFTTrainer.__init__),
+        ),
+        ("model.py LoraConfig(...)", _keywords("engine.model", "LoraConfig"), _named_params(LoraConfig)),
+        (
+            "model.py BitsAndBytesConfig(...)",
+            _keywords("engine.model", "BitsAndBytesConfig"),
+            _named_params(BitsAndBytesConfig.__init__),
+        ),
+        (
+            "quantize.py BitsAndBytesConfig(...)",
+            _keywords("engine.quantize", "BitsAndBytesConfig"),
+            _named_params(BitsAndBytesConfig.__init__),
+        ),
+    ]
+    problems = []
+    for where, passed, accepted in checks:
+        assert passed, f"{where}: no keywords found: the call moved, update this test"
+        gone = sorted(passed - accepted)
+        if gone:
+            problems.append(f"{where}: {', '.join(gone)} no longer accepted")
+    assert not problems, f"with {VERSIONS}:\n" + "\n".join(problems)
+
+
+def test_the_sftconfig_fields_our_trainer_reads_still_exist():
+    from trl import SFTConfig
+
+    read = set()
+    for node in ast.walk(_tree("engine.trainer")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "args"
+        ):
+            read.add(node.attr)
+    fields = {f.name for f in dataclasses.fields(SFTConfig)} | {
+        n for n in dir(SFTConfig) if not n.startswith("__")
+    }
+    assert read and not read - fields, f"SFTConfig lost {sorted(read - fields)} ({VERSIONS})"
