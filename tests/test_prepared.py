@@ -149,3 +149,27 @@ def test_stop_during_preparation_keeps_nothing(tmp_path, tiny_model):
     with pytest.raises(prepare.Stopped):
         prepare.prepare(config, tok, root, workers=1, should_stop=stop_after_first)
     assert seen and not [p for p in root.iterdir() if p.is_dir()]
+
+
+def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
+    import yaml
+
+    from engine.events import read_events
+    from tests.conftest import cli
+
+    raw = base_config(
+        tiny_model("qwen3"), DEMO_DATA, output_dir=str(tmp_path / "out"), logs_dir=str(tmp_path / "logs")
+    )
+    raw.update(max_steps=1, run_name="p", dataset_prepared_path=str(tmp_path / "prep"), dataset_processes=2)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    r = cli("preprocess", cfg)
+    assert r.returncode == 0, r.stderr
+    assert "prepared in" in r.stdout and "tokens per _category" in r.stdout and "too long" in r.stdout
+    folder = r.stdout.split(":")[0]
+    assert Path(folder).parent == tmp_path / "prep"
+    r = cli("train", cfg, "--headless")
+    assert r.returncode == 0, r.stderr
+    assert "data read back" in r.stderr
+    data = [x for x in read_events(tmp_path / "logs" / "p" / "events.jsonl").records if x["kind"] == "data"]
+    assert data[-1]["cached"] is True and data[-1]["encoded_rows"] == 0 and data[-1]["prepared"] == folder
