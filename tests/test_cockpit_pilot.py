@@ -519,3 +519,34 @@ async def test_a_chart_that_cannot_draw_says_so_and_the_cockpit_stays():
         assert "chart unavailable: ValueError: math domain error" in rendered.plain
         await pilot.pause(0.6)
         assert app.is_running
+
+
+async def test_data_preparation_shows_as_its_own_phase():
+    t = 1_750_000_000.0
+    recs = [
+        {
+            "t": t,
+            "kind": "prepare",
+            "rows": 0,
+            "tokens": 0,
+            "bytes_done": 0,
+            "bytes_total": None,
+            "started": True,
+        },
+        {
+            "t": t + 2,
+            "kind": "prepare",
+            "rows": 12_345,
+            "tokens": 6_000_000,
+            "bytes_done": 30,
+            "bytes_total": 100,
+            "rows_per_s": 6_172.5,
+            "eta_s": 4.7,
+        },
+    ]
+    app = make_app(recs, clock_t=t + 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "preparing data 30%" in fields(app))
+        assert "12,345 rows" in fields(app) and "6,172 rows/s" in fields(app)
+        app.source.feed([{"t": t + 9, "kind": "prepare", "done": True, "cached": False, "rows": 40_000}])
+        await wait_for(pilot, lambda: "preparing data" not in fields(app))
