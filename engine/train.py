@@ -426,6 +426,11 @@ def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls)
             log.emit("prepare", **p.rate())
 
     def build():
+        old = Path(config.output_dir) / ".data-cache"  # the per-start caches of earlier versions: stale
+        if old.is_dir():
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
         log.emit("prepare", rows=0, tokens=0, bytes_done=0, bytes_total=None, started=True)
         return prepare(config, tokenizer, progress=progress, should_stop=controls.stop.is_set)
 
