@@ -210,13 +210,14 @@ _REFERENCE = """
 import json, os, resource, sys, time
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
-t_enc = tokens = 0
+t_enc = c_enc = tokens = 0
 batch = []
 def flush():
-    global t_enc, tokens
-    t = time.perf_counter()
+    global t_enc, c_enc, tokens
+    t, c = time.perf_counter(), time.process_time()
     enc = tok.backend_tokenizer.encode_batch(batch, add_special_tokens=False)
     t_enc += time.perf_counter() - t
+    c_enc += time.process_time() - c
     tokens += sum(len(e.ids) for e in enc)
     batch.clear()
 with open(sys.argv[2]) as f:
@@ -226,7 +227,7 @@ with open(sys.argv[2]) as f:
             flush()
 if batch:
     flush()
-print(json.dumps({"encode_s": t_enc, "tokens": tokens}))
+print(json.dumps({"encode_s": t_enc, "encode_cpu_s": c_enc, "tokens": tokens}))
 """
 
 
@@ -305,7 +306,12 @@ def bench(rows: int, model: Path, workdir: Path, workers: int | None, threads_re
         config["dataset_processes"] = workers
     cfg.write_text(yaml.safe_dump(config))
     events = run / "logs" / "bench" / "events.jsonl"
+    say = lambda name, x: print(
+        f"{rows:,} rows, {name}: {json.dumps(x, default=str)[:600]}", file=sys.stderr, flush=True
+    )  # noqa: E731
+    say("corpus", info)
     ref1 = reference(model, corpus, threads=False)
+    say("reference", ref1)
     refn = reference(model, corpus, threads=True) if threads_ref else None
     prep = child(["leviathan-cockpit", "preprocess", str(cfg)])
     m = re.search(r"prepared in ([\d,.]+) s", prep["out"])
@@ -313,7 +319,9 @@ def bench(rows: int, model: Path, workdir: Path, workers: int | None, threads_re
     prep["folder"] = prep["out"].split(":")[0]
     m = re.search(r"kept: .*?, ([\d,]+) tokens", prep["out"])
     prep["tokens"] = int(m.group(1).replace(",", "")) if m else None
+    say("preprocess", {k: v for k, v in prep.items() if k not in ("out", "err")})
     first = train_once(cfg, events, 1)  # the first start, on the prepared data
+    say("first start", {k: v for k, v in first.items() if k not in ("out", "err")})
     again = train_once(cfg, events, 2)  # a restart: resumes from step 1
     disk = _du(Path(prep["folder"]))
     return {
@@ -336,7 +344,8 @@ def report(r: dict) -> str:
         f"## {r['rows']:,} rows: {c['bytes'] / 2**30:.2f} GiB, mean {c['mean']:,.0f} B, median {c['median']:,} B, "
         f"{ref1['tokens'] / r['rows']:,.0f} tokens/row rendered, {tokens:,} tokens kept",
         f"reference encode_batch, 1 thread:     {ref1['encode_s']:8.1f} s"
-        f" (its process, rendering and reading included: CPU {ref1['cpu']:,.0f} s)",
+        f" (CPU {ref1.get('encode_cpu_s', float('nan')):,.1f} s; its whole process, reading and rendering"
+        f" included: CPU {ref1['cpu']:,.0f} s)",
     ]
     if r["refn"]:
         lines.append(f"reference encode_batch, all threads:  {r['refn']['encode_s']:8.1f} s")
