@@ -306,9 +306,12 @@ def bench(rows: int, model: Path, workdir: Path, workers: int | None, threads_re
         config["dataset_processes"] = workers
     cfg.write_text(yaml.safe_dump(config))
     events = run / "logs" / "bench" / "events.jsonl"
-    say = lambda name, x: print(
-        f"{rows:,} rows, {name}: {json.dumps(x, default=str)[:600]}", file=sys.stderr, flush=True
-    )  # noqa: E731
+
+    def say(name, x):
+        return print(
+            f"{rows:,} rows, {name}: {json.dumps(x, default=str)[:600]}", file=sys.stderr, flush=True
+        )
+
     say("corpus", info)
     ref1 = reference(model, corpus, threads=False)
     say("reference", ref1)
