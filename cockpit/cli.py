@@ -11,6 +11,7 @@ COMMANDS = {
     "train": "the cockpit (or --headless) on a config; no config: the embedded demo",
     "attach": "the cockpit on an existing run's log, live or finished",
     "check": "validate a config and its data; stats by _category; no training",
+    "preprocess": "prepare (tokenize, mask, pack) the data ahead of training, in parallel; reused by train",
     "sample": "stratified sample of a JSONL corpus, streaming",
     "chat": "talk to a checkpoint or model",
     "eval": "identity / inference / lm-eval suites on a checkpoint or model",
@@ -87,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes that tokenize (default: the cores)",
     )
+    p = sub.choices["preprocess"]
+    p.add_argument("config")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that prepare (default: the config's dataset_processes, else the cores)",
+    )
     from engine.cli_extra import register
 
     register(sub)
@@ -159,6 +168,10 @@ def _dispatch(args) -> int:
         from engine.headless import check_command
 
         return check_command(args)
+    if args.command == "preprocess":
+        from engine.prepare_cli import preprocess_command
+
+        return preprocess_command(args)
     return args.handler(args)
 
 

@@ -135,6 +135,7 @@ _RUN_KINDS = {
     "start",
     "train_begin",
     "data",
+    "prepare",
     "resume",
     "paused",
     "resumed",

@@ -59,7 +59,6 @@ NOTED_KEYS = {
     "is_qwen_derived_model": "has no meaning here",
     "is_mistral_derived_model": "has no meaning here",
     "pad_to_sequence_len": "packed batches are padding-free",
-    "dataset_prepared_path": "datasets are tokenized in memory for each run",
     "skip_prepare_dataset": "rows are tokenized before training starts, as always here",
     "remove_unused_columns": "only token columns reach the model",
     "shuffle_merged_datasets": "the trainer shuffles the rows of all datasets together",

@@ -200,6 +200,14 @@ class RunConfig(BaseModel):
     """What to do with an example longer than sequence_len."""
     skip_bad_rows: bool = False
     """False: bad rows stop the run with their file:line list. True: skip and log them."""
+    dataset_prepared_path: str | None = None
+    """Where prepared (tokenized, masked, packed) data is kept and reused by every start and
+    resume (default: ``<output_dir>/prepared-data``); rebuilt when the data, tokenizer, template
+    or these options change."""
+    dataset_processes: int | None = Field(None, gt=0)
+    """Processes that prepare the data (default: every core)."""
+    dataset_num_proc: int | None = Field(None, gt=0)
+    """The same as dataset_processes (Axolotl's newer name); dataset_processes wins."""
 
     micro_batch_size: int = Field(1, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -269,7 +277,7 @@ class RunConfig(BaseModel):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
 
-    @field_validator("base_model", "output_dir", "logs_dir")
+    @field_validator("base_model", "output_dir", "logs_dir", "dataset_prepared_path")
     @classmethod
     def _paths(cls, v: str | None) -> str | None:
         return _usable_path(v)

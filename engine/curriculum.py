@@ -505,6 +505,11 @@ def curriculum_trainer(config, train_dataset, callback):
     class CurriculumSFTTrainer(LeviathanTrainer):
         curriculum_plan = plan
 
+        @staticmethod
+        def curriculum_rows(base):
+            """The training rows by run position, over ``base`` (rows by number: ids and labels)."""
+            return Rows(base, plan, packing)
+
         def _prepare_dataset(self, dataset, *args, **kwargs):
             name = kwargs.get("dataset_name", args[-1] if args else None)
             if name == "train":

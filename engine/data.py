@@ -13,8 +13,11 @@ The loss mask is built in engine/masks.py (``ChatEncoder``, from token positions
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from engine.errors import UserError
 from engine.masks import BadRow, ChatEncoder  # noqa: F401  (re-exported: callers import them from here)
@@ -256,14 +259,17 @@ class Stats:
     rows_by_category: dict[str, int] = field(default_factory=dict)
     tokens_by_category: dict[str, int] = field(default_factory=dict)
     trained_by_category: dict[str, int] = field(default_factory=dict)  # tokens with a label
-    lengths: list[int] = field(default_factory=list)
+    lengths: Counter = field(default_factory=Counter)  # tokens per row -> rows: bounded by the longest row
     bad: list[tuple[str, int, str]] = field(default_factory=list)
-    too_long: list[tuple[str, int, int]] = field(default_factory=list)
+    too_long: list[tuple[str, int, int]] = field(default_factory=list)  # the first TOO_LONG_KEPT
+    too_long_count: int = 0
     row_categories: list[str] | None = None  # per good row, kept by `check(collect=True)`
     row_lengths: object | None = None  # array("i") of token counts, same rows
     notes: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     """What the chat template did to rows (dropped or merged a turn, ...): note -> rows."""
     notes_count: dict[str, int] = field(default_factory=dict)
+
+    TOO_LONG_KEPT = 1000
 
     def add(self, row: Row, n_tokens: int | None, n_trained: int | None = None) -> None:
         self.add_counts(row.file, row.category, n_tokens, n_trained)
@@ -274,7 +280,7 @@ class Stats:
         self.rows_by_file[file] = self.rows_by_file.get(file, 0) + 1
         self.rows_by_category[category] = self.rows_by_category.get(category, 0) + 1
         if n_tokens is not None:
-            self.lengths.append(n_tokens)
+            self.lengths[n_tokens] += 1
             self.tokens_by_category[category] = self.tokens_by_category.get(category, 0) + n_tokens
         if n_trained is not None:
             self.trained_by_category[category] = self.trained_by_category.get(category, 0) + n_trained
@@ -295,6 +301,27 @@ class Stats:
             out.append(f"{count:>10,} row(s): {n} ({where})")
         return out
 
+    def add_too_long(self, file: str, line: int, n_tokens: int) -> None:
+        self.too_long_count += 1
+        if len(self.too_long) < self.TOO_LONG_KEPT:
+            self.too_long.append((file, line, n_tokens))
+
+    def merge(self, other: Stats) -> None:
+        """Add another pass's counts and template notes (a worker's chunk); bad and too-long rows are the caller's."""
+        for mine, theirs in (
+            (self.rows_by_file, other.rows_by_file),
+            (self.rows_by_category, other.rows_by_category),
+            (self.tokens_by_category, other.tokens_by_category),
+            (self.trained_by_category, other.trained_by_category),
+        ):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0) + v
+        self.lengths.update(other.lengths)
+        for n, count in other.notes_count.items():  # chunks merge in file order: so do the first rows
+            self.notes_count[n] = self.notes_count.get(n, 0) + count
+            rows = self.notes.setdefault(n, [])
+            rows += other.notes.get(n, [])[: max(0, 20 - len(rows))]
+
     @property
     def total(self) -> int:
         return sum(self.rows_by_file.values()) + len(self.bad)
@@ -302,9 +329,12 @@ class Stats:
     def percentiles(self) -> dict[str, int]:
         if not self.lengths:
             return {}
-        xs = sorted(self.lengths)
-        pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
-        return {"min": xs[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": xs[-1]}
+        keys = sorted(self.lengths)
+        cum = list(accumulate(self.lengths[k] for k in keys))
+        n = cum[-1]
+        # the value at sorted position int(q * n), as if every row's length were listed
+        pick = lambda q: keys[bisect_right(cum, min(n - 1, int(q * n)))]  # noqa: E731
+        return {"min": keys[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": keys[-1]}
 
     def report(self) -> str:
         out = ["rows per file:"]
@@ -319,8 +349,8 @@ class Stats:
         if self.lengths:
             p = self.percentiles()
             out.append("tokens per row: " + "  ".join(f"{k} {v}" for k, v in p.items()))
-        if self.too_long:
-            out.append(f"rows longer than sequence_len: {len(self.too_long)}")
+        if self.too_long_count:
+            out.append(f"rows longer than sequence_len: {self.too_long_count}")
         if self.notes_count:
             out.append("what the chat template did to rows (changes what is trained):")
             out += [f"  {line}" for line in self.notes_report()]

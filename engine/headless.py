@@ -78,6 +78,16 @@ class Progress:
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":
             self._write(f"resolved {r.get('rule')}: {r.get('message')}")
+        elif kind == "prepare":  # data preparation: its own phase, so a long one is not a hang
+            from engine.prepare_cli import prepare_line
+
+            if r.get("done"):
+                how = "read back" if r.get("cached") else "prepared"
+                self._write(
+                    f"data {how}: {r.get('rows', 0):,} rows, {r.get('tokens', 0):,} tokens ({r.get('path')})"
+                )
+            elif r.get("bytes_total"):
+                self._write(prepare_line(r), transient=True)
         elif kind == "phase":
             mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
             self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")
@@ -178,7 +188,13 @@ def check_command(args) -> int:
         return show_masks(config, tokenizer, show, getattr(args, "json", False))
     tokens = getattr(args, "tokens", False) and tokenizer is not None
     curriculum = tokens and config.curriculum is not None
-    stats = check(config, tokenizer, workers=max(1, getattr(args, "workers", 1) or 1), collect=curriculum)
+    from engine.prepare_cli import Bar
+
+    bar = Bar() if tokenizer is not None else None
+    workers = max(1, getattr(args, "workers", 1) or 1)
+    stats = check(config, tokenizer, workers=workers, collect=curriculum, progress=bar)
+    if bar is not None:
+        bar.done()
     print(stats.report())
     if tokens:
         print(stats.token_report())

@@ -37,6 +37,9 @@ class _Lock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            # no pid left behind: preflight reads it, and a live process (a test, a notebook) that
+            # finished its run in-process would still read as the holder
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import checkpoints, dist, runstate
+from engine import checkpoints, datafp, dist, runstate
 from engine.config import RunConfig, dump_resolved
 from engine.control import Controls
 from engine.errors import UserError
@@ -214,6 +214,8 @@ def build_trainer(
         max_length=config.sequence_len,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        dataset_kwargs={"skip_prepare_dataset": True},  # prepared once, under dataset_prepared_path
+        remove_unused_columns=False,
         save_only_model=False,
         use_cpu=not _cuda(),
         # Liger's RMSNorm/SwiGLU/RoPE kernels (as the config's liger_* keys choose), intervals
@@ -228,18 +230,25 @@ def build_trainer(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer_cls, callbacks = LeviathanTrainer, [callback]
+    # The prepared views (engine.packview): packed as planned at preparation, labels built per batch.
+    train_dataset = prepared.view("train", config.sample_packing)
     if config.curriculum is not None:  # phases by category: a sampler over the training set
         from engine.curriculum import curriculum_trainer
+        from engine.packview import Subset
 
         trainer_cls, callbacks = curriculum_trainer(config, prepared.train, callback)
+        train_dataset = trainer_cls.curriculum_rows(Subset(prepared.reader, prepared.index["train_rows"]))
     trainer = trainer_cls(
         model=model,
         args=args,
-        train_dataset=prepared.train.remove_columns(["category"]),
-        eval_dataset=prepared.val.remove_columns(["category"]) if prepared.val is not None else None,
+        train_dataset=prepared.train,  # TRL wants a datasets.Dataset here; it reads the views below
+        eval_dataset=prepared.val,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.train_dataset = train_dataset
+    if prepared.val is not None:
+        trainer.eval_dataset = prepared.view("val", config.sample_packing)
     # Our run log and progress line replace the trainer's own printing.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -320,7 +329,6 @@ def _run(
     from engine import attention
     from engine.guard import Guard
     from engine.model import attach_lora, check_tokens, load_base, load_tokenizer, pick_dtype, resolve_base
-    from engine.prepare import prepare
 
     base = resolve_base(config.base_model)
     from engine.trainer_args import check_optimizer
@@ -342,6 +350,7 @@ def _run(
     dist.barrier()
     if ckpt is not None:
         _check_compatible(ckpt, config)
+        datafp.check_sizes(ckpt.meta.get("data"), [d.path for d in config.datasets], str(ckpt.path))
         notes.append(dist.check_world_size(ckpt, config, allow_world_size_change))
         runstate.record_config_changes(paths.run_dir, config, log)
     # NaN/OOM/disk handling; --resume never starts from a clean run state.
@@ -354,7 +363,12 @@ def _run(
         base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
     )
     check_tokens(tokenizer, config)
-    prepared = prepare(config, tokenizer, paths.output_dir / ".data-cache")
+    prepared = _prepare_data(config, tokenizer, log, controls)
+    if prepared is None:  # stopped while preparing: nothing half-made is kept; the same command starts again
+        log.emit("end", step=ckpt.step if ckpt else 0, status="stopped", phase="prepare")
+        return RunResult("stopped", ckpt.step if ckpt else 0, paths.run_dir)
+    if ckpt is not None:
+        datafp.check_content(ckpt.meta.get("data"), prepared.data, str(ckpt.path))
     if prepared.stats.bad:
         log.emit(
             "alert",
@@ -375,7 +389,13 @@ def _run(
         truncated=prepared.truncated,
         dropped_too_long=prepared.dropped_too_long,
         no_labels=prepared.no_labels,
+        cut_before_tokenizing=prepared.cut,
+        too_long=prepared.stats.too_long_count,
         lengths=prepared.stats.percentiles(),
+        tokens=prepared.tokens,
+        prepared=str(prepared.folder),
+        cached=prepared.cached,
+        encoded_rows=prepared.encoded_rows,
     )
 
     dtype = pick_dtype(config.bf16)
@@ -395,6 +415,7 @@ def _run(
     meta = {
         "base_model": config.base_model,
         "fingerprint": fingerprint(config),
+        "data": datafp.for_checkpoint(prepared.data),
         "run_dir": str(paths.run_dir.resolve()),
         **dist.checkpoint_meta(config),
     }
@@ -465,6 +486,53 @@ def _run(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
     )
     return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
+
+
+def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls):
+    """The prepared data (engine.prepare), with ``prepare`` records while it is built; None if stopped.
+
+    Several processes: rank 0 prepares, the others wait and read its result from the cache.
+    """
+    from engine.prepare import Stopped, prepare
+
+    last = [0.0]
+
+    def progress(p) -> None:
+        now = time.time()
+        if now - last[0] >= 2.0 or p.done_bytes >= p.total_bytes:
+            last[0] = now
+            log.emit("prepare", **p.rate())
+
+    def build():
+        old = Path(config.output_dir) / ".data-cache"  # the per-start caches of earlier versions: stale
+        if old.is_dir():
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        log.emit("prepare", rows=0, tokens=0, bytes_done=0, bytes_total=None, started=True)
+        return prepare(config, tokenizer, progress=progress, should_stop=controls.stop.is_set)
+
+    held: list = []
+
+    def on_main() -> str | None:
+        try:
+            held.append(build())
+        except Stopped:
+            return None
+        return str(held[0].folder)
+
+    if dist.share_from_main(on_main) is None:
+        return None
+    prepared = held[0] if held else prepare(config, tokenizer)  # ranks > 0: rank 0's, from the cache
+    log.emit(
+        "prepare",
+        done=True,
+        cached=prepared.cached,
+        rows=len(prepared.train) + (len(prepared.val) if prepared.val is not None else 0),
+        tokens=prepared.tokens,
+        path=str(prepared.folder),
+    )
+    return prepared
 
 
 def _choose_gc(config: RunConfig) -> tuple[bool, str]:

@@ -648,3 +648,37 @@ async def test_re_running_a_finished_run_says_so(make_app):
         await wait_for(pilot, lambda: app._notifications)
         (note,) = list(app._notifications)
         assert note.title == "nothing left to train" and "--resume never --force" in note.message
+
+
+async def test_data_preparation_shows_as_its_own_phase(make_app):
+    t = 1_750_000_000.0
+    recs = [
+        {
+            "t": t,
+            "kind": "prepare",
+            "rows": 0,
+            "tokens": 0,
+            "bytes_done": 0,
+            "bytes_total": None,
+            "started": True,
+        },
+        {
+            "t": t + 2,
+            "kind": "prepare",
+            "rows": 12_345,
+            "tokens": 6_000_000,
+            "bytes_done": 30,
+            "bytes_total": 100,
+            "rows_per_s": 6_172.5,
+            "eta_s": 4.7,
+        },
+    ]
+    app = make_app(recs, clock_t=t + 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "preparing data 30%" in fields(app))
+        assert "12,345 rows" in fields(app) and "6,172 rows/s" in fields(app)
+        append_records(
+            app.source.run_dir,
+            [{"t": t + 9, "kind": "prepare", "done": True, "cached": False, "rows": 40_000}],
+        )
+        await wait_for(pilot, lambda: "preparing data" not in fields(app))

@@ -63,6 +63,16 @@ def mix_text(r: dict) -> str:
     return " · ".join(parts)
 
 
+def preparing_text(r: dict) -> str:
+    """Data preparation, its own phase before the first step: done share, rows, rate, ETA."""
+    total, done = r.get("bytes_total") or 0, r.get("bytes_done") or 0
+    pct = f" {100 * done / total:.0f}%" if total else ""
+    rows = f" · {r.get('rows', 0):,} rows" if r.get("rows") else ""
+    rate = f" · {r['rows_per_s']:,.0f} rows/s" if r.get("rows_per_s") else ""
+    eta = f" · ETA {hms(r['eta_s'])}" if isinstance(r.get("eta_s"), (int, float)) else ""
+    return f"◌ preparing data{pct}{rows}{rate}{eta}"
+
+
 REFRESH_S = 0.5
 """Redraws at most twice a second (and once a second for the clock), however fast steps come."""
 
@@ -83,6 +93,7 @@ class ProgressPanel(Static):
         self.mix: dict | None = None
         self.resumed_from: int | None = None
         self.seen_start = False
+        self.preparing: dict | None = None  # the last `prepare` record while the data is prepared
         self.writer_alive: bool | None = None
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
         self._dirty = True
@@ -132,6 +143,8 @@ class ProgressPanel(Static):
                 self.total = r["max_steps"]
         elif kind == "train_begin" and isinstance(r.get("max_steps"), int):
             self.total = r["max_steps"]
+        elif kind == "prepare":
+            self.preparing = None if r.get("done") else r
         elif kind == "resume":
             self.resumed_from = r.get("from_step")
         elif kind == "paused":
@@ -178,6 +191,8 @@ class ProgressPanel(Static):
         if self.paused:
             at = f" at step {self.paused_step:,}" if isinstance(self.paused_step, int) else ""
             return Text(f"‖ paused{at}", style="bold yellow")
+        if not self.seen_start and self.preparing is not None:
+            return Text(preparing_text(self.preparing), style="yellow")
         if not self.seen_start and self.last is None:
             return Text("◌ loading model and data…" if self.live else "◌ waiting for records…", style="dim")
         if self.last is None:
