@@ -205,7 +205,9 @@ def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Pro
                 if folder == run_dir
                 else f"another run writes its checkpoints there: give this run its own output_dir, or stop pid {holder}"
             )
-            out.append(Problem(f"{what} {folder} is in use by a running trainer (pid {holder})", fix))
+            by = _lock_run(folder)
+            run = f" for run {by}" if by else ""
+            out.append(Problem(f"{what} {folder} is in use by a running trainer (pid {holder}){run}", fix))
         elif not _writable(folder):
             out.append(
                 Problem(
@@ -296,3 +298,12 @@ def _lock_pid(folder: Path) -> int:
             if text:
                 return int(text[0])
     return 0
+
+
+def _lock_run(folder: Path) -> str | None:
+    """The run folder named in an output_dir's lock ("pid run_dir"), if any."""
+    try:
+        _, _, run = (folder / ".leviathan-lock").read_text().strip().partition(" ")
+    except OSError:
+        return None
+    return run or None
