@@ -8,21 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.bundled import demo_config_path
+from engine.bundled import demo_config_path  # noqa: F401  (re-exported)
+from engine.cli_config import load_for_cli  # noqa: F401  (re-exported: commands import it from here)
 from engine.control import Controls
 from engine.errors import UserError
-
-
-def load_for_cli(args):
-    """Config from the CLI arguments (the embedded demo when none), with its notes."""
-    from engine.config import load_config
-
-    path = getattr(args, "config", None) or demo_config_path()
-    overrides = {}
-    if getattr(args, "max_steps", None):
-        overrides["max_steps"] = args.max_steps
-    config, notes = load_config(path, overrides)
-    return config, notes, Path(path)
 
 
 def run_name_for(args, config, path: Path) -> str:

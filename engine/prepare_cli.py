@@ -54,7 +54,7 @@ class Bar:
 
 
 def preprocess_command(args) -> int:
-    from engine.headless import load_for_cli
+    from engine.cli_config import load_for_cli
     from engine.model import load_tokenizer, resolve_base
     from engine.prepare import prepare
 
