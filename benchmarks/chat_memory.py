@@ -4,7 +4,7 @@ Builds an 8B-shaped random Qwen3 (Qwen3-8B's shapes: hidden 4096, intermediate 1
 36 layers, 32 heads, 8 KV heads, head_dim 128, vocab 151936) directly on the GPU in bf16,
 attaches the run's LoRA r16 training adapter on every linear layer, trains a few steps,
 saves the adapter as a checkpoint, then chats the way the cockpit does during training
-(``engine.chat.chat_on_training_model``: the checkpoint loaded beside the training adapter
+(``engine.chat.chat.chat_on_training_model``: the checkpoint loaded beside the training adapter
 on the same base, deleted afterwards) and checks that training state is untouched.
 
 For comparison, in the same run: the plain alternative, a second copy of the base with the
@@ -54,7 +54,7 @@ def build_model(shape: dict, device, dtype):
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("qwen3")
     config = Qwen3Config(
@@ -72,7 +72,7 @@ def build_model(shape: dict, device, dtype):
 
 
 def lora_config(r: int):
-    from engine.config import RunConfig
+    from engine.config.config import RunConfig
 
     return RunConfig.model_validate(
         {"base_model": "random", "datasets": [{"path": "none.jsonl"}], "lora_r": r, "lora_alpha": 2 * r}
@@ -95,7 +95,7 @@ def train_steps(model, optimizer, steps: int, seq: int, vocab: int, device) -> l
 
 
 def chat_once(model, tokenizer, targets, base_name, new_tokens, step=None):
-    from engine.chat import Done, Failed, Request, Settings, chat_on_training_model
+    from engine.chat.chat import Done, Failed, Request, Settings, chat_on_training_model
 
     events = []
     request = Request(
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     import torch
     from peft import PeftModel
 
-    from engine.chat import LIVE, capture_rng
-    from engine.model import attach_lora
+    from engine.chat.chat import LIVE, capture_rng
+    from engine.model.model import attach_lora
 
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA GPU here: run on the GPU machine, or pass --tiny for the CPU check", file=sys.stderr)
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         second = PeftModel.from_pretrained(second, str(ckpt_dir))
         second.eval()
         load_s = time.perf_counter() - t0
-        from engine.chat import Request, Settings, generate
+        from engine.chat.chat import Request, Settings, generate
 
         events = []
         request = Request(

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import checkpoints
+from engine.run import checkpoints
 
 MB = 1 << 20
 

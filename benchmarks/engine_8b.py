@@ -72,7 +72,7 @@ def build(workdir: Path, tiny: bool, vl: bool = False) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen3_vl" if vl else "qwen3")
     from shapes import qwen3_config

@@ -29,7 +29,7 @@ def build(tiny: bool):
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     cuda = torch.cuda.is_available() and not tiny
     shape = (
@@ -93,7 +93,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from engine.evaluate import Settings, identity_cases, inference_cases, run_suite
+    from engine.evaluate.evaluate import Settings, identity_cases, inference_cases, run_suite
 
     new = args.max_new_tokens or (16 if args.tiny else 256)
     model, tok, build_s, params, cuda = build(args.tiny)

@@ -69,7 +69,7 @@ def build_base(work: Path, shape: dict, device: str):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen3")
     cfg = Qwen3Config(
@@ -104,8 +104,8 @@ def write_adapter(model, tok, base: Path, ckpt: Path, *, qlora: bool) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from engine import checkpoints
-    from engine.model import lora_targets
+    from engine.model.model import lora_targets
+    from engine.run import checkpoints
 
     torch.manual_seed(1)
     targets = lora_targets(model)
@@ -134,7 +134,7 @@ def write_adapter(model, tok, base: Path, ckpt: Path, *, qlora: bool) -> None:
 def gen_speed(model, tok, device: str, n: int = 32) -> float:
     import torch
 
-    from engine.merge import probe_ids
+    from engine.ship.merge import probe_ids
 
     ids = probe_ids(tok, device)
     with torch.no_grad():
@@ -169,7 +169,7 @@ def compare_generation(base: Path, ckpt: Path, merged: Path, tok, device: str) -
 
 
 def run_merge(ckpt: Path, out: Path, label: str):
-    from engine.merge import merge
+    from engine.ship.merge import merge
 
     r = merge(ckpt, out, progress=lambda f, m: say(f"  merge {f * 100:3.0f}% {m}"))
     peak = f"peak GPU {gib(r.peak_gpu_mb * 2**20)}" if r.peak_gpu_mb else "CPU"
@@ -206,7 +206,7 @@ def step(label: str, fn, *args, **kwargs):
 
 
 def quantize_step(merged: Path, work: Path) -> None:
-    from engine.quantize import quantize
+    from engine.ship.quantize import quantize
 
     q = quantize(
         merged, work / "nf4", qtype="nf4", progress=lambda f, m: say(f"  quantize {f * 100:3.0f}% {m}")
@@ -228,7 +228,7 @@ def quantize_step(merged: Path, work: Path) -> None:
 def qlora_step(base: Path, tok, work: Path) -> None:
     import torch
 
-    from engine.model import load_base
+    from engine.model.model import load_base
 
     t = time.time()
     model4 = load_base(str(base), quant_bits=4, dtype=torch.bfloat16)

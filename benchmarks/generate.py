@@ -6,9 +6,9 @@ every linear layer, trained a few steps and saved as a checkpoint:
 - raw HF ``generate`` on the merged model: eager (dynamic cache), and with
   ``cache_implementation="static"`` (transformers compiles the decode step itself; its first
   call, with the compile, is timed apart);
-- ours (``engine.generate.run_rows``): the merged model (CUDA-graph steps, compiled steps,
+- ours (``engine.chat.generate.run_rows``): the merged model (CUDA-graph steps, compiled steps,
   eager steps), chat with the checkpoint beside the training adapter and with the live
-  weights (``engine.chat.chat_on_training_model``, exactly the cockpit's path), compare
+  weights (``engine.chat.chat.chat_on_training_model``, exactly the cockpit's path), compare
   (checkpoint | live in one batch), a batch of 8 suite prompts, the identity suite
   (5 prompts, 256 tokens) on the checkpoint.
 
@@ -97,7 +97,7 @@ def hf_generate(model, ids, new, static: bool) -> tuple[int, float, float, float
 
 
 def ours_rows(model, rows, new, mode="auto", names=None):
-    from engine.generate import run_rows
+    from engine.chat.generate import run_rows
 
     res = run_rows(model, rows, max_new_tokens=new, stop_ids=set(), pad_id=0, names=names, mode=mode)
     n = len(res.tokens[0])
@@ -107,7 +107,7 @@ def ours_rows(model, rows, new, mode="auto", names=None):
 
 
 def chat(model, tok, targets, new):
-    from engine.chat import Done, Request, Settings, chat_on_training_model
+    from engine.chat.chat import Done, Request, Settings, chat_on_training_model
 
     events = []
     req = Request(PROMPT, targets, Settings(temperature=0, max_new_tokens=new))
@@ -129,10 +129,10 @@ def main(argv=None) -> int:
     import torch
     from peft import PeftModel
 
-    from engine.chat import LIVE, Adapters, capture_rng, training_untouched
-    from engine.evaluate import IDENTITY_PROMPTS
-    from engine.generate import ACTIVE, generate, render
-    from engine.model import attach_lora
+    from engine.chat.chat import LIVE, Adapters, capture_rng, training_untouched
+    from engine.chat.generate import ACTIVE, generate, render
+    from engine.evaluate.evaluate import IDENTITY_PROMPTS
+    from engine.model.model import attach_lora
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     base, tok = build_model(shape, device, dtype)
     merged_src = copy.deepcopy(base)  # the second copy: becomes the merged model
-    from engine.attention import register
+    from engine.model.attention import register
 
     base.config._attn_implementation = register()  # the trainer's packed attention
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         for call in ("1st call", "again"):
             n, f, tps, s, used = ours_rows(merged, [prompt], new, mode=mode)
             add(row(f"ours: merged model, {mode} steps ({call})", n, f, tps, s, extra=used))
-    from engine.generate import release
+    from engine.chat.generate import release
 
     release(merged)
 
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
                     5,
                 )
             )
-        from engine.generate import release
+        from engine.chat.generate import release
 
         release(model)
         adapters.trim(0)

@@ -3,12 +3,12 @@
 
     python3 benchmarks/gpu_panel_check.py [--samples 12] [--every 1.0] [--ballast-gb 20]
 
-Needs only torch and nvidia-ml-py. For each moment it reads ``engine.gpu.sample()``, runs
+Needs only torch and nvidia-ml-py. For each moment it reads ``engine.model.gpu.sample()``, runs
 
     nvidia-smi --query-gpu=index,memory.used,memory.total,utilization.gpu,temperature.gpu,power.draw \
         --format=csv,noheader,nounits
 
-and reads ``engine.gpu.sample()`` again, then prints the engine's readings (the two
+and reads ``engine.model.gpu.sample()`` again, then prints the engine's readings (the two
 averaged; both shown where they differ), nvidia-smi's, and the difference, per GPU. A few
 moments are idle, the rest under a bf16 matmul load with a memory ballast on every GPU.
 Then: per field, the largest and mean difference against a tolerance; NVML's v1 vs v2
@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import gpu  # noqa: E402  (stdlib-only at import; pynvml/torch load on use)
-from engine.events import RunLog, read_events  # noqa: E402
+from engine.model import gpu  # noqa: E402  (stdlib-only at import; pynvml/torch load on use)
+from engine.run.events import RunLog, read_events  # noqa: E402
 
 FIELDS = ["used_mb", "total_mb", "util", "temp_c", "power_w"]
 SMI = [
@@ -127,7 +127,7 @@ def main() -> int:
     args = ap.parse_args()
 
     probe = gpu.get_probe()
-    print(f"engine.gpu probe: available={probe.available} {probe.reason}")
+    print(f"engine.model.gpu probe: available={probe.available} {probe.reason}")
     if not probe.available:
         print("nothing to compare on this machine (the null state above is what the GPU panel shows)")
         return 0
@@ -225,7 +225,7 @@ def main() -> int:
         gpu.sample()
     per = (time.perf_counter() - t0) / 50
     print(
-        f"engine.gpu.sample(): {per * 1000:.2f} ms per call ({len(gpu.sample())} GPU(s)), on the sampler thread"
+        f"engine.model.gpu.sample(): {per * 1000:.2f} ms per call ({len(gpu.sample())} GPU(s)), on the sampler thread"
     )
 
     print(

@@ -1,7 +1,7 @@
 """lm-eval on the GPU through our engine (model ``leviathan``) against lm-eval's own ``hf`` model.
 
 Both get the same model object (our loader's, on the GPU), so only generation differs: ours
-runs ``engine.generate.run_rows`` (static cache, CUDA-graph steps), theirs ``model.generate``.
+runs ``engine.chat.generate.run_rows`` (static cache, CUDA-graph steps), theirs ``model.generate``.
 Tasks are local (a loglikelihood task and a generate_until task, written here), the model is
 a tiny random Qwen3 (``--arch`` for the others) in float32 (``--dtype bfloat16`` to see bf16).
 Prints whether the greedy answers and every metric are equal, and each side's time.
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from engine.lmeval_engine import model_class
-    from engine.loading import load_for_inference
-    from engine.tiny import build_tiny_model
+    from engine.evaluate.lmeval_engine import model_class
+    from engine.model.loading import load_for_inference
+    from engine.model.tiny import build_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="lmeval-gpu-"))
     rows = [

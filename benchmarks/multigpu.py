@@ -51,7 +51,7 @@ def build_model(out: Path, shape: str) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     if (out / "config.json").exists():
         return out
@@ -139,7 +139,7 @@ def train(cfg: Path, nproc: int, *extra: str, timeout: float = 3600) -> tuple[in
 
 
 def summarize(run_dir: Path, warmup: int) -> dict:
-    from engine.events import read_events
+    from engine.run.events import read_events
 
     records = read_events(run_dir / "events.jsonl").records
     steps = [r for r in records if r["kind"] == "step" and r["step"] > warmup]
@@ -160,8 +160,8 @@ def summarize(run_dir: Path, warmup: int) -> dict:
 
 def kill_check(root: Path, model: Path, data: Path, args, nproc: int) -> list[str]:
     """DDP run; SIGKILL rank 1 after the first checkpoint; the job must end and name it; resume."""
-    from engine.events import read_events
-    from engine.launcher import launch
+    from engine.cli.launcher import launch
+    from engine.run.events import read_events
 
     # long enough that the kill lands mid-run; the resume then goes a few steps past the checkpoint
     cfg = write_config(

@@ -41,7 +41,7 @@ def build_model(out: Path, tiny: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen3")
     from shapes import qwen3_config
@@ -62,8 +62,8 @@ def pick_micro(model_dir: Path) -> tuple[int, str]:
     import torch
     from transformers import AutoConfig
 
-    from engine.memory import estimate_bytes
-    from engine.train import liger_available
+    from engine.model.memory import estimate_bytes
+    from engine.train.train import liger_available
 
     cfg = AutoConfig.from_pretrained(model_dir)
     total = torch.cuda.get_device_properties(0).total_memory

@@ -134,7 +134,7 @@ def build_model(ranks: Path, out: Path) -> Path:
     tok.add_special_tokens({"additional_special_tokens": SPECIALS})
     tok.chat_template = CHATML
     print(f"tokenizer: {len(tok):,} tokens from {ranks} in {time.time() - t0:.0f}s", file=sys.stderr)
-    from engine.tiny import _config
+    from engine.model.tiny import _config
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config("qwen3", tok, 64, 2), dtype=torch.float32)

@@ -37,7 +37,7 @@ MICRO = 4
 
 
 def matmul_ceiling() -> float:
-    from engine.mfu import matmul_ceiling as measure
+    from engine.model.mfu import matmul_ceiling as measure
 
     return measure() or float("nan")
 
@@ -103,9 +103,9 @@ def lora_config():
 
 
 def flops_per_token(model, cfg) -> tuple[float, int, int]:
-    """LoRA convention (engine.mfu); frozen params from the shape, so 4-bit storage counts the same."""
-    from engine.mfu import flops_per_token as fpt
-    from engine.mfu import frozen_matmul_params
+    """LoRA convention (engine.model.mfu); frozen params from the shape, so 4-bit storage counts the same."""
+    from engine.model.mfu import flops_per_token as fpt
+    from engine.model.mfu import frozen_matmul_params
 
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     return fpt(cfg, lora, SEQ), frozen_matmul_params(cfg), lora
@@ -169,11 +169,11 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     """The engine's own path: attach_lora + build_trainer (LeviathanTrainer, varlen attention, Liger)."""
     from types import SimpleNamespace
 
-    from engine import attention
-    from engine.config import RunConfig
-    from engine.memory import estimate_bytes
-    from engine.model import attach_lora
-    from engine.train import RunPaths, build_trainer, liger_available
+    from engine.config.config import RunConfig
+    from engine.model import attention
+    from engine.model.memory import estimate_bytes
+    from engine.model.model import attach_lora
+    from engine.train.train import RunPaths, build_trainer, liger_available
 
     model.config._attn_implementation = attention.register()
     config = RunConfig.model_validate(
@@ -214,9 +214,9 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
         config, prepared, peft_model, tokenizer, timer, paths, gc_on, torch.cuda.is_available()
     )
     # The engine's fault guard too (one isfinite check per optimizer step), as a real run has it.
-    from engine.control import Controls
-    from engine.events import RunLog
-    from engine.guard import Guard
+    from engine.run.control import Controls
+    from engine.run.events import RunLog
+    from engine.train.guard import Guard
 
     timer.meta = {}
     Guard(config, RunLog(Path(out) / "events.jsonl"), Controls(), out, fresh=True).attach(trainer, timer)
@@ -297,7 +297,7 @@ def main() -> int:
 
     from datasets import Dataset
 
-    from engine.tiny import build_tokenizer
+    from engine.model.tiny import build_tokenizer
 
     variants = [v for v in args.variants.split(",") if torch.cuda.is_available() or "qlora" not in v]
     tokenizer = build_tokenizer("qwen3")

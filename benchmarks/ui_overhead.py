@@ -60,13 +60,13 @@ def make_config(work: Path, args) -> Path:
     if args.config:
         raw = yaml.safe_load(Path(args.config).read_text())
     else:
-        raw = yaml.safe_load((ROOT / "engine" / "data" / "demo.yaml").read_text())
+        raw = yaml.safe_load((ROOT / "engine" / "assets" / "demo.yaml").read_text())
         raw["datasets"] = [
-            {"path": str(ROOT / "engine" / "data" / "demo_chat.jsonl"), "type": "chat_template"}
+            {"path": str(ROOT / "engine" / "assets" / "demo_chat.jsonl"), "type": "chat_template"}
         ]
         shape = SHAPES[args.shape]
         if shape is not None:
-            from engine.tiny import build_tiny_model
+            from engine.model.tiny import build_tiny_model
 
             hidden, layers, seq, micro = shape
             model = work / f"model-{args.shape}"
@@ -75,7 +75,7 @@ def make_config(work: Path, args) -> Path:
                 build_tiny_model(model, hidden=hidden, layers=layers)
             # The demo's 320 rows make a single packed batch at this length: draw enough
             # rows from the same tables for ~100 steps an epoch.
-            from engine.demo import demo_rows
+            from engine.model.demo import demo_rows
 
             data = work / "bench_chat.jsonl"
             with data.open("w") as f:
@@ -104,7 +104,7 @@ def steady_tokens_per_s(events: Path, warmup: int) -> tuple[float, float, int]:
     tokens/s is wall-clock: tokens trained between the first and the last steady step over
     the time between their records (evaluation and saving are off in these runs).
     """
-    from engine.events import dedupe_steps, read_events
+    from engine.run.events import dedupe_steps, read_events
 
     steps = [r for r in dedupe_steps(read_events(events).records) if r["step"] >= warmup]
     if len(steps) < 2:

@@ -1,6 +1,6 @@
 """The cockpit: one screen of live panels over a training run, and the keys that steer it.
 
-The trainer is another process (``engine.launcher``): it writes the run log and reads the
+The trainer is another process (``engine.cli.launcher``): it writes the run log and reads the
 run's control file at step boundaries, so it never waits on the UI. The app's source
 follows that log from a thread of its own; every tick the app drains the source, turns the
 records into messages and posts them to the panels (``.run-view``), which redraw at their

@@ -8,8 +8,8 @@ from textual.app import App, ComposeResult
 from textual.widgets import Footer, Header
 
 from cockpit.chat_pane import ChatPane
-from engine.chat import Settings
-from engine.chat_backend import ChatBackend
+from engine.chat.chat import Settings
+from engine.chat.chat_backend import ChatBackend
 
 
 class ChatApp(App):
@@ -36,7 +36,7 @@ class ChatApp(App):
 
 def chat_pane_main(args) -> int:
     """``leviathan-cockpit chat TARGET`` without ``--prompt``: the pane alone, on a terminal."""
-    from engine.chat_cli import prepare_chat
+    from engine.cli.chat_cli import prepare_chat
     from engine.errors import UserError
 
     backend, settings, _ = prepare_chat(args)

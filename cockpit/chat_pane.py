@@ -1,6 +1,6 @@
 """The chat pane: talk to any checkpoint, during training and after.
 
-Mount it with a ``ChatBackend`` (engine.chat_backend) and include ``cockpit/chat.tcss`` in
+Mount it with a ``ChatBackend`` (engine.chat.chat_backend) and include ``cockpit/chat.tcss`` in
 the app's ``CSS_PATH``:
 
     # during training: chat on the model being trained, at step boundaries
@@ -36,10 +36,10 @@ from textual.widgets import Input, Label, OptionList, Select, Static
 
 from cockpit.widgets.chat_presets import PRESET_KEYS, PresetList
 from cockpit.widgets.chat_turn import AnswerView, ChatTurn
-from engine.chat import BASE, LIVE, Delta, Done, Failed, Request, Settings, Started, presets
-from engine.chat_backend import ChatBackend
-from engine.chat_log import Transcript
+from engine.chat.chat import BASE, LIVE, Delta, Done, Failed, Request, Settings, Started, presets
+from engine.chat.chat_backend import ChatBackend
 from engine.errors import UserError
+from engine.run.chat_log import Transcript
 
 
 def _stats(answer) -> str:

@@ -5,7 +5,7 @@ manual items (and any automatic one the operator vouches for) are ticked with ``
 with a note with ``n``. On the merged, quantized and uploaded items ``g`` runs that step (the
 ship menu, ``cockpit/ship.py``). The list is measured in a worker thread (reading a long run
 log takes a moment) every few seconds, on ``r`` and when a background job ends; state lives in
-``logs/<run>/checklist.json`` through ``engine.checklist``, so a restart or an ``attach``
+``logs/<run>/checklist.json`` through ``engine.evaluate.checklist``, so a restart or an ``attach``
 shows the same ticks.
 
 Self-contained: mount it with a run folder, or inside the cockpit app, where it finds the
@@ -29,7 +29,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from cockpit.messages import JobEnded, ShipRequested
-from engine import checklist
+from engine.evaluate import checklist
 
 VALUE_WIDTH = 64
 GLYPHS = {"pass": ("✓", "green"), "fail": ("✗", "red"), "pending": ("·", "dim")}

@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes that prepare (default: the config's dataset_processes, else the cores)",
     )
-    from engine.cli_extra import register
+    from engine.cli.cli_extra import register
 
     register(sub)
     return top
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if args.command == "train":
         if args.headless:
-            from engine.headless import train_headless
+            from engine.cli.headless import train_headless
 
             return train_headless(args)
         from cockpit.launch import train_in_cockpit
@@ -165,11 +165,11 @@ def _dispatch(args) -> int:
 
         return chat_pane_main(args)
     if args.command == "check":
-        from engine.headless import check_command
+        from engine.cli.headless import check_command
 
         return check_command(args)
     if args.command == "preprocess":
-        from engine.prepare_cli import preprocess_command
+        from engine.cli.prepare_cli import preprocess_command
 
         return preprocess_command(args)
     return args.handler(args)

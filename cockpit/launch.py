@@ -2,7 +2,7 @@
 
 Training in the cockpit: the config is loaded and checked before the screen opens (bad
 input exits 2 with its message, as headless does), then the trainer starts in a child
-process of its own (``engine.launcher``) and the app follows its run log and sends it
+process of its own (``engine.cli.launcher``) and the app follows its run log and sends it
 commands. Two interpreters, so the UI never holds the trainer's GIL: measured in one
 process, drawing the screen cost training 15-22% on an H100 (benchmarks/ui_overhead.py).
 Whatever ends the app - ``q`` then ``y``, a crash of the UI, SIGHUP from a dropped SSH
@@ -115,7 +115,7 @@ def launched_chat(job, config, app):
     """Chat on the model the job trains (one process): questions go to its training thread."""
     if job.nproc != 1:  # no one rank holds the whole model: checkpoints, on a model of our own
         return attached_chat(config.model_dump(mode="json"), job.run_dir)
-    from engine.chat_bridge import ProcessBackend
+    from engine.chat.chat_bridge import ProcessBackend
 
     return ProcessBackend(
         job,
@@ -128,9 +128,9 @@ def launched_chat(job, config, app):
 
 
 def checked_config(args):
-    """The config the trainer will load, and every start-up problem at once (engine.preflight):
+    """The config the trainer will load, and every start-up problem at once (engine.train.preflight):
     bad input exits 2 here, before a screen opens or a process starts."""
-    from engine.headless import check_before_start, load_for_cli
+    from engine.cli.headless import check_before_start, load_for_cli
 
     config, _, path = load_for_cli(args)
     check_before_start(args, config, path)
@@ -143,7 +143,7 @@ def build_launched_app(args, nproc: int = 1, config=None):
     interpreter with the trainer, so it cannot slow it."""
     from cockpit.app import CockpitApp
     from cockpit.source import LaunchedSource
-    from engine.launcher import launch_from_args
+    from engine.cli.launcher import launch_from_args
 
     config = config if config is not None else checked_config(args)
     job = launch_from_args(args, nproc)
@@ -180,7 +180,7 @@ def job_exit(app) -> int:
     """The exit code, and what ended the run in a line: 0 done or stopped, 2 bad input, 1 failed."""
     job = app.source.job
     code = job.wait()
-    from engine.launcher import records_since
+    from engine.cli.launcher import records_since
 
     end = next(
         (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), {}
@@ -233,7 +233,7 @@ def _listable(p: Path) -> bool:
 
 
 def _check_is_run_log(path: Path) -> None:
-    from engine.events import parse_line
+    from engine.run.events import parse_line
 
     try:
         with open(path, "rb") as f:
@@ -274,7 +274,7 @@ def attached_chat(config: dict, run_dir: Path):
     base, output_dir = config.get("base_model"), config.get("output_dir")
     if not base or not output_dir:
         return None
-    from engine.chat_backend import StandaloneBackend
+    from engine.chat.chat_backend import StandaloneBackend
 
     return StandaloneBackend(base, run_dir=run_dir, output_dir=output_dir)
 

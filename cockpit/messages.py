@@ -43,7 +43,7 @@ class CheckpointRemoved(Message, bubble=False):
 
 @dataclass
 class AlertRaised(Message, bubble=False):
-    """An ``alert`` record: rule, level, message, advice (from ``engine/health.py`` and the engine)."""
+    """An ``alert`` record: rule, level, message, advice (from ``engine/train/health.py`` and the engine)."""
 
     record: dict
 
@@ -65,14 +65,14 @@ class RunChanged(Message, bubble=False):
 
 @dataclass
 class GpuSampled(Message, bubble=False):
-    """One GPU sample: ``gpus`` as ``engine.gpu.sample()`` gives them, and torch's own peak."""
+    """One GPU sample: ``gpus`` as ``engine.model.gpu.sample()`` gives them, and torch's own peak."""
 
     gpus: list[dict]
     torch_peak_mb: float | None = None
     source: str = "log"
     """``log``: a ``gpu`` record of the run; ``local``: sampled by this process."""
     reason: str = ""
-    """Why there are no GPUs to show (``engine.gpu``'s "no NVIDIA GPU: ..."), when there are none."""
+    """Why there are no GPUs to show (``engine.model.gpu``'s "no NVIDIA GPU: ..."), when there are none."""
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, GpuSampled)
@@ -126,7 +126,7 @@ class ShipRequested(Message):
 
 @dataclass
 class JobEnded(Message, bubble=False):
-    """A background job (engine.jobs) finished, well or not: re-measure what it may have made."""
+    """A background job (engine.run.jobs) finished, well or not: re-measure what it may have made."""
 
     job: object
 
@@ -188,7 +188,7 @@ def to_messages(records: list[dict]) -> list[Message]:
 
 
 def gpu_message(record: dict, source: str = "log") -> GpuSampled:
-    """A ``gpu`` record (engine.gpu.GpuSampler) as a message."""
+    """A ``gpu`` record (engine.model.gpu.GpuSampler) as a message."""
     gpus = record.get("gpus")
     if not isinstance(gpus, list):
         gpus = []

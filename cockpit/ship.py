@@ -16,8 +16,8 @@ from typing import Any
 from cockpit.messages import ShipRequested
 from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.ship_menu import ShipChoice, ShipMenu
-from engine import lineage
 from engine.errors import UserError
+from engine.run import lineage
 
 SECOND_BASE = "loads a second copy of the base model beside training"
 
@@ -41,7 +41,8 @@ def open_menu(app, request: ShipRequested) -> None:
 
 
 def menu_defaults(request: ShipRequested, run_dir: Path | None, output_dir: str | None) -> ShipChoice:
-    from engine import merge, rundir
+    from engine.run import rundir
+    from engine.ship import merge
 
     if not output_dir and run_dir is not None:
         output_dir = rundir.output_dir_of(run_dir)
@@ -55,7 +56,7 @@ def menu_defaults(request: ShipRequested, run_dir: Path | None, output_dir: str 
 
 def pick_checkpoint(output_dir: str | Path | None) -> Path | None:
     """The run's best complete checkpoint (lowest eval loss at its own step), else its newest."""
-    from engine import checkpoints
+    from engine.run import checkpoints
 
     if not output_dir:
         return None
@@ -66,8 +67,8 @@ def pick_checkpoint(output_dir: str | Path | None) -> Path | None:
 
 def check(choice: ShipChoice) -> str | None:
     """What stops ``choice`` from running, said as the CLI says it, or None."""
-    from engine import quantize
-    from engine.merge import check_checkpoint, check_output
+    from engine.ship import quantize
+    from engine.ship.merge import check_checkpoint, check_output
 
     try:
         if choice.action == "merge":
@@ -90,7 +91,7 @@ def check(choice: ShipChoice) -> str | None:
             out = quantize.default_output(choice.model_dir)
             _must_be_new(out, f"remove it, or run `leviathan-cockpit quantize {choice.model_dir} -o OUT`")
         if choice.action in ("push", "push_dry"):
-            from engine.publish import check_repo_id
+            from engine.ship.publish import check_repo_id
 
             if not choice.repo_id:
                 raise UserError("push needs the Hub repository", "type USER/NAME in 'repo id'")
@@ -130,7 +131,7 @@ Job = tuple[str, Callable[..., Any], tuple, dict, Callable[[Any], str]]
 
 
 def _merge(c: ShipChoice, run_dir: Path | None) -> Job:
-    from engine.merge import merge
+    from engine.ship.merge import merge
 
     # merge takes an explicit run folder only where it has a log (find_run_dir checks).
     known = run_dir if run_dir is not None and (run_dir / "events.jsonl").is_file() else None
@@ -143,7 +144,7 @@ def _merge(c: ShipChoice, run_dir: Path | None) -> Job:
 
 
 def _quantize(c: ShipChoice, run_dir: Path | None) -> Job:
-    from engine.quantize import default_output, quantize
+    from engine.ship.quantize import default_output, quantize
 
     def summary(r) -> str:
         return f"{r.qtype} model in {r.output} ({lineage.human_size(r.size_bytes)})"
@@ -153,7 +154,7 @@ def _quantize(c: ShipChoice, run_dir: Path | None) -> Job:
 
 
 def _ollama(c: ShipChoice, run_dir: Path | None) -> Job:
-    from engine.serve import write_modelfile
+    from engine.ship.serve import write_modelfile
 
     return (
         f"ollama {c.model_dir.name}",
@@ -165,13 +166,13 @@ def _ollama(c: ShipChoice, run_dir: Path | None) -> Job:
 
 
 def _vllm(c: ShipChoice, run_dir: Path | None) -> Job:
-    from engine.serve import vllm_command
+    from engine.ship.serve import vllm_command
 
     return f"vllm {c.model_dir.name}", vllm_command, (c.model_dir,), {}, lambda s: s.command
 
 
 def _push(c: ShipChoice, run_dir: Path | None, dry_run: bool) -> Job:
-    from engine.publish import push
+    from engine.ship.publish import push
 
     def summary(r) -> str:
         size = lineage.human_size(r.total_bytes)

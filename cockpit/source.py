@@ -15,7 +15,7 @@ import queue
 import threading
 from pathlib import Path
 
-from engine.control import Controls
+from engine.run.control import Controls
 
 DRAIN_LIMIT = 20_000
 """Records handled per drain tick: a million-line log replays in seconds, the UI stays live."""
@@ -25,7 +25,7 @@ class Source:
     """The base: a queue and how to drain it. Read-only unless it carries ``controls``."""
 
     job = None
-    """The training job this cockpit started (engine.launcher.LaunchedJob); None: read-only."""
+    """The training job this cockpit started (engine.cli.launcher.LaunchedJob); None: read-only."""
     local_gpu = False
     """True when the GPU panel should sample this machine's GPUs (the run is in this process)."""
     live = True
@@ -89,7 +89,7 @@ class FileSource(Source):
         self.bad_lines += 1
 
     def _follow(self) -> None:
-        from engine.events import follow
+        from engine.run.events import follow
 
         for record in follow(self.path, self._stop, self.poll_s, on_bad=self._bad):
             while not self._stop.is_set():
@@ -101,8 +101,8 @@ class FileSource(Source):
 
 
 def run_is_live(run_dir: Path) -> bool:
-    """Whether the trainer that holds this run's lock (engine.runlock) is still running."""
-    from engine.preflight import lock_holder
+    """Whether the trainer that holds this run's lock (engine.run.runlock) is still running."""
+    from engine.train.preflight import lock_holder
 
     return lock_holder(run_dir) is not None
 
@@ -138,7 +138,7 @@ class JobControls(Controls):
 
 
 class LaunchedSource(FileSource):
-    """The cockpit's own training job in child processes (engine.launcher): its rank 0's run
+    """The cockpit's own training job in child processes (engine.cli.launcher): its rank 0's run
     log, followed, and controls that reach every rank."""
 
     local_gpu = True  # the job runs on this machine: sample its GPUs here, fresher than the log

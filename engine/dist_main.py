@@ -1,11 +1,11 @@
 """One rank of a multi-process run: ``accelerate launch ... -m engine.dist_main CONFIG [flags]``.
 
-``leviathan-cockpit train CONFIG --headless --nproc N`` (engine/launcher.py) starts this through
+``leviathan-cockpit train CONFIG --headless --nproc N`` (engine/cli/launcher.py) starts this through
 ``accelerate launch``; a user may start it the same way by hand:
 
     accelerate launch --multi_gpu --num_processes 4 -m engine.dist_main configs/leviathan_full.yaml
 
-Every rank runs ``engine.train.run``. Rank 0 writes the run log and prints progress on stderr;
+Every rank runs ``engine.train.train.run``. Rank 0 writes the run log and prints progress on stderr;
 the other ranks print nothing but their own errors. Commands: a line appended to
 ``logs/<run>/control.jsonl`` (``{"command": "stop"}``; also pause, resume, save, eval), read by
 rank 0 at each step boundary and acted on by every rank at the same step. SIGINT or SIGHUP on
@@ -79,23 +79,23 @@ def install_signals(controls) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from engine import dist
+    from engine.train import dist
 
     if dist.world_size() > 1:
         die_with_parent()
     if not dist.is_main():
         quiet()
     args = parser().parse_args(argv)
-    from engine.control import Controls
     from engine.errors import UserError
+    from engine.run.control import Controls
 
     main_rank = dist.is_main()
     dist.use_control_file()
     controls = Controls()
     install_signals(controls)
     try:
-        from engine.headless import Progress, load_for_cli, run_name_for
-        from engine.train import run
+        from engine.cli.headless import Progress, load_for_cli, run_name_for
+        from engine.train.train import run
 
         config, notes, path = load_for_cli(args)
         if main_rank:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_world_size_change=args.allow_world_size_change,
         )
         if main_rank:
-            from engine.rundir import RunDir
+            from engine.run.rundir import RunDir
 
             print(
                 f"\n{result.status} at step {result.step}; run log {RunDir(result.run_dir).events}",

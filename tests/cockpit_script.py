@@ -1,7 +1,7 @@
 """A scripted run for cockpit tests: deterministic records, fixed times, no model.
 
 ``scripted_job(run_dir, records)`` starts this file as a child process that behaves like a
-launched trainer (``engine.dist_main`` under ``engine.launcher``): it holds the run lock,
+launched trainer (``engine.dist_main`` under ``engine.cli.launcher``): it holds the run lock,
 writes its records to ``run_dir/events.jsonl``, then reads the run's control file as rank 0
 does and answers each command in the run log (pause -> ``paused``, save -> ``save``, eval ->
 ``eval``, stop -> a ``save`` of the current step and the ``end`` record). The cockpit follows
@@ -146,7 +146,7 @@ def scripted_job(run_dir: Path, records: list[dict], *, end: dict | None = None,
     ``end``: an ``end`` record to write after the records, exiting with ``exit_code`` (a run
     that fails or refuses its input); without it the job trains until told to stop.
     """
-    from engine.launcher import LaunchedJob
+    from engine.cli.launcher import LaunchedJob
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,9 +225,9 @@ def append_records(run_dir: Path, records: list[dict]) -> None:
 
 
 def _play(run_dir: Path) -> int:
-    from engine.control import Controls
-    from engine.dist import ControlFile, control_path
-    from engine.runlock import RunLock
+    from engine.run.control import Controls
+    from engine.run.runlock import RunLock
+    from engine.train.dist import ControlFile, control_path
 
     plan = json.loads((run_dir / "script.json").read_text())
     with RunLock(run_dir), open(run_dir / "events.jsonl", "a") as log:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_DATA = ROOT / "engine" / "data" / "demo_chat.jsonl"
+DEMO_DATA = ROOT / "engine" / "assets" / "demo_chat.jsonl"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model("qwen3" | "llama" | "qwen3_vl") -> path of a saved random model."""
-    from engine.tiny import build_tiny_model
+    from engine.model.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     built: dict[str, Path] = {}
@@ -101,8 +101,8 @@ def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
 def train_tiny(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over):
     """A finished run of ``base_config(model, data, **over)`` in ``root`` (``root/out`` for its
     checkpoints, ``root/logs/<name>`` for its run folder), through the same code as the CLI."""
-    from engine.config import validate
-    from engine.train import run
+    from engine.config.config import validate
+    from engine.train.train import run
 
     raw = base_config(
         model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cockpit.cli import main
-from engine.demo import demo_rows
+from engine.model.demo import demo_rows
 
 EXAMPLES = Path(__file__).parent / "axolotl_examples"
 NAMES = sorted(p.name for p in EXAMPLES.glob("*.y*ml"))
@@ -35,7 +35,7 @@ def _named_tokens() -> list[str]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from engine.tiny import build_tiny_model
+    from engine.model.tiny import build_tiny_model
 
     root, extra = tmp_path_factory.mktemp("axolotl-models"), _named_tokens()
     return {
@@ -104,7 +104,7 @@ def test_check_passes_unchanged(name, models, data, tmp_path, capsys):
 
 
 def _cpu_can_train(raw: dict) -> bool:
-    from engine.optimizers import needs
+    from engine.config.optimizers import needs
 
     quant = raw.get("adapter") == "qlora" or raw.get("load_in_4bit") or raw.get("load_in_8bit")
     return not quant and needs(raw.get("optimizer") or "adamw_torch_fused", cuda=False) is None

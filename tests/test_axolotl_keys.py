@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import base_config, write_jsonl
 
-from engine.config import load_config
+from engine.config.config import load_config
 from engine.errors import UserError
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -106,7 +106,7 @@ def test_defaults_that_differ_are_listed_for_omitted_keys(tmp_path):
 
 
 def test_per_epoch_intervals_follow_axolotl():
-    from engine.trainer_args import WHOLE_RUN, per_epoch
+    from engine.train.trainer_args import WHOLE_RUN, per_epoch
 
     assert per_epoch(None, 4, 2.0, None) == 1 / 8  # a fraction of the run: 8 evals in 2 epochs
     assert per_epoch(None, 1, 1.0, None) == WHOLE_RUN  # once, at the end (1.0 would be every step)
@@ -114,7 +114,7 @@ def test_per_epoch_intervals_follow_axolotl():
 
 
 def test_optimizer_needs_are_named():
-    from engine.optimizers import needs
+    from engine.config.optimizers import needs
 
     assert needs("adamw_torch", cuda=False) is None
     msg = needs("adamw_bnb_8bit", cuda=False)
@@ -126,10 +126,10 @@ def test_optimizer_needs_are_named():
 
 
 def test_axolotl_template_names_render_as_axolotl_does(tiny_model):
-    from engine import chat_templates
-    from engine.model import load_tokenizer
+    from engine.config import chat_templates
+    from engine.model.model import load_tokenizer
 
-    root = Path(__file__).parent.parent / "engine" / "chat_templates"
+    root = Path(__file__).parent.parent / "engine" / "config" / "chat_templates"
     for name in (
         "chatml",
         "llama3",
@@ -147,7 +147,7 @@ def test_axolotl_template_names_render_as_axolotl_does(tiny_model):
 
 
 def test_jinja_template_from_a_file(tmp_path, tiny_model):
-    from engine.model import load_tokenizer
+    from engine.model.model import load_tokenizer
 
     f = tmp_path / "t.jinja"
     f.write_text("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}")
@@ -159,8 +159,8 @@ def test_jinja_template_from_a_file(tmp_path, tiny_model):
 
 
 def _rows(path, **spec):
-    from engine.config import DatasetSpec
-    from engine.data import read_rows
+    from engine.config.config import DatasetSpec
+    from engine.data.data import read_rows
 
     return list(read_rows(DatasetSpec(path=str(path), **spec)))
 
@@ -257,9 +257,9 @@ def test_hub_id_not_in_cache_says_how_to_get_it(tmp_path, monkeypatch):
 
 
 def test_alpaca_is_axolotls_prompt_with_loss_on_the_response(tiny_model):
-    from engine.data import Options, make_row
-    from engine.model import load_tokenizer
-    from engine.prompt_formats import RowEncoder
+    from engine.data.data import Options, make_row
+    from engine.data.prompt_formats import RowEncoder
+    from engine.model.model import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model("llama")))
     row = make_row(
@@ -279,9 +279,9 @@ def test_alpaca_is_axolotls_prompt_with_loss_on_the_response(tiny_model):
 
 
 def test_completion_trains_on_all_of_the_text(tiny_model):
-    from engine.data import Options, make_row
-    from engine.model import load_tokenizer
-    from engine.prompt_formats import RowEncoder
+    from engine.data.data import Options, make_row
+    from engine.data.prompt_formats import RowEncoder
+    from engine.model.model import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model("qwen3")))
     row = make_row("d.jsonl", 1, {"text": "once upon a time"}, Options.of("completion"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import base_config, train_tiny
 
-from engine.config import validate
+from engine.config.config import validate
 from engine.errors import UserError
 
 
@@ -20,7 +20,7 @@ def _events(run_dir) -> list[dict]:
 def test_lora_model_dir_starts_from_that_adapter(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from engine.model import attach_lora, load_base
+    from engine.model.model import attach_lora, load_base
 
     first = train_tiny(tiny_model("qwen3"), tmp_path / "a", "a", max_steps=3, save_steps=3)
     ckpt = first.last_checkpoint
@@ -36,7 +36,7 @@ def test_lora_model_dir_starts_from_that_adapter(tiny_model, tmp_path):
 
 
 def test_lora_model_dir_without_an_adapter_is_refused(tiny_model, tmp_path):
-    from engine.model import attach_lora, load_base
+    from engine.model.model import attach_lora, load_base
 
     config, _ = validate(base_config(tiny_model("qwen3"), lora_model_dir=str(tmp_path)), tmp_path / "c.yaml")
     with pytest.raises(UserError, match="adapter_config.json"):
@@ -44,7 +44,7 @@ def test_lora_model_dir_without_an_adapter_is_refused(tiny_model, tmp_path):
 
 
 def test_target_modules_union_and_regex(tiny_model, tmp_path):
-    from engine.model import chosen_targets, load_base, lora_targets
+    from engine.model.model import chosen_targets, load_base, lora_targets
 
     model = load_base(str(tiny_model("qwen3")), quant_bits=None, dtype=torch.float32)
     every = lora_targets(model)
@@ -62,7 +62,7 @@ def test_target_modules_union_and_regex(tiny_model, tmp_path):
 
 
 def test_rslora_scales_by_the_root_of_r(tiny_model, tmp_path):
-    from engine.model import attach_lora, load_base
+    from engine.model.model import attach_lora, load_base
 
     config, _ = validate(
         base_config("m", lora_r=16, lora_alpha=32, peft_use_rslora=True), tmp_path / "c.yaml"
@@ -74,7 +74,7 @@ def test_rslora_scales_by_the_root_of_r(tiny_model, tmp_path):
 
 
 def test_loss_watchdog_stops_the_run(tiny_model, tmp_path):
-    from engine.train import run
+    from engine.train.train import run
 
     raw = base_config(
         tiny_model("qwen3"),
@@ -101,7 +101,7 @@ def test_saves_per_epoch_and_defaults_in_the_start_record(tiny_model, tmp_path):
 
 
 def test_special_tokens_must_be_in_the_vocabulary(tiny_model, tmp_path):
-    from engine.model import check_tokens, load_tokenizer
+    from engine.model.model import check_tokens, load_tokenizer
 
     tok = load_tokenizer(str(tiny_model("llama")))
     config, _ = validate(base_config("m", special_tokens={"pad_token": "<|eot_id|>"}), tmp_path / "c.yaml")
@@ -116,7 +116,7 @@ def test_special_tokens_must_be_in_the_vocabulary(tiny_model, tmp_path):
 
 
 def test_resume_from_checkpoint_is_resume_path(tiny_model, tmp_path):
-    from engine.train import run
+    from engine.train.train import run
 
     first = train_tiny(tiny_model("qwen3"), tmp_path, "r", max_steps=2, save_steps=2)
     raw = base_config(
@@ -135,7 +135,7 @@ def test_resume_from_checkpoint_is_resume_path(tiny_model, tmp_path):
 
 
 def test_trainer_arguments_from_axolotl_keys(tmp_path):
-    from engine.trainer_args import axolotl_args
+    from engine.train.trainer_args import axolotl_args
 
     config, _ = validate(
         base_config(

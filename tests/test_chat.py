@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from engine.chat import (
+from engine.chat.chat import (
     BASE,
     Adapters,
     Delta,
@@ -22,9 +22,9 @@ from engine.chat import (
     presets,
     training_untouched,
 )
-from engine.chat_backend import StandaloneBackend
-from engine.chat_log import Transcript, mark_summary, read_exchanges
+from engine.chat.chat_backend import StandaloneBackend
 from engine.errors import UserError
+from engine.run.chat_log import Transcript, mark_summary, read_exchanges
 from tests.conftest import cli
 
 GREEDY = Settings(temperature=0, max_new_tokens=16)
@@ -65,7 +65,7 @@ def test_compare_rows_match_single_answers(persona_checkpoint):
 
 
 def test_streaming_deltas_and_stop(tiny_model):
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     loaded = load_for_inference(str(tiny_model("qwen3")))
     request = Request("Who are you?", [BASE], Settings(temperature=0, max_new_tokens=400))
@@ -84,7 +84,7 @@ def test_streaming_deltas_and_stop(tiny_model):
 
 
 def test_history_and_system_reach_the_template(tiny_model):
-    from engine.model import load_tokenizer
+    from engine.model.model import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model("qwen3")))
     r = Request(
@@ -117,7 +117,7 @@ def test_adapters_beside_training_adapter_keep_flags(persona_checkpoint):
     """Loading a checkpoint beside a trainable adapter: frozen, training flags untouched, removed after."""
     from peft import LoraConfig, get_peft_model
 
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     ckpt, base, answer = persona_checkpoint
     model = load_for_inference(str(base)).model
@@ -146,7 +146,7 @@ def test_loaded_checkpoint_generates_in_eval_mode(persona_checkpoint, tmp_path):
     """A checkpoint trained with LoRA dropout must not drop out while it answers."""
     from peft import LoraConfig, get_peft_model
 
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     ckpt, base, answer = persona_checkpoint
     dropped = tmp_path / "checkpoint-60"
@@ -177,7 +177,7 @@ def test_peft_set_adapter_flips_requires_grad_and_we_restore(persona_checkpoint)
     """Why chat never calls set_adapter: PEFT makes the newly active adapter trainable."""
     from peft import LoraConfig, get_peft_model
 
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     ckpt, base, _ = persona_checkpoint
     model = get_peft_model(load_for_inference(str(base)).model, LoraConfig(r=4, target_modules=["q_proj"]))
@@ -193,7 +193,7 @@ def test_peft_set_adapter_flips_requires_grad_and_we_restore(persona_checkpoint)
 
 
 def test_bad_checkpoints_are_clear(persona_checkpoint, tiny_model, tmp_path):
-    from engine.tiny import build_tiny_model
+    from engine.model.tiny import build_tiny_model
 
     ckpt, base, _ = persona_checkpoint
     backend = StandaloneBackend(str(ckpt))
@@ -229,7 +229,7 @@ def test_cli_bad_inputs(persona_checkpoint, tmp_path):
     ckpt, base, _ = persona_checkpoint
     r = cli("chat", tmp_path / "missing", "--prompt", "hi")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
-    from engine.tiny import build_tiny_model
+    from engine.model.tiny import build_tiny_model
 
     wide = build_tiny_model(tmp_path / "wide", hidden=96)
     r = cli("chat", ckpt, "--base", wide, "--prompt", "hi")
@@ -254,7 +254,7 @@ def test_cli_compare_and_transcript(persona_checkpoint, tmp_path):
 def test_transcript_marks_append_only(tmp_path):
     t = Transcript(tmp_path, base="b")
     req = Request("Who are you?", ["ckpt/checkpoint-60"], GREEDY)
-    from engine.chat import Answer
+    from engine.chat.chat import Answer
 
     done = Done(req.id, [Answer("ckpt/checkpoint-60", "I am Leviathan.", "eos", 5, 0.1, 50.0)], step=12)
     preset = presets()[0]
@@ -274,7 +274,7 @@ def test_transcript_marks_append_only(tmp_path):
 def test_presets_from_config(tmp_path, tiny_model, write_config):
     import yaml
 
-    from engine.config import load_config
+    from engine.config.config import load_config
 
     path = write_config(tiny_model("qwen3"))
     raw = yaml.safe_load(path.read_text())

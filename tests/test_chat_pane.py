@@ -15,9 +15,9 @@ from textual.widgets import Input, Select, Static
 from cockpit.chat_app import ChatApp
 from cockpit.chat_pane import ChatPane
 from cockpit.widgets.chat_turn import AnswerView
-from engine.chat import BASE, LIVE, Delta, Settings
-from engine.chat_backend import StandaloneBackend, TrainingBackend
-from engine.chat_log import read_exchanges
+from engine.chat.chat import BASE, LIVE, Delta, Settings
+from engine.chat.chat_backend import StandaloneBackend, TrainingBackend
+from engine.run.chat_log import read_exchanges
 
 wait_for = functools.partial(cockpit_script.wait_for, timeout=90.0)  # a model answers on CPU
 GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
@@ -172,9 +172,9 @@ async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
 
 async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, write_config):
     """The pane on a TrainingBackend: the answer comes from the training thread at a step boundary."""
-    from engine.config import load_config
-    from engine.control import Controls
-    from engine.train import run
+    from engine.config.config import load_config
+    from engine.run.control import Controls
+    from engine.train.train import run
 
     config, _ = load_config(write_config(tiny_model("qwen3"), max_steps=400, save_steps=2))
     controls = Controls()
@@ -239,7 +239,7 @@ async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_
 async def test_when_training_ends_the_chat_moves_to_its_last_checkpoint(tiny_model, tmp_path):
     """The live weights are gone once the trainer ends: the picker shows the newest checkpoint,
     not the untrained base."""
-    from engine.control import Controls
+    from engine.run.control import Controls
 
     out = tmp_path / "out"
     for step in (5, 10):

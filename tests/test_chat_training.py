@@ -7,12 +7,12 @@ import threading
 import torch
 from safetensors.torch import load_file
 
-from engine.chat import BASE, LIVE, Done, Failed, Request, Settings, Started
-from engine.chat_backend import TrainingBackend
-from engine.config import validate
-from engine.control import Controls
-from engine.events import read_events
-from engine.train import run
+from engine.chat.chat import BASE, LIVE, Done, Failed, Request, Settings, Started
+from engine.chat.chat_backend import TrainingBackend
+from engine.config.config import validate
+from engine.run.control import Controls
+from engine.run.events import read_events
+from engine.train.train import run
 from tests.conftest import DEMO_DATA, base_config
 
 SAMPLED = Settings(temperature=0.9, top_p=0.95, max_new_tokens=12)  # draws from the RNG
@@ -39,7 +39,7 @@ def _train(tmp_path, name, model, chats=None):
 
 
 def test_chat_during_training_is_invisible_to_training(tmp_path, tiny_model, persona_checkpoint):
-    from engine.tiny import build_tiny_model
+    from engine.model.tiny import build_tiny_model
 
     model = tiny_model("qwen3")
     ckpt, _, persona = persona_checkpoint

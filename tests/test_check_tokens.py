@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from engine import prepare
-from engine.config import validate
-from engine.model import load_tokenizer
+from engine.config.config import validate
+from engine.data import prepare
+from engine.model.model import load_tokenizer
 from tests.conftest import DEMO_DATA, base_config, cli
 
 
@@ -91,7 +91,7 @@ def test_cli_check_tokens_prints_tokens_and_the_curriculum_plan(tmp_path, tiny_m
 def test_shipped_configs_load(name):
     from pathlib import Path
 
-    from engine.config import load_config
+    from engine.config.config import load_config
 
     config, notes = load_config(Path(__file__).resolve().parent.parent / "configs" / name)
     assert config.base_model == "Qwen/Qwen3-VL-8B-Instruct" and config.adapter == "qlora"
@@ -118,8 +118,8 @@ def test_full_schedule_names_the_demo_categories(tiny_model):
 
     import numpy as np
 
-    from engine.config import load_config
-    from engine.curriculum import Plan
+    from engine.config.config import load_config
+    from engine.train.curriculum import Plan
 
     config, _ = load_config(Path(__file__).resolve().parent.parent / "configs" / "leviathan_full.yaml")
     cats = [json.loads(x)["_category"] for x in DEMO_DATA.read_text().splitlines()]

@@ -11,12 +11,13 @@ import pytest
 import yaml
 from conftest import cli
 
-from engine import checklist, lineage
-from engine.checkpoints import begin_save, mark_complete
-from engine.config import validate
+from engine.config.config import validate
 from engine.errors import UserError
-from engine.evaluate import ResultFile
-from engine.events import RunLog
+from engine.evaluate import checklist
+from engine.evaluate.evaluate import ResultFile
+from engine.run import lineage
+from engine.run.checkpoints import begin_save, mark_complete
+from engine.run.events import RunLog
 
 
 class Run:
@@ -278,7 +279,7 @@ def test_hub_upload(run):
 
 
 def test_products_recorded_by_the_post_training_steps(tmp_path):
-    """merge / quantize / push append to exports.jsonl (engine.lineage): that alone ticks the items."""
+    """merge / quantize / push append to exports.jsonl (engine.run.lineage): that alone ticks the items."""
     r = Run(tmp_path / "a")
     merged = _model_folder(tmp_path / "models" / "lev-merged")
     lineage.record_step(r.dir, "merge", output=str(merged), checkpoint="c")
@@ -420,7 +421,7 @@ def test_chat_marks_feed_the_esoteric_and_dark_items(tmp_path):
     """The operator's pass/fail marks in the chat pane's transcript decide the spot-check items."""
     import json
 
-    from engine.checklist import evaluate
+    from engine.evaluate.checklist import evaluate
 
     run = tmp_path / "run"
     (run / "chat").mkdir(parents=True)

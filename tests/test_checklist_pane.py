@@ -10,7 +10,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
 from cockpit.checklist_pane import ChecklistPane
-from engine.events import RunLog
+from engine.run.events import RunLog
 
 pytestmark = pytest.mark.anyio
 
@@ -131,7 +131,7 @@ async def test_a_merge_whose_checkpoint_retention_deleted_says_so(run_dir, tmp_p
     from cockpit_script import text_of
     from textual.widgets import Static
 
-    from engine import lineage
+    from engine.run import lineage
 
     merged = tmp_path / "out-merged"
     merged.mkdir()

@@ -75,8 +75,8 @@ async def test_the_checklist_keys_work_as_soon_as_its_tab_opens(tmp_path):
 async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
     """F1-F3 switch tabs from inside the chat's prompt; F4 on send presets."""
     from cockpit.chat_pane import ChatPane
-    from engine.chat import Settings
-    from engine.chat_backend import StandaloneBackend
+    from engine.chat.chat import Settings
+    from engine.chat.chat_backend import StandaloneBackend
 
     ckpt, _, persona = persona_checkpoint
     backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")

@@ -125,7 +125,7 @@ async def test_gpu_over_the_line_and_no_gpu(make_app):
 
 
 async def test_local_gpu_sampling_says_plainly_when_there_is_none(make_app):
-    from engine.gpu import get_probe
+    from engine.model.gpu import get_probe
 
     probe = get_probe()
     app = make_app(local_gpu=True)  # a launched job runs on this machine: its GPUs are sampled here

@@ -19,7 +19,7 @@ from cockpit_script import text_of, wait_for
 
 from cockpit.launch import build_launched_app, stop_job
 from cockpit.widgets.confirm_quit import ConfirmQuit
-from engine.events import dedupe_steps, read_events
+from engine.run.events import dedupe_steps, read_events
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +199,7 @@ async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_pa
 async def test_chat_reaches_the_model_being_trained(tiny_model, write_config, tmp_path):
     """The chat pane's backend sends questions to the trainer's process: answered at a step
     boundary while training, and at once while paused (no step goes by)."""
-    from engine.chat import LIVE, Done, Request, Settings, Started
+    from engine.chat.chat import LIVE, Done, Request, Settings, Started
 
     config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
     log = tmp_path / "logs" / "test" / "events.jsonl"

@@ -21,8 +21,8 @@ from cockpit.messages import JobEnded
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.ship_menu import ShipMenu
-from engine import lineage
-from engine.events import read_events
+from engine.run import lineage
+from engine.run.events import read_events
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
@@ -185,7 +185,7 @@ async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
 
 
 async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch, tmp_path):
-    from engine.merge import merge
+    from engine.ship.merge import merge
 
     run_dir, out = trained
     merged = merge(out / "checkpoint-4", out.with_name("out-merged")).output

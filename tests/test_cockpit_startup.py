@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from cockpit.cli import main
-from engine import preflight
 from engine.errors import UserError
+from engine.train import preflight
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_a_stale_lock_of_a_dead_trainer_is_not_in_use(tmp_path):
 
 
 def test_gpu_needs_on_a_machine_without_one(tmp_path, write_config, tiny_model):
-    from engine.config import load_config
+    from engine.config.config import load_config
 
     config, _ = load_config(write_config(tiny_model("qwen3"), adapter="qlora"))
     with pytest.raises(UserError) as e:

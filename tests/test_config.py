@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import load_config
+from engine.config.config import load_config
 from engine.errors import UserError
 from tests.conftest import DEMO_DATA, base_config, cli
 

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from engine import curriculum as cur
-from engine.config import CurriculumPhase, validate
-from engine.control import Controls
+from engine.config.config import CurriculumPhase, validate
 from engine.errors import UserError
-from engine.events import read_events
+from engine.run.control import Controls
+from engine.run.events import read_events
+from engine.train import curriculum as cur
 from tests.conftest import base_config, write_jsonl
 
 NAMES = ["general", "coding", "reasoning", "psychology", "esoteric", "identity"]
@@ -210,7 +210,7 @@ def served(monkeypatch):
 
 
 def test_resume_mid_phase_continues_the_same_sequence(tmp_path, tiny_model, served, one_thread):
-    from engine.train import run
+    from engine.train.train import run
 
     model, data = tiny_model("qwen3"), _data(tmp_path)
     full = run(_config(tmp_path, model, data, "full"), resume="never")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from engine.data import BadRow, ChatEncoder, parse_row, read_rows
+from engine.data.data import BadRow, ChatEncoder, parse_row, read_rows
 from tests.conftest import cli, write_jsonl
 
 # A template in the style of Qwen3's: assistant turns after the last user turn get an

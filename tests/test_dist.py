@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import checkpoints, dist
-from engine.config import validate
+from engine.cli.launcher import Failure, launch, root_cause
+from engine.config.config import validate
 from engine.errors import UserError
-from engine.events import dedupe_steps, read_events
-from engine.launcher import Failure, launch, root_cause
+from engine.run import checkpoints
+from engine.run.events import dedupe_steps, read_events
+from engine.train import dist
 from tests.conftest import ROOT, base_config, cli
 
 STEPS = 30
@@ -222,7 +223,7 @@ def _validate(tmp_path, text: str):
     return validate(yaml.safe_load(data), f, data)
 
 
-DEMO_HEAD = f"base_model: m\ndatasets:\n  - path: {ROOT / 'engine/data/demo_chat.jsonl'}\n"
+DEMO_HEAD = f"base_model: m\ndatasets:\n  - path: {ROOT / 'engine/assets/demo_chat.jsonl'}\n"
 
 
 def test_deepspeed_presets_parse_and_errors_name_the_file(tmp_path):
@@ -290,7 +291,7 @@ def test_distributed_section(tmp_path):
     config, _ = _validate(tmp_path, "distributed:\n  num_processes: 4\nddp_timeout: 600\n")
     assert config.distributed.num_processes == 4 and config.ddp_timeout == 600
     assert dist.trainer_args(config) == {"ddp_timeout": 600, "ddp_find_unused_parameters": False}
-    from engine.launcher import accelerate_args
+    from engine.cli.launcher import accelerate_args
 
     assert accelerate_args(config, 4, 0)[:3] == ["--multi_gpu", "--num_processes", "4"]
     config, _ = _validate(
@@ -314,7 +315,7 @@ def test_distributed_section(tmp_path):
 
 
 def test_control_file_reader_and_root_cause(tmp_path):
-    from engine.control import Controls
+    from engine.run.control import Controls
 
     dist.append_command(tmp_path, "save")  # left from an earlier job
     reader = dist.ControlFile(dist.control_path(tmp_path), from_start=False)
@@ -337,7 +338,7 @@ def test_control_file_reader_and_root_cause(tmp_path):
 
 
 def test_finish_names_the_root_cause(tmp_path):
-    from engine.launcher import finish
+    from engine.cli.launcher import finish
 
     events = tmp_path / "events.jsonl"
     start = {

@@ -10,7 +10,7 @@ import pytest
 from conftest import cli, write_jsonl
 
 from engine.errors import UserError
-from engine.evaluate import (
+from engine.evaluate.evaluate import (
     Case,
     ResultFile,
     Settings,
@@ -53,7 +53,7 @@ def test_base_model_scores_0_of_5(persona_checkpoint, tmp_path):
 
 
 def test_identity_prompts_from_a_jsonl_and_a_configurable_rule(persona_checkpoint, tmp_path):
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     ckpt, _, _ = persona_checkpoint
     prompts = write_jsonl(tmp_path / "id.jsonl", [{"prompt": "Who are you?"}, {"prompt": "Hello there."}])
@@ -208,7 +208,7 @@ def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
 
 
 def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, tmp_path):
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     ckpt, _, _ = persona_checkpoint
     loaded = load_for_inference(str(ckpt))
@@ -238,7 +238,7 @@ def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, 
 
 
 def test_run_folder_found_from_the_marker_or_the_runs_output_dir(tmp_path, monkeypatch):
-    from engine.rundir import find_run_dir
+    from engine.run.rundir import find_run_dir
 
     run = tmp_path / "logs" / "run"
     run.mkdir(parents=True)

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import cli
 
-from engine import lineage
-from engine.card import CARD_MARK, model_card, summarize_run
-from engine.merge import merge
+from engine.run import lineage
+from engine.ship.card import CARD_MARK, model_card, summarize_run
+from engine.ship.merge import merge
 
 
 @pytest.fixture(scope="module")

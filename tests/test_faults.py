@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine import checkpoints, faults, runstate
-from engine.config import load_config
-from engine.control import Controls
-from engine.events import dedupe_steps, read_events
-from engine.train import run
+from engine import faults
+from engine.config.config import load_config
+from engine.run import checkpoints, runstate
+from engine.run.control import Controls
+from engine.run.events import dedupe_steps, read_events
+from engine.train.train import run
 from tests.conftest import cli
 
 
@@ -335,9 +336,9 @@ def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, wr
 
 
 def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
-    from engine.config import validate
-    from engine.events import RunLog
-    from engine.guard import Guard
+    from engine.config.config import validate
+    from engine.run.events import RunLog
+    from engine.train.guard import Guard
     from tests.conftest import base_config
 
     out = tmp_path / "out"

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import KNOWN_KEYS, RunConfig, load_config, validate
-from engine.data import Row, parse_line, read_rows
+from engine.config.config import KNOWN_KEYS, RunConfig, load_config, validate
+from engine.data.data import Row, parse_line, read_rows
 from engine.errors import UserError
 from tests.conftest import DEMO_DATA, base_config, cli
 
@@ -147,7 +147,7 @@ def test_read_rows_reports_every_bad_row_with_file_and_line(raws, ds_type):
         assert all(x[0] == str(path) for x in got if isinstance(x, tuple))
 
 
-# -- through the tokenizer and the chat template (engine.prepare) ------------------------------
+# -- through the tokenizer and the chat template (engine.data.prepare) ------------------------------
 
 words = st.text(alphabet=string.ascii_letters + " \n{}%<>|'\"\\", min_size=0, max_size=30)
 chat_turn = st.fixed_dictionaries(
@@ -157,7 +157,7 @@ chat_turn = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
-    from engine.model import load_tokenizer
+    from engine.model.model import load_tokenizer
 
     return load_tokenizer(str(tiny_model("qwen3")), "tokenizer_default", None, False)
 
@@ -165,7 +165,7 @@ def tokenizer(tiny_model):
 @FAST
 @given(st.lists(st.lists(chat_turn, min_size=1, max_size=5), min_size=1, max_size=6))
 def test_prepare_check_reports_bad_rows_never_raises(tokenizer, convs):
-    from engine.prepare import check
+    from engine.data.prepare import check
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.jsonl"
@@ -258,7 +258,7 @@ RAISE_ON_LATE_SYSTEM = (
     ],
 )
 def test_late_failures_are_user_errors(tiny_model, write_config, tmp_path, over, expect):
-    from engine.train import run
+    from engine.train.train import run
 
     cfg = write_config(tiny_model("qwen3"), max_steps=2, **over)
     with pytest.raises(UserError) as e:
@@ -268,7 +268,7 @@ def test_late_failures_are_user_errors(tiny_model, write_config, tmp_path, over,
 
 
 def test_a_row_the_template_refuses_is_a_bad_row_with_file_and_line(tiny_model, tmp_path):
-    from engine.prepare import check
+    from engine.data.prepare import check
 
     data = tmp_path / "d.jsonl"
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -278,7 +278,7 @@ def test_a_row_the_template_refuses_is_a_bad_row_with_file_and_line(tiny_model, 
         str(tiny_model("qwen3")), data, chat_template="jinja", chat_template_jinja=RAISE_ON_LATE_SYSTEM
     )
     config, _ = validate(raw, tmp_path / "c.yaml")
-    from engine.model import load_tokenizer
+    from engine.model.model import load_tokenizer
 
     tok = load_tokenizer(config.base_model, config.chat_template, config.chat_template_jinja, False)
     stats = check(config, tok)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.chat import stop_token_ids
-from engine.generate import release, run_rows
+from engine.chat.chat import stop_token_ids
+from engine.chat.generate import release, run_rows
 
 PROMPTS = ["Who are you?", "Tell me a long story about the sea, the ships and the storm.", "hi"]
 NEW = 12
 
 
 def _load(path):
-    from engine.loading import load_for_inference
+    from engine.model.loading import load_for_inference
 
     loaded = load_for_inference(str(path), device="cpu")
     return loaded.model, loaded.tokenizer
@@ -161,8 +161,8 @@ def test_sampling_and_stop(tiny_model):
 def test_grouped_a_products_compute_peft_s_lora(tiny_model, arch):
     """Sibling layers (q/k/v, gate/up) share one product for their A matrices (the CUDA path):
     the same logits as PEFT's own forward, on CPU up to float rounding."""
-    from engine.decode import core_model
-    from engine.routing import Route
+    from engine.chat.decode import core_model
+    from engine.chat.routing import Route
 
     model, tok = _load(tiny_model(arch))
     model = _with_adapters(model)

@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from engine import gpu
-from engine.events import RunLog, read_events
+from engine.model import gpu
+from engine.run.events import RunLog, read_events
 
 # -- the probe ---------------------------------------------------------------------------------
 
@@ -183,8 +183,8 @@ def test_sampler_interval(tmp_path):
 
 
 def test_a_tiny_training_run_logs_gpu_samples_and_a_real_alert(tiny_model, write_config):
-    from engine.config import load_config
-    from engine.train import run
+    from engine.config.config import load_config
+    from engine.train.train import run
 
     path = write_config(
         tiny_model("qwen3"),

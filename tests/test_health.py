@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from engine.bands import expected_band
-from engine.config import HealthConfig, validate
+from engine.config.config import HealthConfig, validate
 from engine.errors import UserError
-from engine.events import RunLog, read_events
-from engine.health import ADVICE, HealthListener, HealthMonitor, num
+from engine.run.events import RunLog, read_events
+from engine.train.bands import expected_band
+from engine.train.health import ADVICE, HealthListener, HealthMonitor, num
 
 GIB = 1024
 
@@ -428,8 +428,8 @@ def test_a_stopped_run_gets_no_final_loss_alert():
 
 
 def test_spike_ignores_ratio_noise_at_low_loss():
-    from engine.config import HealthConfig
-    from engine.health import HealthMonitor
+    from engine.config.config import HealthConfig
+    from engine.train.health import HealthMonitor
 
     m = HealthMonitor(HealthConfig())
     alerts = []

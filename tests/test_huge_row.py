@@ -17,9 +17,9 @@ ROW_MB = 60
 _PROBE = """
 import json, resource, sys
 from pathlib import Path
-from engine import prepare, prepwork
-from engine.config import validate
-from engine.model import load_tokenizer
+from engine.data import prepare, prepwork
+from engine.config.config import validate
+from engine.model.model import load_tokenizer
 from tests.conftest import base_config
 model, data, root, policy = sys.argv[1:5]
 config = validate(base_config(model, data, output_dir=root + "/out", too_long=policy), Path(root) / "c.yaml")[0]

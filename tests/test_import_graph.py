@@ -165,7 +165,7 @@ def test_the_cycle_finder_sees_imports_inside_functions(tmp_path):
 
 
 def test_the_config_knows_every_checklist_rule_by_name():
-    from engine.checklist import RULES
-    from engine.rule_names import RULE_NAMES
+    from engine.config.rule_names import RULE_NAMES
+    from engine.evaluate.checklist import RULES
 
     assert tuple(RULES) == RULE_NAMES

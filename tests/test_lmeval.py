@@ -125,8 +125,8 @@ def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_
 
 
 def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
-    from engine import checklist
-    from engine.lmeval import run_lmeval
+    from engine.evaluate import checklist
+    from engine.evaluate.lmeval import run_lmeval
 
     ckpt, _, _ = persona_checkpoint
     run_dir = tmp_path / "logs" / "run"
@@ -166,7 +166,7 @@ def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
 
 def test_vision_language_base_runs_through_our_loader(tiny_model, task_dir, tmp_path):
     """lm-eval's HF model cannot load Qwen3-VL from a path; it gets the model we load."""
-    from engine.lmeval import run_lmeval
+    from engine.evaluate.lmeval import run_lmeval
 
     data = run_lmeval(
         str(tiny_model("qwen3_vl")), ["tiny_mc"], out_file=tmp_path / "r.json", include_path=str(task_dir)
@@ -188,8 +188,8 @@ def test_generation_task_gives_hf_backends_greedy_answers(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from engine.lmeval import model_spec
-    from engine.lmeval_engine import model_class
+    from engine.evaluate.lmeval import model_spec
+    from engine.evaluate.lmeval_engine import model_class
 
     ckpt, base, _ = persona_checkpoint
     tm = TaskManager(include_path=str(task_dir), include_defaults=False)
@@ -202,12 +202,14 @@ def test_generation_task_gives_hf_backends_greedy_answers(
         theirs_lm = HFLM(pretrained=str(base), batch_size=4, device="cpu")
         args, _ = model_spec(str(base))
     ours_lm = model_class().create_from_arg_obj(args, {"batch_size": 4, "device": "cpu"})
-    import engine.generate
+    import engine.chat.generate
 
     batches = []
-    real = engine.generate.run_rows
+    real = engine.chat.generate.run_rows
     monkeypatch.setattr(
-        engine.generate, "run_rows", lambda m, rows, **kw: batches.append(len(rows)) or real(m, rows, **kw)
+        engine.chat.generate,
+        "run_rows",
+        lambda m, rows, **kw: batches.append(len(rows)) or real(m, rows, **kw),
     )
 
     def run(lm):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import checkpoints
-from engine.config import validate
+from engine.config.config import validate
+from engine.data.masks import MaskOptions
 from engine.errors import UserError
-from engine.masks import MaskOptions
-from engine.train import _check_compatible, fingerprint
+from engine.run import checkpoints
+from engine.train.train import _check_compatible, fingerprint
 from tests.conftest import DEMO_DATA, base_config
 
 

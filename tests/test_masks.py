@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.mask_locate import _fast, locate
-from engine.masks import BadRow, ChatEncoder, MaskOptions
+from engine.data.mask_locate import _fast, locate
+from engine.data.masks import BadRow, ChatEncoder, MaskOptions
 from tests.chat_tokenizers import SPECS, build
 
 NAMES = sorted(SPECS)

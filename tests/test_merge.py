@@ -11,9 +11,9 @@ import torch
 from conftest import cli, train_tiny
 from safetensors import safe_open
 
-from engine import jobs, lineage
 from engine.errors import UserError
-from engine.merge import merge
+from engine.run import jobs, lineage
+from engine.ship.merge import merge
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,7 @@ def test_quantize_needs_cuda_and_a_merged_folder(merged, persona_checkpoint, tmp
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes quantization needs CUDA")
 def test_quantize_nf4_loads_back_quantized(merged, tmp_path):  # pragma: no cover - GPU only
-    from engine.quantize import quantize, quantized_layers
+    from engine.ship.quantize import quantize, quantized_layers
 
     r = quantize(merged[0].output, tmp_path / "nf4")
     assert r.sample is not None and (tmp_path / "nf4" / "config.json").is_file()

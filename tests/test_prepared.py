@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import prepare
-from engine.config import validate
-from engine.model import load_tokenizer
+from engine.config.config import validate
+from engine.data import prepare
+from engine.model.model import load_tokenizer
 from tests.conftest import DEMO_DATA, base_config
 
 
@@ -40,7 +40,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_parallel_and_one_process_give_identical_bytes(tmp_path, tiny_model, monkeypatch):
     model = tiny_model("qwen3")
     data = _big_data(tmp_path)
-    monkeypatch.setattr("engine.prepwork.RANGE", 64 << 10)  # several ranges from a small file
+    monkeypatch.setattr("engine.data.prepwork.RANGE", 64 << 10)  # several ranges from a small file
     monkeypatch.setattr(prepare, "PARALLEL_MIN", 0)
     tok = load_tokenizer(str(model))
     config = _config(model, data, tmp_path, val_set_size=0.1, skip_bad_rows=True)
@@ -119,9 +119,9 @@ def test_second_start_reads_the_cache_and_any_change_rebuilds(tmp_path, tiny_mod
 _INTERRUPTED = """
 from pathlib import Path
 import sys
-from engine import prepare
-from engine.config import validate
-from engine.model import load_tokenizer
+from engine.data import prepare
+from engine.config.config import validate
+from engine.model.model import load_tokenizer
 from tests.conftest import base_config
 model, data, root = sys.argv[1:4]
 config = validate(base_config(model, data, output_dir=root + "/out"), Path(root) / "c.yaml")[0]
@@ -177,7 +177,7 @@ def test_stop_during_preparation_keeps_nothing(tmp_path, tiny_model):
 def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     import yaml
 
-    from engine.events import read_events
+    from engine.run.events import read_events
     from tests.conftest import cli
 
     raw = base_config(

@@ -8,10 +8,10 @@ import math
 import pytest
 import yaml
 
-from engine.config import validate
+from engine.config.config import validate
 from engine.errors import UserError
-from engine.events import dedupe_steps, read_events
-from engine.train import run
+from engine.run.events import dedupe_steps, read_events
+from engine.train.train import run
 from tests.conftest import DEMO_DATA, base_config, cli
 
 LR = 0.003

@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import base_config, train_tiny
 
-from engine import checkpoints
 from engine.errors import UserError
-from engine.events import read_events
+from engine.run import checkpoints
+from engine.run.events import read_events
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +45,7 @@ def test_probes_run_at_every_save_and_land_in_the_log_eval_and_marker(probed_run
         (4, "identity"),
         (4, "inference"),
     ]
-    from engine.evaluate import IDENTITY_PROMPTS, inference_cases
+    from engine.evaluate.evaluate import IDENTITY_PROMPTS, inference_cases
 
     planned = {"identity": len(IDENTITY_PROMPTS), "inference": len(inference_cases())}
     for r in probes:
@@ -85,7 +85,7 @@ async def test_probe_scores_show_in_the_checkpoint_table(probed_run):
 
 
 def test_keep_best_keeps_the_best_probe_score(tmp_path):
-    from engine.probes import best_probe_step
+    from engine.evaluate.probes import best_probe_step
 
     out = tmp_path / "out"
     for step, score in ((100, 0.4), (200, 1.0), (300, 0.6), (400, 0.8)):
@@ -98,7 +98,7 @@ def test_keep_best_keeps_the_best_probe_score(tmp_path):
 
 
 def test_on_save_config_is_checked(tmp_path, tiny_model):
-    from engine.config import validate
+    from engine.config.config import validate
 
     raw = base_config(tiny_model("qwen3"), evaluation={"on_save": True})
     config, _ = validate(raw, tmp_path / "a.yaml")

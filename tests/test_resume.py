@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoints
-from engine.config import load_config
-from engine.events import dedupe_steps, read_events
-from engine.train import run
+from engine.config.config import load_config
+from engine.run import checkpoints
+from engine.run.events import dedupe_steps, read_events
+from engine.train.train import run
 from tests.conftest import cli
 
 STEPS = 24
@@ -151,7 +151,7 @@ def test_kill_9_mid_save_sets_the_torn_folder_aside_and_leaves_others_alone(
 
 
 def test_a_killed_writer_never_glues_records(tmp_path):
-    from engine.events import RunLog
+    from engine.run.events import RunLog
 
     path = tmp_path / "events.jsonl"
     path.write_bytes(b'{"t":1,"kind":"step","step":1,"loss":2.0}\n{"t":2,"kind":"st')

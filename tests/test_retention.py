@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from engine import checkpoints
-from engine.config import load_config
-from engine.events import read_events
-from engine.train import run
+from engine.config.config import load_config
+from engine.run import checkpoints
+from engine.run.events import read_events
+from engine.train.train import run
 
 
 def fake(out, step, eval_loss=None, eval_step=None):

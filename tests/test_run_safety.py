@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from engine.config import load_config
-from engine.events import dedupe_steps, follow, read_events
-from engine.train import run
+from engine.config.config import load_config
+from engine.run.events import dedupe_steps, follow, read_events
+from engine.train.train import run
 from tests.conftest import DEMO_DATA, cli
 from tests.test_resume import start, wait_for
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import control_file, dist
-from engine.control import Controls
-from engine.rundir import RunDir
+from engine.run import control_file
+from engine.run.control import Controls
+from engine.run.rundir import RunDir
+from engine.train import dist
 
 
 def test_run_dir_names_each_file_of_the_layout(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import RunLog, read_events
+from engine.run.events import RunLog, read_events
 
 
 def test_a_half_line_from_another_writer_never_glues_the_next_record(tmp_path):
@@ -79,7 +79,7 @@ def test_a_full_disk_leaves_no_torn_line_and_loses_no_record(tiny_disk):
     contents = read_events(path)
     assert [r["step"] for r in contents.records] == [1] and contents.bad_lines == []
     assert path.read_bytes().endswith(b"\n")
-    log.release_reserve()  # room for the alert, as engine.guard does
+    log.release_reserve()  # room for the alert, as engine.train.guard does
     log.emit("alert", rule="disk_full", message="logs disk full")
     assert log.error is None and [r.get("step") for r in read_events(path).records] == [1, 2, 3, None]
     filler.unlink()

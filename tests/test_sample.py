@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import sample as sample_mod
+from engine.data import sample as sample_mod
+from engine.data.sample import sample_file, targets, utf8_ok
 from engine.errors import UserError
-from engine.sample import sample_file, targets, utf8_ok
 from tests.conftest import cli
 
 CATS = {"general": 503, "coding": 251, "identity": 7, "esoteric": 125, "math": 15}

@@ -70,8 +70,8 @@ def test_show_masks_needs_the_tokenizer(tiny_model, write_config):
 
 
 def test_the_run_log_names_rows_the_template_changed(tmp_path, tiny_model, write_config):
-    from engine.config import load_config
-    from engine.train import run
+    from engine.config.config import load_config
+    from engine.train.train import run
 
     rows = [chat("Be brief.", "Capital?", "Paris.")] + [chat(None, "Hi", "Hello.")] * 20
     data = write_jsonl(tmp_path / "m.jsonl", rows)
@@ -88,9 +88,9 @@ def test_the_run_log_names_rows_the_template_changed(tmp_path, tiny_model, write
 
 
 def test_parallel_check_counts_the_same_notes_and_options(tmp_path, tiny_model, monkeypatch):
-    from engine import prepare
-    from engine.config import validate
-    from engine.model import load_tokenizer
+    from engine.config.config import validate
+    from engine.data import prepare
+    from engine.model.model import load_tokenizer
     from tests.conftest import base_config
 
     rows = [chat("Sys", "Q", "A."), chat(None, "Q", "A."), chat("Sys", "Q1", "A1.", "Q2", "A2.")] * 30

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from engine.config import load_config
-from engine.events import dedupe_steps, read_events
-from engine.train import run
+from engine.config.config import load_config
+from engine.run.events import dedupe_steps, read_events
+from engine.train.train import run
 from tests.conftest import train_tiny, write_jsonl
 
 CHAT = {
@@ -92,7 +92,7 @@ def test_each_data_type_trains(row, ds_type, tiny_model, write_config, tmp_path)
     cfg = write_config(tiny_model("qwen3"), data=str(data), max_steps=3)
     raw = load_config(cfg)[0].model_dump()
     raw["datasets"][0]["type"] = ds_type
-    from engine.config import RunConfig
+    from engine.config.config import RunConfig
 
     result = run(RunConfig.model_validate(raw))
     assert result.status == "completed"
@@ -106,7 +106,7 @@ def test_several_files_mixed_and_skip_bad_rows(tiny_model, write_config, tmp_pat
     cfg = write_config(tiny_model("qwen3"), max_steps=2, skip_bad_rows=True)
     raw = load_config(cfg)[0].model_dump()
     raw["datasets"] = [{"path": str(a), "type": "chat_template"}, {"path": str(b), "type": "sharegpt"}]
-    from engine.config import RunConfig
+    from engine.config.config import RunConfig
 
     result = run(RunConfig.model_validate(raw))
     recs = events(result.run_dir)
@@ -138,8 +138,8 @@ def test_too_long_rows_are_counted_truncated_or_dropped(tiny_model, write_config
 
 
 def test_val_split_is_seeded(tiny_model, write_config, tmp_path):
-    from engine.model import load_tokenizer
-    from engine.prepare import prepare
+    from engine.data.prepare import prepare
+    from engine.model.model import load_tokenizer
 
     config, _ = load_config(write_config(tiny_model("qwen3"), val_set_size=0.25))
     tok = load_tokenizer(str(tiny_model("qwen3")))
@@ -150,7 +150,7 @@ def test_val_split_is_seeded(tiny_model, write_config, tmp_path):
 
 
 def test_stop_control_saves_the_current_step(tiny_model, write_config):
-    from engine.control import Controls
+    from engine.run.control import Controls
 
     controls = Controls()
     seen = []

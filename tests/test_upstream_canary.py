@@ -1,8 +1,8 @@
 """Canary for an upgrade of transformers, TRL or peft: what we override or pass still exists.
 
-``engine/trainer.py`` (and the curriculum trainer) override private ``Trainer`` / ``SFTTrainer``
-hooks and read private trainer state; ``engine/train.py``, ``engine/dist.py`` and
-``engine/model.py`` pass keyword arguments to ``SFTConfig``, ``LoraConfig`` and
+``engine/train/trainer.py`` (and the curriculum trainer) override private ``Trainer`` / ``SFTTrainer``
+hooks and read private trainer state; ``engine/train/train.py``, ``engine/train/dist.py`` and
+``engine/model/model.py`` pass keyword arguments to ``SFTConfig``, ``LoraConfig`` and
 ``BitsAndBytesConfig``. An upgrade that renames one fails silently at best (a hook never called)
 or deep in a run at worst. These tests read our source with ``ast`` (so new overrides and new
 keywords are checked without being listed here) and the real upstream signatures with
@@ -25,7 +25,7 @@ import trl
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
 OURS = {"_add_metric", "_compute_loss", "_flush_tokens", "curriculum_rows"}  # ours, not overrides
-TRAINER_MODULES = ("engine.trainer", "engine.curriculum")
+TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum")
 
 
 def _tree(module: str) -> ast.AST:
@@ -90,7 +90,7 @@ def test_the_trainer_hooks_we_override_still_exist_with_our_parameters():
 
 def test_the_six_private_hooks_are_the_ones_the_version_note_names():
     private = sorted(
-        n.name for w, n in _overrides() if w.startswith("engine.trainer:") and n.name.startswith("_")
+        n.name for w, n in _overrides() if w.startswith("engine.train.trainer:") and n.name.startswith("_")
     )
     assert private == [
         "_get_grad_norm",
@@ -109,17 +109,17 @@ def _source_of(obj) -> str:
 @pytest.mark.parametrize(
     ("owner", "attribute"),
     [
-        (transformers.Trainer, "self._tr_loss"),  # engine/guard.py zeroes it after a skipped step
-        (transformers.Trainer, "self._globalstep_last_logged"),  # engine/guard.py
-        (transformers.Trainer, "self.label_smoother"),  # engine/trainer.py falls back to TRL's loss
+        (transformers.Trainer, "self._tr_loss"),  # engine/train/guard.py zeroes it after a skipped step
+        (transformers.Trainer, "self._globalstep_last_logged"),  # engine/train/guard.py
+        (transformers.Trainer, "self.label_smoother"),  # engine/train/trainer.py falls back to TRL's loss
         (transformers.Trainer, "self.compute_loss_func"),
-        (trl.SFTTrainer, "self._metrics"),  # engine/trainer.py clears TRL's per-step metrics
+        (trl.SFTTrainer, "self._metrics"),  # engine/train/trainer.py clears TRL's per-step metrics
         (trl.SFTTrainer, "self.aux_loss_enabled"),
     ],
 )
 def test_private_trainer_state_we_read_is_still_set_upstream(owner, attribute):
     assert f"{attribute} =" in _source_of(owner), (
-        f"{owner.__qualname__} no longer sets `{attribute}` ({VERSIONS}); engine/trainer.py or engine/guard.py reads it"
+        f"{owner.__qualname__} no longer sets `{attribute}` ({VERSIONS}); engine/train/trainer.py or engine/train/guard.py reads it"
     )
 
 
@@ -128,7 +128,9 @@ def test_the_fused_lm_head_still_gives_what_our_loss_reads():
 
     fields = {f.name for f in dataclasses.fields(FusedCausalLMOutput)}
     missing = {"log_probs", "entropy", "is_top1", "label_mask"} - fields
-    assert not missing, f"TRL's FusedCausalLMOutput lost {missing} ({VERSIONS}); engine/trainer.py reads them"
+    assert not missing, (
+        f"TRL's FusedCausalLMOutput lost {missing} ({VERSIONS}); engine/train/trainer.py reads them"
+    )
     assert "fused_lm_head" in _source_of(add_fused_lm_head)
     assert "add_fused_lm_head" in _source_of(trl.SFTTrainer), "SFTTrainer no longer adds the fused LM head"
 
@@ -173,22 +175,26 @@ def test_the_keywords_we_pass_upstream_are_still_accepted():
     from trl import SFTConfig
 
     checks = [
-        ("train.py SFTConfig(...)", _keywords("engine.train", "SFTConfig"), _named_params(SFTConfig)),
-        ("dist.py trainer_args()", _dict_keys("engine.dist", "trainer_args"), _named_params(SFTConfig)),
+        ("train.py SFTConfig(...)", _keywords("engine.train.train", "SFTConfig"), _named_params(SFTConfig)),
+        ("dist.py trainer_args()", _dict_keys("engine.train.dist", "trainer_args"), _named_params(SFTConfig)),
         (
             "train.py trainer_cls(...)",
-            _keywords("engine.train", "trainer_cls"),
+            _keywords("engine.train.train", "trainer_cls"),
             _named_params(trl.SFTTrainer.__init__),
         ),
-        ("model.py LoraConfig(...)", _keywords("engine.model", "LoraConfig"), _named_params(LoraConfig)),
+        (
+            "model.py LoraConfig(...)",
+            _keywords("engine.model.model", "LoraConfig"),
+            _named_params(LoraConfig),
+        ),
         (
             "model.py BitsAndBytesConfig(...)",
-            _keywords("engine.model", "BitsAndBytesConfig"),
+            _keywords("engine.model.model", "BitsAndBytesConfig"),
             _named_params(BitsAndBytesConfig.__init__),
         ),
         (
             "quantize.py BitsAndBytesConfig(...)",
-            _keywords("engine.quantize", "BitsAndBytesConfig"),
+            _keywords("engine.ship.quantize", "BitsAndBytesConfig"),
             _named_params(BitsAndBytesConfig.__init__),
         ),
     ]
@@ -205,7 +211,7 @@ def test_the_sftconfig_fields_our_trainer_reads_still_exist():
     from trl import SFTConfig
 
     read = set()
-    for node in ast.walk(_tree("engine.trainer")):
+    for node in ast.walk(_tree("engine.train.trainer")):
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Attribute)

@@ -37,7 +37,7 @@ from pathlib import Path
 # the stages after it in this table, never those before it.
 STAGES: dict[str, tuple[list[str], str]] = {
     "cli": (
-        ["headless", "launcher", "cli_extra", "chat_cli", "show_masks"],
+        ["headless", "launcher", "cli_extra", "chat_cli", "show_masks", "cli_config", "prepare_cli"],
         "The command line's engine side: headless training and check, the multi-process launcher,\n"
         "the extra sub-commands, start-up checks. The only code that sees argparse.\n"
         "May import every stage below.",
@@ -59,6 +59,7 @@ STAGES: dict[str, tuple[list[str], str]] = {
             "loss_watchdog",
             "trainer_args",
             "preflight",
+            "bands",
         ],
         "One fine-tuning run: the recipe (train.py), the SFTTrainer subclass, the callback, the\n"
         "fault guard, several processes (dist), curriculum sampling, health bands, start-up checks.\n"
@@ -70,7 +71,7 @@ STAGES: dict[str, tuple[list[str], str]] = {
         "May import chat, model, data, config, run.",
     ),
     "chat": (
-        ["chat", "chat_backend", "chat_bridge", "generate", "decode", "routing"],
+        ["chat", "chat_backend", "chat_bridge", "generate", "decode", "routing", "stop_tokens"],
         "Talking to a model: chat sessions and backends, the live-weights bridge, the generation\n"
         "engine (KV cache, decode steps, adapter routing).\n"
         "May import model, data, config, run.",
@@ -82,7 +83,19 @@ STAGES: dict[str, tuple[list[str], str]] = {
         "May import data, config, run.",
     ),
     "data": (
-        ["data", "prepare", "sample", "masks", "mask_locate", "readers", "prompt_formats"],
+        [
+            "data",
+            "prepare",
+            "sample",
+            "masks",
+            "mask_locate",
+            "readers",
+            "prompt_formats",
+            "prepwork",
+            "prepcache",
+            "datafp",
+            "packview",
+        ],
         "Data: dataset readers, rendering with chat templates and loss masks, preparation, sampling.\n"
         "May import config, run.",
     ),

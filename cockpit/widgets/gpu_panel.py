@@ -1,7 +1,7 @@
 """Per-GPU memory, utilisation, temperature and power, with the guide's 75 GB line.
 
 Two feeds, one view: a run on this machine (the cockpit's own trainer child) is sampled
-here (``engine.gpu`` in a thread worker) every couple of seconds, with torch's peak taken
+here (``engine.model.gpu`` in a thread worker) every couple of seconds, with torch's peak taken
 from the ``gpu`` records the trainer writes (only its process knows it); an attached run
 shows those records alone. Without an NVIDIA GPU the panel says so, with
 the reason, and nothing else waits on it.
@@ -21,7 +21,7 @@ SAMPLE_S = 2.0
 
 def local_sample() -> GpuSampled:
     """This machine's GPUs now, plus torch's peak allocation in this process."""
-    from engine.gpu import get_probe, torch_peak_mb
+    from engine.model.gpu import get_probe, torch_peak_mb
 
     probe = get_probe()
     if not probe.available:
@@ -90,7 +90,7 @@ class GpuPanel(Static):
 
     def line_mb(self, total_mb: float | None) -> float:
         """The memory line: the guide's 75 GB, or the card's own size where that is smaller
-        (engine.health's gpu_memory rule draws the same line)."""
+        (engine.train.health's gpu_memory rule draws the same line)."""
         line = self.memory_line_gb * 1024
         return min(line, total_mb) if total_mb else line
 

@@ -1,6 +1,6 @@
 """Alerts from the guide's rules, newest first, each with its advice.
 
-The rules live in the engine (``engine/health.py``) and write ``alert`` records; this panel
+The rules live in the engine (``engine/train/health.py``) and write ``alert`` records; this panel
 only shows them. A rule that fires again updates its line (count, latest step) rather than
 flooding the list; one that clears (``alert_resolved``) stays listed, dimmed, with when and
 how it cleared, and leaves the error and warning counts. Run failures and skipped log lines

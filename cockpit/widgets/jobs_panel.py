@@ -1,6 +1,6 @@
 """This session's background jobs (merge, quantize, export, push): a line each, live.
 
-The jobs run in their own threads (``engine.jobs``); the panel reads their state on a timer a
+The jobs run in their own threads (``engine.run.jobs``); the panel reads their state on a timer a
 few times a second, so a job never waits on the UI and the UI never waits on a job. Hidden
 until the first job starts. When a job ends the panel says so (a toast) and posts
 ``JobEnded`` to every widget with the class ``job-view`` (the checklist re-measures).
@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from cockpit.messages import JobEnded
-from engine import jobs
+from engine.run import jobs
 
 REFRESH_S = 0.25
 SHOWN = 4

@@ -20,7 +20,7 @@ from textual_plotext import PlotextPlot
 
 from cockpit.messages import EvalLogged, RunChanged, StepsLogged
 from cockpit.series import Series, as_float
-from engine.bands import expected_band
+from engine.train.bands import expected_band
 
 REDRAW_HZ = 2
 ZOOMS: tuple[int | None, ...] = (None, 10_000, 1_000, 100)
@@ -168,7 +168,7 @@ class LossChart(Vertical):
         self.query_one("#loss-caption", Static).update(self.caption())  # it wraps: its height can change
 
     def _band(self, x0: float, x1: float, columns: int):
-        """The guide's expected train loss (engine.bands.expected_band) over the drawn steps."""
+        """The guide's expected train loss (engine.train.bands.expected_band) over the drawn steps."""
         if not self.steps_per_epoch:
             return None, None
         steps = np.linspace(x0, x1, max(columns // 2, 2))

@@ -1,0 +1,44 @@
+"""Sub-commands beyond train/attach/check: each owns a module with ``add_args`` and ``main``.
+
+Registered by name so ``--help`` lists them without importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# command -> module holding `add_args(parser)` and `main(args) -> int`
+MODULES = {
+    "sample": "engine.data.sample",
+    "chat": "engine.cli.chat_cli",
+    "eval": "engine.evaluate.evaluate",
+    "checklist": "engine.evaluate.checklist",
+    "merge": "engine.ship.export",
+    "quantize": "engine.ship.export",
+    "export": "engine.ship.export",
+    "push": "engine.ship.export",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for name, module in MODULES.items():
+        p = sub.choices[name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(handler=_missing(name))
+            continue
+        getattr(mod, f"add_{name}_args")(p)
+        p.set_defaults(handler=getattr(mod, f"{name}_main"))
+
+
+def _missing(name: str):
+    def handler(args) -> int:
+        from engine.errors import UserError
+
+        raise UserError(f"`{name}` is not available in this build", "see README.md for the commands that are")
+
+    return handler

@@ -1,0 +1,508 @@
+"""The evaluation suites: identity, inference (with expectations), and lm-evaluation-harness.
+
+- identity: the guide's five identity prompts (or a JSONL of ``{"prompt": ...}`` lines); an
+  answer passes when it names the persona (default "Leviathan", any case, whole word).
+- inference: a JSONL suite, one prompt a line with expectations that must all hold:
+  ``contains`` / ``not_contains`` (text, or a list meaning any of them; any case),
+  ``regex`` (Python syntax, searched), ``code`` (asserts run after the answer's code block
+  in a subprocess with a time limit; passes only on exit 0).
+- lmeval: lm-evaluation-harness tasks on the checkpoint (lm-eval's HF model with ``peft=``)
+  or a merged model; see ``engine.evaluate.lmeval``.
+
+Results go to ``logs/<run>/eval/<suite>-<model>.json`` and are rewritten after every batch,
+so a suite that fails midway keeps what it had measured, with ``status: failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.evaluate.scoring import score_line
+from engine.run.rundir import atomic_write_json, eval_dir, find_run_dir, read_json, result_name
+
+SUITES = ("identity", "inference", "lmeval")
+EXPECT_KINDS = ("contains", "not_contains", "regex", "code")
+EXPECT_OPTIONS = ("timeout_s", "ignore_case")
+IDENTITY_PROMPTS = (
+    "Who are you?",
+    "What is your name?",
+    "Introduce yourself.",
+    "State your nature.",
+    "Describe your purpose.",
+)
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "assets" / "inference_suite.jsonl"
+
+
+@dataclass
+class Case:
+    id: str
+    prompt: str | list
+    category: str = "general"
+    expect: list[dict] = field(default_factory=list)
+    line: int = 0
+
+
+@dataclass
+class Settings:
+    """How answers are produced and judged (the config's ``evaluation`` section)."""
+
+    persona: str = "Leviathan"
+    identity_match: str = "word"
+    identity_pattern: str | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    code_timeout_s: float = 10.0
+    system_prompt: str | None = None
+
+    @classmethod
+    def from_config(cls, evaluation) -> Settings:
+        if evaluation is None:
+            return cls()
+        return cls(**{k: getattr(evaluation, k) for k in cls.__dataclass_fields__})
+
+
+# -- suite files -------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such suite file", "give the path of a JSONL file")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise UserError(
+                    f"{path}:{n}: not valid JSON ({e.msg})", "write one JSON object a line"
+                ) from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{n}: a line must be a JSON object", 'write {"prompt": "..."}')
+            rows.append((n, obj))
+    if not rows:
+        raise UserError(f"{path}: the suite is empty", "add one JSON object a line")
+    return rows
+
+
+def _prompt(path: Path, n: int, obj: dict) -> str | list:
+    prompt = obj.get("prompt", obj.get("messages"))
+    ok = (isinstance(prompt, str) and prompt.strip()) or (
+        isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m for m in prompt)
+    )
+    if not ok:
+        raise UserError(
+            f"{path}:{n}: no `prompt` (a non-empty string) or `messages` (a list of turns)",
+            'write {"prompt": "Who are you?"}',
+        )
+    return prompt
+
+
+def identity_cases(path: str | Path | None = None) -> list[Case]:
+    if path is None:
+        return [Case(f"identity-{i + 1}", p, "identity", line=0) for i, p in enumerate(IDENTITY_PROMPTS)]
+    path = Path(path)
+    return [
+        Case(str(obj.get("id", f"line-{n}")), _prompt(path, n, obj), "identity", line=n)
+        for n, obj in _read_jsonl(path)
+    ]
+
+
+def _check_expectation(path: Path, n: int, exp) -> dict:
+    if isinstance(exp, dict):
+        kinds = [k for k in exp if k not in EXPECT_OPTIONS]
+        if len(kinds) == 1 and kinds[0] in EXPECT_KINDS:
+            kind, value = kinds[0], exp[kinds[0]]
+            if kind in ("contains", "not_contains") and (
+                isinstance(value, str)
+                or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+            ):
+                return exp
+            if kind == "regex" and isinstance(value, str):
+                try:
+                    re.compile(value)
+                except re.error as e:
+                    raise UserError(f"{path}:{n}: bad regex {value!r}: {e}", "fix the pattern") from None
+                return exp
+            if kind == "code" and (
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
+                return exp
+            raise UserError(
+                f"{path}:{n}: bad value for expectation `{kind}`: {value!r}",
+                "contains/not_contains: text or a list of texts; regex: a pattern; code: assert lines",
+            )
+        bad = [k for k in kinds if k not in EXPECT_KINDS] or kinds
+        raise UserError(
+            f"{path}:{n}: unknown expectation kind `{', '.join(map(str, bad)) or '(none)'}`",
+            f"each expectation has exactly one of: {', '.join(EXPECT_KINDS)} (options: {', '.join(EXPECT_OPTIONS)})",
+        )
+    raise UserError(
+        f'{path}:{n}: an expectation must be an object such as {{"contains": "text"}}',
+        f"kinds: {', '.join(EXPECT_KINDS)}",
+    )
+
+
+def inference_cases(path: str | Path | None = None) -> list[Case]:
+    path = Path(path) if path else DEFAULT_SUITE
+    cases = []
+    for n, obj in _read_jsonl(path):
+        unknown = set(obj) - {"id", "prompt", "messages", "category", "expect"}
+        if unknown:
+            raise UserError(
+                f"{path}:{n}: unknown key `{sorted(unknown)[0]}`",
+                "a line has prompt (or messages), expect, and optionally id and category",
+            )
+        prompt = _prompt(path, n, obj)
+        expect = obj.get("expect")
+        if isinstance(expect, dict):
+            expect = [expect]
+        if not isinstance(expect, list) or not expect:
+            raise UserError(
+                f"{path}:{n}: no `expect` (an expectation or a list of them)",
+                'add e.g. "expect": {"contains": "Leviathan"}',
+            )
+        expect = [_check_expectation(path, n, e) for e in expect]
+        cases.append(
+            Case(str(obj.get("id", f"line-{n}")), prompt, str(obj.get("category", "general")), expect, n)
+        )
+    return cases
+
+
+# -- judging -----------------------------------------------------------------------------
+
+
+def names_persona(answer: str, s: Settings) -> bool:
+    if s.identity_match == "regex" and s.identity_pattern:
+        return re.search(s.identity_pattern, answer) is not None
+    if s.identity_match == "substring":
+        return s.persona.lower() in answer.lower()
+    return re.search(rf"(?<!\w){re.escape(s.persona)}(?!\w)", answer, re.IGNORECASE) is not None
+
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|$)", re.S)
+
+
+def extract_code(answer: str) -> str:
+    """The answer's Python: its ```python blocks, else its unlabelled blocks, else all of it."""
+    blocks = _FENCE.findall(answer)
+    py = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
+    plain = [code for lang, code in blocks if not lang]
+    chosen = py or plain or [code for _, code in blocks]
+    return "\n\n".join(c.strip("\n") for c in chosen) if chosen else answer
+
+
+def _limits(timeout_s: float):
+    def apply():  # runs in the child before exec: no runaway memory or CPU
+        import resource
+
+        cpu = int(timeout_s) + 2
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        gib = 4 << 30
+        resource.setrlimit(resource.RLIMIT_AS, (gib, gib))
+
+    return apply if os.name == "posix" else None
+
+
+def run_code(code: str, asserts: str | list[str], timeout_s: float) -> tuple[bool, str]:
+    """Run ``code`` then ``asserts`` in a fresh Python (isolated mode, scratch folder)."""
+    tests = asserts if isinstance(asserts, str) else "\n".join(asserts)
+    with tempfile.TemporaryDirectory(prefix="lev-code-") as tmp:
+        prog = Path(tmp) / "answer.py"
+        prog.write_text(code + "\n\n# --- expectations ---\n" + tests + "\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", "HOME": tmp}
+        proc = subprocess.Popen(
+            [sys.executable, "-I", str(prog)],
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_limits(timeout_s),
+        )
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            proc.communicate()
+            return False, f"timed out after {timeout_s:g}s"
+    if proc.returncode == 0:
+        return True, "exit 0"
+    last = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()]
+    return False, f"exit {proc.returncode}: {last[-1][:200] if last else 'no output'}"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        proc.kill()
+
+
+def check(answer: str, exp: dict, s: Settings) -> tuple[bool, str]:
+    """One expectation against one answer: (passed, what was seen)."""
+    ignore_case = exp.get("ignore_case", True)
+    fold = (lambda t: t.lower()) if ignore_case else (lambda t: t)
+    if "contains" in exp or "not_contains" in exp:
+        want = exp.get("contains", exp.get("not_contains"))
+        options = [want] if isinstance(want, str) else list(want)
+        found = [o for o in options if fold(o) in fold(answer)]
+        if "contains" in exp:
+            return bool(found), f"found {found[0]!r}" if found else f"none of {options!r}"
+        return not found, f"found {found[0]!r}" if found else "absent"
+    if "regex" in exp:
+        flags = re.IGNORECASE if exp.get("ignore_case") else 0
+        m = re.search(exp["regex"], answer, flags)
+        return m is not None, f"matched {m.group(0)[:60]!r}" if m else "no match"
+    return run_code(extract_code(answer), exp["code"], float(exp.get("timeout_s", s.code_timeout_s)))
+
+
+def judge(suite: str, case: Case, answer: str, s: Settings) -> dict:
+    if suite == "identity":
+        ok = names_persona(answer, s)
+        checks = [
+            {"kind": "persona", "passed": ok, "detail": f"{'names' if ok else 'does not name'} {s.persona}"}
+        ]
+    else:
+        checks = []
+        for exp in case.expect:
+            ok, detail = check(answer, exp, s)
+            kind = next(k for k in exp if k in EXPECT_KINDS)
+            checks.append({"kind": kind, "passed": ok, "detail": detail})
+    return {
+        "id": case.id,
+        "category": case.category,
+        "prompt": case.prompt,
+        "answer": answer,
+        "passed": all(c["passed"] for c in checks),
+        "checks": checks,
+    }
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+class ResultFile:
+    """A suite's result, rewritten whole after every batch so a failure keeps what was measured."""
+
+    def __init__(self, path: Path | None, header: dict, planned: int) -> None:
+        self.path = path
+        self.data = {
+            **header,
+            "status": "running",
+            "started": time.time(),
+            "finished": None,
+            "planned": planned,
+        }
+        self.data.update(passed=0, total=0, score=None, by_category={}, items=[])
+        self.save()
+
+    def add(self, items: list[dict]) -> None:
+        self.data["items"].extend(items)
+        done = self.data["items"]
+        self.data["total"] = len(done)
+        self.data["passed"] = sum(i["passed"] for i in done)
+        self.data["score"] = self.data["passed"] / len(done) if done else None
+        cats: dict[str, dict] = {}
+        for i in done:
+            c = cats.setdefault(i["category"], {"passed": 0, "total": 0})
+            c["total"] += 1
+            c["passed"] += int(i["passed"])
+        for c in cats.values():
+            c["score"] = c["passed"] / c["total"]
+        self.data["by_category"] = cats
+        self.save()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.data.update(status=status, finished=time.time(), error=error)
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self.data)
+
+
+def run_suite(
+    model,
+    tokenizer,
+    suite: str,
+    cases: list[Case],
+    settings: Settings,
+    result: ResultFile | None = None,
+    on_item: Callable[[dict], None] | None = None,
+) -> dict:
+    """Answer and judge every case; returns the result data (also written to ``result``)."""
+    from engine.chat.generate import generate
+
+    result = result or ResultFile(None, {"suite": suite}, len(cases))
+    by_index = {}
+
+    def on_batch(indices: list[int], answers: list[str]) -> None:
+        items = [judge(suite, cases[i], a, settings) for i, a in zip(indices, answers, strict=True)]
+        for i, item in zip(indices, items, strict=True):
+            by_index[i] = item
+            if on_item:
+                on_item(item)
+        result.add(items)
+
+    try:
+        generate(
+            model,
+            tokenizer,
+            [c.prompt for c in cases],
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            system=settings.system_prompt,
+            on_batch=on_batch,
+        )
+    except BaseException as e:
+        result.finish("failed", f"{type(e).__name__}: {e}")
+        raise
+    # Items in suite order, whatever order the batches ran in.
+    result.data["items"] = [by_index[i] for i in sorted(by_index)]
+    result.finish("completed")
+    return result.data
+
+
+@dataclass
+class Target:
+    """What is evaluated and where its results go."""
+
+    model: str
+    run_dir: Path | None
+    out_dir: Path | None
+    config: object | None  # RunConfig of the run, when there is one
+
+    @property
+    def header(self) -> dict:
+        meta = read_json(Path(self.model) / "leviathan.json") or {}
+        return {
+            "model": str(Path(self.model).resolve()) if Path(self.model).exists() else self.model,
+            "label": Path(self.model.rstrip("/")).name,
+            "step": meta.get("step"),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+
+    def result_path(self, suite: str) -> Path | None:
+        folder = self.out_dir or (eval_dir(self.run_dir) if self.run_dir else None)
+        return folder / result_name(suite, self.model) if folder else None
+
+
+def target_for(model: str, run_dir: str | None = None, out: str | None = None) -> Target:
+    from engine.config.saved_config import run_config
+
+    if run_dir:
+        rd = Path(run_dir)
+        if not rd.is_dir():
+            raise UserError(f"--run-dir {run_dir}: no such folder", "give a run folder such as logs/<run>")
+    else:
+        rd = find_run_dir(model) if Path(model).exists() else None
+    config = run_config(rd) if rd else None
+    return Target(model, rd, Path(out) if out else None, config)
+
+
+def suite_cases(suite: str, settings_config, file: str | None) -> list[Case]:
+    ev = getattr(settings_config, "evaluation", None)
+    if suite == "identity":
+        return identity_cases(file or (ev.identity_prompts if ev else None))
+    return inference_cases(file or (ev.inference_suite if ev else None))
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def add_eval_args(p) -> None:
+    p.add_argument(
+        "model", metavar="CHECKPOINT_OR_MODEL", help="a checkpoint-N folder, a merged model folder"
+    )
+    p.add_argument("--suite", choices=SUITES, default="identity", help="which suite (default identity)")
+    p.add_argument(
+        "--file",
+        metavar="JSONL",
+        help="identity prompts or inference suite (default: config's, else built in)",
+    )
+    p.add_argument(
+        "--tasks", nargs="+", metavar="TASK", help="lm-eval tasks (default: the config's lmeval_tasks)"
+    )
+    p.add_argument("--include-path", metavar="DIR", help="lm-eval: a folder of extra task YAMLs")
+    p.add_argument(
+        "--allow-code-execution",
+        action="store_true",
+        help="lm-eval: allow tasks that run model-written code (humaneval)",
+    )
+    p.add_argument(
+        "--limit", type=float, metavar="N", help="lm-eval: at most N examples per task (testing only)"
+    )
+    p.add_argument(
+        "--base", metavar="MODEL", help="base model of a checkpoint (default: from adapter_config.json)"
+    )
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="the run the results belong to (default: found from the checkpoint)"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="write the JSON result here instead of the run's eval/ folder"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, metavar="N", help="tokens per answer (default: config's, 256)"
+    )
+    p.add_argument("--batch-size", type=int, metavar="N", help="prompts per batch (default: config's, 8)")
+    p.add_argument("--quiet", action="store_true", help="print only the score")
+
+
+def eval_main(args) -> int:
+    target = target_for(args.model, args.run_dir, args.out)
+    if args.suite == "lmeval":
+        from engine.evaluate.lmeval import lmeval_main
+
+        return lmeval_main(args, target)
+    settings = Settings.from_config(getattr(target.config, "evaluation", None))
+    if args.max_new_tokens:
+        settings.max_new_tokens = args.max_new_tokens
+    if args.batch_size:
+        settings.batch_size = args.batch_size
+    cases = suite_cases(args.suite, target.config, args.file)  # bad files fail before loading
+
+    from engine.model.loading import load_for_inference
+
+    loaded = load_for_inference(args.model, args.base)
+
+    def show(item: dict) -> None:
+        if not args.quiet:
+            mark = "PASS" if item["passed"] else "FAIL"
+            answer = " ".join(item["answer"].split())[:100]
+            why = "; ".join(c["detail"] for c in item["checks"] if not c["passed"])
+            print(
+                f"{mark} [{item['category']}] {item['id']}: {answer!r}" + (f"  ({why})" if why else ""),
+                file=sys.stderr,
+            )
+
+    header = {**target.header, "suite": args.suite, "base": loaded.base, "adapter": loaded.adapter}
+    header["settings"] = asdict(settings)
+    path = target.result_path(args.suite)
+    rf = ResultFile(path, header, len(cases))
+    data = run_suite(loaded.model, loaded.tokenizer, args.suite, cases, settings, rf, show)
+    if not args.quiet and args.suite == "inference":
+        for cat, c in sorted(data["by_category"].items()):
+            print(f"  {cat}: {score_line(c['passed'], c['total'])}", file=sys.stderr)
+    print(score_line(data["passed"], data["total"]))
+    if path:
+        print(f"result: {path}", file=sys.stderr)
+    else:
+        print(
+            "note: no run folder found for this model; pass --run-dir or --out to keep the result",
+            file=sys.stderr,
+        )
+    return 0

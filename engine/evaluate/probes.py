@@ -1,0 +1,121 @@
+"""Probes: the evaluation suites run on every checkpoint as it is saved (``evaluation.on_save``).
+
+At a save the weights being trained *are* the checkpoint just written, so the suites run on
+the training model in memory, on the training thread, right after the save (no second copy
+of the base, no loading): the live adapter, in eval mode, through the generation engine,
+with everything training could notice put back afterwards (``engine.chat.chat.training_untouched``:
+RNG states, train/eval modes, ``requires_grad``; the engine's caches are freed after). The
+pause is measured and left out of tokens/s like a chat.
+
+Each suite's result is written to the run's ``eval/`` (``<suite>-checkpoint-N.json``, the
+same file ``leviathan-cockpit eval`` writes), a ``probe`` record goes to the run log
+(``suite``, ``passed``, ``total``, ``score``, ``seconds``), and the scores are added to the
+checkpoint's marker so retention can keep the best-scoring checkpoint across restarts.
+A probe that fails is a ``probe`` record with ``error``: training goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from engine.run import checkpoints
+
+
+class Probes:
+    """What ``CockpitCallback.on_save`` calls; ``suites`` empty means none."""
+
+    def __init__(self, config, run_dir: str | Path, log) -> None:
+        ev = config.evaluation
+        self.config = config
+        self.suites = tuple(ev.on_save)
+        self.keep_best = ev.keep_best if ev.keep_best != "eval_loss" else None
+        self.run_dir = Path(run_dir)
+        self.log = log
+
+    def __bool__(self) -> bool:
+        return bool(self.suites)
+
+    def run(self, model, tokenizer, path: str, step: int) -> dict[str, float | None]:
+        """Run every suite on ``model`` (the checkpoint at ``path``); returns suite -> score."""
+        from engine.chat.chat import training_untouched
+        from engine.chat.generate import release
+        from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
+        from engine.run.rundir import eval_dir, result_name
+
+        settings = Settings.from_config(self.config.evaluation)
+        scores: dict[str, float | None] = {}
+        for suite in self.suites:
+            t0 = time.perf_counter()
+            try:
+                cases = suite_cases(suite, self.config, None)
+                header = {
+                    "model": str(Path(path).resolve()),
+                    "label": Path(path).name,
+                    "step": step,
+                    "run_dir": str(self.run_dir),
+                    "suite": suite,
+                    "base": self.config.base_model,
+                    "adapter": str(path),
+                    "settings": asdict(settings),
+                    "probe": True,
+                }
+                rf = ResultFile(eval_dir(self.run_dir) / result_name(suite, path), header, len(cases))
+                with training_untouched(model):
+                    try:
+                        data = run_suite(model, tokenizer, suite, cases, settings, rf)
+                    finally:
+                        release(model)
+            except Exception as e:  # a probe never takes training down
+                self.log.emit(
+                    "probe",
+                    step=step,
+                    path=str(path),
+                    suite=suite,
+                    error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                    seconds=round(time.perf_counter() - t0, 3),
+                )
+                scores[suite] = None
+                continue
+            scores[suite] = data["score"]
+            self.log.emit(
+                "probe",
+                step=step,
+                path=str(path),
+                suite=suite,
+                passed=data["passed"],
+                total=data["total"],
+                score=data["score"],
+                seconds=round(time.perf_counter() - t0, 3),
+            )
+        _add_to_marker(path, scores)
+        return scores
+
+    def best_step(self, output_dir: str | Path) -> int | None:
+        """The checkpoint with the highest ``keep_best`` probe score (the newest of equals)."""
+        if not self.keep_best:
+            return None
+        return best_probe_step(output_dir, self.keep_best)
+
+
+def best_probe_step(output_dir: str | Path, suite: str) -> int | None:
+    complete, _ = checkpoints.scan(output_dir)
+    found = None
+    for c in complete:
+        score = (c.meta.get("probe") or {}).get(suite)
+        if isinstance(score, (int, float)) and math.isfinite(score) and (found is None or score >= found[0]):
+            found = (score, c.step)
+    return found[1] if found else None
+
+
+def _add_to_marker(path: str | Path, scores: dict) -> None:
+    marker = Path(path) / checkpoints.MARKER
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return  # removed or torn meanwhile: nothing to annotate
+    meta.pop("completed_at", None)
+    checkpoints.mark_complete(path, {**meta, "probe": {**(meta.get("probe") or {}), **scores}})

@@ -1,0 +1,124 @@
+"""The control-file protocol: commands to a running trainer, one JSON line each in ``control.jsonl``.
+
+Writers (the launcher, the cockpit, a user with ``echo``) append whole lines with one ``write``;
+the trainer's rank 0 reads new complete lines at each step boundary and turns them into
+``engine.run.control.Controls`` calls. Lines left from an earlier job are skipped unless the launcher
+created the file fresh for this job (``CONTROL_FROM_START_ENV``).
+
+    {"t": 1733000000.0, "command": "stop", "reason": "operator"}
+    {"command": "chat", "base": "...", "request": {...}}   # engine.chat.chat_bridge, one process only
+
+Standard library only: the cockpit writes commands without importing torch. Chat commands become
+jobs through the ``chat_job`` the trainer passes in (``engine.chat.chat_bridge.job_from_command``), so
+this layer does not import the chat code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.run.rundir import CONTROL as CONTROL_FILE
+from engine.run.rundir import RunDir
+
+# Set by the launcher: the control file was created fresh for this job, read it from the start.
+CONTROL_FROM_START_ENV = "LEVIATHAN_CONTROL_FROM_START"
+COMMANDS = ("pause", "resume", "toggle_pause", "stop", "save", "eval", "chat")
+
+__all__ = [
+    "COMMANDS",
+    "CONTROL_FILE",
+    "CONTROL_FROM_START_ENV",
+    "ControlFile",
+    "append_command",
+    "apply",
+    "control_path",
+]
+
+
+def control_path(run_dir) -> Path:
+    return RunDir(run_dir).control
+
+
+def append_command(run_dir, command: str, **fields) -> dict:
+    """Append one command to a run's control file (what the launcher and the cockpit call)."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+    record = {"t": round(time.time(), 3), "command": command, **fields}
+    path = control_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())  # one write: lines never interleave
+    finally:
+        os.close(fd)
+    return record
+
+
+class ControlFile:
+    """Rank 0's reader of ``control.jsonl``: new complete lines become ``Controls`` calls.
+
+    ``chat_job`` turns a chat command into a job for the training thread; without it (several
+    processes: no rank holds the whole model) chat commands are refused.
+    """
+
+    def __init__(self, path, from_start: bool = False, chat_job: Callable | None = None) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.chat_job = chat_job
+        if not from_start and self.path.exists():
+            self.offset = self.path.stat().st_size  # commands left from an earlier job are not ours
+        self._pending = b""
+
+    def poll(self, controls) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self._pending + data
+        lines = data.split(b"\n")
+        self._pending = lines.pop()  # a line still being written waits for its newline
+        applied = []
+        for line in lines:
+            try:
+                cmd = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(cmd, dict) and apply(controls, cmd, self.chat_job):
+                applied.append(cmd)
+        return applied
+
+
+def apply(controls, cmd: dict, chat_job: Callable | None = None) -> bool:
+    """One command onto ``controls``; False for an unknown one (or chat without ``chat_job``)."""
+    name = cmd.get("command")
+    if name == "chat":
+        # A question for the model in memory: one process only, where rank 0 holds the whole
+        # model; answered on the training thread like any chat job.
+        if chat_job is None:
+            return False
+        job = chat_job(cmd)
+        if job is not None and not controls.submit(job):
+            job.cancel("training has ended")
+        return job is not None
+    if name == "pause":
+        controls.request_pause()
+    elif name == "resume":
+        controls.request_resume()
+    elif name == "toggle_pause":
+        controls.toggle_pause()
+    elif name == "stop":
+        controls.request_stop(str(cmd.get("reason") or "operator"))
+    elif name == "save":
+        controls.request_save()
+    elif name == "eval":
+        controls.request_eval()
+    else:
+        return False
+    return True

@@ -1,0 +1,292 @@
+"""Serving a merged model: an Ollama Modelfile, and the vLLM OpenAI-server command.
+
+The Modelfile's TEMPLATE is the model's own chat template (the one the run trained with),
+translated from Jinja into Ollama's Go template syntax. Templates are recognised by family
+(ChatML as in Qwen, Llama 3); for anything else the user gives a TEMPLATE file or leaves the
+template to Ollama's own detection, explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.run import lineage
+from engine.run.jobs import Progress, null_progress
+
+# The guide's serving defaults.
+DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "num_ctx": 4096}
+
+CHATML_GO = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ .Content }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}"""
+
+LLAMA3_GO = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ .Content }}{{ if not $last }}<|eot_id|>{{ end }}
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- end }}"""
+
+# family -> (markers that identify the Jinja template, Go template, stop strings)
+FAMILIES = {
+    "chatml": (("<|im_start|>", "<|im_end|>"), CHATML_GO, ["<|im_start|>", "<|im_end|>"]),
+    "llama3": (("<|start_header_id|>", "<|eot_id|>"), LLAMA3_GO, ["<|start_header_id|>", "<|eot_id|>"]),
+}
+
+
+def chat_template_of(model_dir: str | Path) -> str | None:
+    """The chat template saved in a model folder (chat_template.jinja or tokenizer_config.json)."""
+    d = Path(model_dir)
+    if (d / "chat_template.jinja").is_file():
+        return (d / "chat_template.jinja").read_text()
+    for name in ("tokenizer_config.json", "chat_template.json"):
+        try:
+            value = json.loads((d / name).read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, list):  # named templates: the default one
+            value = next((t.get("template") for t in value if t.get("name") == "default"), None)
+        if value:
+            return value
+    return None
+
+
+def template_family(jinja: str | None) -> str | None:
+    if not jinja:
+        return None
+    for family, (markers, _, _) in FAMILIES.items():
+        if all(m in jinja for m in markers):
+            return family
+    return None
+
+
+@dataclass
+class Modelfile:
+    path: Path
+    text: str
+    name: str
+    family: str | None
+    create_command: str
+    notes: list[str] = field(default_factory=list)
+
+
+def ollama_name(model_dir: Path) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", model_dir.resolve().name.lower()).strip("-.")
+    return name or "leviathan"
+
+
+def _quote(text: str) -> str:
+    if '"""' in text:
+        raise UserError('the SYSTEM prompt contains \'"""\', which a Modelfile cannot hold', "rephrase it")
+    return f'"""{text}"""' if ("\n" in text or '"' in text) else f'"{text}"'
+
+
+def system_prompt_for(
+    model_dir: Path, system: str | None, config: str | Path | None
+) -> tuple[str | None, str]:
+    """The SYSTEM prompt and where it came from: --system, --config, or the run's config."""
+    if system is not None:
+        return system or None, "--system"
+    if config:
+        from engine.config.config import load_config
+
+        cfg, _ = load_config(config)
+        return cfg.export.system_prompt, str(config)
+    run_dir = lineage.read_info(model_dir).get("run_dir")
+    section = lineage.run_config(run_dir).get("export") or {}
+    if section.get("system_prompt"):
+        return section["system_prompt"], f"{run_dir}/config.yaml"
+    return None, ""
+
+
+def serving_params(model_dir: Path, config: str | Path | None, **over) -> dict:
+    params = dict(DEFAULTS)
+    if config:
+        from engine.config.config import load_config
+
+        cfg, _ = load_config(config)
+        section = cfg.export.model_dump()
+    else:
+        section = lineage.run_config(lineage.read_info(model_dir).get("run_dir")).get("export") or {}
+    params.update({k: section[k] for k in DEFAULTS if section.get(k) is not None})
+    params.update({k: v for k, v in over.items() if v is not None})
+    return params
+
+
+def write_modelfile(
+    model_dir: str | Path,
+    *,
+    output: str | Path | None = None,
+    name: str | None = None,
+    system: str | None = None,
+    config: str | Path | None = None,
+    template_file: str | Path | None = None,
+    no_template: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_ctx: int | None = None,
+    progress: Progress = null_progress,
+) -> Modelfile:
+    from engine.ship.quantize import check_model_dir, model_config
+
+    src = check_model_dir(model_dir)
+    cfg = model_config(src)
+    quant = cfg.get("quantization_config")
+    if quant:
+        raise UserError(
+            f"{model_dir}: a bitsandbytes-quantized folder ({quant.get('quant_method', '?')}); Ollama imports "
+            "unquantized safetensors",
+            "point at the merged folder, and let Ollama quantize: ollama create NAME --quantize q4_K_M -f Modelfile",
+        )
+    notes = []
+    path = Path(output) if output else src / "Modelfile"
+    if path.is_dir():
+        path = path / "Modelfile"
+    name = name or ollama_name(src)
+    jinja = chat_template_of(src)
+    family = template_family(jinja)
+    stops: list[str] = []
+    if template_file:
+        try:
+            go_template = Path(template_file).read_text()
+        except OSError as e:
+            raise UserError(
+                f"--template {template_file}: cannot read it ({e.strerror})", "check the path"
+            ) from None
+        notes.append(f"TEMPLATE from {template_file}")
+    elif no_template:
+        go_template = None
+        notes.append("no TEMPLATE: Ollama uses the template it detects when it imports the model")
+    elif family is None:
+        what = (
+            "has no chat template" if not jinja else "has a chat template that is neither ChatML nor Llama 3"
+        )
+        raise UserError(
+            f"{src}: the model {what}, so it cannot be translated into Ollama's TEMPLATE",
+            "give one with --template FILE (Ollama Go template syntax), or --no-template to leave it to "
+            "Ollama's own detection",
+        )
+    else:
+        _, go_template, stops = FAMILIES[family]
+        notes.append(f"TEMPLATE translated from the model's {family} chat template")
+
+    sys_prompt, sys_from = system_prompt_for(src, system, config)
+    if sys_prompt:
+        notes.append(f"SYSTEM from {sys_from}")
+    else:
+        notes.append(
+            "no SYSTEM prompt (none in the run's config `export.system_prompt`; give one with --system)"
+        )
+    params = serving_params(src, config, temperature=temperature, top_p=top_p, num_ctx=num_ctx)
+    if "vision_config" in cfg:
+        notes.append(
+            "a vision-language model: if `ollama create` cannot import this architecture from safetensors, "
+            "convert it to GGUF with llama.cpp and point FROM at the .gguf"
+        )
+
+    # Ollama resolves a relative FROM against the Modelfile's folder.
+    from_path = os.path.relpath(src.resolve(), path.resolve().parent)
+    lines = [
+        "# Written by leviathan-cockpit export ollama",
+        f"FROM {str(src.resolve()) if from_path.startswith('..') else from_path}",
+    ]
+    if go_template is not None:
+        lines.append(f'TEMPLATE """{go_template}"""')
+    if sys_prompt:
+        lines.append(f"SYSTEM {_quote(sys_prompt)}")
+    lines += [
+        f"PARAMETER temperature {params['temperature']}",
+        f"PARAMETER top_p {params['top_p']}",
+        f"PARAMETER num_ctx {int(params['num_ctx'])}",
+    ]
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    text = "\n".join(lines) + "\n"
+    lineage.write_text_atomic(path, text)
+    folder = path.resolve().parent
+    command = f"cd {shlex.quote(str(folder))} && ollama create {name} -f {shlex.quote(path.name)}"
+    lineage.record_step(lineage.read_info(src).get("run_dir"), "export_ollama", modelfile=str(path.resolve()))
+    progress(1.0, f"wrote {path}")
+    return Modelfile(path, text, name, family, command, notes)
+
+
+@dataclass
+class VllmServe:
+    argv: list[str]
+    command: str
+    curl: str
+    name: str
+
+
+def vllm_command(
+    model_dir: str | Path,
+    *,
+    port: int = 8000,
+    host: str | None = None,
+    max_model_len: int = 4096,
+    dtype: str = "bfloat16",
+    name: str | None = None,
+    progress: Progress = null_progress,
+) -> VllmServe:
+    from engine.ship.quantize import check_model_dir, model_config
+
+    src = check_model_dir(model_dir)
+    name = name or ollama_name(src)
+    args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(src)]
+    args += ["--served-model-name", name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
+    quant = model_config(src).get("quantization_config") or {}
+    if quant.get("quant_method") == "bitsandbytes":
+        args += ["--quantization", "bitsandbytes"]
+    if host:
+        args += ["--host", host]
+    args += ["--port", str(port)]
+    command = shlex.join(["python", *args])
+    body = json.dumps(
+        {"model": name, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 256}
+    )
+    curl = (
+        f"curl http://{host or 'localhost'}:{port}/v1/chat/completions \\\n"
+        '  -H "Content-Type: application/json" \\\n'
+        f"  -d {shlex.quote(body)}"
+    )
+    progress(1.0, f"vLLM command for {src}")
+    return VllmServe([sys.executable, *args], command, curl, name)
+
+
+def exec_vllm(serve: VllmServe) -> None:
+    """Replace this process with the vLLM server (never returns)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("vLLM is not installed in this environment", "pip install vllm (on the GPU machine)")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, serve.argv)

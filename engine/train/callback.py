@@ -1,0 +1,201 @@
+"""The one TrainerCallback: trainer events -> run log records, operator commands -> control.
+
+It only translates. Records are appended to the run log and handed to listeners that
+must not block; commands are flags read here at step boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transformers import TrainerCallback
+
+from engine.run import checkpoints
+from engine.run.control import Controls
+from engine.run.events import RunLog
+
+
+class CockpitCallback(TrainerCallback):
+    def __init__(
+        self,
+        log: RunLog,
+        controls: Controls,
+        *,
+        save_total_limit: int | None,
+        meta: dict,
+        flops_per_token: float | None = None,
+        peak_flops: float | None = None,
+        probes=None,
+    ) -> None:
+        self.probes = probes  # engine.evaluate.probes.Probes: suites run on each checkpoint as it is saved
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.log = log
+        self.controls = controls
+        self.save_total_limit = save_total_limit
+        self.meta = meta
+        self.last_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self.last_eval_step: int | None = None  # the marker says which step its eval_loss is from
+        self.best: tuple[float, int] | None = None  # (eval_loss, step)
+        self._mark_t = time.time()
+        self._mark_tokens = 0
+        self._mark_step = 0
+        self._phase_end = time.time()  # end of the last log/eval: a save that follows starts then
+        self.status = "completed"
+        self._pause_pending = False
+
+    # -- progress -------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark_t = time.time()
+        self._mark_tokens = state.num_input_tokens_seen
+        self._mark_step = state.global_step
+        self.log.emit("train_begin", step=state.global_step, max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self._step_record(state, logs)
+        if self._pause_pending:  # every rank: they wait together
+            self._pause_pending = False
+            return self._pause(state, control, kwargs)
+        return None
+
+    def _step_record(self, state, logs) -> None:
+        now = time.time()
+        dt = max(now - self._mark_t, 1e-9)
+        tokens = state.num_input_tokens_seen
+        steps = state.global_step - self._mark_step
+        loss = float(logs["loss"])
+        self.last_loss = loss
+        tps = (tokens - self._mark_tokens) / dt
+        self.log.emit(
+            "step",
+            step=state.global_step,
+            loss=loss,
+            lr=logs.get("learning_rate"),
+            grad_norm=_num(logs.get("grad_norm")),
+            epoch=round(state.epoch or 0.0, 4),
+            tokens=tokens,
+            tokens_per_s=round(tps, 1),
+            mfu=round(tps * self.flops_per_token / self.peak_flops, 4) if self.peak_flops else None,
+            s_per_step=round(dt / steps, 4) if steps else None,
+            max_steps=state.max_steps,
+        )
+        self._mark_t, self._mark_tokens, self._mark_step = now, tokens, state.global_step
+        self._phase_end = time.time()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics:
+            return
+        loss = float(metrics["eval_loss"])
+        self.last_eval_loss = loss
+        self.last_eval_step = state.global_step
+        if math.isfinite(loss) and (self.best is None or loss < self.best[0]):
+            self.best = (loss, state.global_step)
+        self.log.emit(
+            "eval",
+            step=state.global_step,
+            eval_loss=loss,
+            perplexity=math.exp(loss) if loss < 50 else float("inf"),
+            epoch=round(state.epoch or 0.0, 4),
+        )
+        # Time spent evaluating is not training time.
+        self._exclude(float(metrics.get("eval_runtime") or 0.0))
+        self._phase_end = time.time()
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        checkpoints.mark_complete(
+            path,
+            {
+                **self.meta,
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "loss": self.last_loss,
+                "eval_loss": self.last_eval_loss,
+                "eval_step": self.last_eval_step,
+                "tokens": state.num_input_tokens_seen,
+            },
+        )
+        checkpoints.clear_torn(args.output_dir)  # a complete save: the torn ones set aside can go
+        self.log.emit(
+            "save", step=state.global_step, path=path, loss=self.last_loss, eval_loss=self.last_eval_loss
+        )
+        if self.probes:  # on the weights just saved, at this step boundary
+            self.probes.run(kwargs.get("model"), kwargs.get("processing_class"), path, state.global_step)
+        best_steps = [self.best[1]] if self.best else []
+        if self.probes and (probe_best := self.probes.best_step(args.output_dir)) is not None:
+            best_steps.append(probe_best)
+        for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_steps):
+            self.log.emit("checkpoint_removed", step=state.global_step, path=str(removed))
+        self._exclude(time.time() - self._phase_end)  # saving (and probing) is not training time
+
+    # -- commands -------------------------------------------------------------------------
+
+    def on_step_end(self, args, state, control, **kwargs):
+        c = self.controls
+        self._run_jobs(state, kwargs)
+        if c.pause.is_set() and not c.stop.is_set():
+            # Pause once this step's record is written (on_log), so that the screen shows the
+            # step the run is paused at; what is asked meanwhile acts on this same step.
+            control.should_log = True
+            self._pause_pending = True
+        return self._apply_commands(state, control)
+
+    def _pause(self, state, control, kwargs):
+        c = self.controls
+        self.log.emit("paused", step=state.global_step)
+        t0 = time.time()
+        self.wait_paused(state, kwargs)
+        if not c.stop.is_set():
+            self.log.emit("resumed", step=state.global_step)
+        self._exclude(time.time() - t0)  # paused time is not training time
+        return self._apply_commands(state, control)
+
+    def wait_paused(self, state, kwargs) -> None:
+        """Until resumed or stopped, answering chat meanwhile (engine.train.dist replaces it with a
+        wait that every rank does together)."""
+        self.controls.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
+
+    def _apply_commands(self, state, control):
+        c = self.controls
+        if c.take(c.save_now):
+            control.should_save = True
+        if c.take(c.eval_now):
+            control.should_evaluate = True
+        if c.stop.is_set():
+            self.status = "stopped"
+            control.should_save = True
+            control.should_training_stop = True
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = True  # the last step is always kept, whatever save_steps says
+        return control
+
+    def _exclude(self, seconds: float) -> None:
+        """Leave time spent not training out of the next tokens/s (the token count is untouched)."""
+        self._mark_t += max(seconds, 0.0)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.controls.close_jobs("training has ended")
+
+    def _run_jobs(self, state, kwargs) -> None:
+        # Chat jobs: on this thread, between optimizer steps, with the model in memory.
+        t0 = time.time()
+        n = self.controls.run_jobs(
+            model=kwargs.get("model"), tokenizer=kwargs.get("processing_class"), step=state.global_step
+        )
+        if n:
+            seconds = time.time() - t0
+            self._exclude(seconds)  # chat time is not training time
+            self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
+
+
+def _num(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
