@@ -55,7 +55,7 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def code_identity() -> str:
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for name in CODE_FILES:
         h.update((here / name).read_bytes())
