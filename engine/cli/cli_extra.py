@@ -14,10 +14,10 @@ MODULES = {
     "chat": "engine.cli.chat_cli",
     "eval": "engine.evaluate.evaluate",
     "checklist": "engine.evaluate.checklist",
-    "merge": "engine.ship.export",
-    "quantize": "engine.ship.export",
-    "export": "engine.ship.export",
-    "push": "engine.ship.export",
+    "merge": "engine.cli.ship_cli",
+    "quantize": "engine.cli.ship_cli",
+    "export": "engine.cli.ship_cli",
+    "push": "engine.cli.ship_cli",
 }
 
 
