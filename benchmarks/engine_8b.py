@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic import write_chat_data  # noqa: E402
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 
 def vl_config(tiny: bool, tok):
     """Qwen3-VL with Qwen3-8B's text tower and Qwen3-VL-8B's mrope; a 2-block vision tower."""
@@ -185,7 +187,7 @@ def main() -> int:
         if rc != 0:
             print(err, flush=True)
             continue
-        rows.append(summarise(v, work / "logs" / v / "events.jsonl", args.warmup, wall))
+        rows.append(summarise(v, RunDir(work / "logs" / v).events, args.warmup, wall))
         print(json.dumps(rows[-1]), flush=True)
     print()
     print(
