@@ -9,20 +9,10 @@ import threading
 import pytest
 import torch
 
-from engine.chat.chat import (
-    BASE,
-    Adapters,
-    Delta,
-    Done,
-    Failed,
-    Request,
-    Settings,
-    explain_failure,
-    generate,
-    presets,
-    training_untouched,
-)
+from engine.chat.adapters import Adapters
+from engine.chat.chat import BASE, Delta, Done, Failed, Request, Settings, generate, presets
 from engine.chat.chat_backend import StandaloneBackend
+from engine.chat.on_training import explain_failure, training_untouched
 from engine.errors import UserError
 from engine.run.chat_log import Transcript, mark_summary, read_exchanges
 from tests.conftest import cli
