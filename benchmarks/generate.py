@@ -72,6 +72,8 @@ def row(label, n, first_s, tps, seconds, batch=1, extra="") -> dict:
 def hf_generate(model, ids, new, static: bool) -> tuple[int, float, float, float]:
     import torch
 
+    from engine.chat.generate import hf_sampling
+
     clock = Clock()
     kw = {"cache_implementation": "static"} if static else {}
     t0 = time.perf_counter()
@@ -81,10 +83,7 @@ def hf_generate(model, ids, new, static: bool) -> tuple[int, float, float, float
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new,
             min_new_tokens=new,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            **hf_sampling(),
             streamer=clock if ids.shape[0] == 1 else None,
             **kw,
         )
