@@ -3,15 +3,25 @@ dataset keys). The type names and the split syntax are ``engine.config.dataset_k
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
+
+
+def usable_path(v: str) -> str:
+    if "\x00" in v or not v.strip():
+        raise ValueError("a path must be non-empty and cannot contain a NUL byte")
+    return v
+
+
+PathText = Annotated[str, AfterValidator(usable_path)]
+"""A path key's value: non-empty, no NUL byte (the OS would refuse it later, less clearly)."""
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    path: str
+    path: PathText
     """A local file (.jsonl, .jsonl.gz, .json, .parquet, .arrow), a folder of them, or a hub
     dataset id already in the local Hugging Face cache (nothing is downloaded)."""
     type: str = "chat_template"
@@ -57,11 +67,6 @@ class DatasetSpec(BaseModel):
     def _not_set(cls, data):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        return usable_path(v)
-
     @field_validator("type")
     @classmethod
     def _type(cls, v: str) -> str:
@@ -77,9 +82,3 @@ class DatasetSpec(BaseModel):
         if v is not None:
             parse_split(v)
         return v
-
-
-def usable_path(v: str | None) -> str | None:
-    if v is not None and ("\x00" in v or not v.strip()):
-        raise ValueError("a path must be non-empty and cannot contain a NUL byte")
-    return v

@@ -11,13 +11,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from engine.config import chat_templates
-from engine.config.config_datasets import DatasetSpec, usable_path
+from engine.config.config_datasets import DatasetSpec, PathText
 
 
 class ModelKeys(BaseModel):
     """The base model, its data and template, the adapter and how the model is loaded."""
 
-    base_model: str
+    base_model: PathText
     """A local model folder or a hub id (already in the local cache: nothing is downloaded)."""
     trust_remote_code: bool = False
     datasets: list[DatasetSpec] = Field(min_length=1)
@@ -57,11 +57,6 @@ class ModelKeys(BaseModel):
     are there."""
     load_in_4bit: bool = False
     load_in_8bit: bool = False
-
-    @field_validator("base_model")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        return usable_path(v)
 
     @field_validator("chat_template")
     @classmethod

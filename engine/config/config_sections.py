@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.config.config_datasets import usable_path
+from engine.config.config_datasets import PathText
 from engine.config.config_report import KeyError_
 from engine.config.evalconfig import ChecklistConfig, EvaluationConfig
 
@@ -209,7 +209,7 @@ class SectionKeys(BaseModel):
     """The run config's own sections and where the run folder goes. A part of ``RunConfig``
     (``engine.config.config``)."""
 
-    logs_dir: str = "logs"
+    logs_dir: PathText = "logs"
     run_name: str | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -225,11 +225,6 @@ class SectionKeys(BaseModel):
     """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
-
-    @field_validator("logs_dir")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        return usable_path(v)
 
     @field_validator("run_name")
     @classmethod

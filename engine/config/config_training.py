@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from engine.config.config_datasets import usable_path
+from engine.config.config_datasets import PathText
 
 
 class TrainingKeys(BaseModel):
@@ -22,7 +22,7 @@ class TrainingKeys(BaseModel):
     """What to do with an example longer than sequence_len."""
     skip_bad_rows: bool = False
     """False: bad rows stop the run with their file:line list. True: skip and log them."""
-    dataset_prepared_path: str | None = None
+    dataset_prepared_path: PathText | None = None
     """Where prepared (tokenized, masked, packed) data is kept and reused by every start and
     resume (default: ``<output_dir>/prepared-data``); rebuilt when the data, tokenizer, template
     or these options change."""
@@ -79,13 +79,8 @@ class TrainingKeys(BaseModel):
     """... for this many logged steps in a row (default 3, as Axolotl)."""
     logging_steps: int = Field(1, gt=0)
     save_total_limit: int | None = Field(None, gt=0)
-    output_dir: str = "./outputs/run"
+    output_dir: PathText = "./outputs/run"
     seed: int = 42
-
-    @field_validator("output_dir", "dataset_prepared_path")
-    @classmethod
-    def _paths(cls, v: str | None) -> str | None:
-        return usable_path(v)
 
     @field_validator("optimizer")
     @classmethod
