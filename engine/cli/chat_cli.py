@@ -31,7 +31,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir",
         metavar="DIR",
-        help="run folder for transcripts (DIR/chat/); default: the run under ./logs that wrote the checkpoint",
+        help="run folder for transcripts (DIR/chat/) and chat settings; default: the run that wrote the checkpoint",
     )
 
 
