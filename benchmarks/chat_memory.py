@@ -4,7 +4,7 @@ Builds an 8B-shaped random Qwen3 (Qwen3-8B's shapes: hidden 4096, intermediate 1
 36 layers, 32 heads, 8 KV heads, head_dim 128, vocab 151936) directly on the GPU in bf16,
 attaches the run's LoRA r16 training adapter on every linear layer, trains a few steps,
 saves the adapter as a checkpoint, then chats the way the cockpit does during training
-(``engine.chat.chat.chat_on_training_model``: the checkpoint loaded beside the training adapter
+(``engine.chat.on_training.chat_on_training_model``: the checkpoint loaded beside the training adapter
 on the same base, deleted afterwards) and checks that training state is untouched.
 
 For comparison, in the same run: the plain alternative, a second copy of the base with the
@@ -95,7 +95,8 @@ def train_steps(model, optimizer, steps: int, seq: int, vocab: int, device) -> l
 
 
 def chat_once(model, tokenizer, targets, base_name, new_tokens, step=None):
-    from engine.chat.chat import Done, Failed, Request, Settings, chat_on_training_model
+    from engine.chat.chat import Done, Failed, Request, Settings
+    from engine.chat.on_training import chat_on_training_model
 
     events = []
     request = Request(
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     import torch
     from peft import PeftModel
 
-    from engine.chat.chat import LIVE, capture_rng
+    from engine.chat.chat import LIVE
+    from engine.chat.on_training import capture_rng
     from engine.model.model import attach_lora
 
     if not args.tiny and not torch.cuda.is_available():

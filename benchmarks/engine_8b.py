@@ -27,13 +27,15 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic import write_chat_data  # noqa: E402
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 
 def vl_config(tiny: bool, tok):
     """Qwen3-VL with Qwen3-8B's text tower and Qwen3-VL-8B's mrope; a 2-block vision tower."""
     from shapes import QWEN3_8B, TINY
-    from transformers import Qwen3VLConfig
 
-    ids = tok.convert_tokens_to_ids
+    from engine.model.tiny import qwen3_vl_config
+
     shape = TINY if tiny else QWEN3_8B
     half = shape["head_dim"] // 2  # mrope sections cover half the head: Qwen3-VL-8B's 24/20/20 of 64
     section = [24, 20, 20] if half == 64 else [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
@@ -49,23 +51,8 @@ def vl_config(tiny: bool, tok):
             "mrope_interleaved": True,
         },
     )
-    return Qwen3VLConfig(
-        text_config=text,
-        vision_config=dict(
-            depth=2,
-            hidden_size=256,
-            intermediate_size=512,
-            num_heads=4,
-            out_hidden_size=shape["hidden_size"],
-            num_position_embeddings=256,
-            deepstack_visual_indexes=[0],
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
+    vision = dict(hidden_size=256, intermediate_size=512, num_heads=4, num_position_embeddings=256)
+    return qwen3_vl_config(text, tok, vision)
 
 
 def build(workdir: Path, tiny: bool, vl: bool = False) -> Path:
@@ -185,7 +172,7 @@ def main() -> int:
         if rc != 0:
             print(err, flush=True)
             continue
-        rows.append(summarise(v, work / "logs" / v / "events.jsonl", args.warmup, wall))
+        rows.append(summarise(v, RunDir(work / "logs" / v).events, args.warmup, wall))
         print(json.dumps(rows[-1]), flush=True)
     print()
     print(

@@ -8,7 +8,7 @@ every linear layer, trained a few steps and saved as a checkpoint:
   call, with the compile, is timed apart);
 - ours (``engine.chat.generate.run_rows``): the merged model (CUDA-graph steps, compiled steps,
   eager steps), chat with the checkpoint beside the training adapter and with the live
-  weights (``engine.chat.chat.chat_on_training_model``, exactly the cockpit's path), compare
+  weights (``engine.chat.on_training.chat_on_training_model``, exactly the cockpit's path), compare
   (checkpoint | live in one batch), a batch of 8 suite prompts, the identity suite
   (5 prompts, 256 tokens) on the checkpoint.
 
@@ -72,6 +72,8 @@ def row(label, n, first_s, tps, seconds, batch=1, extra="") -> dict:
 def hf_generate(model, ids, new, static: bool) -> tuple[int, float, float, float]:
     import torch
 
+    from engine.chat.generate import hf_sampling
+
     clock = Clock()
     kw = {"cache_implementation": "static"} if static else {}
     t0 = time.perf_counter()
@@ -81,10 +83,7 @@ def hf_generate(model, ids, new, static: bool) -> tuple[int, float, float, float
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new,
             min_new_tokens=new,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            **hf_sampling(),
             streamer=clock if ids.shape[0] == 1 else None,
             **kw,
         )
@@ -107,7 +106,8 @@ def ours_rows(model, rows, new, mode="auto", names=None):
 
 
 def chat(model, tok, targets, new):
-    from engine.chat.chat import Done, Request, Settings, chat_on_training_model
+    from engine.chat.chat import Done, Request, Settings
+    from engine.chat.on_training import chat_on_training_model
 
     events = []
     req = Request(PROMPT, targets, Settings(temperature=0, max_new_tokens=new))
@@ -129,8 +129,10 @@ def main(argv=None) -> int:
     import torch
     from peft import PeftModel
 
-    from engine.chat.chat import LIVE, Adapters, capture_rng, training_untouched
+    from engine.chat.adapters import Adapters
+    from engine.chat.chat import LIVE
     from engine.chat.generate import ACTIVE, generate, render
+    from engine.chat.on_training import capture_rng, training_untouched
     from engine.evaluate.evaluate import IDENTITY_PROMPTS
     from engine.model.model import attach_lora
 

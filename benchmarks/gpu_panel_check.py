@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.model import gpu  # noqa: E402  (stdlib-only at import; pynvml/torch load on use)
 from engine.run.events import RunLog, read_events  # noqa: E402
+from engine.run.rundir import RunDir  # noqa: E402
 
 FIELDS = ["used_mb", "total_mb", "util", "temp_c", "power_w"]
 SMI = [
@@ -169,7 +170,7 @@ def main() -> int:
 
     # The run-log path: a GpuSampler writing gpu records during the same load.
     tmp = Path(tempfile.mkdtemp(prefix="gpu-panel-"))
-    log = RunLog(tmp / "events.jsonl")
+    log = RunLog(RunDir(tmp).events)
     sampler = gpu.GpuSampler(log, every_s=0.5)
     log.listeners.append(sampler)
     sampler.start()
@@ -183,7 +184,7 @@ def main() -> int:
     log.close()
     if load is not None:
         load.end()
-    gpu_records = [r for r in read_events(tmp / "events.jsonl").records if r["kind"] == "gpu"]
+    gpu_records = [r for r in read_events(RunDir(tmp).events).records if r["kind"] == "gpu"]
 
     print("\nsummary (engine - nvidia-smi), under load and idle:")
     print(f"{'field':10} {'n':>4} {'max |diff|':>11} {'mean |diff|':>12} {'tolerance':>10}  verdict")

@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16),
@@ -141,7 +143,7 @@ def train(cfg: Path, nproc: int, *extra: str, timeout: float = 3600) -> tuple[in
 def summarize(run_dir: Path, warmup: int) -> dict:
     from engine.run.events import read_events
 
-    records = read_events(run_dir / "events.jsonl").records
+    records = read_events(RunDir(run_dir).events).records
     steps = [r for r in records if r["kind"] == "step" and r["step"] > warmup]
     gpu = [g.get("used_mb") or 0 for r in records if r["kind"] == "gpu" for g in r.get("gpus", [])]
     end = next((r for r in reversed(records) if r["kind"] == "end"), {})

@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from synthetic import write_chat_data  # noqa: E402
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 SEQ = 2048
 
 
@@ -211,14 +213,14 @@ def main() -> int:
         rc, wall, err = run_cli(cfg, env)
         rows.append(
             summarise(
-                f"oom_retry {'on' if retry else 'off'}", work / "logs" / name / "events.jsonl", 0, rc, wall
+                f"oom_retry {'on' if retry else 'off'}", RunDir(work / "logs" / name).events, 0, rc, wall
             )
         )
         if rc not in (0, 2):
             print(err[-3000:], file=sys.stderr)
         print(f"{name}: exit {rc} in {wall:.0f}s", flush=True)
     # The same command again, two steps more: resumes with the run state's micro batch.
-    events = work / "logs" / "retry-on" / "events.jsonl"
+    events = RunDir(work / "logs" / "retry-on").events
     before = len(events.read_text().splitlines())
     env.pop("LEVIATHAN_FAULT", None)
     cfg = work / "retry-on.yaml"

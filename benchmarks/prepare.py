@@ -279,6 +279,8 @@ def _du(path: Path) -> int:
 
 
 def bench(rows: int, model: Path, workdir: Path, workers: int | None, threads_ref: bool) -> dict:
+    from engine.run.rundir import RunDir
+
     corpus = workdir / f"corpus-{rows}.jsonl"
     info = generate(corpus, rows)
     run = workdir / f"run-{rows}"
@@ -305,7 +307,7 @@ def bench(rows: int, model: Path, workdir: Path, workers: int | None, threads_re
     if workers:
         config["dataset_processes"] = workers
     cfg.write_text(yaml.safe_dump(config))
-    events = run / "logs" / "bench" / "events.jsonl"
+    events = RunDir(run / "logs" / "bench").events
 
     def say(name, x):
         return print(

@@ -32,6 +32,8 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 SEQ = 2048
 MICRO = 4
 
@@ -219,7 +221,7 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     from engine.train.guard import Guard
 
     timer.meta = {}
-    Guard(config, RunLog(Path(out) / "events.jsonl"), Controls(), out, fresh=True).attach(trainer, timer)
+    Guard(config, RunLog(RunDir(out).events), Controls(), out, fresh=True).attach(trainer, timer)
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     trainer.train()

@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.run.rundir import RunDir  # noqa: E402
+
 SHAPES = {
     # hidden, layers, sequence_len, micro_batch_size
     "demo": None,
@@ -122,7 +124,7 @@ def run_headless(config: Path, work: Path, name: str, env: dict) -> Path:
     cmd += ["--run-name", name, "--logs-dir", str(out / "logs")]
     with open(out / "stderr.txt", "w") as err:
         subprocess.run(cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=err, check=True)
-    return out / "logs" / name / "events.jsonl"
+    return RunDir(out / "logs" / name).events
 
 
 def run_cockpit(config: Path, work: Path, name: str, env: dict, size=(40, 120)) -> tuple[Path, int]:
@@ -132,7 +134,7 @@ def run_cockpit(config: Path, work: Path, name: str, env: dict, size=(40, 120)) 
 
     out = work / name
     out.mkdir()
-    log = out / "logs" / name / "events.jsonl"
+    log = RunDir(out / "logs" / name).events
     cmd = [sys.executable, "-m", "cockpit.cli", "train", str(config), "--resume", "never"]
     cmd += ["--run-name", name, "--logs-dir", str(out / "logs")]
     pid, fd = pty.fork()

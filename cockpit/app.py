@@ -38,6 +38,7 @@ from cockpit.widgets.help_screen import HelpScreen
 from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.loss_chart import LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
+from engine.run.rundir import RunDir
 
 DRAIN_S = 0.1
 CONTROL_ACTIONS = ("pause", "resume", "save", "evaluate")
@@ -235,7 +236,7 @@ class CockpitApp(App[int]):
         if self.source.run_dir is None:
             return
         Path(self.source.run_dir).mkdir(parents=True, exist_ok=True)
-        self._print_log = open(Path(self.source.run_dir) / "cockpit-output.log", "a")  # noqa: SIM115
+        self._print_log = open(RunDir(self.source.run_dir).cockpit_log, "a")  # noqa: SIM115
         self.begin_capture_print(self, stdout=True, stderr=True)
 
     def on_print(self, event: events.Print) -> None:

@@ -26,6 +26,7 @@ from itertools import islice
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.run.rundir import RunDir, run_config_raw
 
 SNIFF_LINES = 200
 HANGUP_GRACE_S = 10.0
@@ -210,9 +211,9 @@ def find_run_log(target: str | Path) -> Path:
             "give a run folder (logs/<run-name>) or its events.jsonl",
         )
     if p.is_dir():
-        log = p / "events.jsonl"
+        log = RunDir(p).events
         if not log.is_file():
-            runs = sorted(d for d in p.iterdir() if (d / "events.jsonl").is_file()) if _listable(p) else []
+            runs = sorted(d for d in p.iterdir() if RunDir(d).is_run()) if _listable(p) else []
             fix = (
                 "did you mean " + ", ".join(str(r) for r in runs[:5]) + "?"
                 if runs
@@ -248,23 +249,13 @@ def _check_is_run_log(path: Path) -> None:
         )
 
 
-def _resolved_config(run_dir: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def build_attach_app(target: str | Path, **app_kw):
     from cockpit.app import CockpitApp
     from cockpit.source import FileSource
 
     log = find_run_log(target)
     run_dir = log.parent
-    config = _resolved_config(run_dir)
+    config = run_config_raw(run_dir)
     source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=config)
     return CockpitApp(source, panes=panes(attached_chat(config, run_dir)), **app_kw)
 

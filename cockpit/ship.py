@@ -18,6 +18,7 @@ from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.ship_menu import ShipChoice, ShipMenu
 from engine.errors import UserError
 from engine.run import lineage
+from engine.run.rundir import RunDir
 
 SECOND_BASE = "loads a second copy of the base model beside training"
 
@@ -134,7 +135,7 @@ def _merge(c: ShipChoice, run_dir: Path | None) -> Job:
     from engine.ship.merge import merge
 
     # merge takes an explicit run folder only where it has a log (find_run_dir checks).
-    known = run_dir if run_dir is not None and (run_dir / "events.jsonl").is_file() else None
+    known = run_dir if run_dir is not None and RunDir(run_dir).is_run() else None
 
     def summary(r) -> str:
         diff = f", logits within {r.max_abs_diff:.1e}" if r.max_abs_diff is not None else ""

@@ -102,7 +102,7 @@ class FileSource(Source):
 
 def run_is_live(run_dir: Path) -> bool:
     """Whether the trainer that holds this run's lock (engine.run.runlock) is still running."""
-    from engine.train.preflight import lock_holder
+    from engine.run.runlock import lock_holder
 
     return lock_holder(run_dir) is not None
 

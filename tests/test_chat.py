@@ -5,24 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
-from engine.chat.chat import (
-    BASE,
-    Adapters,
-    Delta,
-    Done,
-    Failed,
-    Request,
-    Settings,
-    explain_failure,
-    generate,
-    presets,
-    training_untouched,
-)
+from engine.chat.adapters import Adapters
+from engine.chat.chat import BASE, Delta, Done, Failed, Request, Settings, generate, presets
 from engine.chat.chat_backend import StandaloneBackend
+from engine.chat.on_training import explain_failure, training_untouched
 from engine.errors import UserError
 from engine.run.chat_log import Transcript, mark_summary, read_exchanges
 from tests.conftest import cli
@@ -317,3 +308,34 @@ def test_standalone_submit_runs_on_its_worker(persona_checkpoint):
     backend.close()
     assert {name for name, _ in events} == {"chat"}
     assert events[-1][1].answers[0].text == answer
+
+
+@pytest.mark.parametrize("found_by", ["marker", "config"])
+def test_chat_takes_its_settings_from_the_run_that_wrote_the_checkpoint(
+    persona_checkpoint, tmp_path, found_by
+):
+    import argparse
+
+    from engine.cli.chat_cli import add_chat_args, prepare_chat
+
+    ckpt = shutil.copytree(persona_checkpoint[0], tmp_path / "out" / "checkpoint-1")
+    run = tmp_path / "logs" / "r"
+    run.mkdir(parents=True)
+    (run / "events.jsonl").write_text("")
+    (run / "config.yaml").write_text(
+        f"output_dir: {tmp_path / 'out'}\nchat:\n  max_new_tokens: 7\n  system: Be brief.\n"
+    )
+    marker = ckpt / "leviathan.json"
+    meta = json.loads(marker.read_text())
+    # "marker": the checkpoint names its run; "config": it names another, gone, and the run is
+    # found by the output_dir in its config.yaml
+    meta["run_dir"] = str(run) if found_by == "marker" else str(tmp_path / "gone")
+    marker.write_text(json.dumps(meta))
+    p = argparse.ArgumentParser()
+    add_chat_args(p)
+    _, settings, run_dir = prepare_chat(p.parse_args([str(ckpt), "--prompt", "Hi"]))
+    assert Path(run_dir).resolve() == run.resolve()
+    assert (settings.max_new_tokens, settings.system) == (7, "Be brief.")
+    # the command line still wins over the run's settings
+    _, settings, _ = prepare_chat(p.parse_args([str(ckpt), "--prompt", "Hi", "--max-new-tokens", "3"]))
+    assert settings.max_new_tokens == 3

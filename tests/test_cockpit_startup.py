@@ -10,6 +10,7 @@ import pytest
 
 from cockpit.cli import main
 from engine.errors import UserError
+from engine.run.runlock import lock_holder
 from engine.train import preflight
 
 
@@ -93,7 +94,7 @@ def test_a_stale_lock_of_a_dead_trainer_is_not_in_use(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     (tmp_path / ".lock").write_text(str(proc.pid))
-    assert preflight.lock_holder(tmp_path) is None
+    assert lock_holder(tmp_path) is None
 
 
 def test_gpu_needs_on_a_machine_without_one(tmp_path, write_config, tiny_model):

@@ -19,6 +19,7 @@ from textual.widgets import Static
 
 from cockpit.messages import JobEnded
 from engine.run import jobs
+from engine.run.rundir import RunDir
 
 REFRESH_S = 0.25
 SHOWN = 4
@@ -125,7 +126,7 @@ class JobsPanel(Static):
         run_dir = getattr(getattr(self.app, "source", None), "run_dir", None)
         if entry.job.traceback is None or not run_dir or not Path(run_dir).is_dir():
             return None
-        path = Path(run_dir) / "jobs.log"
+        path = RunDir(run_dir).jobs_log
         with open(path, "a") as f:
             f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {entry.label}\n{entry.job.traceback}\n")
         return path

@@ -4,7 +4,7 @@
   chat``, or after training). Requests run one at a time on a worker thread it owns.
 - ``TrainingBackend``: during training. Requests become jobs on ``Controls``; the training
   thread runs them at its next step boundary on the very model it trains (see
-  ``engine.chat.chat.chat_on_training_model``), then carries on. The UI never waits: results
+  ``engine.chat.on_training.chat_on_training_model``), then carries on. The UI never waits: results
   come back through the sink. Once training has ended it hands requests to a standalone
   backend on the same base (loaded on first use).
 
@@ -19,22 +19,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.chat.chat import (
-    BASE,
-    LIVE,
-    Adapters,
-    Done,
-    Failed,
-    Request,
-    Sink,
-    Started,
-    chat_on_training_model,
-    explain_failure,
-    free_memory,
-    generate,
-)
+from engine.chat.adapters import Adapters
+from engine.chat.chat import BASE, LIVE, Done, Failed, Request, Sink, Started, generate
+from engine.chat.on_training import chat_on_training_model, explain_failure, free_memory
 from engine.errors import UserError
 from engine.run import checkpoints
+from engine.run.rundir import RunDir, run_config_raw
 
 
 @dataclass
@@ -264,41 +254,15 @@ class TrainingBackend(ChatBackend):
             self._after.close()
 
 
-def find_run_dir(checkpoint: str | Path, logs_dir: str | Path = "logs") -> Path | None:
-    """The run folder whose resolved config wrote this checkpoint, under ``logs_dir``."""
-    import yaml
-
-    out_dir = Path(checkpoint).resolve().parent
-    root = Path(logs_dir)
-    if not root.is_dir():
-        return None
-    for cfg in sorted(root.glob("*/config.yaml")):
-        try:
-            data = yaml.safe_load(cfg.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if (
-            isinstance(data, dict)
-            and data.get("output_dir")
-            and Path(data["output_dir"]).resolve() == out_dir
-        ):
-            return cfg.parent
-    return None
-
-
 def run_chat_config(run_dir: str | Path | None):
     """The ``chat`` section of a run's resolved config (None when there is none)."""
     if not run_dir:
         return None
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    if not RunDir(run_dir).config.is_file():
         return None
-    import yaml
-
     from engine.config.config import ChatConfig
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-        return ChatConfig.model_validate(data.get("chat") or {})
+        return ChatConfig.model_validate(run_config_raw(run_dir).get("chat") or {})
     except Exception:
         return None

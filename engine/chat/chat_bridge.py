@@ -23,8 +23,8 @@ from pathlib import Path
 
 from engine.chat.chat import Answer, Delta, Done, Failed, Request, Settings, Sink, Started
 from engine.chat.chat_backend import ChatJob, TrainingBackend
+from engine.run.rundir import RunDir
 
-REPLIES = Path("chat") / "live"
 EVENTS = {cls.__name__: cls for cls in (Started, Delta, Done, Failed)}
 FOLLOW_S = 0.05
 ENDED_GRACE_S = 2.0
@@ -34,7 +34,7 @@ ENDED_GRACE_S = 2.0
 def reply_path(run_dir: str | Path, request_id: str) -> Path:
     if not request_id.isalnum():
         raise ValueError(f"bad chat request id {request_id!r}")  # it names a file
-    return Path(run_dir) / REPLIES / f"{request_id}.jsonl"
+    return RunDir(run_dir).chat_live / f"{request_id}.jsonl"
 
 
 def request_to_dict(r: Request) -> dict:

@@ -125,6 +125,14 @@ def run_rows(
     )
 
 
+def hf_sampling(temperature: float = 0.0, top_p: float | None = None) -> dict:
+    """``model.generate`` keywords for our settings: greedy at temperature 0, with the sampling
+    defaults a model's generation_config may carry (top_k, ...) switched off."""
+    if temperature > 0:
+        return dict(do_sample=True, temperature=temperature, top_p=top_p)
+    return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+
 def _hf_rows(
     model, rows, routed, why, max_new_tokens, stop_ids, pad_id, temperature, top_p, on_token, should_stop
 ):
@@ -149,10 +157,7 @@ def _hf_rows(
             return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
 
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad_id)
-    if temperature > 0:
-        kw.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    kw.update(hf_sampling(temperature, top_p))
     if routed is not None and len(set(routed)) > 1:
         kw["adapter_names"] = [n or "__base__" for n in routed]
     with torch.no_grad():

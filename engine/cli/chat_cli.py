@@ -31,7 +31,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir",
         metavar="DIR",
-        help="run folder for transcripts (DIR/chat/); default: the run under ./logs that wrote the checkpoint",
+        help="run folder for transcripts (DIR/chat/) and chat settings; default: the run that wrote the checkpoint",
     )
 
 
@@ -51,9 +51,10 @@ def _settings(args, chat_config):
 
 def prepare_chat(args):
     """The backend and settings for ``chat`` (bad paths: a clear message before any loading)."""
-    from engine.chat.chat_backend import StandaloneBackend, find_run_dir, run_chat_config
+    from engine.chat.chat_backend import StandaloneBackend, run_chat_config
     from engine.errors import UserError
     from engine.model.loading import resolve
+    from engine.run.lineage import find_run_dir
 
     base_name, adapter = resolve(args.target, args.base)
     run_dir = Path(args.run_dir) if args.run_dir else (find_run_dir(adapter) if adapter else None)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.run.control_file import CONTROL_FROM_START_ENV, append_command
+from engine.run.rundir import RunDir
 
 EXIT_USAGE = 2
 
@@ -107,7 +109,7 @@ class LaunchedJob:
 
     @property
     def events(self) -> Path:
-        return self.run_dir / "events.jsonl"
+        return RunDir(self.run_dir).events
 
     @property
     def pid(self) -> int:
@@ -115,8 +117,6 @@ class LaunchedJob:
 
     def control(self, command: str, **fields) -> dict:
         """Send a command to every rank: pause, resume, toggle_pause, stop, save, eval."""
-        from engine.train.dist import append_command
-
         return append_command(self.run_dir, command, **fields)
 
     def stop(self, reason: str = "operator") -> dict:
@@ -194,12 +194,7 @@ def launch(
     ``output``: "file" (``run_dir/launch.log``, for the cockpit), None (inherit this process's
     stdout and stderr: headless), or a path. Raises UserError (nothing started) on bad input.
     """
-    import importlib.util
-
     from engine.config.config import load_config
-    from engine.run.runlock import OutputLock, RunLock
-    from engine.train.dist import CONTROL_FROM_START_ENV, LAUNCHER_ENV, control_path, require_deepspeed
-    from engine.train.preflight import check_setup
     from engine.train.train import run_paths
 
     config_path = Path(config_path).resolve()
@@ -207,6 +202,24 @@ def launch(
     d = config.distributed
     n = nproc or d.num_processes or 1
     rank = d.machine_rank if machine_rank is None else machine_rank
+    _check_launchable(config, n, rank)
+    name = run_name or config.run_name or config_path.stem
+    paths = run_paths(config, name, str(logs_dir) if logs_dir else None)
+    run_dir = paths.run_dir.resolve()
+    offset = _claim_run_dir(config, run_dir, paths.output_dir) if rank == 0 else 0
+    ranks = rank_args(config_path, name, run_dir.parent, resume, max_steps, force, allow_world_size_change)
+    cmd, display, launcher = _commands(config, n, rank, ranks, run_dir, offset)
+    log_path = None if output is None else RunDir(run_dir).launch_log if output == "file" else Path(output)
+    proc = _spawn(cmd, _child_env(env, launcher), log_path)
+    return LaunchedJob(run_dir, n, rank, proc, display, log_path, offset)
+
+
+def _check_launchable(config, n: int, rank: int) -> None:
+    import importlib.util
+
+    from engine.train.dist import require_deepspeed
+
+    d = config.distributed
     if d.num_machines > 1 and (n % d.num_machines or rank >= d.num_machines):
         raise UserError(
             f"{n} processes on {d.num_machines} machines with machine_rank {rank} does not add up",
@@ -216,52 +229,65 @@ def launch(
         raise UserError("several processes need the accelerate package", "pip install accelerate")
     if config.deepspeed:
         require_deepspeed(config.deepspeed)
-    name = run_name or config.run_name or config_path.stem
-    paths = run_paths(config, name, str(logs_dir) if logs_dir else None)
-    run_dir = paths.run_dir.resolve()
-    offset = 0
-    if rank == 0:
-        check_setup(config)  # before the first byte is written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # refuse at once when the run, or its output_dir, is being trained already
-        with RunLock(run_dir), OutputLock(paths.output_dir, run_dir):
-            pass
-        control_path(run_dir).write_text("")  # commands of an earlier job are not for this one
-        events = run_dir / "events.jsonl"
-        offset = events.stat().st_size if events.exists() else 0
+
+
+def _claim_run_dir(config, run_dir: Path, output_dir: Path) -> int:
+    """Check the setup, refuse a run (or output_dir) being trained already, empty the control
+    file; the run log's size, where this job's records begin."""
+    from engine.run.runlock import OutputLock, RunLock
+    from engine.train.preflight import check_setup
+
+    check_setup(config)  # before the first byte is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir), OutputLock(output_dir, run_dir):
+        pass
+    folder = RunDir(run_dir)
+    folder.control.write_text("")  # commands of an earlier job are not for this one
+    return folder.events.stat().st_size if folder.events.exists() else 0
+
+
+def _commands(
+    config, n: int, rank: int, ranks: list[str], run_dir: Path, offset: int
+) -> tuple[list[str], list[str], bool]:
+    """(the child's command, its console equivalent, whether the child is the launcher agent)."""
+    if n == 1 and config.distributed.num_machines == 1:
+        # One process needs no agent: the trainer writes its own ending, and ``LaunchedJob``
+        # writes it for a trainer that was killed.
+        cmd = [sys.executable, "-m", "engine.dist_main", *ranks]
+        return cmd, ["python", "-m", "engine.dist_main", *ranks], False
     accel = accelerate_args(config, n, rank)
-    ranks = rank_args(config_path, name, run_dir.parent, resume, max_steps, force, allow_world_size_change)
+    cmd = [sys.executable, "-m", "engine.cli.launcher", "--run-dir", str(run_dir)]
+    cmd += ["--events-offset", str(offset), "--machine-rank", str(rank)]
+    cmd += ["--", *accel, "-m", "engine.dist_main", *ranks]
+    return cmd, ["accelerate", "launch", *accel, "-m", "engine.dist_main", *ranks], True
+
+
+def _child_env(env: dict[str, str] | None, launcher: bool) -> dict[str, str]:
+    from engine.train.dist import LAUNCHER_ENV
+
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env[CONTROL_FROM_START_ENV] = "1"
     root = str(Path(__file__).resolve().parent.parent.parent)  # ranks import this engine, wherever they start
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, child_env.get("PYTHONPATH")) if p)
-    if n == 1 and d.num_machines == 1:
-        # One process needs no agent: the trainer writes its own ending, and ``LaunchedJob``
-        # writes it for a trainer that was killed.
-        cmd = [sys.executable, "-m", "engine.dist_main", *ranks]
-        display = ["python", "-m", "engine.dist_main", *ranks]
-    else:
+    if launcher:
         child_env[LAUNCHER_ENV] = "1"
-        cmd = [sys.executable, "-m", "engine.cli.launcher", "--run-dir", str(run_dir)]
-        cmd += ["--events-offset", str(offset), "--machine-rank", str(rank)]
-        cmd += ["--", *accel, "-m", "engine.dist_main", *ranks]
-        display = ["accelerate", "launch", *accel, "-m", "engine.dist_main", *ranks]
-    log_path = None
-    if output is None:
-        out = None
-    else:
-        log_path = run_dir / "launch.log" if output == "file" else Path(output)
+    return child_env
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path | None) -> subprocess.Popen:
+    """The child in a session of its own; its output to ``log_path`` (None: this process's)."""
+    out = None
+    if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen(
-            cmd, env=child_env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
         )
     finally:
         if out is not None:
             out.close()
-    return LaunchedJob(run_dir, n, rank, proc, display, log_path, offset)
 
 
 # -- the launcher child: accelerate launch, then the ending in the run log -------------------
@@ -321,7 +347,7 @@ def finish(run_dir: Path, offset: int, message: str, failures: list[Failure] | N
     from engine.run import checkpoints
     from engine.run.events import RunLog
 
-    events = Path(run_dir) / "events.jsonl"
+    events = RunDir(run_dir).events
     records = records_since(events, offset)
     start = next((r for r in reversed(records) if r.get("kind") == "start"), {})
     if failures is not None and start.get("ranks"):
@@ -400,7 +426,7 @@ def agent_main(argv: list[str] | None = None) -> int:
         message = "the launcher was interrupted and ended every rank"
         code = 130
     if ours.machine_rank == 0:
-        records = records_since(Path(ours.run_dir) / "events.jsonl", ours.events_offset)
+        records = records_since(RunDir(ours.run_dir).events, ours.events_offset)
         ended = any(r.get("kind") == "end" for r in records)
         if code != 0 or not ended:
             finish(

@@ -1,13 +1,18 @@
 """Several GPUs in the run config: ``fsdp_config`` (Axolotl's FSDP1 and FSDP2 spellings) and
-``distributed`` (processes and hosts). Mounted on RunConfig by ``engine.config.config``."""
+``distributed`` (processes and hosts), mounted on RunConfig (``engine.config.config``) by
+``DistributedKeys`` with the DeepSpeed and DDP keys; ``check_deepspeed_json`` reads the DeepSpeed
+file a config names."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.config.config_report import KeyError_
+from engine.errors import UserError
 
 FSDP_OPTIONS = (
     "full_shard",
@@ -135,3 +140,73 @@ class DistributedConfig(BaseModel):
                     "give every host the same number of processes (num_processes = hosts x GPUs per host)",
                 )
         return self
+
+
+class DistributedKeys(BaseModel):
+    """The several-GPU keys of the run config (see engine/train/dist.py and README "Several
+    GPUs"). A part of ``RunConfig`` (``engine.config.config``)."""
+
+    deepspeed: str | None = None
+    """Path of a DeepSpeed JSON config (presets: configs/deepspeed/zero2.json, zero3.json,
+    zero3_offload.json); needs CUDA GPUs and the deepspeed package. Its "auto" values are filled
+    from this config; it may not carry its own optimizer or scheduler."""
+    fsdp: list[str] | bool | None = None
+    """Axolotl's FSDP1 switch: a list of full_shard, shard_grad_op, hybrid_shard, no_shard,
+    offload, auto_wrap (or true). ``fsdp_config`` alone turns FSDP on as well."""
+    fsdp_version: Literal[1, 2] | None = None
+    """FSDP version (default 2, or 1 with the FSDP1-only keys or the ``fsdp`` list)."""
+    fsdp_config: FsdpConfig | None = None
+    """FSDP settings (see FsdpConfig); needs CUDA GPUs."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Processes and hosts for ``accelerate launch`` (see DistributedConfig)."""
+    ddp_timeout: int = Field(1800, gt=0)
+    """Seconds a collective may wait for the other ranks before the job fails (slow data
+    preparation or checkpoint saves on one rank count against it)."""
+    ddp_find_unused_parameters: bool | None = None
+    """DDP's find_unused_parameters (default: off with gradient checkpointing, as transformers does)."""
+    ddp_bucket_cap_mb: int | None = Field(None, gt=0)
+    ddp_broadcast_buffers: bool | None = None
+
+    @property
+    def uses_fsdp(self) -> bool:
+        return bool(self.fsdp) or self.fsdp_config is not None
+
+
+def check_deepspeed_json(path: str, where: str) -> dict:
+    """The DeepSpeed JSON must exist, parse, and leave optimizer and schedule to the run config."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(
+            f"{where}: `deepspeed`: {path}: no such file",
+            "give the path of a DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json",
+        )
+    try:
+        ds = json.loads(p.read_text())
+    except ValueError as e:
+        at = f":{e.lineno}:{e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(
+            f"{path}{at}: not valid JSON ({getattr(e, 'msg', e)})", "fix the JSON syntax"
+        ) from None
+    if not isinstance(ds, dict):
+        raise UserError(f"{path}: the top level must be a JSON object", "see configs/deepspeed/zero2.json")
+    for key, ours in (("optimizer", "optimizer"), ("scheduler", "lr_scheduler")):
+        if key in ds:
+            raise UserError(
+                f"{path}: `{key}` is set in the DeepSpeed JSON; the run config's `{ours}` is the one used",
+                f"remove `{key}` from {p.name}",
+            )
+    if isinstance(ds.get("fp16"), dict) and ds["fp16"].get("enabled") is True:
+        raise UserError(
+            f"{path}: `fp16.enabled` is true; fp16 training is not supported",
+            'use "auto" (bf16 where the GPU has it)',
+        )
+    stage = (
+        (ds.get("zero_optimization") or {}).get("stage", 0)
+        if isinstance(ds.get("zero_optimization"), dict)
+        else 0
+    )
+    if stage not in (0, 1, 2, 3):
+        raise UserError(
+            f"{path}: `zero_optimization.stage` {stage!r} is not 0, 1, 2 or 3", "use a ZeRO stage 0-3"
+        )
+    return ds

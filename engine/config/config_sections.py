@@ -1,5 +1,6 @@
 """The run config's own sections (not Axolotl's): health thresholds, export, the fault guard,
-the curriculum and the chat pane. Mounted on RunConfig by ``engine.config.config``."""
+the curriculum and the chat pane, mounted on RunConfig (``engine.config.config``) by
+``SectionKeys`` with the evaluation and checklist sections and the run folder's keys."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.config.config_datasets import PathText
 from engine.config.config_report import KeyError_
+from engine.config.evalconfig import ChecklistConfig, EvaluationConfig
 
 
 class HealthConfig(BaseModel):
@@ -200,3 +203,32 @@ class ChatConfig(BaseModel):
     max_new_tokens: int = Field(256, gt=0)
     presets: list[ChatPresetSpec | str] = Field(default_factory=list)
     """Prompts (plain strings, or prompt/label/group) listed after the guide's spot checks."""
+
+
+class SectionKeys(BaseModel):
+    """The run config's own sections and where the run folder goes. A part of ``RunConfig``
+    (``engine.config.config``)."""
+
+    logs_dir: PathText = "logs"
+    run_name: str | None = None
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """The identity and inference suites: persona, prompts, suite file, generation length."""
+    checklist: ChecklistConfig = Field(default_factory=ChecklistConfig)
+    """The validation checklist's items (the guide's lists by default)."""
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Serving settings used after training (`leviathan-cockpit export ollama`)."""
+    curriculum: CurriculumConfig | None = None
+    """Phases over epochs with ``_category`` weights (see CurriculumConfig); none: every epoch
+    is the natural mix."""
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v and ("\x00" in v or "/" in v or v in (".", "..")):
+            raise ValueError("a run name is one folder name: no '/', no NUL byte, not . or ..")
+        return v

@@ -3,7 +3,7 @@
 At a save the weights being trained *are* the checkpoint just written, so the suites run on
 the training model in memory, on the training thread, right after the save (no second copy
 of the base, no loading): the live adapter, in eval mode, through the generation engine,
-with everything training could notice put back afterwards (``engine.chat.chat.training_untouched``:
+with everything training could notice put back afterwards (``engine.chat.on_training.training_untouched``:
 RNG states, train/eval modes, ``requires_grad``; the engine's caches are freed after). The
 pause is measured and left out of tokens/s like a chat.
 
@@ -41,8 +41,8 @@ class Probes:
 
     def run(self, model, tokenizer, path: str, step: int) -> dict[str, float | None]:
         """Run every suite on ``model`` (the checkpoint at ``path``); returns suite -> score."""
-        from engine.chat.chat import training_untouched
         from engine.chat.generate import release
+        from engine.chat.on_training import training_untouched
         from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
         from engine.run.rundir import eval_dir, result_name
 

@@ -89,7 +89,7 @@ def build_tokenizer(
 
 
 def _config(arch: str, tokenizer, hidden: int, layers: int):
-    from transformers import LlamaConfig, Qwen3Config, Qwen3VLConfig
+    from transformers import LlamaConfig, Qwen3Config
 
     text = dict(
         vocab_size=len(tokenizer),
@@ -113,32 +113,36 @@ def _config(arch: str, tokenizer, hidden: int, layers: int):
     if arch == "llama":
         return LlamaConfig(**text)
     if arch == "qwen3_vl":
-        ids = tokenizer.convert_tokens_to_ids
         text["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": 10000.0,
             "mrope_section": [2, 1, 1],
             "mrope_interleaved": True,
         }
-        return Qwen3VLConfig(
-            text_config=text,
-            vision_config=dict(
-                depth=2,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=hidden,
-                num_position_embeddings=64,
-                deepstack_visual_indexes=[0],
-            ),
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
-            tie_word_embeddings=False,
-            initializer_range=0.2,
-        )
+        vision = dict(hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=64)
+        return qwen3_vl_config(text, tokenizer, vision, initializer_range=0.2)
     raise ValueError(f"unknown tiny architecture {arch!r}; choose from {ARCHITECTURES}")
+
+
+def qwen3_vl_config(text: dict, tokenizer, vision: dict, **extra):
+    """A Qwen3-VL config: the text tower ``text`` (Qwen3 keys, with its mrope ``rope_parameters``)
+    and a 2-block vision tower of the ``vision`` shape (hidden_size, intermediate_size,
+    num_heads, num_position_embeddings), its image and video tokens the tokenizer's."""
+    from transformers import Qwen3VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2, out_hidden_size=text["hidden_size"], deepstack_visual_indexes=[0], **vision
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+        **extra,
+    )
 
 
 def build_tiny_model(

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.run.rundir import EVENTS, RunDir
+from engine.run.rundir import CONFIG, EVENTS, RunDir
 
 INFO = "leviathan_export.json"
 STEPS_FILE = "exports.jsonl"
@@ -80,7 +80,7 @@ def find_run_dir(checkpoint: str | Path | None, explicit: str | Path | None = No
             p = p.parent
         if not RunDir(p).is_run():
             raise UserError(
-                f"--run-dir {explicit}: no events.jsonl there", "give a run folder such as logs/<run-name>"
+                f"--run-dir {explicit}: no {EVENTS} there", "give a run folder such as logs/<run-name>"
             )
         return p.resolve()
     if checkpoint is None:
@@ -103,7 +103,7 @@ def _search_run_dir(ckpt: Path) -> Path | None:
         if logs in seen or not logs.is_dir():
             continue
         seen.add(logs)
-        for cfg in sorted(logs.glob("*/config.yaml")):
+        for cfg in sorted(logs.glob(f"*/{CONFIG}")):
             try:
                 out = (yaml.safe_load(cfg.read_text()) or {}).get("output_dir")
             except (OSError, yaml.YAMLError):

@@ -26,6 +26,11 @@ LOCK = ".lock"  # one writer per run folder (engine.run.runlock); holds the writ
 CHECKLIST = "checklist.json"  # the checklist's state (engine.evaluate.checklist)
 CHAT = "chat"  # chat logs and the live chat bridge's replies
 EVAL = "eval"  # evaluation results
+LIVE = "live"  # under chat/: the live chat bridge's reply files (engine.chat.chat_bridge)
+LAUNCH_LOG = "launch.log"  # the launched processes' stdout and stderr (engine.cli.launcher)
+JOBS_LOG = "jobs.log"  # the cockpit's background jobs' output
+COCKPIT_LOG = "cockpit-output.log"  # what the cockpit's own code printed while the screen was up
+OUTPUT_LOCK = ".leviathan-lock"  # not in the run folder: in its output_dir (engine.run.runlock)
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,24 @@ class RunDir:
         return self.path / CHAT
 
     @property
+    def chat_live(self) -> Path:
+        return self.path / CHAT / LIVE
+
+    @property
     def eval(self) -> Path:
         return self.path / EVAL
+
+    @property
+    def launch_log(self) -> Path:
+        return self.path / LAUNCH_LOG
+
+    @property
+    def jobs_log(self) -> Path:
+        return self.path / JOBS_LOG
+
+    @property
+    def cockpit_log(self) -> Path:
+        return self.path / COCKPIT_LOG
 
     def is_run(self) -> bool:
         """A run folder is one with a run log."""

@@ -4,6 +4,10 @@ readers are free.
 Two runs with different names (the default name comes from the config file's name) would
 otherwise train into one output_dir at once and overwrite each other's ``checkpoint-N``. The
 locks are ``flock``s, so a killed holder never blocks the next start (a stale lock is free).
+
+What a lock holds is this module's to write and to read: the run folder's ``.lock`` holds the
+writer's pid, an output_dir's ``.leviathan-lock`` "pid run_dir". Readers (the start-up check,
+the cockpit's "is the trainer alive") call ``lock_holder`` and ``lock_run``, never parse it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.run.rundir import OUTPUT_LOCK, RunDir
 
 
 class _Lock:
@@ -45,9 +50,15 @@ class _Lock:
             self._fd = None
 
 
+def _parse(content: str) -> tuple[str, str]:
+    """(pid, run folder) of what a lock holds; either may be empty."""
+    pid, _, run = content.strip().partition(" ")
+    return pid, run
+
+
 class RunLock(_Lock):
     def __init__(self, run_dir: str | Path) -> None:
-        super().__init__(Path(run_dir) / ".lock")
+        super().__init__(RunDir(run_dir).lock)
 
     def __enter__(self) -> RunLock:
         holder = self._take(str(os.getpid()))
@@ -63,13 +74,13 @@ class OutputLock(_Lock):
     """``output_dir/.leviathan-lock``, holding the pid and run folder of the run training into it."""
 
     def __init__(self, output_dir: str | Path, run_dir: str | Path) -> None:
-        super().__init__(Path(output_dir) / ".leviathan-lock")
+        super().__init__(Path(output_dir) / OUTPUT_LOCK)
         self.run_dir = Path(run_dir).resolve()
 
     def __enter__(self) -> OutputLock:
         holder = self._take(f"{os.getpid()} {self.run_dir}")
         if holder is not None:
-            pid, _, run = holder.partition(" ")
+            pid, run = _parse(holder)
             run = run or "another run"
             raise UserError(
                 f"{self.path.parent}: run {run} (pid {pid or '?'}) is already training into this output_dir; "
@@ -77,3 +88,43 @@ class OutputLock(_Lock):
                 f"give this run its own output_dir, or watch that one with `leviathan-cockpit attach {run}`",
             )
         return self
+
+
+def _held_pid(folder: Path) -> str:
+    """The pid a folder's lock holds: a run folder's ``.lock`` first, else an output_dir's."""
+    for path in (RunDir(folder).lock, Path(folder) / OUTPUT_LOCK):
+        if path.is_file():
+            pid, _ = _parse(path.read_text())
+            if pid:
+                return pid
+    return ""
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of a live process named in the folder's lock (a run folder or an output_dir),
+    else None.
+
+    Reads the pid the holder wrote and never takes the lock, not even shared for an instant:
+    a trainer starting at that moment would think its run is taken."""
+    try:
+        pid = int(_held_pid(Path(folder)) or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def lock_run(output_dir: str | Path) -> str | None:
+    """The run folder named in an output_dir's lock, if any."""
+    try:
+        _, run = _parse((Path(output_dir) / OUTPUT_LOCK).read_text())
+    except OSError:
+        return None
+    return run or None

@@ -145,13 +145,26 @@ def _fmt(v) -> str:
 
 
 def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
-    import yaml
-
-    d = Path(model_dir)
-    info = lineage.read_info(d)
+    info = lineage.read_info(Path(model_dir))
     cfg = summary.config
     base = info.get("base_model_config") or cfg.get("base_model") or info.get("base_model") or "unknown"
     vision = bool(info.get("vision"))
+    out = _header(info, cfg, base, vision, repo_id)
+    out += _data_section(summary)
+    out += _settings_section(cfg)
+    out += _results_section(summary.final)
+    if summary.checklist:
+        out += ["## Checklist", "", "| check | result | detail |", "|---|---|---|"]
+        out += [f"| {n} | {r} | {d} |" for n, r, d in summary.checklist]
+        out.append("")
+    out += _use_section(repo_id, vision)
+    return "\n".join(out)
+
+
+def _header(info: dict, cfg: dict, base: str, vision: bool, repo_id: str) -> list[str]:
+    """The hub's front matter, the title and what the model is."""
+    import yaml
+
     meta = {
         "library_name": "transformers",
         "pipeline_tag": "image-text-to-text" if vision else "text-generation",
@@ -175,8 +188,11 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     if vision:
         out.append("The vision tower is the base model's, unchanged (training was text-only).")
     out.append("")
+    return out
 
-    out += ["## Training data", ""]
+
+def _data_section(summary: RunSummary) -> list[str]:
+    out = ["## Training data", ""]
     if summary.by_category:
         total = sum(summary.by_category.values()) or 1
         out += ["| _category | rows | share |", "|---|---:|---:|"]
@@ -189,17 +205,22 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     else:
         out.append("No run log was found for this model, so the data mix is unknown.")
     out.append("")
+    return out
 
-    out += ["## Settings", ""]
+
+def _settings_section(cfg: dict) -> list[str]:
+    out = ["## Settings", ""]
     settings = [(k, cfg[k]) for k in SETTINGS if k in cfg and cfg[k] is not None]
     if settings:
         out += ["| key | value |", "|---|---|"] + [f"| `{k}` | {_fmt(v)} |" for k, v in settings]
     else:
         out.append("The run's config.yaml was not found.")
     out.append("")
+    return out
 
-    out += ["## Results", ""]
-    f = summary.final
+
+def _results_section(f: dict) -> list[str]:
+    out = ["## Results", ""]
     rows = [
         (
             "final training loss",
@@ -223,23 +244,19 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     else:
         out.append("No metrics were found in the run log.")
     out.append("")
+    return out
 
-    if summary.checklist:
-        out += ["## Checklist", "", "| check | result | detail |", "|---|---|---|"]
-        out += [f"| {n} | {r} | {d} |" for n, r, d in summary.checklist]
-        out.append("")
 
-    out += [
+def _use_section(repo_id: str, vision: bool) -> list[str]:
+    auto = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
+    return [
         "## Use",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer"
-        if not vision
-        else "from transformers import AutoModelForImageTextToText, AutoTokenizer",
+        f"from transformers import {auto}, AutoTokenizer",
         "",
         f'tok = AutoTokenizer.from_pretrained("{repo_id}")',
-        f"model = {'AutoModelForImageTextToText' if vision else 'AutoModelForCausalLM'}"
-        f'.from_pretrained("{repo_id}", dtype="auto", device_map="auto")',
+        f'model = {auto}.from_pretrained("{repo_id}", dtype="auto", device_map="auto")',
         'messages = [{"role": "user", "content": "Who are you?"}]',
         "inputs = tok.apply_chat_template(",
         '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True',
@@ -253,7 +270,6 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
         "```",
         "",
     ]
-    return "\n".join(out)
 
 
 def _hms(seconds: float) -> str:

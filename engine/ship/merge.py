@@ -231,63 +231,15 @@ def merge(
     tokenizer = load_checkpoint_tokenizer(ckpt, base_name)
     model, vision = load_full_base(base_name, torch_dtype, device, trust)
     progress(0.4, f"loading the adapter {ckpt}")
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(model, str(ckpt))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UserError(
-            f"{ckpt}: this adapter does not fit base model {base_name} ({str(e).splitlines()[0][:200]})",
-            "pass --base with the model the checkpoint was trained on",
-        ) from None
-    model.eval()
-    ids = probe_ids(tokenizer, device) if verify else None
-    with torch.no_grad():
-        before = model(input_ids=ids).logits.float() if verify else None
-        progress(0.5, "merging the adapter into the weights")
-        try:
-            merged = model.merge_and_unload(safe_merge=True, progressbar=False)
-        except ValueError as e:
-            raise UserError(
-                f"{ckpt}: merging gives non-finite weights ({e}); the adapter is broken (diverged training?)",
-                "merge an earlier checkpoint",
-            ) from None
-        diff = (merged(input_ids=ids).logits.float() - before).abs().max().item() if verify else None
-    del before
+    model = _with_adapter(model, ckpt, base_name)
+    merged, diff = _merge_verified(model, tokenizer, ckpt, device, verify, progress)
     _fix_generation_config(merged, tokenizer)
     size = sum(p.numel() * p.element_size() for p in merged.parameters())
     _check_disk(out, size)
 
     progress(0.55, f"writing {lineage.human_size(size)} of safetensors shards")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        merged.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(tmp)
-        folder = base_folder(base_name)
-        if folder is not None:
-            copy_processor_files(folder, tmp)
-        progress(0.95, "syncing to disk")
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-        info = {
-            "kind": "merged",
-            "checkpoint": str(ckpt.resolve()),
-            "step": lineage.checkpoint_meta(ckpt).get("step"),
-            "base_model": base_name,
-            "base_model_config": lineage.checkpoint_meta(ckpt).get("base_model"),
-            "run_dir": str(run) if run else None,
-            "adapter": "qlora" if is_qlora(ckpt) else "lora",
-            "dtype": dtype,
-            "vision": vision,
-            "max_abs_logit_diff": diff,
-            "created_at": time.time(),
-        }
-        lineage.write_info(tmp, info)
-        readable_by_umask(tmp)
-        lineage.fsync_tree(tmp)
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    info = _merged_info(ckpt, base_name, run, dtype, vision, diff)
+    peak = _write_folder(merged, tokenizer, out, base_name, info, max_shard_size, device, progress)
     files = lineage.folder_files(out)
     result = MergeResult(
         output=out,
@@ -313,6 +265,81 @@ def merge(
     )
     progress(1.0, f"merged into {out}")
     return result
+
+
+def _merged_info(ckpt: Path, base_name: str, run: Path | None, dtype: str, vision, diff) -> dict:
+    """What the merged folder's lineage file says (``created_at`` is added as it is written)."""
+    return {
+        "kind": "merged",
+        "checkpoint": str(ckpt.resolve()),
+        "step": lineage.checkpoint_meta(ckpt).get("step"),
+        "base_model": base_name,
+        "base_model_config": lineage.checkpoint_meta(ckpt).get("base_model"),
+        "run_dir": str(run) if run else None,
+        "adapter": "qlora" if is_qlora(ckpt) else "lora",
+        "dtype": dtype,
+        "vision": vision,
+        "max_abs_logit_diff": diff,
+    }
+
+
+def _with_adapter(model, ckpt: Path, base_name: str):
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(ckpt))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(
+            f"{ckpt}: this adapter does not fit base model {base_name} ({str(e).splitlines()[0][:200]})",
+            "pass --base with the model the checkpoint was trained on",
+        ) from None
+    model.eval()
+    return model
+
+
+def _merge_verified(model, tokenizer, ckpt: Path, device: str, verify: bool, progress: Progress):
+    """The merged model, and (``verify``) the largest logit difference it makes on a probe."""
+    import torch
+
+    ids = probe_ids(tokenizer, device) if verify else None
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.float() if verify else None
+        progress(0.5, "merging the adapter into the weights")
+        try:
+            merged = model.merge_and_unload(safe_merge=True, progressbar=False)
+        except ValueError as e:
+            raise UserError(
+                f"{ckpt}: merging gives non-finite weights ({e}); the adapter is broken (diverged training?)",
+                "merge an earlier checkpoint",
+            ) from None
+        diff = (merged(input_ids=ids).logits.float() - before).abs().max().item() if verify else None
+    del before
+    return merged, diff
+
+
+def _write_folder(
+    merged, tokenizer, out: Path, base_name: str, info: dict, max_shard_size: str, device: str, progress
+) -> float | None:
+    """Write the model folder beside ``out`` and swap it in whole; the peak GPU memory (MiB)."""
+    import torch
+
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        folder = base_folder(base_name)
+        if folder is not None:
+            copy_processor_files(folder, tmp)
+        progress(0.95, "syncing to disk")
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+        lineage.write_info(tmp, {**info, "created_at": time.time()})
+        readable_by_umask(tmp)
+        lineage.fsync_tree(tmp)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return peak
 
 
 def _fix_generation_config(model, tokenizer) -> None:

@@ -120,19 +120,10 @@ def quantize(
 ) -> QuantizeResult:
     import torch
 
-    from engine.ship.merge import check_output, copy_processor_files
+    from engine.ship.merge import _replace, check_output
 
     t0 = time.time()
-    if qtype not in TYPES:
-        raise UserError(f"--type {qtype}: not a quantization this knows", f"use one of {', '.join(TYPES)}")
-    progress(0.0, "checking the model folder")
-    src = check_model_dir(model_dir)
-    cfg = model_config(src)
-    if cfg.get("quantization_config"):
-        method = cfg["quantization_config"].get("quant_method", "?")
-        raise UserError(
-            f"{model_dir}: already quantized ({method})", "quantize the merged bf16/fp32 folder instead"
-        )
+    src, cfg = _check_source(model_dir, qtype, progress)
     out = check_output(output, force, [src])
     require_cuda_bnb(qtype)
     info = lineage.read_info(src)
@@ -141,29 +132,14 @@ def quantize(
     torch.cuda.reset_peak_memory_stats()
 
     progress(0.05, f"loading {src} and quantizing to {qtype}")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-    model = auto.from_pretrained(
-        str(src),
-        quantization_config=bnb_config(qtype),
-        dtype=torch.bfloat16,
-        device_map={"": torch.cuda.current_device()},
-        local_files_only=True,
-        trust_remote_code=trust,
-    )
+    tokenizer, model = _load_quantized(src, auto, qtype, trust)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     reload_s = sample = gen_tps = None
     try:
         progress(0.5, f"writing the {qtype} weights")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        copy_processor_files(src, tmp)
-        for extra in ("generation_config.json",):
-            if (src / extra).is_file() and not (tmp / extra).exists():
-                shutil.copyfile(src / extra, tmp / extra)
-        del model
+        _save_folder(model, tokenizer, src, tmp)
+        del model  # the reload check below needs its GPU memory
         torch.cuda.empty_cache()
         if verify:
             progress(0.7, "loading the quantized folder back and generating")
@@ -179,8 +155,6 @@ def quantize(
             },
         )
         lineage.fsync_tree(tmp)
-        from engine.ship.merge import _replace
-
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -202,6 +176,50 @@ def quantize(
     )
     progress(1.0, f"{qtype} model in {out}")
     return result
+
+
+def _check_source(model_dir: str | Path, qtype: str, progress: Progress) -> tuple[Path, dict]:
+    """The folder to quantize and its config.json; UserError for an unknown type or a folder
+    that is quantized already."""
+    if qtype not in TYPES:
+        raise UserError(f"--type {qtype}: not a quantization this knows", f"use one of {', '.join(TYPES)}")
+    progress(0.0, "checking the model folder")
+    src = check_model_dir(model_dir)
+    cfg = model_config(src)
+    if cfg.get("quantization_config"):
+        method = cfg["quantization_config"].get("quant_method", "?")
+        raise UserError(
+            f"{model_dir}: already quantized ({method})", "quantize the merged bf16/fp32 folder instead"
+        )
+    return src, cfg
+
+
+def _load_quantized(src: Path, auto, qtype: str, trust: bool):
+    """(tokenizer, model): the model quantized by bitsandbytes as it loads onto the GPU."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    model = auto.from_pretrained(
+        str(src),
+        quantization_config=bnb_config(qtype),
+        dtype=torch.bfloat16,
+        device_map={"": torch.cuda.current_device()},
+        local_files_only=True,
+        trust_remote_code=trust,
+    )
+    return tokenizer, model
+
+
+def _save_folder(model, tokenizer, src: Path, tmp: Path) -> None:
+    from engine.ship.merge import copy_processor_files
+
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    copy_processor_files(src, tmp)
+    for extra in ("generation_config.json",):
+        if (src / extra).is_file() and not (tmp / extra).exists():
+            shutil.copyfile(src / extra, tmp / extra)
 
 
 def check_reload(folder: Path, auto, tokenizer, qtype: str, trust: bool) -> tuple[float, str, float]:

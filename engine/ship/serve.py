@@ -167,38 +167,12 @@ def write_modelfile(
             "unquantized safetensors",
             "point at the merged folder, and let Ollama quantize: ollama create NAME --quantize q4_K_M -f Modelfile",
         )
-    notes = []
+    notes: list[str] = []
     path = Path(output) if output else src / "Modelfile"
     if path.is_dir():
         path = path / "Modelfile"
     name = name or ollama_name(src)
-    jinja = chat_template_of(src)
-    family = template_family(jinja)
-    stops: list[str] = []
-    if template_file:
-        try:
-            go_template = Path(template_file).read_text()
-        except OSError as e:
-            raise UserError(
-                f"--template {template_file}: cannot read it ({e.strerror})", "check the path"
-            ) from None
-        notes.append(f"TEMPLATE from {template_file}")
-    elif no_template:
-        go_template = None
-        notes.append("no TEMPLATE: Ollama uses the template it detects when it imports the model")
-    elif family is None:
-        what = (
-            "has no chat template" if not jinja else "has a chat template that is neither ChatML nor Llama 3"
-        )
-        raise UserError(
-            f"{src}: the model {what}, so it cannot be translated into Ollama's TEMPLATE",
-            "give one with --template FILE (Ollama Go template syntax), or --no-template to leave it to "
-            "Ollama's own detection",
-        )
-    else:
-        _, go_template, stops = FAMILIES[family]
-        notes.append(f"TEMPLATE translated from the model's {family} chat template")
-
+    family, go_template, stops = _ollama_template(src, template_file, no_template, notes)
     sys_prompt, sys_from = system_prompt_for(src, system, config)
     if sys_prompt:
         notes.append(f"SYSTEM from {sys_from}")
@@ -212,7 +186,51 @@ def write_modelfile(
             "a vision-language model: if `ollama create` cannot import this architecture from safetensors, "
             "convert it to GGUF with llama.cpp and point FROM at the .gguf"
         )
+    text = _modelfile_text(src, path, go_template, sys_prompt, params, stops)
+    lineage.write_text_atomic(path, text)
+    folder = path.resolve().parent
+    command = f"cd {shlex.quote(str(folder))} && ollama create {name} -f {shlex.quote(path.name)}"
+    lineage.record_step(lineage.read_info(src).get("run_dir"), "export_ollama", modelfile=str(path.resolve()))
+    progress(1.0, f"wrote {path}")
+    return Modelfile(path, text, name, family, command, notes)
 
+
+def _ollama_template(
+    src: Path, template_file: str | Path | None, no_template: bool, notes: list[str]
+) -> tuple[str | None, str | None, list[str]]:
+    """(the model's template family, the Go TEMPLATE or None, its stop strings); says where the
+    TEMPLATE came from in ``notes``."""
+    jinja = chat_template_of(src)
+    family = template_family(jinja)
+    if template_file:
+        try:
+            go_template = Path(template_file).read_text()
+        except OSError as e:
+            raise UserError(
+                f"--template {template_file}: cannot read it ({e.strerror})", "check the path"
+            ) from None
+        notes.append(f"TEMPLATE from {template_file}")
+        return family, go_template, []
+    if no_template:
+        notes.append("no TEMPLATE: Ollama uses the template it detects when it imports the model")
+        return family, None, []
+    if family is None:
+        what = (
+            "has no chat template" if not jinja else "has a chat template that is neither ChatML nor Llama 3"
+        )
+        raise UserError(
+            f"{src}: the model {what}, so it cannot be translated into Ollama's TEMPLATE",
+            "give one with --template FILE (Ollama Go template syntax), or --no-template to leave it to "
+            "Ollama's own detection",
+        )
+    _, go_template, stops = FAMILIES[family]
+    notes.append(f"TEMPLATE translated from the model's {family} chat template")
+    return family, go_template, list(stops)
+
+
+def _modelfile_text(
+    src: Path, path: Path, go_template: str | None, sys_prompt: str | None, params: dict, stops: list[str]
+) -> str:
     # Ollama resolves a relative FROM against the Modelfile's folder.
     from_path = os.path.relpath(src.resolve(), path.resolve().parent)
     lines = [
@@ -229,13 +247,7 @@ def write_modelfile(
         f"PARAMETER num_ctx {int(params['num_ctx'])}",
     ]
     lines += [f'PARAMETER stop "{s}"' for s in stops]
-    text = "\n".join(lines) + "\n"
-    lineage.write_text_atomic(path, text)
-    folder = path.resolve().parent
-    command = f"cd {shlex.quote(str(folder))} && ollama create {name} -f {shlex.quote(path.name)}"
-    lineage.record_step(lineage.read_info(src).get("run_dir"), "export_ollama", modelfile=str(path.resolve()))
-    progress(1.0, f"wrote {path}")
-    return Modelfile(path, text, name, family, command, notes)
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.run.runlock import lock_holder, lock_run
 
 
 @dataclass
@@ -205,7 +206,7 @@ def folder_problems(config, run_dir: Path, resume: str, force: bool) -> list[Pro
                 if folder == run_dir
                 else f"another run writes its checkpoints there: give this run its own output_dir, or stop pid {holder}"
             )
-            by = _lock_run(folder)
+            by = lock_run(folder)
             run = f" for run {by}" if by else ""
             out.append(Problem(f"{what} {folder} is in use by a running trainer (pid {holder}){run}", fix))
         elif not _writable(folder):
@@ -253,26 +254,6 @@ def check_setup(config) -> None:
         raise combined(found)
 
 
-def lock_holder(folder: Path) -> int | None:
-    """The pid of a live process named in ``folder/.lock`` (engine.run.runlock), else None.
-
-    Reads the pid the holder wrote and never takes the lock, not even shared for an instant:
-    a trainer starting at that moment would think its run is taken."""
-    try:
-        pid = _lock_pid(Path(folder))
-    except (OSError, ValueError):
-        return None
-    if pid <= 0 or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
 def _writable(folder: Path) -> bool:
     p = Path(folder).absolute()
     while not p.exists():
@@ -286,24 +267,3 @@ def _has_checkpoints(out_dir: Path) -> bool:
     from engine.run import checkpoints
 
     return out_dir.is_dir() and bool(checkpoints.scan(out_dir)[0])
-
-
-def _lock_pid(folder: Path) -> int:
-    """The pid written in the folder's lock: a run folder's ``.lock`` or an output_dir's
-    ``.leviathan-lock`` ("pid run_dir"), see engine.run.runlock."""
-    for name in (".lock", ".leviathan-lock"):
-        f = folder / name
-        if f.is_file():
-            text = f.read_text().split()
-            if text:
-                return int(text[0])
-    return 0
-
-
-def _lock_run(folder: Path) -> str | None:
-    """The run folder named in an output_dir's lock ("pid run_dir"), if any."""
-    try:
-        _, _, run = (folder / ".leviathan-lock").read_text().strip().partition(" ")
-    except OSError:
-        return None
-    return run or None
