@@ -10,33 +10,47 @@ input, key and seed give the same output.
 Memory is bounded by the number of strata, not rows, so a 13 GB corpus samples on a small
 machine:
 
-1. The counting pass parses every line (malformed ones are reported by line number and left
-   out), counts rows per stratum, and writes one 2-byte stratum code per line to a scratch
-   file beside OUT.
-2. The selection pass reads the lines again with those codes and keeps, per stratum, a
-   uniform random subset of exactly the target size: in fixed chunks of lines it draws how
-   many of the stratum's still-needed rows fall in the chunk (a hypergeometric draw, the
-   batched form of Knuth's selection sampling, algorithm S) and which ones. Only the counts
-   per stratum are held.
+1. The counting pass finds each line's stratum, counts rows per stratum, and writes one
+   2-byte stratum code and one length per line to scratch files beside OUT. A line is read
+   at its end (``TailKeys``): one that ends ``, "_category": "coding"}`` is a `coding` row
+   without the rest being parsed. Any other line (blank, cut short, the key elsewhere or
+   not a plain string, ...) is parsed in full, and a malformed one is reported by line
+   number and left out.
+2. The selection pass keeps, per stratum, a uniform random subset of exactly the target
+   size: in fixed chunks of lines it draws how many of the stratum's still-needed rows fall
+   in the chunk (a hypergeometric draw, the batched form of Knuth's selection sampling,
+   algorithm S) and which ones, and copies them, read by offset. Only the counts per
+   stratum are held.
+3. Every kept line is then parsed in full. What the read at the end does not see (bad JSON
+   or UTF-8 between a line's ends) is found here; if a kept line is malformed the run starts
+   again with ``strict`` (every line parsed in full), so a malformed line is never written
+   and the sample is the one ``strict`` gives. A malformed line that is not kept may stay
+   counted in its stratum (``--strict`` reports every one).
+
+For a file of well-formed rows both ways give the same bytes: in a line that is one JSON
+object, a closing brace at its end closes the top-level object, so the member before it is
+a top-level one, and the last of repeated keys is the one ``json`` keeps.
 
 The output is written under a temporary name and renamed at the end: a failed or
 interrupted run leaves no half file.
 
-Speed: lines are read in binary, in blocks. A block whose lines all look like one object a
-line (``{`` first, ``}`` last) goes to msgspec's ``decode_lines`` with a type that holds
-only the key, which validates the whole JSON syntax while skipping every other value; if
-that fails, or the count of values is not the count of lines, each line of the block is
-parsed alone and what msgspec rejects is judged by the standard ``json`` module (the one
-the trainer reads with). Lines with non-ASCII bytes are checked to be UTF-8. Without
-msgspec installed, every line goes through ``json``.
+Speed: lines are read in binary, in blocks, and found with ``bytes.find``; a line's end is
+one ``rfind`` and one dictionary look-up of the bytes from the key to the newline. A full
+parse uses msgspec's ``decode_lines`` with a type that holds only the key, which validates
+the whole JSON syntax while skipping every other value; what msgspec rejects is judged by
+the standard ``json`` module (the one the trainer reads with). Lines with non-ASCII bytes
+are checked to be UTF-8. Without msgspec installed, every full parse goes through ``json``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
+import operator
 import os
+import re
 import shutil
 import sys
 import time
@@ -78,6 +92,13 @@ def add_sample_args(p) -> None:
     p.add_argument(
         "--bad-lines", metavar="FILE", help="also write every malformed line number and reason to FILE"
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="parse every row in full (slower); by default a row is read at its ends and the kept "
+        "rows in full, which finds every malformed row that could be kept but may count one that is "
+        "not kept in its stratum",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -93,7 +114,10 @@ def sample_main(args) -> int:
         meter=meter,
         bad_lines_path=args.bad_lines,
         jobs=max(1, args.jobs),
+        strict=args.strict,
     )
+    if report.recount:
+        print(f"counted again, every row parsed in full: {report.recount}", file=sys.stderr)
     print(report.table())
     if report.bad:
         print(report.bad_summary(), file=sys.stderr)
@@ -121,6 +145,7 @@ class Report:
     output: str = ""
     seconds: float = 0.0
     bytes_in: int = 0
+    recount: str = ""  # why the lines were counted again, parsed in full
 
     @property
     def by_missing_everywhere(self) -> bool:
@@ -196,36 +221,40 @@ class _NoMeter:
 # ---- reading ---------------------------------------------------------------------------------
 
 
-def blocks(f, size: int = BLOCK, limit: int | None = None):
-    """Yield bytes of whole lines (each ending in a newline) read from a binary file.
+def pieces(f, size: int = BLOCK, limit: int | None = None):
+    """Yield ``(data, start, stop)`` read from a binary file: ``data[start:stop]`` is whole lines.
 
-    The last line of a file without a final newline comes as a block of its own, without one.
+    Each read is handed on as it is (no copy); only a line cut by a read's end is joined and
+    comes alone. The last line of a file without a final newline comes alone, without one.
     With ``limit``, reads that many bytes from the current position and no more.
     """
-    buf = bytearray(size)
-    filled = 0
+    carry: list[bytes] = []
     left = limit if limit is not None else -1
-    while True:
-        if filled == len(buf):  # a line longer than the buffer
-            buf.extend(bytes(len(buf)))
-        with memoryview(buf) as view:
-            stop = len(buf) if left < 0 else filled + min(len(buf) - filled, left)
-            with view[filled:stop] as room:
-                n = f.readinto(room) if stop > filled else 0
-            left -= n
-            if not n:
-                if filled:
-                    yield bytes(view[:filled])
-                return
-            filled += n
-            end = buf.rfind(b"\n", 0, filled) + 1
-            if not end:
+    while left:
+        data = f.read(size if left < 0 else min(size, left))
+        if not data:
+            break
+        left -= len(data) if left > 0 else 0
+        start = 0
+        if carry:
+            j = data.find(b"\n")
+            if j < 0:  # a line longer than a read
+                carry.append(data)
                 continue
-            block = bytes(view[:end])
-            rest = filled - end
-            view[:rest] = view[end:filled]
-        filled = rest
-        yield block
+            carry.append(data[: j + 1])
+            line = b"".join(carry)
+            carry = []
+            yield line, 0, len(line)
+            start = j + 1
+        end = data.rfind(b"\n") + 1
+        if end > start:
+            yield data, start, end
+            start = end
+        if start < len(data):
+            carry.append(data[start:])
+    if carry:
+        line = b"".join(carry)
+        yield line, 0, len(line)
 
 
 def split_lines(block: bytes) -> list[bytes]:
@@ -242,7 +271,7 @@ def split_lines(block: bytes) -> list[bytes]:
 class KeyReader:
     """Stratum codes for the lines of a block; malformed and blank lines get SKIP."""
 
-    def __init__(self, key: str, fast: bool = True, bad_sink=None) -> None:
+    def __init__(self, key: str, fast: bool = True, bad_sink=None, ends: bool = False) -> None:
         self.key = key
         self.labels: list[str] = []  # code -> label
         self._by_label: dict[str, int] = {}
@@ -253,6 +282,7 @@ class KeyReader:
         self.bad_sink = bad_sink
         self._mask = self._mask2 = ()  # scratch for the newline scan, grown to the block size
         self.decoder = None
+        self.tail = TailKeys(self) if ends else None
         if fast:
             try:
                 import msgspec
@@ -302,14 +332,21 @@ class KeyReader:
 
     # -- blocks --
 
-    def codes(self, block: bytes, first_line: int) -> tuple[array, bytes]:
-        """Stratum codes (array of uint16) and byte lengths (uint32 bytes) of the block's lines.
+    def codes(
+        self, data: bytes, first_line: int, start: int = 0, stop: int | None = None
+    ) -> tuple[array, bytes]:
+        """Stratum codes (array of uint16) and byte lengths (uint32 bytes) of the lines in
+        ``data[start:stop]``.
 
         A final unterminated piece counts as a line; a length includes the line's newline
         (the unterminated piece is counted as if it had one).
         """
         import numpy as np
 
+        stop = len(data) if stop is None else stop
+        if self.tail is not None:
+            return self.tail.codes(data, first_line, start, stop)
+        block = data if (start, stop) == (0, len(data)) else data[start:stop]
         a = np.frombuffer(block, np.uint8)
         if len(self._mask) < len(a):
             self._mask = np.empty(len(a), bool)
@@ -398,6 +435,102 @@ class KeyReader:
             self._bad(lineno, f"not a JSON object (a {type(obj).__name__})")
             return SKIP
         return self._code_for_label(_label(obj[self.key]) if self.key in obj else MISSING)
+
+
+_SHORT_ESCAPES = {
+    '"': b'\\"',
+    "\\": b"\\\\",
+    "/": b"\\/",
+    "\b": b"\\b",
+    "\f": b"\\f",
+    "\n": b"\\n",
+    "\r": b"\\r",
+    "\t": b"\\t",
+}
+
+
+class TailKeys:
+    """Stratum codes read from the end of each line, without parsing the rest of it.
+
+    A line that ends ``, "KEY": "VALUE"}`` (JSON whitespace allowed around the tokens, VALUE
+    without backslashes or control characters) has VALUE as its stratum when the line is one
+    JSON object: the closing brace then closes the top-level object, so the member before it
+    is a top-level member, and the last of duplicate keys is the one ``json`` keeps. A line
+    without the key's bytes anywhere and no ``\\u`` escape (which could spell the key) is
+    ``(missing)``. Every other line (blank, cut short, the key elsewhere, a number as
+    value, ...) is parsed in full as before, so it is reported and left out.
+
+    What is not checked is the bytes between the ends (JSON syntax, UTF-8); ``sample_file``
+    therefore parses every kept line in full and counts again, parsing every line, if one is
+    malformed.
+    """
+
+    TAIL = 64  # the key is looked for in a line's last TAIL bytes, then WINDOW bytes
+    WINDOW = 512
+
+    def __init__(self, reader: KeyReader) -> None:
+        self.reader = reader
+        self.key = json.dumps(reader.key, ensure_ascii=False).encode()
+        self._suffix: dict[bytes, int] = {}  # the bytes from 2 before the key to the line end
+        # escapes that could spell the key another way (`\\/` is `/`; `\\u` is any character)
+        self._escapes = [b"\\u"] + [e for c, e in _SHORT_ESCAPES.items() if c in reader.key]
+        ws = rb"[ \t\r]*"
+        self._re = re.compile(
+            rb"(?:[\s\S],|,[ \t\r])"
+            + re.escape(self.key)
+            + ws
+            + b":"
+            + ws
+            + rb'("[^"\\\x00-\x1f]*")'
+            + ws
+            + rb"\}"
+            + ws
+        )
+
+    def codes(self, block: bytes, first_line: int, start: int, stop: int) -> tuple[array, bytes]:
+        """Like ``KeyReader.codes``."""
+        ends = []
+        find, add = block.find, ends.append
+        e = find(b"\n", start, stop)
+        while e >= 0:
+            add(e)
+            e = find(b"\n", e + 1, stop)
+        if (ends[-1] + 1 if ends else start) < stop:
+            add(stop)  # the file's last line, unterminated
+        rfind, get, key, tail = block.rfind, self._suffix.get, self.key, self.TAIL
+        # A hit is a known suffix, which holds no newline: a key found in an earlier line
+        # (or none, k = -1: at most 3 bytes) never hits.
+        codes = [get(block[rfind(key, e - tail, e) - 2 : e]) for e in ends]
+        if None in codes:
+            for i, code in enumerate(codes):
+                if code is None:
+                    s, e = ends[i - 1] + 1 if i else start, ends[i]
+                    k = rfind(key, max(s, e - self.WINDOW), e)
+                    codes[i] = self._miss(block, s, k, e, first_line + i)
+        return array("H", codes), _lengths(ends, start)
+
+    def _miss(self, block: bytes, s: int, k: int, e: int, lineno: int) -> int:
+        reader = self.reader
+        if k - 2 >= s:
+            m = self._re.fullmatch(block, k - 2, e)
+            if m is not None:
+                try:
+                    code = reader._code_for_raw(m.group(1))
+                except UnicodeDecodeError:
+                    return reader.line_code(block[s:e], lineno)
+                self._suffix[block[k - 2 : e]] = code
+                return code
+        line = block[s:e]
+        if k < 0 and self.key not in line and not any(esc in line for esc in self._escapes):
+            body = line.strip(b" \t\r")
+            if body[:1] == b"{" and body[-1:] == b"}":
+                return reader._code_for_label(MISSING)
+        return reader.line_code(line, lineno)
+
+
+def _lengths(ends: list[int], start: int) -> bytes:
+    """uint32 line lengths, newline included, from the newline offsets of lines from ``start``."""
+    return array("I", map(operator.sub, ends, itertools.chain((start - 1,), ends))).tobytes()
 
 
 def _label(value) -> str:
@@ -545,11 +678,32 @@ def sample_file(
     bad_lines_path: str | None = None,
     fast: bool = True,
     jobs: int = 1,
+    strict: bool = False,
 ) -> Report:
-    """Write a stratified sample of ``src`` to ``dst``; see the module docstring."""
+    """Write a stratified sample of ``src`` to ``dst``; see the module docstring.
+
+    ``strict`` parses every line in full; otherwise lines are read at their ends and the kept
+    ones parsed in full, and a malformed kept line starts the run again, strict.
+    """
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, fraction, count)
     meter = meter or _NoMeter()
+    args = (src, dst, by, fraction, count, seed, meter, bad_lines_path, fast, jobs)
+    if strict:
+        return _sample(*args, strict=True)
+    try:
+        return _sample(*args, strict=False)
+    except _Recount as e:
+        report = _sample(*args, strict=True)
+        report.recount = str(e)
+        return report
+
+
+class _Recount(Exception):
+    """A kept line that the read at its ends took for a row is malformed."""
+
+
+def _sample(src, dst, by, fraction, count, seed, meter, bad_lines_path, fast, jobs, strict) -> Report:
     t0 = time.perf_counter()
     stat0 = src.stat()
     size = stat0.st_size
@@ -557,7 +711,7 @@ def sample_file(
     tmp = scratch.with_suffix(".tmp")
     bad_sink = open(bad_lines_path, "w") if bad_lines_path else None  # noqa: SIM115
     try:
-        reader = KeyReader(by, fast=fast, bad_sink=bad_sink)
+        reader = KeyReader(by, fast=fast, bad_sink=bad_sink, ends=not strict)
         if jobs > 1 and size >= PARALLEL_MIN:
             lines = _count_parallel(src, size, reader, scratch, meter, jobs, fast)
         else:
@@ -574,6 +728,8 @@ def sample_file(
         want_by_label = targets(counts, fraction, count)
         want = [want_by_label[label] for label in labels]
         _select_pass(src, size, scratch, Selector(totals, want, labels, seed), tmp, meter)
+        if not strict:
+            _verify_sample(tmp, scratch, by, labels, fast)
         stat1 = src.stat()
         if (stat1.st_size, stat1.st_mtime_ns) != (stat0.st_size, stat0.st_mtime_ns):
             raise UserError(
@@ -581,7 +737,7 @@ def sample_file(
             )
         os.replace(tmp, dst)
     finally:
-        for p in (tmp, scratch.with_suffix(".codes"), scratch.with_suffix(".lens")):
+        for p in (tmp, *(scratch.with_suffix(x) for x in (".codes", ".lens", ".kept"))):
             p.unlink(missing_ok=True)
         if bad_sink is not None:
             bad_sink.close()
@@ -633,12 +789,12 @@ def _count_range(src: Path, start: int, stop: int, reader: KeyReader, codes_out,
     lines = done = 0
     with open(src, "rb", buffering=0) as f:
         f.seek(start)
-        for block in blocks(f, limit=stop - start):
-            codes, lengths = reader.codes(block, lines + 1)
+        for data, a, b in pieces(f, limit=stop - start):
+            codes, lengths = reader.codes(data, lines + 1, a, b)
             codes_out.write(codes.tobytes())
             lens_out.write(lengths)
             lines += len(codes)
-            done += len(block)
+            done += b - a
             report(done)
     return lines
 
@@ -651,11 +807,13 @@ def _init_worker(progress) -> None:
     _progress = progress
 
 
-def _count_part(src: str, start: int, stop: int, key: str, fast: bool, part: str, slot: int, want_bad: bool):
+def _count_part(
+    src: str, start: int, stop: int, key: str, fast: bool, part: str, slot: int, want_bad: bool, ends: bool
+):
     """One worker's share of the counting pass: the lines that start in [start, stop)."""
     part_path = Path(part)
     bad_sink = open(part_path.with_suffix(".bad"), "w") if want_bad else None  # noqa: SIM115
-    reader = KeyReader(key, fast=fast, bad_sink=bad_sink)
+    reader = KeyReader(key, fast=fast, bad_sink=bad_sink, ends=ends)
 
     def report(done: int) -> None:
         _progress[slot] = done
@@ -721,7 +879,16 @@ def _count_parallel(
         ) as pool:
             futures = [
                 pool.submit(
-                    _count_part, str(src), a, b, reader.key, fast, str(p), i, reader.bad_sink is not None
+                    _count_part,
+                    str(src),
+                    a,
+                    b,
+                    reader.key,
+                    fast,
+                    str(p),
+                    i,
+                    reader.bad_sink is not None,
+                    reader.tail is not None,
                 )
                 for i, (a, b, p) in enumerate(zip(cuts, cuts[1:], parts, strict=False))
             ]
@@ -773,55 +940,93 @@ def _totals(scratch: Path, n: int) -> list[int]:
 
 
 def _select_pass(src: Path, size: int, scratch: Path, selector: Selector, tmp: Path, meter) -> None:
-    """Copy the chosen lines, reading the file front to back and slicing them out by offset."""
+    """Copy the chosen lines, read by offset (``os.pread``) in runs of nearby lines.
+
+    Beside the sample, ``.kept`` gets each kept line's stratum code (uint16) and line number
+    (int64), for ``_verify_sample``.
+    """
+    import numpy as np
+
     meter.start("pass 2/2 select", size)
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    lo = hi = 0  # buf holds the file's bytes [lo, hi)
-    with open(src, "rb", buffering=0) as f, open(tmp, "wb", buffering=BLOCK) as out:
-        for offsets, lengths in _chosen_lines(scratch, selector):
-            for off, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
-                if off + n > hi and hi < size:  # refill: keep from `off`, read on
-                    keep = hi - off if off < hi else 0
-                    if off > hi:
-                        f.seek(off)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with open(tmp, "wb", buffering=BLOCK) as out, open(scratch.with_suffix(".kept"), "wb") as kept:
+            for offsets, lengths, codes, linenos in _chosen_lines(scratch, selector):
+                kept.write(np.stack([codes.astype(np.int64), linenos]).T.tobytes())
+                for lo, hi, cuts in _runs(offsets, lengths):
+                    data = os.pread(fd, hi - lo, lo)
+                    if hi > size:  # the file's unterminated last line
+                        data += b"\n"
+                    if len(data) != hi - lo or any(data[e - 1] != 10 for _, e in cuts or [(0, len(data))]):
+                        raise UserError(
+                            f"{src} changed while it was being sampled", "run again on a file at rest"
+                        )
+                    if cuts is None:
+                        out.write(data)
                     else:
-                        buf[:keep] = buf[off - lo : hi - lo]
-                    lo, hi = off, off + keep
-                    need = max(BLOCK, n)
-                    if len(buf) < need:
-                        buf = buf[:keep] + bytes(need - keep)
-                        view = memoryview(buf)
-                    while hi - lo < need and hi < size:
-                        got = f.readinto(view[hi - lo :])
-                        if not got:
-                            break
-                        hi += got
+                        with memoryview(data) as view:
+                            for a, b in cuts:
+                                out.write(view[a:b])
                     meter.update(hi)
-                start, stop = off - lo, min(off + n, hi) - lo
-                last = off + n > size  # the file's unterminated last line
-                if stop - start != n - last or (not last and buf[stop - 1] != 10):
-                    raise UserError(
-                        f"{src} changed while it was being sampled", "run again on a file at rest"
-                    )
-                out.write(view[start:stop])
-                if last:
-                    out.write(b"\n")
-        out.flush()
-        os.fsync(out.fileno())
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        os.close(fd)
     meter.update(size, final=True)
 
 
-def _chosen_lines(scratch: Path, selector: Selector):
-    """(byte offsets, byte lengths) of the kept lines, one pair of arrays per chunk of lines."""
+def _runs(offsets, lengths, gap: int = 8192):
+    """(lo, hi, cuts) per run of kept lines read with one call: lines less than ``gap`` bytes
+    apart and within one BLOCK-aligned stretch of the file (a longer line alone). ``cuts`` are
+    the lines' (start, end) within the run, or None when they fill it."""
     import numpy as np
 
-    base = 0
+    if not len(offsets):
+        return
+    ends = offsets + lengths
+    brk = (offsets[1:] - ends[:-1] > gap) | (offsets[1:] // BLOCK != ends[:-1] // BLOCK)
+    bounds = [0, *(np.flatnonzero(brk) + 1).tolist(), len(offsets)]
+    off, end = offsets.tolist(), ends.tolist()
+    for i, j in zip(bounds, bounds[1:], strict=False):
+        lo, hi = off[i], end[j - 1]
+        if j - i == 1 or sum(end[i:j]) - sum(off[i:j]) == hi - lo:
+            yield lo, hi, None
+        else:
+            yield lo, hi, [(o - lo, e - lo) for o, e in zip(off[i:j], end[i:j], strict=True)]
+
+
+def _verify_sample(tmp: Path, scratch: Path, key: str, labels: list[str], fast: bool) -> None:
+    """Parse every line of the written sample in full; ``_Recount`` if one is malformed or of
+    another stratum than the read at its ends said."""
+    import numpy as np
+
+    reader = KeyReader(key, fast=fast)
+    for label in labels:  # the same codes as the counting pass's
+        reader._code_for_label(label)
+    done = 0
+    with open(tmp, "rb", buffering=0) as f, open(scratch.with_suffix(".kept"), "rb") as kept:
+        for data, a, b in pieces(f):
+            got, _ = reader.codes(data, done + 1, a, b)
+            want = np.frombuffer(kept.read(16 * len(got)), np.int64).reshape(-1, 2)
+            wrong = np.flatnonzero(np.frombuffer(got, np.uint16) != want[:, 0])
+            if len(wrong):
+                i = int(wrong[0])
+                why = dict(reader.bad_shown).get(done + 1 + i, f"`{key}` is not the value at the line's end")
+                raise _Recount(f"line {int(want[i, 1])}: {why}")
+            done += len(got)
+
+
+def _chosen_lines(scratch: Path, selector: Selector):
+    """(byte offsets, byte lengths, codes, line numbers) of the kept lines, one chunk at a time."""
+    import numpy as np
+
+    base = first = 0
     with open(scratch.with_suffix(".codes"), "rb") as fc, open(scratch.with_suffix(".lens"), "rb") as fl:
         while chunk := fc.read(CHUNK * 2):
             codes = np.frombuffer(chunk, np.uint16)
             lengths = np.frombuffer(fl.read(CHUNK * 4), np.uint32).astype(np.int64)
             ends = base + np.cumsum(lengths)
             keep = selector.chunk(codes)
-            yield ends[keep] - lengths[keep], lengths[keep]
+            yield ends[keep] - lengths[keep], lengths[keep], codes[keep], keep + (first + 1)
             base = int(ends[-1])
+            first += len(codes)
