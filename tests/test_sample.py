@@ -14,7 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.data import sample as sample_mod
-from engine.data.sample import sample_file, targets, utf8_ok
+from engine.data.sample import sample_file
+from engine.data.sample_count import BLOCK
+from engine.data.sample_keys import MISSING, utf8_ok
+from engine.data.sample_select import targets
 from engine.errors import UserError
 from tests.conftest import cli
 
@@ -51,14 +54,14 @@ def _corpus(path: Path, seed: int = 0, missing: int = 40) -> list[bytes]:
 
 def _cat(line: bytes) -> str:
     obj = json.loads(line)
-    return obj.get("_category", sample_mod.MISSING)
+    return obj.get("_category", MISSING)
 
 
 def _stratum(line: bytes) -> str:
     """The stratum name json gives a line: a string as it is, anything else as JSON."""
     obj = json.loads(line)
     if "_category" not in obj:
-        return sample_mod.MISSING
+        return MISSING
     v = obj["_category"]
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False)
 
@@ -131,7 +134,7 @@ def test_rows_without_the_key_are_their_own_stratum(tmp_path):
     src = tmp_path / "in.jsonl"
     lines = _corpus(src, missing=60)
     report = sample_file(src, tmp_path / "out.jsonl", fraction=0.5, by="_category", seed=0)
-    assert report.counts[sample_mod.MISSING] == 60
+    assert report.counts[MISSING] == 60
     got = (tmp_path / "out.jsonl").read_bytes().splitlines()
     assert sum(1 for x in got if "_category" not in json.loads(x)) == 30
     assert len(lines) == sum(report.counts.values())
@@ -175,7 +178,7 @@ def test_count_gives_exactly_n_rows(tmp_path):
 
 
 def test_last_line_without_newline_and_a_line_longer_than_a_block(tmp_path):
-    big = json.dumps({"_category": "big", "t": "y" * (sample_mod.BLOCK + 12345)}).encode()
+    big = json.dumps({"_category": "big", "t": "y" * (BLOCK + 12345)}).encode()
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"_category": "a"}\r\n' + big + b'\n{"_category": "c"}')
     sample_file(src, tmp_path / "out.jsonl", fraction=1.0)
@@ -335,12 +338,7 @@ def test_read_at_the_end_gives_the_strict_sample_for_well_formed_rows(tmp_path_f
         lines.append(line.encode())
     d = tmp_path_factory.mktemp("ends")
     (d / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    want = Counter(
-        (lambda o: sample_mod._label(o["_category"]) if "_category" in o else sample_mod.MISSING)(
-            json.loads(x)
-        )
-        for x in lines
-    )
+    want = Counter(_stratum(x) for x in lines)
     strict = sample_file(d / "in.jsonl", d / "strict.jsonl", fraction=0.5, seed=seed, strict=True)
     ends = sample_file(d / "in.jsonl", d / "ends.jsonl", fraction=0.5, seed=seed)
     assert ends.counts == strict.counts == dict(want)
