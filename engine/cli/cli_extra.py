@@ -13,7 +13,7 @@ MODULES = {
     "sample": "engine.cli.sample_cli",
     "chat": "engine.cli.chat_cli",
     "eval": "engine.evaluate.evaluate",
-    "checklist": "engine.evaluate.checklist",
+    "checklist": "engine.cli.checklist_cli",
     "merge": "engine.ship.export",
     "quantize": "engine.ship.export",
     "export": "engine.ship.export",
