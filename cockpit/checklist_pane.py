@@ -30,6 +30,7 @@ from textual.widgets import DataTable, Input, Static
 
 from cockpit.messages import JobEnded, ShipRequested
 from engine.evaluate import checklist
+from engine.evaluate.checklist_items import GROUPS, ItemStatus
 
 VALUE_WIDTH = 64
 GLYPHS = {"pass": ("✓", "green"), "fail": ("✗", "red"), "pending": ("·", "dim")}
@@ -47,7 +48,7 @@ def ago(t: float | None, now: float | None = None) -> str:
     return f"{int(s)}s ago"
 
 
-def detail_text(it: checklist.ItemStatus) -> str:
+def detail_text(it: ItemStatus) -> str:
     lines = [f"{it.title}{'' if it.required else ' (optional)'}: {it.status}"]
     if it.ticked:
         lines.append("ticked by hand" + (f": {it.note}" if it.note else ""))
@@ -81,7 +82,7 @@ class ChecklistPane(Vertical):
     class Measured(Message):
         """Posted after every measurement: for a tab title or a status line."""
 
-        items: list[checklist.ItemStatus]
+        items: list[ItemStatus]
         failing: int
 
     def __init__(
@@ -92,7 +93,7 @@ class ChecklistPane(Vertical):
         self.run_dir = Path(run_dir) if run_dir else None
         self.config = config
         self.refresh_s = refresh_s
-        self.items: list[checklist.ItemStatus] = []
+        self.items: list[ItemStatus] = []
         self._noting: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -144,7 +145,7 @@ class ChecklistPane(Vertical):
         with contextlib.suppress(NoMatches):  # the pane is being taken down
             self.query_one("#checklist-summary", Static).update(Text(f"checklist: {message}", style="red"))
 
-    def _show(self, items: list[checklist.ItemStatus]) -> None:
+    def _show(self, items: list[ItemStatus]) -> None:
         self.items = items
         try:
             table = self.query_one(DataTable)
@@ -157,9 +158,7 @@ class ChecklistPane(Vertical):
         for it in items:
             if it.group != group:
                 group = it.group
-                table.add_row(
-                    "", Text(checklist.GROUPS.get(group, group), style="bold"), "", "", key=f"group:{group}"
-                )
+                table.add_row("", Text(GROUPS.get(group, group), style="bold"), "", "", key=f"group:{group}")
             glyph, style = GLYPHS[it.status]
             title = Text(it.title + ("" if it.required else " (optional)"))
             if it.ticked:
@@ -206,7 +205,7 @@ class ChecklistPane(Vertical):
 
     # -- ticking --------------------------------------------------------------------------
 
-    def selected(self) -> checklist.ItemStatus | None:
+    def selected(self) -> ItemStatus | None:
         table = self.query_one(DataTable)
         if not table.row_count:
             return None

@@ -14,6 +14,7 @@ from conftest import cli
 from engine.config.config import validate
 from engine.errors import UserError
 from engine.evaluate import checklist
+from engine.evaluate.checklist_items import ItemStatus, build_items
 from engine.evaluate.evaluate import ResultFile
 from engine.run import lineage
 from engine.run.checkpoints import begin_save, mark_complete
@@ -67,7 +68,7 @@ class Run:
         )
         rf.finish(status)
 
-    def check(self, item_id: str) -> checklist.ItemStatus:
+    def check(self, item_id: str) -> ItemStatus:
         return next(i for i in checklist.evaluate(self.dir, self.config) if i.id == item_id)
 
 
@@ -378,7 +379,7 @@ def test_bad_checklist_config_names_the_key(tmp_path):
         validate(yaml.safe_load(text), tmp_path / "c.yaml", text)
     assert "unknown key" in str(e.value) and "c.yaml:7" in str(e.value)
     with pytest.raises(UserError, match="needs a `title`"):
-        checklist.build_items(
+        build_items(
             validate(
                 {"base_model": "m", "datasets": [{"path": "d"}], "checklist": {"items": [{"id": "new"}]}},
                 tmp_path / "c.yaml",

@@ -15,13 +15,12 @@ from engine.evaluate.evaluate import (
     ResultFile,
     Settings,
     check,
-    extract_code,
     identity_cases,
     inference_cases,
     names_persona,
-    run_code,
     run_suite,
 )
+from engine.evaluate.sandbox import extract_code, run_code
 
 S = Settings(code_timeout_s=5)
 

@@ -166,6 +166,6 @@ def test_the_cycle_finder_sees_imports_inside_functions(tmp_path):
 
 def test_the_config_knows_every_checklist_rule_by_name():
     from engine.config.rule_names import RULE_NAMES
-    from engine.evaluate.checklist import RULES
+    from engine.evaluate.checklist_rules import RULES
 
     assert tuple(RULES) == RULE_NAMES

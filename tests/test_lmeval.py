@@ -125,7 +125,8 @@ def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_
 
 
 def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
-    from engine.evaluate import checklist
+    from engine.evaluate.checklist_items import Item
+    from engine.evaluate.checklist_rules import RULES, Sources
     from engine.evaluate.lmeval import run_lmeval
 
     ckpt, _, _ = persona_checkpoint
@@ -138,20 +139,20 @@ def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
         header={"label": "x"},
         include_path=str(task_dir),
     )
-    src = checklist.Sources(run_dir)
+    src = Sources(run_dir)
     acc = data["tasks"]["tiny_mc"]["value"]
-    item = checklist.Item(
+    item = Item(
         "mc",
         "tiny mc",
         "post_training",
         "lmeval",
         params={"task": "tiny_mc", "metric": "acc_norm", "min": 0.0},
     )
-    m = checklist.RULES["lmeval"](src, item)
+    m = RULES["lmeval"](src, item)
     assert m.status == "pass" and m.value.endswith("acc_norm on x")
     item.params["min"] = acc + 1.01
     item.params["metric"] = "acc"
-    assert checklist.RULES["lmeval"](src, item).status == "fail"
+    assert RULES["lmeval"](src, item).status == "fail"
 
 
 def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):

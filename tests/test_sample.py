@@ -14,7 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.data import sample as sample_mod
-from engine.data.sample import sample_file, targets, utf8_ok
+from engine.data.sample import sample_file
+from engine.data.sample_count import BLOCK
+from engine.data.sample_keys import MISSING, utf8_ok
+from engine.data.sample_select import targets
 from engine.errors import UserError
 from tests.conftest import cli
 
@@ -51,7 +54,16 @@ def _corpus(path: Path, seed: int = 0, missing: int = 40) -> list[bytes]:
 
 def _cat(line: bytes) -> str:
     obj = json.loads(line)
-    return obj.get("_category", sample_mod.MISSING)
+    return obj.get("_category", MISSING)
+
+
+def _stratum(line: bytes) -> str:
+    """The stratum name json gives a line: a string as it is, anything else as JSON."""
+    obj = json.loads(line)
+    if "_category" not in obj:
+        return MISSING
+    v = obj["_category"]
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, ensure_ascii=False)
 
 
 def _is_subsequence(sub: list[bytes], full: list[bytes]) -> bool:
@@ -122,7 +134,7 @@ def test_rows_without_the_key_are_their_own_stratum(tmp_path):
     src = tmp_path / "in.jsonl"
     lines = _corpus(src, missing=60)
     report = sample_file(src, tmp_path / "out.jsonl", fraction=0.5, by="_category", seed=0)
-    assert report.counts[sample_mod.MISSING] == 60
+    assert report.counts[MISSING] == 60
     got = (tmp_path / "out.jsonl").read_bytes().splitlines()
     assert sum(1 for x in got if "_category" not in json.loads(x)) == 30
     assert len(lines) == sum(report.counts.values())
@@ -166,7 +178,7 @@ def test_count_gives_exactly_n_rows(tmp_path):
 
 
 def test_last_line_without_newline_and_a_line_longer_than_a_block(tmp_path):
-    big = json.dumps({"_category": "big", "t": "y" * (sample_mod.BLOCK + 12345)}).encode()
+    big = json.dumps({"_category": "big", "t": "y" * (BLOCK + 12345)}).encode()
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"_category": "a"}\r\n' + big + b'\n{"_category": "c"}')
     sample_file(src, tmp_path / "out.jsonl", fraction=1.0)
@@ -260,8 +272,101 @@ def test_fast_and_plain_json_paths_agree(tmp_path_factory, rows, data):
         lines.append(line.replace("\n", " ").encode())
     d = tmp_path_factory.mktemp("fuzz")
     (d / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    a = sample_file(d / "in.jsonl", d / "fast.jsonl", fraction=0.5, seed=1, fast=True)
-    b = sample_file(d / "in.jsonl", d / "plain.jsonl", fraction=0.5, seed=1, fast=False)
+    a = sample_file(d / "in.jsonl", d / "fast.jsonl", fraction=0.5, seed=1, fast=True, strict=True)
+    b = sample_file(d / "in.jsonl", d / "plain.jsonl", fraction=0.5, seed=1, fast=False, strict=True)
     assert (d / "fast.jsonl").read_bytes() == (d / "plain.jsonl").read_bytes()
     assert [n for n, _ in a.bad_shown] == [n for n, _ in b.bad_shown]
     assert a.counts == b.counts
+    # Read at the ends: never a malformed line written, exact strata of what it counted,
+    # and the strict sample whenever it counted again.
+    c = sample_file(d / "in.jsonl", d / "ends.jsonl", fraction=0.5, seed=1)
+    out = (d / "ends.jsonl").read_bytes().splitlines()
+    assert all(isinstance(json.loads(x), dict) for x in out)
+    assert Counter(_stratum(x) for x in out) == +Counter(targets(c.counts, fraction=0.5))
+    if c.recount:
+        assert (d / "ends.jsonl").read_bytes() == (d / "fast.jsonl").read_bytes()
+        assert c.counts == a.counts and c.bad_shown == a.bad_shown
+
+
+def _key_first(cat, rest: dict) -> str:
+    return json.dumps({"_category": cat, **rest})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.none(),
+                st.sampled_from(["a", "b", "naïve", "東京", 'q"uote', "back\\slash", ""]),
+                st.integers(0, 3),
+            ),
+            st.sampled_from(
+                ["last", "first", "middle", "nested", "twice", "escaped", "compact", "crlf", "pad"]
+            ),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(0, 3),
+)
+def test_read_at_the_end_gives_the_strict_sample_for_well_formed_rows(tmp_path_factory, rows, seed):
+    lines = []
+    for i, (cat, where, ascii_only) in enumerate(rows):
+        body = {"messages": [{"role": "user", "content": f"row {i} ü"}]}
+        has = {} if cat is None else {"_category": cat}
+        dump = lambda o, a=ascii_only, **k: json.dumps(o, ensure_ascii=a, **k)  # noqa: E731
+        if where == "last":
+            line = dump({**body, **has})
+        elif where == "first":
+            line = dump({**has, **body})
+        elif where == "middle":
+            line = dump({**body, **has, "n": i})
+        elif where == "nested":  # a _category inside a message is not the row's
+            line = dump({"messages": [{"role": "user", "content": "x", "_category": "inner"}], **has})
+        elif where == "twice":  # json keeps the last
+            line = dump({**body, "_category": "first"})[:-1] + ", " + dump(has)[1:] if has else dump(body)
+        elif where == "escaped":  # the key spelled with an escape
+            line = dump({**body, **has}).replace('"_category"', '"\\u005fcategory"')
+        elif where == "compact":
+            line = dump({**body, **has}, separators=(",", ":"))
+        elif where == "crlf":
+            line = dump({**body, **has}) + "\r"
+        else:
+            line = "  " + dump({**body, **has}) + " \t"
+        lines.append(line.encode())
+    d = tmp_path_factory.mktemp("ends")
+    (d / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    want = Counter(_stratum(x) for x in lines)
+    strict = sample_file(d / "in.jsonl", d / "strict.jsonl", fraction=0.5, seed=seed, strict=True)
+    ends = sample_file(d / "in.jsonl", d / "ends.jsonl", fraction=0.5, seed=seed)
+    assert ends.counts == strict.counts == dict(want)
+    assert not ends.recount and ends.bad == 0
+    assert (d / "ends.jsonl").read_bytes() == (d / "strict.jsonl").read_bytes()
+
+
+def test_a_kept_line_malformed_inside_means_counting_again(tmp_path):
+    rows = [b'{"_category": "a", "n": %d}' % i for i in range(6)]
+    rows[2] = b'{"messages": [}, "_category": "a"}'  # the end looks right, the middle is not JSON
+    rows[4] = b'{"t": "\xff", "_category": "a"}'  # not UTF-8
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    report = sample_file(src, tmp_path / "out.jsonl", fraction=1.0, bad_lines_path=str(tmp_path / "bad"))
+    assert report.recount.startswith("line 3: bad JSON")
+    assert [n for n, _ in report.bad_shown] == [3, 5] and report.counts == {"a": 4}
+    assert (tmp_path / "out.jsonl").read_bytes().splitlines() == [rows[i] for i in (0, 1, 3, 5)]
+    assert [ln.split("\t")[0] for ln in (tmp_path / "bad").read_text().splitlines()] == ["3", "5"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_strict_and_the_recount_note(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"_category": "a"}\n{"x": [}, "_category": "a"}\n{"_category": "b"}\n')
+    r = cli("sample", src, "-o", tmp_path / "o.jsonl", "--fraction", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "counted again, every row parsed in full: line 2: bad JSON" in r.stderr
+    assert "line 2: bad JSON" in r.stderr.split("malformed line(s) left out")[1]
+    r = cli("sample", src, "-o", tmp_path / "s.jsonl", "--fraction", "1", "--strict", "--no-progress")
+    assert r.returncode == 0 and "counted again" not in r.stderr
+    assert (tmp_path / "s.jsonl").read_bytes() == (tmp_path / "o.jsonl").read_bytes()

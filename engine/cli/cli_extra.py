@@ -10,10 +10,10 @@ import importlib
 
 # command -> module holding `add_args(parser)` and `main(args) -> int`
 MODULES = {
-    "sample": "engine.data.sample",
+    "sample": "engine.cli.sample_cli",
     "chat": "engine.cli.chat_cli",
     "eval": "engine.evaluate.evaluate",
-    "checklist": "engine.evaluate.checklist",
+    "checklist": "engine.cli.checklist_cli",
     "merge": "engine.cli.ship_cli",
     "quantize": "engine.cli.ship_cli",
     "export": "engine.cli.ship_cli",

@@ -1,7 +1,7 @@
 """The checklist's rule names, without the rules.
 
 ``engine.config.evalconfig`` validates ``rule:`` keys against these, so the config layer does not import
-the checklist (which reads run folders); ``engine.evaluate.checklist.RULES`` maps each name to its function
+the checklist (which reads run folders); ``engine.evaluate.checklist_rules.RULES`` maps each name to its function
 and a test keeps the two the same.
 """
 

@@ -5,7 +5,7 @@
 - inference: a JSONL suite, one prompt a line with expectations that must all hold:
   ``contains`` / ``not_contains`` (text, or a list meaning any of them; any case),
   ``regex`` (Python syntax, searched), ``code`` (asserts run after the answer's code block
-  in a subprocess with a time limit; passes only on exit 0).
+  in a subprocess with a time limit, ``engine.evaluate.sandbox``; passes only on exit 0).
 - lmeval: lm-evaluation-harness tasks on the checkpoint (lm-eval's HF model with ``peft=``)
   or a merged model; see ``engine.evaluate.lmeval``.
 
@@ -16,18 +16,15 @@ so a suite that fails midway keeps what it had measured, with ``status: failed``
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.evaluate.sandbox import extract_code, run_code
 from engine.evaluate.scoring import score_line
 from engine.run.rundir import atomic_write_json, eval_dir, find_run_dir, read_json, result_name
 
@@ -190,66 +187,6 @@ def names_persona(answer: str, s: Settings) -> bool:
     if s.identity_match == "substring":
         return s.persona.lower() in answer.lower()
     return re.search(rf"(?<!\w){re.escape(s.persona)}(?!\w)", answer, re.IGNORECASE) is not None
-
-
-_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|$)", re.S)
-
-
-def extract_code(answer: str) -> str:
-    """The answer's Python: its ```python blocks, else its unlabelled blocks, else all of it."""
-    blocks = _FENCE.findall(answer)
-    py = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
-    plain = [code for lang, code in blocks if not lang]
-    chosen = py or plain or [code for _, code in blocks]
-    return "\n\n".join(c.strip("\n") for c in chosen) if chosen else answer
-
-
-def _limits(timeout_s: float):
-    def apply():  # runs in the child before exec: no runaway memory or CPU
-        import resource
-
-        cpu = int(timeout_s) + 2
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        gib = 4 << 30
-        resource.setrlimit(resource.RLIMIT_AS, (gib, gib))
-
-    return apply if os.name == "posix" else None
-
-
-def run_code(code: str, asserts: str | list[str], timeout_s: float) -> tuple[bool, str]:
-    """Run ``code`` then ``asserts`` in a fresh Python (isolated mode, scratch folder)."""
-    tests = asserts if isinstance(asserts, str) else "\n".join(asserts)
-    with tempfile.TemporaryDirectory(prefix="lev-code-") as tmp:
-        prog = Path(tmp) / "answer.py"
-        prog.write_text(code + "\n\n# --- expectations ---\n" + tests + "\n")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1", "HOME": tmp}
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(prog)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_limits(timeout_s),
-        )
-        try:
-            _, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            proc.communicate()
-            return False, f"timed out after {timeout_s:g}s"
-    if proc.returncode == 0:
-        return True, "exit 0"
-    last = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln.strip()]
-    return False, f"exit {proc.returncode}: {last[-1][:200] if last else 'no output'}"
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, AttributeError):
-        proc.kill()
 
 
 def check(answer: str, exp: dict, s: Settings) -> tuple[bool, str]:

@@ -124,14 +124,7 @@ def run_lmeval(
 
     tm = task_manager(tasks, include_path)
     names = resolve_tasks(tasks, tm)
-    risky = unsafe(names, tm)
-    if risky and not allow_code_execution:
-        raise UserError(
-            f"lm-eval task {', '.join(risky)} runs code written by the model",
-            "pass --allow-code-execution to allow it (run it on a machine you can afford to lose)",
-        )
-    if allow_code_execution:
-        os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+    _allow_code(names, tm, allow_code_execution)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = batch_size or ("auto" if device.startswith("cuda") else 1)
     args, record = model_spec(model_path, base)
@@ -140,18 +133,7 @@ def run_lmeval(
 
     from engine.evaluate.lmeval_engine import model_class
 
-    data = {
-        **(header or {}),
-        "suite": "lmeval",
-        "status": "running",
-        "started": time.time(),
-        "finished": None,
-        "planned": names,
-        "lm_eval_version": getattr(lm_eval, "__version__", "?"),
-        "model_args": record,
-        "limit": limit,
-        "tasks": {},
-    }
+    data = _result_header(header, names, getattr(lm_eval, "__version__", "?"), record, limit)
 
     def save():
         if out_file is not None:
@@ -172,31 +154,70 @@ def run_lmeval(
                 log_samples=False,
                 confirm_run_unsafe_code=allow_code_execution,
             )
-            for task, metrics in (res or {}).get("results", {}).items():
-                n = (res.get("n-samples", {}).get(task) or {}).get("effective")
-                entry = {"metrics": metrics, "n": n, "seconds": round(time.time() - t0, 1)}
-                best = primary_metric(metrics)
-                if best:
-                    entry["metric"], entry["value"] = best
-                    if n:
-                        entry["passed"], entry["total"] = round(best[1] * n), n
-                data["tasks"][task] = entry
+            data["tasks"].update(_task_entries(res, time.time() - t0))
             save()
     except BaseException as e:
         data.update(status="failed", finished=time.time(), error=f"{type(e).__name__}: {e}")
         save()
-        if "marked as unsafe" in str(e):
-            raise UserError(str(e), "pass --allow-code-execution") from None
-        if _is_offline_error(e):
-            raise UserError(
-                f"lm-eval could not get the data set of task `{name}` ({type(e).__name__}); nothing is downloaded "
-                "at run time here",
-                "fetch it once where the Hub is reachable (it lands in the datasets cache), or use a local task YAML",
-            ) from None
+        _raise_for_user(e, name)
         raise
     data.update(status="completed", finished=time.time())
     save()
     return data
+
+
+def _allow_code(names: list[str], tm, allowed: bool) -> None:
+    """Refuse tasks that run model-written code unless allowed; allow them in lm-eval if so."""
+    risky = unsafe(names, tm)
+    if risky and not allowed:
+        raise UserError(
+            f"lm-eval task {', '.join(risky)} runs code written by the model",
+            "pass --allow-code-execution to allow it (run it on a machine you can afford to lose)",
+        )
+    if allowed:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+
+
+def _result_header(header: dict | None, names: list[str], version: str, record: dict, limit) -> dict:
+    return {
+        **(header or {}),
+        "suite": "lmeval",
+        "status": "running",
+        "started": time.time(),
+        "finished": None,
+        "planned": names,
+        "lm_eval_version": version,
+        "model_args": record,
+        "limit": limit,
+        "tasks": {},
+    }
+
+
+def _task_entries(res: dict | None, seconds: float) -> dict:
+    """Per task of one ``simple_evaluate`` result: its metrics, sample count, primary metric."""
+    out = {}
+    for task, metrics in (res or {}).get("results", {}).items():
+        n = (res.get("n-samples", {}).get(task) or {}).get("effective")
+        entry = {"metrics": metrics, "n": n, "seconds": round(seconds, 1)}
+        best = primary_metric(metrics)
+        if best:
+            entry["metric"], entry["value"] = best
+            if n:
+                entry["passed"], entry["total"] = round(best[1] * n), n
+        out[task] = entry
+    return out
+
+
+def _raise_for_user(e: BaseException, name: str) -> None:
+    """The failures a user can fix, as a ``UserError``; anything else is left to propagate."""
+    if "marked as unsafe" in str(e):
+        raise UserError(str(e), "pass --allow-code-execution") from None
+    if _is_offline_error(e):
+        raise UserError(
+            f"lm-eval could not get the data set of task `{name}` ({type(e).__name__}); nothing is downloaded "
+            "at run time here",
+            "fetch it once where the Hub is reachable (it lands in the datasets cache), or use a local task YAML",
+        ) from None
 
 
 def _is_offline_error(e: BaseException) -> bool:

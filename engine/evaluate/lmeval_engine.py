@@ -8,29 +8,33 @@ loads them), with one change: generation tasks (``generate_until``) run through
 instead of ``model.generate``. Greedy answers are the same tokens ``hf`` produces; a row
 stops at the model's EOS or once its text holds one of the task's ``until`` strings
 (lm-eval cuts the text there either way).
+
+Imports lm-eval: ``engine.evaluate.lmeval`` imports this module once it has checked that
+lm-eval is installed.
 """
 
 from __future__ import annotations
 
 import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
 
 NAME = "leviathan"
 _registered = None
 
 
+class EngineLM(HFLM):
+    """lm-eval's ``hf`` model, its generation through ``engine_generate``."""
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **kwargs) -> torch.Tensor:
+        return engine_generate(self, context, max_length, stop, **kwargs)
+
+
 def model_class():
-    """The registered ``leviathan`` model class (lm-eval imported on first use)."""
+    """The registered ``leviathan`` model class (registered on first use)."""
     global _registered
     if _registered is not None:
         return _registered
-    from lm_eval.api.registry import register_model
-    from lm_eval.models.huggingface import HFLM
-
-    class EngineLM(HFLM):
-        def _model_generate(self, context, max_length: int, stop: list[str], **kwargs) -> torch.Tensor:
-            return engine_generate(self, context, max_length, stop, **kwargs)
-
-    EngineLM.__name__ = EngineLM.__qualname__ = "EngineLM"
     try:
         _registered = register_model(NAME)(EngineLM)
     except (AssertionError, ValueError):  # registered already (a second import path)
