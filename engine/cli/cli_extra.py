@@ -12,7 +12,7 @@ import importlib
 MODULES = {
     "sample": "engine.cli.sample_cli",
     "chat": "engine.cli.chat_cli",
-    "eval": "engine.evaluate.evaluate",
+    "eval": "engine.cli.eval_cli",
     "checklist": "engine.cli.checklist_cli",
     "merge": "engine.cli.ship_cli",
     "quantize": "engine.cli.ship_cli",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -223,39 +222,3 @@ def _raise_for_user(e: BaseException, name: str) -> None:
 def _is_offline_error(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return any(w in text for w in ("offline", "connectionerror", "couldn't reach", "datasetnotfound"))
-
-
-def lmeval_main(args, target) -> int:
-    require()
-    ev = getattr(target.config, "evaluation", None)
-    tasks = args.tasks or (ev.lmeval_tasks if ev else ["humaneval", "truthfulqa_mc"])
-    path = target.result_path("lmeval")
-    data = run_lmeval(
-        args.model,
-        tasks,
-        out_file=path,
-        header=target.header,
-        base=args.base,
-        include_path=args.include_path,
-        allow_code_execution=args.allow_code_execution,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        log=lambda m: print(m, file=sys.stderr),
-    )
-    from engine.evaluate.scoring import score_line
-
-    for task, t in data["tasks"].items():
-        if "value" not in t:
-            print(f"{task}: no metric")
-        elif "total" in t:
-            print(f"{task}: {t['metric']} {score_line(t['passed'], t['total'])}")
-        else:
-            print(f"{task}: {t['metric']} {t['value']:.4f}")
-    if path:
-        print(f"result: {path}", file=sys.stderr)
-    else:
-        print(
-            "note: no run folder found for this model; pass --run-dir or --out to keep the result",
-            file=sys.stderr,
-        )
-    return 0
