@@ -102,7 +102,7 @@ class LeviathanTrainer(SFTTrainer):
                 self, lambda: super(LeviathanTrainer, self)._save_checkpoint(model, trial)
             )
 
-    # -- the guard's hooks (engine/train/guard.py); each is a None check without one ----------------
+    # -- the guard's hooks (engine/train/guard/core.py); each is a None check without one -----------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
