@@ -24,12 +24,12 @@ import trl
 
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
-OURS = {"_add_metric", "_compute_loss", "_flush_tokens", "curriculum_rows"}  # ours, not overrides
-TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum")
+OURS = {"_add_metric", "_compute_loss", "_flush_tokens"}  # ours, not overrides
+TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum_trainer")
 
 
 def _tree(module: str) -> ast.AST:
-    """Our module's syntax tree, found by name (not imported: curriculum builds its class on use)."""
+    """Our module's syntax tree, found by name (read, not imported)."""
     return ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
 
 

@@ -235,11 +235,9 @@ def build_trainer(
     # The prepared views (engine.data.packview): packed as planned at preparation, labels built per batch.
     train_dataset = prepared.view("train", config.sample_packing)
     if config.curriculum is not None:  # phases by category: a sampler over the training set
-        from engine.data.packview import Subset
-        from engine.train.curriculum import curriculum_trainer
+        from engine.train.curriculum_trainer import curriculum_setup
 
-        trainer_cls, callbacks = curriculum_trainer(config, prepared.train, callback)
-        train_dataset = trainer_cls.curriculum_rows(Subset(prepared.reader, prepared.index["train_rows"]))
+        trainer_cls, callbacks, train_dataset = curriculum_setup(config, prepared, callback)
     trainer = trainer_cls(
         model=model,
         args=args,
