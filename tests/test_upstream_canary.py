@@ -1,7 +1,7 @@
 """Canary for an upgrade of transformers, TRL or peft: what we override or pass still exists.
 
 ``engine/train/trainer.py`` (and the curriculum trainer) override private ``Trainer`` / ``SFTTrainer``
-hooks and read private trainer state; ``engine/train/train.py``, ``engine/train/dist.py`` and
+hooks and read private trainer state; ``engine/train/build.py``, ``engine/train/dist.py`` and
 ``engine/model/model.py`` pass keyword arguments to ``SFTConfig``, ``LoraConfig`` and
 ``BitsAndBytesConfig``. An upgrade that renames one fails silently at best (a hook never called)
 or deep in a run at worst. These tests read our source with ``ast`` (so new overrides and new
@@ -117,7 +117,7 @@ PRIVATE_STATE = [
     (transformers.Trainer, "self.compute_loss_func"),
     (trl.SFTTrainer, "self._metrics"),  # engine/train/trainer.py clears TRL's per-step metrics
     (trl.SFTTrainer, "self.aux_loss_enabled"),
-    (transformers.TrainingArguments, "self._n_gpu"),  # engine/train/train.py: one GPU per process
+    (transformers.TrainingArguments, "self._n_gpu"),  # engine/train/build.py: one GPU per process
 ]
 
 
@@ -224,11 +224,11 @@ def test_the_keywords_we_pass_upstream_are_still_accepted():
     from trl import SFTConfig
 
     checks = [
-        ("train.py SFTConfig(...)", _keywords("engine.train.train", "SFTConfig"), _named_params(SFTConfig)),
+        ("build.py SFTConfig(...)", _keywords("engine.train.build", "SFTConfig"), _named_params(SFTConfig)),
         ("dist.py trainer_args()", _dict_keys("engine.train.dist", "trainer_args"), _named_params(SFTConfig)),
         (
-            "train.py trainer_cls(...)",
-            _keywords("engine.train.train", "trainer_cls"),
+            "build.py trainer_cls(...)",
+            _keywords("engine.train.build", "trainer_cls"),
             _named_params(trl.SFTTrainer.__init__),
         ),
         (

@@ -110,7 +110,7 @@ class LeviathanTrainer(SFTTrainer):
             self.guard.on_batches(self, batches, num_items)
         return batches, num_items
 
-    offload_activations = False  # gradient_checkpointing: offload (set by engine.train.train)
+    offload_activations = False  # gradient_checkpointing: offload (set by engine.train.build)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # With checkpointing, what autograd saves is mostly each layer's input: kept in pinned CPU
