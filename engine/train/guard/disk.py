@@ -190,7 +190,7 @@ class DiskGuard:
 
     def _hold(
         self, trainer, disk: _Disk, step: int, message: str, present: bool, ready, free=None, need=None
-    ):
+    ) -> bool:
         """Alert that ``disk`` is full, then pause until ``ready()`` (True: the operator resumed
         to try anyway). Headless, where nobody can free space while it waits: exit 2."""
         log = self.g.log
