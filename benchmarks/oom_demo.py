@@ -65,7 +65,7 @@ def pick_micro(model_dir: Path) -> tuple[int, str]:
     from transformers import AutoConfig
 
     from engine.model.memory import estimate_bytes
-    from engine.train.train import liger_available
+    from engine.train.build import liger_available
 
     cfg = AutoConfig.from_pretrained(model_dir)
     total = torch.cuda.get_device_properties(0).total_memory

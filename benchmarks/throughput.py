@@ -175,7 +175,8 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     from engine.model import attention
     from engine.model.memory import estimate_bytes
     from engine.model.model import attach_lora
-    from engine.train.train import RunPaths, build_trainer, liger_available
+    from engine.train.build import build_trainer, liger_available
+    from engine.train.train import RunPaths
 
     model.config._attn_implementation = attention.register()
     config = RunConfig.model_validate(

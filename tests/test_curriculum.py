@@ -14,6 +14,7 @@ from engine.errors import UserError
 from engine.run.control import Controls
 from engine.run.events import read_events
 from engine.train import curriculum as cur
+from engine.train import curriculum_trainer
 from tests.conftest import base_config, write_jsonl
 
 NAMES = ["general", "coding", "reasoning", "psychology", "esoteric", "identity"]
@@ -199,13 +200,13 @@ def one_thread():
 def served(monkeypatch):
     """Every (position, example ids) the training dataloader asks for, in order."""
     seen: list[tuple[int, tuple]] = []
-    original = cur.CurriculumDataset.__getitem__
+    original = curriculum_trainer.CurriculumDataset.__getitem__
 
     def spy(self, position):
         seen.append((int(position), tuple(self.plan.row(int(position)).tolist())))
         return original(self, position)
 
-    monkeypatch.setattr(cur.CurriculumDataset, "__getitem__", spy)
+    monkeypatch.setattr(curriculum_trainer.CurriculumDataset, "__getitem__", spy)
     return seen
 
 

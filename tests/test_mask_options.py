@@ -8,7 +8,7 @@ from engine.config.config import validate
 from engine.data.masks import MaskOptions
 from engine.errors import UserError
 from engine.run import checkpoints
-from engine.train.train import _check_compatible, fingerprint
+from engine.train.resume import check_compatible, fingerprint
 from tests.conftest import DEMO_DATA, base_config
 
 
@@ -41,7 +41,7 @@ def test_a_checkpoint_from_before_the_options_still_resumes(tmp_path):
         **fp,
         "datasets": [{"path": d["path"], "type": d["type"], "field_messages": None} for d in fp["datasets"]],
     }
-    _check_compatible(checkpoints.Checkpoint(tmp_path, 1, {"fingerprint": old}), config)  # no error
+    check_compatible(checkpoints.Checkpoint(tmp_path, 1, {"fingerprint": old}), config)  # no error
     changed = {**fp, "datasets": [{**fp["datasets"][0], "train_on_eos": "none"}]}
     with pytest.raises(UserError, match="different config"):
-        _check_compatible(checkpoints.Checkpoint(tmp_path, 1, {"fingerprint": changed}), config)
+        check_compatible(checkpoints.Checkpoint(tmp_path, 1, {"fingerprint": changed}), config)

@@ -1,7 +1,7 @@
 """Canary for an upgrade of transformers, TRL or peft: what we override or pass still exists.
 
 ``engine/train/trainer.py`` (and the curriculum trainer) override private ``Trainer`` / ``SFTTrainer``
-hooks and read private trainer state; ``engine/train/train.py``, ``engine/train/dist.py`` and
+hooks and read private trainer state; ``engine/train/build.py``, ``engine/train/dist.py`` and
 ``engine/model/model.py`` pass keyword arguments to ``SFTConfig``, ``LoraConfig`` and
 ``BitsAndBytesConfig``. An upgrade that renames one fails silently at best (a hook never called)
 or deep in a run at worst. These tests read our source with ``ast`` (so new overrides and new
@@ -24,13 +24,17 @@ import trl
 
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
-OURS = {"_add_metric", "_compute_loss", "_flush_tokens", "curriculum_rows"}  # ours, not overrides
-TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum")
+OURS = {"_add_metric", "_compute_loss", "_flush_tokens"}  # ours, not overrides
+TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum_trainer")
 
 
 def _tree(module: str) -> ast.AST:
-    """Our module's syntax tree, found by name (not imported: curriculum builds its class on use)."""
+    """Our module's syntax tree, found by name (read, not imported)."""
     return ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+
+
+def _is_trainer_class(node: ast.ClassDef) -> bool:
+    return any(getattr(b, "id", None) in ("SFTTrainer", "LeviathanTrainer") for b in node.bases)
 
 
 def _trainer_classes():
@@ -38,9 +42,7 @@ def _trainer_classes():
     for name in TRAINER_MODULES:
         tree = _tree(name)
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and any(
-                getattr(b, "id", None) in ("SFTTrainer", "LeviathanTrainer") for b in node.bases
-            ):
+            if isinstance(node, ast.ClassDef) and _is_trainer_class(node):
                 yield name, node
 
 
@@ -106,21 +108,68 @@ def _source_of(obj) -> str:
     return inspect.getsource(inspect.getmodule(obj))
 
 
-@pytest.mark.parametrize(
-    ("owner", "attribute"),
-    [
-        (transformers.Trainer, "self._tr_loss"),  # engine/train/guard.py zeroes it after a skipped step
-        (transformers.Trainer, "self._globalstep_last_logged"),  # engine/train/guard.py
-        (transformers.Trainer, "self.label_smoother"),  # engine/train/trainer.py falls back to TRL's loss
-        (transformers.Trainer, "self.compute_loss_func"),
-        (trl.SFTTrainer, "self._metrics"),  # engine/train/trainer.py clears TRL's per-step metrics
-        (trl.SFTTrainer, "self.aux_loss_enabled"),
-    ],
-)
+# Upstream's state we read or set. Private names are found in our code by
+# test_every_private_trainer_attribute_we_touch_is_listed: one missing here fails that test.
+PRIVATE_STATE = [
+    (transformers.Trainer, "self._tr_loss"),  # engine/train/guard/nan.py zeroes it after a skipped step
+    (transformers.Trainer, "self._globalstep_last_logged"),  # engine/train/guard/nan.py
+    (transformers.Trainer, "self.label_smoother"),  # engine/train/trainer.py falls back to TRL's loss
+    (transformers.Trainer, "self.compute_loss_func"),
+    (trl.SFTTrainer, "self._metrics"),  # engine/train/trainer.py clears TRL's per-step metrics
+    (trl.SFTTrainer, "self.aux_loss_enabled"),
+    (transformers.TrainingArguments, "self._n_gpu"),  # engine/train/build.py: one GPU per process
+]
+
+
+@pytest.mark.parametrize(("owner", "attribute"), PRIVATE_STATE)
 def test_private_trainer_state_we_read_is_still_set_upstream(owner, attribute):
     assert f"{attribute} =" in _source_of(owner), (
-        f"{owner.__qualname__} no longer sets `{attribute}` ({VERSIONS}); engine/train/trainer.py or engine/train/guard.py reads it"
+        f"{owner.__qualname__} no longer sets `{attribute}` ({VERSIONS}); engine/train/ reads it"
     )
+
+
+def _private_accesses():
+    """(where, name) for each private attribute engine/train/ touches on a trainer (``trainer._x``,
+    ``self._x`` in our trainer classes) or on its arguments (``args._x``)."""
+    root = Path(importlib.util.find_spec("engine.train").origin).parent
+    for f in sorted(root.rglob("*.py")):
+        tree = ast.parse(f.read_text())
+        classes = [c for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and _is_trainer_class(c)]
+        in_class = {id(n) for c in classes for n in ast.walk(c)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+                continue
+            name, owner = node.attr, node.value.id
+            on_trainer = owner in ("trainer", "args") or (owner == "self" and id(node) in in_class)
+            if on_trainer and name.startswith("_") and not name.startswith("__"):
+                yield f"{f.relative_to(root.parent.parent)}:{node.lineno}", name
+
+
+def _ours() -> set[str]:
+    """Methods of our trainer classes and the attributes their ``__init__`` sets."""
+    names = set(OURS)
+    for _, cls in _trainer_classes():
+        for node in cls.body:
+            if isinstance(node, ast.FunctionDef):
+                names.add(node.name)
+                if node.name == "__init__":
+                    names |= {
+                        t.attr
+                        for a in ast.walk(node)
+                        if isinstance(a, (ast.Assign, ast.AnnAssign))
+                        for t in (a.targets if isinstance(a, ast.Assign) else [a.target])
+                        if isinstance(t, ast.Attribute)
+                    }
+    return names
+
+
+def test_every_private_trainer_attribute_we_touch_is_listed():
+    found = list(_private_accesses())
+    names = {n for _, n in found}
+    assert {"_tr_loss", "_globalstep_last_logged", "_metric_sums"} <= names  # the walk sees the guard
+    listed = {attribute.removeprefix("self.") for _, attribute in PRIVATE_STATE}
+    missing = sorted({f"{where}: {name}" for where, name in found if name not in listed | _ours()})
+    assert not missing, "upstream's private state we touch, not in PRIVATE_STATE:\n" + "\n".join(missing)
 
 
 def test_the_fused_lm_head_still_gives_what_our_loss_reads():
@@ -175,11 +224,11 @@ def test_the_keywords_we_pass_upstream_are_still_accepted():
     from trl import SFTConfig
 
     checks = [
-        ("train.py SFTConfig(...)", _keywords("engine.train.train", "SFTConfig"), _named_params(SFTConfig)),
+        ("build.py SFTConfig(...)", _keywords("engine.train.build", "SFTConfig"), _named_params(SFTConfig)),
         ("dist.py trainer_args()", _dict_keys("engine.train.dist", "trainer_args"), _named_params(SFTConfig)),
         (
-            "train.py trainer_cls(...)",
-            _keywords("engine.train.train", "trainer_cls"),
+            "build.py trainer_cls(...)",
+            _keywords("engine.train.build", "trainer_cls"),
             _named_params(trl.SFTTrainer.__init__),
         ),
         (

@@ -4,7 +4,7 @@ The config's ``curriculum.phases`` say, over spans of epochs, what share of the 
 each ``_category`` gets. Nothing is rewritten on disk: a :class:`Plan` decides, for every
 row the trainer will see, which tokenized examples go in it.
 
-How it fits TRL's ``SFTTrainer`` (see ``curriculum_trainer``):
+How it fits TRL's ``SFTTrainer`` (engine/train/curriculum_trainer.py):
 
 - An epoch is ``rows_per_epoch`` rows: the number of rows the training set packs into when
   every example is taken once (the natural mix). ``max_steps``, the LR schedule and the
@@ -360,7 +360,7 @@ class Plan:
                     "start_epoch": seg.start_epoch,
                     "end_epoch": round(stop / self.rows_per_epoch, 4),
                     "rows": stop - seg.row_start,
-                    "weights": _rounded(seg.shares),
+                    "weights": rounded(seg.shares),
                     "draws": self.named(draws),
                     "passes": {
                         self.names[c]: round(int(d) / int(self.sizes[c]), 3)
@@ -400,7 +400,7 @@ def preview(config, categories: list[str], lengths) -> str:
     return "\n".join(out)
 
 
-def _rounded(shares: dict[str, float] | None) -> dict[str, float] | None:
+def rounded(shares: dict[str, float] | None) -> dict[str, float] | None:
     return None if shares is None else {k: round(v, 4) for k, v in shares.items()}
 
 
@@ -411,209 +411,3 @@ def rows_consumed(plan: Plan, step: int, micro: int, accum: int, world: int = 1)
     steps_per_epoch = math.ceil(batches / accum)
     e, k = divmod(step, steps_per_epoch)
     return e * plan.rows_per_epoch + min(k * accum * per_batch, plan.rows_per_epoch)
-
-
-# ---- the trainer side -----------------------------------------------------------------------
-
-
-def plan_for(config, train_dataset) -> Plan:
-    """The plan for a tokenized training set with ``input_ids`` and ``category`` columns."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    names: list[str] = []
-    index: dict[str, int] = {}
-    cats, lens = [], []
-    table = train_dataset.select_columns(["input_ids", "category"]).with_format("arrow")
-    for batch in table.iter(batch_size=1 << 16):
-        lens.append(pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False))
-        enc = pc.dictionary_encode(batch["category"]).combine_chunks()
-        lut = np.array([index.setdefault(v, len(index)) for v in enc.dictionary.to_pylist()], np.int32)
-        cats.append(lut[enc.indices.to_numpy(zero_copy_only=False)])
-    names = sorted(index, key=index.get)
-    return Plan(
-        np.concatenate(cats) if cats else np.zeros(0, np.int32),
-        names,
-        np.concatenate(lens) if lens else np.zeros(0, np.int64),
-        config.curriculum.phases,
-        seed=config.seed,
-        max_length=config.sequence_len,
-        packing=config.sample_packing,
-    )
-
-
-class CurriculumDataset:
-    """The training rows, by run position; made a torch Dataset in ``curriculum_trainer``."""
-
-    def __init__(self, base, plan: Plan, packing: bool) -> None:
-        self.base, self.plan, self.packing = base, plan, packing
-
-    def __len__(self) -> int:
-        return self.plan.rows_per_epoch
-
-    def __getitem__(self, position: int) -> dict:
-        ids = self.plan.row(int(position)).tolist()
-        cols = self.base[ids]
-        if not self.packing:
-            return {"input_ids": cols["input_ids"][0], "labels": cols["labels"][0]}
-        input_ids, labels = [], []
-        for a, b in zip(cols["input_ids"], cols["labels"], strict=True):
-            input_ids += a
-            labels += b
-        return {"input_ids": input_ids, "labels": labels, "seq_lengths": [len(a) for a in cols["input_ids"]]}
-
-
-class CurriculumSampler:
-    """Positions ``epoch * rows_per_epoch + i`` in order; the Trainer calls ``set_epoch``."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.plan.rows_per_epoch
-
-    def __iter__(self):
-        start = self.epoch * self.plan.rows_per_epoch
-        return iter(range(start, start + self.plan.rows_per_epoch))
-
-
-def curriculum_trainer(config, train_dataset, callback):
-    """(LeviathanTrainer subclass, callbacks) that train ``train_dataset`` by the config's curriculum.
-
-    ``train_dataset`` must still have its ``category`` column; the trainer is then given it
-    without (as usual). Two hooks of the subclass: TRL's preparation of the training set is
-    replaced by the plan's rows (TRL still prepares the eval set), and the Trainer's sampler
-    by :class:`CurriculumSampler`.
-    """
-    import torch
-
-    from engine.train.trainer import LeviathanTrainer
-
-    plan = plan_for(config, train_dataset)
-    packing = config.sample_packing
-
-    class Rows(CurriculumDataset, torch.utils.data.Dataset):
-        pass
-
-    class Sampler(CurriculumSampler, torch.utils.data.Sampler):
-        pass
-
-    class CurriculumSFTTrainer(LeviathanTrainer):
-        curriculum_plan = plan
-
-        @staticmethod
-        def curriculum_rows(base):
-            """The training rows by run position, over ``base`` (rows by number: ids and labels)."""
-            return Rows(base, plan, packing)
-
-        def _prepare_dataset(self, dataset, *args, **kwargs):
-            name = kwargs.get("dataset_name", args[-1] if args else None)
-            if name == "train":
-                return Rows(dataset, plan, packing)
-            return super()._prepare_dataset(dataset, *args, **kwargs)
-
-        def _get_train_sampler(self, *args, **kwargs):
-            return Sampler(plan)
-
-    return CurriculumSFTTrainer, [callback, _callback(plan, callback.log, config.curriculum.mix_every)]
-
-
-def _callback(plan: Plan, log, mix_every: int):
-    from transformers import TrainerCallback
-
-    class CurriculumCallback(TrainerCallback):
-        """Run log records: ``curriculum`` (the plan), ``phase`` changes, ``mix`` seen so far."""
-
-        def __init__(self) -> None:
-            self.segment: Segment | None = None
-
-        def _rows(self, args, state) -> int:
-            return rows_consumed(
-                plan,
-                state.global_step,
-                args.per_device_train_batch_size,
-                args.gradient_accumulation_steps,
-                args.world_size,
-            )
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            end_rows = rows_consumed(
-                plan,
-                state.max_steps,
-                args.per_device_train_batch_size,
-                args.gradient_accumulation_steps,
-                args.world_size,
-            )
-            self._emit_plan(args, state, end_rows)
-            self.segment = None
-            self._check(args, state, resumed=state.global_step > 0)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                self._check(args, state)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                self._mix(args, state)
-
-        def _check(self, args, state, resumed: bool = False) -> None:
-            rows = self._rows(args, state)
-            seg = plan.segment_at(rows)
-            if self.segment is not None and state.max_steps and state.global_step >= state.max_steps:
-                seg = self.segment  # the last step: nothing is trained in a next phase
-            if seg is not self.segment:
-                previous = self.segment.name if self.segment else None
-                self.segment = seg
-                log.emit(
-                    "phase",
-                    step=state.global_step,
-                    epoch=round(rows / plan.rows_per_epoch, 4),
-                    name=seg.name,
-                    index=seg.index,
-                    start_epoch=seg.start_epoch,
-                    end_epoch=None if math.isinf(seg.end_epoch) else seg.end_epoch,
-                    weights=_rounded(seg.shares),
-                    previous=previous,
-                    resumed=resumed,
-                )
-                self._mix(args, state)
-            elif state.global_step % mix_every == 0:
-                self._mix(args, state)
-
-        def _mix(self, args, state) -> None:
-            rows = self._rows(args, state)
-            seg = plan.segment_at(rows)
-            ex, tok = plan.seen(rows)
-            ex0, tok0 = plan.seen(seg.row_start)
-            total = int(plan.sizes.sum())
-            target = seg.shares or {
-                n: int(s) / total for n, s in zip(plan.names, plan.sizes.tolist(), strict=True)
-            }
-            log.emit(
-                "mix",
-                step=state.global_step,
-                phase=seg.name,
-                examples=plan.named(ex),
-                tokens=plan.named(tok),
-                phase_examples=plan.named(ex - ex0),
-                target=_rounded(target),
-            )
-
-        def _emit_plan(self, args, state, end_rows: int) -> None:
-            log.emit(
-                "curriculum",
-                step=state.global_step,
-                rows_per_epoch=plan.rows_per_epoch,
-                examples=int(plan.sizes.sum()),
-                categories=plan.named(plan.sizes),
-                packing=plan.packing,
-                phases=plan.phase_table(end_rows),
-            )
-
-    return CurriculumCallback()

@@ -1,16 +1,15 @@
 """One fine-tuning run: config -> data -> model + LoRA -> SFTTrainer, with a run log.
 
-Reads like a script: ``run`` sets up the run folder, prepares data, loads the model, and
-hands everything to TRL's ``SFTTrainer`` with our one callback. It runs the same in every
-process that trains: the one the cockpit starts (``engine.cli.launcher``; the UI runs in another
+Reads like a script: ``run`` holds the run folder's locks and its log; ``_run`` is the recipe,
+a step a line: the machine checks, the resume point (engine/train/resume.py), the prepared data,
+the model with LoRA, TRL's ``SFTTrainer`` (engine/train/build.py) with our one callback and the
+fault guard, training, the end record. It runs the same in every process that trains: the one the cockpit starts (``engine.cli.launcher``; the UI runs in another
 process and follows the run log), ``train --headless``, or each rank under ``accelerate launch``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 import traceback
@@ -20,14 +19,16 @@ from pathlib import Path
 from engine.config.config import RunConfig, dump_resolved
 from engine.data import datafp
 from engine.errors import UserError
-from engine.run import checkpoints, runstate
+from engine.run import checkpoints
 from engine.run.control import Controls
 from engine.run.events import Listener, RunLog
 from engine.run.rundir import RunDir
 from engine.run.runlock import OutputLock, RunLock
 from engine.train import dist
+from engine.train.build import build_trainer, liger_available
 from engine.train.health import watch_run
 from engine.train.preflight import check_setup
+from engine.train.resume import fingerprint, plan_resume
 
 
 @dataclass
@@ -45,33 +46,6 @@ def run_paths(config: RunConfig, run_name: str | None = None, logs_dir: str | No
     return RunPaths(Path(logs_dir or config.logs_dir) / name, Path(config.output_dir))
 
 
-# Keys whose change makes an old checkpoint meaningless for this run.
-FINGERPRINT_KEYS = (
-    "base_model",
-    "adapter",
-    "lora_r",
-    "lora_alpha",
-    "lora_target_linear",
-    "lora_target_modules",
-    "load_in_4bit",
-    "load_in_8bit",
-    "sequence_len",
-    "sample_packing",
-    "seed",
-    "micro_batch_size",
-    "gradient_accumulation_steps",
-    "datasets",
-    "val_set_size",
-    "train_on_inputs",
-    "curriculum",
-)
-
-
-def fingerprint(config: RunConfig) -> dict:
-    d = config.model_dump(mode="json")
-    return {k: d[k] for k in FINGERPRINT_KEYS}
-
-
 @dataclass
 class RunResult:
     status: str
@@ -79,197 +53,6 @@ class RunResult:
     run_dir: Path | None = None
     last_checkpoint: str | None = None
     extra: dict = field(default_factory=dict)
-
-
-def _resume_point(resume: str, paths: RunPaths, log: RunLog) -> checkpoints.Checkpoint | None:
-    found = checkpoints.classify(paths.output_dir)
-    for old, new in checkpoints.set_aside_torn(paths.output_dir, found.torn):
-        log.emit(
-            "alert",
-            rule="torn_checkpoint",
-            level="warning",
-            message=f"{old} was incomplete (killed while this engine saved or removed it): moved to "
-            f"{new}, which is deleted at the next complete save",
-            advice="nothing to do: the run resumes from the newest complete checkpoint",
-        )
-    for f in found.foreign:
-        log.emit(
-            "alert",
-            rule="foreign_checkpoint",
-            level="warning",
-            message=f"{f}: {checkpoints.why_foreign(f)}; left where it is, not resumed from",
-            advice="nothing to do; resume uses the newest checkpoint with a readable leviathan.json "
-            "(move that folder out of output_dir when you no longer need it there)",
-        )
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return _newest_sound(found.complete, log)
-    p = Path(resume)
-    if checkpoints.kind_of(p) != "complete":
-        raise UserError(
-            f"{resume}: not a complete checkpoint folder",
-            "use --resume auto, never, or a checkpoint-N folder",
-        )
-    step = int(p.name.rsplit("-", 1)[-1]) if "-" in p.name else 0
-    ckpt = checkpoints.Checkpoint(p, step, json.loads((p / checkpoints.MARKER).read_text()))
-    problems = checkpoints.verify(ckpt)
-    if problems:
-        raise UserError(
-            f"{p}: its files are not as saved: " + "; ".join(problems),
-            "resume from another checkpoint (--resume auto picks the newest sound one)",
-        )
-    return ckpt
-
-
-def _newest_sound(complete: list[checkpoints.Checkpoint], log: RunLog) -> checkpoints.Checkpoint | None:
-    """The newest checkpoint whose files are as saved (size and SHA-256 in its marker). A damaged
-    one is renamed ``checkpoint-N.corrupt`` (kept, but no longer a checkpoint to resume from or to
-    count in retention) and named in an alert."""
-    for c in reversed(complete):
-        problems = checkpoints.verify(c)
-        if not problems:
-            return c
-        dest = checkpoints.set_aside(c.path, "corrupt")
-        older = next((o for o in reversed(complete) if o.step < c.step), None)
-        log.emit(
-            "alert",
-            rule="corrupt_checkpoint",
-            level="critical",
-            step=c.step,
-            message=f"{c.path}: "
-            + "; ".join(problems)
-            + f". Renamed to {dest.name}; resuming from "
-            + (f"checkpoint-{older.step} if it is sound" if older else "the start (no older checkpoint)"),
-            advice="check that disk (a file changed after it was written); delete the .corrupt folder "
-            "when you have looked at it",
-        )
-    return None
-
-
-def _check_compatible(ckpt: checkpoints.Checkpoint, config: RunConfig) -> None:
-    old = ckpt.meta.get("fingerprint")
-    if not old:
-        return
-    new = fingerprint(config)
-    if isinstance(old.get("datasets"), list):  # dataset keys added since then read as their defaults
-        old = {**old, "datasets": [_with_spec_defaults(d) for d in old["datasets"]]}
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
-    if diffs:
-        raise UserError(
-            f"{ckpt.path} was trained with a different config:\n  " + "\n  ".join(diffs),
-            "restore those keys, use --resume never with a new output_dir, or --resume PATH of a matching run",
-        )
-
-
-def _with_spec_defaults(d):
-    from engine.config.config import DatasetSpec
-
-    if not isinstance(d, dict):
-        return d
-    fields = DatasetSpec.model_fields
-    return {**{k: f.default for k, f in fields.items() if not f.is_required()}, **d}
-
-
-def liger_available() -> bool:
-    import importlib.util
-
-    import torch
-
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
-
-
-def build_trainer(
-    config: RunConfig, prepared, model, tokenizer, callback, paths: RunPaths, gc: bool, bf16: bool
-):
-    from trl import SFTConfig
-
-    from engine.train.trainer import LeviathanTrainer
-    from engine.train.trainer_args import axolotl_args
-
-    warmup = config.warmup_steps if config.warmup_steps is not None else 0
-    args = SFTConfig(
-        output_dir=str(paths.output_dir),
-        per_device_train_batch_size=config.micro_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps or -1,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=warmup if config.warmup_ratio is None else config.warmup_ratio,
-        optim=_optim(config.optimizer),
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        gradient_checkpointing=gc,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
-        bf16=bf16,
-        save_total_limit=None,  # retention is ours: it knows which folders are complete
-        logging_steps=config.logging_steps,
-        logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        packing=config.sample_packing,
-        packing_strategy="bfd",
-        padding_free=config.sample_packing,
-        max_length=config.sequence_len,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        dataset_kwargs={"skip_prepare_dataset": True},  # prepared once, under dataset_prepared_path
-        remove_unused_columns=False,
-        save_only_model=False,
-        use_cpu=not _cuda(),
-        # Liger's RMSNorm/SwiGLU/RoPE kernels (as the config's liger_* keys choose), intervals
-        # per epoch, optimizer settings, TF32, eval packing: engine/train/trainer_args.py.
-        **axolotl_args(config, prepared.val is not None, liger_available()),
-        **dist.trainer_args(config),  # DDP settings; DeepSpeed or FSDP when configured
-    )
-    if dist.world_size() == 1 and args.n_gpu > 1:
-        # One process sees several GPUs: Trainer would wrap the model in nn.DataParallel (which
-        # TRL refuses, and which is slower than DDP). Train on the first; --nproc N uses them all.
-        args._n_gpu = 1
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer_cls, callbacks = LeviathanTrainer, [callback]
-    # The prepared views (engine.data.packview): packed as planned at preparation, labels built per batch.
-    train_dataset = prepared.view("train", config.sample_packing)
-    if config.curriculum is not None:  # phases by category: a sampler over the training set
-        from engine.data.packview import Subset
-        from engine.train.curriculum import curriculum_trainer
-
-        trainer_cls, callbacks = curriculum_trainer(config, prepared.train, callback)
-        train_dataset = trainer_cls.curriculum_rows(Subset(prepared.reader, prepared.index["train_rows"]))
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=prepared.train,  # TRL wants a datasets.Dataset here; it reads the views below
-        eval_dataset=prepared.val,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.train_dataset = train_dataset
-    if prepared.val is not None:
-        trainer.eval_dataset = prepared.view("val", config.sample_packing)
-    # Our run log and progress line replace the trainer's own printing.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.offload_activations = gc and config.gradient_checkpointing == "offload"
-    return trainer
-
-
-def _optim(name: str) -> str:
-    import torch
-
-    if name == "adamw_torch_fused" and not torch.cuda.is_available():
-        return "adamw_torch"  # the fused kernel is for accelerators
-    return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)  # bitsandbytes' AdamW8bit either way
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run(
@@ -326,58 +109,87 @@ def run(
 def _run(
     config, controls, log, paths, resume, notes, force_fresh, allow_world_size_change=False
 ) -> RunResult:
+    """The recipe: checks, the resume point, data, model + LoRA, trainer, training, the end."""
     import torch
 
-    from engine.model import attention
-    from engine.model.model import (
-        attach_lora,
-        check_tokens,
-        load_base,
-        load_tokenizer,
-        pick_dtype,
-        resolve_base,
-    )
+    from engine.model.model import resolve_base
     from engine.train.guard import Guard
 
     base = resolve_base(config.base_model)
-    from engine.train.trainer_args import check_optimizer
-
-    check_optimizer(config)  # an 8-/4-bit optimizer without its library or GPU: exit 2, no traceback
-    if config.quant_bits and not torch.cuda.is_available():
-        load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
-    ckpt = dist.share_from_main(lambda: _resume_point(resume, paths, log))
-    if ckpt is None and resume == "never" and checkpoints.scan(paths.output_dir)[0] and not force_fresh:
-        raise UserError(
-            f"{paths.output_dir} already holds checkpoints and --resume never was given",
-            "choose a new output_dir, remove the old checkpoints, or pass --force to train over them",
-        )
-    if ckpt is None and resume == "never" and force_fresh and dist.is_main():
-        # Old checkpoints would outrank the new run's (resume auto picks the highest step): set aside, not deleted.
-        moved = checkpoints.supersede(paths.output_dir)
-        if moved:
-            notes.append(f"--force: the previous checkpoints were moved to {moved}")
-    dist.barrier()
-    if ckpt is not None:
-        _check_compatible(ckpt, config)
-        datafp.check_sizes(ckpt.meta.get("data"), [d.path for d in config.datasets], str(ckpt.path))
-        notes.append(dist.check_world_size(ckpt, config, allow_world_size_change))
-        runstate.record_config_changes(paths.run_dir, config, log)
+    _check_machine(config, base)
+    ckpt = plan_resume(config, paths, log, resume, notes, force_fresh, allow_world_size_change)
     # NaN/OOM/disk handling; --resume never starts from a clean run state.
     guard = Guard(config, log, controls, paths.output_dir, fresh=resume == "never" and dist.is_main())
     for note in filter(None, notes):
         log.emit("note", message=note)
 
     t0 = time.time()
+    tokenizer, prepared = _tokenizer_and_data(config, base, log, controls, ckpt)
+    if prepared is None:  # stopped while preparing: nothing half-made is kept; the same command starts again
+        log.emit("end", step=ckpt.step if ckpt else 0, status="stopped", phase="prepare")
+        return RunResult("stopped", ckpt.step if ckpt else 0, paths.run_dir)
+    loaded = _load_model(config, base)
+    callback = _callback(config, controls, log, paths, prepared, loaded)
+    trainer = build_trainer(
+        guard.effective_config(config, ckpt is not None),
+        prepared,
+        loaded.model,
+        tokenizer,
+        callback,
+        paths,
+        loaded.gc,
+        loaded.dtype == torch.bfloat16,
+    )
+    watchdog = _watchdog(config, log, trainer)
+    dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
+    guard.attach(trainer, callback)
+    # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
+    if dist.is_main():
+        dump_resolved(config, RunDir(paths.run_dir).config)
+    _emit_start(log, config, paths, trainer, loaded, ckpt, t0)
+    if ckpt is not None:
+        log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
+    guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
+    status = guard.status or (watchdog and watchdog.status)
+    status = status or ("stopped" if controls.stop.is_set() else callback.status)
+    last = checkpoints.latest(paths.output_dir)
+    log.emit(
+        "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
+    )
+    return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
+
+
+def _check_machine(config: RunConfig, base) -> None:
+    """What this machine lacks for the config: exit 2 with the message, no traceback."""
+    import torch
+
+    from engine.model.model import load_base
+    from engine.train.trainer_args import check_optimizer
+
+    check_optimizer(config)  # an 8-/4-bit optimizer without its library or GPU
+    if config.quant_bits and not torch.cuda.is_available():
+        load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
+
+
+def _tokenizer_and_data(config: RunConfig, base, log: RunLog, controls: Controls, ckpt):
+    """(tokenizer, prepared data) with the data reported in the run log; prepared is None if stopped."""
+    from engine.model.model import check_tokens, load_tokenizer
+
     tokenizer = load_tokenizer(
         base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
     )
     check_tokens(tokenizer, config)
     prepared = _prepare_data(config, tokenizer, log, controls)
-    if prepared is None:  # stopped while preparing: nothing half-made is kept; the same command starts again
-        log.emit("end", step=ckpt.step if ckpt else 0, status="stopped", phase="prepare")
-        return RunResult("stopped", ckpt.step if ckpt else 0, paths.run_dir)
+    if prepared is None:
+        return tokenizer, None
     if ckpt is not None:
         datafp.check_content(ckpt.meta.get("data"), prepared.data, str(ckpt.path))
+    _report_data(log, prepared)
+    return tokenizer, prepared
+
+
+def _report_data(log: RunLog, prepared) -> None:
+    """Bad rows skipped, what the chat template did to rows, and the ``data`` record."""
     if prepared.stats.bad:
         log.emit(
             "alert",
@@ -407,10 +219,30 @@ def _run(
         encoded_rows=prepared.encoded_rows,
     )
 
-    dtype = pick_dtype(config.bf16)
-    gc, gc_reason = _choose_gc(config)
+
+@dataclass
+class LoadedModel:
+    """The base model with LoRA attached, and what the start record says about it."""
+
+    model: object
+    dtype: object
+    gc: bool  # gradient checkpointing
+    gc_reason: str
+    attn: str | None  # the varlen attention registered for packed rows; None: sdpa
+    trainable: int
+    total: int
+    flops_per_token: float
+    peak_flops: float | None
+
+
+def _load_model(config: RunConfig, base) -> LoadedModel:
     from transformers import set_seed
 
+    from engine.model import attention
+    from engine.model.model import attach_lora, load_base, pick_dtype
+
+    dtype = pick_dtype(config.bf16)
+    gc, gc_reason = _choose_gc(config)
     # LoRA's A matrices are drawn at attach time: seed first so a run is reproducible.
     set_seed(config.seed)
     attn = attention.register() if config.sample_packing else None
@@ -420,6 +252,14 @@ def _run(
     model = attach_lora(model, config, gc)
     trainable, total = _param_counts(model)
     fpt, peak = _mfu_terms(model, config, trainable)
+    return LoadedModel(model, dtype, gc, gc_reason, attn, trainable, total, fpt, peak)
+
+
+def _callback(config: RunConfig, controls: Controls, log: RunLog, paths: RunPaths, prepared, loaded):
+    """Our one callback: step records, saves with their markers, control commands, probes."""
+    from engine.evaluate.probes import Probes
+    from engine.train.callback import CockpitCallback
+
     # run_dir links a checkpoint back to its run (eval results and the checklist live there).
     meta = {
         "base_model": config.base_model,
@@ -428,54 +268,46 @@ def _run(
         "run_dir": str(paths.run_dir.resolve()),
         **dist.checkpoint_meta(config),
     }
-    from engine.evaluate.probes import Probes
-    from engine.train.callback import CockpitCallback
-
-    callback = CockpitCallback(
+    return CockpitCallback(
         log,
         controls,
         save_total_limit=config.save_total_limit,
         meta=meta,
-        flops_per_token=fpt,
-        peak_flops=peak,
+        flops_per_token=loaded.flops_per_token,
+        peak_flops=loaded.peak_flops,
         probes=Probes(config, paths.run_dir, log) if config.evaluation.on_save and dist.is_main() else None,
     )
-    trainer = build_trainer(
-        guard.effective_config(config, ckpt is not None),
-        prepared,
-        model,
-        tokenizer,
-        callback,
-        paths,
-        gc,
-        dtype == torch.bfloat16,
-    )
-    watchdog = None
-    if config.loss_watchdog_threshold is not None:
-        from engine.train.loss_watchdog import LossWatchdog
 
-        watchdog = LossWatchdog(log, config.loss_watchdog_threshold, config.loss_watchdog_patience)
-        trainer.add_callback(watchdog)
-    dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
-    guard.attach(trainer, callback)
-    # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
-    if dist.is_main():
-        dump_resolved(config, RunDir(paths.run_dir).config)
+
+def _watchdog(config: RunConfig, log: RunLog, trainer):
+    if config.loss_watchdog_threshold is None:
+        return None
+    from engine.train.loss_watchdog import LossWatchdog
+
+    watchdog = LossWatchdog(log, config.loss_watchdog_threshold, config.loss_watchdog_patience)
+    trainer.add_callback(watchdog)
+    return watchdog
+
+
+def _emit_start(
+    log: RunLog, config: RunConfig, paths: RunPaths, trainer, loaded: LoadedModel, ckpt, t0: float
+):
+    peak = loaded.peak_flops
     log.emit(
         "start",
         step=ckpt.step if ckpt else 0,
         base_model=config.base_model,
         adapter=config.adapter,
         device=_device_name(),
-        dtype=str(dtype).replace("torch.", ""),
-        gradient_checkpointing=gc,
-        gradient_checkpointing_reason=gc_reason,
+        dtype=str(loaded.dtype).replace("torch.", ""),
+        gradient_checkpointing=loaded.gc,
+        gradient_checkpointing_reason=loaded.gc_reason,
         axolotl_defaults_differ=config._defaults_differ or None,
-        attention=attn or "sdpa",
+        attention=loaded.attn or "sdpa",
         liger=liger_available(),
-        trainable_params=trainable,
-        total_params=total,
-        flops_per_token=fpt,
+        trainable_params=loaded.trainable,
+        total_params=loaded.total,
+        flops_per_token=loaded.flops_per_token,
         peak_tflops=round(peak / 1e12, 1) if peak else None,
         max_steps=trainer.state.max_steps or None,
         micro_batch_size=trainer.args.per_device_train_batch_size,  # the run state's after an OOM
@@ -485,16 +317,6 @@ def _run(
         setup_s=round(time.time() - t0, 2),
         pid=os.getpid(),
     )
-    if ckpt is not None:
-        log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
-    guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
-    status = guard.status or (watchdog and watchdog.status)
-    status = status or ("stopped" if controls.stop.is_set() else callback.status)
-    last = checkpoints.latest(paths.output_dir)
-    log.emit(
-        "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
-    )
-    return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
 
 
 def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls):
@@ -578,7 +400,3 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return "cpu"
-
-
-def config_hash(config: RunConfig) -> str:
-    return hashlib.sha1(json.dumps(fingerprint(config), sort_keys=True).encode()).hexdigest()[:12]

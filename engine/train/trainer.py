@@ -102,7 +102,7 @@ class LeviathanTrainer(SFTTrainer):
                 self, lambda: super(LeviathanTrainer, self)._save_checkpoint(model, trial)
             )
 
-    # -- the guard's hooks (engine/train/guard.py); each is a None check without one ----------------
+    # -- the guard's hooks (engine/train/guard/core.py); each is a None check without one -----------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -110,7 +110,7 @@ class LeviathanTrainer(SFTTrainer):
             self.guard.on_batches(self, batches, num_items)
         return batches, num_items
 
-    offload_activations = False  # gradient_checkpointing: offload (set by engine.train.train)
+    offload_activations = False  # gradient_checkpointing: offload (set by engine.train.build)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # With checkpointing, what autograd saves is mostly each layer's input: kept in pinned CPU

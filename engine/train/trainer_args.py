@@ -1,7 +1,7 @@
 """Trainer arguments that come from Axolotl's keys: intervals per epoch, optimizer settings,
 TF32, evaluation packing, Liger kernels; plus the machine check for 8-/4-bit optimizers.
 
-Kept apart from ``train.build_trainer`` so each key's translation reads in one place.
+Kept apart from ``build.sft_config`` so each key's translation reads in one place.
 """
 
 from __future__ import annotations
