@@ -167,10 +167,29 @@ def run_plain_trl(model, tokenizer, dataset, args, out, qlora: bool):
     return trainer, timer, collator, bool(sft.gradient_checkpointing)
 
 
+def prepared_rows(dataset, config):
+    """The rows as engine.data.prepare leaves them (int32 ids, int8 mask, the packing index), in memory."""
+    import numpy as np
+    import pyarrow as pa
+
+    from engine.data.packview import RowReader, pack_index
+    from engine.data.prepare import Prepared
+
+    ids = [np.asarray(r, np.int32) for r in dataset["input_ids"]]
+    table = pa.table(
+        {
+            "input_ids": pa.array(ids, pa.list_(pa.int32())),
+            "mask": pa.array([np.ones(len(r), np.int8) for r in ids], pa.list_(pa.int8())),
+        }
+    )
+    lengths = np.asarray([len(r) for r in ids], np.int64)
+    order, bounds = pack_index(np.arange(len(ids)), lengths, SEQ if config.sample_packing else None)
+    index = {"train_order": order, "train_bounds": bounds}
+    return Prepared(train=dataset, val=None, stats=None, index=index, reader=RowReader(table))
+
+
 def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     """The engine's own path: attach_lora + build_trainer (LeviathanTrainer, varlen attention, Liger)."""
-    from types import SimpleNamespace
-
     from engine.config.config import RunConfig
     from engine.model import attention
     from engine.model.memory import estimate_bytes
@@ -210,9 +229,8 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
         model.gradient_checkpointing_disable()
     peft_model = attach_lora(model, config, gc_on)
     timer = Timer(args.warmup, args.steps)
-    ds = dataset.map(lambda r: {"labels": r["input_ids"], "category": "x"})
     paths = RunPaths(Path(out), Path(out))
-    prepared = SimpleNamespace(train=ds, val=None)
+    prepared = prepared_rows(dataset, config)
     trainer = build_trainer(
         config, prepared, peft_model, tokenizer, timer, paths, gc_on, torch.cuda.is_available()
     )
