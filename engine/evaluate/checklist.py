@@ -27,7 +27,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.evaluate.checklist_items import ItemStatus, Measure, build_items
 from engine.evaluate.checklist_rules import RULES, Sources
-from engine.run.rundir import CHECKLIST, EVENTS, atomic_write_json, read_json
+from engine.run.rundir import CHECKLIST, EVENTS, RunDir, atomic_write_json, read_json
 
 STATE_FILE = CHECKLIST  # engine.run.rundir names it
 
@@ -36,7 +36,7 @@ STATE_FILE = CHECKLIST  # engine.run.rundir names it
 def _locked(run_dir: Path):
     """Serialise read-modify-write of checklist.json between the cockpit and the CLI."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".checklist.lock", "a") as f:
+    with open(RunDir(run_dir).checklist_lock, "a") as f:
         try:
             import fcntl
 

@@ -24,6 +24,7 @@ CONFIG = "config.yaml"  # the resolved config, written at start
 CONTROL = "control.jsonl"  # commands to the trainer (engine.run.control_file)
 LOCK = ".lock"  # one writer per run folder (engine.run.runlock); holds the writer's pid
 CHECKLIST = "checklist.json"  # the checklist's state (engine.evaluate.checklist)
+CHECKLIST_LOCK = ".checklist.lock"  # serialises its read-modify-write (cockpit and CLI)
 CHAT = "chat"  # chat logs and the live chat bridge's replies
 EVAL = "eval"  # evaluation results
 LIVE = "live"  # under chat/: the live chat bridge's reply files (engine.chat.chat_bridge)
@@ -64,6 +65,10 @@ class RunDir:
     @property
     def checklist(self) -> Path:
         return self.path / CHECKLIST
+
+    @property
+    def checklist_lock(self) -> Path:
+        return self.path / CHECKLIST_LOCK
 
     @property
     def chat(self) -> Path:
