@@ -20,6 +20,7 @@ from engine.run import checkpoints
 from engine.run.events import dedupe_steps, read_events
 from engine.train import dist
 from tests.conftest import ROOT, base_config, cli
+from tests.wait import wait_record
 
 STEPS = 30
 
@@ -39,19 +40,8 @@ def setup(tmp_path_factory, tiny_model):
     return config
 
 
-def wait_for(job, pred, timeout: float = 120) -> dict:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if job.events.exists():
-            for r in read_events(job.events).records:
-                if pred(r):
-                    return r
-        if job.poll() is not None:
-            log = job.log_path.read_text()[-3000:] if job.log_path else ""
-            raise AssertionError(f"job ended early ({job.poll()}): {log}")
-        time.sleep(0.05)
-    job.terminate(5)
-    raise AssertionError("timed out waiting for the run log")
+def wait_job(job, pred, timeout: float = 120) -> dict:
+    return wait_record(job.events, pred, timeout, running=job)
 
 
 def alive(pid: int) -> bool:
@@ -70,15 +60,16 @@ def controlled(setup):
     cfg = setup("ctl")
     t0 = time.time()
     job = launch(cfg, 2)
-    start = wait_for(job, lambda r: r["kind"] == "start")
-    wait_for(job, lambda r: r["kind"] == "step" and r["step"] >= 3)
+    start = wait_job(job, lambda r: r["kind"] == "start")
+    wait_job(job, lambda r: r["kind"] == "step" and r["step"] >= 3)
     job.control("pause")
-    paused = wait_for(job, lambda r: r["kind"] == "paused")
-    time.sleep(0.6)  # both ranks wait together, polling
+    paused = wait_job(job, lambda r: r["kind"] == "paused")
+    # Both ranks wait together, polling: a command read while paused is agreed at the paused step.
     job.control("save")
+    wait_job(job, lambda r: r["kind"] == "control" and r["commands"] == ["save"])
     job.control("resume")
-    saved = wait_for(job, lambda r: r["kind"] == "save")
-    wait_for(job, lambda r: r["kind"] == "step" and r["step"] >= saved["step"] + 3)
+    saved = wait_job(job, lambda r: r["kind"] == "save")
+    wait_job(job, lambda r: r["kind"] == "step" and r["step"] >= saved["step"] + 3)
     job.control("stop", reason="test")
     code = job.wait(120)
     return {
@@ -113,7 +104,7 @@ def test_ddp_run_log_written_once_and_controls_reach_both_ranks(controlled):
 
     # pause, save and stop: each acted on at one step by both ranks
     controls = [r for r in records if r["kind"] == "control"]
-    assert [c["commands"] for c in controls] == [["pause"], ["save", "resume"], ["stop"]]
+    assert [c["commands"] for c in controls] == [["pause"], ["save"], ["resume"], ["stop"]]
     for c in controls:
         assert c["rank_steps"] == [c["step"], c["step"]]
     paused, saved = controlled["paused"], controlled["saved"]
@@ -157,8 +148,8 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
 def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
     cfg = setup("kill", save_steps=4)
     job = launch(cfg, 2)
-    start = wait_for(job, lambda r: r["kind"] == "start")
-    wait_for(job, lambda r: r["kind"] == "save" and r["step"] == 4)
+    start = wait_job(job, lambda r: r["kind"] == "start")
+    wait_job(job, lambda r: r["kind"] == "save" and r["step"] == 4)
     victim = start["ranks"][1]["pid"]
     os.kill(victim, signal.SIGKILL)
     t0 = time.time()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from engine.run.control import Controls
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
 from tests.conftest import cli
+from tests.wait import wait_for, wait_record
 
 
 @pytest.fixture(autouse=True)
@@ -232,6 +232,21 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def disk_looks(monkeypatch, disk: Path) -> list:
+    """Each free-space look at ``disk`` from now on (``shutil.disk_usage``, still made)."""
+    import shutil
+
+    real, looks = shutil.disk_usage, []
+
+    def look(path):
+        if Path(path).resolve().is_relative_to(disk.resolve()):
+            looks.append(path)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", look)
+    return looks
+
+
 def fill(disk: Path, leave: int) -> Path:
     import shutil
 
@@ -256,21 +271,13 @@ def run_in_thread(config, controls, listeners):
     return t, box
 
 
-def wait_record(tmp_path, pred, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        log = tmp_path / "logs" / "test" / "events.jsonl"
-        if log.exists():
-            for r in read_events(log).records:
-                if pred(r):
-                    return r
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run log")
+def wait_logged(tmp_path, pred, timeout=120):
+    return wait_record(tmp_path / "logs" / "test" / "events.jsonl", pred, timeout)
 
 
 @pytest.mark.parametrize("when", ["before_save", "during_write"])
 def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
-    when, tiny_model, write_config, tmp_path, small_disk
+    when, tiny_model, write_config, tmp_path, small_disk, monkeypatch
 ):
     # before_save: the free-space check refuses to start the save.
     # during_write: a margin too small lets it start, and the real write fails (ENOSPC).
@@ -290,18 +297,21 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
             size = checkpoints.latest(small_disk / "out").size_bytes
             filler.append(fill(small_disk, leave=size // 2))
 
+    looks = disk_looks(monkeypatch, small_disk)
     controls = Controls()  # the cockpit's: an operator is there to free space
     thread, box = run_in_thread(load_config(cfg)[0], controls, [fill_after_first_save])
-    alert = wait_record(tmp_path, lambda r: r["kind"] == "alert" and r.get("rule") == "disk_full")
-    wait_record(tmp_path, lambda r: r["kind"] == "paused" and r.get("reason") == "disk_full")
+    alert = wait_logged(tmp_path, lambda r: r["kind"] == "alert" and r.get("rule") == "disk_full")
+    wait_logged(tmp_path, lambda r: r["kind"] == "paused" and r.get("reason") == "disk_full")
+    seen = len(looks)
     assert alert["step"] == 4 and alert["level"] == "critical" and "free space" in alert["advice"]
     if when == "during_write":
         assert "failed" in alert["message"] and "partial folder was removed" in alert["message"]
     out = small_disk / "out"
     assert [c.step for c in checkpoints.scan(out)[0]] == [2]  # intact, and retention deleted nothing
     assert not (out / "checkpoint-4").exists() and checkpoints.scan(out)[1] == []
-    time.sleep(0.5)
+    wait_for(lambda: len(looks) > seen + 1, 60, "the paused run to look at the full disk again")
     assert thread.is_alive()  # still paused: no space yet
+    assert not any(r["kind"] == "resumed" for r in records(tmp_path))
     filler[0].unlink()  # the operator frees space
     thread.join(timeout=180)
     assert not thread.is_alive() and "error" not in box, box.get("error")
@@ -382,14 +392,14 @@ def fill_all(disk: Path) -> Path:
 def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     tiny_model, write_config, tmp_path, small_disk
 ):
-    from tests.test_resume import start, wait_for
+    from tests.test_resume import start
 
     logs = small_disk / "logs"
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=2, logs_dir=str(logs))
     log = logs / "test" / "events.jsonl"
     proc = start(cfg)
     try:
-        wait_for(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, proc)
+        wait_record(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, running=proc)
         filler = fill_all(small_disk)
         assert proc.wait(timeout=120) == 2
         err = proc.stderr.read()

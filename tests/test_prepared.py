@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from engine.config.config import validate
 from engine.data import prepare
 from engine.model.model import load_tokenizer
 from tests.conftest import DEMO_DATA, base_config
+from tests.wait import wait_for
 
 
 def _config(model, data, tmp_path, **over):
@@ -138,12 +138,12 @@ def test_an_interrupted_preparation_is_never_used(tmp_path, tiny_model):
         [sys.executable, "-c", _INTERRUPTED, str(model), str(data), str(tmp_path)], env=env
     )
     try:
-        t0 = time.time()
-        while time.time() - t0 < 120 and proc.poll() is None:
+
+        def writing() -> bool:
             tmps = list(root.glob(".tmp-*/rows.arrow")) if root.is_dir() else []
-            if tmps and tmps[0].stat().st_size > 0:
-                break
-            time.sleep(0.02)
+            return bool(tmps) and tmps[0].stat().st_size > 0
+
+        wait_for(writing, 120, "the preparation to be writing its rows", running=proc, every_s=0.02)
         assert proc.poll() is None, "the preparation ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:

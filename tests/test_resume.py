@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from engine.run import checkpoints
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
 from tests.conftest import cli
+from tests.wait import wait_record
 
 STEPS = 24
 
@@ -30,19 +30,6 @@ def start(cfg: Path, *extra) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(log: Path, pred, proc: subprocess.Popen, timeout: float = 180) -> dict:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if log.exists():
-            for r in read_events(log).records:
-                if pred(r):
-                    return r
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer exited early: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run log")
 
 
 def losses(log: Path) -> dict[int, float]:
@@ -61,7 +48,7 @@ def test_kill_9_then_resume_continues_exactly(tiny_model, write_config, tmp_path
     log = tmp_path / "logs" / "test" / "events.jsonl"
     for kill_after in (7, 14):  # twice in a row
         proc = start(cfg)
-        wait_for(log, lambda r, k=kill_after: r.get("kind") == "step" and r["step"] >= k, proc)
+        wait_record(log, lambda r, k=kill_after: r.get("kind") == "step" and r["step"] >= k, running=proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     proc = start(cfg)
@@ -182,7 +169,7 @@ def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = tmp_path / "logs" / "test" / "events.jsonl"
     proc = start(cfg)
-    wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, proc)
+    wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, running=proc)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     records = read_events(log).records

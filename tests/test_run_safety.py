@@ -16,7 +16,8 @@ from engine.config.config import load_config
 from engine.run.events import dedupe_steps, follow, read_events
 from engine.train.train import run
 from tests.conftest import DEMO_DATA, cli
-from tests.test_resume import start, wait_for
+from tests.test_resume import start
+from tests.wait import wait_record
 
 
 def log_of(tmp_path: Path) -> Path:
@@ -27,7 +28,7 @@ def test_sighup_headless_saves_and_ends_cleanly(tiny_model, write_config, tmp_pa
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = log_of(tmp_path)
     proc = start(cfg)
-    wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, proc)
+    wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, running=proc)
     os.kill(proc.pid, signal.SIGHUP)  # the SSH session went away
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
     records = read_events(log).records
@@ -46,7 +47,7 @@ def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config,
     log = log_of(tmp_path)
     proc = start(cfg)
     try:
-        wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 2, proc)
+        wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 2, running=proc)
         seen: list[dict] = []
         stop = threading.Event()
 
@@ -62,7 +63,7 @@ def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config,
         assert any(w in second.stderr for w in refused) and f"pid {proc.pid}" in second.stderr
         assert "attach" in second.stderr and "Traceback" not in second.stderr
         before = max(r["step"] for r in read_events(log).records if r["kind"] == "step")
-        wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= before + 2, proc)
+        wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= before + 2, running=proc)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         stop.set()
@@ -156,7 +157,7 @@ def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config
     other = write_config(tiny_model("qwen3"), name="other.yaml", run_name="other", max_steps=4, save_steps=1)
     proc = start(first)
     try:
-        wait_for(log_of(tmp_path), lambda r: r.get("kind") == "step" and r["step"] >= 2, proc)
+        wait_record(log_of(tmp_path), lambda r: r.get("kind") == "step" and r["step"] >= 2, running=proc)
         r = cli("train", other, "--headless")
         assert r.returncode == 2, r.stderr[-2000:]
         assert f"pid {proc.pid}" in r.stderr and str((tmp_path / "logs" / "test").resolve()) in r.stderr
