@@ -25,11 +25,6 @@ GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"  # Textual runs on asyncio
-
-
 def collector():
     seen: list = []
     return seen, seen.append

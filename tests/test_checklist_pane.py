@@ -16,11 +16,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def run_dir(tmp_path):
     d = tmp_path / "logs" / "run"
     log = RunLog(d / "events.jsonl")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cockpit_script import end_jobs, launched_app, run_records
+from cockpit_script import launched_app, run_records
 from textual.widgets import DataTable, Input, TabbedContent
 
 from cockpit.checklist_pane import ChecklistPane
@@ -17,17 +17,6 @@ from tests.wait import wait_for
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 def footer_keys(app) -> dict[str, str]:

@@ -19,7 +19,7 @@ from engine.errors import UserError
 from engine.run import checkpoints
 from engine.run.events import dedupe_steps, read_events
 from engine.train import dist
-from tests.conftest import ROOT, base_config, cli
+from tests.conftest import ROOT, base_config, cli_here
 from tests.wait import wait_record
 
 STEPS = 30
@@ -124,7 +124,7 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
     cfg = controlled["cfg"]
     job = controlled["job"]
     stopped_at = read_events(job.events).records[-1]["step"]
-    r = cli("train", cfg, "--headless", "--nproc", "2", "--max-steps", stopped_at + 3)
+    r = cli_here("train", cfg, "--headless", "--nproc", "2", "--max-steps", stopped_at + 3)
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_events(job.events).records
     resume = [x for x in records if x["kind"] == "resume"][-1]
@@ -132,12 +132,12 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
     assert [x["step"] for x in dedupe_steps(records)] == list(range(1, stopped_at + 4))
     assert records[-1]["kind"] == "end" and records[-1]["status"] == "completed"
 
-    r = cli("train", cfg, "--headless", "--max-steps", stopped_at + 5)  # one process
+    r = cli_here("train", cfg, "--headless", "--max-steps", stopped_at + 5)  # one process
     assert r.returncode == 2
     assert "2 process(es) and this run has 1" in r.stderr and "--allow-world-size-change" in r.stderr
     assert "Traceback" not in r.stderr
 
-    r = cli("train", cfg, "--headless", "--max-steps", stopped_at + 5, "--allow-world-size-change")
+    r = cli_here("train", cfg, "--headless", "--max-steps", stopped_at + 5, "--allow-world-size-change")
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_events(job.events).records
     assert any(x["kind"] == "note" and "--allow-world-size-change" in x["message"] for x in records)
@@ -171,7 +171,7 @@ def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
     assert end["checkpoint"] == str(ck.path)
 
     # resume on 2 processes continues that run exactly (same losses as the uninterrupted one)
-    r = cli("train", cfg, "--headless", "--nproc", "2", "--max-steps", STEPS)
+    r = cli_here("train", cfg, "--headless", "--nproc", "2", "--max-steps", STEPS)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {x["step"]: x["loss"] for x in dedupe_steps(read_events(job.events).records)}
     ref = {x["step"]: x["loss"] for x in dedupe_steps(read_events(controlled["job"].events).records)}
@@ -185,12 +185,12 @@ def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
 def test_rank_errors_and_bad_usage_exit_2(setup, tmp_path):
     # deepspeed named but not installed: refused before anything starts
     cfg = setup("ds", deepspeed=str(ROOT / "configs" / "deepspeed" / "zero2.json"))
-    r = cli("train", cfg, "--headless", "--nproc", "2")
+    r = cli_here("train", cfg, "--headless", "--nproc", "2")
     if not _has("deepspeed"):
         assert r.returncode == 2 and "needs the deepspeed package" in r.stderr and "Traceback" not in r.stderr
     # FSDP on a machine without CUDA: refused with the reason (accelerate would run plain DDP)
     cfg = setup("fsdp", fsdp_version=2, fsdp_config={"offload_params": False})
-    r = cli("train", cfg, "--headless", "--nproc", "2")
+    r = cli_here("train", cfg, "--headless", "--nproc", "2")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "`fsdp_config` needs CUDA GPUs" in r.stderr and "Traceback" not in r.stderr
     records = read_events(Path(yaml.safe_load(cfg.read_text())["logs_dir"]) / "fsdp" / "events.jsonl").records

@@ -8,7 +8,6 @@ raised at the optimizer's write call otherwise (and in the headless test).
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from engine.run import checkpoints, runstate
 from engine.run.control import Controls
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
-from tests.conftest import cli
+from tests.conftest import cli_here, fill_disk
 from tests.wait import wait_for, wait_record
 
 
@@ -134,7 +133,7 @@ def test_nan_policy_stop_ends_headless_with_exit_1(tiny_model, write_config, tmp
     cfg = write_config(
         tiny_model("qwen3"), max_steps=8, save_steps=2, guard={"nan_policy": "stop", "nan_patience": 2}
     )
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "nan@step:3x2"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "nan@step:3x2"})
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "ALERT nan_stop" in r.stderr
     recs = records(tmp_path)
@@ -195,7 +194,7 @@ def test_oom_retries_the_step_at_half_micro_batch_and_resume_keeps_it(tiny_model
 
 def test_oom_at_micro_batch_1_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=4, micro_batch_size=1)
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "oom@step:2"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "oom@step:2"})
     assert r.returncode == 2, r.stderr[-2000:]
     assert "out of memory at step 2 with micro batch 1" in r.stderr and "Traceback" not in r.stderr
     assert "gradient_checkpointing" in r.stderr  # the fix
@@ -219,17 +218,8 @@ def test_bad_fault_spec_is_a_user_error():
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MB filesystem (tmpfs); skipped where mounting is not allowed."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_disk(tmpfs):
+    return tmpfs("2m")
 
 
 def disk_looks(monkeypatch, disk: Path) -> list:
@@ -245,16 +235,6 @@ def disk_looks(monkeypatch, disk: Path) -> list:
 
     monkeypatch.setattr(shutil, "disk_usage", look)
     return looks
-
-
-def fill(disk: Path, leave: int) -> Path:
-    import shutil
-
-    filler = disk / "filler.bin"
-    free = shutil.disk_usage(disk).free
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(free - leave, 0))
-    return filler
 
 
 def run_in_thread(config, controls, listeners):
@@ -295,7 +275,7 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
     def fill_after_first_save(r):
         if r["kind"] == "save" and r["step"] == 2 and not filler:
             size = checkpoints.latest(small_disk / "out").size_bytes
-            filler.append(fill(small_disk, leave=size // 2))
+            filler.append(fill_disk(small_disk, leave=size // 2))
 
     looks = disk_looks(monkeypatch, small_disk)
     controls = Controls()  # the cockpit's: an operator is there to free space
@@ -326,7 +306,7 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
 
 def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=2, save_total_limit=1)
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "enospc@save:4"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "enospc@save:4"})
     assert r.returncode == 2, r.stderr[-2000:]
     assert "disk full" in r.stderr and "Traceback" not in r.stderr
     assert "resumes from checkpoint-2" in r.stderr
@@ -338,7 +318,7 @@ def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, wr
     out = tmp_path / "out"
     assert [c.step for c in checkpoints.scan(out)[0]] == [2] and not (out / "checkpoint-4").exists()
 
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 0, r.stderr[-2000:]
     recs = since_last_start(records(tmp_path))
     assert [x["from_step"] for x in recs if x["kind"] == "resume"] == [2]
@@ -377,18 +357,6 @@ def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
 # -- full logs disk ------------------------------------------------------------------------------
 
 
-def fill_all(disk: Path) -> Path:
-    """Every byte of ``disk`` taken (written until the kernel says ENOSPC)."""
-    filler = disk / "filler.bin"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
-
-
 def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     tiny_model, write_config, tmp_path, small_disk
 ):
@@ -400,7 +368,7 @@ def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     proc = start(cfg)
     try:
         wait_record(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, running=proc)
-        filler = fill_all(small_disk)
+        filler = fill_disk(small_disk)
         assert proc.wait(timeout=120) == 2
         err = proc.stderr.read()
     finally:
@@ -420,7 +388,7 @@ def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     assert saved and max(saved) <= logged  # no checkpoint is newer than the log
 
     filler.unlink()
-    r = cli("train", cfg, "--headless", "--max-steps", str(logged + 3))
+    r = cli_here("train", cfg, "--headless", "--max-steps", str(logged + 3))
     assert r.returncode == 0, r.stderr[-2000:]
     recs = read_events(log).records
     assert [x["from_step"] for x in since_last_start(recs) if x["kind"] == "resume"] == [max(saved)]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from engine.config.config import KNOWN_KEYS, RunConfig, load_config, validate
 from engine.data.data import Row, parse_line, read_rows
 from engine.errors import UserError
-from tests.conftest import DEMO_DATA, base_config, cli
+from tests.conftest import DEMO_DATA, base_config, cli_here
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -189,7 +189,7 @@ def test_check_cli_exits_0_or_2_with_file_and_line(tmp_path_factory, raws, ds_ty
     raw = base_config("unused", data)
     raw["datasets"][0]["type"] = ds_type
     cfg.write_text(yaml.safe_dump(raw))
-    r = cli("check", cfg, "--no-tokenizer", timeout=120)
+    r = cli_here("check", cfg, "--no-tokenizer")
     assert r.returncode in (0, 2), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     if r.returncode == 2:

@@ -178,7 +178,7 @@ def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     import yaml
 
     from engine.run.events import read_events
-    from tests.conftest import cli
+    from tests.conftest import cli_here
 
     raw = base_config(
         tiny_model("qwen3"), DEMO_DATA, output_dir=str(tmp_path / "out"), logs_dir=str(tmp_path / "logs")
@@ -186,12 +186,12 @@ def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     raw.update(max_steps=1, run_name="p", dataset_prepared_path=str(tmp_path / "prep"), dataset_processes=2)
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    r = cli("preprocess", cfg)
+    r = cli_here("preprocess", cfg)
     assert r.returncode == 0, r.stderr
     assert "prepared in" in r.stdout and "tokens per _category" in r.stdout and "too long" in r.stdout
     folder = r.stdout.split(":")[0]
     assert Path(folder).parent == tmp_path / "prep"
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 0, r.stderr
     assert "data read back" in r.stderr
     data = [x for x in read_events(tmp_path / "logs" / "p" / "events.jsonl").records if x["kind"] == "data"]
