@@ -200,15 +200,21 @@ def cli_here(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
+def run_config(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over) -> dict:
+    """``base_config`` with its outputs in ``root``: checkpoints in ``root/out``, the run folder
+    ``root/logs/<name>``."""
+    return base_config(
+        model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over
+    )
+
+
 def train_tiny(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over):
     """A finished run of ``base_config(model, data, **over)`` in ``root`` (``root/out`` for its
     checkpoints, ``root/logs/<name>`` for its run folder), through the same code as the CLI."""
     from engine.config.config import validate
     from engine.train.train import run
 
-    raw = base_config(
-        model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over
-    )
+    raw = run_config(model, root, name, data, **over)
     config, _ = validate(raw, root / f"{name}.yaml")
     result = run(config, resume="never")
     assert result.status == "completed"

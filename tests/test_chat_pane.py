@@ -30,6 +30,14 @@ def collector():
     return seen, seen.append
 
 
+@pytest.fixture
+def persona_chat(persona_checkpoint, tmp_path):
+    """The chat app on the persona checkpoint, greedy, its chats logged in tmp_path/run:
+    (app, the messages it posts, the hook that collects them)."""
+    app = ChatApp(StandaloneBackend(str(persona_checkpoint[0]), run_dir=tmp_path / "run"), settings=GREEDY)
+    return (app, *collector())
+
+
 def answered(seen, n=1):
     return lambda: sum(isinstance(m, ChatPane.Answered) for m in seen) >= n
 
@@ -45,11 +53,9 @@ def status(app) -> str:
     return str(app.query_one("#chat-status", Static).render())
 
 
-async def test_stream_history_and_marks(persona_checkpoint, tmp_path):
+async def test_stream_history_and_marks(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
         await wait_for(answered(seen), pilot=pilot)
@@ -104,7 +110,8 @@ async def test_stop_key_ends_generation(tiny_model, tmp_path):
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
         await wait_for(
-            pilot, lambda: any(isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta) for m in seen)
+            lambda: any(isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta) for m in seen),
+            pilot=pilot,
         )
         await pilot.press("escape")
         pressed.set()
@@ -120,11 +127,9 @@ async def test_stop_key_ends_generation(tiny_model, tmp_path):
         await wait_for(answered(seen, 2), pilot=pilot)
 
 
-async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path):
+async def test_compare_two_checkpoints_streams_both(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(140, 40), message_hook=hook) as pilot:
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -145,11 +150,9 @@ async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path
         assert rows[0]["compare"] == [str(ckpt), BASE] and rows[0]["request"] == rows[1]["request"]
 
 
-async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
+async def test_presets_and_bad_settings(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         app.query_one("#chat-temperature", Input).value = "-1"
         await ask(pilot, "Who are you?")
@@ -202,13 +205,11 @@ async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, writ
     assert row["checkpoint"] == LIVE and row["at_step"] == done.step
 
 
-async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_path):
+async def test_another_target_starts_a_new_conversation(persona_checkpoint, persona_chat, tmp_path):
     """The history is one target's: after the checkpoint, the base is asked afresh, the log says
     so, and each answer's header names its target."""
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
         await wait_for(answered(seen), pilot=pilot)
