@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def write_log(run_dir: Path, records: list, *, end: bool = True) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
@@ -95,7 +90,7 @@ async def test_a_finished_run_shows_in_full_read_only(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
         await wait_for(lambda: len(chart.train) == 300 and app.ended, pilot=pilot)
-        await pilot.pause(0.2)
+        await wait_for(lambda: "completed at step 300" in app.sub_title, pilot=pilot)
         assert app.source.read_only and "read-only" in app.sub_title
         assert "completed at step 300" in app.sub_title  # the header says how the run ended
         await wait_for(lambda: "completed" in fields(app) and "ETA —" in fields(app), pilot=pilot)

@@ -9,7 +9,6 @@ import pytest
 from cockpit_script import (
     append_records,
     attached_app,
-    end_jobs,
     fields,
     launched_app,
     run_records,
@@ -40,17 +39,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
-
-
-@pytest.fixture
 def make_app(tmp_path):
     """make_app(records=None, *, controls=True, ...): the cockpit over a scripted job of its
     own (controls=False: attached read-only to the same records on disk)."""
@@ -78,8 +66,7 @@ async def test_every_panel_shows_the_scripted_run(make_app):
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
         await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
-        await pilot.pause(0.6)  # one redraw and one panel refresh later
-        assert len(chart.eval) == 3
+        await wait_for(lambda: len(chart.eval) == 3, pilot=pilot)
         assert chart.steps_per_epoch == pytest.approx(200)
         caption = text_of(app.query_one("#loss-caption").content)
         assert "guide" in caption and "eval" in caption and "whole run" in caption
@@ -132,8 +119,10 @@ async def test_local_gpu_sampling_says_plainly_when_there_is_none(make_app):
     async with app.run_test(size=SIZE) as pilot:
         panel = app.query_one(GpuPanel)
         await wait_for(lambda: panel.latest is not None and panel.latest.source == "local", pilot=pilot)
-        await pilot.pause(0.3)
-        assert panel.latest.source == "local"  # the log's gpu record does not override it
+        await wait_for(
+            lambda: len(app.query_one(LossChart).train) == 300, pilot=pilot
+        )  # the log's gpu record read
+        assert panel.latest.source == "local"  # and it does not override the local sample
         if not probe.available:
             assert probe.reason.split(":")[0].lower() in text_of(panel.content).lower()
 
@@ -453,7 +442,6 @@ async def test_read_only_attach_disables_controls(make_app):
 async def test_progress_status_before_any_record(make_app):
     app = make_app([])
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.2)
         await wait_for(lambda: "loading model and data" in fields(app), pilot=pilot)
         assert isinstance(app.query_one(ProgressPanel), ProgressPanel)
         assert app.query_one(CheckpointsTable).border_subtitle == "none yet"
@@ -599,8 +587,8 @@ async def test_the_chart_band_comes_from_the_config(make_app, tmp_path):
         # 60 steps at 200 a epoch: epoch 0.3, between (0, 9.0) and (2, 5.5)
         assert "expected < 8.47" in caption and "guide" not in caption
         assert "(epoch 0: loss < 9 (the config's band))" in " ".join(caption.split())
-        await pilot.pause(0.2)
         widget = app.query_one("#loss-caption")
+        await wait_for(lambda: widget.size.height >= 2, pilot=pilot)
         assert widget.size.height >= 2 and widget.size.width < len(
             " ".join(caption.split())
         )  # wrapped, whole

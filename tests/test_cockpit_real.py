@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def train_args(config: Path, **over) -> argparse.Namespace:
     args = dict(config=str(config), headless=False, resume="auto", max_steps=None, run_name=None)
     args.update(logs_dir=None, force=False, allow_world_size_change=False, machine_rank=None, **over)
@@ -46,6 +41,8 @@ def steps_in(records: list[dict]) -> list[int]:
 
 @pytest.mark.slow
 async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp_path):
+    from engine.chat.chat import LIVE, Done, Request, Settings
+
     config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
     log = tmp_path / "logs" / "test" / "events.jsonl"
     app = build_launched_app(train_args(config))
@@ -59,7 +56,11 @@ async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp
             frozen = steps_in(events_of(log))
             paused_at = next(r["step"] for r in events_of(log) if r["kind"] == "paused")
             assert frozen[-1] == paused_at, "the screen must show the step the run is paused at"
-            await pilot.pause(1.5)
+            # The paused trainer answers a question (it polls while it waits); no step goes by meanwhile.
+            answered: list = []
+            quick = Request("Hi", [LIVE], Settings(temperature=0, max_new_tokens=1))
+            app.pane_widgets["chat"].backend.submit(quick, answered.append)
+            await wait_for(lambda: any(isinstance(e, Done) for e in answered), 60, pilot=pilot)
             assert steps_in(events_of(log)) == frozen, "steps went on while paused"
             assert "paused" in text_of(app.query_one("#progress").content)
 
@@ -173,7 +174,7 @@ async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_pa
             await pilot.press("s")
             await wait_for(lambda: any(r["kind"] == "save" for r in events_of(log)), 120, pilot=pilot)
             await pilot.press("q")
-            await pilot.pause(0.3)
+            await wait_for(lambda: isinstance(app.screen, ConfirmQuit), pilot=pilot)
             await pilot.press("y")
             await wait_for(lambda: any(r["kind"] == "end" for r in events_of(log)), 180, pilot=pilot)
     finally:

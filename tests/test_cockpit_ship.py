@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cockpit_script import end_jobs, launched_app, text_of
+from cockpit_script import launched_app, text_of
 from conftest import train_tiny
 
 from cockpit.checklist_pane import ChecklistPane
@@ -28,17 +28,6 @@ from tests.wait import wait_for
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
 JOB_S = 120.0
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 @pytest.fixture
@@ -122,9 +111,10 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
         assert field.value == str(out.with_name("out-merged-checkpoint-2"))
         field.value = str(merged)
         await pilot.press("enter")
-        await pilot.pause(0.2)
+        await wait_for(
+            lambda: "already exists" in text_of(menu.query_one("#ship-error").content), pilot=pilot
+        )
         assert isinstance(app.screen, ShipMenu)
-        assert "already exists" in text_of(menu.query_one("#ship-error").content)
         assert len(app.query_one(JobsPanel).entries) == 1
         await pilot.press("escape")
 
@@ -150,8 +140,9 @@ async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
         await pilot.press("g")
         menu = await ship_menu(pilot)
         await pilot.press("enter")  # nothing merged yet
-        await pilot.pause(0.2)
-        assert "merge a checkpoint first" in text_of(menu.query_one("#ship-error").content)
+        await wait_for(
+            lambda: "merge a checkpoint first" in text_of(menu.query_one("#ship-error").content), pilot=pilot
+        )
         await pilot.press("escape")
 
         await on_checklist_row(pilot, "merged")
@@ -199,8 +190,10 @@ async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch
         await pilot.press("g")
         menu = await ship_menu(pilot)
         await pilot.press("enter")  # push dry run without a repo id
-        await pilot.pause(0.2)
-        assert "push needs the Hub repository" in text_of(menu.query_one("#ship-error").content)
+        await wait_for(
+            lambda: "push needs the Hub repository" in text_of(menu.query_one("#ship-error").content),
+            pilot=pilot,
+        )
         menu.query_one("#ship-repo-id").value = "someone/leviathan-tiny"
         await pilot.press("down", "enter")  # upload, asked before any dry run: a dry run comes first
         await job_ended(pilot)
