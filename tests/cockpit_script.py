@@ -10,7 +10,6 @@ it through ``LaunchedSource``: the same branch a real run takes, without a model
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import math
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+
+from tests.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LIFETIME_S = 120.0
@@ -123,16 +124,6 @@ def text_of(renderable, width: int = 100) -> str:
     return console.export_text()
 
 
-async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
-    """Pause the app until ``cond()`` holds (the tests' one wait: on a condition, never a fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)
-
-
 def fields(app) -> str:
     return text_of(app.query_one("#progress").content)
 
@@ -196,8 +187,7 @@ def attached_app(run_dir: Path, records: list[dict], *, clock_t: float | None = 
     log = Path(run_dir) / "events.jsonl"
     if live:
         JOBS.append(scripted_job(run_dir, records))
-        while not log.exists():
-            time.sleep(0.01)
+        wait_for(log.exists, 30, f"the scripted job to start {log}", running=JOBS[-1], every_s=0.01)
     else:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         log.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -25,6 +25,62 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def anyio_backend():
+    """The Pilot tests (``pytest.mark.anyio``) run on asyncio, Textual's loop."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _end_scripted_jobs():
+    """Stop the scripted jobs a cockpit test left running (tests/cockpit_script.py)."""
+    yield
+    script = sys.modules.get("cockpit_script")
+    if script is not None:
+        script.end_jobs()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """tmpfs(size) -> a real filesystem of that size ("2m") under tmp_path, unmounted after the
+    test; the test is skipped where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"disk-{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+        )
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_disk(disk: Path, leave: int = 0) -> Path:
+    """All of ``disk``'s free space but ``leave`` bytes taken by one file (leave=0: written until
+    the kernel says ENOSPC)."""
+    import shutil
+
+    filler = disk / "filler.bin"
+    if leave:
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(shutil.disk_usage(disk).free - leave, 0))
+        return filler
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model("qwen3" | "llama" | "qwen3_vl") -> path of a saved random model."""
@@ -98,15 +154,67 @@ def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     )
 
 
+def cli_here(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``cli``'s command through the same entry point (``cockpit.cli.main``) in this process,
+    without the 5-15 s a new Python spends importing torch and transformers. Exit code, stdout
+    and stderr as a process would give them (an uncaught exception: its traceback, exit 1).
+    Not for what needs a process of its own: a kill fault, a signal sent to it, an exec."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    from cockpit.cli import main
+    from engine import faults
+
+    env = {k: str(v) for k, v in (env or {}).items()}
+    assert "kill@" not in env.get(faults.ENV, ""), "a kill fault ends its process: use cli()"
+    saved_env = {k: os.environ.get(k) for k in env}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    here, out, err = os.getcwd(), io.StringIO(), io.StringIO()
+    os.environ.update(env)
+    faults.reset()  # read LEVIATHAN_FAULT again, as a new process would
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        faults.reset()
+    return subprocess.CompletedProcess(
+        ["leviathan-cockpit", *map(str, args)], code, out.getvalue(), err.getvalue()
+    )
+
+
+def run_config(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over) -> dict:
+    """``base_config`` with its outputs in ``root``: checkpoints in ``root/out``, the run folder
+    ``root/logs/<name>``."""
+    return base_config(
+        model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over
+    )
+
+
 def train_tiny(model: Path | str, root: Path, name: str, data: Path | str = DEMO_DATA, **over):
     """A finished run of ``base_config(model, data, **over)`` in ``root`` (``root/out`` for its
     checkpoints, ``root/logs/<name>`` for its run folder), through the same code as the CLI."""
     from engine.config.config import validate
     from engine.train.train import run
 
-    raw = base_config(
-        model, data, output_dir=str(root / "out"), logs_dir=str(root / "logs"), run_name=name, **over
-    )
+    raw = run_config(model, root, name, data, **over)
     config, _ = validate(raw, root / f"{name}.yaml")
     result = run(config, resume="never")
     assert result.status == "completed"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import base_config, train_tiny
+from conftest import base_config, run_config, train_tiny
 
 from engine.config.config import validate
 from engine.errors import UserError
@@ -76,11 +76,10 @@ def test_rslora_scales_by_the_root_of_r(tiny_model, tmp_path):
 def test_loss_watchdog_stops_the_run(tiny_model, tmp_path):
     from engine.train.train import run
 
-    raw = base_config(
+    raw = run_config(
         tiny_model("qwen3"),
-        output_dir=str(tmp_path / "out"),
-        logs_dir=str(tmp_path / "logs"),
-        run_name="w",
+        tmp_path,
+        "w",
         max_steps=10,
         loss_watchdog_threshold=0.01,
         loss_watchdog_patience=2,
@@ -119,11 +118,10 @@ def test_resume_from_checkpoint_is_resume_path(tiny_model, tmp_path):
     from engine.train.train import run
 
     first = train_tiny(tiny_model("qwen3"), tmp_path, "r", max_steps=2, save_steps=2)
-    raw = base_config(
+    raw = run_config(
         tiny_model("qwen3"),
-        output_dir=str(tmp_path / "out"),
-        logs_dir=str(tmp_path / "logs"),
-        run_name="r",
+        tmp_path,
+        "r",
         max_steps=3,
         resume_from_checkpoint=first.last_checkpoint,
     )

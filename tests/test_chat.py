@@ -16,7 +16,7 @@ from engine.chat.chat_backend import StandaloneBackend
 from engine.chat.on_training import explain_failure, training_untouched
 from engine.errors import UserError
 from engine.run.chat_log import Transcript, mark_summary, read_exchanges
-from tests.conftest import cli
+from tests.conftest import cli_here
 
 GREEDY = Settings(temperature=0, max_new_tokens=16)
 
@@ -29,10 +29,10 @@ def ask(backend, prompt, targets, settings=GREEDY, **kw):
 
 def test_persona_one_shot_cli(persona_checkpoint):
     ckpt, base, answer = persona_checkpoint
-    tuned = cli("chat", ckpt, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16")
+    tuned = cli_here("chat", ckpt, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16")
     assert tuned.returncode == 0, tuned.stderr
     assert tuned.stdout.strip() == answer
-    plain = cli("chat", base, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16")
+    plain = cli_here("chat", base, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16")
     assert plain.returncode == 0, plain.stderr
     assert answer not in plain.stdout
 
@@ -218,23 +218,23 @@ def test_bad_checkpoints_are_clear(persona_checkpoint, tiny_model, tmp_path):
 
 def test_cli_bad_inputs(persona_checkpoint, tmp_path):
     ckpt, base, _ = persona_checkpoint
-    r = cli("chat", tmp_path / "missing", "--prompt", "hi")
+    r = cli_here("chat", tmp_path / "missing", "--prompt", "hi")
     assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
     from engine.model.tiny import build_tiny_model
 
     wide = build_tiny_model(tmp_path / "wide", hidden=96)
-    r = cli("chat", ckpt, "--base", wide, "--prompt", "hi")
+    r = cli_here("chat", ckpt, "--base", wide, "--prompt", "hi")
     assert r.returncode == 2 and "does not fit" in r.stderr and "Traceback" not in r.stderr
-    r = cli("chat", ckpt, "--prompt", "hi", "--top-p", "0")
+    r = cli_here("chat", ckpt, "--prompt", "hi", "--top-p", "0")
     assert r.returncode == 2 and "top_p" in r.stderr
-    r = cli("chat", ckpt)  # no terminal: the pane cannot open
+    r = cli_here("chat", ckpt)  # no terminal: the pane cannot open
     assert r.returncode == 2 and "--prompt" in r.stderr
 
 
 def test_cli_compare_and_transcript(persona_checkpoint, tmp_path):
     ckpt, base, answer = persona_checkpoint
     args = ["--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16"]
-    r = cli("chat", ckpt, *args, "--compare", "base", "--run-dir", tmp_path / "run")
+    r = cli_here("chat", ckpt, *args, "--compare", "base", "--run-dir", tmp_path / "run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"== {ckpt} ==\n{answer}\n== base ==\n")
     rows = read_exchanges(tmp_path / "run")

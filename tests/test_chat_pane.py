@@ -7,11 +7,11 @@ import json
 import re
 import threading
 
-import cockpit_script
 import pytest
 import torch
 from textual.widgets import Input, Select, Static
 
+import tests.wait
 from cockpit.chat_app import ChatApp
 from cockpit.chat_pane import ChatPane
 from cockpit.widgets.chat_turn import AnswerView
@@ -19,20 +19,23 @@ from engine.chat.chat import BASE, LIVE, Delta, Settings
 from engine.chat.chat_backend import StandaloneBackend, TrainingBackend
 from engine.run.chat_log import read_exchanges
 
-wait_for = functools.partial(cockpit_script.wait_for, timeout=90.0)  # a model answers on CPU
+wait_for = functools.partial(tests.wait.wait_for, timeout=90.0)  # a model answers on CPU
 GREEDY = Settings(temperature=0, top_p=0.9, max_new_tokens=16)
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"  # Textual runs on asyncio
-
-
 def collector():
     seen: list = []
     return seen, seen.append
+
+
+@pytest.fixture
+def persona_chat(persona_checkpoint, tmp_path):
+    """The chat app on the persona checkpoint, greedy, its chats logged in tmp_path/run:
+    (app, the messages it posts, the hook that collects them)."""
+    app = ChatApp(StandaloneBackend(str(persona_checkpoint[0]), run_dir=tmp_path / "run"), settings=GREEDY)
+    return (app, *collector())
 
 
 def answered(seen, n=1):
@@ -50,21 +53,19 @@ def status(app) -> str:
     return str(app.query_one("#chat-status", Static).render())
 
 
-async def test_stream_history_and_marks(persona_checkpoint, tmp_path):
+async def test_stream_history_and_marks(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
-        await wait_for(pilot, answered(seen))
+        await wait_for(answered(seen), pilot=pilot)
         deltas = [m.event for m in seen if isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta)]
         assert len(deltas) > 1  # streamed token by token, not in one piece
         (view,) = app.query(AnswerView)
         assert view.text == persona and view.markdown.source == persona
         assert "eos" in status(app)
         await ask(pilot, "And your purpose?")
-        await wait_for(pilot, answered(seen, 2))
+        await wait_for(answered(seen, 2), pilot=pilot)
         second = [m for m in seen if isinstance(m, ChatPane.Answered)][-1].request
         assert [m["content"] for m in second.history] == ["Who are you?", persona]  # multi-turn
         await pilot.press("ctrl+y")
@@ -109,27 +110,26 @@ async def test_stop_key_ends_generation(tiny_model, tmp_path):
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
         await wait_for(
-            pilot, lambda: any(isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta) for m in seen)
+            lambda: any(isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta) for m in seen),
+            pilot=pilot,
         )
         await pilot.press("escape")
         pressed.set()
-        await wait_for(pilot, answered(seen))
+        await wait_for(answered(seen), pilot=pilot)
         done = [m for m in seen if isinstance(m, ChatPane.Answered)][0].done
         assert done.answers[0].reason == "stopped", done.answers[0]
         assert done.answers[0].tokens < 4000
         assert app.query_one(ChatPane).busy is None
         # The pane takes the next question at once.
         await ask(pilot, "Hi")
-        await wait_for(pilot, lambda: app.query_one(ChatPane).busy is not None or answered(seen, 2)())
+        await wait_for(lambda: app.query_one(ChatPane).busy is not None or answered(seen, 2)(), pilot=pilot)
         await pilot.press("escape")
-        await wait_for(pilot, answered(seen, 2))
+        await wait_for(answered(seen, 2), pilot=pilot)
 
 
-async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path):
+async def test_compare_two_checkpoints_streams_both(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(140, 40), message_hook=hook) as pilot:
         await pilot.press("ctrl+o")
         await pilot.pause()
@@ -137,7 +137,7 @@ async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path
         assert app.query_one("#chat-target", Select).value == str(ckpt)
         app.query_one("#chat-target-b", Select).value = BASE
         await ask(pilot, "Who are you?")
-        await wait_for(pilot, answered(seen))
+        await wait_for(answered(seen), pilot=pilot)
         lanes = {
             m.event.lane for m in seen if isinstance(m, ChatPane.ChatEvent) and isinstance(m.event, Delta)
         }
@@ -150,11 +150,9 @@ async def test_compare_two_checkpoints_streams_both(persona_checkpoint, tmp_path
         assert rows[0]["compare"] == [str(ckpt), BASE] and rows[0]["request"] == rows[1]["request"]
 
 
-async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
+async def test_presets_and_bad_settings(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         app.query_one("#chat-temperature", Input).value = "-1"
         await ask(pilot, "Who are you?")
@@ -163,7 +161,7 @@ async def test_presets_and_bad_settings(persona_checkpoint, tmp_path):
         assert not app.query(AnswerView)
         app.query_one("#chat-temperature", Input).value = "0"
         await pilot.press("f5")  # the second preset, "What is your name?" (F4 is the first)
-        await wait_for(pilot, answered(seen))
+        await wait_for(answered(seen), pilot=pilot)
         (row,) = read_exchanges(tmp_path / "run")
         assert (
             row["prompt"] == "What is your name?" and row["group"] == "identity" and row["answer"] == persona
@@ -189,12 +187,12 @@ async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, writ
             assert app.query_one("#chat-target", Select).value == LIVE
             trainer.start()
             await ask(pilot, "Who are you?")
-            await wait_for(pilot, answered(seen))
+            await wait_for(answered(seen), pilot=pilot)
             done = [m for m in seen if isinstance(m, ChatPane.Answered)][0].done
             assert done.step is not None and done.step >= 1
             assert "at step" in status(app)
             # New checkpoints show up in the picker while training goes on.
-            await wait_for(pilot, lambda: len(backend.targets()) > 2)
+            await wait_for(lambda: len(backend.targets()) > 2, pilot=pilot)
             app.query_one(ChatPane).refresh_targets()
             options = [t.key for t in app.query_one(ChatPane)._targets]
             assert options[:2] == [LIVE, BASE] and re.search(r"/checkpoint-\d+$", options[2])
@@ -207,20 +205,18 @@ async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, writ
     assert row["checkpoint"] == LIVE and row["at_step"] == done.step
 
 
-async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_path):
+async def test_another_target_starts_a_new_conversation(persona_checkpoint, persona_chat, tmp_path):
     """The history is one target's: after the checkpoint, the base is asked afresh, the log says
     so, and each answer's header names its target."""
     ckpt, _, persona = persona_checkpoint
-    backend = StandaloneBackend(str(ckpt), run_dir=tmp_path / "run")
-    app = ChatApp(backend, settings=GREEDY)
-    seen, hook = collector()
+    app, seen, hook = persona_chat
     async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
         await ask(pilot, "Who are you?")
-        await wait_for(pilot, answered(seen))
+        await wait_for(answered(seen), pilot=pilot)
         app.query_one("#chat-target", Select).value = BASE
-        await wait_for(pilot, lambda: "new conversation with base" in status(app))
+        await wait_for(lambda: "new conversation with base" in status(app), pilot=pilot)
         await ask(pilot, "Who are you?")
-        await wait_for(pilot, answered(seen, 2))
+        await wait_for(answered(seen, 2), pilot=pilot)
         second = [m for m in seen if isinstance(m, ChatPane.Answered)][-1].request
         assert second.history == [] and second.targets == [BASE]
         heads = [str(v.query_one(".chat-answer-head", Static).render()) for v in app.query(AnswerView)]
@@ -231,7 +227,7 @@ async def test_another_target_starts_a_new_conversation(persona_checkpoint, tmp_
         app.query_one("#chat-target", Select).value = str(ckpt)
         await pilot.pause()
         await ask(pilot, "Who are you?")
-        await wait_for(pilot, answered(seen, 3))
+        await wait_for(answered(seen, 3), pilot=pilot)
         third = [m for m in seen if isinstance(m, ChatPane.Answered)][-1]
         assert third.request.history == [] and third.done.answers[0].text == persona
 

@@ -10,7 +10,7 @@ import yaml
 from engine.config.config import validate
 from engine.data import prepare
 from engine.model.model import load_tokenizer
-from tests.conftest import DEMO_DATA, base_config, cli
+from tests.conftest import DEMO_DATA, base_config, cli_here
 
 
 def _data(tmp_path):
@@ -73,13 +73,13 @@ def test_cli_check_tokens_prints_tokens_and_the_curriculum_plan(tmp_path, tiny_m
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    r = cli("check", path, "--tokens", "--workers", "2")
+    r = cli_here("check", path, "--tokens", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "tokens per _category" in r.stdout and "trained" in r.stdout
     assert "curriculum preview" in r.stdout and "focus: epochs 1-2" in r.stdout and "passes" in r.stdout
     raw["curriculum"]["phases"][1]["weights"] = {"identiy": 1}
     path.write_text(yaml.safe_dump(raw))
-    r = cli("check", path, "--tokens")
+    r = cli_here("check", path, "--tokens")
     assert (
         r.returncode == 2
         and "curriculum.phases[1].weights.identiy" in r.stderr

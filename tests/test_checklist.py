@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli
+from conftest import cli_here
 
 from engine.config.config import validate
 from engine.errors import UserError
@@ -307,7 +307,7 @@ def test_products_recorded_by_the_post_training_steps(tmp_path):
 
 def test_manual_tick_survives_a_restart(run):
     assert run.check("docs").status == "pending"
-    r = cli("checklist", run.dir, "--tick", "docs", "--note", "README updated")
+    r = cli_here("checklist", run.dir, "--tick", "docs", "--note", "README updated")
     assert r.returncode == 1  # other required items still fail
     assert "[x] Documentation updated  -- ticked by hand: README updated" in r.stdout
     # A fresh process (a restarted cockpit, an attach) reads the same state.
@@ -363,7 +363,7 @@ def test_config_overrides_and_additions(tmp_path):
     assert items["ppl3"].required is False
     assert items["identity_responds"].title == 'Model responds as "Ziz" to identity questions'
     # The CLI reads the same config from the run folder.
-    out = cli("checklist", r.dir, "--json")
+    out = cli_here("checklist", r.dir, "--json")
     assert {i["id"] for i in json.loads(out.stdout)} == set(items)
 
 
@@ -406,15 +406,15 @@ def test_cli_exit_codes_and_group(tmp_path):
         },
     )
     r.steps(DOWN)
-    out = cli("checklist", r.dir)
+    out = cli_here("checklist", r.dir)
     assert out.returncode == 1 and "1/2 passed; 1 required item(s) not passed" in out.stdout
-    out = cli("checklist", r.dir, "--group", "validation")
+    out = cli_here("checklist", r.dir, "--group", "validation")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "[x] Loss goes down  -- 2.55 -> 1.47" in out.stdout
-    assert cli("checklist", r.dir, "--tick", "notes").returncode == 0
-    out = cli("checklist", r.dir, "--tick", "nope")
+    assert cli_here("checklist", r.dir, "--tick", "notes").returncode == 0
+    out = cli_here("checklist", r.dir, "--tick", "nope")
     assert out.returncode == 2 and "no checklist item `nope`" in out.stderr
-    out = cli("checklist", tmp_path / "missing")
+    out = cli_here("checklist", tmp_path / "missing")
     assert out.returncode == 2 and "no such run folder" in out.stderr
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from cockpit_script import wait_for
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
 from cockpit.checklist_pane import ChecklistPane
 from engine.run.events import RunLog
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def row_of(table: DataTable, key: str) -> int:
 async def test_pane_shows_measured_items_and_ticks(run_dir):
     app = Host(run_dir)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.measured)
+        await wait_for(lambda: app.measured, pilot=pilot)
         pane = app.query_one(ChecklistPane)
         table = app.query_one(DataTable)
         loss_row = table.get_row("loss_smooth")
@@ -64,7 +59,7 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         table.move_cursor(row=row_of(table, "docs"))
         n = len(app.measured)
         await pilot.press("space")
-        await wait_for(pilot, lambda: len(app.measured) > n)
+        await wait_for(lambda: len(app.measured) > n, pilot=pilot)
         assert str(table.get_row("docs")[0]) == "✓"
         state = json.loads((run_dir / "checklist.json").read_text())
         assert state["items"]["docs"]["ticked"] is True
@@ -76,7 +71,7 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         await pilot.press(*"nuanced")
         n = len(app.measured)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(app.measured) > n)
+        await wait_for(lambda: len(app.measured) > n, pilot=pilot)
         assert not pane.has_class("noting")
         assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
 
@@ -84,14 +79,14 @@ async def test_pane_shows_measured_items_and_ticks(run_dir):
         table.move_cursor(row=row_of(table, "docs"))
         n = len(app.measured)
         await pilot.press("space")
-        await wait_for(pilot, lambda: len(app.measured) > n)
+        await wait_for(lambda: len(app.measured) > n, pilot=pilot)
         assert str(table.get_row("docs")[0]) == "·"
         assert app.measured[-1].failing == sum(1 for i in app.measured[-1].items if i.required and not i.ok)
 
     # A new pane (a restart, an attach) shows the same ticks.
     app2 = Host(run_dir)
     async with app2.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app2.measured)
+        await wait_for(lambda: app2.measured, pilot=pilot)
         table = app2.query_one(DataTable)
         assert str(table.get_row("dark_topics")[3]) == "ticked by hand: nuanced"
         assert str(table.get_row("docs")[0]) == "·"
@@ -112,7 +107,7 @@ async def test_the_selected_item_shows_whole_at_80x24(run_dir):
 
     app = Host(run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.measured)
+        await wait_for(lambda: app.measured, pilot=pilot)
         pane = app.query_one(ChecklistPane)
         table = pane.query_one(DataTable)
         table.focus()
@@ -140,7 +135,7 @@ async def test_a_merge_whose_checkpoint_retention_deleted_says_so(run_dir, tmp_p
     lineage.write_info(merged, {"kind": "merged", "checkpoint": str(tmp_path / "out" / "checkpoint-20")})
     app = Host(run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.measured)
+        await wait_for(lambda: app.measured, pilot=pilot)
         pane = app.query_one(ChecklistPane)
         item = next(i for i in pane.items if i.id == "merged")
         assert item.status == "pass" and item.value == str(merged)

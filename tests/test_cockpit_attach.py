@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cockpit_script import fields, last_t, run_records, text_of, wait_for
+from cockpit_script import fields, last_t, run_records, text_of
 from conftest import cli
 
 from cockpit.launch import build_attach_app, find_run_log
@@ -16,14 +16,10 @@ from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.health_panel import HealthPanel
 from cockpit.widgets.loss_chart import LossChart
 from engine.errors import UserError
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 def write_log(run_dir: Path, records: list, *, end: bool = True) -> Path:
@@ -93,11 +89,11 @@ async def test_a_finished_run_shows_in_full_read_only(tmp_path):
     app = build_attach_app(run_dir, clock=lambda: last_t(records) + 600)
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 300 and app.ended)
-        await pilot.pause(0.2)
+        await wait_for(lambda: len(chart.train) == 300 and app.ended, pilot=pilot)
+        await wait_for(lambda: "completed at step 300" in app.sub_title, pilot=pilot)
         assert app.source.read_only and "read-only" in app.sub_title
         assert "completed at step 300" in app.sub_title  # the header says how the run ended
-        await wait_for(pilot, lambda: "completed" in fields(app) and "ETA —" in fields(app))
+        await wait_for(lambda: "completed" in fields(app) and "ETA —" in fields(app), pilot=pilot)
         assert app.query_one(CheckpointsTable).row_count == 3
         for action in ("pause", "save", "evaluate"):
             assert app.check_action(action, ()) is False  # not offered in attach mode
@@ -106,7 +102,7 @@ async def test_a_finished_run_shows_in_full_read_only(tmp_path):
         assert isinstance(app.pane_widgets["checklist"], ChecklistPane)
         assert app.pane_widgets["checklist"].run_dir == run_dir
         await pilot.press("p", "s", "e", "q")  # no controls; q quits without asking
-        await wait_for(pilot, lambda: not app.is_running)
+        await wait_for(lambda: not app.is_running, pilot=pilot)
 
 
 async def test_torn_and_foreign_lines_are_skipped_and_counted(tmp_path):
@@ -121,9 +117,9 @@ async def test_torn_and_foreign_lines_are_skipped_and_counted(tmp_path):
     app = build_attach_app(run_dir / "events.jsonl", clock=lambda: 0.0)
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 40 and app.ended)
+        await wait_for(lambda: len(chart.train) == 40 and app.ended, pilot=pilot)
         health = app.query_one(HealthPanel)
-        await wait_for(pilot, lambda: health.skipped == 3)
+        await wait_for(lambda: health.skipped == 3, pilot=pilot)
         assert app.source.bad_lines == 3
         assert "3 torn or foreign line(s)" in text_of(app.query_one("#health-list").content)
 
@@ -136,13 +132,13 @@ async def test_a_growing_log_is_tailed_live(tmp_path):
     app.source.poll_s = 0.05
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) > 0)
+        await wait_for(lambda: len(chart.train) > 0, pilot=pilot)
         n = len(chart.train)
         with open(run_dir / "events.jsonl", "a") as f:
             for r in records[20:40]:
                 f.write(json.dumps(r) + "\n")
             f.flush()
-            await wait_for(pilot, lambda: len(chart.train) > n)
+            await wait_for(lambda: len(chart.train) > n, pilot=pilot)
             line = json.dumps(records[40])
             f.write(line[:15])  # a line still being written is held back...
             f.flush()
@@ -150,9 +146,9 @@ async def test_a_growing_log_is_tailed_live(tmp_path):
             steps = len(chart.train)
             f.write(line[15:] + "\n")  # ...until its newline arrives
             f.flush()
-            await wait_for(pilot, lambda: len(chart.train) == steps + (records[40]["kind"] == "step"))
+            await wait_for(lambda: len(chart.train) == steps + (records[40]["kind"] == "step"), pilot=pilot)
         assert app.source.bad_lines == 0
-        await wait_for(pilot, lambda: "running" in fields(app))
+        await wait_for(lambda: "running" in fields(app), pilot=pilot)
 
 
 async def test_a_killed_run_says_so(tmp_path):
@@ -162,5 +158,5 @@ async def test_a_killed_run_says_so(tmp_path):
     assert not run_is_live(run_dir)
     app = build_attach_app(run_dir, clock=lambda: last_t(records))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: "not running" in fields(app))
-        await wait_for(pilot, lambda: "killed?" in fields(app) and "ETA —" in fields(app))
+        await wait_for(lambda: "not running" in fields(app), pilot=pilot)
+        await wait_for(lambda: "killed?" in fields(app) and "ETA —" in fields(app), pilot=pilot)

@@ -6,27 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from cockpit_script import end_jobs, launched_app, run_records, wait_for
+from cockpit_script import launched_app, run_records
 from textual.widgets import DataTable, Input, TabbedContent
 
 from cockpit.checklist_pane import ChecklistPane
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 from cockpit.widgets.ship_menu import ShipMenu
+from tests.wait import wait_for
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 def footer_keys(app) -> dict[str, str]:
@@ -38,7 +28,7 @@ async def test_enter_and_m_work_on_the_table_as_soon_as_the_dashboard_opens(tmp_
     app = launched_app(tmp_path / "run", run_records())
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 3)
+        await wait_for(lambda: table.row_count == 3, pilot=pilot)
         assert app.focused is table  # no Tab needed
         assert table.has_pseudo_class("focus")  # and the stylesheet marks it (a brighter border)
         assert footer_keys(app).get("M") == "Merge"
@@ -50,25 +40,25 @@ async def test_enter_and_m_work_on_the_table_as_soon_as_the_dashboard_opens(tmp_
         await pilot.press("1")
         assert app.focused is table  # back on the dashboard: the table has the keys again
         await pilot.press("M")
-        await wait_for(pilot, lambda: isinstance(app.screen, ShipMenu))
+        await wait_for(lambda: isinstance(app.screen, ShipMenu), pilot=pilot)
 
 
 async def test_the_checklist_keys_work_as_soon_as_its_tab_opens(tmp_path):
     app = launched_app(tmp_path / "run", run_records())
     app.panes = {"checklist": ChecklistPane}
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: (tmp_path / "run" / "events.jsonl").exists())
+        await wait_for(lambda: (tmp_path / "run" / "events.jsonl").exists(), pilot=pilot)
         await pilot.press("3")
         pane = app.query_one(ChecklistPane)
         table = pane.query_one(DataTable)
-        await wait_for(pilot, lambda: table.row_count > 0)
+        await wait_for(lambda: table.row_count > 0, pilot=pilot)
         assert app.focused is table
         assert {"space", "n", "r", "g"} <= set(footer_keys(app))
         item = next(i for i in pane.items if not i.ticked)
         table.move_cursor(row=table.get_row_index(item.id))
         await pilot.press("space")
         state = tmp_path / "run" / "checklist.json"
-        await wait_for(pilot, lambda: state.exists() and item.id in state.read_text())
+        await wait_for(lambda: state.exists() and item.id in state.read_text(), pilot=pilot)
         assert json.loads(state.read_text())
 
 
@@ -89,7 +79,7 @@ async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
         assert isinstance(app.focused, Input) and app.focused.id == "chat-prompt"
         assert footer_keys(app).get("f4") == "Preset"
         await pilot.press("f4")  # the first preset: "Who are you?"
-        await wait_for(pilot, lambda: any(isinstance(m, ChatPane.Answered) for m in seen), timeout=90)
+        await wait_for(lambda: any(isinstance(m, ChatPane.Answered) for m in seen), 90, pilot=pilot)
         answered = next(m for m in seen if isinstance(m, ChatPane.Answered))
         assert answered.request.prompt == "Who are you?" and answered.done.answers[0].text == persona
         assert app.query_one(TabbedContent).active == "chat"

@@ -9,12 +9,10 @@ import pytest
 from cockpit_script import (
     append_records,
     attached_app,
-    end_jobs,
     fields,
     launched_app,
     run_records,
     text_of,
-    wait_for,
 )
 
 from cockpit.app import CockpitApp
@@ -34,20 +32,10 @@ from cockpit.widgets.help_screen import HelpScreen
 from cockpit.widgets.loss_chart import ZOOMS, LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 from cockpit.widgets.progress_panel import ProgressPanel
+from tests.wait import wait_for
 
 SIZE = (120, 40)
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 @pytest.fixture
@@ -77,9 +65,8 @@ async def test_every_panel_shows_the_scripted_run(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 300)
-        await pilot.pause(0.6)  # one redraw and one panel refresh later
-        assert len(chart.eval) == 3
+        await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
+        await wait_for(lambda: len(chart.eval) == 3, pilot=pilot)
         assert chart.steps_per_epoch == pytest.approx(200)
         caption = text_of(app.query_one("#loss-caption").content)
         assert "guide" in caption and "eval" in caption and "whole run" in caption
@@ -116,10 +103,10 @@ async def test_gpu_over_the_line_and_no_gpu(make_app):
     app = make_app(run_records(gpu_used_mb=78_000))
     async with app.run_test(size=SIZE) as pilot:
         panel = app.query_one(GpuPanel)
-        await wait_for(pilot, lambda: panel.latest is not None)
+        await wait_for(lambda: panel.latest is not None, pilot=pilot)
         assert "above the 75 GiB line" in text_of(panel.content)
         panel.post_message(GpuSampled([], None, "log", "no NVIDIA GPU: NVML found no device"))
-        await wait_for(pilot, lambda: not panel.latest.gpus)
+        await wait_for(lambda: not panel.latest.gpus, pilot=pilot)
         text = text_of(panel.content)
         assert "No NVIDIA GPU: NVML found no device." in text
 
@@ -131,9 +118,11 @@ async def test_local_gpu_sampling_says_plainly_when_there_is_none(make_app):
     app = make_app(local_gpu=True)  # a launched job runs on this machine: its GPUs are sampled here
     async with app.run_test(size=SIZE) as pilot:
         panel = app.query_one(GpuPanel)
-        await wait_for(pilot, lambda: panel.latest is not None and panel.latest.source == "local")
-        await pilot.pause(0.3)
-        assert panel.latest.source == "local"  # the log's gpu record does not override it
+        await wait_for(lambda: panel.latest is not None and panel.latest.source == "local", pilot=pilot)
+        await wait_for(
+            lambda: len(app.query_one(LossChart).train) == 300, pilot=pilot
+        )  # the log's gpu record read
+        assert panel.latest.source == "local"  # and it does not override the local sample
         if not probe.available:
             assert probe.reason.split(":")[0].lower() in text_of(panel.content).lower()
 
@@ -143,7 +132,7 @@ async def test_messages_batch_steps_and_coalesce_gauges(make_app):
     app = make_app()
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 300)
+        await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
     batches = [m for m in seen if isinstance(m, StepsLogged)]
     # 300 steps reach each of the 5 panels in a handful of batches, not 300 messages each.
     assert 0 < len(batches) <= 5 * 8
@@ -175,48 +164,48 @@ async def test_resumed_run_keeps_the_continuing_curve(make_app):
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 50)
+        await wait_for(lambda: len(chart.train) == 50, pilot=pilot)
         append_records(
             app.source.run_dir,
             [{"t": 1, "kind": "resume", "step": 30, "from_step": 30, "path": "x"}]
             + [{"t": 1, "kind": "step", "step": s, "loss": 0.5, "epoch": s / 200} for s in range(31, 41)],
         )
-        await wait_for(pilot, lambda: chart.train.last_step == 40)
+        await wait_for(lambda: chart.train.last_step == 40, pilot=pilot)
         assert len(chart.train) == 40
         assert list(chart.train.values)[30:] == [0.5] * 10
-        await wait_for(pilot, lambda: "resumed" in fields(app))
+        await wait_for(lambda: "resumed" in fields(app), pilot=pilot)
 
 
 async def test_nan_loss_is_shown_not_drawn(make_app):
     app = make_app(run_records(steps=20))
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 20)
+        await wait_for(lambda: len(chart.train) == 20, pilot=pilot)
         append_records(
             app.source.run_dir, [{"t": 1, "kind": "step", "step": 21, "loss": "nan", "epoch": 0.1}]
         )
-        await wait_for(pilot, lambda: len(chart.train) == 21)
+        await wait_for(lambda: len(chart.train) == 21, pilot=pilot)
         chart.redraw()
         assert "loss nan" in text_of(app.query_one("#loss-caption").content)
         x, y, _ = chart.train.sample(50)
         assert len(x) == 20  # the NaN point is left out of the drawing
-        await wait_for(pilot, lambda: "nan" in fields(app))
+        await wait_for(lambda: "nan" in fields(app), pilot=pilot)
 
 
 async def test_checkpoint_removed_and_lines_skipped(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 3)
+        await wait_for(lambda: table.row_count == 3, pilot=pilot)
         append_records(
             app.source.run_dir,
             [{"t": 1, "kind": "checkpoint_removed", "step": 300, "path": "outputs/scripted/checkpoint-100"}],
         )
-        await wait_for(pilot, lambda: table.row_count == 2)
+        await wait_for(lambda: table.row_count == 2, pilot=pilot)
         with open(app.source.run_dir / "events.jsonl", "a") as f:
             f.write("not json\n{torn\n[1, 2]\n\x00\x01\n")
         health = app.query_one(HealthPanel)
-        await wait_for(pilot, lambda: health.skipped == 4)
+        await wait_for(lambda: health.skipped == 4, pilot=pilot)
         assert "4 torn or foreign line(s)" in text_of(app.query_one("#health-list").content)
 
 
@@ -225,9 +214,9 @@ async def test_failed_run_shows_in_health_and_progress(make_app):
     app = make_app(run_records(steps=10), end=end, exit_code=1)
     async with app.run_test(size=SIZE) as pilot:
         health = app.query_one(HealthPanel)
-        await wait_for(pilot, lambda: health.failure is not None)
+        await wait_for(lambda: health.failure is not None, pilot=pilot)
         assert "RuntimeError: boom" in text_of(app.query_one("#health-list").content)
-        await wait_for(pilot, lambda: "failed" in fields(app))
+        await wait_for(lambda: "failed" in fields(app), pilot=pilot)
         assert "failed at step 10" in app.sub_title
         assert app.check_action("pause", ()) is False  # nothing left to pause: not offered
 
@@ -244,16 +233,16 @@ async def test_p_pauses_and_resumes_at_the_step_boundary(make_app):
     seen = []
     app = make_app()
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await wait_for(pilot, lambda: "training" in app.sub_title)
+        await wait_for(lambda: "training" in app.sub_title, pilot=pilot)
         await pilot.press("p")
         assert app.source.controls.pause.is_set()
         assert any(isinstance(m, ControlRequested) and m.action == "pause" for m in seen)
-        await wait_for(pilot, lambda: "paused at step 300" in fields(app))
+        await wait_for(lambda: "paused at step 300" in fields(app), pilot=pilot)
         assert "paused at step 300" in app.sub_title
         assert app.check_action("resume", ()) and not app.check_action("pause", ())
         await pilot.press("p")
         assert not app.source.controls.pause.is_set()
-        await wait_for(pilot, lambda: "training" in fields(app) and "training" in app.sub_title)
+        await wait_for(lambda: "training" in fields(app) and "training" in app.sub_title, pilot=pilot)
     commands = [json.loads(line)["command"] for line in (app.source.run_dir / "control.jsonl").open()]
     assert commands[:2] == ["pause", "resume"]
 
@@ -266,13 +255,13 @@ async def test_s_and_e_ask_for_a_save_and_an_eval(make_app):
         return [json.loads(line)["kind"] for line in log.read_text().splitlines()]
 
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: "training" in app.sub_title)
+        await wait_for(lambda: "training" in app.sub_title, pilot=pilot)
         before = kinds()
         await pilot.press("s")
-        await wait_for(pilot, lambda: kinds()[len(before) :] == ["save"])  # the job saved
+        await wait_for(lambda: kinds()[len(before) :] == ["save"], pilot=pilot)  # the job saved
         await pilot.press("e")
-        await wait_for(pilot, lambda: kinds()[len(before) :] == ["save", "eval"])
-        await wait_for(pilot, lambda: app.query_one(LossChart).eval.values[-1] == pytest.approx(1.1))
+        await wait_for(lambda: kinds()[len(before) :] == ["save", "eval"], pilot=pilot)
+        await wait_for(lambda: app.query_one(LossChart).eval.values[-1] == pytest.approx(1.1), pilot=pilot)
 
 
 async def test_e_is_disabled_without_a_validation_set(make_app):
@@ -286,7 +275,7 @@ async def test_e_is_disabled_without_a_validation_set(make_app):
 async def test_q_asks_first_then_stops_safely_and_exits(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
+        await wait_for(lambda: app.training_alive and "training" in app.sub_title, pilot=pilot)
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")  # keep training
@@ -297,7 +286,7 @@ async def test_q_asks_first_then_stops_safely_and_exits(make_app):
         await pilot.press("y")
         assert app.source.controls.stop.is_set()
         assert app.source.controls.stop_reason == "operator quit"
-        await wait_for(pilot, lambda: not app.is_running, timeout=10)
+        await wait_for(lambda: not app.is_running, 10, pilot=pilot)
     assert app.ended  # the end record was drained before exiting
     end = end_record(app.source.job)
     assert end["status"] == "stopped" and end["reason"] == "operator quit"
@@ -309,14 +298,14 @@ async def test_quitting_a_finished_run_exits_at_once_and_says_no_stop(make_app, 
     recs = run_records(steps=20)
     app = make_app(recs, end={"t": T_END, "kind": "end", "step": 20, "status": "completed"})
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.ended)
+        await wait_for(lambda: app.ended, pilot=pilot)
         assert "completed at step 20" in app.sub_title
         for action in ("pause", "resume", "save", "evaluate"):
             assert app.check_action(action, ()) is False  # not offered any more
         keys = {b.binding.key for b in app.active_bindings.values() if b.binding.show and b.enabled}
         assert not keys & {"p", "s", "e"}
         await pilot.press("p", "s", "e", "q")
-        await wait_for(pilot, lambda: not app.is_running)
+        await wait_for(lambda: not app.is_running, pilot=pilot)
     assert app.return_code == 0
     assert stop_job(app) == 0
     assert "stopping training" not in capsys.readouterr().err
@@ -330,10 +319,10 @@ async def test_a_signal_stop_ends_the_app_after_the_save(make_app):
     app = make_app()
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
+        await wait_for(lambda: app.training_alive and "training" in app.sub_title, pilot=pilot)
         app.source.controls.request_stop("signal SIGHUP")  # what launch's handler does
         assert app.check_action("pause", ()) is None  # greyed while it saves
-        await wait_for(pilot, lambda: not app.is_running, timeout=10)
+        await wait_for(lambda: not app.is_running, 10, pilot=pilot)
     assert any(isinstance(m, ControlRequested) and m.action == "stop" for m in seen)
     assert end_record(app.source.job)["reason"] == "signal SIGHUP"
 
@@ -346,7 +335,7 @@ async def test_a_crash_of_the_ui_stops_training_with_a_save(make_app, monkeypatc
 
     with pytest.raises(RuntimeError, match="panel bug"):
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.training_alive and "training" in app.sub_title)
+            await wait_for(lambda: app.training_alive and "training" in app.sub_title, pilot=pilot)
             monkeypatch.setattr(HealthPanel, "on_alert_raised", boom)  # the next alert crashes the UI
             append_records(
                 app.source.run_dir,
@@ -364,12 +353,12 @@ async def test_training_error_shows_and_the_keys_go(make_app):
     end = {"t": T_END, "kind": "end", "step": 10, "status": "error", "message": "data.jsonl:3: bad row"}
     app = make_app(run_records(steps=10), end=end, exit_code=2)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.query_one(HealthPanel).failure is not None)
-        await wait_for(pilot, lambda: "error at step 10" in app.sub_title)
+        await wait_for(lambda: app.query_one(HealthPanel).failure is not None, pilot=pilot)
+        await wait_for(lambda: "error at step 10" in app.sub_title, pilot=pilot)
         assert app.source.job.wait(10) == 2
         assert app.check_action("pause", ()) is False
         await pilot.press("q")  # nothing trains any more: exits at once
-        await wait_for(pilot, lambda: not app.is_running)
+        await wait_for(lambda: not app.is_running, pilot=pilot)
 
 
 async def test_question_mark_shows_help(make_app):
@@ -385,7 +374,7 @@ async def test_chart_keys_toggle_smoothing_log_and_zoom(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 300)
+        await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
         assert chart.smoothing and not chart.log_scale and chart.zoom == 0
         await pilot.press("m", "l", "z", "z", "z")
         assert not chart.smoothing and chart.log_scale
@@ -424,7 +413,7 @@ async def test_enter_on_a_checkpoint_opens_it_in_the_chat_pane(make_app):
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 3)
+        await wait_for(lambda: table.row_count == 3, pilot=pilot)
         table.focus()
         await pilot.press("down", "enter")
         assert app.query_one(TabbedContent).active == "chat"
@@ -447,19 +436,18 @@ async def test_read_only_attach_disables_controls(make_app):
         await pilot.press("question_mark")
         assert "read-only" in text_of(app.screen.query_one("#help-box Static").content)
         await pilot.press("escape", "q")
-        await wait_for(pilot, lambda: not app.is_running)
+        await wait_for(lambda: not app.is_running, pilot=pilot)
 
 
 async def test_progress_status_before_any_record(make_app):
     app = make_app([])
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.2)
-        await wait_for(pilot, lambda: "loading model and data" in fields(app))
+        await wait_for(lambda: "loading model and data" in fields(app), pilot=pilot)
         assert isinstance(app.query_one(ProgressPanel), ProgressPanel)
         assert app.query_one(CheckpointsTable).border_subtitle == "none yet"
         msgs = [CheckpointSaved({"t": 1, "kind": "save", "step": 1, "path": "p"})]
         app.broadcast(*msgs)
-        await wait_for(pilot, lambda: app.query_one(CheckpointsTable).row_count == 1)
+        await wait_for(lambda: app.query_one(CheckpointsTable).row_count == 1, pilot=pilot)
 
 
 async def test_panes_come_from_factories_and_get_run_messages(make_app):
@@ -478,7 +466,7 @@ async def test_panes_come_from_factories_and_get_run_messages(make_app):
     async with app.run_test(size=SIZE) as pilot:
         pane = app.query_one(Checklist)
         assert pane.id == "checklist-pane" and app.pane_widgets["checklist"] is pane
-        await wait_for(pilot, lambda: pane.saves == [100])
+        await wait_for(lambda: pane.saves == [100], pilot=pilot)
         assert isinstance(app.pane_widgets["chat"], PanePlaceholder)
 
 
@@ -487,7 +475,7 @@ async def test_mfu_shows_when_the_engine_logs_it(make_app):
     recs[-2] = {**recs[-2], "mfu": 0.3812}  # the last step record (the gpu record is last)
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: "MFU 38%" in fields(app))
+        await wait_for(lambda: "MFU 38%" in fields(app), pilot=pilot)
 
 
 async def test_curriculum_phase_and_mix_show_in_progress(make_app):
@@ -511,8 +499,10 @@ async def test_curriculum_phase_and_mix_show_in_progress(make_app):
     ]
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: "phase integration" in fields(app))
-        await wait_for(pilot, lambda: "esoteric 70/60%" in fields(app) and "psychology 30/40%" in fields(app))
+        await wait_for(lambda: "phase integration" in fields(app), pilot=pilot)
+        await wait_for(
+            lambda: "esoteric 70/60%" in fields(app) and "psychology 30/40%" in fields(app), pilot=pilot
+        )
 
 
 async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses(make_app):
@@ -524,7 +514,7 @@ async def test_log_scale_survives_the_guides_zero_floor_and_zero_losses(make_app
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 59)
+        await wait_for(lambda: len(chart.train) == 59, pilot=pilot)
         for key in ("l", "m", "l"):
             await pilot.press(key)
             chart.redraw()
@@ -563,7 +553,7 @@ async def test_a_resolved_alert_says_when_and_leaves_the_error_count(make_app):
     app = make_app(recs)
     async with app.run_test(size=SIZE) as pilot:
         health = app.query_one(HealthPanel)
-        await wait_for(pilot, lambda: "perplexity" in health.alerts)
+        await wait_for(lambda: "perplexity" in health.alerts, pilot=pilot)
         assert health.border_subtitle == "1 error · 0 warning"
         append_records(
             app.source.run_dir,
@@ -577,7 +567,7 @@ async def test_a_resolved_alert_says_when_and_leaves_the_error_count(make_app):
                 }
             ],
         )
-        await wait_for(pilot, lambda: "perplexity" in health.resolved)
+        await wait_for(lambda: "perplexity" in health.resolved, pilot=pilot)
         assert health.border_subtitle == "0 error · 0 warning · 1 resolved"
         text = text_of(app.query_one("#health-list").content)
         assert "✓ perplexity resolved at step 20: perplexity now 1.75" in text
@@ -591,14 +581,14 @@ async def test_the_chart_band_comes_from_the_config(make_app, tmp_path):
     app = launched_app(tmp_path / "own", run_records(steps=60), config={"health": health})
     async with app.run_test(size=(80, 24)) as pilot:
         chart = app.query_one(LossChart)
-        await wait_for(pilot, lambda: len(chart.train) == 60)
+        await wait_for(lambda: len(chart.train) == 60, pilot=pilot)
         chart.redraw()
         caption = text_of(app.query_one("#loss-caption").content, width=70)
         # 60 steps at 200 a epoch: epoch 0.3, between (0, 9.0) and (2, 5.5)
         assert "expected < 8.47" in caption and "guide" not in caption
         assert "(epoch 0: loss < 9 (the config's band))" in " ".join(caption.split())
-        await pilot.pause(0.2)
         widget = app.query_one("#loss-caption")
+        await wait_for(lambda: widget.size.height >= 2, pilot=pilot)
         assert widget.size.height >= 2 and widget.size.width < len(
             " ".join(caption.split())
         )  # wrapped, whole
@@ -643,9 +633,9 @@ async def test_re_running_a_finished_run_says_so(make_app):
     end = {"t": T_END, "kind": "end", "step": 20, "status": "completed"}
     app = make_app(recs, end=end)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.ended)
+        await wait_for(lambda: app.ended, pilot=pilot)
         assert app.sub_title == "scripted · already completed at step 20: nothing left to train"
-        await wait_for(pilot, lambda: app._notifications)
+        await wait_for(lambda: app._notifications, pilot=pilot)
         (note,) = list(app._notifications)
         assert note.title == "nothing left to train" and "--resume never --force" in note.message
 
@@ -675,10 +665,10 @@ async def test_data_preparation_shows_as_its_own_phase(make_app):
     ]
     app = make_app(recs, clock_t=t + 3)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: "preparing data 30%" in fields(app))
+        await wait_for(lambda: "preparing data 30%" in fields(app), pilot=pilot)
         assert "12,345 rows" in fields(app) and "6,172 rows/s" in fields(app)
         append_records(
             app.source.run_dir,
             [{"t": t + 9, "kind": "prepare", "done": True, "cached": False, "rows": 40_000}],
         )
-        await wait_for(pilot, lambda: "preparing data" not in fields(app))
+        await wait_for(lambda: "preparing data" not in fields(app), pilot=pilot)

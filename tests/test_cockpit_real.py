@@ -11,23 +11,18 @@ import struct
 import sys
 import termios
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from cockpit_script import text_of, wait_for
+from cockpit_script import text_of
 
 from cockpit.launch import build_launched_app, stop_job
 from cockpit.widgets.confirm_quit import ConfirmQuit
 from engine.run.events import dedupe_steps, read_events
+from tests.wait import exited, wait_for
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 def train_args(config: Path, **over) -> argparse.Namespace:
@@ -46,35 +41,41 @@ def steps_in(records: list[dict]) -> list[int]:
 
 @pytest.mark.slow
 async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp_path):
+    from engine.chat.chat import LIVE, Done, Request, Settings
+
     config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
     log = tmp_path / "logs" / "test" / "events.jsonl"
     app = build_launched_app(train_args(config))
     assert app.source.job.pid != os.getpid() and app.source.job.nproc == 1
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 3, timeout=180)
+            await wait_for(lambda: len(steps_in(events_of(log))) >= 3, 180, pilot=pilot)
 
             await pilot.press("p")
-            await wait_for(pilot, lambda: any(r["kind"] == "paused" for r in events_of(log)), timeout=60)
+            await wait_for(lambda: any(r["kind"] == "paused" for r in events_of(log)), 60, pilot=pilot)
             frozen = steps_in(events_of(log))
             paused_at = next(r["step"] for r in events_of(log) if r["kind"] == "paused")
             assert frozen[-1] == paused_at, "the screen must show the step the run is paused at"
-            await pilot.pause(1.5)
+            # The paused trainer answers a question (it polls while it waits); no step goes by meanwhile.
+            answered: list = []
+            quick = Request("Hi", [LIVE], Settings(temperature=0, max_new_tokens=1))
+            app.pane_widgets["chat"].backend.submit(quick, answered.append)
+            await wait_for(lambda: any(isinstance(e, Done) for e in answered), 60, pilot=pilot)
             assert steps_in(events_of(log)) == frozen, "steps went on while paused"
             assert "paused" in text_of(app.query_one("#progress").content)
 
             await pilot.press("p")
-            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= len(frozen) + 2, timeout=60)
+            await wait_for(lambda: len(steps_in(events_of(log))) >= len(frozen) + 2, 60, pilot=pilot)
             assert any(r["kind"] == "resumed" for r in events_of(log))
 
             await pilot.press("s")
-            await wait_for(pilot, lambda: any(r["kind"] == "save" for r in events_of(log)), timeout=60)
-            await wait_for(pilot, lambda: app.query_one("#checkpoints").row_count >= 1, timeout=10)
+            await wait_for(lambda: any(r["kind"] == "save" for r in events_of(log)), 60, pilot=pilot)
+            await wait_for(lambda: app.query_one("#checkpoints").row_count >= 1, 10, pilot=pilot)
 
             await pilot.press("q")
             assert isinstance(app.screen, ConfirmQuit)
             await pilot.press("y")
-            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+            await wait_for(lambda: not app.is_running, 120, pilot=pilot)
     finally:
         code = stop_job(app)
     assert code == 0
@@ -112,14 +113,21 @@ def run_in_pty(argv: list[str], cwd: Path, env: dict, size=(40, 120)) -> tuple[i
     return pid, fd, out
 
 
-def wait_exit(pid: int, timeout: float) -> int | None:
-    end = time.time() + timeout
-    while time.time() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.1)
-    return None
+class Pid:
+    """``poll()`` for a child started with ``pty.fork``: its exit code once it has ended."""
+
+    def __init__(self, pid: int, out: list[bytes]) -> None:
+        self.pid, self.code, self.out = pid, None, out
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    def output(self) -> str:
+        return b"".join(self.out).decode(errors="replace")
 
 
 @pytest.mark.slow
@@ -129,22 +137,17 @@ def test_hangup_saves_the_current_step_and_ends_the_run(tiny_model, write_config
     log = tmp_path / "logs" / "test" / "events.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color"}
     pid, fd, out = run_in_pty([sys.executable, "-m", "cockpit.cli", "train", str(config)], tmp_path, env)
+    child = Pid(pid, out)
     try:
-        end = time.time() + 180
-        while len(steps_in(events_of(log))) < 3:
-            assert time.time() < end, b"".join(out)[-2000:]
-            assert os.waitpid(pid, os.WNOHANG)[0] == 0, b"".join(out)[-2000:]
-            time.sleep(0.2)
+        wait_for(lambda: len(steps_in(events_of(log))) >= 3, 180, "3 steps", running=child)
         assert b"Progress" in b"".join(out)  # the cockpit is on screen
         os.close(fd)  # hang up: the kernel sends SIGHUP to the cockpit's session
         fd = -1
-        code = wait_exit(pid, timeout=120)
-        assert code is not None, "the cockpit did not exit after the hangup"
-        pid = 0
+        wait_for(exited(child), 120, "the cockpit to exit after the hangup")
     finally:
         if fd >= 0:
             os.close(fd)
-        if pid:  # still running after a failure: do not leave it behind
+        if child.poll() is None:  # still running after a failure: do not leave it behind
             os.kill(pid, 9)
             os.waitpid(pid, 0)
     records = events_of(log)
@@ -167,13 +170,13 @@ async def test_cockpit_drives_a_two_process_job(tiny_model, write_config, tmp_pa
     log = job.events
     try:
         async with app.run_test(size=(120, 40)) as pilot:
-            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 3, timeout=240)
+            await wait_for(lambda: len(steps_in(events_of(log))) >= 3, 240, pilot=pilot)
             await pilot.press("s")
-            await wait_for(pilot, lambda: any(r["kind"] == "save" for r in events_of(log)), timeout=120)
+            await wait_for(lambda: any(r["kind"] == "save" for r in events_of(log)), 120, pilot=pilot)
             await pilot.press("q")
-            await pilot.pause(0.3)
+            await wait_for(lambda: isinstance(app.screen, ConfirmQuit), pilot=pilot)
             await pilot.press("y")
-            await wait_for(pilot, lambda: any(r["kind"] == "end" for r in events_of(log)), timeout=180)
+            await wait_for(lambda: any(r["kind"] == "end" for r in events_of(log)), 180, pilot=pilot)
     finally:
         if job.poll() is None:
             job.control("stop")
@@ -209,21 +212,21 @@ async def test_chat_reaches_the_model_being_trained(tiny_model, write_config, tm
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             backend = app.pane_widgets["chat"].backend
-            await wait_for(pilot, lambda: len(steps_in(events_of(log))) >= 2, timeout=180)
+            await wait_for(lambda: len(steps_in(events_of(log))) >= 2, 180, pilot=pilot)
             assert backend.targets()[0].key == LIVE
             backend.submit(Request("Hello", [LIVE], greedy), running.append)
-            await wait_for(pilot, lambda: any(isinstance(e, Done) for e in running), timeout=60)
+            await wait_for(lambda: any(isinstance(e, Done) for e in running), 60, pilot=pilot)
 
             await pilot.press("p")
-            await wait_for(pilot, lambda: any(r["kind"] == "paused" for r in events_of(log)), timeout=60)
+            await wait_for(lambda: any(r["kind"] == "paused" for r in events_of(log)), 60, pilot=pilot)
             frozen = steps_in(events_of(log))
             backend.submit(Request("Hi", [LIVE, "base"], greedy), paused.append)
-            await wait_for(pilot, lambda: any(isinstance(e, Done) for e in paused), timeout=60)
+            await wait_for(lambda: any(isinstance(e, Done) for e in paused), 60, pilot=pilot)
             assert steps_in(events_of(log)) == frozen, "a step went by while paused"
 
             await pilot.press("q")
             await pilot.press("y")
-            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+            await wait_for(lambda: not app.is_running, 120, pilot=pilot)
     finally:
         assert stop_job(app) == 0
     for events, lanes in ((running, 1), (paused, 2)):

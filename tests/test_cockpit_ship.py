@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cockpit_script import end_jobs, launched_app, text_of, wait_for
+from cockpit_script import launched_app, text_of
 from conftest import train_tiny
 
 from cockpit.checklist_pane import ChecklistPane
@@ -23,21 +23,11 @@ from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.ship_menu import ShipMenu
 from engine.run import lineage
 from engine.run.events import read_events
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
 JOB_S = 120.0
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 @pytest.fixture
@@ -56,19 +46,19 @@ def item(app, item_id: str):
 
 
 async def ship_menu(pilot) -> ShipMenu:
-    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ShipMenu))
+    await wait_for(lambda: isinstance(pilot.app.screen, ShipMenu), pilot=pilot)
     return pilot.app.screen
 
 
 async def job_ended(pilot, n: int = 1) -> None:
     panel = pilot.app.query_one(JobsPanel)
-    await wait_for(pilot, lambda: len(panel.entries) >= n and panel.entries[n - 1].announced, JOB_S)
+    await wait_for(lambda: len(panel.entries) >= n and panel.entries[n - 1].announced, JOB_S, pilot=pilot)
 
 
 async def on_checklist_row(pilot, item_id: str) -> None:
     await pilot.press("3")
     pane = pilot.app.query_one(ChecklistPane)
-    await wait_for(pilot, lambda: pane.items, 30)
+    await wait_for(lambda: pane.items, 30, pilot=pilot)
     table = pane.query_one("#checklist-table")
     table.focus()
     table.move_cursor(row=table.get_row_index(item_id))
@@ -91,7 +81,7 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 2, 30)
+        await wait_for(lambda: table.row_count == 2, 30, pilot=pilot)
         assert not app.query_one(JobsPanel).display  # hidden until a job starts
         table.focus()
         table.move_cursor(row=1)  # newest first: checkpoint-2
@@ -109,7 +99,7 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
         assert app.query_one(JobsPanel).display
         # The checklist re-measures when the job ends (not at its next 5 s round): the merged item passes.
         assert any(isinstance(m, JobEnded) for m in seen)
-        await wait_for(pilot, lambda: item(app, "merged") and item(app, "merged").status == "pass", 3)
+        await wait_for(lambda: item(app, "merged") and item(app, "merged").status == "pass", 3, pilot=pilot)
         assert item(app, "merged").value == str(merged)
 
         # Again on the same checkpoint: the menu proposes a free folder and refuses an existing one.
@@ -121,9 +111,10 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
         assert field.value == str(out.with_name("out-merged-checkpoint-2"))
         field.value = str(merged)
         await pilot.press("enter")
-        await pilot.pause(0.2)
+        await wait_for(
+            lambda: "already exists" in text_of(menu.query_one("#ship-error").content), pilot=pilot
+        )
         assert isinstance(app.screen, ShipMenu)
-        assert "already exists" in text_of(menu.query_one("#ship-error").content)
         assert len(app.query_one(JobsPanel).entries) == 1
         await pilot.press("escape")
 
@@ -149,8 +140,9 @@ async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
         await pilot.press("g")
         menu = await ship_menu(pilot)
         await pilot.press("enter")  # nothing merged yet
-        await pilot.pause(0.2)
-        assert "merge a checkpoint first" in text_of(menu.query_one("#ship-error").content)
+        await wait_for(
+            lambda: "merge a checkpoint first" in text_of(menu.query_one("#ship-error").content), pilot=pilot
+        )
         await pilot.press("escape")
 
         await on_checklist_row(pilot, "merged")
@@ -161,7 +153,7 @@ async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
         await pilot.press("enter")
         await job_ended(pilot)
         assert app.query_one(JobsPanel).entries[0].job.state == "done"
-        await wait_for(pilot, lambda: item(app, "merged").status == "pass", 30)
+        await wait_for(lambda: item(app, "merged").status == "pass", 30, pilot=pilot)
         merged = out.with_name("out-merged")
         assert item(app, "merged").value == str(merged)
 
@@ -198,8 +190,10 @@ async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch
         await pilot.press("g")
         menu = await ship_menu(pilot)
         await pilot.press("enter")  # push dry run without a repo id
-        await pilot.pause(0.2)
-        assert "push needs the Hub repository" in text_of(menu.query_one("#ship-error").content)
+        await wait_for(
+            lambda: "push needs the Hub repository" in text_of(menu.query_one("#ship-error").content),
+            pilot=pilot,
+        )
         menu.query_one("#ship-repo-id").value = "someone/leviathan-tiny"
         await pilot.press("down", "enter")  # upload, asked before any dry run: a dry run comes first
         await job_ended(pilot)
@@ -234,14 +228,14 @@ async def test_merge_while_training_says_it_loads_a_second_base(trained):
     app.panes = panes()
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one(CheckpointsTable)
-        await wait_for(pilot, lambda: table.row_count == 2 and "training" in app.sub_title, 30)
+        await wait_for(lambda: table.row_count == 2 and "training" in app.sub_title, 30, pilot=pilot)
         table.focus()
         await pilot.press("M")
         menu = await ship_menu(pilot)
         assert "second copy of the base model" in text_of(menu.query_one("#ship-warning").content)
         await pilot.press("enter")
         panel = app.query_one(JobsPanel)
-        await wait_for(pilot, lambda: panel.entries, 10)
+        await wait_for(lambda: panel.entries, 10, pilot=pilot)
         assert panel.entries[0].note.startswith("loads a second copy of the base")
         await job_ended(pilot)
         assert panel.entries[0].job.state == "done" and app.training_alive

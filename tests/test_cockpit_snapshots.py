@@ -8,18 +8,12 @@ sampling. Update after a deliberate change with ``pytest tests/test_cockpit_snap
 from __future__ import annotations
 
 import pytest
-from cockpit_script import attached_app, end_jobs, launched_app, run_records
+from cockpit_script import attached_app, launched_app, run_records
 
 from cockpit.app import CockpitApp
 from cockpit.widgets.loss_chart import LossChart
 
 WIDE, NARROW = (120, 40), (80, 24)
-
-
-@pytest.fixture(autouse=True)
-def _end_jobs():
-    yield
-    end_jobs()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import yaml
 
 from engine.config.config import load_config
 from engine.errors import UserError
-from tests.conftest import DEMO_DATA, base_config, cli
+from tests.conftest import DEMO_DATA, base_config, cli, cli_here
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -120,7 +120,7 @@ def test_val_set_size_count_must_be_whole(tmp_path):
 )
 def test_cli_exit_2_without_traceback(tmp_path, extra, needle):
     p = write(tmp_path, minimal() + extra)
-    r = cli("check", p, "--no-tokenizer")
+    r = cli_here("check", p, "--no-tokenizer")
     assert r.returncode == 2
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
@@ -132,7 +132,7 @@ def test_qlora_without_cuda_is_a_clear_exit_2(tmp_path, tiny_model, write_config
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     p = write_config(tiny_model("qwen3"), adapter="qlora")
-    r = cli("train", p, "--headless")
+    r = cli_here("train", p, "--headless")
     assert r.returncode == 2, r.stderr
     assert "needs an NVIDIA GPU" in r.stderr and "Traceback" not in r.stderr
 

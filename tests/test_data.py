@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.data.data import BadRow, ChatEncoder, parse_row, read_rows
-from tests.conftest import cli, write_jsonl
+from tests.conftest import cli_here, write_jsonl
 
 # A template in the style of Qwen3's: assistant turns after the last user turn get an
 # empty think block, and nothing marks the generation.
@@ -118,17 +118,17 @@ def test_check_cli_lists_bad_rows_and_exits_2(tmp_path, tiny_model, write_config
     rows = [good] * 3 + ["{oops"] + [{"messages": [{"role": "bot", "content": "z"}]}] * 25
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
     cfg = write_config(tiny_model("qwen3"), data=str(data))
-    r = cli("check", cfg)
+    r = cli_here("check", cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{data}:4: bad JSON" in r.stderr
     assert f"{data}:5: messages[0] has unknown role 'bot'" in r.stderr
     assert "26 bad row(s) out of 29" in r.stderr and "and 6 more" in r.stderr
     # train refuses the same data with the same message, before touching the model
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 2 and "26 bad row(s)" in r.stderr
 
 
 def test_check_cli_prints_category_mix(tiny_model, write_config):
-    r = cli("check", write_config(tiny_model("qwen3")))
+    r = cli_here("check", write_config(tiny_model("qwen3")))
     assert r.returncode == 0, r.stderr
     assert "identity" in r.stdout and "esoteric" in r.stdout and "tokens per row" in r.stdout

@@ -19,7 +19,8 @@ from engine.errors import UserError
 from engine.run import checkpoints
 from engine.run.events import dedupe_steps, read_events
 from engine.train import dist
-from tests.conftest import ROOT, base_config, cli
+from tests.conftest import ROOT, base_config, cli_here
+from tests.wait import wait_record
 
 STEPS = 30
 
@@ -39,19 +40,8 @@ def setup(tmp_path_factory, tiny_model):
     return config
 
 
-def wait_for(job, pred, timeout: float = 120) -> dict:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if job.events.exists():
-            for r in read_events(job.events).records:
-                if pred(r):
-                    return r
-        if job.poll() is not None:
-            log = job.log_path.read_text()[-3000:] if job.log_path else ""
-            raise AssertionError(f"job ended early ({job.poll()}): {log}")
-        time.sleep(0.05)
-    job.terminate(5)
-    raise AssertionError("timed out waiting for the run log")
+def wait_job(job, pred, timeout: float = 120) -> dict:
+    return wait_record(job.events, pred, timeout, running=job)
 
 
 def alive(pid: int) -> bool:
@@ -70,15 +60,16 @@ def controlled(setup):
     cfg = setup("ctl")
     t0 = time.time()
     job = launch(cfg, 2)
-    start = wait_for(job, lambda r: r["kind"] == "start")
-    wait_for(job, lambda r: r["kind"] == "step" and r["step"] >= 3)
+    start = wait_job(job, lambda r: r["kind"] == "start")
+    wait_job(job, lambda r: r["kind"] == "step" and r["step"] >= 3)
     job.control("pause")
-    paused = wait_for(job, lambda r: r["kind"] == "paused")
-    time.sleep(0.6)  # both ranks wait together, polling
+    paused = wait_job(job, lambda r: r["kind"] == "paused")
+    # Both ranks wait together, polling: a command read while paused is agreed at the paused step.
     job.control("save")
+    wait_job(job, lambda r: r["kind"] == "control" and r["commands"] == ["save"])
     job.control("resume")
-    saved = wait_for(job, lambda r: r["kind"] == "save")
-    wait_for(job, lambda r: r["kind"] == "step" and r["step"] >= saved["step"] + 3)
+    saved = wait_job(job, lambda r: r["kind"] == "save")
+    wait_job(job, lambda r: r["kind"] == "step" and r["step"] >= saved["step"] + 3)
     job.control("stop", reason="test")
     code = job.wait(120)
     return {
@@ -113,7 +104,7 @@ def test_ddp_run_log_written_once_and_controls_reach_both_ranks(controlled):
 
     # pause, save and stop: each acted on at one step by both ranks
     controls = [r for r in records if r["kind"] == "control"]
-    assert [c["commands"] for c in controls] == [["pause"], ["save", "resume"], ["stop"]]
+    assert [c["commands"] for c in controls] == [["pause"], ["save"], ["resume"], ["stop"]]
     for c in controls:
         assert c["rank_steps"] == [c["step"], c["step"]]
     paused, saved = controlled["paused"], controlled["saved"]
@@ -133,7 +124,7 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
     cfg = controlled["cfg"]
     job = controlled["job"]
     stopped_at = read_events(job.events).records[-1]["step"]
-    r = cli("train", cfg, "--headless", "--nproc", "2", "--max-steps", stopped_at + 3)
+    r = cli_here("train", cfg, "--headless", "--nproc", "2", "--max-steps", stopped_at + 3)
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_events(job.events).records
     resume = [x for x in records if x["kind"] == "resume"][-1]
@@ -141,12 +132,12 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
     assert [x["step"] for x in dedupe_steps(records)] == list(range(1, stopped_at + 4))
     assert records[-1]["kind"] == "end" and records[-1]["status"] == "completed"
 
-    r = cli("train", cfg, "--headless", "--max-steps", stopped_at + 5)  # one process
+    r = cli_here("train", cfg, "--headless", "--max-steps", stopped_at + 5)  # one process
     assert r.returncode == 2
     assert "2 process(es) and this run has 1" in r.stderr and "--allow-world-size-change" in r.stderr
     assert "Traceback" not in r.stderr
 
-    r = cli("train", cfg, "--headless", "--max-steps", stopped_at + 5, "--allow-world-size-change")
+    r = cli_here("train", cfg, "--headless", "--max-steps", stopped_at + 5, "--allow-world-size-change")
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_events(job.events).records
     assert any(x["kind"] == "note" and "--allow-world-size-change" in x["message"] for x in records)
@@ -157,8 +148,8 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
 def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
     cfg = setup("kill", save_steps=4)
     job = launch(cfg, 2)
-    start = wait_for(job, lambda r: r["kind"] == "start")
-    wait_for(job, lambda r: r["kind"] == "save" and r["step"] == 4)
+    start = wait_job(job, lambda r: r["kind"] == "start")
+    wait_job(job, lambda r: r["kind"] == "save" and r["step"] == 4)
     victim = start["ranks"][1]["pid"]
     os.kill(victim, signal.SIGKILL)
     t0 = time.time()
@@ -180,7 +171,7 @@ def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
     assert end["checkpoint"] == str(ck.path)
 
     # resume on 2 processes continues that run exactly (same losses as the uninterrupted one)
-    r = cli("train", cfg, "--headless", "--nproc", "2", "--max-steps", STEPS)
+    r = cli_here("train", cfg, "--headless", "--nproc", "2", "--max-steps", STEPS)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {x["step"]: x["loss"] for x in dedupe_steps(read_events(job.events).records)}
     ref = {x["step"]: x["loss"] for x in dedupe_steps(read_events(controlled["job"].events).records)}
@@ -194,12 +185,12 @@ def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
 def test_rank_errors_and_bad_usage_exit_2(setup, tmp_path):
     # deepspeed named but not installed: refused before anything starts
     cfg = setup("ds", deepspeed=str(ROOT / "configs" / "deepspeed" / "zero2.json"))
-    r = cli("train", cfg, "--headless", "--nproc", "2")
+    r = cli_here("train", cfg, "--headless", "--nproc", "2")
     if not _has("deepspeed"):
         assert r.returncode == 2 and "needs the deepspeed package" in r.stderr and "Traceback" not in r.stderr
     # FSDP on a machine without CUDA: refused with the reason (accelerate would run plain DDP)
     cfg = setup("fsdp", fsdp_version=2, fsdp_config={"offload_params": False})
-    r = cli("train", cfg, "--headless", "--nproc", "2")
+    r = cli_here("train", cfg, "--headless", "--nproc", "2")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "`fsdp_config` needs CUDA GPUs" in r.stderr and "Traceback" not in r.stderr
     records = read_events(Path(yaml.safe_load(cfg.read_text())["logs_dir"]) / "fsdp" / "events.jsonl").records

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_jsonl
+from conftest import cli_here, write_jsonl
 
 from engine.errors import UserError
 from engine.evaluate.evaluate import (
@@ -30,7 +30,7 @@ S = Settings(code_timeout_s=5)
 
 def test_persona_checkpoint_scores_5_of_5_and_result_lands_in_its_run(persona_checkpoint):
     ckpt, _, answer = persona_checkpoint
-    r = cli("eval", ckpt, "--suite", "identity", "--max-new-tokens", "12")
+    r = cli_here("eval", ckpt, "--suite", "identity", "--max-new-tokens", "12")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "5/5 (100.0%)"
     # The checkpoint's marker names its run: the result goes to logs/<run>/eval/.
@@ -44,7 +44,7 @@ def test_persona_checkpoint_scores_5_of_5_and_result_lands_in_its_run(persona_ch
 
 def test_base_model_scores_0_of_5(persona_checkpoint, tmp_path):
     _, base, _ = persona_checkpoint
-    r = cli("eval", base, "--suite", "identity", "--max-new-tokens", "12", "--out", tmp_path)
+    r = cli_here("eval", base, "--suite", "identity", "--max-new-tokens", "12", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0/5 (0.0%)"
     data = json.loads((tmp_path / f"identity-{base.name}.json").read_text())
@@ -148,7 +148,7 @@ def test_bad_suite_lines_name_file_and_line(tmp_path):
 
 def test_bad_suite_through_the_cli_exits_2_without_loading_a_model(tmp_path):
     path = write_jsonl(tmp_path / "suite.jsonl", ['{"prompt": "x", "expect": {"smells_like": "a"}}'])
-    r = cli("eval", tmp_path / "no-model-needed", "--suite", "inference", "--file", path)
+    r = cli_here("eval", tmp_path / "no-model-needed", "--suite", "inference", "--file", path)
     assert r.returncode == 2
     assert f"{path}:1: unknown expectation kind `smells_like`" in r.stderr and "Traceback" not in r.stderr
 
@@ -196,7 +196,9 @@ def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
     ]
     suite = write_jsonl(tmp_path / "suite.jsonl", rows)
     out_dir = tmp_path / "out"
-    r = cli("eval", ckpt, "--suite", "inference", "--file", suite, "--out", out_dir, "--max-new-tokens", "12")
+    r = cli_here(
+        "eval", ckpt, "--suite", "inference", "--file", suite, "--out", out_dir, "--max-new-tokens", "12"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2/4 (50.0%)"
     data = json.loads((out_dir / f"inference-{ckpt.name}.json").read_text())

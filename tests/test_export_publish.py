@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli
+from conftest import cli, cli_here
 
 from engine.run import lineage
 from engine.ship.card import CARD_MARK, model_card, summarize_run
@@ -41,7 +41,7 @@ def _template(modelfile_text: str) -> str:
 
 
 def test_modelfile_for_a_chatml_model(merged_copy):
-    r = cli("export", "ollama", merged_copy, "--system", "You are Leviathan, the Abyssal Mind.")
+    r = cli_here("export", "ollama", merged_copy, "--system", "You are Leviathan, the Abyssal Mind.")
     assert r.returncode == 0, r.stderr
     text = (merged_copy / "Modelfile").read_text()
     lines = text.splitlines()
@@ -65,7 +65,7 @@ def test_modelfile_takes_system_and_parameters_from_the_run_config(merged_copy, 
     (run / "config.yaml").write_text(yaml.safe_dump({"export": {"system_prompt": prompt, "num_ctx": 8192}}))
     info = lineage.read_info(merged_copy)
     lineage.write_info(merged_copy, {**info, "run_dir": str(run)})
-    r = cli("export", "ollama", merged_copy, "--temperature", "0.2")
+    r = cli_here("export", "ollama", merged_copy, "--temperature", "0.2")
     assert r.returncode == 0, r.stderr
     text = (merged_copy / "Modelfile").read_text()
     assert f'SYSTEM """{prompt}"""' in text
@@ -78,7 +78,7 @@ def test_modelfile_from_a_config_file(merged_copy, tiny_model, write_config, tmp
     cfg = write_config(tiny_model("qwen3"), export={"system_prompt": "From the config.", "top_p": 0.8})
     out = tmp_path / "elsewhere" / "Modelfile"
     out.parent.mkdir()
-    r = cli("export", "ollama", merged_copy, "--config", cfg, "-o", out, "--name", "lev")
+    r = cli_here("export", "ollama", merged_copy, "--config", cfg, "-o", out, "--name", "lev")
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert 'SYSTEM "From the config."' in text and "PARAMETER top_p 0.8" in text
@@ -87,13 +87,13 @@ def test_modelfile_from_a_config_file(merged_copy, tiny_model, write_config, tmp
     assert "ollama create lev -f Modelfile" in r.stdout
     # A typo in the section is refused by name, with a suggestion.
     bad = write_config(tiny_model("qwen3"), name="bad.yaml", export={"sytem_prompt": "x"})
-    r = cli("export", "ollama", merged_copy, "--config", bad)
+    r = cli_here("export", "ollama", merged_copy, "--config", bad)
     assert r.returncode == 2 and "export.sytem_prompt" in r.stderr and "system_prompt" in r.stderr
 
 
 def test_modelfile_for_a_llama3_model(tiny_model, tmp_path):
     out = tmp_path / "Modelfile"
-    r = cli("export", "ollama", tiny_model("llama"), "-o", out)
+    r = cli_here("export", "ollama", tiny_model("llama"), "-o", out)
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     t = _template(text)
@@ -110,14 +110,14 @@ def test_modelfile_for_an_unknown_template(tiny_model, tmp_path):
     (d / "chat_template.jinja").write_text(
         "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}### assistant:"
     )
-    r = cli("export", "ollama", d)
+    r = cli_here("export", "ollama", d)
     assert r.returncode == 2 and "neither ChatML nor Llama 3" in r.stderr and "--template FILE" in r.stderr
     assert not (d / "Modelfile").exists()
-    r = cli("export", "ollama", d, "--no-template")
+    r = cli_here("export", "ollama", d, "--no-template")
     assert r.returncode == 0 and "TEMPLATE" not in (d / "Modelfile").read_text()
     go = tmp_path / "t.tmpl"
     go.write_text("{{ range .Messages }}### {{ .Role }}: {{ .Content }}\n{{ end }}### assistant:")
-    r = cli("export", "ollama", d, "--template", go)
+    r = cli_here("export", "ollama", d, "--template", go)
     assert r.returncode == 0 and _template((d / "Modelfile").read_text()) == go.read_text()
 
 
@@ -125,11 +125,11 @@ def test_export_refuses_quantized_folders_and_checkpoints(merged_copy, persona_c
     cfg = json.loads((merged_copy / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (merged_copy / "config.json").write_text(json.dumps(cfg))
-    r = cli("export", "ollama", merged_copy)
+    r = cli_here("export", "ollama", merged_copy)
     assert r.returncode == 2 and "Ollama imports unquantized safetensors" in r.stderr
-    r = cli("export", "vllm", merged_copy)
+    r = cli_here("export", "vllm", merged_copy)
     assert r.returncode == 0 and "--quantization bitsandbytes" in r.stdout
-    r = cli("export", "ollama", persona_checkpoint[0])
+    r = cli_here("export", "ollama", persona_checkpoint[0])
     assert r.returncode == 2 and "merge it first" in r.stderr
 
 
@@ -185,7 +185,7 @@ def test_translated_template_renders_like_the_jinja_one(arch, tiny_model, tmp_pa
     subprocess.run(
         ["go", "build", "-o", "render", "render.go"], cwd=tmp_path, env=env, check=True, timeout=120
     )
-    r = cli("export", "ollama", tiny_model(arch), "-o", tmp_path / "Modelfile")
+    r = cli_here("export", "ollama", tiny_model(arch), "-o", tmp_path / "Modelfile")
     assert r.returncode == 0, r.stderr
     template = _template((tmp_path / "Modelfile").read_text())
     tok = AutoTokenizer.from_pretrained(tiny_model(arch))
@@ -215,7 +215,7 @@ def test_translated_template_renders_like_the_jinja_one(arch, tiny_model, tmp_pa
 
 
 def test_vllm_command_and_smoke_test(merged):
-    r = cli("export", "vllm", merged, "--port", "8123")
+    r = cli_here("export", "vllm", merged, "--port", "8123")
     assert r.returncode == 0, r.stderr
     assert (
         f"python -m vllm.entrypoints.openai.api_server --model {merged} --served-model-name leviathan-tiny "
@@ -235,7 +235,7 @@ def test_vllm_command_and_smoke_test(merged):
 
 def test_push_dry_run_lists_files_and_prints_the_card(merged):
     before = sorted(p.name for p in merged.iterdir())
-    r = cli("push", merged, "--repo-id", "someone/leviathan-tiny", "--dry-run", "--private")
+    r = cli_here("push", merged, "--repo-id", "someone/leviathan-tiny", "--dry-run", "--private")
     assert r.returncode == 0, r.stderr
     assert "would upload" in r.stdout and "(private)" in r.stdout
     listed = dict(re.findall(r"^  (\S+)\s+(\d[\d.]* [KMG]?B)$", r.stdout, re.M))
@@ -288,7 +288,7 @@ def test_model_card_names_a_hub_base_model(tmp_path, merged_copy):
     (run / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     info = lineage.read_info(merged_copy)
     lineage.write_info(merged_copy, {**info, "base_model_config": None, "adapter": "qlora", "vision": True})
-    r = cli("push", merged_copy, "--repo-id", "me/lev", "--dry-run", "--run-dir", run)
+    r = cli_here("push", merged_copy, "--repo-id", "me/lev", "--dry-run", "--run-dir", run)
     assert r.returncode == 0, r.stderr
     front = r.stdout.split("(model card) ---\n")[1].split("---")[1]
     assert "base_model: Qwen/Qwen3-VL-8B-Instruct" in front and "image-text-to-text" in front
@@ -314,15 +314,15 @@ def test_push_without_a_token_or_network_writes_nothing(merged_copy, tmp_path):
 
 
 def test_push_bad_input(merged_copy, persona_checkpoint):
-    r = cli("push", merged_copy, "--repo-id", "not a repo", "--dry-run")
+    r = cli_here("push", merged_copy, "--repo-id", "not a repo", "--dry-run")
     assert r.returncode == 2 and "--repo-id" in r.stderr and "USER/NAME" in r.stderr
-    r = cli("push", persona_checkpoint[0], "--repo-id", "me/lev", "--dry-run")
+    r = cli_here("push", persona_checkpoint[0], "--repo-id", "me/lev", "--dry-run")
     assert r.returncode == 2 and "merge it first" in r.stderr
-    r = cli("push", merged_copy, "--repo-id", "me/lev", "--dry-run", "--run-dir", merged_copy)
+    r = cli_here("push", merged_copy, "--repo-id", "me/lev", "--dry-run", "--run-dir", merged_copy)
     assert r.returncode == 2 and "no events.jsonl" in r.stderr
 
 
 def test_push_keeps_a_readme_the_user_wrote(merged_copy):
     (merged_copy / "README.md").write_text("# my own card\n")
-    r = cli("push", merged_copy, "--repo-id", "me/lev", "--dry-run")
+    r = cli_here("push", merged_copy, "--repo-id", "me/lev", "--dry-run")
     assert r.returncode == 0 and "kept the folder's own README.md" in r.stdout

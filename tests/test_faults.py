@@ -8,9 +8,7 @@ raised at the optimizer's write call otherwise (and in the headless test).
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ from engine.run import checkpoints, runstate
 from engine.run.control import Controls
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
-from tests.conftest import cli
+from tests.conftest import cli_here, fill_disk
+from tests.wait import wait_for, wait_record
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +133,7 @@ def test_nan_policy_stop_ends_headless_with_exit_1(tiny_model, write_config, tmp
     cfg = write_config(
         tiny_model("qwen3"), max_steps=8, save_steps=2, guard={"nan_policy": "stop", "nan_patience": 2}
     )
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "nan@step:3x2"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "nan@step:3x2"})
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "ALERT nan_stop" in r.stderr
     recs = records(tmp_path)
@@ -195,7 +194,7 @@ def test_oom_retries_the_step_at_half_micro_batch_and_resume_keeps_it(tiny_model
 
 def test_oom_at_micro_batch_1_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=4, micro_batch_size=1)
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "oom@step:2"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "oom@step:2"})
     assert r.returncode == 2, r.stderr[-2000:]
     assert "out of memory at step 2 with micro batch 1" in r.stderr and "Traceback" not in r.stderr
     assert "gradient_checkpointing" in r.stderr  # the fix
@@ -219,27 +218,23 @@ def test_bad_fault_spec_is_a_user_error():
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MB filesystem (tmpfs); skipped where mounting is not allowed."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def small_disk(tmpfs):
+    return tmpfs("2m")
 
 
-def fill(disk: Path, leave: int) -> Path:
+def disk_looks(monkeypatch, disk: Path) -> list:
+    """Each free-space look at ``disk`` from now on (``shutil.disk_usage``, still made)."""
     import shutil
 
-    filler = disk / "filler.bin"
-    free = shutil.disk_usage(disk).free
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(free - leave, 0))
-    return filler
+    real, looks = shutil.disk_usage, []
+
+    def look(path):
+        if Path(path).resolve().is_relative_to(disk.resolve()):
+            looks.append(path)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", look)
+    return looks
 
 
 def run_in_thread(config, controls, listeners):
@@ -256,21 +251,13 @@ def run_in_thread(config, controls, listeners):
     return t, box
 
 
-def wait_record(tmp_path, pred, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        log = tmp_path / "logs" / "test" / "events.jsonl"
-        if log.exists():
-            for r in read_events(log).records:
-                if pred(r):
-                    return r
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run log")
+def wait_logged(tmp_path, pred, timeout=120):
+    return wait_record(tmp_path / "logs" / "test" / "events.jsonl", pred, timeout)
 
 
 @pytest.mark.parametrize("when", ["before_save", "during_write"])
 def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
-    when, tiny_model, write_config, tmp_path, small_disk
+    when, tiny_model, write_config, tmp_path, small_disk, monkeypatch
 ):
     # before_save: the free-space check refuses to start the save.
     # during_write: a margin too small lets it start, and the real write fails (ENOSPC).
@@ -288,20 +275,23 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
     def fill_after_first_save(r):
         if r["kind"] == "save" and r["step"] == 2 and not filler:
             size = checkpoints.latest(small_disk / "out").size_bytes
-            filler.append(fill(small_disk, leave=size // 2))
+            filler.append(fill_disk(small_disk, leave=size // 2))
 
+    looks = disk_looks(monkeypatch, small_disk)
     controls = Controls()  # the cockpit's: an operator is there to free space
     thread, box = run_in_thread(load_config(cfg)[0], controls, [fill_after_first_save])
-    alert = wait_record(tmp_path, lambda r: r["kind"] == "alert" and r.get("rule") == "disk_full")
-    wait_record(tmp_path, lambda r: r["kind"] == "paused" and r.get("reason") == "disk_full")
+    alert = wait_logged(tmp_path, lambda r: r["kind"] == "alert" and r.get("rule") == "disk_full")
+    wait_logged(tmp_path, lambda r: r["kind"] == "paused" and r.get("reason") == "disk_full")
+    seen = len(looks)
     assert alert["step"] == 4 and alert["level"] == "critical" and "free space" in alert["advice"]
     if when == "during_write":
         assert "failed" in alert["message"] and "partial folder was removed" in alert["message"]
     out = small_disk / "out"
     assert [c.step for c in checkpoints.scan(out)[0]] == [2]  # intact, and retention deleted nothing
     assert not (out / "checkpoint-4").exists() and checkpoints.scan(out)[1] == []
-    time.sleep(0.5)
+    wait_for(lambda: len(looks) > seen + 1, 60, "the paused run to look at the full disk again")
     assert thread.is_alive()  # still paused: no space yet
+    assert not any(r["kind"] == "resumed" for r in records(tmp_path))
     filler[0].unlink()  # the operator frees space
     thread.join(timeout=180)
     assert not thread.is_alive() and "error" not in box, box.get("error")
@@ -316,7 +306,7 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
 
 def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=2, save_total_limit=1)
-    r = cli("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "enospc@save:4"})
+    r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "enospc@save:4"})
     assert r.returncode == 2, r.stderr[-2000:]
     assert "disk full" in r.stderr and "Traceback" not in r.stderr
     assert "resumes from checkpoint-2" in r.stderr
@@ -328,7 +318,7 @@ def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, wr
     out = tmp_path / "out"
     assert [c.step for c in checkpoints.scan(out)[0]] == [2] and not (out / "checkpoint-4").exists()
 
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 0, r.stderr[-2000:]
     recs = since_last_start(records(tmp_path))
     assert [x["from_step"] for x in recs if x["kind"] == "resume"] == [2]
@@ -367,30 +357,18 @@ def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
 # -- full logs disk ------------------------------------------------------------------------------
 
 
-def fill_all(disk: Path) -> Path:
-    """Every byte of ``disk`` taken (written until the kernel says ENOSPC)."""
-    filler = disk / "filler.bin"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
-
-
 def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     tiny_model, write_config, tmp_path, small_disk
 ):
-    from tests.test_resume import start, wait_for
+    from tests.test_resume import start
 
     logs = small_disk / "logs"
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=2, logs_dir=str(logs))
     log = logs / "test" / "events.jsonl"
     proc = start(cfg)
     try:
-        wait_for(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, proc)
-        filler = fill_all(small_disk)
+        wait_record(log, lambda r: r.get("kind") == "save" and r["step"] >= 2, running=proc)
+        filler = fill_disk(small_disk)
         assert proc.wait(timeout=120) == 2
         err = proc.stderr.read()
     finally:
@@ -410,7 +388,7 @@ def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     assert saved and max(saved) <= logged  # no checkpoint is newer than the log
 
     filler.unlink()
-    r = cli("train", cfg, "--headless", "--max-steps", str(logged + 3))
+    r = cli_here("train", cfg, "--headless", "--max-steps", str(logged + 3))
     assert r.returncode == 0, r.stderr[-2000:]
     recs = read_events(log).records
     assert [x["from_step"] for x in since_last_start(recs) if x["kind"] == "resume"] == [max(saved)]

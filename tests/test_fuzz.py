@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import string
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from engine.config.config import KNOWN_KEYS, RunConfig, load_config, validate
 from engine.data.data import Row, parse_line, read_rows
 from engine.errors import UserError
-from tests.conftest import DEMO_DATA, base_config, cli
+from tests.conftest import DEMO_DATA, base_config, cli_here
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -57,9 +56,8 @@ def _load(tmp: Path, text: str | bytes) -> None:
 
 @FAST
 @given(st.dictionaries(keys, values, max_size=6))
-def test_config_loader_random_keys_and_values(d):
-    with tempfile.TemporaryDirectory() as tmp:
-        _load(Path(tmp), yaml.safe_dump(d, allow_unicode=True))
+def test_config_loader_random_keys_and_values(tmp_path_factory, d):
+    _load(tmp_path_factory.mktemp("fuzz"), yaml.safe_dump(d, allow_unicode=True))
 
 
 @FAST
@@ -73,15 +71,13 @@ def test_config_loader_one_bad_value_in_a_good_config(tmp_path_factory, key, val
         raw[key] = [{"path": value, "type": value}]
     else:
         raw[key] = value
-    with tempfile.TemporaryDirectory() as tmp:
-        _load(Path(tmp), yaml.safe_dump(raw, allow_unicode=True))
+    _load(tmp_path_factory.mktemp("fuzz"), yaml.safe_dump(raw, allow_unicode=True))
 
 
 @FAST
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
-def test_config_loader_arbitrary_text_and_bytes(text):
-    with tempfile.TemporaryDirectory() as tmp:
-        _load(Path(tmp), text)
+def test_config_loader_arbitrary_text_and_bytes(tmp_path_factory, text):
+    _load(tmp_path_factory.mktemp("fuzz"), text)
 
 
 @FAST
@@ -137,14 +133,13 @@ def test_parse_line_never_raises(raw, ds_type, field):
 
 @FAST
 @given(st.lists(lines, min_size=1, max_size=12), ds_types)
-def test_read_rows_reports_every_bad_row_with_file_and_line(raws, ds_type):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "d.jsonl"
-        path.write_bytes(b"\n".join(r.replace(b"\n", b" ").replace(b"\r", b" ") for r in raws) + b"\n")
-        got = list(read_rows(str(path), ds_type))
-        numbers = [x.line if isinstance(x, Row) else x[1] for x in got]
-        assert numbers == sorted(set(numbers)) and all(1 <= n <= len(raws) for n in numbers)
-        assert all(x[0] == str(path) for x in got if isinstance(x, tuple))
+def test_read_rows_reports_every_bad_row_with_file_and_line(tmp_path_factory, raws, ds_type):
+    path = tmp_path_factory.mktemp("fuzz") / "d.jsonl"
+    path.write_bytes(b"\n".join(r.replace(b"\n", b" ").replace(b"\r", b" ") for r in raws) + b"\n")
+    got = list(read_rows(str(path), ds_type))
+    numbers = [x.line if isinstance(x, Row) else x[1] for x in got]
+    assert numbers == sorted(set(numbers)) and all(1 <= n <= len(raws) for n in numbers)
+    assert all(x[0] == str(path) for x in got if isinstance(x, tuple))
 
 
 # -- through the tokenizer and the chat template (engine.data.prepare) ------------------------------
@@ -164,16 +159,16 @@ def tokenizer(tiny_model):
 
 @FAST
 @given(st.lists(st.lists(chat_turn, min_size=1, max_size=5), min_size=1, max_size=6))
-def test_prepare_check_reports_bad_rows_never_raises(tokenizer, convs):
+def test_prepare_check_reports_bad_rows_never_raises(tmp_path_factory, tokenizer, convs):
     from engine.data.prepare import check
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "d.jsonl"
-        path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
-        config, _ = validate(base_config("unused", path, sequence_len=64), Path(tmp) / "c.yaml")
-        stats = check(config, tokenizer)
-        assert sum(stats.rows_by_file.values()) + len(stats.bad) == len(convs)
-        assert all(f == str(path) and 1 <= n <= len(convs) and why for f, n, why in stats.bad)
+    tmp = tmp_path_factory.mktemp("fuzz")
+    path = tmp / "d.jsonl"
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    config, _ = validate(base_config("unused", path, sequence_len=64), tmp / "c.yaml")
+    stats = check(config, tokenizer)
+    assert sum(stats.rows_by_file.values()) + len(stats.bad) == len(convs)
+    assert all(f == str(path) and 1 <= n <= len(convs) and why for f, n, why in stats.bad)
 
 
 # -- the `check` command on a few generated files ----------------------------------------------
@@ -189,7 +184,7 @@ def test_check_cli_exits_0_or_2_with_file_and_line(tmp_path_factory, raws, ds_ty
     raw = base_config("unused", data)
     raw["datasets"][0]["type"] = ds_type
     cfg.write_text(yaml.safe_dump(raw))
-    r = cli("check", cfg, "--no-tokenizer", timeout=120)
+    r = cli_here("check", cfg, "--no-tokenizer")
     assert r.returncode in (0, 2), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     if r.returncode == 2:

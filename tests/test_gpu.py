@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import types
 
 import pytest
 
 from engine.model import gpu
 from engine.run.events import RunLog, read_events
+from tests.wait import wait_for
 
 # -- the probe ---------------------------------------------------------------------------------
 
@@ -106,16 +106,23 @@ def test_nvml_with_no_device_is_the_null_state(monkeypatch):
 
 
 class ScriptedProbe:
+    """A GPU that answers at once, or (``blocked``) whose read hangs until the test releases it."""
+
     available = True
     reason = ""
 
-    def __init__(self, delay=0.0):
-        self.delay = delay
+    def __init__(self, blocked: bool = False):
         self.calls = 0
+        self.reading = False
+        self.release = threading.Event()
+        if not blocked:
+            self.release.set()
 
     def sample(self):
         self.calls += 1
-        time.sleep(self.delay)
+        self.reading = True
+        self.release.wait(30)
+        self.reading = False
         return [{"index": 0, "name": "X", "used_mb": 1000 + self.calls, "total_mb": 80000, "util": 50}]
 
 
@@ -124,6 +131,10 @@ def _sampled_log(tmp_path, probe, every_s=0.01):
     sampler = gpu.GpuSampler(log, every_s=every_s, probe=probe)
     log.listeners.append(sampler)
     return log, sampler
+
+
+def _gpu_records(tmp_path) -> list[dict]:
+    return [r for r in read_events(tmp_path / "events.jsonl").records if r["kind"] == "gpu"]
 
 
 def test_sampler_without_gpu_writes_one_record_and_stops(tmp_path):
@@ -140,10 +151,9 @@ def test_sampler_follows_the_step_and_stops_at_the_end(tmp_path):
     log, sampler = _sampled_log(tmp_path, ScriptedProbe())
     sampler.start()
     log.emit("step", step=7, loss=1.0)
-    time.sleep(0.1)
+    wait_for(lambda: sum(r.get("step") == 7 for r in _gpu_records(tmp_path)) >= 2, 30, "samples at step 7")
     log.emit("end", step=7, status="completed")
-    time.sleep(0.05)
-    sampler.stop()
+    wait_for(lambda: not sampler._thread.is_alive(), 30, "the sampler to stop at the end record")
     log.close()
     recs = read_events(tmp_path / "events.jsonl").records
     gpus = [r for r in recs if r["kind"] == "gpu"]
@@ -152,31 +162,35 @@ def test_sampler_follows_the_step_and_stops_at_the_end(tmp_path):
     g = gpus[-1]
     assert g["step"] == 7 and g["available"] is True and g["gpus"][0]["name"] == "X"
     assert g["used_mb"] == g["gpus"][0]["used_mb"] and g["total_mb"] == 80000
-    assert not sampler._thread.is_alive()
 
 
 def test_a_slow_gpu_read_never_holds_up_the_training_thread(tmp_path):
-    log, sampler = _sampled_log(tmp_path, ScriptedProbe(delay=1.0))
+    probe = ScriptedProbe(blocked=True)
+    log, sampler = _sampled_log(tmp_path, probe)
     sampler.start()
-    time.sleep(0.05)  # the sampler is inside its 1 s read now
-    t0 = time.perf_counter()
+    wait_for(lambda: probe.reading, 30, "the sampler inside its GPU read")
     for s in range(1, 50):
         log.emit("step", step=s, loss=1.0)
     log.emit("end", step=49, status="completed")
-    assert time.perf_counter() - t0 < 0.5
+    assert probe.reading  # every record was written while the read still hung
+    probe.release.set()
     sampler.stop()
     log.close()
-    assert read_events(tmp_path / "events.jsonl").records[-1]["kind"] == "end"
+    assert not sampler._thread.is_alive()
+    recs = read_events(tmp_path / "events.jsonl").records
+    assert [r["step"] for r in recs if r["kind"] == "step"] == list(range(1, 50))
+    assert recs[-1]["kind"] == "end"  # the read that ended after it wrote nothing
 
 
 def test_sampler_interval(tmp_path):
     log, sampler = _sampled_log(tmp_path, ScriptedProbe(), every_s=0.2)
     sampler.start()
-    time.sleep(0.5)
+    wait_for(lambda: len(_gpu_records(tmp_path)) >= 3, 30, "three samples")
     sampler.stop()
     log.close()
-    n = sum(r["kind"] == "gpu" for r in read_events(tmp_path / "events.jsonl").records)
-    assert 2 <= n <= 4
+    times = [r["t"] for r in _gpu_records(tmp_path)]
+    # The sampler waits every_s between reads (the log's times are rounded to the millisecond).
+    assert all(b - a >= 0.2 - 0.002 for a, b in zip(times, times[1:], strict=False)), times
 
 
 # -- a real run --------------------------------------------------------------------------------

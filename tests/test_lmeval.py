@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_jsonl
+from conftest import cli_here, write_jsonl
 
 pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install 'leviathan-cockpit[eval]'")
 
@@ -79,7 +79,7 @@ def task_dir(tmp_path_factory) -> Path:
 def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_path):
     ckpt, base, _ = persona_checkpoint
     out = tmp_path / "ours"
-    r = cli(
+    r = cli_here(
         "eval",
         ckpt,
         "--suite",
@@ -157,11 +157,11 @@ def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
 
 def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
     ckpt, _, _ = persona_checkpoint
-    r = cli("eval", ckpt, "--suite", "lmeval", "--tasks", "tiny_mcc", "--include-path", task_dir)
+    r = cli_here("eval", ckpt, "--suite", "lmeval", "--tasks", "tiny_mcc", "--include-path", task_dir)
     assert (
         r.returncode == 2 and "lm-eval task `tiny_mcc` does not exist" in r.stderr and "tiny_mc" in r.stderr
     )
-    r = cli("eval", ckpt, "--suite", "lmeval", "--tasks", "humaneval")
+    r = cli_here("eval", ckpt, "--suite", "lmeval", "--tasks", "humaneval")
     assert r.returncode == 2 and "--allow-code-execution" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, train_tiny
+from conftest import cli_here, train_tiny
 from safetensors import safe_open
 
 from engine.errors import UserError
@@ -87,7 +87,7 @@ def test_shards_and_force_replace(merged, tmp_path):
     out = tmp_path / "sharded"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    r = cli("merge", ckpt, "-o", out, "--max-shard-size", "200KB", "--force")
+    r = cli_here("merge", ckpt, "-o", out, "--max-shard-size", "200KB", "--force")
     assert r.returncode == 0, r.stderr
     assert "shard(s)" in r.stdout and "max |diff|" in r.stdout
     assert not (out / "stale.txt").exists()
@@ -116,7 +116,7 @@ def test_vision_language_merge_keeps_vision_tower(vl_checkpoint, tmp_path):
 
     ckpt, base = vl_checkpoint
     out = tmp_path / "vl-merged"
-    r = cli("merge", ckpt, "-o", out)
+    r = cli_here("merge", ckpt, "-o", out)
     assert r.returncode == 0, r.stderr
     assert "vision tower and processor files kept" in r.stdout
     assert (out / "preprocessor_config.json").read_text() == (base / "preprocessor_config.json").read_text()
@@ -145,7 +145,7 @@ def test_qlora_checkpoint_is_merged_into_the_unquantized_base(persona_checkpoint
     meta = json.loads((q / "leviathan.json").read_text())
     meta["fingerprint"].update(adapter="qlora", load_in_4bit=True)
     (q / "leviathan.json").write_text(json.dumps(meta))
-    r = cli("merge", q, "-o", tmp_path / "m")
+    r = cli_here("merge", q, "-o", tmp_path / "m")
     assert r.returncode == 0, r.stderr
     assert "merged into the unquantized base" in r.stdout
     assert lineage.read_info(tmp_path / "m")["adapter"] == "qlora"
@@ -167,7 +167,7 @@ def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_mo
         ((ckpt, "-o", tmp_path / "a", "--base", tmp_path / "nobase"), "no such folder"),
     ]
     for args, words in cases:
-        r = cli("merge", *args)
+        r = cli_here("merge", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "fix:" in r.stderr
@@ -180,21 +180,21 @@ def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_mo
     cfg["base_model_name_or_path"] = str(tmp_path / "deleted-base")
     (moved / "adapter_config.json").write_text(json.dumps(cfg))
     (moved / "leviathan.json").unlink()
-    r = cli("merge", moved, "-o", tmp_path / "b")
+    r = cli_here("merge", moved, "-o", tmp_path / "b")
     assert r.returncode == 2 and "does not exist on this machine" in r.stderr and "--base" in r.stderr
     (moved / "adapter_model.safetensors").unlink()
-    r = cli("merge", moved, "-o", tmp_path / "b")
+    r = cli_here("merge", moved, "-o", tmp_path / "b")
     assert r.returncode == 2 and "adapter weights" in r.stderr
 
 
 def test_quantize_needs_cuda_and_a_merged_folder(merged, persona_checkpoint, tmp_path):
     result = merged[0]
     ckpt = persona_checkpoint[0]
-    r = cli("quantize", ckpt, "-o", tmp_path / "q")
+    r = cli_here("quantize", ckpt, "-o", tmp_path / "q")
     assert r.returncode == 2 and "merge it first" in r.stderr
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the GPU benchmark covers quantize")
-    r = cli("quantize", result.output, "-o", tmp_path / "q", "--type", "nf4")
+    r = cli_here("quantize", result.output, "-o", tmp_path / "q", "--type", "nf4")
     assert r.returncode == 2 and "CUDA" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "q").exists()
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from engine.config.config import validate
 from engine.data import prepare
 from engine.model.model import load_tokenizer
 from tests.conftest import DEMO_DATA, base_config
+from tests.wait import wait_for
 
 
 def _config(model, data, tmp_path, **over):
@@ -138,12 +138,12 @@ def test_an_interrupted_preparation_is_never_used(tmp_path, tiny_model):
         [sys.executable, "-c", _INTERRUPTED, str(model), str(data), str(tmp_path)], env=env
     )
     try:
-        t0 = time.time()
-        while time.time() - t0 < 120 and proc.poll() is None:
+
+        def writing() -> bool:
             tmps = list(root.glob(".tmp-*/rows.arrow")) if root.is_dir() else []
-            if tmps and tmps[0].stat().st_size > 0:
-                break
-            time.sleep(0.02)
+            return bool(tmps) and tmps[0].stat().st_size > 0
+
+        wait_for(writing, 120, "the preparation to be writing its rows", running=proc, every_s=0.02)
         assert proc.poll() is None, "the preparation ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -178,7 +178,7 @@ def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     import yaml
 
     from engine.run.events import read_events
-    from tests.conftest import cli
+    from tests.conftest import cli_here
 
     raw = base_config(
         tiny_model("qwen3"), DEMO_DATA, output_dir=str(tmp_path / "out"), logs_dir=str(tmp_path / "logs")
@@ -186,12 +186,12 @@ def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     raw.update(max_steps=1, run_name="p", dataset_prepared_path=str(tmp_path / "prep"), dataset_processes=2)
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    r = cli("preprocess", cfg)
+    r = cli_here("preprocess", cfg)
     assert r.returncode == 0, r.stderr
     assert "prepared in" in r.stdout and "tokens per _category" in r.stdout and "too long" in r.stdout
     folder = r.stdout.split(":")[0]
     assert Path(folder).parent == tmp_path / "prep"
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 0, r.stderr
     assert "data read back" in r.stderr
     data = [x for x in read_events(tmp_path / "logs" / "p" / "events.jsonl").records if x["kind"] == "data"]

@@ -12,7 +12,7 @@ from engine.config.config import validate
 from engine.errors import UserError
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
-from tests.conftest import DEMO_DATA, base_config, cli
+from tests.conftest import DEMO_DATA, base_config, cli_here
 
 LR = 0.003
 
@@ -80,7 +80,7 @@ def test_resume_on_changed_data_is_refused_with_what_changed(tmp_path, tiny_mode
     data.write_text(text + text.splitlines()[0] + "\n")
     cfg = tmp_path / "r2.yaml"
     cfg.write_text(yaml.safe_dump(_raw(model, data, tmp_path, 4)))
-    r = cli("train", cfg, "--headless")
+    r = cli_here("train", cfg, "--headless")
     assert r.returncode == 2, r.stderr
     assert f"size {len(text.encode()):,} ->" in r.stderr and "Traceback" not in r.stderr
 

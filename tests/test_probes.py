@@ -14,11 +14,6 @@ from engine.run.events import read_events
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("probed")

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from engine.config.config import load_config
 from engine.run import checkpoints
 from engine.run.events import dedupe_steps, read_events
 from engine.train.train import run
-from tests.conftest import cli
+from tests.conftest import cli, cli_here
+from tests.wait import wait_record
 
 STEPS = 24
 
@@ -30,19 +30,6 @@ def start(cfg: Path, *extra) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(log: Path, pred, proc: subprocess.Popen, timeout: float = 180) -> dict:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if log.exists():
-            for r in read_events(log).records:
-                if pred(r):
-                    return r
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer exited early: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run log")
 
 
 def losses(log: Path) -> dict[int, float]:
@@ -61,7 +48,7 @@ def test_kill_9_then_resume_continues_exactly(tiny_model, write_config, tmp_path
     log = tmp_path / "logs" / "test" / "events.jsonl"
     for kill_after in (7, 14):  # twice in a row
         proc = start(cfg)
-        wait_for(log, lambda r, k=kill_after: r.get("kind") == "step" and r["step"] >= k, proc)
+        wait_record(log, lambda r, k=kill_after: r.get("kind") == "step" and r["step"] >= k, running=proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     proc = start(cfg)
@@ -131,7 +118,7 @@ def test_kill_9_mid_save_sets_the_torn_folder_aside_and_leaves_others_alone(
     (moved,) = alerts(log, "torn_checkpoint")
     assert str(aside) in moved
 
-    r = cli("train", cfg, "--headless")  # the same command, no fault
+    r = cli_here("train", cfg, "--headless")  # the same command, no fault
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert len(alerts(log, "torn_checkpoint")) == 2 and not (out / checkpoints.TORN_DIR).exists()
@@ -163,17 +150,21 @@ def test_a_killed_writer_never_glues_records(tmp_path):
 
 def test_resume_never_refuses_existing_checkpoints(tiny_model, write_config):
     cfg = write_config(tiny_model("qwen3"), max_steps=3, save_steps=3)
-    assert cli("train", cfg, "--headless").returncode == 0
-    r = cli("train", cfg, "--headless", "--resume", "never")
+    assert cli_here("train", cfg, "--headless").returncode == 0
+    r = cli_here("train", cfg, "--headless", "--resume", "never")
     assert r.returncode == 2 and "already holds checkpoints" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_changed_lora_rank_is_refused_with_the_differences(tiny_model, write_config):
     assert (
-        cli("train", write_config(tiny_model("qwen3"), max_steps=3, save_steps=3), "--headless").returncode
+        cli_here(
+            "train", write_config(tiny_model("qwen3"), max_steps=3, save_steps=3), "--headless"
+        ).returncode
         == 0
     )
-    r = cli("train", write_config(tiny_model("qwen3"), max_steps=6, save_steps=3, lora_r=4), "--headless")
+    r = cli_here(
+        "train", write_config(tiny_model("qwen3"), max_steps=6, save_steps=3, lora_r=4), "--headless"
+    )
     assert r.returncode == 2
     assert "lora_r: 8 -> 4" in r.stderr
 
@@ -182,7 +173,7 @@ def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = tmp_path / "logs" / "test" / "events.jsonl"
     proc = start(cfg)
-    wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, proc)
+    wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, running=proc)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     records = read_events(log).records
@@ -200,10 +191,10 @@ def test_force_fresh_sets_old_checkpoints_aside_and_the_last_step_is_saved(
 ):
     # No save_steps at all: the final step is still kept.
     cfg = write_config(tiny_model("qwen3"), max_steps=4)
-    assert cli("train", cfg, "--headless").returncode == 0
+    assert cli_here("train", cfg, "--headless").returncode == 0
     assert checkpoints.latest(tmp_path / "out").step == 4
     cfg = write_config(tiny_model("qwen3"), max_steps=2)
-    r = cli("train", cfg, "--headless", "--resume", "never", "--force")
+    r = cli_here("train", cfg, "--headless", "--resume", "never", "--force")
     assert r.returncode == 0, r.stderr
     assert checkpoints.latest(tmp_path / "out").step == 2  # the old step-4 checkpoint no longer outranks it
     moved = list((tmp_path / "out").glob("superseded-*/checkpoint-4/leviathan.json"))
@@ -215,7 +206,7 @@ def test_corrupt_files_in_the_newest_checkpoints_fall_back_to_one_that_loads(
 ):
     cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=2)
     out, log = tmp_path / "out", tmp_path / "logs" / "test" / "events.jsonl"
-    assert cli("train", cfg, "--headless").returncode == 0
+    assert cli_here("train", cfg, "--headless").returncode == 0
     # Bit rot in checkpoint-6's weights (same size), a short optimizer.pt in checkpoint-4.
     weights = out / "checkpoint-6" / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -225,11 +216,11 @@ def test_corrupt_files_in_the_newest_checkpoints_fall_back_to_one_that_loads(
     optim.write_bytes(optim.read_bytes()[:1000])
     kept = {n: digest(out / n) for n in ("checkpoint-4", "checkpoint-6")}
 
-    r = cli("train", cfg, "--headless", "--resume", str(out / "checkpoint-6"))
+    r = cli_here("train", cfg, "--headless", "--resume", str(out / "checkpoint-6"))
     assert r.returncode == 2 and "adapter_model.safetensors has changed" in r.stderr
     assert "Traceback" not in r.stderr
 
-    r = cli("train", cfg, "--headless", "--max-steps", "8")
+    r = cli_here("train", cfg, "--headless", "--max-steps", "8")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     bad = alerts(log, "corrupt_checkpoint")

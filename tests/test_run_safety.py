@@ -15,8 +15,9 @@ import yaml
 from engine.config.config import load_config
 from engine.run.events import dedupe_steps, follow, read_events
 from engine.train.train import run
-from tests.conftest import DEMO_DATA, cli
-from tests.test_resume import start, wait_for
+from tests.conftest import DEMO_DATA, cli_here
+from tests.test_resume import start
+from tests.wait import wait_record
 
 
 def log_of(tmp_path: Path) -> Path:
@@ -27,7 +28,7 @@ def test_sighup_headless_saves_and_ends_cleanly(tiny_model, write_config, tmp_pa
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = log_of(tmp_path)
     proc = start(cfg)
-    wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, proc)
+    wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 3, running=proc)
     os.kill(proc.pid, signal.SIGHUP)  # the SSH session went away
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
     records = read_events(log).records
@@ -35,7 +36,7 @@ def test_sighup_headless_saves_and_ends_cleanly(tiny_model, write_config, tmp_pa
     assert end["kind"] == "end" and end["status"] == "stopped"
     assert (tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").is_file()
     # the same command resumes from it
-    r = cli("train", cfg, "--headless", "--max-steps", str(end["step"] + 2))
+    r = cli_here("train", cfg, "--headless", "--max-steps", str(end["step"] + 2))
     assert r.returncode == 0, r.stderr[-2000:]
     records = read_events(log).records
     assert [x["from_step"] for x in records if x["kind"] == "resume"] == [end["step"]]
@@ -46,7 +47,7 @@ def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config,
     log = log_of(tmp_path)
     proc = start(cfg)
     try:
-        wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= 2, proc)
+        wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 2, running=proc)
         seen: list[dict] = []
         stop = threading.Event()
 
@@ -56,13 +57,13 @@ def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config,
 
         t = threading.Thread(target=reader, daemon=True)
         t.start()
-        second = cli("train", cfg, "--headless")
+        second = cli_here("train", cfg, "--headless")
         assert second.returncode == 2
         refused = ("already being trained", "is in use by a running trainer")  # lock, or the start-up check
         assert any(w in second.stderr for w in refused) and f"pid {proc.pid}" in second.stderr
         assert "attach" in second.stderr and "Traceback" not in second.stderr
         before = max(r["step"] for r in read_events(log).records if r["kind"] == "step")
-        wait_for(log, lambda r: r.get("kind") == "step" and r["step"] >= before + 2, proc)
+        wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= before + 2, running=proc)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         stop.set()
@@ -108,7 +109,7 @@ def test_failed_starts_leave_the_run_folder_as_it_was(tiny_model, write_config, 
     shutil.copy(DEMO_DATA, data)
     model = tiny_model("qwen3")
     good = write_config(model, data=str(data), max_steps=3, save_steps=3)
-    assert cli("train", good, "--headless").returncode == 0
+    assert cli_here("train", good, "--headless").returncode == 0
     run_dir = tmp_path / "logs" / "test"
     config_bytes = (run_dir / "config.yaml").read_bytes()
     log_bytes = (run_dir / "events.jsonl").read_bytes()
@@ -117,21 +118,23 @@ def test_failed_starts_leave_the_run_folder_as_it_was(tiny_model, write_config, 
     # 1. a config that does not validate, aimed at the same run folder: nothing is touched
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("lora_r: 8", "lora_r: -1"))
-    r = cli("train", bad, "--headless", "--run-name", "test", "--logs-dir", tmp_path / "logs")
+    r = cli_here("train", bad, "--headless", "--run-name", "test", "--logs-dir", tmp_path / "logs")
     assert r.returncode == 2 and f"{bad}:" in r.stderr and "Traceback" not in r.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("base_model: [unclosed\n")
-    r = cli("train", broken, "--headless", "--run-name", "test", "--logs-dir", tmp_path / "logs")
+    r = cli_here("train", broken, "--headless", "--run-name", "test", "--logs-dir", tmp_path / "logs")
     assert r.returncode == 2 and "not valid YAML" in r.stderr
     assert (run_dir / "config.yaml").read_bytes() == config_bytes
     assert (run_dir / "events.jsonl").read_bytes() == log_bytes
 
     # 2. a config the checkpoint cannot continue with (refused), then data gone bad (refused)
-    r = cli("train", write_config(model, data=str(data), max_steps=6, save_steps=3, lora_r=4), "--headless")
+    r = cli_here(
+        "train", write_config(model, data=str(data), max_steps=6, save_steps=3, lora_r=4), "--headless"
+    )
     assert r.returncode == 2 and "lora_r: 8 -> 4" in r.stderr
     with open(data, "a") as f:
         f.write('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    r = cli("train", write_config(model, data=str(data), max_steps=6, save_steps=3), "--headless")
+    r = cli_here("train", write_config(model, data=str(data), max_steps=6, save_steps=3), "--headless")
     # a resume on changed data is refused (issue 17.5) from the size alone, before any preparation
     assert (
         r.returncode == 2 and f"{data.resolve()}: size" in r.stderr and "the data changed since" in r.stderr
@@ -156,8 +159,8 @@ def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config
     other = write_config(tiny_model("qwen3"), name="other.yaml", run_name="other", max_steps=4, save_steps=1)
     proc = start(first)
     try:
-        wait_for(log_of(tmp_path), lambda r: r.get("kind") == "step" and r["step"] >= 2, proc)
-        r = cli("train", other, "--headless")
+        wait_record(log_of(tmp_path), lambda r: r.get("kind") == "step" and r["step"] >= 2, running=proc)
+        r = cli_here("train", other, "--headless")
         assert r.returncode == 2, r.stderr[-2000:]
         assert f"pid {proc.pid}" in r.stderr and str((tmp_path / "logs" / "test").resolve()) in r.stderr
         assert "Traceback" not in r.stderr
@@ -171,13 +174,13 @@ def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == [f"checkpoint-{end['step']}"]
     assert not (tmp_path / "logs" / "other" / "events.jsonl").exists()
     # the lock is gone with its holder: the second run now trains there
-    r = cli("train", other, "--headless", "--resume", "never", "--force")
+    r = cli_here("train", other, "--headless", "--resume", "never", "--force")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_output_dir_that_is_a_file_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
     taken = tmp_path / "out"
     taken.write_text("not a folder\n")
-    r = cli("train", write_config(tiny_model("qwen3"), max_steps=2), "--headless")
+    r = cli_here("train", write_config(tiny_model("qwen3"), max_steps=2), "--headless")
     assert r.returncode == 2 and f"output_dir {taken}" in r.stderr and "is a file" in r.stderr
     assert "Traceback" not in r.stderr and taken.read_text() == "not a folder\n"

@@ -4,12 +4,11 @@ the file deleted or replaced mid-run, a full disk (a real tmpfs where one can be
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from engine.run.events import RunLog, read_events
+from tests.conftest import fill_disk
 
 
 def test_a_half_line_from_another_writer_never_glues_the_next_record(tmp_path):
@@ -42,36 +41,15 @@ def test_a_deleted_or_replaced_log_is_opened_again(tmp_path):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 1 MB filesystem (tmpfs); skipped where mounting is not allowed."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill_up(disk: Path) -> Path:
-    """Every byte of ``disk`` taken (written until the kernel says ENOSPC)."""
-    filler = disk / "filler.bin"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
+def tiny_disk(tmpfs):
+    return tmpfs("1m")
 
 
 def test_a_full_disk_leaves_no_torn_line_and_loses_no_record(tiny_disk):
     path = tiny_disk / "events.jsonl"
     log = RunLog(path)
     log.emit("step", step=1, loss=2.0)
-    filler = fill_up(tiny_disk)
+    filler = fill_disk(tiny_disk)
     big = "x" * 6000  # more than the page the file's tail may still have
     log.emit("step", step=2, loss=1.5, note=big)
     log.emit("step", step=3, loss=1.2, note=big)

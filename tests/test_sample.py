@@ -19,7 +19,7 @@ from engine.data.sample_count import BLOCK
 from engine.data.sample_keys import MISSING, utf8_ok
 from engine.data.sample_select import targets
 from engine.errors import UserError
-from tests.conftest import cli
+from tests.conftest import cli_here
 
 CATS = {"general": 503, "coding": 251, "identity": 7, "esoteric": 125, "math": 15}
 
@@ -205,11 +205,11 @@ def test_failed_run_leaves_nothing_and_bad_usage_is_exit_2(tmp_path):
     with pytest.raises(UserError, match="usable rows"):
         sample_file(src, tmp_path / "out.jsonl", count=10**6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
-    r = cli("sample", src, "-o", src, "--fraction", "0.1")
+    r = cli_here("sample", src, "-o", src, "--fraction", "0.1")
     assert r.returncode == 2 and "same file" in r.stderr and "Traceback" not in r.stderr
-    r = cli("sample", tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl", "--fraction", "0.1")
+    r = cli_here("sample", tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl", "--fraction", "0.1")
     assert r.returncode == 2 and "no such file" in r.stderr
-    r = cli("sample", src, "-o", tmp_path / "o.jsonl", "--fraction", "1.5")
+    r = cli_here("sample", src, "-o", tmp_path / "o.jsonl", "--fraction", "1.5")
     assert r.returncode == 2 and "--fraction" in r.stderr
 
 
@@ -219,7 +219,7 @@ def test_cli_prints_counts_progress_and_bad_lines(tmp_path):
     with open(src, "ab") as f:
         f.write(b"{oops\n")
     out = tmp_path / "sample.jsonl"
-    r = cli("sample", src, "-o", out, "--fraction", "0.1", "--by", "_category", "--seed", "9")
+    r = cli_here("sample", src, "-o", out, "--fraction", "0.1", "--by", "_category", "--seed", "9")
     assert r.returncode == 0, r.stderr
     assert "general" in r.stdout and "50" in r.stdout and "(missing)" in r.stdout
     assert "MB/s" in r.stderr and "pass 2/2" in r.stderr

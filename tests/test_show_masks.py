@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.chat_tokenizers import TEMPLATES
-from tests.conftest import DEMO_DATA, cli, write_jsonl
+from tests.conftest import DEMO_DATA, cli_here, write_jsonl
 
 
 def chat(system: str | None, *pairs: str) -> dict:
@@ -16,7 +16,7 @@ def chat(system: str | None, *pairs: str) -> dict:
 
 
 def test_json_is_one_object_a_line_with_the_trained_spans(tiny_model, write_config):
-    r = cli("check", write_config(tiny_model("qwen3")), "--show-masks", "3", "--json")
+    r = cli_here("check", write_config(tiny_model("qwen3")), "--show-masks", "3", "--json")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     rows = [json.loads(x) for x in DEMO_DATA.read_text().splitlines()[:3]]
@@ -41,7 +41,7 @@ def test_text_mode_brackets_trained_tokens_and_reports_template_notes(tmp_path, 
     cfg = write_config(
         tiny_model("qwen3"), data=str(data), chat_template="jinja", chat_template_jinja=mistral
     )
-    r = cli("check", cfg, "--show-masks", "2")
+    r = cli_here("check", cfg, "--show-masks", "2")
     assert r.returncode == 0, r.stderr
     eos = "<|im_end|>"  # the template writes the tokenizer's eos_token after each reply
     assert f"[INST] Capital of France?[/INST][[ Paris.{eos}]]" in r.stdout
@@ -49,7 +49,7 @@ def test_text_mode_brackets_trained_tokens_and_reports_template_notes(tmp_path, 
     assert "Be brief." not in r.stdout  # Mistral v0.3 drops the system prompt unless a user turn is last
     assert f"1 row(s): the template leaves out the system turn ({data}:1)" in r.stderr
     # Plain `check` counts it over the whole file, with the rows' file:line.
-    r = cli("check", cfg)
+    r = cli_here("check", cfg)
     assert r.returncode == 0, r.stderr
     assert f"2 row(s): the template leaves out the system turn ({data}:1, {data}:3)" in r.stdout
 
@@ -58,14 +58,14 @@ def test_a_template_that_raises_makes_a_bad_row_with_its_message(tmp_path, tiny_
     data = write_jsonl(tmp_path / "g.jsonl", [chat(None, "Hi", "Hello."), chat("Sys", "Hi", "Hello.")])
     gemma2 = (TEMPLATES / "gemma2.jinja").read_text()
     cfg = write_config(tiny_model("qwen3"), data=str(data), chat_template="jinja", chat_template_jinja=gemma2)
-    r = cli("check", cfg)
+    r = cli_here("check", cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{data}:2: the chat template refused it: TemplateError: System role not supported" in r.stderr
     assert "1 bad row(s) out of 2" in r.stderr
 
 
 def test_show_masks_needs_the_tokenizer(tiny_model, write_config):
-    r = cli("check", write_config(tiny_model("qwen3")), "--show-masks", "2", "--no-tokenizer")
+    r = cli_here("check", write_config(tiny_model("qwen3")), "--show-masks", "2", "--no-tokenizer")
     assert r.returncode == 2 and "--show-masks N needs the tokenizer" in r.stderr
 
 
