@@ -363,10 +363,10 @@ def test_a_kept_line_malformed_inside_means_counting_again(tmp_path):
 def test_cli_strict_and_the_recount_note(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_bytes(b'{"_category": "a"}\n{"x": [}, "_category": "a"}\n{"_category": "b"}\n')
-    r = cli("sample", src, "-o", tmp_path / "o.jsonl", "--fraction", "1", "--no-progress")
+    r = cli_here("sample", src, "-o", tmp_path / "o.jsonl", "--fraction", "1", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "counted again, every row parsed in full: line 2: bad JSON" in r.stderr
     assert "line 2: bad JSON" in r.stderr.split("malformed line(s) left out")[1]
-    r = cli("sample", src, "-o", tmp_path / "s.jsonl", "--fraction", "1", "--strict", "--no-progress")
+    r = cli_here("sample", src, "-o", tmp_path / "s.jsonl", "--fraction", "1", "--strict", "--no-progress")
     assert r.returncode == 0 and "counted again" not in r.stderr
     assert (tmp_path / "s.jsonl").read_bytes() == (tmp_path / "o.jsonl").read_bytes()
