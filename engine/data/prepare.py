@@ -137,7 +137,7 @@ class Pass:
         with ProcessPoolExecutor(
             self.workers,
             mp_context=ctx,
-            initializer=prepwork.init_worker,
+            initializer=prepwork.init_pool_worker,
             initargs=(self.tokenizer, self.opts),
         ) as pool:
             try:
