@@ -119,6 +119,7 @@ class ChatEncoder:
         self.specials = [t for t in tokenizer.added_tokens_encoder if t.strip()]
         self.marker, self.final_eos = self._probe()
         self.lead = self._probe_lead()
+        self._skeletons: dict = {}  # the fast locate path's renderings, by conversation shape
 
     # ---- rendering -----------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class ChatEncoder:
         except Exception as e:  # e.g. "System role not supported" from the template itself
             raise BadRow(f"the chat template refused it: {_short(e)}") from None
         try:
-            regions = locate_all(self.render, msgs, text)
+            regions = locate_all(self.render, msgs, text, self._skeletons)
         except LocateError as e:
             raise BadRow(
                 f"a turn cannot be located: the template fails once its text changes ({e})"
