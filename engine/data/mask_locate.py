@@ -70,19 +70,53 @@ def locate(render, msgs: list[dict], k: int, text: str) -> tuple[int, int] | Non
     return p, len(text) - q
 
 
-def locate_all(render, msgs: list[dict], text: str) -> list[tuple[int, int] | None]:
-    """Every message's region in ``text`` (None for a message the template leaves out)."""
-    fast = _fast(render, msgs, text)
+def locate_all(
+    render, msgs: list[dict], text: str, skeletons: dict | None = None
+) -> list[tuple[int, int] | None]:
+    """Every message's region in ``text`` (None for a message the template leaves out).
+
+    ``skeletons``: a dict kept by the caller (one per template) for the fast path's renderings."""
+    fast = _fast(render, msgs, text, skeletons)
     return fast if fast is not None else [locate(render, msgs, k, text) for k in range(len(msgs))]
 
 
-def _fast(render, msgs: list[dict], text: str) -> list[tuple[int, int]] | None:
+SKELETONS_KEPT = 256
+
+
+def _skeleton(render, msgs: list[dict], marks: list[str], skeletons: dict | None) -> str | None:
+    """The conversation rendered with every text replaced by its sentinel; None if that fails.
+
+    It depends only on what is not text (roles, names, flags), so rows of the same shape share
+    it: ``skeletons`` keeps it by that shape. A template whose output changes by itself (a date)
+    is still exact: the real rendering is checked against the skeleton, and the exact method
+    runs where they disagree."""
+    dummies = [_dummy(m, c) for m, c in zip(msgs, marks, strict=True)]
+    key = None
+    if skeletons is not None:
+        key = tuple(tuple(d.items()) for d in dummies)
+        try:
+            return skeletons[key]
+        except TypeError:  # a value that cannot be a key (tool_calls): rendered every time
+            key = None
+        except KeyError:
+            pass
+    try:
+        skeleton = render(dummies)[0]
+    except Exception:
+        return None
+    if key is not None:
+        if len(skeletons) >= SKELETONS_KEPT:
+            skeletons.clear()
+        skeletons[key] = skeleton
+    return skeleton
+
+
+def _fast(render, msgs: list[dict], text: str, skeletons: dict | None = None) -> list[tuple[int, int]] | None:
     marks = [c for c in SENTINELS if c not in text][: len(msgs)]
     if len(marks) < len(msgs) or any(any(m.get(f) for f in REASONING_FIELDS) for m in msgs):
         return None
-    try:
-        skeleton = render([_dummy(m, c) for m, c in zip(msgs, marks, strict=True)])[0]
-    except Exception:
+    skeleton = _skeleton(render, msgs, marks, skeletons)
+    if skeleton is None:
         return None
     at = [skeleton.find(c) for c in marks]
     if any(skeleton.count(c) > 1 for c in marks):

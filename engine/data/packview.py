@@ -10,6 +10,7 @@ and TRL's own preparation (a second packed copy on disk) is skipped.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict, deque
 
 import numpy as np
@@ -18,29 +19,34 @@ WINDOW = 1000
 
 
 def bfd(lengths: np.ndarray, seq_length: int) -> list[list[int]]:
-    """Best-fit-decreasing bins of positions into ``lengths`` (TRL's algorithm, lengths only)."""
-    from trl.data_utils import _SegmentTree
+    """Best-fit-decreasing bins of positions into ``lengths``: TRL's ``_pack_bfd`` on lengths only.
 
+    TRL finds the smallest free space that fits in a Python segment tree; here the distinct free
+    spaces are a sorted list searched with ``bisect`` (a window holds at most a few hundred of
+    them), which picks the same space, so the bins come out the same, several times faster.
+    """
     order = np.argsort(-lengths, kind="stable")
-    tree = _SegmentTree(seq_length)
-    tree.add(seq_length)
+    free = [seq_length]  # distinct free spaces of open bins, sorted; seq_length stands for a new bin
     space_to_bin: dict[int, deque] = defaultdict(deque)
     bins: list[dict] = []
     for idx, length in zip(order.tolist(), lengths[order].tolist(), strict=True):
-        space = tree.search(length)
+        k = bisect_left(free, length)
+        space = free[k]
         if space < seq_length:
             b = space_to_bin[space].popleft()
+            if not space_to_bin[space]:
+                del free[k]
         else:
             b = {"ids": [], "length": 0}
             bins.append(b)
         b["ids"].append(idx)
         b["length"] += length
-        if space < seq_length and not space_to_bin[space]:
-            tree.remove(space)
         space -= length
         space_to_bin[space].append(b)
         if space > 0:
-            tree.add(space)
+            k = bisect_left(free, space)
+            if k == len(free) or free[k] != space:
+                free.insert(k, space)
     return [b["ids"] for b in bins]
 
 

@@ -137,7 +137,7 @@ class Pass:
         with ProcessPoolExecutor(
             self.workers,
             mp_context=ctx,
-            initializer=prepwork.init_worker,
+            initializer=prepwork.init_pool_worker,
             initargs=(self.tokenizer, self.opts),
         ) as pool:
             try:
@@ -391,7 +391,9 @@ def _load(folder: Path) -> Prepared | None:
     rows = Dataset.from_file(str(folder / "rows.arrow"))
     index = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in _INDEX}
     val_rows = index["val_rows"]
-    train = rows.select(index["train_rows"], keep_in_memory=True)
+    # No validation split: the training rows are all of them, in order, and select() would spend
+    # seconds a million rows finding that out on every start.
+    train = rows.select(index["train_rows"], keep_in_memory=True) if len(val_rows) else rows
     val = rows.select(val_rows, keep_in_memory=True) if len(val_rows) else None
     c = meta["counts"]
     return Prepared(

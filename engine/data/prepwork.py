@@ -18,6 +18,7 @@ same per-row code (``run_rows``), in chunks of the same shape.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -135,6 +136,15 @@ def init_worker(tokenizer, opts: Options) -> None:
     _state["opts"] = opts
 
 
+def init_pool_worker(tokenizer, opts: Options) -> None:
+    """A worker process's start: ``init_worker``, then what exists so far set aside from the
+    collector. Every row allocates hundreds of offset tuples, so its full passes come often and
+    would walk the libraries' and the tokenizer's objects each time; those live as long as the
+    worker does."""
+    init_worker(tokenizer, opts)
+    gc.freeze()
+
+
 def _lines(path: str, a: int, b: int):
     """(digest, newlines, [(rel, raw line)]) for the lines that start in [a, b)."""
     out = []
@@ -220,8 +230,10 @@ def _take_row(chunk: Chunk, rel: int, item, masks: MaskOptions, parts) -> None:
     chunk.encoded += 1
     if enc.notes:
         chunk.notes.append((rel, enc.notes))
-    ids = np.asarray(enc.input_ids, np.int32)
-    mask = np.asarray(enc.labels) != -100
+    if enc.trained is not None:  # the chat encoder's arrays: no second pass over the lists
+        ids, mask = enc.ids_array.astype(np.int32), enc.trained
+    else:
+        ids, mask = np.asarray(enc.input_ids, np.int32), np.asarray(enc.labels) != -100
     chunk.stats.add(item, len(ids), int(mask.sum()))
     if opts.collect:
         chunk.good_categories.append(item.category)
