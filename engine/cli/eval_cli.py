@@ -86,14 +86,7 @@ def eval_main(args) -> int:
         for cat, c in sorted(data["by_category"].items()):
             print(f"  {cat}: {score_line(c['passed'], c['total'])}", file=sys.stderr)
     print(score_line(data["passed"], data["total"]))
-    if path:
-        print(f"result: {path}", file=sys.stderr)
-    else:
-        print(
-            "note: no run folder found for this model; pass --run-dir or --out to keep the result",
-            file=sys.stderr,
-        )
-    return 0
+    return _say_where(path)
 
 
 def lmeval_main(args, target) -> int:
@@ -120,6 +113,10 @@ def lmeval_main(args, target) -> int:
             print(f"{task}: {t['metric']} {score_line(t['passed'], t['total'])}")
         else:
             print(f"{task}: {t['metric']} {t['value']:.4f}")
+    return _say_where(path)
+
+
+def _say_where(path) -> int:
     if path:
         print(f"result: {path}", file=sys.stderr)
     else:
