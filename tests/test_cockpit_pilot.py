@@ -68,7 +68,13 @@ async def test_every_panel_shows_the_scripted_run(make_app):
         await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
         await wait_for(lambda: len(chart.eval) == 3, pilot=pilot)
         assert chart.steps_per_epoch == pytest.approx(200)
-        caption = text_of(app.query_one("#loss-caption").content)
+
+        # the caption is redrawn on the chart's next refresh, after the points arrive
+        def drawn() -> str | None:
+            c = text_of(app.query_one("#loss-caption").content)
+            return c if "guide" in c else None
+
+        caption = await wait_for(drawn, pilot=pilot)
         assert "guide" in caption and "eval" in caption and "whole run" in caption
 
         text = fields(app)
