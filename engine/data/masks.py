@@ -72,12 +72,25 @@ class MaskOptions:
 
 @dataclass
 class Encoded:
-    input_ids: list[int]
-    labels: list[int]
+    """One row's token ids and which of them carry loss; the lists are derived on demand (the
+    preparation hot path reads the arrays)."""
+
+    ids: np.ndarray  # int64
+    mask: np.ndarray  # bool, True where the token carries loss
     notes: list[str] = field(default_factory=list)
     """What the template did to this row that changes what is trained (one line each)."""
-    ids_array: np.ndarray | None = None  # the same ids and loss mask as arrays, when at hand
-    trained: np.ndarray | None = None  # bool, True where labels != IGNORE
+
+    @classmethod
+    def of_lists(cls, input_ids: list[int], labels: list[int], notes: list[str] | None = None) -> Encoded:
+        return cls(np.asarray(input_ids, np.int64), np.asarray(labels, np.int64) != IGNORE, notes or [])
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.ids.tolist()
+
+    @property
+    def labels(self) -> list[int]:
+        return np.where(self.mask, self.ids, IGNORE).tolist()
 
 
 def _short(e: Exception) -> str:
@@ -225,7 +238,7 @@ class ChatEncoder:
         enc = self.tok.backend_tokenizer.encode(text, add_special_tokens=False)
         ids = np.array(enc.ids, np.int64)
         trained = _trained(enc.offsets, spans)
-        return Encoded(ids.tolist(), _labels(ids, trained), notes, ids, trained)
+        return Encoded(ids, trained, notes)
 
     def _reasoning(self, turns, msgs, regions, text, gen, notes):
         """Keep the final reply's reasoning in the text where the template leaves it out."""
@@ -371,10 +384,6 @@ def _trained(offsets, spans: list[tuple[int, int]]) -> np.ndarray:
     for a, b in spans:
         out[bisect_right(his, a) : bisect_left(los, b)] = True  # tokens with hi > a and lo < b
     return out
-
-
-def _labels(ids: np.ndarray, trained: np.ndarray) -> list[int]:
-    return np.where(trained, ids, IGNORE).tolist()
 
 
 def _layout_notes(msgs, regions, text: str, specials: list[str]) -> list[str]:

@@ -230,10 +230,7 @@ def _take_row(chunk: Chunk, rel: int, item, masks: MaskOptions, parts) -> None:
     chunk.encoded += 1
     if enc.notes:
         chunk.notes.append((rel, enc.notes))
-    if enc.trained is not None:  # the chat encoder's arrays: no second pass over the lists
-        ids, mask = enc.ids_array.astype(np.int32), enc.trained
-    else:
-        ids, mask = np.asarray(enc.input_ids, np.int32), np.asarray(enc.labels) != -100
+    ids, mask = enc.ids.astype(np.int32), enc.mask
     chunk.stats.add(item, len(ids), int(mask.sum()))
     if opts.collect:
         chunk.good_categories.append(item.category)

@@ -96,7 +96,7 @@ class RowEncoder:
             options = MaskOptions(train_on_inputs=bool(options))
         if row.fmt.startswith("alpaca:"):
             style = row.fmt.split(":", 1)[1]
-            return Encoded(*encode_alpaca(self.tok, style, row.fields, options.train_on_inputs))
+            return Encoded.of_lists(*encode_alpaca(self.tok, style, row.fields, options.train_on_inputs))
         if row.fmt == "completion":
-            return Encoded(*encode_completion(self.tok, row.fields[0]))
+            return Encoded.of_lists(*encode_completion(self.tok, row.fields[0]))
         return self.chat.encode_row(row.messages, options)
