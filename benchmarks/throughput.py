@@ -173,17 +173,13 @@ def prepared_rows(dataset, config):
     import pyarrow as pa
 
     from engine.data.packview import RowReader, pack_index
-    from engine.data.prepare import Prepared
+    from engine.data.prepare import Prepared, rows_batch
 
-    ids = [np.asarray(r, np.int32) for r in dataset["input_ids"]]
-    table = pa.table(
-        {
-            "input_ids": pa.array(ids, pa.list_(pa.int32())),
-            "mask": pa.array([np.ones(len(r), np.int8) for r in ids], pa.list_(pa.int8())),
-        }
-    )
-    lengths = np.asarray([len(r) for r in ids], np.int64)
-    order, bounds = pack_index(np.arange(len(ids)), lengths, SEQ if config.sample_packing else None)
+    lengths = np.asarray([len(r) for r in dataset["input_ids"]], np.int64)
+    ids = np.concatenate([np.asarray(r, np.int32) for r in dataset["input_ids"]])
+    batch = rows_batch(ids, np.ones(len(ids), np.int8), lengths, ["x"] * len(lengths))
+    table = pa.Table.from_batches([batch])
+    order, bounds = pack_index(np.arange(len(lengths)), lengths, SEQ if config.sample_packing else None)
     index = {"train_order": order, "train_bounds": bounds}
     return Prepared(train=dataset, val=None, stats=None, index=index, reader=RowReader(table))
 

@@ -298,15 +298,13 @@ def _build(config, tokenizer, root: Path, tok_id: str, workers: int, progress, s
     opts = prepwork.Options(config.sequence_len, config.too_long, config.train_on_inputs)
     p = Pass(config, tokenizer, opts, workers, progress, should_stop)
     tmp = prepcache.new_tmp(root)
-    schema = pa.schema(
-        [("input_ids", pa.list_(pa.int32())), ("mask", pa.list_(pa.int8())), ("category", pa.string())]
-    )
+    schema = rows_schema()
     lengths = []
     try:
         with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for _path, _base, c in p.chunks():
                 if len(c.lengths):
-                    writer.write_batch(_batch(c, schema))
+                    writer.write_batch(rows_batch(c.ids, c.mask, c.lengths, c.categories))
                     lengths.append(c.lengths)
         all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
         index = _index(config, all_lengths)
@@ -338,14 +336,23 @@ def _build(config, tokenizer, root: Path, tok_id: str, workers: int, progress, s
     return prepared
 
 
-def _batch(c: prepwork.Chunk, schema):
+def rows_schema():
     import pyarrow as pa
 
-    offsets = np.zeros(len(c.lengths) + 1, np.int32)
-    np.cumsum(c.lengths, out=offsets[1:])
-    ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(c.ids, pa.int32()))
-    mask = pa.ListArray.from_arrays(pa.array(offsets), pa.array(c.mask, pa.int8()))
-    return pa.record_batch([ids, mask, pa.array(c.categories, pa.string())], schema=schema)
+    return pa.schema(
+        [("input_ids", pa.list_(pa.int32())), ("mask", pa.list_(pa.int8())), ("category", pa.string())]
+    )
+
+
+def rows_batch(ids, mask, lengths, categories):
+    """Prepared rows as one record batch: every row's ids and mask concatenated, cut by ``lengths``."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int32()))
+    mask = pa.ListArray.from_arrays(pa.array(offsets), pa.array(mask, pa.int8()))
+    return pa.record_batch([ids, mask, pa.array(categories, pa.string())], schema=rows_schema())
 
 
 def _index(config, lengths: np.ndarray) -> dict[str, np.ndarray]:
