@@ -29,6 +29,7 @@ from engine.train.build import build_trainer, liger_available
 from engine.train.health import watch_run
 from engine.train.preflight import check_setup
 from engine.train.resume import fingerprint, plan_resume
+from engine.train.sinks import close_sinks, open_sinks
 
 
 @dataclass
@@ -86,6 +87,8 @@ def run(
         log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
+        sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
+        log.listeners.extend(sinks)
         try:
             return _run(
                 config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
@@ -102,6 +105,7 @@ def run(
             )
             raise
         finally:
+            close_sinks(sinks)
             watch.stop()
             log.close()
 
