@@ -1,0 +1,108 @@
+"""Early stopping (early_stopping_patience / early_stopping_threshold) in a real tiny run.
+
+A tiny Qwen3 overfits a few rows of random words at a high learning rate: the held-out rows'
+eval_loss falls, then rises. The stopping eval is worked out from the run's own eval records,
+with transformers' rule written out here (not the engine's code), and the best checkpoint must
+survive retention.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from conftest import run_config, write_jsonl
+
+from engine.config.config import validate
+from engine.errors import UserError
+from engine.run import checkpoints
+from engine.run.events import read_events
+
+
+def random_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    words = [
+        "abyss",
+        "tide",
+        "pearl",
+        "kraken",
+        "salt",
+        "reef",
+        "storm",
+        "deep",
+        "coral",
+        "wreck",
+        "lantern",
+        "silt",
+    ]
+    rows = []
+    for _ in range(n):
+        ask = " ".join(rng.choice(words) for _ in range(6))
+        answer = " ".join(rng.choice(words) for _ in range(12))
+        rows.append(
+            {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]}
+        )
+    return rows
+
+
+def expected_stop(evals: list[tuple[int, float]], patience: int, threshold: float) -> tuple[int, int]:
+    """(step it stops at, best step): transformers' EarlyStoppingCallback with Trainer's best_metric."""
+    best, best_step, misses = None, None, 0
+    for step, loss in evals:
+        if best is None or (loss < best and abs(loss - best) > threshold):
+            misses = 0
+        else:
+            misses += 1
+        if best is None or loss < best:  # Trainer's best_metric moves on any improvement
+            best, best_step = loss, step
+        if misses >= patience:
+            return step, best_step
+    raise AssertionError(f"eval_loss never stopped improving: {evals}")
+
+
+@pytest.mark.slow
+def test_stops_at_the_right_eval_and_keeps_the_best(tmp_path, tiny_model):
+    from engine.train.train import run
+
+    data = write_jsonl(tmp_path / "rows.jsonl", random_rows(24, seed=3))
+    patience, threshold = 2, 0.01
+    raw = run_config(
+        tiny_model(),
+        tmp_path,
+        "early",
+        data,
+        val_set_size=8,
+        eval_steps=2,
+        save_steps=1000,
+        save_total_limit=1,
+        max_steps=60,
+        learning_rate=0.05,
+        warmup_steps=0,
+        lr_scheduler="constant",
+        micro_batch_size=4,
+        early_stopping_patience=patience,
+        early_stopping_threshold=threshold,
+    )
+    config, _ = validate(raw, tmp_path / "early.yaml")
+    result = run(config, resume="never")
+
+    records = read_events(Path(result.run_dir) / "events.jsonl").records
+    evals = [(r["step"], r["eval_loss"]) for r in records if r["kind"] == "eval"]
+    stop_step, best_step = expected_stop(evals, patience, threshold)
+    assert result.status == "early_stopped"
+    assert result.step == stop_step < 60
+    assert evals[-1][0] == stop_step  # it stopped at that eval, not later
+    (stopped,) = [r for r in records if r["kind"] == "early_stopped"]
+    assert stopped["step"] == stop_step and stopped["best_step"] == best_step
+    end = records[-1]
+    assert end["kind"] == "end" and end["status"] == "early_stopped" and end["step"] == stop_step
+    kept = {c.step for c in checkpoints.scan(config.output_dir)[0]}
+    assert best_step in kept and stop_step in kept  # saved at the stop; the best survived save_total_limit 1
+
+
+def test_early_stopping_needs_an_eval(tmp_path):
+    raw = run_config("some/model", tmp_path, "x", early_stopping_patience=3)
+    with pytest.raises(UserError) as e:
+        validate(raw, tmp_path / "x.yaml")
+    assert "early_stopping_patience" in e.value.message and "val_set_size" in e.value.fix
