@@ -88,7 +88,7 @@ def run(
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
         sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
-        log.listeners.extend(sinks)
+        log.listeners[:0] = sinks  # first: a sink sees a record before the alerts it raises
         try:
             return _run(
                 config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
