@@ -9,11 +9,12 @@ survive retention.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
-from conftest import run_config, write_jsonl
+import yaml
+from conftest import cli_here, run_config, write_jsonl
 
+from cockpit.run_state import RunState
 from engine.config.config import validate
 from engine.errors import UserError
 from engine.run import checkpoints
@@ -63,8 +64,6 @@ def expected_stop(evals: list[tuple[int, float]], patience: int, threshold: floa
 
 @pytest.mark.slow
 def test_stops_at_the_right_eval_and_keeps_the_best(tmp_path, tiny_model):
-    from engine.train.train import run
-
     data = write_jsonl(tmp_path / "rows.jsonl", random_rows(24, seed=3))
     patience, threshold = 2, 0.01
     raw = run_config(
@@ -84,14 +83,16 @@ def test_stops_at_the_right_eval_and_keeps_the_best(tmp_path, tiny_model):
         early_stopping_patience=patience,
         early_stopping_threshold=threshold,
     )
-    config, _ = validate(raw, tmp_path / "early.yaml")
-    result = run(config, resume="never")
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = cli_here("train", path, "--headless")  # the headless command, as a user runs it
+    assert done.returncode == 0, done.stderr[-2000:]
+    config, _ = validate(raw, path)
 
-    records = read_events(Path(result.run_dir) / "events.jsonl").records
+    records = read_events(tmp_path / "logs" / "early" / "events.jsonl").records
     evals = [(r["step"], r["eval_loss"]) for r in records if r["kind"] == "eval"]
     stop_step, best_step = expected_stop(evals, patience, threshold)
-    assert result.status == "early_stopped"
-    assert result.step == stop_step < 60
+    assert f"early_stopped at step {stop_step}" in done.stderr and stop_step < 60
     assert evals[-1][0] == stop_step  # it stopped at that eval, not later
     (stopped,) = [r for r in records if r["kind"] == "early_stopped"]
     assert stopped["step"] == stop_step and stopped["best_step"] == best_step
@@ -106,3 +107,9 @@ def test_early_stopping_needs_an_eval(tmp_path):
     with pytest.raises(UserError) as e:
         validate(raw, tmp_path / "x.yaml")
     assert "early_stopping_patience" in e.value.message and "val_set_size" in e.value.fix
+
+
+def test_the_cockpit_header_says_early_stopped():
+    state = RunState(read_only=False)
+    state.observe([{"kind": "start", "step": 0}, {"kind": "end", "step": 38, "status": "early_stopped"}])
+    assert state.label() == "early stopped (eval_loss no longer improving) at step 38"

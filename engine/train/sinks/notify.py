@@ -182,9 +182,19 @@ class Notifier:
             self.queue.put(_END, timeout=1.0)
         except queue.Full:
             return
-        # The end event goes out before the process ends, within its timeouts and retries.
+        # The end event goes out before the process ends, within one event's timeouts and retries.
         per_event = (self.c.timeout_s + 1) * (self.c.retries + 1) + 2**self.c.retries
-        self.thread.join(min(per_event * 2, 120))
+        self.thread.join(min(per_event + 5, 120))
+        unsent = self.queue.qsize() - 1 + int(self.thread.is_alive())  # the _END marker aside
+        if self.thread.is_alive() and unsent > 0:
+            self.log.emit(
+                "alert",
+                rule="notify_failed",
+                level="warning",
+                message=f"notify: {unsent} event(s) not sent when the run ended: the target did not "
+                f"answer in time ({mask_url(self.c.webhook) if self.c.webhook else 'the command'})",
+                advice="check the URL or command in `notify:`; the run log has every event",
+            )
 
 
 def summary(body: dict) -> str:
