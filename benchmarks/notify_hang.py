@@ -65,7 +65,12 @@ def one_run(model: Path, root: Path, steps: int, url: str | None) -> tuple[float
         "run_name": "bench",
     }
     if url:
-        raw["notify"] = {"webhook": url, "on": ["alert", "end", "checkpoint", "eval"], "timeout_s": 5, "retries": 2}
+        raw["notify"] = {
+            "webhook": url,
+            "on": ["alert", "end", "checkpoint", "eval"],
+            "timeout_s": 5,
+            "retries": 2,
+        }
     config, _ = validate(raw, root / "bench.yaml")
     result = run(config, resume="never")
     records = read_events(Path(result.run_dir) / "events.jsonl").records
