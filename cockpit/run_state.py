@@ -85,7 +85,7 @@ class RunState:
         if self.phase == "ended":
             status = str(self.end.get("status", "ended"))
             if status == "early_stopped":  # eval_loss stopped improving (early_stopping_patience)
-                status = "early stopped (eval_loss no longer improving)"
+                status = "early stopped"
             if self.already_finished:
                 return f"already {status}{at}: nothing left to train"
             return f"{status}{at}"

@@ -93,6 +93,7 @@ def test_stops_at_the_right_eval_and_keeps_the_best(tmp_path, tiny_model):
     evals = [(r["step"], r["eval_loss"]) for r in records if r["kind"] == "eval"]
     stop_step, best_step = expected_stop(evals, patience, threshold)
     assert f"early_stopped at step {stop_step}" in done.stderr and stop_step < 60
+    assert f"early stopping: eval_loss has not improved by more than {threshold:g}" in done.stderr
     assert evals[-1][0] == stop_step  # it stopped at that eval, not later
     (stopped,) = [r for r in records if r["kind"] == "early_stopped"]
     assert stopped["step"] == stop_step and stopped["best_step"] == best_step
@@ -112,4 +113,4 @@ def test_early_stopping_needs_an_eval(tmp_path):
 def test_the_cockpit_header_says_early_stopped():
     state = RunState(read_only=False)
     state.observe([{"kind": "start", "step": 0}, {"kind": "end", "step": 38, "status": "early_stopped"}])
-    assert state.label() == "early stopped (eval_loss no longer improving) at step 38"
+    assert state.label() == "early stopped at step 38"

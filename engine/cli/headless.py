@@ -67,6 +67,8 @@ class Progress:
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":
             self._write(f"resolved {r.get('rule')}: {r.get('message')}")
+        elif kind == "early_stopped":
+            self._write(f"early stopping: {r.get('message')}")
         elif kind == "prepare":  # data preparation: its own phase, so a long one is not a hang
             from engine.cli.prepare_cli import prepare_line
 
