@@ -114,3 +114,22 @@ def test_the_cockpit_header_says_early_stopped():
     state = RunState(read_only=False)
     state.observe([{"kind": "start", "step": 0}, {"kind": "end", "step": 38, "status": "early_stopped"}])
     assert state.label() == "early stopped at step 38"
+
+
+def test_a_resume_goes_on_counting_from_the_checkpoint(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from engine.run.events import RunLog
+    from engine.train.early_stop import EarlyStop
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), eval_strategy="steps", metric_for_best_model="eval_loss", use_cpu=True
+    )
+    before = EarlyStop(RunLog(tmp_path / "a.jsonl"), patience=3, threshold=0.0)
+    before.early_stopping_patience_counter = 2
+    state = TrainerState(stateful_callbacks=[before])  # as Trainer writes it into trainer_state.json
+    saved = TrainerState.load_from_json  # the checkpoint's state, read back
+    state.save_to_json(str(tmp_path / "trainer_state.json"))
+    after = EarlyStop(RunLog(tmp_path / "b.jsonl"), patience=3, threshold=0.0)
+    after.on_train_begin(args, saved(str(tmp_path / "trainer_state.json")), TrainerControl())
+    assert after.early_stopping_patience_counter == 2

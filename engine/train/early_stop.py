@@ -20,6 +20,17 @@ class EarlyStop(EarlyStoppingCallback):
         self.log = log
         self.status: str | None = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        # A resume goes on counting where the checkpoint left off (Trainer saves this callback's
+        # state in trainer_state.json; its own restore would rebuild the callback without the log).
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        saved = saved[0] if isinstance(saved, list) and saved else saved
+        if isinstance(saved, dict):
+            count = saved.get("attributes", {}).get("early_stopping_patience_counter")
+            if isinstance(count, int):
+                self.early_stopping_patience_counter = count
+
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         super().on_evaluate(args, state, control, metrics, **kwargs)
         if not control.should_training_stop or self.status is not None:
