@@ -2,7 +2,7 @@
 
 One state at a time: ``starting`` (no ``start`` record yet), ``training``, ``paused``,
 ``stopping`` (a stop was asked; the trainer saves at the next step), ``ended`` (an ``end``
-record: its ``status`` is completed, stopped, failed or error) or ``gone`` (the writer of an
+record: its ``status`` is completed, stopped, early_stopped, failed or error) or ``gone`` (the writer of an
 attached log died without an ``end``). A start that resumes a checkpoint already at
 ``max_steps`` and ends without a step is a run that had finished before: it says so.
 """
@@ -84,6 +84,8 @@ class RunState:
         at = f" at step {self.step:,}" if self.step is not None else ""
         if self.phase == "ended":
             status = str(self.end.get("status", "ended"))
+            if status == "early_stopped":  # eval_loss stopped improving (early_stopping_patience)
+                status = "early stopped"
             if self.already_finished:
                 return f"already {status}{at}: nothing left to train"
             return f"{status}{at}"

@@ -75,9 +75,9 @@ def test_deepspeed_json_must_exist(tmp_path):
 
 
 def test_noted_keys_are_accepted_with_a_note(tmp_path):
-    p = write(tmp_path, minimal() + "wandb_project: leviathan\nflash_attention: true\n")
+    p = write(tmp_path, minimal() + "swanlab_project: leviathan\nflash_attention: true\n")
     config, notes = load_config(p)
-    assert len(notes) == 2 and "wandb_project" in notes[0] and "has no effect" in notes[0]
+    assert len(notes) == 2 and "swanlab_project" in notes[0] and "has no effect" in notes[0]
 
 
 def test_missing_required_key(tmp_path):

@@ -15,6 +15,7 @@ from cockpit.series import as_float
 
 STATUS_STYLE = {
     "completed": "bold green",
+    "early_stopped": "bold green",
     "stopped": "bold yellow",
     "failed": "bold red",
     "error": "bold red",

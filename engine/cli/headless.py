@@ -67,6 +67,8 @@ class Progress:
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":
             self._write(f"resolved {r.get('rule')}: {r.get('message')}")
+        elif kind == "early_stopped":
+            self._write(f"early stopping: {r.get('message')}")
         elif kind == "prepare":  # data preparation: its own phase, so a long one is not a hang
             from engine.cli.prepare_cli import prepare_line
 
@@ -142,7 +144,8 @@ def train_headless(args) -> int:
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
-    return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)
+    ok = ("completed", "stopped", "early_stopped")
+    return 0 if result.status in ok else 1  # diverged: NaN/Inf (see the alerts)
 
 
 def check_command(args) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from engine.config.axolotl_schema import AXOLOTL_KEYS
 
-LOGGING = "logging integrations are not built in; the run log and cockpit replace them"
+LOGGING = "this logging integration is not built in (W&B, TensorBoard and MLflow are); the run log and cockpit replace it"
 ATTENTION = (
     "the engine picks its attention: varlen flash kernels per packed document on CUDA (the "
     "flash_attention_2 math), exact per-document SDPA otherwise"
@@ -29,13 +29,6 @@ ATTENTION = (
 SPEED_ONLY = "a speed-only kernel in Axolotl (the same LoRA math); PEFT's LoRA layers are used here"
 
 NOTED_KEYS = {
-    **dict.fromkeys(
-        ("wandb_project", "wandb_entity", "wandb_watch", "wandb_name", "wandb_run_id", "wandb_log_model"),
-        LOGGING,
-    ),
-    **dict.fromkeys(
-        ("wandb_mode", "use_wandb", "use_tensorboard", "use_mlflow", "mlflow_tracking_uri"), LOGGING
-    ),
     **dict.fromkeys(("trackio_project_name", "trackio_run_name", "trackio_space_id"), LOGGING),
     **dict.fromkeys(
         ("use_swanlab", "swanlab_project", "swanlab_experiment_name", "swanlab_description", "swanlab_mode"),
@@ -90,7 +83,6 @@ UNSUPPORTED_KEYS = {
     "relora_steps": "ReLoRA is not supported",
     "relora": "ReLoRA is not supported",
     "max_packed_sequence_len": "use sequence_len with sample_packing",
-    "early_stopping_patience": "early stopping is not supported; watch the health alerts",
     "auto_resume_from_checkpoints": "resuming is automatic; see --resume",
     "quantize_moe_experts": "quantizing MoE expert weights is not supported",
     "tokenizer_use_mistral_common": "mistral-common tokenizers are not supported; use the model's tokenizer.json",
@@ -115,7 +107,7 @@ HARMLESS |= {
     "full_finetune": (False,),
 }
 HARMLESS |= {"lr_quadratic_warmup": (False,), "peft_use_dora": (False,)}
-HARMLESS |= {"cosine_constant_lr_ratio": (0, 0.0), "early_stopping_patience": (0,), "device_map": ("auto",)}
+HARMLESS |= {"cosine_constant_lr_ratio": (0, 0.0), "device_map": ("auto",)}
 
 # Defaults that differ from Axolotl's when the key is left out: (Axolotl's value, why ours).
 DEFAULTS_DIFFER = {

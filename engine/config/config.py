@@ -48,6 +48,7 @@ from engine.config.config_sections import (
     SectionKeys,
 )
 from engine.config.config_training import TrainingKeys
+from engine.config.config_unattended import NotifyConfig, UnattendedKeys
 from engine.config.yamlload import BOOLEAN_FIX, boolean_problems, load_yaml
 from engine.errors import UserError
 
@@ -66,15 +67,17 @@ __all__ = [
     "GuardConfig",
     "HealthConfig",
     "KeyError_",
+    "NotifyConfig",
     "RunConfig",
     "load_config",
     "validate",
 ]
 
 
-class RunConfig(DistributedKeys, SectionKeys, TrainingKeys, ModelKeys):
+class RunConfig(DistributedKeys, UnattendedKeys, SectionKeys, TrainingKeys, ModelKeys):
     """A run's config, every key honoured; its parts by concern, in the order the resolved
-    config (``config.yaml``) is written: the model, training, our sections, several GPUs."""
+    config (``config.yaml``) is written: the model, training, our sections, trackers and
+    notifications, several GPUs."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     _defaults_differ: list[str] = PrivateAttr(default_factory=list)
@@ -109,6 +112,18 @@ class RunConfig(DistributedKeys, SectionKeys, TrainingKeys, ModelKeys):
                     f"but training ends at num_epochs {self.num_epochs:g}",
                     "start it earlier or raise num_epochs",
                 )
+        if self.early_stopping_patience and not self.val_set_size:
+            raise KeyError_(
+                ("early_stopping_patience",),
+                "early stopping watches eval_loss, and no rows are held out for evaluation",
+                "set `val_set_size` (and `eval_steps` or `evals_per_epoch`), or remove early_stopping_patience",
+            )
+        if self.early_stopping_patience and not (self.eval_steps or self.evals_per_epoch):
+            raise KeyError_(
+                ("early_stopping_patience",),
+                "early stopping watches eval_loss, and no evaluation interval is set",
+                "set `eval_steps` or `evals_per_epoch`",
+            )
         if self.deepspeed and self.uses_fsdp:
             raise KeyError_(
                 ("deepspeed",), "deepspeed and fsdp/fsdp_config are two ways to shard", "choose one"

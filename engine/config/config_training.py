@@ -77,6 +77,12 @@ class TrainingKeys(BaseModel):
     """Stop the run (status diverged) when the train loss stays above this ..."""
     loss_watchdog_patience: int | None = Field(None, gt=0)
     """... for this many logged steps in a row (default 3, as Axolotl)."""
+    early_stopping_patience: int | None = Field(None, ge=0)
+    """Stop when eval_loss has not improved for this many evaluations in a row (transformers'
+    EarlyStoppingCallback, as Axolotl uses it): the run saves, keeps its best checkpoint and
+    ends with status early_stopped. Needs val_set_size and an eval interval; 0 or unset: off."""
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    """An evaluation improves only when eval_loss drops below the best so far by more than this."""
     logging_steps: int = Field(1, gt=0)
     save_total_limit: int | None = Field(None, gt=0)
     output_dir: PathText = "./outputs/run"

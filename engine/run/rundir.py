@@ -31,6 +31,8 @@ LIVE = "live"  # under chat/: the live chat bridge's reply files (engine.chat.ch
 LAUNCH_LOG = "launch.log"  # the launched processes' stdout and stderr (engine.cli.launcher)
 JOBS_LOG = "jobs.log"  # the cockpit's background jobs' output
 COCKPIT_LOG = "cockpit-output.log"  # what the cockpit's own code printed while the screen was up
+TRACKERS = "trackers.json"  # the W&B and MLflow run ids a resume continues (engine.train.sinks)
+TENSORBOARD = "tensorboard"  # TensorBoard's event files (use_tensorboard)
 OUTPUT_LOCK = ".leviathan-lock"  # not in the run folder: in its output_dir (engine.run.runlock)
 
 
@@ -57,6 +59,14 @@ class RunDir:
     @property
     def control(self) -> Path:
         return self.path / CONTROL
+
+    @property
+    def trackers(self) -> Path:
+        return self.path / TRACKERS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
 
     @property
     def lock(self) -> Path:

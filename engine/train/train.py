@@ -88,7 +88,7 @@ def run(
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
         sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
-        log.listeners.extend(sinks)
+        log.listeners[:0] = sinks  # first: a sink sees a record before the alerts it raises
         try:
             return _run(
                 config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
@@ -117,6 +117,7 @@ def _run(
     import torch
 
     from engine.model.model import resolve_base
+    from engine.train.early_stop import attach as attach_early_stop
     from engine.train.guard import Guard
 
     base = resolve_base(config.base_model)
@@ -145,6 +146,7 @@ def _run(
         loaded.dtype == torch.bfloat16,
     )
     watchdog = _watchdog(config, log, trainer)
+    early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
     dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
     guard.attach(trainer, callback)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
@@ -154,7 +156,7 @@ def _run(
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
     guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
-    status = guard.status or (watchdog and watchdog.status)
+    status = guard.status or (watchdog and watchdog.status) or (early and early.status)
     status = status or ("stopped" if controls.stop.is_set() else callback.status)
     last = checkpoints.latest(paths.output_dir)
     log.emit(

@@ -57,6 +57,8 @@ def axolotl_args(config, has_val: bool, liger: bool) -> dict:
         tf32=tf32_arg(config.tf32),
         **liger_args(config, liger),
     )
+    if config.early_stopping_patience:  # Trainer keeps state.best_metric, which early stopping reads
+        out.update(metric_for_best_model="eval_loss", greater_is_better=False)
     if config.sample_packing and config.eval_sample_packing is False:
         out["eval_packing"] = False
     for ours, theirs in (
