@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +178,26 @@ def test_isolation_names_what_this_machine_allows():
     if root:
         assert "uid nobody" in iso["files"]
     assert isolation_line(iso).startswith("code box: processes ")
+
+
+@MODES
+def test_killing_the_caller_ends_the_box(tmp_path, without):
+    """kill -9 of the evaluating process (a trainer during a probe): nothing of the box lives on."""
+    marker = f"{27 + secrets.randbelow(1000) / 1000:.3f}"
+    script = tmp_path / "caller.py"
+    script.write_text(
+        "import sys\nfrom engine.evaluate.sandbox import run_box\n"
+        f'run_box(\'import os, time\\nos.execvp("sleep", ["sleep", "{marker}"])\', 60, without={without!r})\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    caller = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.monotonic() + 20
+    while not _alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive_with(marker), "the boxed program did not start"
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 5
+    while _alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive_with(marker) == []

@@ -124,6 +124,9 @@ def _child(spec: dict, ns: set[str], work: str, out_w: int, err_w: int, st_w: in
         _set_limits(spec["limits"])
         report["uid"] = os.geteuid() if "uid" in without else _drop_uid(work, spec["argv"][0])
         os.chdir(work)
+        k.prctl(k.PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+        if os.getppid() == 1:  # the launcher died in between (outside a PID namespace)
+            os._exit(126)
         k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
         report["landlock"] = "landlock" not in without and _landlock(spec, work)
         report["seccomp"] = "seccomp" not in without and _try(k.seccomp_no_network)
