@@ -201,3 +201,34 @@ def test_killing_the_caller_ends_the_box(tmp_path, without):
     while _alive_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive_with(marker) == []
+
+
+def test_as_a_user_without_root_the_box_uses_a_user_namespace(tmp_path):
+    """The path of a developer's machine: not root, so a user namespace carries the others."""
+    if not _machine_allows("-U", "--map-user=1000", "--map-group=1000"):
+        pytest.skip("this machine allows no user namespace with another uid")
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    script = tmp_path / "user.py"
+    programs = {
+        "read": (f"print(open({str(secret)!r}).read())", 5),
+        "net": ("import socket\nsocket.socket()", 5),
+        "sleep": (
+            "import subprocess, time\nsubprocess.Popen(['setsid', 'sleep', '25.25'])\ntime.sleep(30)",
+            2,
+        ),
+    }
+    script.write_text(
+        "import json, os\nfrom engine.evaluate.sandbox import run_box\n"
+        f"out = {{k: run_box(p, t) for k, (p, t) in {programs!r}.items()}}\n"
+        "print(json.dumps({**out, 'euid': os.geteuid()}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = ["unshare", "-U", "--map-user=1000", "--map-group=1000", sys.executable, str(script)]
+    got = json.loads(subprocess.run(cmd, env=env, capture_output=True, check=True, text=True).stdout)
+    assert got["euid"] == 1000
+    iso = got["read"]["isolation"]
+    assert iso["user_namespace"] and iso["processes"] == "pid namespace" and "namespace" in iso["network"]
+    assert got["read"]["exit"] == 1 and "s3cret" not in got["read"]["stdout"]
+    assert got["net"]["exit"] == 1 and "Error" in got["net"]["stderr"]
+    assert got["sleep"]["killed"] == "timeout"
