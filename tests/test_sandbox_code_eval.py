@@ -74,7 +74,7 @@ def test_lm_eval_humaneval_scores_through_the_box(monkeypatch, tmp_path):
 
 
 def test_tasks_that_run_code_their_own_way_are_named():
-    assert unboxed(["humaneval", "humaneval_instruct", "mbpp", "cruxeval_o", "longproc_x"]) == [
-        "cruxeval_o",
+    assert unboxed(["humaneval", "humaneval_instruct", "mbpp", "cruxeval_output", "longproc_x"]) == [
+        "cruxeval_output",
         "longproc_x",
     ]
