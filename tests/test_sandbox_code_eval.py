@@ -78,3 +78,5 @@ def test_tasks_that_run_code_their_own_way_are_named():
         "cruxeval_output",
         "longproc_x",
     ]
+    # A group is not marked unsafe itself: refused by its family's name.
+    assert unboxed(["longproc", "humaneval", "tiny_mc"], unsafe=["humaneval"]) == ["longproc"]

@@ -23,10 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from engine.evaluate.sandbox import outcome, run_box
 
 BOXED = ("humaneval", "mbpp")  # task-name prefixes whose code goes through `code_eval`
+# lm-eval's families that run code their own way; by name too, since a group (`longproc`)
+# is not marked unsafe itself.
+OWN_WAY = ("cruxeval", "longproc")
 
 
-def unboxed(tasks: list[str]) -> list[str]:
-    return [t for t in tasks if not t.startswith(BOXED)]
+def unboxed(tasks: list[str], unsafe: list[str] | None = None) -> list[str]:
+    """Of ``tasks``, those whose code would run outside the box (``unsafe``: marked so)."""
+    marked = tasks if unsafe is None else unsafe
+    return [t for t in tasks if (t in marked and not t.startswith(BOXED)) or t.startswith(OWN_WAY)]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

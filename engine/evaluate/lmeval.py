@@ -179,7 +179,7 @@ def _allow_code(names: list[str], tm, allowed: bool) -> None:
         )
     from engine.evaluate.code_eval import unboxed
 
-    outside = unboxed(risky)
+    outside = unboxed(names, risky)
     if outside:
         raise UserError(
             f"lm-eval task {', '.join(outside)} runs model-written code its own way, outside the code box",
