@@ -50,6 +50,7 @@ def test_compute_needs_the_permission(monkeypatch):
         CodeEval().compute(references=["assert True"], predictions=[["pass"]], k=[1])
 
 
+@pytest.mark.slow
 def test_lm_eval_humaneval_scores_through_the_box(monkeypatch, tmp_path):
     pytest.importorskip("lm_eval")
     pytest.importorskip("evaluate")
