@@ -206,6 +206,9 @@ def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
     assert got == {"c": True, "n": False, "r": True, "k": False}
     assert data["by_category"]["code"] == {"passed": 0, "total": 1, "score": 0.0}
     assert "SyntaxError" in data["items"][3]["checks"][0]["detail"]
+    # What the code box was made of is printed and recorded (tests/test_sandbox.py checks it).
+    assert data["sandbox"]["processes"] in ("pid namespace", "subreaper")
+    assert f"code box: processes {data['sandbox']['processes']};" in r.stderr
 
 
 def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, tmp_path):

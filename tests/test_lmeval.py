@@ -163,6 +163,9 @@ def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
     )
     r = cli_here("eval", ckpt, "--suite", "lmeval", "--tasks", "humaneval")
     assert r.returncode == 2 and "--allow-code-execution" in r.stderr and "Traceback" not in r.stderr
+    # A task that runs code its own way (not through code_eval) is refused even when allowed.
+    r = cli_here("eval", ckpt, "--suite", "lmeval", "--tasks", "cruxeval_output", "--allow-code-execution")
+    assert r.returncode == 2 and "outside the code box" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_vision_language_base_runs_through_our_loader(tiny_model, task_dir, tmp_path):

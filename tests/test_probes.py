@@ -51,6 +51,7 @@ def test_probes_run_at_every_save_and_land_in_the_log_eval_and_marker(probed_run
             (result.run_dir / "eval" / f"{r['suite']}-checkpoint-{r['step']}.json").read_text()
         )
         assert saved["status"] == "completed" and saved["step"] == r["step"] and saved["probe"] is True
+        assert ("sandbox" in saved) == (r["suite"] == "inference")  # its code ran in the box
         assert len(saved["items"]) == r["total"] and all(i["answer"] is not None for i in saved["items"])
     # Each probe follows its save, and the pause is left out of the step after it.
     kinds = [r["kind"] for r in records if r["kind"] in ("save", "probe")]

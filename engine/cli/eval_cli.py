@@ -9,8 +9,17 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from engine.evaluate.evaluate import SUITES, ResultFile, Settings, run_suite, suite_cases, target_for
+from engine.evaluate.evaluate import (
+    SUITES,
+    ResultFile,
+    Settings,
+    run_suite,
+    runs_code,
+    suite_cases,
+    target_for,
+)
 from engine.evaluate.lmeval import require, run_lmeval
+from engine.evaluate.sandbox import isolation_line
 from engine.evaluate.scoring import score_line
 
 
@@ -81,7 +90,10 @@ def eval_main(args) -> int:
     header["settings"] = asdict(settings)
     path = target.result_path(args.suite)
     rf = ResultFile(path, header, len(cases))
-    data = run_suite(loaded.model, loaded.tokenizer, args.suite, cases, settings, rf, show)
+    if runs_code(cases) and not args.quiet:
+        print(isolation_line(), file=sys.stderr)
+    hide = [target.run_dir] if target.run_dir else []
+    data = run_suite(loaded.model, loaded.tokenizer, args.suite, cases, settings, rf, show, hide=hide)
     if not args.quiet and args.suite == "inference":
         for cat, c in sorted(data["by_category"].items()):
             print(f"  {cat}: {score_line(c['passed'], c['total'])}", file=sys.stderr)

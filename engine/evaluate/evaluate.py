@@ -5,7 +5,8 @@
 - inference: a JSONL suite, one prompt a line with expectations that must all hold:
   ``contains`` / ``not_contains`` (text, or a list meaning any of them; any case),
   ``regex`` (Python syntax, searched), ``code`` (asserts run after the answer's code block
-  in a subprocess with a time limit, ``engine.evaluate.sandbox``; passes only on exit 0).
+  in the code box, ``engine.evaluate.sandbox``; passes only on exit 0; what the box is made of
+  on this machine is the result's ``sandbox``).
 - lmeval: lm-evaluation-harness tasks on the checkpoint (lm-eval's HF model with ``peft=``)
   or a merged model; see ``engine.evaluate.lmeval``.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import UserError
-from engine.evaluate.sandbox import extract_code, run_code
+from engine.evaluate.sandbox import extract_code, isolation, run_code
 from engine.run.rundir import atomic_write_json, eval_dir, find_run_dir, read_json, result_name
 
 SUITES = ("identity", "inference", "lmeval")
@@ -187,8 +188,8 @@ def names_persona(answer: str, s: Settings) -> bool:
     return re.search(rf"(?<!\w){re.escape(s.persona)}(?!\w)", answer, re.IGNORECASE) is not None
 
 
-def check(answer: str, exp: dict, s: Settings) -> tuple[bool, str]:
-    """One expectation against one answer: (passed, what was seen)."""
+def check(answer: str, exp: dict, s: Settings, hide=()) -> tuple[bool, str]:
+    """One expectation against one answer: (passed, what was seen); ``hide``: from the box."""
     ignore_case = exp.get("ignore_case", True)
     fold = (lambda t: t.lower()) if ignore_case else (lambda t: t)
     if "contains" in exp or "not_contains" in exp:
@@ -202,10 +203,11 @@ def check(answer: str, exp: dict, s: Settings) -> tuple[bool, str]:
         flags = re.IGNORECASE if exp.get("ignore_case") else 0
         m = re.search(exp["regex"], answer, flags)
         return m is not None, f"matched {m.group(0)[:60]!r}" if m else "no match"
-    return run_code(extract_code(answer), exp["code"], float(exp.get("timeout_s", s.code_timeout_s)))
+    timeout = float(exp.get("timeout_s", s.code_timeout_s))
+    return run_code(extract_code(answer), exp["code"], timeout, hide=hide)
 
 
-def judge(suite: str, case: Case, answer: str, s: Settings) -> dict:
+def judge(suite: str, case: Case, answer: str, s: Settings, hide=()) -> dict:
     if suite == "identity":
         ok = names_persona(answer, s)
         checks = [
@@ -214,7 +216,7 @@ def judge(suite: str, case: Case, answer: str, s: Settings) -> dict:
     else:
         checks = []
         for exp in case.expect:
-            ok, detail = check(answer, exp, s)
+            ok, detail = check(answer, exp, s, hide)
             kind = next(k for k in exp if k in EXPECT_KINDS)
             checks.append({"kind": kind, "passed": ok, "detail": detail})
     return {
@@ -278,15 +280,21 @@ def run_suite(
     settings: Settings,
     result: ResultFile | None = None,
     on_item: Callable[[dict], None] | None = None,
+    hide=(),
 ) -> dict:
-    """Answer and judge every case; returns the result data (also written to ``result``)."""
+    """Answer and judge every case; returns the result data (also written to ``result``).
+
+    ``hide``: folders (the run folder) the code box hides where it has a mount namespace.
+    """
     from engine.chat.generate import generate
 
     result = result or ResultFile(None, {"suite": suite}, len(cases))
+    if runs_code(cases):
+        result.data["sandbox"] = isolation()
     by_index = {}
 
     def on_batch(indices: list[int], answers: list[str]) -> None:
-        items = [judge(suite, cases[i], a, settings) for i, a in zip(indices, answers, strict=True)]
+        items = [judge(suite, cases[i], a, settings, hide) for i, a in zip(indices, answers, strict=True)]
         for i, item in zip(indices, items, strict=True):
             by_index[i] = item
             if on_item:
@@ -310,6 +318,10 @@ def run_suite(
     result.data["items"] = [by_index[i] for i in sorted(by_index)]
     result.finish("completed")
     return result.data
+
+
+def runs_code(cases: list[Case]) -> bool:
+    return any("code" in e for c in cases for e in c.expect)
 
 
 @dataclass

@@ -7,8 +7,10 @@ The model (a LoRA checkpoint on its base, a merged model, a vision-language base
 generation tasks at the engine's speed. The model loads once; tasks run one after another
 and the result file is rewritten after each, so a failure keeps the tasks already done.
 
-Tasks that execute model-written code (``humaneval``) run only with ``--allow-code-execution``,
-which also sets ``HF_ALLOW_CODE_EVAL=1`` as the ``evaluate`` library requires. The guide's
+Tasks that execute model-written code (``humaneval``, ``mbpp``) run only with
+``--allow-code-execution``, which also sets ``HF_ALLOW_CODE_EVAL=1`` as the ``evaluate`` library
+requires; their programs run in the code box (``engine.evaluate.code_eval``), and other tasks
+that run code their own way (``cruxeval``, ``longproc``) are refused. The guide's
 ``truthfulqa_mc`` (the old harness's name) runs today's ``truthfulqa_mc1`` and ``truthfulqa_mc2``.
 """
 
@@ -130,6 +132,7 @@ def run_lmeval(
 
     import lm_eval
 
+    from engine.evaluate.code_eval import boxed_code_eval
     from engine.evaluate.lmeval_engine import model_class
 
     data = _result_header(header, names, getattr(lm_eval, "__version__", "?"), record, limit)
@@ -145,14 +148,15 @@ def run_lmeval(
         for i, name in enumerate(names, 1):
             log(f"lm-eval task {i}/{len(names)}: {name}")
             t0 = time.time()
-            res = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[name],
-                task_manager=tm,
-                limit=limit,
-                log_samples=False,
-                confirm_run_unsafe_code=allow_code_execution,
-            )
+            with boxed_code_eval():
+                res = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=[name],
+                    task_manager=tm,
+                    limit=limit,
+                    log_samples=False,
+                    confirm_run_unsafe_code=allow_code_execution,
+                )
             data["tasks"].update(_task_entries(res, time.time() - t0))
             save()
     except BaseException as e:
@@ -172,6 +176,14 @@ def _allow_code(names: list[str], tm, allowed: bool) -> None:
         raise UserError(
             f"lm-eval task {', '.join(risky)} runs code written by the model",
             "pass --allow-code-execution to allow it (run it on a machine you can afford to lose)",
+        )
+    from engine.evaluate.code_eval import unboxed
+
+    outside = unboxed(names, risky)
+    if outside:
+        raise UserError(
+            f"lm-eval task {', '.join(outside)} runs model-written code its own way, outside the code box",
+            "leave it out (the boxed code tasks are humaneval* and mbpp*)",
         )
     if allowed:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"

@@ -12,6 +12,10 @@ same file ``leviathan-cockpit eval`` writes), a ``probe`` record goes to the run
 (``suite``, ``passed``, ``total``, ``score``, ``seconds``), and the scores are added to the
 checkpoint's marker so retention can keep the best-scoring checkpoint across restarts.
 A probe that fails is a ``probe`` record with ``error``: training goes on.
+
+Model-written code (the inference suite's ``code`` expectations) never runs in the training
+process: each program goes to the code box (``engine.evaluate.sandbox``), a small launcher
+process started by exec (not a fork of the trainer's memory), with the run folder hidden.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class Probes:
                 rf = ResultFile(eval_dir(self.run_dir) / result_name(suite, path), header, len(cases))
                 with training_untouched(model):
                     try:
-                        data = run_suite(model, tokenizer, suite, cases, settings, rf)
+                        data = run_suite(model, tokenizer, suite, cases, settings, rf, hide=[self.run_dir])
                     finally:
                         release(model)
             except Exception as e:  # a probe never takes training down
