@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume a checkpoint written by another number of processes",
     )
+    p.add_argument("--override-gate", metavar="REASON", help="start although the config's gate fails")
     return p
 
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if not dist.is_main():
         quiet()
     args = parser().parse_args(argv)
+    if args.override_gate is not None:
+        from engine.evaluate.gate import OVERRIDE_ENV
+
+        os.environ[OVERRIDE_ENV] = args.override_gate
     from engine.errors import UserError
     from engine.run.control import Controls
 

@@ -6,8 +6,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from engine.evaluate.checklist import evaluate, failing, run_folder, saved_config, tick
+from engine.evaluate.checklist import evaluate, failing, load_state, run_folder, saved_config, tick
 from engine.evaluate.checklist_items import GROUPS, ItemStatus
+from engine.evaluate.gate import describe
 
 GLYPH = {"pass": "[x]", "fail": "[!]", "pending": "[ ]"}
 
@@ -75,7 +76,8 @@ def checklist_main(args) -> int:
 
         print(json.dumps([asdict(i) for i in items], indent=1))
     else:
-        print(format_items(items))
+        gate = describe(load_state(run_dir).get("gate"))
+        print((f"{gate}\n" if gate else "") + format_items(items))
     if failing(items):
         print(f"{len(failing(items))} required item(s) not passed", file=sys.stderr)
         return 1

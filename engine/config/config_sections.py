@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.config.config_datasets import PathText
 from engine.config.config_report import KeyError_
-from engine.config.evalconfig import ChecklistConfig, EvaluationConfig
+from engine.config.evalconfig import ChecklistConfig, EvaluationConfig, GateConfig
 
 
 class HealthConfig(BaseModel):
@@ -225,6 +225,8 @@ class SectionKeys(BaseModel):
     """The chat pane: system prompt, sampling settings and presets (the guide's by default)."""
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """Fault handling: NaN/Inf steps, out of memory, disk space, best checkpoint (see GuardConfig)."""
+    gate: GateConfig | None = None
+    """The run whose checks must pass before this one starts (the 10% run; see GateConfig)."""
 
     @field_validator("run_name")
     @classmethod

@@ -133,3 +133,39 @@ class ChecklistConfig(BaseModel):
     """Overrides (by id) and additions to the default items."""
     defaults: bool = True
     """false: only the items listed here."""
+
+
+GUIDE_GATE_CHECKS = (
+    "loss_smooth",
+    "no_oom",
+    "checkpoints_saved",
+    "identity_responds",
+    "code_works",
+    "esoteric_present",
+)
+
+
+class GateConfig(BaseModel):
+    """The run this one waits for: the guide's "ONLY proceed after 10% test passes all validations".
+
+    ``train`` refuses (exit 2, every failing check with its evidence and the command that would
+    settle it) until the checks pass on that run's checklist; ``--override-gate "reason"``
+    proceeds and writes the reason to this run's log, checklist and model card. Checked on a
+    fresh start only: a run already past its gate resumes without it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    """The gating run's folder (``logs/<run-name>``), relative to where the command runs."""
+    checks: list[str] = Field(default_factory=lambda: list(GUIDE_GATE_CHECKS))
+    """Checklist item ids of the gating run that must pass (default: the guide's critical checks:
+    loss falls smoothly, no OOM, checkpoints saved, answers as the persona, code works, esoteric
+    knowledge present). Any item id of that run's checklist may be listed."""
+
+    @field_validator("checks")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a gate needs at least one check (or remove `gate:`)")
+        return v

@@ -53,7 +53,7 @@ def load_state(run_dir: str | Path) -> dict:
     return state
 
 
-def _update(run_dir: Path, change: Callable[[dict], None]) -> dict:
+def update_state(run_dir: Path, change: Callable[[dict], None]) -> dict:
     with _locked(run_dir):
         state = load_state(run_dir)
         change(state)
@@ -84,7 +84,7 @@ def tick(run_dir: str | Path, item_id: str, note: str | None = None, done: bool 
         if note is not None or not done:
             entry["note"] = note or ""
 
-    _update(run_dir, change)
+    update_state(run_dir, change)
 
 
 def saved_config(run_dir: Path):
@@ -140,7 +140,7 @@ def evaluate(run_dir: str | Path, config=None, *, save: bool = True) -> list[Ite
             }
 
     if save:
-        _update(run_dir, change)
+        update_state(run_dir, change)
     else:
         change(load_state(run_dir))
     return out

@@ -53,6 +53,7 @@ class RunSummary:
     val_rows: int | None = None
     final: dict = field(default_factory=dict)
     checklist: list[tuple[str, str, str]] = field(default_factory=list)
+    gate: str | None = None  # the 10% run's gate: passed, or overridden and why
 
 
 def summarize_run(run_dir: str | Path | None) -> RunSummary:
@@ -89,7 +90,16 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
         s.final["device"] = starts[-1].get("device")
     s.final["train_seconds"] = _train_seconds(records)
     s.checklist = read_checklist(RunDir(run_dir).checklist)
+    s.gate = _gate_line(RunDir(run_dir).checklist)
     return s
+
+
+def _gate_line(path: Path) -> str | None:
+    from engine.evaluate.gate import describe
+    from engine.run.rundir import read_json
+
+    state = read_json(path)
+    return describe(state.get("gate")) if isinstance(state, dict) else None
 
 
 def _train_seconds(records: list[dict]) -> float | None:
@@ -153,6 +163,8 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     out += _data_section(summary)
     out += _settings_section(cfg)
     out += _results_section(summary.final)
+    if summary.gate:
+        out += ["## Gate", "", summary.gate, ""]
     if summary.checklist:
         out += ["## Checklist", "", "| check | result | detail |", "|---|---|---|"]
         out += [f"| {n} | {r} | {d} |" for n, r, d in summary.checklist]

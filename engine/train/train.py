@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.config.config import RunConfig, dump_resolved
 from engine.data import datafp
 from engine.errors import UserError
+from engine.evaluate import gate
 from engine.run import checkpoints
 from engine.run.control import Controls
 from engine.run.events import Listener, RunLog
@@ -78,8 +79,10 @@ def run(
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/train/dist.py)
     check_setup(config)  # every problem found before anything is written, at once
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
     main = dist.is_main()
+    # the 10% run's checks, before this run's folder is made (a refused start writes nothing)
+    gated = gate.enforce(config, paths.run_dir, fresh=resume == "never" or not _has_checkpoint(paths))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
     with (
         RunLock(paths.run_dir) if main else contextlib.nullcontext(),
         OutputLock(paths.output_dir, paths.run_dir) if main else contextlib.nullcontext(),
@@ -89,6 +92,9 @@ def run(
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
         sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
         log.listeners[:0] = sinks  # first: a sink sees a record before the alerts it raises
+        if gated is not None and main:
+            log.emit("gate", **gated)
+            gate.record(paths.run_dir, gated)
         try:
             return _run(
                 config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
@@ -163,6 +169,10 @@ def _run(
         "end", step=trainer.state.global_step, status=status, checkpoint=str(last.path) if last else None
     )
     return RunResult(status, trainer.state.global_step, paths.run_dir, str(last.path) if last else None)
+
+
+def _has_checkpoint(paths) -> bool:
+    return checkpoints.latest(paths.output_dir) is not None
 
 
 def _check_machine(config: RunConfig, base) -> None:

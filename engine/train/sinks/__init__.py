@@ -53,7 +53,7 @@ def registered() -> list[str]:
 
 
 def open_sinks(config, run_dir: Path, log) -> list[Sink]:
-    """The sinks this config asks for, opened; the caller appends them to the log's listeners."""
+    """The sinks this config asks for, opened; the caller puts them first among the log's listeners (a sink sees a record before the alerts it raises)."""
     _load_all()
     sinks = []
     for name in sorted(_FACTORIES):
