@@ -13,6 +13,18 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from engine.run import records as declared
+
+
+class _OneRecord:
+    """A message that carries one run-log record: ``record`` as written, ``typed`` as declared."""
+
+    record: dict
+
+    @property
+    def typed(self) -> declared.Record:
+        return declared.decode(self.record)
+
 
 @dataclass
 class StepsLogged(Message, bubble=False):
@@ -20,43 +32,47 @@ class StepsLogged(Message, bubble=False):
 
     records: list[dict]
 
+    @property
+    def typed(self) -> list[declared.Record]:
+        return declared.decode_all(self.records)
+
 
 @dataclass
-class EvalLogged(Message, bubble=False):
+class EvalLogged(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class CheckpointSaved(Message, bubble=False):
+class CheckpointSaved(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class ProbeScored(Message, bubble=False):
+class ProbeScored(_OneRecord, Message, bubble=False):
     record: dict  # a `probe` record: a suite's score on a saved checkpoint
 
 
 @dataclass
-class CheckpointRemoved(Message, bubble=False):
+class CheckpointRemoved(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class AlertRaised(Message, bubble=False):
+class AlertRaised(_OneRecord, Message, bubble=False):
     """An ``alert`` record: rule, level, message, advice (from ``engine/train/health.py`` and the engine)."""
 
     record: dict
 
 
 @dataclass
-class AlertResolved(Message, bubble=False):
+class AlertResolved(_OneRecord, Message, bubble=False):
     """An ``alert_resolved`` record: the rule is healthy again (rule, step, the value now)."""
 
     record: dict
 
 
 @dataclass
-class RunChanged(Message, bubble=False):
+class RunChanged(_OneRecord, Message, bubble=False):
     """A record about the run's course: start, train_begin, data, resume, paused, resumed,
     phase and mix (curriculum), note, end."""
 
@@ -189,12 +205,12 @@ def to_messages(records: list[dict]) -> list[Message]:
 
 def gpu_message(record: dict, source: str = "log") -> GpuSampled:
     """A ``gpu`` record (engine.model.gpu.GpuSampler) as a message."""
-    gpus = record.get("gpus")
-    if not isinstance(gpus, list):
-        gpus = []
+    r = declared.decode(record)
+    if not isinstance(r, declared.Gpu):
+        return GpuSampled([], None, source, "")
     return GpuSampled(
-        [g for g in gpus if isinstance(g, dict)],
-        record.get("torch_peak_mb"),
+        [g for g in r.gpus or [] if isinstance(g, dict)],
+        r.torch_peak_mb,
         source,
-        str(record.get("reason") or ""),
+        r.reason or "",
     )

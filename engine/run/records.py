@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from engine.errors import UserError
+
 STRICT_ENV = "LEVIATHAN_STRICT_RECORDS"
 
 Num = float | str | None  # a float, or "nan"/"inf" for a non-finite one
@@ -272,6 +274,12 @@ class End(Record):
     reason: Str = None
     rank: Int = None
     exitcode: Int = None
+
+    def user_error(self) -> UserError:
+        """The trainer's ``UserError`` (status ``error``), rebuilt in the process that reads its log."""
+        if self.fix is not None:
+            return UserError(self.message or "", self.fix)
+        return UserError.from_text(self.message or "")  # written before ``fix`` was a field of its own
 
 
 class RankError(End):

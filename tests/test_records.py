@@ -1,0 +1,149 @@
+"""The run log's declared records (engine/run/records.py): old logs load, strict mode refuses
+what is not declared, sinks get what is written, a trainer's UserError crosses as fields."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cockpit_script import fields, text_of
+
+from engine.errors import UserError
+from engine.run import records
+from engine.run.events import RunLog, read_events
+from tests.wait import wait_for
+
+OLD_LOG = Path(__file__).parent / "old_runlog" / "events.jsonl"
+
+
+def raw_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- a log written by main before the declarations ------------------------------------------
+
+
+def test_every_record_of_an_old_log_decodes_as_its_kind():
+    raw = raw_lines(OLD_LOG)
+    assert {r["kind"] for r in raw} >= {"start", "step", "eval", "save", "alert", "resume", "end", "gpu"}
+    for r in raw:
+        assert records.problems(r) == [], r
+        typed = records.decode(r)
+        assert type(typed) is records.KINDS[r["kind"]]
+        for name, value in r.items():  # every field as written, under its own name
+            assert getattr(typed, name) == value, (r["kind"], name)
+
+
+def test_an_old_error_record_gives_back_message_and_fix_apart():
+    end = records.decode(raw_lines(OLD_LOG)[-1])
+    assert isinstance(end, records.End) and end.status == "error" and end.fix is None
+    message, fix = end.message.split("\n  fix: ")  # how main wrote a UserError into `message`
+    error = end.user_error()
+    assert (error.message, error.fix) == (message, fix)
+
+
+@pytest.mark.anyio
+async def test_the_cockpit_attaches_to_an_old_log(tmp_path):
+    from cockpit.launch import build_attach_app
+    from cockpit.widgets.checkpoints_table import CheckpointsTable
+    from cockpit.widgets.health_panel import HealthPanel
+    from cockpit.widgets.loss_chart import LossChart
+
+    run_dir = tmp_path / "logs" / "demo"
+    run_dir.mkdir(parents=True)
+    shutil.copy(OLD_LOG, run_dir / "events.jsonl")
+    raw = raw_lines(OLD_LOG)
+    steps = {r["step"] for r in raw if r["kind"] == "step"}
+    saves = {r["path"] for r in raw if r["kind"] == "save"}
+    rules = {r["rule"] for r in raw if r["kind"] == "alert"}
+    message, fix = raw[-1]["message"].split("\n  fix: ")
+    app = build_attach_app(run_dir, clock=lambda: raw[-1]["t"] + 60)
+    async with app.run_test(size=(120, 40)) as pilot:
+        chart = app.query_one(LossChart)
+        await wait_for(lambda: len(chart.train) == len(steps) and app.ended, pilot=pilot)
+        assert app.source.bad_lines == 0
+        assert app.query_one(CheckpointsTable).row_count == len(saves)
+        health = app.query_one(HealthPanel)
+        await wait_for(lambda: health.failure is not None, pilot=pilot)
+        assert set(health.alerts) == rules
+        shown = text_of(app.query_one("#health-list").content, width=200)
+        assert message in shown and fix in shown
+        await wait_for(lambda: "error" in fields(app), pilot=pilot)
+        await pilot.press("q")
+
+
+# -- tolerant decoding ------------------------------------------------------------------------
+
+
+def test_unknown_kinds_and_fields_still_load():
+    future = {"t": 5.0, "kind": "weather", "step": 3, "sky": "clear"}
+    r = records.decode(future)
+    assert isinstance(r, records.Unknown) and (r.kind, r.t, r.step) == ("weather", 5.0, 3)
+    assert r.fields == {"sky": "clear"}
+    newer = records.decode({"t": 1.0, "kind": "step", "step": 2, "loss": 1.5, "entropy": 0.3})
+    assert isinstance(newer, records.Step) and newer.loss == 1.5
+    odd = records.decode({"t": 1.0, "kind": "step", "step": "two"})  # a value its type does not fit
+    assert isinstance(odd, records.Unknown) and odd.fields == {}
+
+
+# -- strict mode ----------------------------------------------------------------------------
+
+
+def test_strict_mode_refuses_a_misspelled_field(tmp_path, monkeypatch):
+    assert records.strict()  # tests/conftest.py sets it for the whole suite
+    log = RunLog(tmp_path / "events.jsonl")
+    with pytest.raises(records.RecordError, match="undeclared field.*eval_los"):
+        log.emit("eval", step=5, eval_los=1.2)
+    with pytest.raises(records.RecordError, match="undeclared record kind 'evaluation'"):
+        log.emit("evaluation", step=5, eval_loss=1.2)
+    with pytest.raises(records.RecordError, match="step"):
+        log.emit("step", step="five", loss=1.0)
+    assert read_events(log.path).records == []  # nothing written
+    monkeypatch.delenv(records.STRICT_ENV)
+    log.emit("eval", step=5, eval_los=1.2)  # a user's run: written as given, no error
+    assert [{k: v for k, v in r.items() if k != "t"} for r in read_events(log.path).records] == [
+        {"kind": "eval", "step": 5, "eval_los": 1.2}
+    ]
+    log.close()
+
+
+def test_a_listener_gets_the_dict_that_is_written(tmp_path):
+    got: list[dict] = []
+    log = RunLog(tmp_path / "events.jsonl", [got.append])
+    log.emit("step", step=1, loss=float("nan"), lr=None, grad_norm=0.5)
+    log.emit("alert", rule="spike", level="warning", message="m", advice="a")
+    log.close()
+    written = [json.loads(line) for line in log.path.read_text().splitlines()]
+    assert got == written
+    assert list(written[0]) == ["t", "kind", "step", "loss", "grad_norm"]  # order as given, None left out
+    assert written[0]["loss"] == "nan"
+
+
+# -- a UserError across the process boundary --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_trainer_process_reports_its_user_error_as_message_and_fix(
+    tiny_model, write_config, tmp_path, capsys
+):
+    from cockpit.launch import job_end
+    from engine.cli.launcher import _say_end, launch
+
+    cfg = write_config(tiny_model("qwen3"), max_steps=2)
+    bogus = tmp_path / "no-such-checkpoint"
+    job = launch(cfg, resume=str(bogus), output=tmp_path / "launch.log")
+    assert job.wait(300) == 2
+    end = job_end(job)
+    assert end.status == "error"
+    assert end.message.startswith(str(bogus)) and "fix" not in end.message
+    assert "--resume" in end.fix
+    error = end.user_error()
+    assert isinstance(error, UserError) and (error.message, error.fix) == (end.message, end.fix)
+    said = (tmp_path / "launch.log").read_text()  # the trainer's own stderr
+    assert f"{end.message}\n  fix: {end.fix}" in said and "Traceback" not in said
+    capsys.readouterr()  # building the tiny model printed progress
+    _say_end(read_events(job.events).records[-1])  # the headless launcher's last words
+    err = capsys.readouterr().err
+    assert err == f"error: {end.message}\n  fix: {end.fix}\n"
