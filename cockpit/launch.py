@@ -201,7 +201,7 @@ def job_end(job) -> records.End:
     from engine.cli.launcher import records_since
 
     found = (records.decode(r) for r in reversed(records_since(job.events, job.events_offset)))
-    return next((r for r in found if isinstance(r, records.End) and r.kind == "end"), records.End(kind="end"))
+    return next((r for r in found if isinstance(r, records.End)), records.End(kind="end"))
 
 
 # -- attach -----------------------------------------------------------------------------

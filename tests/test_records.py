@@ -88,6 +88,13 @@ def test_unknown_kinds_and_fields_still_load():
     assert isinstance(odd, records.Unknown) and odd.fields == {}
 
 
+def test_the_scripted_runs_records_are_declared():
+    from cockpit_script import run_records
+
+    for r in run_records():  # what the cockpit tests feed the app stands for real records
+        assert records.problems(r) == [], r
+
+
 # -- strict mode ----------------------------------------------------------------------------
 
 
@@ -147,3 +154,49 @@ def test_a_trainer_process_reports_its_user_error_as_message_and_fix(
     _say_end(read_events(job.events).records[-1])  # the headless launcher's last words
     err = capsys.readouterr().err
     assert err == f"error: {end.message}\n  fix: {end.fix}\n"
+
+
+# -- the demo run writes what main wrote ------------------------------------------------------
+
+TIMING = {"t", "setup_s", "tokens_per_s", "s_per_step", "elapsed_s", "rows_per_s", "eta_s", "pid", "workers"}
+"""Values that measure time (or name this process): they differ from run to run."""
+
+
+def comparable(lines: list[dict]) -> list[dict]:
+    """The records with timing values left out; GPU samples and the prepare progress records are
+    written every few seconds, so how many there are depends on the machine's speed."""
+    out = []
+    for r in lines:
+        if r["kind"] == "gpu" or (r["kind"] == "prepare" and not (r.get("done") or r.get("started"))):
+            continue
+        # the prepared data's folder is named by a hash of (among others) the data file's path
+        out.append(
+            {
+                k: ("<prepared>" if k in ("path", "prepared") and "prepared-data" in str(v) else v)
+                for k, v in r.items()
+                if k not in TIMING
+            }
+        )
+    return out
+
+
+def approx_floats(record: dict) -> dict:
+    return {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in record.items()}
+
+
+@pytest.mark.slow
+def test_the_demo_run_writes_the_records_main_wrote(tmp_path):
+    from conftest import cli
+
+    from engine.config.bundled import demo_config_path
+
+    old = raw_lines(OLD_LOG)
+    first = old[: next(i for i, r in enumerate(old) if r["kind"] == "end") + 1]  # the 30-step run
+    r = cli("train", demo_config_path(), "--headless", "--max-steps", "30", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = raw_lines(tmp_path / "logs" / "demo" / "events.jsonl")
+    got, want = comparable(new), comparable(first)
+    assert [list(x) for x in got] == [list(x) for x in want]  # the same fields, in the same order
+    # The same values; floats to 1e-5 relative: the vendored log was made with the machine's
+    # default torch threads, the suite runs with OMP_NUM_THREADS=1, which moves the last bits.
+    assert [approx_floats(x) for x in got] == want

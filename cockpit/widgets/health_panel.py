@@ -65,7 +65,7 @@ class HealthPanel(VerticalScroll):
 
     def on_run_changed(self, message: RunChanged) -> None:
         r = message.typed
-        if isinstance(r, records.End) and r.kind == "end" and r.status in ("failed", "error"):
+        if isinstance(r, records.End) and r.status in ("failed", "error"):
             self.failure = r
             self.show()
         elif isinstance(r, records.Start):

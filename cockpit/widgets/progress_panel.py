@@ -147,20 +147,20 @@ class ProgressPanel(Static):
             self.preparing = None if r.done else r
         elif isinstance(r, records.Resume):
             self.resumed_from = r.from_step
-        elif isinstance(r, records.Resumed):  # before Paused: a Resumed is declared as one
-            self.paused = False
-            if self.pending == "resume":
-                self.pending = None
         elif isinstance(r, records.Paused):
             self.paused = True
             self.paused_step = r.step
             if self.pending == "pause":
                 self.pending = None
+        elif isinstance(r, records.Resumed):
+            self.paused = False
+            if self.pending == "resume":
+                self.pending = None
         elif isinstance(r, records.Phase):
             self.phase = r.name or "?"
         elif isinstance(r, records.Mix):
             self.mix = r
-        elif isinstance(r, records.End) and r.kind == "end":
+        elif isinstance(r, records.End):
             self.end = r
             self.paused, self.pending = False, None
         self.changed()

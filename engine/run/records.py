@@ -223,19 +223,23 @@ class Control(Record):
     rank_steps: List = None
 
 
-class Paused(Record):
-    reason: Str = None
+class _PauseFields(Record):
+    reason: Str = None  # "disk_full" (paused), what freed it (resumed); none: the operator's key
     free_mb: Float = None
 
 
-class Resumed(Paused):
+class Paused(_PauseFields):
+    pass
+
+
+class Resumed(_PauseFields):
     pass
 
 
 # -- alerts, notes and the end --------------------------------------------------------------
 
 
-class Alert(Record):
+class _AlertFields(Record):
     rule: Str = None
     level: Str = None
     message: Str = None
@@ -253,8 +257,12 @@ class Alert(Record):
     failures: List = None
 
 
-class AlertResolved(Alert):
+class Alert(_AlertFields):
     pass
+
+
+class AlertResolved(_AlertFields):
+    """The rule is healthy again: rule, step and a message saying the value now."""
 
 
 class Note(Record):
@@ -264,7 +272,7 @@ class Note(Record):
     changes: Dict = None  # config changes on a resume
 
 
-class End(Record):
+class _EndFields(Record):
     status: Str = None  # completed, stopped, diverged, failed, error
     message: Str = None
     fix: Str = None  # status error: the UserError's fix, apart from its message
@@ -282,7 +290,11 @@ class End(Record):
         return UserError.from_text(self.message or "")  # written before ``fix`` was a field of its own
 
 
-class RankError(End):
+class End(_EndFields):
+    pass
+
+
+class RankError(_EndFields):
     """Rank 0's own failure under the multi-process launcher, which then writes the ``end``."""
 
 
