@@ -17,13 +17,19 @@ from engine.run import records as declared
 
 
 class _OneRecord:
-    """A message that carries one run-log record: ``record`` as written, ``typed`` as declared."""
+    """A message that carries one run-log record: ``record`` as written, ``typed`` as declared.
+
+    Decoded once: ``to_messages`` asks before the app copies the message to each panel, and the
+    copies share it (decoding costs a few microseconds a record; a long run's log has millions).
+    """
 
     record: dict
 
     @property
     def typed(self) -> declared.Record:
-        return declared.decode(self.record)
+        if "_typed" not in self.__dict__:
+            self.__dict__["_typed"] = declared.decode(self.record)
+        return self.__dict__["_typed"]
 
 
 @dataclass
@@ -34,7 +40,9 @@ class StepsLogged(Message, bubble=False):
 
     @property
     def typed(self) -> list[declared.Record]:
-        return declared.decode_all(self.records)
+        if "_typed" not in self.__dict__:  # decoded once, as _OneRecord's
+            self.__dict__["_typed"] = declared.decode_all(self.records)
+        return self.__dict__["_typed"]
 
 
 @dataclass
@@ -200,6 +208,8 @@ def to_messages(records: list[dict]) -> list[Message]:
         out.append(StepsLogged(steps))
     if gpu is not None:
         out.append(gpu_message(gpu))
+    for m in out:
+        getattr(m, "typed", None)  # decoded here, once for every panel's copy
     return out
 
 
