@@ -74,6 +74,27 @@ async def test_the_cockpit_attaches_to_an_old_log(tmp_path):
         await pilot.press("q")
 
 
+def test_the_model_card_and_the_checklist_read_an_old_log(tmp_path):
+    from engine.evaluate.checklist_rules import Sources
+    from engine.ship.card import summarize_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(OLD_LOG, run_dir / "events.jsonl")
+    raw = raw_lines(OLD_LOG)
+    last_step = max((r for r in raw if r["kind"] == "step"), key=lambda r: (r["step"], r["t"]))
+    last_eval = [r for r in raw if r["kind"] == "eval"][-1]
+    data = [r for r in raw if r["kind"] == "data"][-1]
+    s = summarize_run(run_dir)
+    assert (s.rows, s.val_rows, s.by_category) == (data["rows"], data["val_rows"], data["by_category"])
+    assert (s.final["step"], s.final["loss"]) == (last_step["step"], last_step["loss"])
+    assert (s.final["eval_step"], s.final["eval_loss"]) == (last_eval["step"], last_eval["eval_loss"])
+    assert s.final["status"] == raw[-1]["status"]
+    src = Sources(run_dir)
+    assert [r.step for r in src.steps] == sorted({r["step"] for r in raw if r["kind"] == "step"})
+    assert len(src.evals) == sum(r["kind"] == "eval" for r in raw)
+
+
 # -- tolerant decoding ------------------------------------------------------------------------
 
 
