@@ -116,6 +116,22 @@ def test_the_scripted_runs_records_are_declared():
         assert records.problems(r) == [], r
 
 
+def test_the_headless_progress_line_shows_a_non_finite_loss(tmp_path):
+    import io
+
+    from engine.cli.headless import Progress
+
+    out = io.StringIO()
+    progress = Progress(stream=out, every_s=0.0)
+    log = RunLog(tmp_path / "events.jsonl", [progress])
+    # main's printer formatted the written "nan" with :.4f and its ValueError ended the run
+    log.emit("step", step=8, loss=float("nan"), grad_norm=float("inf"), max_steps=30, tokens_per_s=5.0)
+    log.emit("eval", step=10, eval_loss=float("nan"), perplexity=float("inf"))
+    log.close()
+    lines = out.getvalue().splitlines()
+    assert "step 8/30 loss nan" in lines[0] and "eval step 10: eval_loss nan ppl inf" in lines[1]
+
+
 # -- strict mode ----------------------------------------------------------------------------
 
 
