@@ -16,6 +16,7 @@ from engine.run.events import RunLog, read_events
 from tests.wait import wait_for
 
 OLD_LOG = Path(__file__).parent / "old_runlog" / "events.jsonl"
+OLD_KINDS_LOG = Path(__file__).parent / "old_runlog" / "kinds" / "events.jsonl"  # curriculum, probes, ...
 
 
 def raw_lines(path: Path) -> list[dict]:
@@ -26,8 +27,18 @@ def raw_lines(path: Path) -> list[dict]:
 
 
 def test_every_record_of_an_old_log_decodes_as_its_kind():
-    raw = raw_lines(OLD_LOG)
-    assert {r["kind"] for r in raw} >= {"start", "step", "eval", "save", "alert", "resume", "end", "gpu"}
+    raw = raw_lines(OLD_LOG) + raw_lines(OLD_KINDS_LOG)
+    assert {r["kind"] for r in raw} >= {"start", "step", "eval", "save", "alert", "resume", "end", "gpu"} | {
+        "curriculum",
+        "phase",
+        "mix",
+        "skip",
+        "probe",
+        "checkpoint_removed",
+        "note",
+        "data",
+        "prepare",
+    }
     for r in raw:
         assert records.problems(r) == [], r
         typed = records.decode(r)
@@ -93,6 +104,39 @@ def test_the_model_card_and_the_checklist_read_an_old_log(tmp_path):
     src = Sources(run_dir)
     assert [r.step for r in src.steps] == sorted({r["step"] for r in raw if r["kind"] == "step"})
     assert len(src.evals) == sum(r["kind"] == "eval" for r in raw)
+
+
+@pytest.mark.anyio
+async def test_the_cockpit_shows_an_old_logs_probes_phases_and_retention(tmp_path):
+    from cockpit.launch import build_attach_app
+    from cockpit.widgets.checkpoints_table import CheckpointsTable
+    from cockpit.widgets.loss_chart import LossChart
+
+    run_dir = tmp_path / "logs" / "kinds"
+    run_dir.mkdir(parents=True)
+    shutil.copy(OLD_KINDS_LOG, run_dir / "events.jsonl")
+    raw = raw_lines(OLD_KINDS_LOG)
+    restart = max(i for i, r in enumerate(raw) if r["kind"] == "start")  # a fresh start: a new curve
+    steps = {float(r["step"]) for r in raw[restart:] if r["kind"] == "step"}
+    removed = {Path(r["path"]).name for r in raw if r["kind"] == "checkpoint_removed"}
+    kept = {Path(r["path"]).name for r in raw if r["kind"] == "save"} - removed
+    probes = {Path(r["path"]).name: r for r in raw if r["kind"] == "probe"}
+    phase = [r["name"] for r in raw if r["kind"] == "phase"][-1]
+    app = build_attach_app(run_dir, clock=lambda: raw[-1]["t"] + 60)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(lambda: app.ended, pilot=pilot)
+        table = app.query_one(CheckpointsTable)
+        await wait_for(lambda: {Path(k).name for k in table.saves} == kept, pilot=pilot)
+        for key, saved in table.saves.items():
+            want = probes[Path(key).name]
+            assert (saved.probe["identity"].passed, saved.probe["identity"].total) == (
+                want["passed"],
+                want["total"],
+            )
+        chart = app.query_one(LossChart)
+        assert list(chart.train.steps) == sorted(steps)  # the fresh start's curve replaced the crashed one
+        await wait_for(lambda: f"phase {phase}" in fields(app), pilot=pilot)
+        await pilot.press("q")
 
 
 # -- tolerant decoding ------------------------------------------------------------------------
