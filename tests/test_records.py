@@ -197,9 +197,24 @@ def test_strict_mode_refuses_a_misspelled_field(tmp_path, monkeypatch):
     log.close()
 
 
-def test_a_listener_gets_the_dict_that_is_written(tmp_path):
-    got: list[dict] = []
-    log = RunLog(tmp_path / "events.jsonl", [got.append])
+class ListSink:
+    """A metric sink as engine/train/sinks/ defines one: a run-log listener with close."""
+
+    def __init__(self) -> None:
+        self.got: list[dict] = []
+
+    def __call__(self, record: dict) -> None:
+        self.got.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_gets_the_dict_that_is_written(tmp_path):
+    sink = ListSink()
+    log = RunLog(tmp_path / "events.jsonl")
+    log.listeners.extend([sink])  # as engine.train.train.run adds the opened sinks
+    got = sink.got
     log.emit("step", step=1, loss=float("nan"), lr=None, grad_norm=0.5)
     log.emit("alert", rule="spike", level="warning", message="m", advice="a")
     log.close()
