@@ -31,7 +31,9 @@ class HealthPanel(VerticalScroll):
         super().__init__(**kw)
         self.alerts: dict[str, records.Alert] = {}  # rule -> latest record
         self.counts: dict[str, int] = {}  # rule -> alerts raised
-        self.resolved: dict[str, records.Alert] = {}  # rule -> its alert_resolved, while it stays healthy
+        self.resolved: dict[
+            str, records.AlertResolved
+        ] = {}  # rule -> its alert_resolved, while it stays healthy
         self.order: list[str] = []  # rules, most recent last
         self.skipped = 0
         self.failure: records.End | None = None
@@ -58,7 +60,7 @@ class HealthPanel(VerticalScroll):
 
     def on_alert_resolved(self, message: AlertResolved) -> None:
         r = message.typed
-        rule = r.rule or "" if isinstance(r, records.Alert) else ""
+        rule = r.rule or "" if isinstance(r, records.AlertResolved) else ""
         if rule in self.alerts:
             self.resolved[rule] = r
             self.show()
@@ -110,7 +112,7 @@ class HealthPanel(VerticalScroll):
 
     @staticmethod
     def render_alert(
-        rule: str, r: records.Alert, resolved: records.Alert | None = None, count: int = 1
+        rule: str, r: records.Alert, resolved: records.AlertResolved | None = None, count: int = 1
     ) -> Text:
         if resolved is not None:  # healthy again: what it was, dimmed, and when it cleared
             text = Text.assemble(("✓ ", "green"), (f"{rule}", "green"))
