@@ -124,6 +124,16 @@ class Resume(Record):
     lr_scale: Float = None
 
 
+class Gate(Record):
+    """The config's gate let this start through (engine.evaluate.gate; main since issue 31)."""
+
+    run: Str = None  # the 10% run whose checklist was asked
+    passed: Bool = None
+    checks: List = None
+    failing: List = None  # [{id, ...}] of the checks that did not pass
+    override: Str = None  # --override-gate's reason
+
+
 class Curriculum(Record):
     rows_per_epoch: Int = None
     examples: Int = None
@@ -152,6 +162,17 @@ class Eval(Record):
     eval_loss: Num = None
     perplexity: Num = None
     epoch: Float = None
+
+
+class EarlyStopped(Record):
+    """eval_loss stopped improving (early_stopping_patience; main since issue 30): the run ends."""
+
+    eval_loss: Num = None
+    best_eval_loss: Num = None
+    best_step: Int = None
+    patience: Int = None
+    threshold: Float = None
+    message: Str = None
 
 
 class Skip(Record):
@@ -273,7 +294,7 @@ class Note(Record):
 
 
 class _EndFields(Record):
-    status: Str = None  # completed, stopped, diverged, failed, error
+    status: Str = None  # completed, stopped, early_stopped, diverged, failed, error
     message: Str = None
     fix: Str = None  # status error: the UserError's fix, apart from its message
     traceback: Str = None
@@ -304,9 +325,11 @@ KINDS: dict[str, type[Record]] = {
     "start": Start,
     "train_begin": TrainBegin,
     "resume": Resume,
+    "gate": Gate,
     "curriculum": Curriculum,
     "step": Step,
     "eval": Eval,
+    "early_stopped": EarlyStopped,
     "skip": Skip,
     "phase": Phase,
     "mix": Mix,
