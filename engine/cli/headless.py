@@ -55,6 +55,8 @@ class Progress:
             self._write(f"resolved {r.rule}: {r.message}")
         elif isinstance(r, records.Alert):
             self._write(f"ALERT {r.rule}: {r.message}  -> {r.advice or ''}")
+        elif isinstance(r, records.EarlyStopped):  # main's (issue 30), read through its declaration
+            self._write(f"early stopping: {r.message}")
         elif isinstance(r, records.Prepare):  # data preparation: its own phase, so a long one is not a hang
             self._prepare(r, record)
         elif isinstance(r, records.Phase):
