@@ -26,6 +26,7 @@ from itertools import islice
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.run import records
 from engine.run.rundir import RunDir, run_config_raw
 
 SNIFF_LINES = 200
@@ -181,14 +182,10 @@ def job_exit(app) -> int:
     """The exit code, and what ended the run in a line: 0 done or stopped, 2 bad input, 1 failed."""
     job = app.source.job
     code = job.wait()
-    from engine.cli.launcher import records_since
-
-    end = next(
-        (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), {}
-    )
-    status, message = end.get("status", "ended"), end.get("message")
+    end = job_end(job)
+    status, message = end.status or "ended", end.message
     if code == 2 and message:
-        raise UserError.from_text(message)  # the trainer's own message, as it printed it
+        raise end.user_error()  # the trainer's own message and fix, as it printed them
     if app.return_code not in (None, 0):
         _say(f"the cockpit crashed; training was stopped and saved. Run log: {job.events}")
         return 1
@@ -197,6 +194,14 @@ def job_exit(app) -> int:
         return 1
     _say(f"{status}; run log {job.events}")
     return 0
+
+
+def job_end(job) -> records.End:
+    """The job's ``end`` record of this start (an empty one while there is none)."""
+    from engine.cli.launcher import records_since
+
+    found = (records.decode(r) for r in reversed(records_since(job.events, job.events_offset)))
+    return next((r for r in found if isinstance(r, records.End)), records.End(kind="end"))
 
 
 # -- attach -----------------------------------------------------------------------------

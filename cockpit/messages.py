@@ -13,6 +13,24 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from engine.run import records as declared
+
+
+class _OneRecord:
+    """A message that carries one run-log record: ``record`` as written, ``typed`` as declared.
+
+    Decoded once: ``to_messages`` asks before the app copies the message to each panel, and the
+    copies share it (decoding costs a few microseconds a record; a long run's log has millions).
+    """
+
+    record: dict
+
+    @property
+    def typed(self) -> declared.Record:
+        if "_typed" not in self.__dict__:
+            self.__dict__["_typed"] = declared.decode(self.record)
+        return self.__dict__["_typed"]
+
 
 @dataclass
 class StepsLogged(Message, bubble=False):
@@ -20,43 +38,49 @@ class StepsLogged(Message, bubble=False):
 
     records: list[dict]
 
+    @property
+    def typed(self) -> list[declared.Record]:
+        if "_typed" not in self.__dict__:  # decoded once, as _OneRecord's
+            self.__dict__["_typed"] = declared.decode_all(self.records)
+        return self.__dict__["_typed"]
+
 
 @dataclass
-class EvalLogged(Message, bubble=False):
+class EvalLogged(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class CheckpointSaved(Message, bubble=False):
+class CheckpointSaved(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class ProbeScored(Message, bubble=False):
+class ProbeScored(_OneRecord, Message, bubble=False):
     record: dict  # a `probe` record: a suite's score on a saved checkpoint
 
 
 @dataclass
-class CheckpointRemoved(Message, bubble=False):
+class CheckpointRemoved(_OneRecord, Message, bubble=False):
     record: dict
 
 
 @dataclass
-class AlertRaised(Message, bubble=False):
+class AlertRaised(_OneRecord, Message, bubble=False):
     """An ``alert`` record: rule, level, message, advice (from ``engine/train/health.py`` and the engine)."""
 
     record: dict
 
 
 @dataclass
-class AlertResolved(Message, bubble=False):
+class AlertResolved(_OneRecord, Message, bubble=False):
     """An ``alert_resolved`` record: the rule is healthy again (rule, step, the value now)."""
 
     record: dict
 
 
 @dataclass
-class RunChanged(Message, bubble=False):
+class RunChanged(_OneRecord, Message, bubble=False):
     """A record about the run's course: start, train_begin, data, resume, paused, resumed,
     phase and mix (curriculum), note, end."""
 
@@ -184,17 +208,19 @@ def to_messages(records: list[dict]) -> list[Message]:
         out.append(StepsLogged(steps))
     if gpu is not None:
         out.append(gpu_message(gpu))
+    for m in out:
+        getattr(m, "typed", None)  # decoded here, once for every panel's copy
     return out
 
 
 def gpu_message(record: dict, source: str = "log") -> GpuSampled:
     """A ``gpu`` record (engine.model.gpu.GpuSampler) as a message."""
-    gpus = record.get("gpus")
-    if not isinstance(gpus, list):
-        gpus = []
+    r = declared.decode(record)
+    if not isinstance(r, declared.Gpu):
+        return GpuSampled([], None, source, "")
     return GpuSampled(
-        [g for g in gpus if isinstance(g, dict)],
-        record.get("torch_peak_mb"),
+        [g for g in r.gpus or [] if isinstance(g, dict)],
+        r.torch_peak_mb,
         source,
-        str(record.get("reason") or ""),
+        r.reason or "",
     )

@@ -215,6 +215,7 @@ def append_records(run_dir: Path, records: list[dict]) -> None:
 
 
 def _play(run_dir: Path) -> int:
+    from engine.run import records
     from engine.run.control import Controls
     from engine.run.runlock import RunLock
     from engine.train.dist import ControlFile, control_path
@@ -223,7 +224,9 @@ def _play(run_dir: Path) -> int:
     with RunLock(run_dir), open(run_dir / "events.jsonl", "a") as log:
 
         def emit(kind: str, **fields) -> None:
-            log.write(json.dumps({"t": round(time.time(), 3), "kind": kind, **fields}) + "\n")
+            record = {"t": round(time.time(), 3), "kind": kind, **fields}
+            records.check(record)  # held to the declarations as the trainer's are (strict in tests)
+            log.write(json.dumps(record) + "\n")
             log.flush()
 
         for r in plan["records"]:
@@ -232,7 +235,7 @@ def _play(run_dir: Path) -> int:
         if plan["end"] is not None:
             log.write(json.dumps(plan["end"]) + "\n")
             return plan["exit"]
-        steps = [r["step"] for r in plan["records"] if r.get("kind") == "step"]
+        steps = [r.step for r in map(records.decode, plan["records"]) if isinstance(r, records.Step)]
         step = steps[-1] if steps else 0
         controls, commands = Controls(), ControlFile(control_path(run_dir), from_start=True)
         deadline = time.time() + LIFETIME_S

@@ -23,6 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny models gain nothing from intra-op threads, and subprocess trainers share the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Every run-log record is held against its declaration (engine/run/records.py): an undeclared
+# kind or field raises, here and in the trainer processes the tests start (they inherit it).
+os.environ["LEVIATHAN_STRICT_RECORDS"] = "1"
 
 
 @pytest.fixture

@@ -51,8 +51,8 @@ def test_a_full_disk_leaves_no_torn_line_and_loses_no_record(tiny_disk):
     log.emit("step", step=1, loss=2.0)
     filler = fill_disk(tiny_disk)
     big = "x" * 6000  # more than the page the file's tail may still have
-    log.emit("step", step=2, loss=1.5, note=big)
-    log.emit("step", step=3, loss=1.2, note=big)
+    log.emit("note", step=2, message=big)
+    log.emit("note", step=3, message=big)
     assert log.error is not None and len(log.pending) == 2
     contents = read_events(path)
     assert [r["step"] for r in contents.records] == [1] and contents.bad_lines == []

@@ -6,6 +6,7 @@ Enter on a row opens that checkpoint in the chat pane (``OpenCheckpoint`` bubble
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.text import Text
@@ -14,6 +15,7 @@ from textual.widgets import DataTable
 
 from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint, ProbeScored, ShipRequested
 from cockpit.series import as_float
+from engine.run import records
 
 COLUMNS = ("step", "loss", "eval", "size", "age")
 
@@ -53,7 +55,7 @@ class CheckpointsTable(DataTable):
 
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
-        self.saves: dict[str, dict] = {}  # path -> save record (+ size)
+        self.saves: dict[str, Saved] = {}  # path -> its save record, size and probes
 
     def on_mount(self) -> None:
         self.border_title = "Checkpoints"
@@ -63,24 +65,29 @@ class CheckpointsTable(DataTable):
         self.rebuild()
 
     def on_checkpoint_saved(self, message: CheckpointSaved) -> None:
-        r = message.record
-        if not r.get("path"):
+        r = message.typed
+        if not isinstance(r, records.Save) or not r.path:
             return
-        self.saves[str(r["path"])] = {**r, "size": folder_size(str(r["path"]))}
+        self.saves[r.path] = Saved(r, folder_size(r.path))
         self.rebuild()
 
     def on_probe_scored(self, message: ProbeScored) -> None:
         # A run with probes (evaluation.on_save) gets a column of their scores.
-        r = message.record
+        r = message.typed
+        if not isinstance(r, records.Probe):
+            return
         for key, saved in self.saves.items():
-            if key == r.get("path") or Path(key).name == Path(str(r.get("path"))).name:
-                saved.setdefault("probe", {})[r.get("suite", "?")] = r
+            if key == r.path or Path(key).name == Path(str(r.path)).name:
+                saved.probe[r.suite or "?"] = r
         if "probe" not in self.columns:
             self.add_column("probe", key="probe")
         self.rebuild()
 
     def on_checkpoint_removed(self, message: CheckpointRemoved) -> None:
-        path = str(message.record.get("path"))
+        r = message.typed
+        if not isinstance(r, records.CheckpointRemoved) or not r.path:
+            return
+        path = r.path
         # The engine names removed folders as it found them; match on the folder name too.
         for key in [k for k in self.saves if k == path or Path(k).name == Path(path).name]:
             del self.saves[key]
@@ -93,16 +100,17 @@ class CheckpointsTable(DataTable):
             cursor_key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
         self.clear()
         now = self.app.clock()
-        newest_first = sorted(self.saves.values(), key=lambda r: r.get("step", 0), reverse=True)
-        for r in newest_first:
+        newest_first = sorted(self.saves.values(), key=lambda s: s.save.step or 0, reverse=True)
+        for s in newest_first:
+            r = s.save
             self.add_row(
-                Text(f"{r.get('step', '?'):,}" if isinstance(r.get("step"), int) else "?", justify="right"),
-                _loss(r.get("loss")),
-                _loss(r.get("eval_loss")),
-                Text(human_size(r.get("size")), justify="right"),
-                Text(age(now - float(r.get("t", now))), justify="right"),
-                *([_probe(r.get("probe"))] if "probe" in self.columns else []),
-                key=str(r["path"]),
+                Text(f"{r.step:,}" if r.step is not None else "?", justify="right"),
+                _loss(r.loss),
+                _loss(r.eval_loss),
+                Text(human_size(s.size), justify="right"),
+                Text(age(now - (r.t or now)), justify="right"),
+                *([_probe(s.probe)] if "probe" in self.columns else []),
+                key=str(r.path),
             )
         if cursor_key in self.saves:
             self.move_cursor(row=self.get_row_index(cursor_key))
@@ -110,8 +118,8 @@ class CheckpointsTable(DataTable):
 
     def refresh_ages(self) -> None:
         now = self.app.clock()
-        for path, r in self.saves.items():
-            self.update_cell(path, "age", Text(age(now - float(r.get("t", now))), justify="right"))
+        for path, s in self.saves.items():
+            self.update_cell(path, "age", Text(age(now - (s.save.t or now)), justify="right"))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -125,6 +133,15 @@ class CheckpointsTable(DataTable):
         self.post_message(ShipRequested("merge", str(row)))
 
 
+@dataclass
+class Saved:
+    """A row: the ``save`` record, the folder's size, and the probes scored on it by suite."""
+
+    save: records.Save
+    size: int | None
+    probe: dict[str, records.Probe] = field(default_factory=dict)
+
+
 def _loss(value) -> Text:
     if value is None:
         return Text("—", justify="right")
@@ -132,12 +149,11 @@ def _loss(value) -> Text:
     return Text(f"{v:.4f}" if v == v else str(value), justify="right")
 
 
-def _probe(scores: dict | None) -> Text:
+def _probe(scores: dict[str, records.Probe]) -> Text:
     """``identity 5/5 · inference 7/9``; a failed probe shows ``error``."""
     if not scores:
         return Text("—", justify="right")
     parts = [
-        f"{suite} " + ("error" if p.get("error") else f"{p.get('passed')}/{p.get('total')}")
-        for suite, p in sorted(scores.items())
+        f"{suite} " + ("error" if p.error else f"{p.passed}/{p.total}") for suite, p in sorted(scores.items())
     ]
     return Text(" · ".join(parts))

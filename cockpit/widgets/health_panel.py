@@ -16,6 +16,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from cockpit.messages import AlertRaised, AlertResolved, LinesSkipped, RunChanged
+from engine.run import records
 
 LEVELS = {
     "critical": ("✖", "bold red"),
@@ -28,11 +29,14 @@ LEVELS = {
 class HealthPanel(VerticalScroll):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self.alerts: dict[str, dict] = {}  # rule -> latest record, with "count"
-        self.resolved: dict[str, dict] = {}  # rule -> its alert_resolved record, while it stays healthy
+        self.alerts: dict[str, records.Alert] = {}  # rule -> latest record
+        self.counts: dict[str, int] = {}  # rule -> alerts raised
+        self.resolved: dict[
+            str, records.AlertResolved
+        ] = {}  # rule -> its alert_resolved, while it stays healthy
         self.order: list[str] = []  # rules, most recent last
         self.skipped = 0
-        self.failure: dict | None = None
+        self.failure: records.End | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="health-list")
@@ -42,10 +46,12 @@ class HealthPanel(VerticalScroll):
         self.show()
 
     def on_alert_raised(self, message: AlertRaised) -> None:
-        r = message.record
-        rule = str(r.get("rule") or r.get("message") or "alert")
-        count = self.alerts.get(rule, {}).get("count", 0) + 1
-        self.alerts[rule] = {**r, "count": count}
+        r = message.typed
+        if not isinstance(r, records.Alert):
+            return
+        rule = r.rule or r.message or "alert"
+        self.counts[rule] = self.counts.get(rule, 0) + 1
+        self.alerts[rule] = r
         self.resolved.pop(rule, None)
         if rule in self.order:
             self.order.remove(rule)
@@ -53,17 +59,18 @@ class HealthPanel(VerticalScroll):
         self.show()
 
     def on_alert_resolved(self, message: AlertResolved) -> None:
-        rule = str(message.record.get("rule") or "")
+        r = message.typed
+        rule = r.rule or "" if isinstance(r, records.AlertResolved) else ""
         if rule in self.alerts:
-            self.resolved[rule] = message.record
+            self.resolved[rule] = r
             self.show()
 
     def on_run_changed(self, message: RunChanged) -> None:
-        r = message.record
-        if r["kind"] == "end" and r.get("status") in ("failed", "error"):
+        r = message.typed
+        if isinstance(r, records.End) and r.status in ("failed", "error"):
             self.failure = r
             self.show()
-        elif r["kind"] == "start":
+        elif isinstance(r, records.Start):
             self.failure = None
             self.show()
 
@@ -77,13 +84,16 @@ class HealthPanel(VerticalScroll):
             items.append(
                 Text.assemble(
                     ("✖ run ", "bold red"),
-                    (str(self.failure.get("status")), "bold red"),
-                    f": {self.failure.get('message', '')}",
+                    (str(self.failure.status), "bold red"),
+                    f": {self.failure.message or ''}",
+                    *([("\n  fix: ", "bold"), self.failure.fix] if self.failure.fix else []),
                 )
             )
         open_rules = [r for r in reversed(self.order) if r not in self.resolved]
         for rule in open_rules + [r for r in reversed(self.order) if r in self.resolved]:
-            items.append(self.render_alert(rule, self.alerts[rule], self.resolved.get(rule)))
+            items.append(
+                self.render_alert(rule, self.alerts[rule], self.resolved.get(rule), self.counts[rule])
+            )
         if self.skipped:
             items.append(
                 Text(
@@ -95,25 +105,27 @@ class HealthPanel(VerticalScroll):
             items.append(Text("✓ no alerts: the health rules are quiet", style="green"))
         self.query_one("#health-list", Static).update(Group(*items))
         live = [a for rule, a in self.alerts.items() if rule not in self.resolved]
-        errors = sum(1 for a in live if a.get("level") in ("error", "critical"))
-        warns = sum(1 for a in live if a.get("level") == "warning")
+        errors = sum(1 for a in live if a.level in ("error", "critical"))
+        warns = sum(1 for a in live if a.level == "warning")
         done = f" · {len(self.resolved)} resolved" if self.resolved else ""
         self.border_subtitle = f"{errors} error · {warns} warning{done}" if self.alerts else ""
 
     @staticmethod
-    def render_alert(rule: str, r: dict, resolved: dict | None = None) -> Text:
+    def render_alert(
+        rule: str, r: records.Alert, resolved: records.AlertResolved | None = None, count: int = 1
+    ) -> Text:
         if resolved is not None:  # healthy again: what it was, dimmed, and when it cleared
             text = Text.assemble(("✓ ", "green"), (f"{rule}", "green"))
-            text.append(f" {resolved.get('message', 'resolved')}", style="green")
-            text.append(f"\n  was: {r.get('message', '')}", style="dim")
+            text.append(f" {resolved.message or 'resolved'}", style="green")
+            text.append(f"\n  was: {r.message or ''}", style="dim")
             return text
-        icon, style = LEVELS.get(str(r.get("level", "warning")), LEVELS["warning"])
+        icon, style = LEVELS.get(r.level or "warning", LEVELS["warning"])
         head = Text.assemble((f"{icon} {rule}", style))
-        if r.get("step") is not None:
-            head.append(f" @{r['step']:,}" if isinstance(r["step"], int) else f" @{r['step']}", style="dim")
-        if r.get("count", 1) > 1:
-            head.append(f" ×{r['count']}", style="dim")
-        head.append(f"  {r.get('message', '')}")
-        if r.get("advice"):
-            head.append(f"\n  → {r['advice']}", style="italic dim")
+        if r.step is not None:
+            head.append(f" @{r.step:,}", style="dim")
+        if count > 1:
+            head.append(f" ×{count}", style="dim")
+        head.append(f"  {r.message or ''}")
+        if r.advice:
+            head.append(f"\n  → {r.advice}", style="italic dim")
         return head

@@ -20,6 +20,7 @@ from textual_plotext import PlotextPlot
 
 from cockpit.messages import EvalLogged, RunChanged, StepsLogged
 from cockpit.series import Series, as_float
+from engine.run import records
 from engine.train.bands import expected_band
 
 REDRAW_HZ = 2
@@ -76,28 +77,26 @@ class LossChart(Vertical):
     # -- data -------------------------------------------------------------------------------
 
     def on_steps_logged(self, message: StepsLogged) -> None:
-        for r in message.records:
-            step = r.get("step")
-            if not isinstance(step, (int, float)):
+        for r in message.typed:
+            if not isinstance(r, records.Step) or r.step is None:
                 continue
-            self.train.add(float(step), as_float(r.get("loss")))
-            epoch = r.get("epoch")
-            if isinstance(epoch, (int, float)) and epoch > 0 and step > 0:
-                self.steps_per_epoch = step / epoch
+            self.train.add(float(r.step), as_float(r.loss))
+            if r.epoch and r.epoch > 0 and r.step > 0:
+                self.steps_per_epoch = r.step / r.epoch
         self._dirty = True
 
     def on_eval_logged(self, message: EvalLogged) -> None:
-        r = message.record
-        if isinstance(r.get("step"), (int, float)):
-            self.eval.add(float(r["step"]), as_float(r.get("eval_loss")))
+        r = message.typed
+        if isinstance(r, records.Eval) and r.step is not None:
+            self.eval.add(float(r.step), as_float(r.eval_loss))
             self._dirty = True
 
     def on_run_changed(self, message: RunChanged) -> None:
-        r = message.record
-        if r.get("kind") == "resume" and isinstance(r.get("from_step"), (int, float)):
+        r = message.typed
+        if isinstance(r, records.Resume) and r.from_step is not None:
             # Steps past the checkpoint will be trained again: the old tail is not the curve.
-            self.train.truncate(r["from_step"] + 1)
-            self.eval.truncate(r["from_step"] + 1)
+            self.train.truncate(r.from_step + 1)
+            self.eval.truncate(r.from_step + 1)
             self._dirty = True
 
     def watch_smoothing(self) -> None:

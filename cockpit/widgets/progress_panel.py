@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from cockpit.messages import ControlRequested, EvalLogged, RunChanged, StepsLogged, WriterState
 from cockpit.series import as_float
+from engine.run import records
 
 STATUS_STYLE = {
     "completed": "bold green",
@@ -48,10 +49,10 @@ def bar(frac: float, width: int) -> Text:
     return Text.assemble(("━" * full + half, "bold #0178d4"), ("━" * rest, "#2a2a35"))
 
 
-def mix_text(r: dict) -> str:
+def mix_text(r: records.Mix) -> str:
     """The categories seen so far in this phase against the phase's target shares."""
-    seen = r.get("phase_examples") or r.get("examples") or {}
-    target = r.get("target") or {}
+    seen = r.phase_examples or r.examples or {}
+    target = r.target or {}
     total = sum(v for v in seen.values() if isinstance(v, (int, float))) or 0
     if not total:
         return "—"
@@ -64,13 +65,13 @@ def mix_text(r: dict) -> str:
     return " · ".join(parts)
 
 
-def preparing_text(r: dict) -> str:
+def preparing_text(r: records.Prepare) -> str:
     """Data preparation, its own phase before the first step: done share, rows, rate, ETA."""
-    total, done = r.get("bytes_total") or 0, r.get("bytes_done") or 0
+    total, done = r.bytes_total or 0, r.bytes_done or 0
     pct = f" {100 * done / total:.0f}%" if total else ""
-    rows = f" · {r.get('rows', 0):,} rows" if r.get("rows") else ""
-    rate = f" · {r['rows_per_s']:,.0f} rows/s" if r.get("rows_per_s") else ""
-    eta = f" · ETA {hms(r['eta_s'])}" if isinstance(r.get("eta_s"), (int, float)) else ""
+    rows = f" · {r.rows:,} rows" if r.rows else ""
+    rate = f" · {r.rows_per_s:,.0f} rows/s" if r.rows_per_s else ""
+    eta = f" · ETA {hms(r.eta_s)}" if r.eta_s is not None else ""
     return f"◌ preparing data{pct}{rows}{rate}{eta}"
 
 
@@ -82,19 +83,19 @@ class ProgressPanel(Static):
     def __init__(self, *, live: bool = True, **kw) -> None:
         super().__init__(**kw)
         self.live = live
-        self.last: dict | None = None
-        self.last_eval: dict | None = None
+        self.last: records.Step | None = None
+        self.last_eval: records.Eval | None = None
         self.total: int | None = None
         self.start_t: float | None = None
-        self.end: dict | None = None
+        self.end: records.End | None = None
         self.paused = False
         self.paused_step: int | None = None
         self.pending: str | None = None
         self.phase: str | None = None
-        self.mix: dict | None = None
+        self.mix: records.Mix | None = None
         self.resumed_from: int | None = None
         self.seen_start = False
-        self.preparing: dict | None = None  # the last `prepare` record while the data is prepared
+        self.preparing: records.Prepare | None = None  # the last `prepare` record while the data is prepared
         self.writer_alive: bool | None = None
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
         self._dirty = True
@@ -116,52 +117,51 @@ class ProgressPanel(Static):
     # -- records ----------------------------------------------------------------------------
 
     def on_steps_logged(self, message: StepsLogged) -> None:
-        for r in message.records:
-            sps = r.get("s_per_step")
-            if isinstance(sps, (int, float)) and sps > 0:
-                self.recent_s_per_step.append(float(sps))
-            if r.get("phase"):
-                self.phase = str(r["phase"])
-            if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
-                self.total = r["max_steps"]
-        self.last = message.records[-1]
+        steps = [r for r in message.typed if isinstance(r, records.Step)]
+        for r in steps:
+            if r.s_per_step and r.s_per_step > 0:
+                self.recent_s_per_step.append(r.s_per_step)
+            if r.phase:
+                self.phase = r.phase
+            if r.max_steps and r.max_steps > 0:
+                self.total = r.max_steps
+        self.last = steps[-1] if steps else self.last
         if self.pending == "resume":
             self.pending = None
         self.changed()
 
     def on_eval_logged(self, message: EvalLogged) -> None:
-        self.last_eval = message.record
+        r = message.typed
+        self.last_eval = r if isinstance(r, records.Eval) else self.last_eval
         self.changed()
 
     def on_run_changed(self, message: RunChanged) -> None:
-        r = message.record
-        kind = r["kind"]
-        if kind == "start":
+        r = message.typed
+        if isinstance(r, records.Start):
             self.seen_start = True
-            self.start_t = r.get("t")
+            self.start_t = r.t
             self.end = None
-            if isinstance(r.get("max_steps"), int):
-                self.total = r["max_steps"]
-        elif kind == "train_begin" and isinstance(r.get("max_steps"), int):
-            self.total = r["max_steps"]
-        elif kind == "prepare":
-            self.preparing = None if r.get("done") else r
-        elif kind == "resume":
-            self.resumed_from = r.get("from_step")
-        elif kind == "paused":
+            self.total = r.max_steps if r.max_steps is not None else self.total
+        elif isinstance(r, records.TrainBegin) and r.max_steps is not None:
+            self.total = r.max_steps
+        elif isinstance(r, records.Prepare):
+            self.preparing = None if r.done else r
+        elif isinstance(r, records.Resume):
+            self.resumed_from = r.from_step
+        elif isinstance(r, records.Paused):
             self.paused = True
-            self.paused_step = r.get("step")
+            self.paused_step = r.step
             if self.pending == "pause":
                 self.pending = None
-        elif kind == "resumed":
+        elif isinstance(r, records.Resumed):
             self.paused = False
             if self.pending == "resume":
                 self.pending = None
-        elif kind == "phase":
-            self.phase = str(r.get("name") or r.get("phase") or "?")
-        elif kind == "mix":
+        elif isinstance(r, records.Phase):
+            self.phase = r.name or "?"
+        elif isinstance(r, records.Mix):
             self.mix = r
-        elif kind == "end":
+        elif isinstance(r, records.End):
             self.end = r
             self.paused, self.pending = False, None
         self.changed()
@@ -179,7 +179,7 @@ class ProgressPanel(Static):
 
     def status(self) -> Text:
         if self.end is not None:
-            status = str(self.end.get("status", "ended"))
+            status = self.end.status or "ended"
             return Text(f"■ {status}", style=STATUS_STYLE.get(status, "bold"))
         if self.writer_alive is False and self.seen_start:
             return Text("■ not running (no end record: killed?)", style="bold red")
@@ -205,18 +205,18 @@ class ProgressPanel(Static):
             return None
         if not self.recent_s_per_step:
             return None
-        left = self.total - int(self.last.get("step", 0))
+        left = self.total - int(self.last.step or 0)
         return max(left, 0) * statistics.median(self.recent_s_per_step)
 
     def elapsed_s(self) -> float | None:
         if self.start_t is None:
             return None
-        until = self.end.get("t") if self.end is not None else self.app.clock()
+        until = self.end.t if self.end is not None else self.app.clock()
         return max(float(until) - float(self.start_t), 0.0)
 
     def show(self) -> None:
-        r = self.last or {}
-        step = r.get("step")
+        r = self.last or records.Step()
+        step = r.step
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="dim", no_wrap=True, min_width=6)
         grid.add_column(overflow="fold")  # a narrow panel wraps a value rather than cut it
@@ -224,19 +224,19 @@ class ProgressPanel(Static):
         total = f"/{self.total:,}" if self.total else ""
         pct = f"  {100 * step / self.total:.1f}%" if step is not None and self.total else ""
         grid.add_row("step", f"{step:,}{total}{pct}" if step is not None else "—")
-        epoch = f"{fmt(r.get('epoch'), '.2f')}"
+        epoch = f"{fmt(r.epoch, '.2f')}"
         if self.phase:
             epoch += f"  phase [b]{self.phase}[/]"
         grid.add_row("epoch", epoch)
-        loss = f"{fmt(r.get('loss'), '.4f')}"
+        loss = f"{fmt(r.loss, '.4f')}"
         if self.last_eval:
-            loss += f"  eval {fmt(self.last_eval.get('eval_loss'), '.4f')}"
-            loss += f"  ppl {fmt(self.last_eval.get('perplexity'), '.2f')}"
+            loss += f"  eval {fmt(self.last_eval.eval_loss, '.4f')}"
+            loss += f"  ppl {fmt(self.last_eval.perplexity, '.2f')}"
         grid.add_row("loss", loss)
-        grid.add_row("lr", f"{fmt(r.get('lr'), '.2e')}  grad norm {fmt(r.get('grad_norm'), '.3f')}")
-        speed = f"{fmt(r.get('tokens_per_s'), ',.0f')} tok/s"
-        if isinstance(r.get("mfu"), (int, float)):
-            speed += f"  MFU {100 * r['mfu']:.0f}%"
+        grid.add_row("lr", f"{fmt(r.lr, '.2e')}  grad norm {fmt(r.grad_norm, '.3f')}")
+        speed = f"{fmt(r.tokens_per_s, ',.0f')} tok/s"
+        if r.mfu is not None:
+            speed += f"  MFU {100 * r.mfu:.0f}%"
         if self.recent_s_per_step:
             speed += f"  {statistics.median(self.recent_s_per_step):.2f} s/step"
         grid.add_row("speed", speed)

@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.cli.cli_config import load_for_cli  # noqa: F401  (re-exported: commands import it from here)
 from engine.config.bundled import demo_config_path  # noqa: F401  (re-exported)
 from engine.errors import UserError
+from engine.run import records
 from engine.run.control import Controls
 
 
@@ -38,56 +39,58 @@ class Progress:
         self._last = 0.0
         self.t0 = time.time()
 
-    def __call__(self, r: dict) -> None:
-        kind = r["kind"]
-        if kind == "step":
-            now = time.time()
-            if not self.tty and now - self._last < self.every_s and r["step"] != r.get("max_steps"):
-                return
-            self._last = now
-            total = r.get("max_steps") or 0
-            frac = r["step"] / total if total else 0
-            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-            eta = ""
-            if r.get("s_per_step") and total:
-                eta = f" eta {_hms((total - r['step']) * r['s_per_step'])}"
-            line = (
-                f"[{bar}] step {r['step']}/{total} loss {r['loss']:.4f} "
-                f"{r.get('tokens_per_s', 0):,.0f} tok/s{eta}"
-            )
-            self._write(line, transient=True)
-        elif kind == "eval":
-            self._write(f"eval step {r['step']}: eval_loss {r['eval_loss']:.4f} ppl {r['perplexity']:.3f}")
-        elif kind == "save":
-            self._write(f"saved {r['path']}")
-        elif kind == "probe":
-            got = r.get("error") or f"{r.get('passed')}/{r.get('total')}"
-            self._write(f"probe {r.get('suite')} on step {r['step']}: {got} ({r.get('seconds')}s)")
-        elif kind == "alert":
-            self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
-        elif kind == "alert_resolved":
-            self._write(f"resolved {r.get('rule')}: {r.get('message')}")
-        elif kind == "early_stopped":
-            self._write(f"early stopping: {r.get('message')}")
-        elif kind == "prepare":  # data preparation: its own phase, so a long one is not a hang
-            from engine.cli.prepare_cli import prepare_line
-
-            if r.get("done"):
-                how = "read back" if r.get("cached") else "prepared"
-                self._write(
-                    f"data {how}: {r.get('rows', 0):,} rows, {r.get('tokens', 0):,} tokens ({r.get('path')})"
-                )
-            elif r.get("bytes_total"):
-                self._write(prepare_line(r), transient=True)
-        elif kind == "phase":
-            mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("weights") or {}).items()) or "natural mix"
-            self._write(f"phase {r['name']} from step {r['step']} (epoch {r['epoch']}): {mix}")
-        elif kind in ("resume", "start", "end", "note", "data"):
+    def __call__(self, record: dict) -> None:
+        r = records.decode(record)
+        if isinstance(r, records.Step):
+            self._step(r)
+        elif isinstance(r, records.Eval):
+            loss, ppl = records.as_float(r.eval_loss), records.as_float(r.perplexity)
+            self._write(f"eval step {r.step}: eval_loss {loss:.4f} ppl {ppl:.3f}")
+        elif isinstance(r, records.Save):
+            self._write(f"saved {r.path}")
+        elif isinstance(r, records.Probe):
+            got = r.error or f"{r.passed}/{r.total}"
+            self._write(f"probe {r.suite} on step {r.step}: {got} ({r.seconds}s)")
+        elif isinstance(r, records.AlertResolved):
+            self._write(f"resolved {r.rule}: {r.message}")
+        elif isinstance(r, records.Alert):
+            self._write(f"ALERT {r.rule}: {r.message}  -> {r.advice or ''}")
+        elif isinstance(r, records.EarlyStopped):  # main's (issue 30), read through its declaration
+            self._write(f"early stopping: {r.message}")
+        elif isinstance(r, records.Prepare):  # data preparation: its own phase, so a long one is not a hang
+            self._prepare(r, record)
+        elif isinstance(r, records.Phase):
+            mix = ", ".join(f"{k} {v:.0%}" for k, v in (r.weights or {}).items()) or "natural mix"
+            self._write(f"phase {r.name} from step {r.step} (epoch {r.epoch}): {mix}")
+        elif r.kind in ("resume", "start", "end", "note", "data"):
             skip = {"t", "kind", "traceback", "by_category", "lengths"}
-            if kind == "end" and r.get("status") == "error":
-                skip.add("message")  # bad input: the command prints it once, as its error
-            fields = {k: v for k, v in r.items() if k not in skip}
-            self._write(f"{kind}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+            if isinstance(r, records.End) and r.status == "error":
+                skip |= {"message", "fix"}  # bad input: the command prints it once, as its error
+            # every field as written (in its order), so a field this code does not know shows too
+            fields = {k: v for k, v in record.items() if k not in skip}
+            self._write(f"{r.kind}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def _step(self, r: records.Step) -> None:
+        now = time.time()
+        if not self.tty and now - self._last < self.every_s and r.step != r.max_steps:
+            return
+        self._last = now
+        total = r.max_steps or 0
+        frac = r.step / total if total else 0
+        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
+        eta = f" eta {_hms((total - r.step) * r.s_per_step)}" if r.s_per_step and total else ""
+        loss = records.as_float(r.loss)
+        line = f"[{bar}] step {r.step}/{total} loss {loss:.4f} {r.tokens_per_s or 0:,.0f} tok/s{eta}"
+        self._write(line, transient=True)
+
+    def _prepare(self, r: records.Prepare, record: dict) -> None:
+        from engine.cli.prepare_cli import prepare_line
+
+        if r.done:
+            how = "read back" if r.cached else "prepared"
+            self._write(f"data {how}: {r.rows or 0:,} rows, {r.tokens or 0:,} tokens ({r.path})")
+        elif r.bytes_total:
+            self._write(prepare_line(record), transient=True)
 
     def _write(self, line: str, transient: bool = False) -> None:
         if self.tty:
@@ -144,8 +147,7 @@ def train_headless(args) -> int:
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
-    ok = ("completed", "stopped", "early_stopped")
-    return 0 if result.status in ok else 1  # diverged: NaN/Inf (see the alerts)
+    return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)
 
 
 def check_command(args) -> int:

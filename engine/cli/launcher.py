@@ -482,8 +482,22 @@ def train_headless_multi(args, nproc: int) -> int:
         (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), None
     )
     if end is not None and code != 0:
-        print(f"{end.get('status')}: {end.get('message', '')}", file=sys.stderr)
+        _say_end(end)
     return 0 if code == 0 else (EXIT_USAGE if code == EXIT_USAGE else 1)
+
+
+def _say_end(record: dict) -> None:
+    """How the run ended, on stderr; a trainer's UserError as its message and its fix apart."""
+    from engine.run import records
+
+    end = records.decode(record)
+    if not isinstance(end, records.End):
+        print(f"{record.get('status')}: {record.get('message', '')}", file=sys.stderr)
+        return
+    error = end.user_error() if end.status == "error" else None
+    print(f"{end.status}: {error.message if error else end.message or ''}", file=sys.stderr)
+    if error is not None and error.fix:
+        print(f"  fix: {error.fix}", file=sys.stderr)
 
 
 if __name__ == "__main__":

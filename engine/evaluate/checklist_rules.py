@@ -11,10 +11,13 @@ import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from engine.evaluate.checklist_items import Item, Measure
-from engine.run import lineage
+from engine.run import lineage, records
 from engine.run.rundir import RunDir, output_dir_of, read_eval_results, read_json
+
+R = TypeVar("R", bound=records.Record)
 
 
 class Sources:
@@ -26,17 +29,22 @@ class Sources:
         self.run_dir = Path(run_dir)
         self.config = config
         events = RunDir(self.run_dir).events
-        self.records = read_events(events).records if events.is_file() else []
-        self.steps = dedupe_steps(self.records)
-        self.evals = [r for r in self.records if r.get("kind") == "eval"]
-        self.output_dir = output_dir_of(self.run_dir, self.records)
+        raw = read_events(events).records if events.is_file() else []
+        self.records = records.decode_all(raw)
+        self.steps = [r for r in records.decode_all(dedupe_steps(raw)) if isinstance(r, records.Step)]
+        self.evals = [r for r in self.records if isinstance(r, records.Eval)]
+        self.output_dir = output_dir_of(self.run_dir, raw)
         self.results = read_eval_results(self.run_dir)
         health = getattr(config, "health", None)
         self.spike_factor = getattr(health, "spike_factor", 1.5)
         self.spike_window = getattr(health, "spike_window", 50)
 
-    def losses(self) -> list[tuple[dict, float]]:
-        return [(r, _num(r.get("loss"))) for r in self.steps if "loss" in r]
+    def of(self, kind: type[R]) -> list[R]:
+        """The run log's records of one declared kind, in log order."""
+        return [r for r in self.records if isinstance(r, kind)]
+
+    def losses(self) -> list[tuple[records.Step, float]]:
+        return [(r, _num(r.loss)) for r in self.steps if r.loss is not None]
 
     def checkpoints(self):
         from engine.run.checkpoints import scan
@@ -75,7 +83,7 @@ def rule_loss_decreases(src: Sources, item: Item) -> Measure:
     detail = f"mean of the first and last {w} logged steps"
     if spikes:
         detail += f"; spikes at steps {', '.join(str(s) for s in spikes[:5])}"
-    return Measure("pass" if ok else "fail", value, detail, pts[-1][0].get("t"))
+    return Measure("pass" if ok else "fail", value, detail, pts[-1][0].t)
 
 
 def _oom(text: str) -> bool:
@@ -87,52 +95,45 @@ def rule_no_oom(src: Sources, item: Item) -> Measure:
     hits = [
         r
         for r in src.records
-        if (r.get("kind") == "end" and _oom(f"{r.get('message', '')} {r.get('traceback', '')}"))
-        or (
-            r.get("kind") == "alert"
-            and ("oom" in str(r.get("rule", "")).lower() or _oom(str(r.get("message", ""))))
-        )
+        if (isinstance(r, records.End) and _oom(f"{r.message or ''} {r.traceback or ''}"))
+        or (isinstance(r, records.Alert) and ("oom" in (r.rule or "").lower() or _oom(r.message or "")))
     ]
     if hits:
         r = hits[-1]
-        return Measure("fail", f"{len(hits)} OOM record(s)", str(r.get("message", ""))[:200], r.get("t"))
+        return Measure("fail", f"{len(hits)} OOM record(s)", (r.message or "")[:200], r.t)
     if not src.steps:
         return Measure("pending", detail="no training steps logged yet")
-    return Measure("pass", f"{len(src.steps)} steps, no OOM", when=src.steps[-1].get("t"))
+    return Measure("pass", f"{len(src.steps)} steps, no OOM", when=src.steps[-1].t)
 
 
 def rule_checkpoints_saved(src: Sources, item: Item) -> Measure:
-    saves = [r for r in src.records if r.get("kind") == "save"]
+    saves = [r for r in src.of(records.Save) if r.path]
     if not saves:
         return Measure("pending", detail="no checkpoint saved yet")
     complete, _ = src.checkpoints()
     paths = {c.path.resolve() for c in complete}
-    newest = Path(saves[-1]["path"])
+    newest = Path(saves[-1].path)
     ok = newest.resolve() in paths
     value = f"{len(saves)} saved, newest {newest.name} {'complete' if ok else 'MISSING or incomplete'}"
-    return Measure("pass" if ok else "fail", value, str(newest), saves[-1].get("t"))
+    return Measure("pass" if ok else "fail", value, str(newest), saves[-1].t)
 
 
 def rule_all_checkpoints_saved(src: Sources, item: Item) -> Measure:
-    saves = [r for r in src.records if r.get("kind") == "save"]
+    saves = [r for r in src.of(records.Save) if r.path]
     if not saves:
         return Measure("pending", detail="no checkpoint saved yet")
-    removed = {
-        Path(r["path"]).resolve()
-        for r in src.records
-        if r.get("kind") == "checkpoint_removed" and r.get("path")
-    }
+    removed = {Path(r.path).resolve() for r in src.of(records.CheckpointRemoved) if r.path}
     complete, torn = src.checkpoints()
     present = {c.path.resolve() for c in complete}
-    saved = {Path(r["path"]).resolve() for r in saves}
+    saved = {Path(r.path).resolve() for r in saves}
     kept = saved & present
     gone = saved - present - removed
-    torn_alerts = [r for r in src.records if r.get("kind") == "alert" and r.get("rule") == "torn_checkpoint"]
+    torn_alerts = [r for r in src.of(records.Alert) if r.rule == "torn_checkpoint"]
     ok = not gone and not torn and not torn_alerts
     value = f"{len(saved)} saved: {len(kept)} on disk, {len(saved & removed)} removed by retention"
     problems = [f"missing {p.name}" for p in sorted(gone)] + [f"torn {p.name}" for p in torn]
-    problems += [str(r.get("message", "")) for r in torn_alerts]
-    return Measure("pass" if ok else "fail", value, "; ".join(problems)[:300], saves[-1].get("t"))
+    problems += [r.message or "" for r in torn_alerts]
+    return Measure("pass" if ok else "fail", value, "; ".join(problems)[:300], saves[-1].t)
 
 
 def rule_final_loss(src: Sources, item: Item) -> Measure:
@@ -145,8 +146,8 @@ def rule_final_loss(src: Sources, item: Item) -> Measure:
     return _bounded(
         value,
         item,
-        f"mean loss of the last {w} logged steps (step {pts[-1][0]['step']})",
-        pts[-1][0].get("t"),
+        f"mean loss of the last {w} logged steps (step {pts[-1][0].step})",
+        pts[-1][0].t,
     )
 
 
@@ -154,11 +155,11 @@ def rule_val_perplexity(src: Sources, item: Item) -> Measure:
     if not src.evals:
         return Measure("pending", detail="no evaluation logged (set val_set_size and eval_steps)")
     r = src.evals[-1]
-    ppl = _num(r.get("perplexity", math.exp(min(_num(r.get("eval_loss")), 50))))
-    return _bounded(ppl, item, f"eval at step {r.get('step')}", r.get("t"))
+    ppl = _num(r.perplexity) if r.perplexity is not None else math.exp(min(_num(r.eval_loss), 50))
+    return _bounded(ppl, item, f"eval at step {r.step}", r.t)
 
 
-def _spikes(pts: list[tuple[dict, float]], src: Sources) -> list[int]:
+def _spikes(pts: list[tuple[records.Step, float]], src: Sources) -> list[int]:
     """Steps whose loss jumps above spike_factor x the median of the previous window."""
     out = []
     losses = [v for _, v in pts]
@@ -170,7 +171,7 @@ def _spikes(pts: list[tuple[dict, float]], src: Sources) -> list[int]:
         med = statistics.median(prev)
         # An absolute floor keeps noise near zero loss from counting as a jump.
         if losses[i] > src.spike_factor * med and losses[i] - med > 0.1:
-            out.append(pts[i][0]["step"])
+            out.append(pts[i][0].step)
     return out
 
 
@@ -178,13 +179,12 @@ def rule_no_spikes(src: Sources, item: Item) -> Measure:
     pts = src.losses()
     if len(pts) < 2:
         return Measure("pending", detail="fewer than 2 logged steps")
-    nonfinite = [r["step"] for r, v in pts if not math.isfinite(v)]
+    nonfinite = [r.step for r, v in pts if not math.isfinite(v)]
     spikes = _spikes(pts, src)
     alerts = [
         r
-        for r in src.records
-        if r.get("kind") == "alert"
-        and any(k in str(r.get("rule", "")).lower() for k in ("spike", "nan", "diverg"))
+        for r in src.of(records.Alert)
+        if any(k in (r.rule or "").lower() for k in ("spike", "nan", "diverg"))
     ]
     w = _window(len(pts), item)
     first = statistics.fmean(v for _, v in pts[:w])
@@ -198,9 +198,9 @@ def rule_no_spikes(src: Sources, item: Item) -> Measure:
     if diverged:
         problems.append(f"loss rose: {_fmt(first)} -> {_fmt(last)}")
     if alerts:
-        problems.append(f"{len(alerts)} alert(s): {alerts[-1].get('rule')}")
+        problems.append(f"{len(alerts)} alert(s): {alerts[-1].rule}")
     value = f"{len(spikes)} spike(s), {len(nonfinite)} non-finite, {len(alerts)} alert(s)"
-    return Measure("fail" if problems else "pass", value, "; ".join(problems), pts[-1][0].get("t"))
+    return Measure("fail" if problems else "pass", value, "; ".join(problems), pts[-1][0].t)
 
 
 def _newest_result(src: Sources, suite: str) -> dict | None:

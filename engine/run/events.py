@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import faults
+from engine.run import records as declared
 
 Listener = Callable[[dict], None]
 
@@ -117,8 +118,10 @@ class RunLog:
         self.error = None
 
     def emit(self, kind: str, **fields) -> dict:
+        """Write one record (declared in engine.run.records) and hand the same dict to the listeners."""
         record = {"t": round(time.time(), 3), "kind": kind}
         record.update({k: _clean(v) for k, v in fields.items() if v is not None})
+        declared.check(record)  # strict mode (tests): an undeclared kind or field raises here
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self._fd is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.run import lineage
+from engine.run import lineage, records
 from engine.run.rundir import RunDir
 
 CARD_MARK = "<!-- leviathan-cockpit model card: `leviathan-cockpit push` rewrites this file -->"
@@ -65,30 +65,29 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
 
     s.config = lineage.run_config(run_dir)
     try:
-        records = read_events(RunDir(run_dir).events).records
+        raw = read_events(RunDir(run_dir).events).records
     except OSError:
-        records = []
-    data = [r for r in records if r["kind"] == "data"]
+        raw = []
+    typed = records.decode_all(raw)
+    data = [r for r in typed if isinstance(r, records.Data)]
     if data:
-        s.by_category = dict(data[-1].get("by_category") or {})
-        s.rows, s.val_rows = data[-1].get("rows"), data[-1].get("val_rows")
-    steps = dedupe_steps(records)
+        s.by_category = dict(data[-1].by_category or {})
+        s.rows, s.val_rows = data[-1].rows, data[-1].val_rows
+    steps = [r for r in records.decode_all(dedupe_steps(raw)) if isinstance(r, records.Step)]
     if steps:
         last = steps[-1]
-        s.final.update(
-            step=last["step"], loss=last.get("loss"), epoch=last.get("epoch"), tokens=last.get("tokens")
-        )
-    evals = [r for r in records if r["kind"] == "eval"]
+        s.final.update(step=last.step, loss=last.loss, epoch=last.epoch, tokens=last.tokens)
+    evals = [r for r in typed if isinstance(r, records.Eval)]
     if evals:
-        s.final.update(eval_step=evals[-1].get("step"), eval_loss=evals[-1].get("eval_loss"))
-        s.final["perplexity"] = evals[-1].get("perplexity")
-    ends = [r for r in records if r["kind"] == "end"]
+        s.final.update(eval_step=evals[-1].step, eval_loss=evals[-1].eval_loss)
+        s.final["perplexity"] = evals[-1].perplexity
+    ends = [r for r in typed if isinstance(r, records.End)]
     if ends:
-        s.final["status"] = ends[-1].get("status")
-    starts = [r for r in records if r["kind"] == "start"]
+        s.final["status"] = ends[-1].status
+    starts = [r for r in typed if isinstance(r, records.Start)]
     if starts:
-        s.final["device"] = starts[-1].get("device")
-    s.final["train_seconds"] = _train_seconds(records)
+        s.final["device"] = starts[-1].device
+    s.final["train_seconds"] = _train_seconds(typed)
     s.checklist = read_checklist(RunDir(run_dir).checklist)
     s.gate = _gate_line(RunDir(run_dir).checklist)
     return s
@@ -102,14 +101,14 @@ def _gate_line(path: Path) -> str | None:
     return describe(state.get("gate")) if isinstance(state, dict) else None
 
 
-def _train_seconds(records: list[dict]) -> float | None:
+def _train_seconds(typed: list[records.Record]) -> float | None:
     # Sum each process's start..end span, so the gap before a resume does not count.
     total, began = 0.0, None
-    for r in records:
-        if r["kind"] == "start":
-            began = r["t"]
-        elif r["kind"] == "end" and began is not None:
-            total += r["t"] - began
+    for r in typed:
+        if isinstance(r, records.Start):
+            began = r.t
+        elif isinstance(r, records.End) and began is not None:
+            total += r.t - began
             began = None
     return total or None
 

@@ -30,6 +30,7 @@ import socket
 import time
 
 from engine.errors import UserError
+from engine.run import records
 
 # The control-file protocol, re-exported: the launcher, the cockpit and the tests import it from here.
 from engine.run.control_file import (  # noqa: F401
@@ -201,11 +202,13 @@ class NullLog:
         self.path = None
 
     def emit(self, kind: str, **fields) -> dict:
-        return {
+        record = {
             "t": round(time.time(), 3),
             "kind": kind,
             **{k: v for k, v in fields.items() if v is not None},
         }
+        records.check(record)  # the same declaration as rank 0's RunLog.emit
+        return record
 
     def sync(self) -> None:
         pass

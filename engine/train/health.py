@@ -37,6 +37,7 @@ import traceback
 from collections import deque
 
 from engine.config.config import HealthConfig
+from engine.run import records
 
 LEVELS = {"info": 0, "warning": 1, "critical": 2}
 
@@ -111,16 +112,16 @@ class HealthMonitor:
 
     def observe(self, record: dict) -> list[dict]:
         """The alerts (and resolutions, ``"resolved": True``) this record raises."""
-        kind = record.get("kind")
-        if kind == "step":
-            return self._on_step(record)
-        if kind == "eval":
-            return self._on_eval(record)
-        if kind == "gpu":
-            return self._on_gpu(record)
-        if kind == "data":
-            self._has_val = bool(record.get("val_rows"))
-        elif kind == "resume":
+        r = records.decode(record)
+        if isinstance(r, records.Step):
+            return self._on_step(r)
+        if isinstance(r, records.Eval):
+            return self._on_eval(r)
+        if isinstance(r, records.Gpu):
+            return self._on_gpu(r)
+        if isinstance(r, records.Data):
+            self._has_val = bool(r.val_rows)
+        elif isinstance(r, records.Resume):
             # The steps after the checkpoint are trained again: a new stretch of curve,
             # and its first loss is not the run's initial loss.
             self._resumed = True
@@ -151,10 +152,10 @@ class HealthMonitor:
 
     # -- step records ---------------------------------------------------------------------
 
-    def _on_step(self, r: dict) -> list[dict]:
+    def _on_step(self, r: records.Step) -> list[dict]:
         out: list[dict] = []
-        step = r.get("step") if isinstance(r.get("step"), int) else None
-        loss, grad = num(r.get("loss")), num(r.get("grad_norm"))
+        step = r.step
+        loss, grad = num(r.loss), num(r.grad_norm)
         if step is not None and self._last_step is not None and step < self._last_step:
             self._reset_curve()
         if step is not None:
@@ -180,7 +181,7 @@ class HealthMonitor:
                 self._initial(loss, step, out)
         self._spike(loss, step, out)
         self._smooth_and_plateau(loss, step, out)
-        epoch = num(r.get("epoch"))
+        epoch = num(r.epoch)
         if self._has_val is False and epoch is not None and epoch >= self.c.underfit_after_epoch:
             high = self.ema > self.c.underfit_loss
             self._episode(
@@ -195,8 +196,8 @@ class HealthMonitor:
                 value_name="smoothed train loss",
                 threshold=self.c.underfit_loss,
             )
-        max_steps = r.get("max_steps")
-        if isinstance(max_steps, int) and max_steps > 0 and step is not None and step >= max_steps:
+        max_steps = r.max_steps
+        if max_steps is not None and max_steps > 0 and step is not None and step >= max_steps:
             self._final(step, out)
         return out
 
@@ -299,11 +300,11 @@ class HealthMonitor:
 
     # -- eval records ---------------------------------------------------------------------
 
-    def _on_eval(self, r: dict) -> list[dict]:
+    def _on_eval(self, r: records.Eval) -> list[dict]:
         out: list[dict] = []
         c = self.c
-        step = r.get("step") if isinstance(r.get("step"), int) else None
-        loss = num(r.get("eval_loss"))
+        step = r.step
+        loss = num(r.eval_loss)
         if loss is None:
             return out
         self._episode(
@@ -318,7 +319,7 @@ class HealthMonitor:
         )
         if not _finite(loss):
             return out
-        epoch = num(r.get("epoch"))
+        epoch = num(r.epoch)
         train = self.ema
         if train is not None:
             gap = loss - train
@@ -350,7 +351,7 @@ class HealthMonitor:
                     value_name="eval loss",
                     threshold=c.underfit_loss,
                 )
-        ppl = num(r.get("perplexity"))
+        ppl = num(r.perplexity)
         if ppl is None:
             ppl = math.exp(loss) if loss < 50 else math.inf
         if epoch is None or epoch >= c.perplexity_after_epoch:
@@ -374,13 +375,13 @@ class HealthMonitor:
 
     # -- gpu records ----------------------------------------------------------------------
 
-    def _on_gpu(self, r: dict) -> list[dict]:
+    def _on_gpu(self, r: records.Gpu) -> list[dict]:
         out: list[dict] = []
-        if r.get("available") is False:
+        if r.available is False:
             return out
         c = self.c
         worst = None  # (fraction of the limit, gpu, limit_mb)
-        for g in r.get("gpus") or []:
+        for g in r.gpus or []:
             used = num(g.get("used_mb"))
             if not _finite(used):
                 continue
@@ -402,7 +403,7 @@ class HealthMonitor:
             "gpu_memory",
             level,
             out,
-            step=r.get("step"),
+            step=r.step,
             message=f"{name} uses {g['used_mb'] / 1024:.1f} GiB, {what} the {limit / 1024:.1f} GiB line",
             advice=ADVICE["gpu_memory"],
             value=g["used_mb"],

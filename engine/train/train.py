@@ -100,7 +100,9 @@ def run(
                 config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
             )
         except UserError as e:
-            log.emit("end", status="error", message=str(e))
+            log.emit(
+                "end", status="error", message=e.message, fix=e.fix or None
+            )  # the fix apart: engine.run.records.End
             raise
         except BaseException as e:
             log.emit(
