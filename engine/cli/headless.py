@@ -147,7 +147,8 @@ def train_headless(args) -> int:
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
-    return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)
+    ok = ("completed", "stopped", "early_stopped")
+    return 0 if result.status in ok else 1  # diverged: NaN/Inf (see the alerts)
 
 
 def check_command(args) -> int:
