@@ -111,7 +111,7 @@ def test_modelfile_for_an_unknown_template(tiny_model, tmp_path):
         "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}### assistant:"
     )
     r = cli_here("export", "ollama", d)
-    assert r.returncode == 2 and "neither ChatML nor Llama 3" in r.stderr and "--template FILE" in r.stderr
+    assert r.returncode == 2 and "not ChatML, Llama 3 or Gemma" in r.stderr and "--template FILE" in r.stderr
     assert not (d / "Modelfile").exists()
     r = cli_here("export", "ollama", d, "--no-template")
     assert r.returncode == 0 and "TEMPLATE" not in (d / "Modelfile").read_text()

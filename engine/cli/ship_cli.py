@@ -145,6 +145,7 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     t = o.add_mutually_exclusive_group()
     t.add_argument("--template", metavar="FILE", help="an Ollama (Go) TEMPLATE to use as it is")
     t.add_argument("--no-template", action="store_true", help="no TEMPLATE: leave it to Ollama's detection")
+    add_gguf_args(sub)
     v = sub.add_parser("vllm", help="print (or --run) the vLLM OpenAI-server command")
     v.add_argument("model_dir", metavar="DIR", help="a merged (or quantized) model folder")
     v.add_argument("--port", type=int, default=8000)
@@ -155,7 +156,73 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--run", action="store_true", help="start the server now (replaces this process)")
 
 
+def add_gguf_args(sub) -> None:
+    g = sub.add_parser("gguf", help="write GGUF files for llama.cpp / Ollama (each verified) and a Modelfile")
+    g.add_argument(
+        "source", metavar="CHECKPOINT_OR_MERGED", help="a LoRA checkpoint (merged first) or a merged folder"
+    )
+    g.add_argument("-o", "--output", metavar="DIR", help="folder for the .gguf files (default: MERGED-gguf)")
+    g.add_argument(
+        "--quant",
+        nargs="+",
+        default=["f16"],
+        metavar="TYPE",
+        help="f16 (default), q8_0, f32, bf16; q4_k_m, q5_k_m, q6_k with llama-cpp-python installed",
+    )
+    g.add_argument("--name", help="file stem and Ollama model name (default: the merged folder's name)")
+    g.add_argument(
+        "--system", help="the Modelfile's SYSTEM prompt (default: the run config's export.system_prompt)"
+    )
+    g.add_argument("--config", help="take SYSTEM and parameters from this config's `export:` section")
+    g.add_argument(
+        "--pre-tokenizer",
+        metavar="NAME",
+        help="llama.cpp's pre-tokenizer for a tokenizer it does not recognise",
+    )
+    g.add_argument("--no-modelfile", action="store_true", help="write only the .gguf files")
+    g.add_argument("--force", action="store_true", help="replace .gguf files of the same name")
+
+
+def gguf_main(args) -> int:
+    from engine.ship.gguf import check_quants
+
+    check_quants(args.quant)  # a missing extra or quantizer says so before anything is imported or merged
+    _quiet_transformers()
+    from engine.ship.gguf import export_gguf
+
+    r = export_gguf(
+        args.source,
+        args.output,
+        quants=args.quant,
+        name=args.name,
+        system=args.system,
+        config=args.config,
+        pre_tokenizer=args.pre_tokenizer,
+        force=args.force,
+        modelfile=not args.no_modelfile,
+        progress=_stderr_progress,
+    )
+    if r.merged_now:
+        print(f"merged the checkpoint into {r.merged}")
+    print(f"wrote {r.output} ({r.arch}) in {r.seconds:.1f}s:")
+    for f in r.files:
+        print(f"  {f.path.name}  {_size(f.size_bytes)}  {f.seconds:.1f}s")
+        print(f"    check: {f.check.summary()}: ok")
+    for note in r.notes:
+        print(f"  note: {note}")
+    if r.modelfile is not None:
+        print(f"  {r.modelfile.path} (FROM {r.modelfile.text.splitlines()[1][5:]})")
+        for note in r.modelfile.notes:
+            print(f"    {note}")
+        print("create and try it:")
+        print(f"  {r.modelfile.create_command}")
+        print(f'  ollama run {r.modelfile.name} "Who are you?"')
+    return 0
+
+
 def export_main(args) -> int:
+    if args.target == "gguf":
+        return gguf_main(args)
     if args.target == "ollama":
         from engine.ship.serve import write_modelfile
 
