@@ -218,7 +218,7 @@ def test_vllm_command_and_smoke_test(merged):
     r = cli_here("export", "vllm", merged, "--port", "8123")
     assert r.returncode == 0, r.stderr
     assert (
-        f"python -m vllm.entrypoints.openai.api_server --model {merged} --served-model-name leviathan-tiny "
+        f"vllm serve {merged} --served-model-name leviathan-tiny "
         "--dtype bfloat16 --max-model-len 4096 --port 8123" in r.stdout
     )
     assert "curl http://localhost:8123/v1/chat/completions" in r.stdout

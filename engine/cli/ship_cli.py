@@ -146,8 +146,13 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--template", metavar="FILE", help="an Ollama (Go) TEMPLATE to use as it is")
     t.add_argument("--no-template", action="store_true", help="no TEMPLATE: leave it to Ollama's detection")
     add_gguf_args(sub)
-    v = sub.add_parser("vllm", help="print (or --run) the vLLM OpenAI-server command")
-    v.add_argument("model_dir", metavar="DIR", help="a merged (or quantized) model folder")
+    v = sub.add_parser("vllm", help="print (or --run) the vLLM OpenAI-server command(s)")
+    v.add_argument(
+        "model_dir",
+        metavar="DIR",
+        help="a merged (or quantized) model folder; a run folder, output_dir or checkpoint: every kept "
+        "checkpoint as a LoRA adapter of one server",
+    )
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--host", help="address to listen on (vLLM's default when not given)")
     v.add_argument("--max-model-len", type=int, default=4096)
@@ -245,23 +250,45 @@ def export_main(args) -> int:
         print(f"  {m.create_command}")
         print(f'  ollama run {m.name} "Who are you?"')
         return 0
-    from engine.ship.serve import exec_vllm, vllm_command
+    return vllm_main(args)
 
-    s = vllm_command(
-        args.model_dir,
-        port=args.port,
-        host=args.host,
-        max_model_len=args.max_model_len,
-        dtype=args.dtype,
-        name=args.name,
+
+def vllm_main(args) -> int:
+    """The merged folder's command, and the adapters' command where the run's checkpoints are known."""
+    from pathlib import Path
+
+    from engine.errors import UserError
+    from engine.ship.serve import exec_vllm, vllm_command
+    from engine.ship.vllm_lora import vllm_lora_command
+
+    opts = dict(
+        port=args.port, host=args.host, max_model_len=args.max_model_len, dtype=args.dtype, name=args.name
     )
-    print("serve:")
+    merged = (Path(args.model_dir) / "config.json").is_file()
+    s = vllm_command(args.model_dir, **opts) if merged else None
+    try:
+        lora = vllm_lora_command(args.model_dir, **opts)
+    except UserError:
+        if not merged:
+            raise
+        lora = None  # a merged folder without its run's checkpoints here: the merged command alone
+    if s is not None:
+        _print_serve("serve the merged model:", s)
+    if lora is not None:
+        names = ", ".join(n for n, _, _ in lora.adapters)
+        _print_serve(f"serve every kept checkpoint as a LoRA adapter of {lora.base} ({names}):", lora.serve)
+        for note in lora.notes:
+            print(f"  note: {note}")
+    if args.run:
+        exec_vllm(s or lora.serve)
+    return 0
+
+
+def _print_serve(title: str, s) -> None:
+    print(title)
     print(f"  {s.command}")
     print("smoke test (once the server says it is ready):")
     print("  " + s.curl.replace("\n", "\n  "))
-    if args.run:
-        exec_vllm(s)
-    return 0
 
 
 # -- push ----------------------------------------------------------------------------------

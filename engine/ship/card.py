@@ -266,7 +266,7 @@ def _use_section(repo_id: str, vision: bool) -> list[str]:
         "```",
         "",
         "```bash",
-        f"python -m vllm.entrypoints.openai.api_server --model {repo_id} --dtype bfloat16 --max-model-len 4096",
+        f"vllm serve {repo_id} --dtype bfloat16 --max-model-len 4096",
         "```",
         "",
     ]

@@ -229,25 +229,38 @@ def vllm_command(
 
     src = check_model_dir(model_dir)
     name = name or ollama_name(src)
-    args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(src)]
-    args += ["--served-model-name", name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
+    args = [str(src), "--served-model-name", name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
     quant = model_config(src).get("quantization_config") or {}
     if quant.get("quant_method") == "bitsandbytes":
         args += ["--quantization", "bitsandbytes"]
-    if host:
-        args += ["--host", host]
-    args += ["--port", str(port)]
-    command = shlex.join(["python", *args])
+    args += listen_args(host, port)
+    progress(1.0, f"vLLM command for {src}")
+    return serve_command(args, curl_for(name, host, port), name)
+
+
+def listen_args(host: str | None, port: int) -> list[str]:
+    return (["--host", host] if host else []) + ["--port", str(port)]
+
+
+def serve_command(args: list[str], curl: str, name: str) -> VllmServe:
+    """``vllm serve ARGS`` (the pinned vLLM's entry point; engine/ship/vllm_args.py) and the argv that
+    runs it with this Python."""
+    from engine.ship.vllm_args import SERVE, check_flags
+
+    check_flags(args)
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *args]
+    return VllmServe(argv, shlex.join([*SERVE, *args]), curl, name)
+
+
+def curl_for(model: str, host: str | None, port: int) -> str:
     body = json.dumps(
-        {"model": name, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 256}
+        {"model": model, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 256}
     )
-    curl = (
+    return (
         f"curl http://{host or 'localhost'}:{port}/v1/chat/completions \\\n"
         '  -H "Content-Type: application/json" \\\n'
         f"  -d {shlex.quote(body)}"
     )
-    progress(1.0, f"vLLM command for {src}")
-    return VllmServe([sys.executable, *args], command, curl, name)
 
 
 def exec_vllm(serve: VllmServe) -> None:
