@@ -69,6 +69,19 @@ def check_quants(quants: list[str] | tuple[str, ...]) -> list[str]:
     return quants
 
 
+def menu_quants() -> list[str]:
+    """What the cockpit's menu writes: q8_0, and Q4_K_M where llama.cpp's quantizer is installed."""
+    import importlib.util
+
+    return ["q8_0"] + (["q4_k_m"] if importlib.util.find_spec("llama_cpp") else [])
+
+
+def planned_files(merged: Path, quants: list[str], output: Path | None = None, name: str | None = None):
+    """{quant: the .gguf path} an export of ``merged`` writes."""
+    out = output or default_output(merged)
+    return {q: out / f"{name or merged.name}-{q}.gguf" for q in quants}
+
+
 def default_output(merged: Path) -> Path:
     return merged.with_name(f"{merged.name}-gguf")
 
@@ -92,8 +105,7 @@ def export_gguf(
     merged, merged_now = _merged_source(Path(source), progress)
     arch, cls = gguf_convert.model_class(merged)
     out = Path(output) if output else default_output(merged)
-    stem = name or merged.name
-    targets = {q: out / f"{stem}-{q}.gguf" for q in quants}
+    targets = planned_files(merged, quants, out, name)
     _check_targets(out, targets, force)
     out.mkdir(parents=True, exist_ok=True)
     _check_disk(out, merged, quants)
