@@ -182,6 +182,12 @@ def test_from_a_checkpoint_merges_first_and_records_it(persona_checkpoint):
 
     from engine.evaluate import checklist
 
+    from engine.ship.card import model_card, summarize_run
+
+    card = model_card(merged, "me/lev", summarize_run(run_dir))
+    assert "## GGUF (llama.cpp, Ollama)" in card and f"`{merged.name}-f16.gguf` | f16 |" in card
+    assert "F32 0.0e+00" in card.split("## GGUF")[1]  # the norms stay f32: exact
+
     item = next(i for i in checklist.evaluate(run_dir, save=False) if i.id == "quantized")
     assert item.status == "pending" and "q8_0" in item.detail  # verified, but not the 4 bits it asks for
 
