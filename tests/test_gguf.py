@@ -181,7 +181,6 @@ def test_from_a_checkpoint_merges_first_and_records_it(persona_checkpoint):
     assert again.returncode == 0 and "merged the checkpoint" not in again.stdout
 
     from engine.evaluate import checklist
-
     from engine.ship.card import model_card, summarize_run
 
     card = model_card(merged, "me/lev", summarize_run(run_dir))

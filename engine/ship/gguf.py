@@ -43,6 +43,7 @@ class GgufFile:
     size_bytes: int
     seconds: float
     check: object  # gguf_verify.TensorCheck
+    check_seconds: float = 0.0  # of ``seconds``: reading back and comparing (the rest is llama.cpp's)
 
 
 @dataclass
@@ -206,7 +207,9 @@ def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, 
             progress(start + width * 0.4, f"quantizing to {quant} with llama.cpp")
             gguf_convert.quantize_k(extra, tmp, quant)
         progress(start + width * 0.7, f"checking {path.name}: every tensor read back against {merged.name}")
+        t_check = time.time()
         check = check_tensors(tmp, merged, quant, arch, cls)
+        check_s = time.time() - t_check
         if not check.ok:
             raise UserError(
                 f"{path.name}: the GGUF does not match {merged} within {quant}'s error: "
@@ -218,7 +221,7 @@ def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, 
         tmp.unlink(missing_ok=True)
         if extra is not None:
             extra.unlink(missing_ok=True)
-    return GgufFile(quant, path, path.stat().st_size, time.time() - t, check)
+    return GgufFile(quant, path, path.stat().st_size, time.time() - t, check, check_s)
 
 
 def _modelfile(merged: Path, out: Path, files: list[GgufFile], system, config, name):
