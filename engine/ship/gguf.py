@@ -109,6 +109,7 @@ def export_gguf(
     targets = planned_files(merged, quants, out, name)
     _check_targets(out, targets, force)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(targets)
     _check_disk(out, merged, quants)
     files = []
     for i, q in enumerate(quants):
@@ -137,6 +138,8 @@ def _merged_source(src: Path, progress: Progress) -> tuple[Path, bool]:
     from engine.ship import merge
     from engine.ship.quantize import check_model_dir
 
+    if not src.is_dir():
+        raise UserError(f"{src}: no such folder", "give a checkpoint-N folder or a merged model folder")
     if not (src / "adapter_config.json").is_file():
         folder = check_model_dir(src)
         quant = _config(folder).get("quantization_config")
@@ -167,6 +170,29 @@ def _check_targets(out: Path, targets: dict[str, Path], force: bool) -> None:
         raise UserError(
             f"{', '.join(map(str, there))}: already there", "pass --force to replace, or choose another -o"
         )
+
+
+def _remove_stale_partials(targets: dict[str, Path]) -> None:
+    """Files an export killed mid-write left (``.NAME.partial-PID``, ``.STEM.f16-PID.gguf``): removed
+    once their process is gone; they are as large as the files they were to become."""
+    for path in targets.values():
+        for tmp in [
+            *path.parent.glob(f".{path.name}.partial-*"),
+            *path.parent.glob(f".{path.stem}.f16-*.gguf"),
+        ]:
+            pid = tmp.name.rsplit("-", 1)[-1].removesuffix(".gguf")
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_disk(out: Path, merged: Path, quants: list[str]) -> None:
