@@ -296,3 +296,20 @@ def test_a_killed_export_leaves_nothing_the_next_one_keeps(model_copy, tmp_path)
     live.write_bytes(b"\0" * 1000)
     assert cli_here("export", "gguf", src, "--no-modelfile").returncode == 0
     assert not stale.exists() and live.exists()
+
+
+def test_a_template_it_cannot_translate_keeps_the_verified_files(model_copy, tmp_path):
+    from engine.config import chat_templates
+
+    src = model_copy("llama")
+    (src / "chat_template.jinja").write_text(chat_templates.template("phi_4"))  # ChatML markers, <|im_sep|>
+    r = cli_here("export", "gguf", src, "--quant", "q8_0")
+    assert r.returncode == 2 and "renders differently" in r.stderr and "written and verified" in r.stderr
+    out = src.with_name(f"{src.name}-gguf")
+    assert (out / f"{src.name}-q8_0.gguf").is_file() and not (out / "Modelfile").exists()
+    assert lineage.read_info(out)["files"][0]["check"]["ok"]
+    go = tmp_path / "t.tmpl"
+    go.write_text("{{ range .Messages }}<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}")
+    r = cli_here("export", "gguf", src, "--quant", "q8_0", "--force", "--template", go)
+    assert r.returncode == 0, r.stderr
+    assert go.read_text() in (out / "Modelfile").read_text()

@@ -185,6 +185,11 @@ def add_gguf_args(sub) -> None:
         help="llama.cpp's pre-tokenizer for a tokenizer it does not recognise",
     )
     g.add_argument("--no-modelfile", action="store_true", help="write only the .gguf files")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument(
+        "--template", metavar="FILE", help="the Modelfile's TEMPLATE (Ollama Go template) as it is"
+    )
+    t.add_argument("--no-template", action="store_true", help="no TEMPLATE: leave it to Ollama's detection")
     g.add_argument("--force", action="store_true", help="replace .gguf files of the same name")
 
 
@@ -205,6 +210,8 @@ def gguf_main(args) -> int:
         pre_tokenizer=args.pre_tokenizer,
         force=args.force,
         modelfile=not args.no_modelfile,
+        template=args.template,
+        no_template=args.no_template,
         progress=_stderr_progress,
     )
     if r.merged_now:

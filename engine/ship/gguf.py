@@ -98,6 +98,8 @@ def export_gguf(
     pre_tokenizer: str | None = None,
     force: bool = False,
     modelfile: bool = True,
+    template: str | Path | None = None,
+    no_template: bool = False,
     progress: Progress = null_progress,
 ) -> GgufExport:
     t0 = time.time()
@@ -118,9 +120,18 @@ def export_gguf(
     result = GgufExport(out, merged, arch, files, None, 0.0, merged_now)
     if "vision_config" in _config(merged):
         result.notes.append(VISION_NOTE)
-    if modelfile:
-        progress(0.92, "writing the Modelfile")
-        result.modelfile = _modelfile(merged, out, files, system, config, name)
+    try:
+        if modelfile:
+            progress(0.92, "writing the Modelfile")
+            result.modelfile = _modelfile(merged, out, files, system, config, name, template, no_template)
+    except UserError as e:  # the verified files stay, recorded; the Modelfile is what is wrong
+        result.seconds = time.time() - t0
+        _record(result)
+        raise UserError(
+            f"{e.message}. The .gguf files in {out} are written and verified; only the Modelfile is missing",
+            f"{e.fix}; to this command add --force and the option (--template FILE / --no-template), or "
+            "--no-modelfile",
+        ) from None
     result.seconds = time.time() - t0
     _record(result)
     progress(1.0, f"GGUF in {out}")
@@ -250,12 +261,19 @@ def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, 
     return GgufFile(quant, path, path.stat().st_size, time.time() - t, check, check_s)
 
 
-def _modelfile(merged: Path, out: Path, files: list[GgufFile], system, config, name):
+def _modelfile(merged: Path, out: Path, files: list[GgufFile], system, config, name, template, no_template):
     from engine.ship.serve import write_modelfile
 
     best = min(files, key=lambda f: PREFERENCE.index(f.quant))
     return write_modelfile(
-        merged, output=out / "Modelfile", system=system, config=config, name=name, from_file=best.path
+        merged,
+        output=out / "Modelfile",
+        system=system,
+        config=config,
+        name=name,
+        template_file=template,
+        no_template=no_template,
+        from_file=best.path,
     )
 
 
