@@ -1,8 +1,8 @@
-"""The post-training commands: ``merge``, ``quantize``, ``export ollama|vllm``, ``push``.
+"""The post-training commands: ``merge``, ``quantize``, ``export gguf|ollama|vllm``, ``push``.
 
 Only argument parsing and printing live here (stdlib at the top, so ``--help`` stays fast);
-the work is in engine/ship/merge.py, quantize.py, serve.py and publish.py, whose functions the
-cockpit runs as background jobs (engine/run/jobs.py) with the same arguments.
+the work is in engine/ship/merge.py, quantize.py, gguf.py, serve.py, vllm_lora.py and publish.py,
+whose functions the cockpit runs as background jobs (engine/run/jobs.py) with the same arguments.
 """
 
 from __future__ import annotations
