@@ -313,3 +313,53 @@ def test_a_template_it_cannot_translate_keeps_the_verified_files(model_copy, tmp
     r = cli_here("export", "gguf", src, "--quant", "q8_0", "--force", "--template", go)
     assert r.returncode == 0, r.stderr
     assert go.read_text() in (out / "Modelfile").read_text()
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2", "mistral"])
+def test_the_other_trained_architectures(arch, tmp_path):
+    """Gemma 3, Qwen2 and Mistral through the real transformers classes: converted and verified;
+    Gemma's norms are stored as 1 + w (llama.cpp's Gemma RMSNorm multiplies by the weight alone)."""
+    import torch
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    from engine.model.tiny import build_tokenizer
+
+    config_cls, model_cls = {
+        "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }[arch]
+    tok = build_tokenizer("qwen3")
+    cfg = config_cls(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = model_cls(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.1)  # not all ones/zeros: a wrong offset could not hide
+    src = tmp_path / f"lev-{arch}"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    r = cli_here("export", "gguf", src, "--quant", "q8_0", "--no-modelfile")
+    assert r.returncode == 0, r.stderr
+    q8 = _gguf(src.with_name(f"{src.name}-gguf") / f"{src.name}-q8_0.gguf")
+    norm = _hf(src)["model.layers.0.input_layernorm.weight"]
+    np.testing.assert_array_equal(_deq(q8["blk.0.attn_norm.weight"]), norm + 1 if arch == "gemma3" else norm)

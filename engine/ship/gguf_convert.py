@@ -121,6 +121,7 @@ def convert(
     # Our progress lines replace the converter's log and bars (warnings about hparams included:
     # the tensor check afterwards is what says whether the file is right).
     logging.getLogger("hf-to-gguf").setLevel(logging.ERROR)
+    logging.getLogger("gguf").setLevel(logging.ERROR)  # its writer's notes on keys the converter sets twice
     ftype = getattr(gguf.LlamaFileType, CONVERTED[quant])
     with torch.inference_mode():
         model = cls(model_dir, ftype, out, model_name=model_dir.name)
