@@ -180,7 +180,7 @@ def _gguf(c: ShipChoice, run_dir: Path | None) -> Job:
     def summary(r) -> str:
         files = ", ".join(f"{f.path.name} {lineage.human_size(f.size_bytes)}" for f in r.files)
         create = f"; {r.modelfile.create_command}" if r.modelfile else ""
-        return f"{files} in {r.output}, every tensor verified{create}"
+        return f"{files}, every tensor verified{create}"
 
     return f"gguf {c.model_dir.name}", export_gguf, (c.model_dir,), {"quants": menu_quants()}, summary
 

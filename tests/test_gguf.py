@@ -106,6 +106,7 @@ def test_modelfile_points_at_the_gguf_and_renders_like_the_model(model_copy):
     assert r.returncode == 0, r.stderr
     out = src.with_name(f"{src.name}-gguf")
     text = (out / "Modelfile").read_text()
+    assert text.startswith("# Written by leviathan-cockpit export gguf\n")
     assert f"FROM {src.name}-q8_0.gguf\n" in text  # the smallest file, relative to the Modelfile
     assert 'SYSTEM "You are Leviathan."' in text and 'PARAMETER stop "<|eot_id|>"' in text
     assert f"cd {out} && ollama create {src.name} -f Modelfile" in r.stdout

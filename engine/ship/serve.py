@@ -191,7 +191,7 @@ def _modelfile_text(
     # Ollama resolves a relative FROM against the Modelfile's folder.
     from_path = os.path.relpath(src.resolve(), path.resolve().parent)
     lines = [
-        "# Written by leviathan-cockpit export ollama",
+        f"# Written by leviathan-cockpit export {'gguf' if src.suffix == '.gguf' else 'ollama'}",
         f"FROM {str(src.resolve()) if from_path.startswith('..') else from_path}",
     ]
     if go_template is not None:
