@@ -18,7 +18,7 @@ COMMANDS = {
     "checklist": "print a run's validation checklist",
     "merge": "merge a LoRA checkpoint into its base model",
     "quantize": "quantize a merged model (nf4 / int8)",
-    "export": "Ollama Modelfile or vLLM server command for a merged model",
+    "export": "GGUF files (llama.cpp, Ollama), an Ollama Modelfile, or vLLM server commands",
     "push": "upload a merged model to the Hugging Face Hub",
 }
 

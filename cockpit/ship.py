@@ -1,7 +1,7 @@
 """The post-training steps in the cockpit: from a key to the ship menu, from its choice to a job.
 
-The jobs call the same engine functions as the CLI (``merge``, ``quantize``, ``export``,
-``push``), and those write the lineage themselves: the folder's ``leviathan_export.json`` and
+The jobs call the same engine functions as the CLI (``merge``, ``quantize``, ``export`` (gguf,
+ollama, vllm), ``push``), and those write the lineage themselves: the folder's ``leviathan_export.json`` and
 the run's ``exports.jsonl``, which the checklist reads. So a merge, an nf4 quantization or a
 real upload ticks its item with nothing more done here; a push dry run records nothing.
 """
@@ -91,6 +91,14 @@ def check(choice: ShipChoice) -> str | None:
         if choice.action == "quantize":
             out = quantize.default_output(choice.model_dir)
             _must_be_new(out, f"remove it, or run `leviathan-cockpit quantize {choice.model_dir} -o OUT`")
+        if choice.action == "gguf":
+            from engine.ship import gguf
+
+            quants = gguf.check_quants(gguf.menu_quants())  # the [gguf] extra, said before the job
+            for path in gguf.planned_files(choice.model_dir, quants).values():
+                _must_be_new(
+                    path, f"remove it, or run `leviathan-cockpit export gguf {choice.model_dir} --force`"
+                )
         if choice.action in ("push", "push_dry"):
             from engine.ship.publish import check_repo_id
 
@@ -166,6 +174,17 @@ def _ollama(c: ShipChoice, run_dir: Path | None) -> Job:
     )
 
 
+def _gguf(c: ShipChoice, run_dir: Path | None) -> Job:
+    from engine.ship.gguf import export_gguf, menu_quants
+
+    def summary(r) -> str:
+        files = ", ".join(f"{f.path.name} {lineage.human_size(f.size_bytes)}" for f in r.files)
+        create = f"; {r.modelfile.create_command}" if r.modelfile else ""
+        return f"{files}, every tensor verified{create}"
+
+    return f"gguf {c.model_dir.name}", export_gguf, (c.model_dir,), {"quants": menu_quants()}, summary
+
+
 def _vllm(c: ShipChoice, run_dir: Path | None) -> Job:
     from engine.ship.serve import vllm_command
 
@@ -189,6 +208,7 @@ def _push(c: ShipChoice, run_dir: Path | None, dry_run: bool) -> Job:
 JOBS: dict[str, Callable[[ShipChoice, Path | None], Job]] = {
     "merge": _merge,
     "quantize": _quantize,
+    "gguf": _gguf,
     "ollama": _ollama,
     "vllm": _vllm,
     "push_dry": lambda c, r: _push(c, r, True),

@@ -111,7 +111,7 @@ def test_modelfile_for_an_unknown_template(tiny_model, tmp_path):
         "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}### assistant:"
     )
     r = cli_here("export", "ollama", d)
-    assert r.returncode == 2 and "neither ChatML nor Llama 3" in r.stderr and "--template FILE" in r.stderr
+    assert r.returncode == 2 and "not ChatML, Llama 3 or Gemma" in r.stderr and "--template FILE" in r.stderr
     assert not (d / "Modelfile").exists()
     r = cli_here("export", "ollama", d, "--no-template")
     assert r.returncode == 0 and "TEMPLATE" not in (d / "Modelfile").read_text()
@@ -218,7 +218,7 @@ def test_vllm_command_and_smoke_test(merged):
     r = cli_here("export", "vllm", merged, "--port", "8123")
     assert r.returncode == 0, r.stderr
     assert (
-        f"python -m vllm.entrypoints.openai.api_server --model {merged} --served-model-name leviathan-tiny "
+        f"vllm serve {merged} --served-model-name leviathan-tiny "
         "--dtype bfloat16 --max-model-len 4096 --port 8123" in r.stdout
     )
     assert "curl http://localhost:8123/v1/chat/completions" in r.stdout

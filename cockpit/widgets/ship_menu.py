@@ -22,6 +22,7 @@ from textual.widgets.option_list import Option
 ACTIONS = {
     "merge": "merge the checkpoint into its base model",
     "quantize": "quantize the model folder to nf4 (bitsandbytes; needs CUDA)",
+    "gguf": "export: GGUF files for llama.cpp / Ollama (verified) and their Modelfile",
     "ollama": "export: write an Ollama Modelfile into the model folder",
     "vllm": "export: the vLLM OpenAI-server command",
     "push_dry": "push: dry run (what would be sent, the model card)",

@@ -1,8 +1,8 @@
-"""The post-training commands: ``merge``, ``quantize``, ``export ollama|vllm``, ``push``.
+"""The post-training commands: ``merge``, ``quantize``, ``export gguf|ollama|vllm``, ``push``.
 
 Only argument parsing and printing live here (stdlib at the top, so ``--help`` stays fast);
-the work is in engine/ship/merge.py, quantize.py, serve.py and publish.py, whose functions the
-cockpit runs as background jobs (engine/run/jobs.py) with the same arguments.
+the work is in engine/ship/merge.py, quantize.py, gguf.py, serve.py, vllm_lora.py and publish.py,
+whose functions the cockpit runs as background jobs (engine/run/jobs.py) with the same arguments.
 """
 
 from __future__ import annotations
@@ -145,8 +145,14 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     t = o.add_mutually_exclusive_group()
     t.add_argument("--template", metavar="FILE", help="an Ollama (Go) TEMPLATE to use as it is")
     t.add_argument("--no-template", action="store_true", help="no TEMPLATE: leave it to Ollama's detection")
-    v = sub.add_parser("vllm", help="print (or --run) the vLLM OpenAI-server command")
-    v.add_argument("model_dir", metavar="DIR", help="a merged (or quantized) model folder")
+    add_gguf_args(sub)
+    v = sub.add_parser("vllm", help="print (or --run) the vLLM OpenAI-server command(s)")
+    v.add_argument(
+        "model_dir",
+        metavar="DIR",
+        help="a merged (or quantized) model folder; a run folder, output_dir or checkpoint: every kept "
+        "checkpoint as a LoRA adapter of one server",
+    )
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--host", help="address to listen on (vLLM's default when not given)")
     v.add_argument("--max-model-len", type=int, default=4096)
@@ -155,7 +161,80 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--run", action="store_true", help="start the server now (replaces this process)")
 
 
+def add_gguf_args(sub) -> None:
+    g = sub.add_parser("gguf", help="write GGUF files for llama.cpp / Ollama (each verified) and a Modelfile")
+    g.add_argument(
+        "source", metavar="CHECKPOINT_OR_MERGED", help="a LoRA checkpoint (merged first) or a merged folder"
+    )
+    g.add_argument("-o", "--output", metavar="DIR", help="folder for the .gguf files (default: MERGED-gguf)")
+    g.add_argument(
+        "--quant",
+        nargs="+",
+        default=["f16"],
+        metavar="TYPE",
+        help="f16 (default), q8_0, f32, bf16; q4_k_m, q5_k_m, q6_k with llama-cpp-python installed",
+    )
+    g.add_argument("--name", help="file stem and Ollama model name (default: the merged folder's name)")
+    g.add_argument(
+        "--system", help="the Modelfile's SYSTEM prompt (default: the run config's export.system_prompt)"
+    )
+    g.add_argument("--config", help="take SYSTEM and parameters from this config's `export:` section")
+    g.add_argument(
+        "--pre-tokenizer",
+        metavar="NAME",
+        help="llama.cpp's pre-tokenizer for a tokenizer it does not recognise",
+    )
+    g.add_argument("--no-modelfile", action="store_true", help="write only the .gguf files")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument(
+        "--template", metavar="FILE", help="the Modelfile's TEMPLATE (Ollama Go template) as it is"
+    )
+    t.add_argument("--no-template", action="store_true", help="no TEMPLATE: leave it to Ollama's detection")
+    g.add_argument("--force", action="store_true", help="replace .gguf files of the same name")
+
+
+def gguf_main(args) -> int:
+    from engine.ship.gguf import check_quants
+
+    check_quants(args.quant)  # a missing extra or quantizer says so before anything is imported or merged
+    _quiet_transformers()
+    from engine.ship.gguf import export_gguf
+
+    r = export_gguf(
+        args.source,
+        args.output,
+        quants=args.quant,
+        name=args.name,
+        system=args.system,
+        config=args.config,
+        pre_tokenizer=args.pre_tokenizer,
+        force=args.force,
+        modelfile=not args.no_modelfile,
+        template=args.template,
+        no_template=args.no_template,
+        progress=_stderr_progress,
+    )
+    if r.merged_now:
+        print(f"merged the checkpoint into {r.merged}")
+    print(f"wrote {r.output} ({r.arch}) in {r.seconds:.1f}s:")
+    for f in r.files:
+        print(f"  {f.path.name}  {_size(f.size_bytes)}  {f.seconds:.1f}s")
+        print(f"    check: {f.check.summary()}: ok")
+    for note in r.notes:
+        print(f"  note: {note}")
+    if r.modelfile is not None:
+        print(f"  {r.modelfile.path} (FROM {r.modelfile.text.splitlines()[1][5:]})")
+        for note in r.modelfile.notes:
+            print(f"    {note}")
+        print("create and try it:")
+        print(f"  {r.modelfile.create_command}")
+        print(f'  ollama run {r.modelfile.name} "Who are you?"')
+    return 0
+
+
 def export_main(args) -> int:
+    if args.target == "gguf":
+        return gguf_main(args)
     if args.target == "ollama":
         from engine.ship.serve import write_modelfile
 
@@ -178,23 +257,45 @@ def export_main(args) -> int:
         print(f"  {m.create_command}")
         print(f'  ollama run {m.name} "Who are you?"')
         return 0
-    from engine.ship.serve import exec_vllm, vllm_command
+    return vllm_main(args)
 
-    s = vllm_command(
-        args.model_dir,
-        port=args.port,
-        host=args.host,
-        max_model_len=args.max_model_len,
-        dtype=args.dtype,
-        name=args.name,
+
+def vllm_main(args) -> int:
+    """The merged folder's command, and the adapters' command where the run's checkpoints are known."""
+    from pathlib import Path
+
+    from engine.errors import UserError
+    from engine.ship.serve import exec_vllm, vllm_command
+    from engine.ship.vllm_lora import vllm_lora_command
+
+    opts = dict(
+        port=args.port, host=args.host, max_model_len=args.max_model_len, dtype=args.dtype, name=args.name
     )
-    print("serve:")
+    merged = (Path(args.model_dir) / "config.json").is_file()
+    s = vllm_command(args.model_dir, **opts) if merged else None
+    try:
+        lora = vllm_lora_command(args.model_dir, **opts)
+    except UserError:
+        if not merged:
+            raise
+        lora = None  # a merged folder without its run's checkpoints here: the merged command alone
+    if s is not None:
+        _print_serve("serve the merged model:", s)
+    if lora is not None:
+        names = ", ".join(n for n, _, _ in lora.adapters)
+        _print_serve(f"serve every kept checkpoint as a LoRA adapter of {lora.base} ({names}):", lora.serve)
+        for note in lora.notes:
+            print(f"  note: {note}")
+    if args.run:
+        exec_vllm(s or lora.serve)
+    return 0
+
+
+def _print_serve(title: str, s) -> None:
+    print(title)
     print(f"  {s.command}")
     print("smoke test (once the server says it is ready):")
     print("  " + s.curl.replace("\n", "\n  "))
-    if args.run:
-        exec_vllm(s)
-    return 0
 
 
 # -- push ----------------------------------------------------------------------------------

@@ -280,6 +280,9 @@ def rule_merged_model(src: Sources, item: Item) -> Measure:
     return Measure("pending", detail="no merged model folder yet (leviathan-cockpit merge CHECKPOINT -o DIR)")
 
 
+GGUF_4BIT = ("q4_k_m", "q4_k_s", "q4_0", "q4_1")
+
+
 def rule_quantized_model(src: Sources, item: Item) -> Measure:
     nf4 = [r for r in lineage.step_outputs(src.run_dir, "quantize") if r.get("type") == "nf4"]
     for p in _candidates(src, item, ("merged-nf4", "nf4", "quantized"), nf4):
@@ -291,9 +294,37 @@ def rule_quantized_model(src: Sources, item: Item) -> Measure:
                     "pass", f"{p} ({q.get('bnb_4bit_quant_type', '4-bit')})", when=p.stat().st_mtime
                 )
             return Measure("fail", str(p), "the folder is not quantized to 4 bits", p.stat().st_mtime)
+    gguf = verified_gguf(src)
+    if gguf is not None:
+        return gguf
     return Measure(
-        "pending", detail="no quantized folder yet (leviathan-cockpit quantize DIR -o OUT --type nf4)"
+        "pending",
+        detail="no quantized model yet (leviathan-cockpit quantize DIR -o OUT --type nf4, or "
+        "leviathan-cockpit export gguf DIR --quant q4_k_m)",
     )
+
+
+def verified_gguf(src: Sources) -> Measure | None:
+    """A 4-bit GGUF `export gguf` wrote and checked (its record, and the file still as recorded)."""
+    others = []
+    for rec in lineage.step_outputs(src.run_dir, "export_gguf"):
+        for f in rec.get("files") or []:
+            p = Path(f.get("path", ""))
+            if (
+                not (f.get("check") or {}).get("ok")
+                or not p.is_file()
+                or p.stat().st_size != f.get("size_bytes")
+            ):
+                continue
+            if f.get("quant") in GGUF_4BIT:
+                return Measure("pass", f"{p} (GGUF {f['quant']}, tensors verified)", when=p.stat().st_mtime)
+            others.append(f"{f.get('quant')} ({p.name})")
+    if others:
+        return Measure(
+            "pending",
+            detail=f"verified GGUF {', '.join(others)}, none 4-bit: leviathan-cockpit export gguf DIR --quant q4_k_m",
+        )
+    return None
 
 
 def rule_hub_upload(src: Sources, item: Item) -> Measure:

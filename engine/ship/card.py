@@ -164,6 +164,7 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     out += _results_section(summary.final)
     if summary.gate:
         out += ["## Gate", "", summary.gate, ""]
+    out += _gguf_section(summary.run_dir)
     if summary.checklist:
         out += ["## Checklist", "", "| check | result | detail |", "|---|---|---|"]
         out += [f"| {n} | {r} | {d} |" for n, r, d in summary.checklist]
@@ -258,6 +259,31 @@ def _results_section(f: dict) -> list[str]:
     return out
 
 
+def _gguf_section(run_dir: Path | None) -> list[str]:
+    """The run's newest verified GGUF export (`export gguf`): files, types, sizes, the check."""
+    records = [r for r in lineage.step_outputs(run_dir, "export_gguf") if r.get("verified")]
+    if not records:
+        return []
+    out = [
+        "## GGUF (llama.cpp, Ollama)",
+        "",
+        "Converted with llama.cpp's converter; every tensor read back, dequantized and compared with "
+        "these weights (largest error per storage type):",
+        "",
+        "| file | type | size | check |",
+        "|---|---|---:|---|",
+    ]
+    for f in records[0].get("files") or []:
+        by_type = (f.get("check") or {}).get("by_type") or {}
+        errs = ", ".join(f"{t} {v['max_abs_err']:.1e}" for t, v in sorted(by_type.items()))
+        out.append(
+            f"| `{Path(f['path']).name}` | {f['quant']} | {lineage.human_size(f.get('size_bytes') or 0)} | {errs} |"
+        )
+    if records[0].get("modelfile"):
+        out += ["", "With the Modelfile written beside them: `ollama create NAME -f Modelfile`."]
+    return out + [""]
+
+
 def _use_section(repo_id: str, vision: bool) -> list[str]:
     auto = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
     return [
@@ -277,7 +303,7 @@ def _use_section(repo_id: str, vision: bool) -> list[str]:
         "```",
         "",
         "```bash",
-        f"python -m vllm.entrypoints.openai.api_server --model {repo_id} --dtype bfloat16 --max-model-len 4096",
+        f"vllm serve {repo_id} --dtype bfloat16 --max-model-len 4096",
         "```",
         "",
     ]

@@ -1,9 +1,9 @@
 """Serving a merged model: an Ollama Modelfile, and the vLLM OpenAI-server command.
 
 The Modelfile's TEMPLATE is the model's own chat template (the one the run trained with),
-translated from Jinja into Ollama's Go template syntax. Templates are recognised by family
-(ChatML as in Qwen, Llama 3); for anything else the user gives a TEMPLATE file or leaves the
-template to Ollama's own detection, explicitly.
+translated into Ollama's Go template syntax by engine/ship/ollama_template.py and checked there
+by rendering conversations both ways; for a template it cannot translate the user gives a
+TEMPLATE file or leaves the template to Ollama's own detection, explicitly.
 """
 
 from __future__ import annotations
@@ -19,74 +19,16 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
+from engine.ship.ollama_template import (
+    chat_template_of,
+    check_translation,
+    jinja_renderer,
+    template_family,
+    translate,
+)
 
 # The guide's serving defaults.
 DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "num_ctx": 4096}
-
-CHATML_GO = """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}
-{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if eq .Role "user" }}<|im_start|>user
-{{ .Content }}<|im_end|>
-{{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{ .Content }}{{ if not $last }}<|im_end|>
-{{ end }}
-{{- end }}
-{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
-{{ end }}
-{{- end }}"""
-
-LLAMA3_GO = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
-
-{{ .System }}<|eot_id|>
-{{- end }}
-{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Content }}<|eot_id|>
-{{- else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>
-
-{{ .Content }}{{ if not $last }}<|eot_id|>{{ end }}
-{{- end }}
-{{- if and (ne .Role "assistant") $last }}<|start_header_id|>assistant<|end_header_id|>
-
-{{ end }}
-{{- end }}"""
-
-# family -> (markers that identify the Jinja template, Go template, stop strings)
-FAMILIES = {
-    "chatml": (("<|im_start|>", "<|im_end|>"), CHATML_GO, ["<|im_start|>", "<|im_end|>"]),
-    "llama3": (("<|start_header_id|>", "<|eot_id|>"), LLAMA3_GO, ["<|start_header_id|>", "<|eot_id|>"]),
-}
-
-
-def chat_template_of(model_dir: str | Path) -> str | None:
-    """The chat template saved in a model folder (chat_template.jinja or tokenizer_config.json)."""
-    d = Path(model_dir)
-    if (d / "chat_template.jinja").is_file():
-        return (d / "chat_template.jinja").read_text()
-    for name in ("tokenizer_config.json", "chat_template.json"):
-        try:
-            value = json.loads((d / name).read_text()).get("chat_template")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, list):  # named templates: the default one
-            value = next((t.get("template") for t in value if t.get("name") == "default"), None)
-        if value:
-            return value
-    return None
-
-
-def template_family(jinja: str | None) -> str | None:
-    if not jinja:
-        return None
-    for family, (markers, _, _) in FAMILIES.items():
-        if all(m in jinja for m in markers):
-            return family
-    return None
 
 
 @dataclass
@@ -154,8 +96,10 @@ def write_modelfile(
     temperature: float | None = None,
     top_p: float | None = None,
     num_ctx: int | None = None,
+    from_file: str | Path | None = None,
     progress: Progress = null_progress,
 ) -> Modelfile:
+    """A Modelfile for ``model_dir`` (its FROM: the folder, or ``from_file``, a GGUF made from it)."""
     from engine.ship.quantize import check_model_dir, model_config
 
     src = check_model_dir(model_dir)
@@ -186,11 +130,20 @@ def write_modelfile(
             "a vision-language model: if `ollama create` cannot import this architecture from safetensors, "
             "convert it to GGUF with llama.cpp and point FROM at the .gguf"
         )
-    text = _modelfile_text(src, path, go_template, sys_prompt, params, stops)
+    if family is not None and not template_file and not no_template:
+        check_translation(src, go_template, jinja_renderer(src))
+    text = _modelfile_text(
+        Path(from_file) if from_file else src, path, go_template, sys_prompt, params, stops
+    )
     lineage.write_text_atomic(path, text)
     folder = path.resolve().parent
     command = f"cd {shlex.quote(str(folder))} && ollama create {name} -f {shlex.quote(path.name)}"
-    lineage.record_step(lineage.read_info(src).get("run_dir"), "export_ollama", modelfile=str(path.resolve()))
+    lineage.record_step(
+        lineage.read_info(src).get("run_dir"),
+        "export_ollama",
+        modelfile=str(path.resolve()),
+        FROM=str(from_file or src),
+    )
     progress(1.0, f"wrote {path}")
     return Modelfile(path, text, name, family, command, notes)
 
@@ -201,7 +154,7 @@ def _ollama_template(
     """(the model's template family, the Go TEMPLATE or None, its stop strings); says where the
     TEMPLATE came from in ``notes``."""
     jinja = chat_template_of(src)
-    family = template_family(jinja)
+    family = template_family(jinja)  # None where there is no template or no family for it
     if template_file:
         try:
             go_template = Path(template_file).read_text()
@@ -216,16 +169,20 @@ def _ollama_template(
         return family, None, []
     if family is None:
         what = (
-            "has no chat template" if not jinja else "has a chat template that is neither ChatML nor Llama 3"
+            "has no chat template"
+            if not jinja
+            else "has a chat template that is not ChatML, Llama 3 or Gemma"
         )
         raise UserError(
             f"{src}: the model {what}, so it cannot be translated into Ollama's TEMPLATE",
             "give one with --template FILE (Ollama Go template syntax), or --no-template to leave it to "
             "Ollama's own detection",
         )
-    _, go_template, stops = FAMILIES[family]
-    notes.append(f"TEMPLATE translated from the model's {family} chat template")
-    return family, go_template, list(stops)
+    go_template, stops, adapted = translate(family, jinja_renderer(src))
+    notes.append(
+        f"TEMPLATE translated from the model's {family} chat template" + "".join(f"; {a}" for a in adapted)
+    )
+    return family, go_template, stops
 
 
 def _modelfile_text(
@@ -234,7 +191,7 @@ def _modelfile_text(
     # Ollama resolves a relative FROM against the Modelfile's folder.
     from_path = os.path.relpath(src.resolve(), path.resolve().parent)
     lines = [
-        "# Written by leviathan-cockpit export ollama",
+        f"# Written by leviathan-cockpit export {'gguf' if src.suffix == '.gguf' else 'ollama'}",
         f"FROM {str(src.resolve()) if from_path.startswith('..') else from_path}",
     ]
     if go_template is not None:
@@ -272,25 +229,38 @@ def vllm_command(
 
     src = check_model_dir(model_dir)
     name = name or ollama_name(src)
-    args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(src)]
-    args += ["--served-model-name", name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
+    args = [str(src), "--served-model-name", name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
     quant = model_config(src).get("quantization_config") or {}
     if quant.get("quant_method") == "bitsandbytes":
         args += ["--quantization", "bitsandbytes"]
-    if host:
-        args += ["--host", host]
-    args += ["--port", str(port)]
-    command = shlex.join(["python", *args])
+    args += listen_args(host, port)
+    progress(1.0, f"vLLM command for {src}")
+    return serve_command(args, curl_for(name, host, port), name)
+
+
+def listen_args(host: str | None, port: int) -> list[str]:
+    return (["--host", host] if host else []) + ["--port", str(port)]
+
+
+def serve_command(args: list[str], curl: str, name: str) -> VllmServe:
+    """``vllm serve ARGS`` (the pinned vLLM's entry point; engine/ship/vllm_args.py) and the argv that
+    runs it with this Python."""
+    from engine.ship.vllm_args import SERVE, check_flags
+
+    check_flags(args)
+    argv = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", *args]
+    return VllmServe(argv, shlex.join([*SERVE, *args]), curl, name)
+
+
+def curl_for(model: str, host: str | None, port: int) -> str:
     body = json.dumps(
-        {"model": name, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 256}
+        {"model": model, "messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 256}
     )
-    curl = (
+    return (
         f"curl http://{host or 'localhost'}:{port}/v1/chat/completions \\\n"
         '  -H "Content-Type: application/json" \\\n'
         f"  -d {shlex.quote(body)}"
     )
-    progress(1.0, f"vLLM command for {src}")
-    return VllmServe([sys.executable, *args], command, curl, name)
 
 
 def exec_vllm(serve: VllmServe) -> None:
