@@ -12,6 +12,7 @@ encoder under test; only ``check`` does, to compare.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
@@ -63,6 +64,18 @@ def _lcp(x: str, y: str) -> int:
     return n
 
 
+def _text_end(tok, msgs, k, tools, text) -> int:
+    """Where message k's text ends: the last character that changes when its text does (0 when
+    the template leaves it out)."""
+    other = render(tok, [*msgs[:k], {**msgs[k], "content": "\ue000"}, *msgs[k + 1 :]], tools)
+    if "\ue000" not in other:
+        return 0
+    same = 0
+    while same < min(len(text), len(other)) and text[-1 - same] == other[-1 - same]:
+        same += 1
+    return len(text) - same
+
+
 def expected(tok, msgs, tools, stops) -> tuple[str, list[tuple[int, int]], int]:
     """(rendered text, trained character spans, how many trained turns have no stop token)."""
     text = render(tok, msgs, tools)
@@ -89,13 +102,12 @@ def expected(tok, msgs, tools, stops) -> tuple[str, list[tuple[int, int]], int]:
     spans, missing, floor = [], 0, 0
     for k, m in enumerate(msgs):
         if m["role"] != "assistant":
-            prev = (m.get("content") or "").strip()
-            at = text.find(prev, floor) if prev else -1
-            floor = at + len(prev) if at >= 0 else floor
+            floor = max(floor, _text_end(tok, msgs, k, tools, text))
             continue
         prompt = render(tok, msgs[:k], tools, gen=True)
         start = _lcp(prompt, text)
-        if start < floor:  # the prefix renders differently: align the prompt's tail instead
+        if start < floor or (start == floor and start < len(prompt)):
+            # the prefix renders differently (Mistral moves the system text): align the prompt's tail
             start = next((j for j in range(len(text), floor, -1) if prompt.endswith(text[floor:j])), floor)
         content = m.get("content") or ""
         reply = content.split("</think>")[-1].strip()
@@ -112,12 +124,12 @@ def expected(tok, msgs, tools, stops) -> tuple[str, list[tuple[int, int]], int]:
         else:
             end = start
         end = max(end, calls.get(k, end))
-        if k + 1 < len(msgs):
-            nxt = (msgs[k + 1].get("content") or "").strip()
-            window = text.find(nxt, end) if nxt else -1
-            window = window if window >= 0 else len(text)
-        else:
-            window = len(text)
+        window = len(text)
+        if k + 1 < len(msgs) and (msgs[k + 1].get("content") or "").strip():
+            # the next message's text starts where changing it changes the rendering
+            other = [*msgs[: k + 1], {**msgs[k + 1], "content": "\ue000"}, *msgs[k + 2 :]]
+            with contextlib.suppress(Exception):
+                window = max(end, _lcp(text, render(tok, other, tools)))
         hits = [(p, p + len(s)) for s in stops if (p := text.find(s, end, window)) >= 0]
         if hits:
             end = min(hits)[1]

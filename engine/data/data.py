@@ -23,13 +23,14 @@ from engine.config.dataset_kinds import canonical_type
 from engine.data.masks import BadRow, ChatEncoder  # noqa: F401  (re-exported: callers import them from here)
 from engine.errors import UserError
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
     "system": "system",
+    "tool": "tool",
 }
 NO_CATEGORY = "(none)"
 
@@ -44,6 +45,8 @@ class Row:
     """chat (through the chat template), ``alpaca:STYLE`` or ``completion`` (engine.data.prompt_formats)."""
     fields: tuple = ()
     """alpaca: (instruction, input, output); completion: (text,)."""
+    tools: list | None = None
+    """The row's tool definitions (Axolotl's ``field_tools``), handed to the chat template."""
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Options:
     roles: dict | None = None
     drop_system_message: bool = False
     field: str | None = None
+    field_tools: str | None = None
+    field_thinking: str | None = None
+    template_thinking_key: str | None = None
 
     @classmethod
     def of(cls, spec_or_type, field_messages: str | None = None) -> Options:
@@ -125,20 +131,44 @@ def _turns(obj: dict, opt: Options) -> list[dict]:
         role = names.get(role, role)
         if role == "system" and opt.drop_system_message:
             continue
-        out.append(
-            {
-                **_extras(t, (role_key, content_key)),
-                "role": role,
-                "content": _content(t.get(content_key), f"{key}[{i}]"),
-            }
-        )
+        content = _content(t.get(content_key), f"{key}[{i}]")
+        if content is None and t.get("tool_calls"):  # a turn that only calls tools
+            content = ""
+        elif role == "tool" and isinstance(content, dict | list):  # a result given as JSON
+            content = json.dumps(content, ensure_ascii=False)
+        out.append({**_extras(t, (role_key, content_key), opt), "role": role, "content": content})
     return out
 
 
-def _extras(t: dict, taken: tuple[str, ...]) -> dict:
-    """The message's other keys (reasoning_content, training flags, ...): the encoder picks what
-    the template and the mask read."""
-    return {k: v for k, v in t.items() if k not in taken}
+def _extras(t: dict, taken: tuple[str, ...], opt: Options) -> dict:
+    """The message's other keys (reasoning_content, tool_calls, training flags, ...) under the
+    names the template reads: ``message_property_mappings`` beyond role and content, and
+    ``field_thinking`` -> ``template_thinking_key`` (Axolotl's, both ``reasoning_content`` by
+    default). The encoder picks what the template and the mask read."""
+    out = {k: v for k, v in t.items() if k not in taken}
+    moves = {v: k for k, v in (opt.message_property_mappings or {}).items() if k not in ("role", "content")}
+    if opt.field_thinking or opt.template_thinking_key:
+        moves[opt.field_thinking or "reasoning_content"] = opt.template_thinking_key or "reasoning_content"
+    for theirs, ours in moves.items():
+        if theirs in out and theirs != ours:
+            out[ours] = out.pop(theirs)
+    return out
+
+
+def _tools(obj: dict, opt: Options) -> list | None:
+    """The row's tool definitions: a list, or a JSON string of one (as some data sets store it)."""
+    key = opt.field_tools or "tools"
+    tools = obj.get(key)
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise BadRow(f"`{key}` is a string but not JSON") from None
+    if tools is None or tools == "":
+        return None
+    if not isinstance(tools, list) or not all(isinstance(x, dict) for x in tools):
+        raise BadRow(f"`{key}` is not a list of tool definitions (objects)")
+    return tools or None
 
 
 def _turns_alpaca(obj: dict) -> list[dict]:
@@ -167,6 +197,8 @@ def parse_row(obj, ds_type, field_messages: str | None = None) -> tuple[list[dic
     else:
         turns = _turns(obj, opt)
     for i, t in enumerate(turns):
+        if t["role"] == "assistant" and t.get("tool_calls") and isinstance(t["content"], str):
+            continue  # only tool calls: its content may be empty (Axolotl trains these)
         if not isinstance(t["content"], str) or not t["content"].strip():
             raise BadRow(f"turn {i} ({t['role']}) has empty content")
     if not any(t["role"] == "assistant" for t in turns):
@@ -182,7 +214,7 @@ def make_row(path: str, line: int, obj, opt: Options) -> Row:
         return Row(path, line, turns, category, opt.type, fields)
     if opt.type == "completion":
         return Row(path, line, turns, category, "completion", (turns[0]["content"],))
-    return Row(path, line, turns, category)
+    return Row(path, line, turns, category, tools=_tools(obj, opt))
 
 
 def read_rows(path, ds_type=None, field_messages: str | None = None) -> Iterator[Row | tuple[str, int, str]]:

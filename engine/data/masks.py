@@ -11,10 +11,10 @@ differently once later ones exist (Qwen3 drops old ``<think>`` blocks) cannot mi
 
 Character spans become token labels through the fast tokenizer's offsets; a token is trained
 when any of its characters (including the whitespace it absorbed, so `` Paris`` after
-Mistral's ``[/INST]``) lies in a trained span. The end-of-turn marker is learned once per
-template from a probe conversation, and each row must show it right after each trained reply
-(or the row is refused with the reason). A template with ``{% generation %}`` markers
-decides the assistant spans itself.
+Mistral's ``[/INST]``) lies in a trained span. Where an assistant turn starts and ends is one
+rule for every template (engine.data.turn_ends): from the end of the generation prompt through
+the first token the model stops on, with a note on the row where the template writes none. A
+template with ``{% generation %}`` markers decides the assistant spans itself.
 
 Rendering, locating and tokenizing happen once per row at preparation; nothing here runs
 during training.
@@ -23,26 +23,20 @@ during training.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import chain
 
 import numpy as np
 
 from engine.data.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, lcp, locate_all
-from engine.data.turn_ends import find_end, no_stop_note, reply_start, stop_set
+from engine.data.mask_spans import THINK_PAIRS, layout_notes, trained_tokens
+from engine.data.turn_ends import find_end, model_stop_tokens, no_stop_note, reply_start, stop_set
 from engine.errors import UserError
 
 IGNORE = -100
 EOS_POLICIES = ("turn", "last", "all", "none")
 TRAIN_FLAGS = ("training", "train")  # per-message flags read when no `message_field_training` is set
 TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", *REASONING_FIELDS)
-THINK_PAIRS = (
-    ("<think>", "</think>"),
-    ("<reasoning>", "</reasoning>"),
-    ("<|begin_of_thought|>", "<|end_of_thought|>"),
-)
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -61,6 +55,10 @@ class MaskOptions:
     """The message key of a per-message train flag (None: ``training`` or ``train``)."""
     train_on_eot: str | None = None
     """The same choice for turn ends that are ``eot_tokens`` (None: as train_on_eos)."""
+    eot_tokens: tuple[str, ...] = ()
+    """The config's ``eot_tokens``: turn ends the model stops on, besides its own stop tokens."""
+    template_kwargs: tuple = ()
+    """``chat_template_kwargs`` as sorted (key, value) pairs (hashable: the encoder caches by it)."""
 
     @classmethod
     def of(cls, spec=None, config=None) -> MaskOptions:
@@ -72,6 +70,8 @@ class MaskOptions:
             bool(getattr(config, "train_on_inputs", False)),
             getattr(spec, "message_field_training", None),
             getattr(spec, "train_on_eot", None),
+            tuple(getattr(config, "eot_tokens", None) or ()),
+            tuple(sorted((getattr(spec, "chat_template_kwargs", None) or {}).items())),
         )
 
 
@@ -135,10 +135,13 @@ class ChatEncoder:
         self.generation = bool(_GENERATION.search(self.template))
         self.kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}
         self.specials = [t for t in tokenizer.added_tokens_encoder if t.strip()]
-        self.eot = tuple(eot_tokens)
+        self.eot, self.stop_tokens = tuple(eot_tokens), tuple(stop_tokens)
+        self._variants: dict = {}
         self.no_tools = None  # what a row without tools hands the template (see _probe)
         self.marker, self.final_eos = self._probe()
-        self.stops = stop_set(tokenizer, stop_tokens, eot_tokens, self.marker)
+        self.stops = stop_set(
+            tokenizer, self.stop_tokens + model_stop_tokens(tokenizer), eot_tokens, self.marker
+        )
         self._skeletons: dict = {}  # the fast locate path's renderings, by conversation shape
 
     # ---- rendering -----------------------------------------------------------------
@@ -226,6 +229,10 @@ class ChatEncoder:
     ) -> Encoded:
         """One row's ids and loss mask; ``tools``: the row's tool definitions, handed to the template."""
         msgs = self._template_messages(turns)
+        if opts.eot_tokens or opts.template_kwargs:
+            return self._variant(opts).encode_row(
+                turns, replace(opts, eot_tokens=(), template_kwargs=()), tools
+            )
         render = partial(self.render, tools=tools) if tools else self.render
         try:
             text, gen = render(msgs)
@@ -238,14 +245,27 @@ class ChatEncoder:
                 f"a turn cannot be located: the template fails once its text changes ({e})"
             ) from None
         calls = self._tool_calls(msgs, text, render)
-        notes = _layout_notes(msgs, regions, text, self.specials)
+        notes = layout_notes(msgs, regions, text, self.specials)
         text, regions, gen = self._reasoning(turns, msgs, regions, text, gen, notes, render)
         trained = [_wants(t, opts) for t in turns]
         spans = self._spans(msgs, regions, text, gen, trained, opts, notes, render, calls)
         enc = self.tok.backend_tokenizer.encode(text, add_special_tokens=False)
         ids = np.array(enc.ids, np.int64)
-        trained = _trained(enc.offsets, spans)
+        trained = trained_tokens(enc.offsets, spans)
         return Encoded(ids, trained, notes)
+
+    def _variant(self, opts: MaskOptions) -> ChatEncoder:
+        """This encoder with a dataset's eot_tokens and template variables (made once each)."""
+        key = (opts.eot_tokens, opts.template_kwargs)
+        if key not in self._variants:
+            kwargs = {k: v for k, v in self.kwargs.items() if k not in self.tok.special_tokens_map}
+            self._variants[key] = ChatEncoder(
+                self.tok,
+                self.stop_tokens,
+                self.eot + opts.eot_tokens,
+                {**kwargs, **dict(opts.template_kwargs)},
+            )
+        return self._variants[key]
 
     def _tool_calls(self, msgs, text: str, render) -> dict[int, int]:
         """Where each assistant turn's tool calls end in ``text`` (found by rendering the turn
@@ -379,7 +399,9 @@ class ChatEncoder:
                     a = min([a] + [g[0] for g in gen if g[0] < b and g[1] > a])
                 b = max(b, calls.get(k, b))
                 if r is None:  # only tool calls, which the template writes whatever the content
-                    a = reply_start(render, msgs, k, text, floor, b, b)
+                    later = [x[0] for x in regions[k + 1 :] if x is not None] + [len(text)]
+                    a = reply_start(render, msgs, k, text, floor, later[0], later[0])
+                    b = max(a, calls.get(k, a))
                 elif trained[k]:
                     a = reply_start(render, msgs, k, text, floor, a, b)
             out.append((a, max(a, b)))
@@ -443,47 +465,3 @@ def _own_block(text: str, at: int):
                 return start, len(inner)
             return "closed"
     return None
-
-
-def _trained(offsets, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Which tokens carry loss: any character a token covers (the gap before it included) lies in
-    a span. Vectorised: per-token Python loops cost as much as the tokenizer on long rows."""
-    n = len(offsets)
-    if not n:
-        return np.zeros(0, bool)
-    flat = np.fromiter(chain.from_iterable(offsets), np.int64, 2 * n).reshape(n, 2)
-    # A token owns the gap since the previous one: offsets trimmed of a leading space (GPT-2's
-    # ByteLevel) still give ` Paris` its space.
-    his = np.maximum.accumulate(np.maximum(flat[:, 1], 0))
-    los = np.minimum(flat[:, 0], np.concatenate(([0], his[:-1])))
-    his, los = his.tolist(), los.tolist()  # bisect on lists: the same search as ever, fast
-    out = np.zeros(n, bool)
-    for a, b in spans:
-        out[bisect_right(his, a) : bisect_left(los, b)] = True  # tokens with hi > a and lo < b
-    return out
-
-
-def _layout_notes(msgs, regions, text: str, specials: list[str]) -> list[str]:
-    """What the template did to the conversation's turns (dropped, moved, merged, trimmed, rewritten)."""
-    notes = []
-    for k, (m, r) in enumerate(zip(msgs, regions, strict=True)):
-        role = m["role"]
-        if r is None:
-            notes.append(f"the template leaves out the {role} turn")
-            continue
-        body, content = text[r[0] : r[1]], m.get("content")
-        if isinstance(content, str) and body != content and not any(m.get(f) for f in REASONING_FIELDS):
-            if body == content.strip():
-                notes.append(f"the template trims whitespace around the {role} text")
-            elif split_reasoning(content) is None:
-                notes.append(f"the template rewrites the {role} text")
-        if role != "system":
-            continue
-        later = [regions[j] for j in range(k + 1, len(msgs)) if regions[j] is not None]
-        if any(o[0] < r[0] for o in later):
-            notes.append("the template moves the system turn into a later turn")
-            continue
-        after = min((o[0] for o in later), default=None)
-        if after is not None and not any(s in text[r[1] : after] for s in specials):
-            notes.append("the template merges the system turn into the next turn")
-    return notes

@@ -99,4 +99,4 @@ class RowEncoder:
             return Encoded.of_lists(*encode_alpaca(self.tok, style, row.fields, options.train_on_inputs))
         if row.fmt == "completion":
             return Encoded.of_lists(*encode_completion(self.tok, row.fields[0]))
-        return self.chat.encode_row(row.messages, options)
+        return self.chat.encode_row(row.messages, options, tools=getattr(row, "tools", None))

@@ -38,6 +38,22 @@ def stop_set(tok, stop_tokens=(), eot_tokens=(), marker: str = "") -> tuple[str,
     return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
 
+def model_stop_tokens(tok) -> tuple[str, ...]:
+    """The tokens ``generation_config.json`` next to the tokenizer says generation stops on
+    (read from local files only; none when there is no such file)."""
+    path = getattr(tok, "name_or_path", None)
+    if not path:
+        return ()
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
+    except Exception:  # no generation_config.json: the tokenizer's EOS and eot_tokens decide
+        return ()
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return tuple(t for t in tok.convert_ids_to_tokens(ids) if t)
+
+
 def find_end(text: str, b: int, window: int, stops: tuple[str, ...]) -> TurnEnd:
     """The first stop token in text[b:window], as the span from b through it."""
     best = None
@@ -60,7 +76,7 @@ def reply_start(render, msgs: list[dict], k: int, text: str, floor: int, a: int,
     except Exception:  # a template that cannot render the prefix alone: the located text
         return a
     start = lcp(prompt, text)
-    if start >= floor:
+    if start > floor or start == len(prompt):
         return min(start, b)
     # The prefix renders differently (Mistral moves the system text into the last user turn):
     # the prompt still ends with the scaffolding the model reads before it writes.
