@@ -1,0 +1,186 @@
+"""Tool calling and reasoning rows end to end, as Axolotl takes them: read from a JSONL file
+through the real reader and dataset spec, encoded with real vendored templates (tests/templates)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from engine.config.config_datasets import DatasetSpec
+from engine.data.data import read_rows
+from engine.data.masks import MaskOptions
+from engine.data.prompt_formats import RowEncoder
+from tests.mask_props import TOOLS, spans_text, tool_call
+from tests.template_zoo import build_zoo
+
+CALL = {"role": "assistant", "content": None, "tool_calls": [tool_call("Paris")]}
+RESULT = {"role": "tool", "content": "sunny, 21 C", "tool_call_id": "abcDEF123", "name": "get_weather"}
+ROW = {
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        CALL,
+        RESULT,
+        {"role": "assistant", "content": "It is sunny.", "tool_calls": None},
+    ],
+    "tools": TOOLS,
+}
+
+
+def rows(tmp_path, objs, **spec):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs), encoding="utf-8")
+    ds = DatasetSpec(path=str(path), **spec)
+    return [r for r in read_rows(ds)], ds
+
+
+def trained(name, row, ds, config=None):
+    tok = build_zoo(name)
+    enc = RowEncoder(tok).encode_row(row, MaskOptions.of(ds, config))
+    return tok, enc, spans_text(tok, enc)
+
+
+def test_a_tool_calling_row_trains_the_call_and_the_answer_not_the_result(tmp_path):
+    (row,), ds = rows(tmp_path, [ROW])
+    assert row.tools == TOOLS
+    tok, enc, spans = trained("qwen2_5", row, ds)
+    # the call as the model writes it, then its end; the answer; never the result or a header
+    assert spans == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is sunny.<|im_end|>",
+    ]
+    text = tok.decode(list(enc.ids))
+    assert '"name": "get_weather"' in text.split("<|im_end|>")[0]  # the tools reached the system prompt
+
+
+def test_roles_to_train_can_train_tool_results(tmp_path):
+    (row,), ds = rows(tmp_path, [ROW], roles_to_train=["assistant", "tool"])
+    spans = trained("qwen2_5", row, ds)[2]
+    assert any("sunny, 21 C" in s for s in spans)
+
+
+def test_field_tools_and_tools_stored_as_a_json_string(tmp_path):
+    obj = {"messages": ROW["messages"], "functions": json.dumps(TOOLS)}
+    (row,), ds = rows(tmp_path, [obj], field_tools="functions")
+    assert row.tools == TOOLS
+    bad, _ = rows(tmp_path, [{**obj, "functions": "{not json"}], field_tools="functions")
+    assert bad[0][2] == "`functions` is a string but not JSON"
+
+
+def test_the_roles_mapping_names_the_tool_role(tmp_path):
+    msgs = [{**m, "role": {"tool": "function_response"}.get(m["role"], m["role"])} for m in ROW["messages"]]
+    (row,), _ = rows(tmp_path, [{**ROW, "messages": msgs}], roles={"tool": ["function_response"]})
+    assert [t["role"] for t in row.messages] == ["user", "assistant", "tool", "assistant"]
+
+
+@pytest.mark.parametrize("how", ["field_thinking", "mapping"])
+def test_reasoning_under_the_data_sets_own_key(tmp_path, how):
+    obj = {
+        "messages": [
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "A.", "thought": "Hm."},
+        ]
+    }
+    spec = (
+        {"field_thinking": "thought"}
+        if how == "field_thinking"
+        else {
+            "message_property_mappings": {
+                "role": "role",
+                "content": "content",
+                "reasoning_content": "thought",
+            }
+        }
+    )
+    (row,), ds = rows(tmp_path, [obj], **spec)
+    assert row.messages[1]["reasoning_content"] == "Hm."
+    assert trained("qwen3_0_6b", row, ds)[2] == ["<think>\nHm.\n</think>\n\nA.<|im_end|>"]
+
+
+def test_harmony_reasoning_is_trained_from_the_channel_tag(tmp_path):
+    obj = {
+        "messages": [
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "A.", "thinking": "Hm."},
+        ]
+    }
+    (row,), ds = rows(tmp_path, [obj])
+    spans = trained("gpt_oss", row, ds)[2]
+    assert spans == [
+        "<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>final<|message|>A.<|return|>"
+    ]
+
+
+class Cfg:
+    eot_tokens = ["<|end|>"]
+
+
+def test_eot_tokens_end_harmonys_non_final_turns(tmp_path):
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}] * 2
+    (row,), ds = rows(tmp_path, [{"messages": msgs}])
+    _, enc, spans = trained("gpt_oss", row, ds)
+    assert spans[0] == "<|channel|>final<|message|>A."  # nothing the model stops on follows it
+    assert any("no stop token" in n for n in enc.notes)
+    _, enc, spans = trained("gpt_oss", row, ds, Cfg())
+    assert spans[0] == "<|channel|>final<|message|>A.<|end|>"
+    assert not any("no stop token" in n for n in enc.notes)
+
+
+def test_chat_template_kwargs_reach_the_template(tmp_path):
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+    (row,), ds = rows(tmp_path, [{"messages": msgs}])
+    assert trained("qwen3_0_6b", row, ds)[2] == ["<think>\n\n</think>\n\nA.<|im_end|>"]
+    (row,), ds = rows(tmp_path, [{"messages": msgs}], chat_template_kwargs={"enable_thinking": False})
+    # the empty block is now part of the generation prompt: the model does not write it
+    assert trained("qwen3_0_6b", row, ds)[2] == ["A.<|im_end|>"]
+
+
+def test_no_stop_token_after_a_reply_is_a_note_not_silence(tmp_path):
+    msgs = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}] * 2
+    (row,), ds = rows(tmp_path, [{"messages": msgs}])
+    _, enc, spans = trained("solar_instruct", row, ds)
+    assert spans == ["A.", "A."]
+    assert any("no stop token" in n and "eot_tokens" in n for n in enc.notes)
+
+
+def test_reasoning_fills_the_templates_own_empty_block_never_a_second_one(tmp_path):
+    obj = {
+        "messages": [
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "A.", "reasoning_content": "Hm."},
+        ]
+    }
+    (row,), ds = rows(tmp_path, [obj])
+    tok, enc, spans = trained("deepseek_v3_1", row, ds)  # it writes `<think></think>` before the reply
+    text = tok.decode(list(enc.ids))
+    assert text.count("<think>") == text.count("</think>") == 1
+    # its generation prompt ends with `<think>`: the model writes from the reasoning on
+    assert spans == ["\nHm.\n</think>A.<｜end▁of▁sentence｜>"]
+
+
+def test_a_lone_closing_tag_before_the_reply_keeps_the_reasoning_out():
+    from engine.data.masks import _own_block
+
+    text = "<｜Assistant｜></think>A."
+    assert _own_block(text, text.index("A.")) == "closed"  # no `</think><think>...</think>` made
+    text = "<|im_start|>assistant\n<think>\n\n</think>\n\nA."
+    i, j = _own_block(text, text.index("A."))
+    assert text[:i].endswith("<think>") and text[j:].startswith("</think>")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("revision", "v2", "locally cached snapshot"),
+        ("trust_remote_code", True, "never by running a loading script"),
+        ("message_field_training_detail", "train_detail", "per-character training offsets"),
+        ("chat_template", "chatml", "one template"),
+    ],
+)
+def test_dataset_keys_refused_with_the_reason(key, value, reason):
+    with pytest.raises(ValidationError, match=reason):
+        DatasetSpec(path="x.jsonl", **{key: value})
+    DatasetSpec(
+        path="x.jsonl", **{key: {"trust_remote_code": False, "chat_template": "tokenizer_default"}.get(key)}
+    )
