@@ -184,3 +184,65 @@ def test_dataset_keys_refused_with_the_reason(key, value, reason):
     DatasetSpec(
         path="x.jsonl", **{key: {"trust_remote_code": False, "chat_template": "tokenizer_default"}.get(key)}
     )
+
+
+DOLLY = {
+    "instruction": "When did Virgin Australia start operating?",
+    "context": "Virgin Australia commenced services on 31 August 2000.",
+    "response": "On 31 August 2000.",
+    "category": "closed_qa",
+}
+METAMATH = {
+    "query": "What is 7 times 6?",
+    "response": "7 * 6 = 42. The answer is: 42",
+    "type": "GSM_Rephrased",
+}
+
+
+@pytest.mark.parametrize(
+    ("obj", "mapping", "prompt"),
+    [
+        (
+            DOLLY,
+            {
+                "field_instruction": "instruction",
+                "field_input": "context",
+                "field_output": "response",
+                "format": "[INST] {instruction}\n{input} [/INST]",
+                "no_input_format": "[INST] {instruction} [/INST]",
+            },
+            f"[INST] {DOLLY['instruction']}\n{DOLLY['context']} [/INST]",
+        ),
+        (
+            METAMATH,
+            {
+                "field_instruction": "query",
+                "field_output": "response",
+                "system_prompt": "Solve it.",
+                "system_format": "<<{system}>>\n",
+                "format": "Q: {instruction}\nA: ",
+            },
+            f"<<Solve it.>>\nQ: {METAMATH['query']}\nA: ",
+        ),
+    ],
+)
+def test_custom_type_mappings_as_axolotl_builds_them(tmp_path, obj, mapping, prompt):
+    (row,), ds = rows(tmp_path, [obj], type=mapping)
+    assert ds.type == "custom" and row.fmt == "custom"
+    tok = build_zoo("llama2")
+    enc = RowEncoder(tok).encode_row(row, MaskOptions.of(ds))
+    output = obj["response"]
+    # Axolotl's strategy: the prompt and the response tokenized apart, EOS after the response
+    want_prompt = tok(prompt)["input_ids"]
+    want_response = [i for i in tok(output)["input_ids"] if i != tok.bos_token_id] + [tok.eos_token_id]
+    assert enc.input_ids == want_prompt + want_response
+    assert enc.labels == [-100] * len(want_prompt) + want_response
+
+
+def test_custom_type_mapping_mistakes_are_named():
+    with pytest.raises(ValidationError, match="may use only"):
+        DatasetSpec(path="x.jsonl", type={"field_instruction": "q", "format": "{question}"})
+    with pytest.raises(ValidationError, match="format"):
+        DatasetSpec(path="x.jsonl", type={"field_instruction": "q"})
+    with pytest.raises(ValidationError, match="needs the mapping"):
+        DatasetSpec(path="x.jsonl", type="custom")

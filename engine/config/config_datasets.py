@@ -19,6 +19,39 @@ PathText = Annotated[str, AfterValidator(usable_path)]
 """A path key's value: non-empty, no NUL byte (the OS would refuse it later, less clearly)."""
 
 
+class CustomFormat(BaseModel):
+    """Axolotl's user-defined prompt (``type:`` as a mapping): the prompt is ``system_format`` with
+    the system text, then ``format`` (or ``no_input_format`` for rows without input) with the
+    instruction and input; the output follows and is trained, with the EOS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field_instruction: str = "instruction"
+    field_input: str | None = "input"
+    field_output: str = "output"
+    field_system: str | None = None
+    system_prompt: str | None = None
+    system_format: str | None = None
+    format: str
+    no_input_format: str | None = None
+    field: str | None = None
+
+    @model_validator(mode="after")
+    def _formats(self):
+        for name in ("format", "no_input_format", "system_format"):
+            text = getattr(self, name)
+            if text is None:
+                continue
+            allowed = {"system"} if name == "system_format" else {"instruction", "input"}
+            try:
+                text.format(**dict.fromkeys(allowed, ""))
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"`{name}` may use only {{{'}, {'.join(sorted(allowed))}}} ({e})") from None
+        if self.no_input_format and "{input}" in self.no_input_format:
+            raise ValueError("`no_input_format` cannot use {input} (it is for rows without an input)")
+        return self
+
+
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -84,10 +117,26 @@ class DatasetSpec(BaseModel):
     message_field_training_detail: str | None = None
     """Axolotl's per-character training offsets inside a message: refused, with the reason."""
 
+    custom_format: CustomFormat | None = None
+    """The mapping of a custom ``type:`` (set from it; ``type`` then reads ``custom``)."""
+
     @model_validator(mode="before")
     @classmethod
     def _not_set(cls, data):
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None}
+        if isinstance(data.get("type"), dict):  # Axolotl's custom prompt mapping
+            data["custom_format"], data["type"] = data["type"], "custom"
+        return data
+
+    @model_validator(mode="after")
+    def _custom(self):
+        if self.type == "custom" and self.custom_format is None:
+            raise ValueError(
+                "`type: custom` needs the mapping itself: type: {field_instruction: ..., format: ...}"
+            )
+        return self
 
     @field_validator("type")
     @classmethod

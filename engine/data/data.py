@@ -62,6 +62,7 @@ class Options:
     drop_system_message: bool = False
     field: str | None = None
     field_tools: str | None = None
+    custom_format: object | None = None
     field_thinking: str | None = None
     template_thinking_key: str | None = None
 
@@ -171,6 +172,25 @@ def _tools(obj: dict, opt: Options) -> list | None:
     return tools or None
 
 
+def custom_fields(obj: dict, f) -> tuple[str, str]:
+    """(prompt, output) of a row under Axolotl's user-defined prompt (``CustomFormat``), built as
+    Axolotl's SystemDataPrompter.build_prompt_w_system does."""
+    instruction, output = obj.get(f.field_instruction), obj.get(f.field_output)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise BadRow(f"empty or missing `{f.field_instruction}`")
+    if not isinstance(output, str) or not output.strip():
+        raise BadRow(f"empty or missing `{f.field_output}`")
+    extra = obj.get(f.field_input) if f.field_input else None
+    system = obj.get(f.field_system) if f.field_system and f.field_system in obj else f.system_prompt
+    head = f.system_format.format(system=system) if system and f.system_format else ""
+    if extra:
+        return head + f.format.format(instruction=instruction, input=extra), output
+    turn = f.no_input_format or f.format
+    if "{input}" in turn:
+        raise BadRow(f"no `{f.field_input}` and no `no_input_format` for rows without one")
+    return head + turn.format(instruction=instruction), output
+
+
 def _turns_alpaca(obj: dict) -> list[dict]:
     instruction, extra, output = obj.get("instruction"), obj.get("input") or "", obj.get("output")
     if not isinstance(instruction, str) or not instruction.strip():
@@ -194,6 +214,9 @@ def parse_row(obj, ds_type, field_messages: str | None = None) -> tuple[list[dic
         turns = [{"role": "assistant", "content": text}]
     elif opt.type.startswith("alpaca"):
         turns = _turns_alpaca(obj)
+    elif opt.type == "custom":
+        prompt, output = custom_fields(obj, opt.custom_format)
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     else:
         turns = _turns(obj, opt)
     for i, t in enumerate(turns):
@@ -214,6 +237,8 @@ def make_row(path: str, line: int, obj, opt: Options) -> Row:
         return Row(path, line, turns, category, opt.type, fields)
     if opt.type == "completion":
         return Row(path, line, turns, category, "completion", (turns[0]["content"],))
+    if opt.type == "custom":
+        return Row(path, line, turns, category, "custom", (turns[0]["content"], turns[1]["content"]))
     return Row(path, line, turns, category, tools=_tools(obj, opt))
 
 
