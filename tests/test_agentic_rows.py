@@ -246,3 +246,27 @@ def test_custom_type_mapping_mistakes_are_named():
         DatasetSpec(path="x.jsonl", type={"field_instruction": "q"})
     with pytest.raises(ValidationError, match="needs the mapping"):
         DatasetSpec(path="x.jsonl", type="custom")
+
+
+def translated(raw):
+    from engine.config.axolotl_keys import translate
+    from engine.config.config import RunConfig
+
+    return translate(raw, set(RunConfig.model_fields))
+
+
+def test_top_level_chat_template_kwargs_reach_every_dataset():
+    t = translated({"chat_template_kwargs": {"enable_thinking": False}, "datasets": [{"path": "a.jsonl"}]})
+    assert t.data["datasets"][0]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert not t.problems
+
+
+def test_unfrozen_parameters_that_keep_the_vision_tower_frozen_are_a_note():
+    # Axolotl's examples/gemma3/gemma-3-4b-qlora.yml ("Freeze vision tower")
+    gemma = [r"^model\.language_model\..*", r"^lm_head\..*"]
+    t = translated({"adapter": "qlora", "unfrozen_parameters": gemma})
+    assert not t.problems and any("changes nothing here" in n for _, n in t.notes)
+    t = translated({"adapter": "lora", "unfrozen_parameters": [r"^model\.vision_tower\..*"]})
+    assert "vision tower" in t.problems[0][1]
+    t = translated({"unfrozen_parameters": gemma})  # no adapter: full fine-tuning of those weights
+    assert "full fine-tuning" in t.problems[0][1]
