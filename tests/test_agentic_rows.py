@@ -270,3 +270,29 @@ def test_unfrozen_parameters_that_keep_the_vision_tower_frozen_are_a_note():
     assert "vision tower" in t.problems[0][1]
     t = translated({"unfrozen_parameters": gemma})  # no adapter: full fine-tuning of those weights
     assert "full fine-tuning" in t.problems[0][1]
+
+
+def test_a_vl_data_set_whose_every_row_has_an_image_says_why_nothing_trains(tmp_path, tiny_model):
+    from engine.config.config import validate
+    from engine.data import prepare
+    from engine.errors import UserError
+    from engine.model.model import load_tokenizer
+    from tests.conftest import base_config
+
+    model = tiny_model("qwen3")
+    image = {"type": "image", "url": "cat.png"}
+    row = {
+        "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "What is it?"}]},
+            {"role": "assistant", "content": "A cat."},
+        ]
+    }
+    data = tmp_path / "vl.jsonl"
+    data.write_text((json.dumps(row) + "\n") * 3)
+    raw = base_config(model, data, output_dir=str(tmp_path / "out"), skip_bad_rows=True)
+    config = validate(raw, tmp_path / "c.yaml")[0]
+    with pytest.raises(UserError) as e:
+        prepare.prepare(config, load_tokenizer(str(model)), tmp_path / "prep", workers=1)
+    assert "all 3 row(s) were skipped" in str(e.value) and "part 0 is image: text-only training" in str(
+        e.value
+    )
