@@ -204,8 +204,11 @@ def check(tok, encoder, msgs, tools, stops) -> str:
         extra = tok.decode([i for i, g, w in zip(ids, got, want, strict=True) if g and not w])
         lost = tok.decode([i for i, g, w in zip(ids, got, want, strict=True) if w and not g])
         return f"wrong: trained extra {extra!r}, not trained {lost!r}"
-    if missing and not any("stop" in n for n in enc.notes):
+    said = any("no stop token" in n for n in enc.notes)
+    if missing and not said:
         return "silent: no stop token after a reply and no note"
+    if said and not missing:
+        return "wrong: a note says a reply has no stop token, but every reply has one"
     return "ok"
 
 

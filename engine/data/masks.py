@@ -280,8 +280,9 @@ class ChatEncoder:
                 except Exception:
                     mine = other = None
                 if mine is not None and mine != other:
-                    p = lcp(mine, other)
-                    end = len(mine) - lcp(mine[p:][::-1], other[p:][::-1])
+                    # the common end of the whole renderings: cut after the common start, a
+                    # shared `<` of `<tool_call>` and `<|im_end|>` would split the end marker
+                    end = max(lcp(mine, other), len(mine) - lcp(mine[::-1], other[::-1]))
                     if text.startswith(mine[:end]):
                         out[k] = _before_stops(mine, end, self.stops)
                 if mine is not None and mine == other:
