@@ -296,3 +296,14 @@ def test_a_vl_data_set_whose_every_row_has_an_image_says_why_nothing_trains(tmp_
     assert "all 3 row(s) were skipped" in str(e.value) and "part 0 is image: text-only training" in str(
         e.value
     )
+
+
+def test_a_streamed_answer_keeps_tool_call_markers_and_hides_other_special_tokens():
+    from engine.chat.chat import _Lane
+
+    tok = build_zoo("qwen2_5")
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    ids = tok(call + "<|im_start|>")["input_ids"]
+    lane = _Lane(tok, stop_ids={tok.convert_tokens_to_ids("<|im_end|>")})
+    shown = "".join(lane.push(i) for i in ids) + lane.flush()
+    assert shown == call  # the call with its markers; the chat-format token hidden
