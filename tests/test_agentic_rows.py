@@ -307,3 +307,10 @@ def test_a_streamed_answer_keeps_tool_call_markers_and_hides_other_special_token
     lane = _Lane(tok, stop_ids={tok.convert_tokens_to_ids("<|im_end|>")})
     shown = "".join(lane.push(i) for i in ids) + lane.flush()
     assert shown == call  # the call with its markers; the chat-format token hidden
+
+
+def test_a_content_part_with_train_false_is_refused_not_ignored(tmp_path):
+    parts = [{"type": "text", "text": "Sure. "}, {"type": "text", "text": "secret", "train": False}]
+    obj = {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": parts}]}
+    (bad,), _ = rows(tmp_path, [obj])
+    assert "messages[1] part 1 has `train: false`" in bad[2]

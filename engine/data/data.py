@@ -101,6 +101,11 @@ def _content(value, where: str):
     texts = []
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and (part.get("train") is False or part.get("training") is False):
+            raise BadRow(
+                f"{where} part {j} has `train: false`: training only part of a message is not supported "
+                "here; split it into separate messages and mark those with `training`"
+            )
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind in ("image", "image_url", "video", "audio", "input_audio"):
