@@ -28,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from engine.data.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, lcp, locate_all
+from engine.data.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, dummy, lcp, locate_all
 from engine.data.mask_spans import THINK_PAIRS, layout_notes, trained_tokens
 from engine.data.turn_ends import find_end, model_stop_tokens, no_stop_note, reply_start, stop_set
 from engine.errors import UserError
@@ -404,10 +404,36 @@ class ChatEncoder:
                     a = reply_start(render, msgs, k, text, floor, later[0], later[0])
                     b = max(a, calls.get(k, a))
                 elif trained[k]:
-                    a = reply_start(render, msgs, k, text, floor, a, b)
+                    fast = self._known_start(msgs, k, text, floor, a, not isinstance(render, partial))
+                    a = fast if fast is not None else reply_start(render, msgs, k, text, floor, a, b)
             out.append((a, max(a, b)))
             floor = max(floor, b)
         return out
+
+    def _known_start(self, msgs, k: int, text: str, floor: int, a: int, plain: bool) -> int | None:
+        """``reply_start`` from the rendering of the conversation's shape (texts swapped for
+        sentinels), kept per shape: the scaffold from the previous text to where the model
+        starts writing is the same for every row of that shape. None: work it out the slow way."""
+        if not plain or k == 0 or any(m.get("tool_calls") for m in msgs[: k + 1]):
+            return None
+        marks = SENTINELS[: k + 1]
+        dummies = [{**dummy(m, c)} for m, c in zip(msgs[: k + 1], marks, strict=True)]
+        key = ("start", tuple(tuple(d.items()) for d in dummies))
+        if key not in self._skeletons:
+            try:
+                prompt = self.render(dummies[:k], add_generation_prompt=True)[0]
+                conv = self.render(dummies)[0]
+            except Exception:
+                self._skeletons[key] = None
+                return None
+            prev = conv.find(marks[k - 1]) + 1
+            start = lcp(prompt, conv)
+            ok = prev > 0 and prev < start <= conv.find(marks[k]) and start == len(prompt)
+            self._skeletons[key] = conv[prev:start] if ok else None
+        scaffold = self._skeletons[key]
+        if scaffold is None or not text.startswith(scaffold, floor) or floor + len(scaffold) > a:
+            return None
+        return floor + len(scaffold)
 
     def _end_spans(self, k, role, a, b, text, gen, window, final) -> tuple[list, str | None]:
         """The text after turn k through the first stop token, and the EOS after the conversation
