@@ -74,3 +74,11 @@ def test_the_gathered_templates_are_many_and_sourced():
     assert len(ZOO) >= 40
     for name in ZOO:
         assert f"{name}.jinja" in sources, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_trained_tokens_follow_the_rule_many_conversations(name, data):
+    test_trained_tokens_follow_the_rule.hypothesis.inner_test(name, data)
