@@ -49,7 +49,9 @@ def test_only_assistant_tokens_carry_loss(tokenizer):
     for text in ("You are Leviathan.", "Who are you?", "What is 7 times 6?", "user", "system"):
         assert text not in trained
         assert text in ignored
-    assert "think" not in trained
+    # A Qwen3-style template's own empty <think></think> before the final reply is what the model
+    # writes after the generation prompt (TRL's Qwen3 training template marks it so): trained.
+    assert "think" not in ignored
 
 
 def test_labels_equal_ids_where_trained(tokenizer):

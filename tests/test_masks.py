@@ -41,12 +41,20 @@ def trained_spans(tok, ids, labels) -> list[str]:
     return out
 
 
+# Qwen3 writes an empty <think> block into the turns after the last user message: the model
+# writes it after the generation prompt, so it is trained (TRL's generation markers agree)
+QWEN3_OWN = {"qwen3": "<think>\n\n</think>\n\n"}
+
+
 def expected(name: str, convo: list[dict]) -> list[str]:
     """Each assistant reply with what the model writes around it, by the template's known form."""
     spec = SPECS[name]
     lead = " " if name == "mistral_v3" else ""  # Mistral writes `[/INST]` + " " + reply
     head = "<think>\n\n</think>\n\n" if name == "qwen3_generation" else ""  # inside {% generation %}
-    out = [lead + head + m["content"] + spec.marker for m in convo if m["role"] == "assistant"]
+    replies = [k for k, m in enumerate(convo) if m["role"] == "assistant"]
+    last_user = max((k for k, m in enumerate(convo) if m["role"] == "user"), default=-1)
+    own = QWEN3_OWN.get(name, "")
+    out = [lead + head + (own if k > last_user else "") + convo[k]["content"] + spec.marker for k in replies]
     if spec.final_eos and convo[-1]["role"] == "assistant":
         out.append(spec.final_eos)
     return out
@@ -126,7 +134,9 @@ def test_inline_think_blocks_in_every_turn(name):
     out, spans = run(name, THINK)
     # The final reply keeps its reasoning; earlier turns are trained as the template renders
     # them (both templates strip old reasoning; DeepSeek keeps what follows `</think>`).
-    earlier = "A1." if name == "qwen3" else "\n\nA1."
+    # DeepSeek's generation prompt is `<｜Assistant｜>` and the newline after its `}}`: the model
+    # writes only the second newline.
+    earlier = "A1." if name == "qwen3" else "\nA1."
     assert spans == [earlier + marker, THINK[3]["content"] + marker]
     assert any("earlier assistant turn" in n for n in out.notes)
 
@@ -153,13 +163,12 @@ def test_train_on_eos(name):
     spec = SPECS[name]
     convo = convo_for(name, ["One.", "Two."], system="Sys.")
     m, eos = spec.marker, spec.final_eos
-    assert run(name, convo, train_on_eos="none")[1] == ["One.", "Two."]
-    assert run(name, convo, train_on_eos="last")[1] == ["One.", "Two." + m] + ([eos] if eos else [])
+    two = QWEN3_OWN.get(name, "") + "Two."
+    assert run(name, convo, train_on_eos="none")[1] == ["One.", two]
+    assert run(name, convo, train_on_eos="last")[1] == ["One.", two + m] + ([eos] if eos else [])
     assert run(name, convo, train_on_eos="turn")[1] == expected(name, convo)
     # all: the end tokens of every turn, the user's and the system's too (never their text)
-    assert run(name, convo, train_on_eos="all")[1] == [m, m, "One." + m, m, "Two." + m] + (
-        [eos] if eos else []
-    )
+    assert run(name, convo, train_on_eos="all")[1] == [m, m, "One." + m, m, two + m] + ([eos] if eos else [])
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3_1", "mistral_v3"])
@@ -168,7 +177,7 @@ def test_roles_to_train_and_train_on_inputs(name):
     m = SPECS[name].marker
     lead = " " if name == "mistral_v3" else ""
     user_end = m if name != "mistral_v3" else ""  # Mistral's user turn ends with [/INST], no marker
-    both = [convo[0]["content"] + user_end, lead + "One." + m]
+    both = [convo[0]["content"] + user_end, lead + QWEN3_OWN.get(name, "") + "One." + m]
     assert run(name, convo, roles_to_train=("user", "assistant"))[1] == both
     assert run(name, convo, train_on_inputs=True)[1] == both
     assert run(name, convo, roles_to_train=())[1] == []
@@ -178,7 +187,7 @@ def test_per_message_training_flags():
     convo = convo_for("qwen3", ["One.", "Two."], system=None)
     convo[1] = {**convo[1], "training": False}
     convo[2] = {**convo[2], "train": True}
-    assert run("qwen3", convo)[1] == ["Question 1?<|im_end|>", "Two.<|im_end|>"]
+    assert run("qwen3", convo)[1] == ["Question 1?<|im_end|>", QWEN3_OWN["qwen3"] + "Two.<|im_end|>"]
     convo[3] = {**convo[3], "weight": 0}
     assert run("qwen3", convo, field_training="weight")[1] == ["One.<|im_end|>"]
 
@@ -270,8 +279,8 @@ def test_reasoning_of_the_final_reply_is_always_trained(name, thoughts, answers)
     spans = run(name, convo)[1]
     assert spans[-1] == f"<think>\n{thoughts[1]}\n</think>\n\n{answers[1]}" + marker
     # The earlier turn as its template renders it: Llama 3.1 verbatim, Qwen3 without the
-    # reasoning, DeepSeek what follows `</think>`.
-    first = {"llama3_1": convo[1]["content"], "qwen3": answers[0], "deepseek_r1_distill": f"\n\n{answers[0]}"}
+    # reasoning, DeepSeek what follows `</think>` (less the newline its generation prompt holds).
+    first = {"llama3_1": convo[1]["content"], "qwen3": answers[0], "deepseek_r1_distill": f"\n{answers[0]}"}
     assert spans[0] == first[name] + marker
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.chat.stop_tokens import stop_token_ids  # noqa: F401  (re-exported)
+from engine.chat.tool_calls import decode_visible, hidden_ids
 from engine.errors import UserError
 
 BASE = "base"
@@ -204,9 +205,10 @@ class _Lane:
         self.done = False
         self.hit_eos = False
         self.t_last: float | None = None  # when this row got its last token
+        self.hidden = hidden_ids(tokenizer)  # tool-call markers stay visible
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
+        return decode_visible(self.tok, ids, self.hidden)
 
     def push(self, token: int) -> str:
         if self.done:

@@ -76,7 +76,6 @@ UNSUPPORTED_KEYS = {
     "lora_fan_in_fan_out": "the transposed (Conv1D, GPT-2 style) weight layout is not supported; models here use nn.Linear",
     "lora_modules_to_save": "training extra full modules is not supported",
     "lora_target_parameters": "LoRA on raw parameters (MoE experts) is not supported; target linear modules",
-    "unfrozen_parameters": "full fine-tuning of chosen parameters is not supported; this engine trains LoRA adapters",
     "rl": "RL training is not supported; this is supervised fine-tuning",
     "fp16": "fp16 training is not supported; use bf16 (or fp32 where bf16 is missing)",
     "float16": "fp16 weights are not supported; use bf16",
@@ -157,6 +156,8 @@ class Translation:
     problems: list[tuple[tuple, str, str]] = field(default_factory=list)
     """(key path, message, fix)."""
     omitted_defaults: list[str] = field(default_factory=list)
+    to_datasets: dict = field(default_factory=dict)
+    """Top-level keys Axolotl applies to every dataset: set on each entry that lacks them."""
 
 
 def _empty(value) -> bool:
@@ -234,7 +235,48 @@ def _activation_offloading(t: Translation, value) -> None:
         )
 
 
+def _chat_template_kwargs(t: Translation, value) -> None:
+    t.to_datasets["chat_template_kwargs"] = value
+    t.notes.append(
+        (("chat_template_kwargs",), "-> every dataset's `chat_template_kwargs` (the template's variables)")
+    )
+
+
+VISION_NAMES = ("visual", "vision", "multi_modal_projector", "image")
+
+
+def _unfrozen(t: Translation, value, adapter) -> None:
+    """Axolotl freezes every parameter its patterns do not list. With an adapter the base weights
+    stay frozen here anyway and the vision tower is never touched, so patterns that only keep the
+    language model (Gemma 3's examples: "freeze vision tower") change nothing; patterns that would
+    train the vision tower, or any use without an adapter (full fine-tuning), are refused."""
+    patterns = value if isinstance(value, list) else [value]
+    vision = [p for p in patterns if any(v in str(p) for v in VISION_NAMES)]
+    if adapter in ("lora", "qlora") and not vision:
+        t.notes.append(
+            (
+                ("unfrozen_parameters",),
+                "changes nothing here: LoRA keeps every base weight frozen and the adapters go on the "
+                "language model's linear layers only (the vision tower stays frozen)",
+            )
+        )
+        return
+    why = (
+        f"training the vision tower ({', '.join(map(str, vision))}) is not supported"
+        if vision
+        else "full fine-tuning of chosen parameters is not supported; this engine trains LoRA adapters"
+    )
+    t.problems.append(
+        (
+            ("unfrozen_parameters",),
+            f"`unfrozen_parameters`: {why}.",
+            "remove `unfrozen_parameters` (and use an adapter)",
+        )
+    )
+
+
 MAPPED: dict[str, Callable[[Translation, object], None]] = {
+    "chat_template_kwargs": _chat_template_kwargs,
     "activation_offloading": _activation_offloading,
     "plugins": _plugins,
     "attn_implementation": _attn,
@@ -270,6 +312,8 @@ def translate(raw: dict, fields: set[str]) -> Translation:
                     f"`{skey}: {value}` -> Liger's `{LIGER[skey]}` kernel where liger-kernel and CUDA are there",
                 )
             )
+        elif skey == "unfrozen_parameters":
+            _unfrozen(t, value, raw.get("adapter"))
         elif skey in MAPPED:
             MAPPED[skey](t, value)
         elif skey in fields:
@@ -296,6 +340,10 @@ def translate(raw: dict, fields: set[str]) -> Translation:
             )
         else:
             t.problems.append(((skey,), f"unknown key `{skey}`", ""))  # the caller adds "did you mean"
+    for ds in t.data.get("datasets") or []:
+        if isinstance(ds, dict):
+            for k, v in t.to_datasets.items():
+                ds.setdefault(k, v)
     t.omitted_defaults = [
         f"`{k}` is not set: Axolotl's default is {v[0]!r}; {v[1]}"
         for k, v in DEFAULTS_DIFFER.items()

@@ -11,7 +11,8 @@ import re
 # Axolotl's alpaca prompt styles (engine/data/prompt_formats.py holds their strings).
 ALPACA_STYLES = ("instruct", "chat", "chatml", "phi")
 CHAT_TYPES = {"chat_template", "sharegpt"}
-TYPES = ("chat_template", "sharegpt", "completion", *(f"alpaca:{s}" for s in ALPACA_STYLES))
+TYPES = ("chat_template", "sharegpt", "completion", "custom", *(f"alpaca:{s}" for s in ALPACA_STYLES))
+"""``custom``: Axolotl's user-defined prompt (a ``type:`` mapping with field_instruction, format, ...)."""
 ALIASES = {
     "chat_template.default": "chat_template",
     "alpaca": "alpaca:instruct",
@@ -26,7 +27,8 @@ def canonical_type(name: str) -> str:
     if name not in TYPES:
         raise ValueError(
             f"dataset type {name!r} is not one of chat_template, sharegpt, alpaca, alpaca:chat, "
-            "alpaca:chatml, alpaca:phi, alpaca_chat, completion"
+            "alpaca:chatml, alpaca:phi, alpaca_chat, completion, or a custom mapping "
+            "({field_instruction: ..., field_output: ..., format: ...})"
         )
     return name
 

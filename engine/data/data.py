@@ -23,13 +23,14 @@ from engine.config.dataset_kinds import canonical_type
 from engine.data.masks import BadRow, ChatEncoder  # noqa: F401  (re-exported: callers import them from here)
 from engine.errors import UserError
 
-ROLES = {"system", "user", "assistant"}
+ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
     "system": "system",
+    "tool": "tool",
 }
 NO_CATEGORY = "(none)"
 
@@ -44,6 +45,8 @@ class Row:
     """chat (through the chat template), ``alpaca:STYLE`` or ``completion`` (engine.data.prompt_formats)."""
     fields: tuple = ()
     """alpaca: (instruction, input, output); completion: (text,)."""
+    tools: list | None = None
+    """The row's tool definitions (Axolotl's ``field_tools``), handed to the chat template."""
 
 
 @dataclass
@@ -58,6 +61,10 @@ class Options:
     roles: dict | None = None
     drop_system_message: bool = False
     field: str | None = None
+    field_tools: str | None = None
+    custom_format: object | None = None
+    field_thinking: str | None = None
+    template_thinking_key: str | None = None
 
     @classmethod
     def of(cls, spec_or_type, field_messages: str | None = None) -> Options:
@@ -94,6 +101,11 @@ def _content(value, where: str):
     texts = []
     for j, part in enumerate(value):
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and (part.get("train") is False or part.get("training") is False):
+            raise BadRow(
+                f"{where} part {j} has `train: false`: training only part of a message is not supported "
+                "here; split it into separate messages and mark those with `training`"
+            )
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind in ("image", "image_url", "video", "audio", "input_audio"):
@@ -125,20 +137,63 @@ def _turns(obj: dict, opt: Options) -> list[dict]:
         role = names.get(role, role)
         if role == "system" and opt.drop_system_message:
             continue
-        out.append(
-            {
-                **_extras(t, (role_key, content_key)),
-                "role": role,
-                "content": _content(t.get(content_key), f"{key}[{i}]"),
-            }
-        )
+        content = _content(t.get(content_key), f"{key}[{i}]")
+        if content is None and t.get("tool_calls"):  # a turn that only calls tools
+            content = ""
+        elif role == "tool" and isinstance(content, dict | list):  # a result given as JSON
+            content = json.dumps(content, ensure_ascii=False)
+        out.append({**_extras(t, (role_key, content_key), opt), "role": role, "content": content})
     return out
 
 
-def _extras(t: dict, taken: tuple[str, ...]) -> dict:
-    """The message's other keys (reasoning_content, training flags, ...): the encoder picks what
-    the template and the mask read."""
-    return {k: v for k, v in t.items() if k not in taken}
+def _extras(t: dict, taken: tuple[str, ...], opt: Options) -> dict:
+    """The message's other keys (reasoning_content, tool_calls, training flags, ...) under the
+    names the template reads: ``message_property_mappings`` beyond role and content, and
+    ``field_thinking`` -> ``template_thinking_key`` (Axolotl's, both ``reasoning_content`` by
+    default). The encoder picks what the template and the mask read."""
+    out = {k: v for k, v in t.items() if k not in taken}
+    moves = {v: k for k, v in (opt.message_property_mappings or {}).items() if k not in ("role", "content")}
+    if opt.field_thinking or opt.template_thinking_key:
+        moves[opt.field_thinking or "reasoning_content"] = opt.template_thinking_key or "reasoning_content"
+    for theirs, ours in moves.items():
+        if theirs in out and theirs != ours:
+            out[ours] = out.pop(theirs)
+    return out
+
+
+def _tools(obj: dict, opt: Options) -> list | None:
+    """The row's tool definitions: a list, or a JSON string of one (as some data sets store it)."""
+    key = opt.field_tools or "tools"
+    tools = obj.get(key)
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise BadRow(f"`{key}` is a string but not JSON") from None
+    if tools is None or tools == "":
+        return None
+    if not isinstance(tools, list) or not all(isinstance(x, dict) for x in tools):
+        raise BadRow(f"`{key}` is not a list of tool definitions (objects)")
+    return tools or None
+
+
+def custom_fields(obj: dict, f) -> tuple[str, str]:
+    """(prompt, output) of a row under Axolotl's user-defined prompt (``CustomFormat``), built as
+    Axolotl's SystemDataPrompter.build_prompt_w_system does."""
+    instruction, output = obj.get(f.field_instruction), obj.get(f.field_output)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise BadRow(f"empty or missing `{f.field_instruction}`")
+    if not isinstance(output, str) or not output.strip():
+        raise BadRow(f"empty or missing `{f.field_output}`")
+    extra = obj.get(f.field_input) if f.field_input else None
+    system = obj.get(f.field_system) if f.field_system and f.field_system in obj else f.system_prompt
+    head = f.system_format.format(system=system) if system and f.system_format else ""
+    if extra:
+        return head + f.format.format(instruction=instruction, input=extra), output
+    turn = f.no_input_format or f.format
+    if "{input}" in turn:
+        raise BadRow(f"no `{f.field_input}` and no `no_input_format` for rows without one")
+    return head + turn.format(instruction=instruction), output
 
 
 def _turns_alpaca(obj: dict) -> list[dict]:
@@ -164,9 +219,14 @@ def parse_row(obj, ds_type, field_messages: str | None = None) -> tuple[list[dic
         turns = [{"role": "assistant", "content": text}]
     elif opt.type.startswith("alpaca"):
         turns = _turns_alpaca(obj)
+    elif opt.type == "custom":
+        prompt, output = custom_fields(obj, opt.custom_format)
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     else:
         turns = _turns(obj, opt)
     for i, t in enumerate(turns):
+        if t["role"] == "assistant" and t.get("tool_calls") and isinstance(t["content"], str):
+            continue  # only tool calls: its content may be empty (Axolotl trains these)
         if not isinstance(t["content"], str) or not t["content"].strip():
             raise BadRow(f"turn {i} ({t['role']}) has empty content")
     if not any(t["role"] == "assistant" for t in turns):
@@ -182,7 +242,9 @@ def make_row(path: str, line: int, obj, opt: Options) -> Row:
         return Row(path, line, turns, category, opt.type, fields)
     if opt.type == "completion":
         return Row(path, line, turns, category, "completion", (turns[0]["content"],))
-    return Row(path, line, turns, category)
+    if opt.type == "custom":
+        return Row(path, line, turns, category, "custom", (turns[0]["content"], turns[1]["content"]))
+    return Row(path, line, turns, category, tools=_tools(obj, opt))
 
 
 def read_rows(path, ds_type=None, field_messages: str | None = None) -> Iterator[Row | tuple[str, int, str]]:

@@ -46,7 +46,7 @@ def _lcs(x: str, y: str, limit: int) -> int:
     return lo
 
 
-def _dummy(msg: dict, sentinel: str) -> dict:
+def dummy(msg: dict, sentinel: str) -> dict:
     out = {k: v for k, v in msg.items() if k not in REASONING_FIELDS}
     out["content"] = sentinel
     return out
@@ -62,7 +62,7 @@ def _render(render, msgs: list[dict]) -> str:
 def locate(render, msgs: list[dict], k: int, text: str) -> tuple[int, int] | None:
     """Characters of ``text`` that message k decides; None when the template leaves it out."""
     sentinel = next(c for c in SENTINELS if c not in text)
-    other = _render(render, msgs[:k] + [_dummy(msgs[k], sentinel)] + msgs[k + 1 :])
+    other = _render(render, msgs[:k] + [dummy(msgs[k], sentinel)] + msgs[k + 1 :])
     if sentinel not in other:
         return None
     p = lcp(text, other)
@@ -90,7 +90,7 @@ def _skeleton(render, msgs: list[dict], marks: list[str], skeletons: dict | None
     it: ``skeletons`` keeps it by that shape. A template whose output changes by itself (a date)
     is still exact: the real rendering is checked against the skeleton, and the exact method
     runs where they disagree."""
-    dummies = [_dummy(m, c) for m, c in zip(msgs, marks, strict=True)]
+    dummies = [dummy(m, c) for m, c in zip(msgs, marks, strict=True)]
     key = None
     if skeletons is not None:
         key = tuple(tuple(d.items()) for d in dummies)

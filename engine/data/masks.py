@@ -11,10 +11,10 @@ differently once later ones exist (Qwen3 drops old ``<think>`` blocks) cannot mi
 
 Character spans become token labels through the fast tokenizer's offsets; a token is trained
 when any of its characters (including the whitespace it absorbed, so `` Paris`` after
-Mistral's ``[/INST]``) lies in a trained span. The end-of-turn marker is learned once per
-template from a probe conversation, and each row must show it right after each trained reply
-(or the row is refused with the reason). A template with ``{% generation %}`` markers
-decides the assistant spans itself.
+Mistral's ``[/INST]``) lies in a trained span. Where an assistant turn starts and ends is one
+rule for every template (engine.data.turn_ends): from the end of the generation prompt through
+the first token the model stops on, with a note on the row where the template writes none. A
+template with ``{% generation %}`` markers decides the assistant spans itself.
 
 Rendering, locating and tokenizing happen once per row at preparation; nothing here runs
 during training.
@@ -23,24 +23,20 @@ during training.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
-from itertools import chain
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
-from engine.data.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, locate_all
+from engine.data.mask_locate import REASONING_FIELDS, SENTINELS, LocateError, dummy, lcp, locate_all
+from engine.data.mask_spans import THINK_PAIRS, layout_notes, trained_tokens
+from engine.data.turn_ends import find_end, model_stop_tokens, no_stop_note, reply_start, stop_set
 from engine.errors import UserError
 
 IGNORE = -100
 EOS_POLICIES = ("turn", "last", "all", "none")
 TRAIN_FLAGS = ("training", "train")  # per-message flags read when no `message_field_training` is set
 TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", *REASONING_FIELDS)
-THINK_PAIRS = (
-    ("<think>", "</think>"),
-    ("<reasoning>", "</reasoning>"),
-    ("<|begin_of_thought|>", "<|end_of_thought|>"),
-)
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
@@ -57,6 +53,12 @@ class MaskOptions:
     train_on_inputs: bool = False
     field_training: str | None = None
     """The message key of a per-message train flag (None: ``training`` or ``train``)."""
+    train_on_eot: str | None = None
+    """The same choice for turn ends that are ``eot_tokens`` (None: as train_on_eos)."""
+    eot_tokens: tuple[str, ...] = ()
+    """The config's ``eot_tokens``: turn ends the model stops on, besides its own stop tokens."""
+    template_kwargs: tuple = ()
+    """``chat_template_kwargs`` as sorted (key, value) pairs (hashable: the encoder caches by it)."""
 
     @classmethod
     def of(cls, spec=None, config=None) -> MaskOptions:
@@ -67,6 +69,9 @@ class MaskOptions:
             getattr(spec, "train_on_eos", None) or "turn",
             bool(getattr(config, "train_on_inputs", False)),
             getattr(spec, "message_field_training", None),
+            getattr(spec, "train_on_eot", None),
+            tuple(getattr(config, "eot_tokens", None) or ()),
+            tuple(sorted((getattr(spec, "chat_template_kwargs", None) or {}).items())),
         )
 
 
@@ -117,7 +122,7 @@ class ChatEncoder:
     function of the turns and options, safe to call from worker processes.
     """
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, stop_tokens=(), eot_tokens=(), template_kwargs=None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise UserError("the tokenizer is not a fast tokenizer", "use a model with a tokenizer.json")
         if not tokenizer.chat_template:
@@ -128,22 +133,28 @@ class ChatEncoder:
         self.tok = tokenizer
         self.template = tokenizer.get_chat_template()
         self.generation = bool(_GENERATION.search(self.template))
-        self.kwargs = dict(tokenizer.special_tokens_map)
+        self.kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}
         self.specials = [t for t in tokenizer.added_tokens_encoder if t.strip()]
+        self.eot, self.stop_tokens = tuple(eot_tokens), tuple(stop_tokens)
+        self._variants: dict = {}
+        self.no_tools = None  # what a row without tools hands the template (see _probe)
         self.marker, self.final_eos = self._probe()
-        self.lead = self._probe_lead()
+        self.stops = stop_set(
+            tokenizer, self.stop_tokens + model_stop_tokens(tokenizer), eot_tokens, self.marker
+        )
         self._skeletons: dict = {}  # the fast locate path's renderings, by conversation shape
 
     # ---- rendering -----------------------------------------------------------------
 
     def render(
-        self, msgs: list[dict], add_generation_prompt: bool = False
+        self, msgs: list[dict], add_generation_prompt: bool = False, tools: list | None = None
     ) -> tuple[str, list[tuple[int, int]]]:
         """The conversation as text, and the template's ``{% generation %}`` spans."""
         from transformers.utils.chat_template_utils import render_jinja_template
 
         texts, spans = render_jinja_template(
             conversations=[msgs],
+            tools=self.no_tools if tools is None else tools,
             chat_template=self.template,
             return_assistant_tokens_mask=self.generation,
             add_generation_prompt=add_generation_prompt,
@@ -159,28 +170,21 @@ class ChatEncoder:
         try:
             text = self.render(four)[0]
         except Exception:  # some templates take one exchange only; two turns still give the marker
-            return self._probe_one(fix)
+            try:
+                return self._probe_one(fix)
+            except UserError as err:  # a tool-use variant (Hermes, Command R) iterates `tools` unguarded
+                self.no_tools = []
+                try:
+                    text = self.render(four)[0]
+                except Exception:
+                    self.no_tools = None
+                    raise err from None
         at = [text.find(c) for c in s[:4]]
         if min(at) < 0 or at != sorted(at):
             raise UserError("the chat template does not write out the assistant's text in order", fix)
         mid, last = text[at[1] + 1 : at[2]], text[at[3] + 1 :]
         marker = last[: self._common_tokens(mid, last)].rstrip()
         return marker, last[len(marker) :].strip()
-
-    def _probe_lead(self) -> str:
-        """Whitespace the model itself writes before a reply (Mistral's `[/INST]` + `" "`: the
-        generation prompt stops before the space); it is trained with the reply."""
-        s = SENTINELS
-        user = [{"role": "user", "content": s[0]}]
-        try:
-            prompt = self.render(user, add_generation_prompt=True)[0]
-            full = self.render(user + [{"role": "assistant", "content": s[1]}])[0]
-        except Exception:
-            return ""
-        if not full.startswith(prompt) or s[1] not in full:
-            return ""
-        lead = full[len(prompt) : full.index(s[1])]
-        return lead if lead and not lead.strip() else ""
 
     def _common_tokens(self, x: str, y: str) -> int:
         """Characters of the common start of x and y, cut back to a token boundary of both
@@ -207,8 +211,9 @@ class ChatEncoder:
         return text[text.index(s[1]) + 1 :].rstrip(), ""
 
     def _template_messages(self, turns: list[dict]) -> list[dict]:
-        # Only what chat templates read: a row's own bookkeeping keys never reach the template.
-        return [{k: v for k, v in t.items() if k in TEMPLATE_KEYS} for t in turns]
+        # Only what chat templates read, and no null values (Axolotl drops them too: a template
+        # testing `message.tool_calls is defined` would fail on `tool_calls: null`).
+        return [{k: v for k, v in t.items() if k in TEMPLATE_KEYS and v is not None} for t in turns]
 
     # ---- encoding ------------------------------------------------------------------
 
@@ -219,28 +224,75 @@ class ChatEncoder:
         enc = self.encode_row(turns, options)
         return enc.input_ids, enc.labels
 
-    def encode_row(self, turns: list[dict], opts: MaskOptions = MaskOptions()) -> Encoded:
+    def encode_row(
+        self, turns: list[dict], opts: MaskOptions = MaskOptions(), tools: list | None = None
+    ) -> Encoded:
+        """One row's ids and loss mask; ``tools``: the row's tool definitions, handed to the template."""
         msgs = self._template_messages(turns)
+        if opts.eot_tokens or opts.template_kwargs:
+            return self._variant(opts).encode_row(
+                turns, replace(opts, eot_tokens=(), template_kwargs=()), tools
+            )
+        render = partial(self.render, tools=tools) if tools else self.render
         try:
-            text, gen = self.render(msgs)
+            text, gen = render(msgs)
         except Exception as e:  # e.g. "System role not supported" from the template itself
             raise BadRow(f"the chat template refused it: {_short(e)}") from None
-        try:
-            regions = locate_all(self.render, msgs, text, self._skeletons)
+        try:  # rows with tools render their own skeletons: the tools are part of the shape
+            regions = locate_all(render, msgs, text, None if tools else self._skeletons)
         except LocateError as e:
             raise BadRow(
                 f"a turn cannot be located: the template fails once its text changes ({e})"
             ) from None
-        notes = _layout_notes(msgs, regions, text, self.specials)
-        text, regions, gen = self._reasoning(turns, msgs, regions, text, gen, notes)
+        calls = self._tool_calls(msgs, text, render)
+        notes = layout_notes(msgs, regions, text, self.specials)
+        text, regions, gen = self._reasoning(turns, msgs, regions, text, gen, notes, render)
         trained = [_wants(t, opts) for t in turns]
-        spans = self._spans(msgs, regions, text, gen, trained, opts)
+        spans = self._spans(msgs, regions, text, gen, trained, opts, notes, render, calls)
         enc = self.tok.backend_tokenizer.encode(text, add_special_tokens=False)
         ids = np.array(enc.ids, np.int64)
-        trained = _trained(enc.offsets, spans)
+        trained = trained_tokens(enc.offsets, spans)
         return Encoded(ids, trained, notes)
 
-    def _reasoning(self, turns, msgs, regions, text, gen, notes):
+    def _variant(self, opts: MaskOptions) -> ChatEncoder:
+        """This encoder with a dataset's eot_tokens and template variables (made once each)."""
+        key = (opts.eot_tokens, opts.template_kwargs)
+        if key not in self._variants:
+            kwargs = {k: v for k, v in self.kwargs.items() if k not in self.tok.special_tokens_map}
+            self._variants[key] = ChatEncoder(
+                self.tok,
+                self.stop_tokens,
+                self.eot + opts.eot_tokens,
+                {**kwargs, **dict(opts.template_kwargs)},
+            )
+        return self._variants[key]
+
+    def _tool_calls(self, msgs, text: str, render) -> dict[int, int]:
+        """Where each assistant turn's tool calls end in ``text`` (found by rendering the turn
+        without them). A template that ignores tool calls would train an empty reply: the model
+        would learn to answer nothing where it should call a tool, so the row is refused."""
+        out = {}
+        for k, m in enumerate(msgs):
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                bare = {key: v for key, v in m.items() if key != "tool_calls"}
+                try:  # the conversation up to the turn: a tool result after it needs its call
+                    mine, other = (render(msgs[:k] + [x])[0] for x in (m, bare))
+                except Exception:
+                    mine = other = None
+                if mine is not None and mine != other:
+                    # the common end of the whole renderings: cut after the common start, a
+                    # shared `<` of `<tool_call>` and `<|im_end|>` would split the end marker
+                    end = max(lcp(mine, other), len(mine) - lcp(mine[::-1], other[::-1]))
+                    if text.startswith(mine[:end]):
+                        out[k] = _before_stops(mine, end, self.stops)
+                if mine is not None and mine == other:
+                    raise BadRow(
+                        f"turn {k} (assistant): the chat template does not write tool calls, so the "
+                        "turn would train an empty reply; use a template with tool use"
+                    )
+        return out
+
+    def _reasoning(self, turns, msgs, regions, text, gen, notes, render):
         """Keep the final reply's reasoning in the text where the template leaves it out."""
         last = max((k for k, t in enumerate(turns) if t["role"] == "assistant"), default=None)
         for k, t in enumerate(turns):
@@ -254,8 +306,7 @@ class ChatEncoder:
             a, b = regions[k]
             if reasoning is None:
                 continue
-            if self._renders_reasoning(msgs, k, inline, text):  # its opening tag belongs to the reply too
-                regions[k] = (_opener_start(text, a), b)
+            if self._renders_reasoning(msgs, k, inline, text, render):
                 continue
             if k != last:
                 notes.append(
@@ -271,19 +322,30 @@ class ChatEncoder:
                 )
             head = inline[0] if inline else f"<think>\n{reasoning.strip()}\n</think>\n\n"
             cut = a if not text[a:at].strip() else at
+            block = _own_block(text, cut)
+            if block == "closed":
+                notes.append(
+                    "the template closes the reasoning itself before the final reply (its own `</think>`): "
+                    "the row's reasoning is left out (the template may take a thinking switch under "
+                    "`chat_template_kwargs`)"
+                )
+                continue
+            if block is not None:  # the template's own empty <think></think>: the reasoning goes inside
+                cut, at = block
+                head = f"\n{reasoning.strip()}\n"
             text = text[:cut] + head + text[at:]
             delta = len(head) - (at - cut)
             regions = [
                 None if r is None else (_shift(r[0], at, delta), _shift(r[1], at, delta)) for r in regions
             ]
-            regions[k] = (a, b + delta)
+            regions[k] = (min(a, cut), b + delta)
             gen = [(_shift(g0, at, delta), _shift(g1, at, delta)) for g0, g1 in gen]
             notes.append(
                 "the template leaves out the final reply's reasoning: written before the reply as <think>"
             )
         return text, regions, gen
 
-    def _renders_reasoning(self, msgs, k: int, inline, text: str) -> bool:
+    def _renders_reasoning(self, msgs, k: int, inline, text: str, render) -> bool:
         """Whether the template writes message k's reasoning: swap it for a sentinel and look."""
         sentinel = next(c for c in SENTINELS if c not in text)
         m = dict(msgs[k])
@@ -293,59 +355,106 @@ class ChatEncoder:
             i, j = inline[3]
             m["content"] = m["content"][:i] + sentinel + m["content"][j:]
         try:
-            return sentinel in self.render(msgs[:k] + [m] + msgs[k + 1 :])[0]
+            return sentinel in render(msgs[:k] + [m] + msgs[k + 1 :])[0]
         except Exception as e:
             raise BadRow(
                 f"turn {k} (assistant): the template fails once its reasoning changes ({_short(e)})"
             ) from None
 
-    def _spans(self, msgs, regions, text, gen, trained, opts) -> list[tuple[int, int]]:
-        """Character spans that carry loss: trained turns, and end tokens per train_on_eos."""
-        located = [k for k, r in enumerate(regions) if r is not None]
-        final = max(located, key=lambda k: regions[k][1], default=None)
+    def _spans(self, msgs, regions, text, gen, trained, opts, notes, render, calls) -> list[tuple[int, int]]:
+        """Character spans that carry loss: trained turns, and their ends per train_on_eos/eot."""
+        located = [k for k, r in enumerate(regions) if r is not None or msgs[k].get("tool_calls")]
+        bounds = self._bounds(msgs, regions, text, gen, render, trained, calls)
+        final = max(located, key=lambda k: bounds[k][1], default=None)
         last_trained = max((k for k in located if trained[k]), default=None)
-        spans = []
-        for k in located:
-            a, b = regions[k]
-            if self.generation and msgs[k]["role"] == "assistant":  # the template's own start
-                a = min([a] + [g[0] for g in gen if g[0] < b and g[1] > a])
-            elif self.lead and msgs[k]["role"] == "assistant" and text.endswith(self.lead, 0, a):
-                a -= len(self.lead)
-            ends = self._end_spans(k, msgs[k]["role"], a, b, text, gen, trained[k], k == final)
+        spans, silent = [], set()
+        for i, k in enumerate(located):
+            a, b = bounds[k]
+            window = bounds[located[i + 1]][0] if i + 1 < len(located) else len(text)
+            window = max(window, b)
+            ends, stop = self._end_spans(k, msgs[k]["role"], a, b, text, gen, window, k == final)
             if trained[k]:
                 spans.append((a, b))
-            policy = opts.train_on_eos
+                if stop is None and not (self.generation and msgs[k]["role"] == "assistant"):
+                    silent.add(msgs[k]["role"])
+            policy = opts.train_on_eot if (stop in self.eot and opts.train_on_eot) else opts.train_on_eos
             if (
                 policy == "all"
                 or (policy == "turn" and trained[k])
                 or (policy == "last" and k == last_trained)
             ):
                 spans += ends
+        notes += [no_stop_note(role, self.stops) for role in sorted(silent)]
         return spans
 
-    def _end_spans(self, k, role, a, b, text, gen, trained, final) -> list[tuple[int, int]]:
-        """The end-of-turn marker after message k, and the EOS after the conversation if k ends it."""
-        out, after = [], b
+    def _bounds(self, msgs, regions, text, gen, render, trained, calls) -> list:
+        """Each turn's (start, end) of text; an assistant turn starts after the generation prompt."""
+        out, floor = [], 0
+        for k, r in enumerate(regions):
+            if r is None and not msgs[k].get("tool_calls"):
+                out.append(None)
+                continue
+            a, b = r if r is not None else (floor, floor)
+            if msgs[k]["role"] == "assistant":
+                if self.generation:  # the template's own start
+                    a = min([a] + [g[0] for g in gen if g[0] < b and g[1] > a])
+                b = max(b, calls.get(k, b))
+                if r is None:  # only tool calls, which the template writes whatever the content
+                    later = [x[0] for x in regions[k + 1 :] if x is not None] + [len(text)]
+                    a = reply_start(render, msgs, k, text, floor, later[0], later[0])
+                    b = max(a, calls.get(k, a))
+                elif trained[k]:
+                    fast = self._known_start(msgs, k, text, floor, a, not isinstance(render, partial))
+                    a = fast if fast is not None else reply_start(render, msgs, k, text, floor, a, b)
+            out.append((a, max(a, b)))
+            floor = max(floor, b)
+        return out
+
+    def _known_start(self, msgs, k: int, text: str, floor: int, a: int, plain: bool) -> int | None:
+        """``reply_start`` from the rendering of the conversation's shape (texts swapped for
+        sentinels), kept per shape: the scaffold from the previous text to where the model
+        starts writing is the same for every row of that shape. None: work it out the slow way."""
+        if not plain or k == 0 or any(m.get("tool_calls") for m in msgs[: k + 1]):
+            return None
+        marks = SENTINELS[: k + 1]
+        dummies = [{**dummy(m, c)} for m, c in zip(msgs[: k + 1], marks, strict=True)]
+        key = ("start", tuple(tuple(d.items()) for d in dummies))
+        if key not in self._skeletons:
+            try:
+                prompt = self.render(dummies[:k], add_generation_prompt=True)[0]
+                conv = self.render(dummies)[0]
+            except Exception:
+                self._skeletons[key] = None
+                return None
+            prev = conv.find(marks[k - 1]) + 1
+            start = lcp(prompt, conv)
+            ok = prev > 0 and prev < start <= conv.find(marks[k]) and start == len(prompt)
+            self._skeletons[key] = conv[prev:start] if ok else None
+        scaffold = self._skeletons[key]
+        if scaffold is None or not text.startswith(scaffold, floor) or floor + len(scaffold) > a:
+            return None
+        return floor + len(scaffold)
+
+    def _end_spans(self, k, role, a, b, text, gen, window, final) -> tuple[list, str | None]:
+        """The text after turn k through the first stop token, and the EOS after the conversation
+        if k ends it; with the stop token found (None: none)."""
+        out, after, stop = [], b, None
         if self.generation and role == "assistant":
             covering = [g for g in gen if g[0] < b and g[1] > a]
-            if not covering and trained:
-                raise BadRow(f"turn {k} (assistant) lies outside the template's {{% generation %}} blocks")
             after = max([b] + [g[1] for g in covering])
             if after > b:
                 out.append((b, after))
-        elif self.marker and text.startswith(self.marker, b):
-            after = b + len(self.marker)
-            out.append((b, after))
-        elif self.marker and trained and role == "assistant":
-            raise BadRow(
-                f"turn {k} (assistant): the template writes {text[b : b + 24]!r} after the reply, "
-                f"not its end-of-turn marker {self.marker!r}"
-            )
-        rest = text[after:]
-        if final and self.final_eos and rest.strip() == self.final_eos:
-            at = after + rest.index(self.final_eos)
-            out.append((at, at + len(self.final_eos)))
-        return out
+        else:
+            end = find_end(text, b, window, self.stops)
+            if end.span is not None:
+                out.append(end.span)
+                after, stop = end.span[1], end.stop
+        rest = text[after:].strip()
+        eos = next((e for e in (self.final_eos, self.tok.eos_token) if e and rest == e), None)
+        if final and eos:
+            at = after + text[after:].index(eos)
+            out.append((at, at + len(eos)))
+        return out, stop
 
 
 def _wants(turn: dict, opts: MaskOptions) -> bool:
@@ -356,57 +465,30 @@ def _wants(turn: dict, opts: MaskOptions) -> bool:
     return opts.train_on_inputs or turn["role"] in opts.roles_to_train
 
 
+def _before_stops(text: str, end: int, stops) -> int:
+    """``end`` moved back over the whitespace and stop tokens that close the turn: the diff of a
+    turn with and without its tool calls can run on over them (the bare turn closes differently)."""
+    while True:
+        head = text[:end].rstrip()
+        stop = next((s for s in stops if head.endswith(s)), None)
+        if stop is None:
+            return len(head)
+        end = len(head) - len(stop)
+
+
 def _shift(x: int, at: int, delta: int) -> int:
     return x + delta if x >= at else x
 
 
-def _opener_start(text: str, a: int) -> int:
-    head = text[:a].rstrip()
-    for opener, _ in THINK_PAIRS:
-        if head.endswith(opener):
-            return len(head) - len(opener)
-    return a
-
-
-def _trained(offsets, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Which tokens carry loss: any character a token covers (the gap before it included) lies in
-    a span. Vectorised: per-token Python loops cost as much as the tokenizer on long rows."""
-    n = len(offsets)
-    if not n:
-        return np.zeros(0, bool)
-    flat = np.fromiter(chain.from_iterable(offsets), np.int64, 2 * n).reshape(n, 2)
-    # A token owns the gap since the previous one: offsets trimmed of a leading space (GPT-2's
-    # ByteLevel) still give ` Paris` its space.
-    his = np.maximum.accumulate(np.maximum(flat[:, 1], 0))
-    los = np.minimum(flat[:, 0], np.concatenate(([0], his[:-1])))
-    his, los = his.tolist(), los.tolist()  # bisect on lists: the same search as ever, fast
-    out = np.zeros(n, bool)
-    for a, b in spans:
-        out[bisect_right(his, a) : bisect_left(los, b)] = True  # tokens with hi > a and lo < b
-    return out
-
-
-def _layout_notes(msgs, regions, text: str, specials: list[str]) -> list[str]:
-    """What the template did to the conversation's turns (dropped, moved, merged, trimmed, rewritten)."""
-    notes = []
-    for k, (m, r) in enumerate(zip(msgs, regions, strict=True)):
-        role = m["role"]
-        if r is None:
-            notes.append(f"the template leaves out the {role} turn")
-            continue
-        body, content = text[r[0] : r[1]], m.get("content")
-        if isinstance(content, str) and body != content and not any(m.get(f) for f in REASONING_FIELDS):
-            if body == content.strip():
-                notes.append(f"the template trims whitespace around the {role} text")
-            elif split_reasoning(content) is None:
-                notes.append(f"the template rewrites the {role} text")
-        if role != "system":
-            continue
-        later = [regions[j] for j in range(k + 1, len(msgs)) if regions[j] is not None]
-        if any(o[0] < r[0] for o in later):
-            notes.append("the template moves the system turn into a later turn")
-            continue
-        after = min((o[0] for o in later), default=None)
-        if after is not None and not any(s in text[r[1] : after] for s in specials):
-            notes.append("the template merges the system turn into the next turn")
-    return notes
+def _own_block(text: str, at: int):
+    """An empty reasoning block the template wrote right before ``at``: the (start, end) of the
+    whitespace inside it, "closed" for a lone closing tag, None for neither."""
+    head = text[:at].rstrip()
+    for opener, closer in THINK_PAIRS:
+        if head.endswith(closer):
+            inner = head[: len(head) - len(closer)]
+            if inner.rstrip().endswith(opener):
+                start = len(inner.rstrip())
+                return start, len(inner)
+            return "closed"
+    return None

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from array import array
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,8 +286,22 @@ def prepare(
     if prepared.stats.bad and not config.skip_bad_rows:
         raise bad_rows_error(prepared.stats.bad, prepared.stats.total)
     if len(prepared.train) == 0:
-        raise UserError("no trainable rows in the datasets", "check `datasets` paths and row formats")
+        raise UserError(
+            f"no trainable rows in the datasets{_why_none(prepared.stats)}",
+            "check `datasets` paths and row formats",
+        )
     return prepared
+
+
+def _why_none(stats) -> str:
+    """Why no row is left: the bad rows' most common reason (a VL data set whose every row has an
+    image says so), with the first row that gave it."""
+    if not stats.bad:
+        return ""
+    reasons = Counter(why for _, _, why in stats.bad)
+    why, n = reasons.most_common(1)[0]
+    f, line, _ = next(b for b in stats.bad if b[2] == why)
+    return f": all {len(stats.bad)} row(s) were skipped as bad; {n} of them because {why} (first: {f}:{line})"
 
 
 def _build(config, tokenizer, root: Path, tok_id: str, workers: int, progress, should_stop) -> Prepared:

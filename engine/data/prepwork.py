@@ -79,7 +79,7 @@ def probe(tokenizer, specs) -> None:
     """Make the chat encoder once here when a dataset needs it: its probing raises the clear
     error in the main process, not in a worker."""
     if tokenizer is not None and any(
-        not ParseOptions.of(s).type.startswith(("alpaca", "completion")) for s in specs
+        not ParseOptions.of(s).type.startswith(("alpaca", "completion", "custom")) for s in specs
     ):
         _ = RowEncoder(tokenizer).chat
 

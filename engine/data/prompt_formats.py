@@ -60,7 +60,13 @@ def _tokenize(tok, text: str, add_eos: bool, strip_bos: bool) -> list[int]:
 
 def encode_alpaca(tok, style: str, fields: tuple[str, str, str], train_on_inputs: bool) -> tuple[list, list]:
     instruction, extra, output = fields
-    prompt = _tokenize(tok, alpaca_prompt(style, instruction, extra), add_eos=False, strip_bos=False)
+    return encode_prompted(tok, alpaca_prompt(style, instruction, extra), output, train_on_inputs)
+
+
+def encode_prompted(tok, prompt_text: str, output: str, train_on_inputs: bool) -> tuple[list, list]:
+    """A prompt then its trained response and EOS, each tokenized on its own (Axolotl's
+    instruction strategies, its user-defined ``type:`` mapping among them)."""
+    prompt = _tokenize(tok, prompt_text, add_eos=False, strip_bos=False)
     response = _tokenize(tok, output, add_eos=True, strip_bos=True)
     labels = (list(prompt) if train_on_inputs else [-100] * len(prompt)) + response
     return prompt + response, labels
@@ -97,6 +103,8 @@ class RowEncoder:
         if row.fmt.startswith("alpaca:"):
             style = row.fmt.split(":", 1)[1]
             return Encoded.of_lists(*encode_alpaca(self.tok, style, row.fields, options.train_on_inputs))
+        if row.fmt == "custom":
+            return Encoded.of_lists(*encode_prompted(self.tok, *row.fields, options.train_on_inputs))
         if row.fmt == "completion":
             return Encoded.of_lists(*encode_completion(self.tok, row.fields[0]))
-        return self.chat.encode_row(row.messages, options)
+        return self.chat.encode_row(row.messages, options, tools=getattr(row, "tools", None))
