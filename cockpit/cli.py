@@ -7,6 +7,8 @@ import difflib
 import os
 import sys
 
+from engine.cli import steps
+
 COMMANDS = {
     "train": "the cockpit (or --headless) on a config; no config: the embedded demo",
     "attach": "the cockpit on an existing run's log, live or finished",
@@ -16,10 +18,7 @@ COMMANDS = {
     "chat": "talk to a checkpoint or model",
     "eval": "identity / inference / lm-eval suites on a checkpoint or model",
     "checklist": "print a run's validation checklist",
-    "merge": "merge a LoRA checkpoint into its base model",
-    "quantize": "quantize a merged model (nf4 / int8)",
-    "export": "Ollama Modelfile or vLLM server command for a merged model",
-    "push": "upload a merged model to the Hugging Face Hub",
+    **steps.commands(),  # merge, quantize, export, push: engine/cli/steps/, one module a step
 }
 
 
