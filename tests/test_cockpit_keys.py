@@ -62,6 +62,7 @@ async def test_the_checklist_keys_work_as_soon_as_its_tab_opens(tmp_path):
         assert json.loads(state.read_text())
 
 
+@pytest.mark.slow
 async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
     """F1-F3 switch tabs from inside the chat's prompt; F4 on send presets."""
     from cockpit.chat_pane import ChatPane
