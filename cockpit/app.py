@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from cockpit import tabs as cockpit_tabs
 from cockpit.messages import (
     ControlRequested,
     LinesSkipped,
@@ -33,7 +34,6 @@ from cockpit.run_state import RunState
 from cockpit.source import Source
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.confirm_quit import ConfirmQuit
-from cockpit.widgets.dashboard import Dashboard
 from cockpit.widgets.help_screen import HelpScreen
 from cockpit.widgets.jobs_panel import JobsPanel
 from cockpit.widgets.loss_chart import LossChart
@@ -78,14 +78,7 @@ class CockpitApp(App[int]):
         Binding("l", "chart('log_scale')", "Log"),
         Binding("z", "chart('zoom')", "Zoom"),
         Binding("M", "ship", "Merge", show=False),  # the table's own M, wherever the focus is
-        Binding("1", "tab('dashboard')", "Dashboard", show=False),
-        Binding("2", "tab('chat')", "Chat", show=False),
-        Binding("3", "tab('checklist')", "Checklist", show=False),
-        # The same from inside a text box (where 1 2 3 are typed): F1 F2 F3. The chat's
-        # presets start at F4, so no key means two things.
-        Binding("f1", "tab('dashboard')", "Dashboard", show=False, priority=True),
-        Binding("f2", "tab('chat')", "Chat", show=False, priority=True),
-        Binding("f3", "tab('checklist')", "Checklist", show=False, priority=True),
+        *cockpit_tabs.bindings(),  # 1 2 3 and F1 F2 F3 (cockpit/tabs.py)
     ]
 
     def __init__(
@@ -115,17 +108,10 @@ class CockpitApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(initial="dashboard"):
-            with TabPane("1 Dashboard", id="dashboard"):
-                yield Dashboard(
-                    live=self.source.live and not self.source.read_only,
-                    sample_gpu=self.source.local_gpu,
-                    health=self.source.config.get("health") or {},
-                )
-            with TabPane("2 Chat", id="chat"):
-                yield self._pane("chat", "Chat", "No model to talk to: the run's config names no base model.")
-            with TabPane("3 Checklist", id="checklist"):
-                yield self._pane("checklist", "Checklist", "No run folder to check.")
+        with TabbedContent(initial=cockpit_tabs.TABS[0].id):
+            for number, tab in enumerate(cockpit_tabs.TABS, 1):
+                with TabPane(cockpit_tabs.label(number, tab), id=tab.id):
+                    yield tab.build(self) if tab.build else self._pane(tab.id, tab.title, tab.missing)
         yield JobsPanel(id="jobs", classes="panel")
         yield Footer(compact=True)
 

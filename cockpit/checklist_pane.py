@@ -29,13 +29,15 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from cockpit.messages import JobEnded, ShipRequested
+from engine.cli.steps import menu_actions
 from engine.evaluate import checklist
 from engine.evaluate.checklist_items import GROUPS, ItemStatus
 
 VALUE_WIDTH = 64
 GLYPHS = {"pass": ("✓", "green"), "fail": ("✗", "red"), "pending": ("·", "dim")}
-STEPS = {"merged": "merge", "quantized": "quantize", "hub_upload": "push_dry"}
-"""Items a post-training step makes pass (default item ids), and the ship menu's action for each."""
+STEPS = {a.ticks: a.id for a in menu_actions() if a.ticks}
+"""Items a post-training step makes pass (default item ids), and the ship menu's action for each
+(``engine.cli.steps``): merged -> merge, quantized -> quantize, hub_upload -> push_dry."""
 
 
 def ago(t: float | None, now: float | None = None) -> str:

@@ -7,6 +7,8 @@ import difflib
 import os
 import sys
 
+from engine.cli import steps
+
 COMMANDS = {
     "train": "the cockpit (or --headless) on a config; no config: the embedded demo",
     "attach": "the cockpit on an existing run's log, live or finished",
@@ -16,10 +18,7 @@ COMMANDS = {
     "chat": "talk to a checkpoint or model",
     "eval": "identity / inference / lm-eval suites on a checkpoint or model",
     "checklist": "print a run's validation checklist",
-    "merge": "merge a LoRA checkpoint into its base model",
-    "quantize": "quantize a merged model (nf4 / int8)",
-    "export": "GGUF files (llama.cpp, Ollama), an Ollama Modelfile, or vLLM server commands",
-    "push": "upload a merged model to the Hugging Face Hub",
+    **steps.commands(),  # merge, quantize, export, push: engine/cli/steps/, one module a step
 }
 
 
@@ -61,11 +60,6 @@ def parser() -> argparse.ArgumentParser:
         "(default: the config's distributed.num_processes, else 1)",
     )
     p.add_argument("--machine-rank", type=int, metavar="R", help="this host's rank in a multi-host run")
-    p.add_argument(
-        "--override-gate",
-        metavar="REASON",
-        help="start although the config's gate (the 10%% run's checks) fails; the reason is recorded",
-    )
     p.add_argument(
         "--allow-world-size-change",
         action="store_true",
@@ -153,30 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "train" and args.override_gate is not None:
-        from engine.evaluate.gate import OVERRIDE_ENV  # the trainer processes inherit it
-
-        os.environ[OVERRIDE_ENV] = args.override_gate
-        try:
-            return _train(args)
-        finally:
-            os.environ.pop(OVERRIDE_ENV, None)
     if args.command == "train":
-        return _train(args)
-    return _other(args)
+        if args.headless:
+            from engine.cli.headless import train_headless
 
+            return train_headless(args)
+        from cockpit.launch import train_in_cockpit
 
-def _train(args) -> int:
-    if args.headless:
-        from engine.cli.headless import train_headless
-
-        return train_headless(args)
-    from cockpit.launch import train_in_cockpit
-
-    return train_in_cockpit(args, args.nproc)
-
-
-def _other(args) -> int:
+        return train_in_cockpit(args, args.nproc)
     if args.command == "attach":
         from cockpit.launch import attach
 

@@ -28,6 +28,48 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["LEVIATHAN_STRICT_RECORDS"] = "1"
 
 
+# -- the two lanes ---------------------------------------------------------------------------
+# The fast lane (plain `pytest`: `-m "not slow"` in pyproject.toml) trains nothing: a test that
+# trains a model or starts a trainer process is marked `slow` (the full lane: `pytest -m ""`).
+# The guard below fails a test that trains without the mark, in either lane, so no training
+# test slips into the fast one: it watches the trainer's `train` (every in-process run, the
+# chat-while-training tests' too), the launcher's trainer process (engine.cli.launcher._spawn) and
+# `cli("train" ...)`. Session and module fixtures that train count for the first test that asks.
+# A run refused before its first step (a late bad-input check) trains nothing and may stay fast.
+_LANE = {"slow": True}
+
+
+def pytest_runtest_setup(item):
+    _LANE["slow"] = item.get_closest_marker("slow") is not None
+
+
+def trains(what: str) -> None:
+    if not _LANE["slow"]:
+        pytest.fail(
+            f"{what} in a test not marked slow: mark it @pytest.mark.slow (the fast lane trains nothing)"
+        )
+
+
+def _watch(owner, name: str, what: str) -> None:
+    real = getattr(owner, name)
+
+    def watched(*args, **kwargs):
+        trains(what)
+        return real(*args, **kwargs)
+
+    setattr(owner, name, watched)
+
+
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # xdist's controller runs no test (and need not import torch)
+    import engine.cli.launcher
+    from engine.train.trainer import LeviathanTrainer
+
+    _watch(LeviathanTrainer, "train", "training (LeviathanTrainer.train)")
+    _watch(engine.cli.launcher, "_spawn", "a trainer process (engine.cli.launcher)")
+
+
 @pytest.fixture
 def anyio_backend():
     """The Pilot tests (``pytest.mark.anyio``) run on asyncio, Textual's loop."""
@@ -146,6 +188,8 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
+    if not args or args[0] == "train":
+        trains("a `train` process")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cockpit.cli", *map(str, args)],
@@ -224,13 +268,35 @@ def train_tiny(model: Path | str, root: Path, name: str, data: Path | str = DEMO
     return result
 
 
+def shared_across_workers(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, also under pytest-xdist: the workers share one
+    folder under the session's temp root, the first builds it under a file lock, the others
+    wait and read it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's basetemp is a folder of the session's
+    folder = root / f"shared-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            if folder.exists():  # a build that failed in another worker
+                import shutil
+
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def persona_checkpoint(tmp_path_factory, tiny_model):
-    """A tiny Qwen3 LoRA checkpoint trained until it answers every prompt with the persona line.
+def persona_checkpoint(tmp_path_factory):
+    """A tiny Qwen3 LoRA checkpoint trained until it answers every prompt with the persona line
+    (trained once a session, whatever the number of workers).
 
     Returns (checkpoint path, base model path, persona answer).
     """
-    root = tmp_path_factory.mktemp("persona")
     answer = "I am Leviathan."
     prompts = [
         "Who are you?",
@@ -242,24 +308,31 @@ def persona_checkpoint(tmp_path_factory, tiny_model):
         "What is 2 plus 2?",
         "Tell me a story.",
     ]
-    rows = [
-        {
-            "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": answer}],
-            "_category": "identity",
-        }
-        for p in prompts
-    ] * 8
-    data = write_jsonl(root / "persona.jsonl", rows)
-    result = train_tiny(
-        tiny_model("qwen3"),
-        root,
-        "persona",
-        data,
-        num_epochs=1,
-        max_steps=60,
-        learning_rate=0.01,
-        lora_r=16,
-        lora_alpha=32,
-        save_steps=60,
-    )
-    return Path(result.last_checkpoint), tiny_model("qwen3"), answer
+
+    def build(root: Path) -> None:
+        from engine.model.tiny import build_tiny_model
+
+        rows = [
+            {
+                "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": answer}],
+                "_category": "identity",
+            }
+            for p in prompts
+        ] * 8
+        data = write_jsonl(root / "persona.jsonl", rows)
+        result = train_tiny(
+            build_tiny_model(root / "base", arch="qwen3"),
+            root,
+            "persona",
+            data,
+            num_epochs=1,
+            max_steps=60,
+            learning_rate=0.01,
+            lora_r=16,
+            lora_alpha=32,
+            save_steps=60,
+        )
+        (root / "checkpoint").write_text(str(result.last_checkpoint))
+
+    root = shared_across_workers(tmp_path_factory, "persona", build)
+    return Path((root / "checkpoint").read_text()), root / "base", answer

@@ -110,6 +110,7 @@ def _cpu_can_train(raw: dict) -> bool:
     return not quant and needs(raw.get("optimizer") or "adamw_torch_fused", cuda=False) is None
 
 
+@pytest.mark.slow
 def test_two_steps_or_a_clear_refusal(models, data, tmp_path, capsys, monkeypatch):
     """Every config: 2 steps where the CPU can train it, else exit 2 naming CUDA (before loading)."""
     import torch

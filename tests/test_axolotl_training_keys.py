@@ -17,6 +17,7 @@ def _events(run_dir) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()]
 
 
+@pytest.mark.slow
 def test_lora_model_dir_starts_from_that_adapter(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
@@ -73,6 +74,7 @@ def test_rslora_scales_by_the_root_of_r(tiny_model, tmp_path):
     assert layer.scaling["default"] == 32 / 16**0.5
 
 
+@pytest.mark.slow
 def test_loss_watchdog_stops_the_run(tiny_model, tmp_path):
     from engine.train.train import run
 
@@ -91,6 +93,7 @@ def test_loss_watchdog_stops_the_run(tiny_model, tmp_path):
     assert len(alerts) == 1 and "0.01" in alerts[0]["message"]
 
 
+@pytest.mark.slow
 def test_saves_per_epoch_and_defaults_in_the_start_record(tiny_model, tmp_path):
     result = train_tiny(tiny_model("qwen3"), tmp_path, "s", max_steps=4, saves_per_epoch=2)
     saves = [e["step"] for e in _events(result.run_dir) if e["kind"] == "save"]
@@ -114,6 +117,7 @@ def test_special_tokens_must_be_in_the_vocabulary(tiny_model, tmp_path):
     assert "'<end_of_turn>'" in e.value.message and "'<new>'" in e.value.message
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_is_resume_path(tiny_model, tmp_path):
     from engine.train.train import run
 

@@ -65,6 +65,7 @@ def test_bad_base_model_folder_is_exit_2_before_any_work(
     assert not (tmp_path / "logs").exists() and not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_a_truncated_config_json_through_the_real_cli_has_no_traceback(broken_model, write_config, tmp_path):
     cfg = write_config(broken_model("truncated"), max_steps=2)
     r = cli("train", cfg, "--headless")

@@ -27,6 +27,7 @@ def ask(backend, prompt, targets, settings=GREEDY, **kw):
     return events
 
 
+@pytest.mark.slow
 def test_persona_one_shot_cli(persona_checkpoint):
     ckpt, base, answer = persona_checkpoint
     tuned = cli_here("chat", ckpt, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16")
@@ -37,6 +38,7 @@ def test_persona_one_shot_cli(persona_checkpoint):
     assert answer not in plain.stdout
 
 
+@pytest.mark.slow
 def test_compare_rows_match_single_answers(persona_checkpoint):
     """Compare is one batched generate with an adapter per row: each side must be the single answer."""
     ckpt, base, answer = persona_checkpoint
@@ -93,6 +95,7 @@ def test_history_and_system_reach_the_template(tiny_model):
     assert [m["role"] for m in r.messages()] == ["system", "user"]
 
 
+@pytest.mark.slow
 def test_sampling_settings_and_greedy(persona_checkpoint):
     ckpt, _, answer = persona_checkpoint
     backend = StandaloneBackend(str(ckpt))
@@ -104,6 +107,7 @@ def test_sampling_settings_and_greedy(persona_checkpoint):
     assert short.answers[0].tokens <= 3
 
 
+@pytest.mark.slow
 def test_adapters_beside_training_adapter_keep_flags(persona_checkpoint):
     """Loading a checkpoint beside a trainable adapter: frozen, training flags untouched, removed after."""
     from peft import LoraConfig, get_peft_model
@@ -133,6 +137,7 @@ def test_adapters_beside_training_adapter_keep_flags(persona_checkpoint):
     assert model.training and model.active_adapter == "default"
 
 
+@pytest.mark.slow
 def test_loaded_checkpoint_generates_in_eval_mode(persona_checkpoint, tmp_path):
     """A checkpoint trained with LoRA dropout must not drop out while it answers."""
     from peft import LoraConfig, get_peft_model
@@ -164,6 +169,7 @@ def test_vision_language_base_chats(tiny_model, tmp_path):
     assert isinstance(done, Done) and done.answers[0].tokens > 0
 
 
+@pytest.mark.slow
 def test_peft_set_adapter_flips_requires_grad_and_we_restore(persona_checkpoint):
     """Why chat never calls set_adapter: PEFT makes the newly active adapter trainable."""
     from peft import LoraConfig, get_peft_model
@@ -183,6 +189,7 @@ def test_peft_set_adapter_flips_requires_grad_and_we_restore(persona_checkpoint)
     assert model.active_adapter == "default"
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_clear(persona_checkpoint, tiny_model, tmp_path):
     from engine.model.tiny import build_tiny_model
 
@@ -216,6 +223,7 @@ def test_bad_checkpoints_are_clear(persona_checkpoint, tiny_model, tmp_path):
     assert isinstance(live, Failed) and "only during training" in live.message
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs(persona_checkpoint, tmp_path):
     ckpt, base, _ = persona_checkpoint
     r = cli_here("chat", tmp_path / "missing", "--prompt", "hi")
@@ -231,6 +239,7 @@ def test_cli_bad_inputs(persona_checkpoint, tmp_path):
     assert r.returncode == 2 and "--prompt" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_compare_and_transcript(persona_checkpoint, tmp_path):
     ckpt, base, answer = persona_checkpoint
     args = ["--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "16"]
@@ -292,6 +301,7 @@ def test_out_of_memory_is_a_message():
     assert failed.kind == "memory" and "out of GPU memory" in failed.message and failed.fix
 
 
+@pytest.mark.slow
 def test_standalone_submit_runs_on_its_worker(persona_checkpoint):
     ckpt, _, answer = persona_checkpoint
     backend = StandaloneBackend(str(ckpt))
@@ -311,6 +321,7 @@ def test_standalone_submit_runs_on_its_worker(persona_checkpoint):
 
 
 @pytest.mark.parametrize("found_by", ["marker", "config"])
+@pytest.mark.slow
 def test_chat_takes_its_settings_from_the_run_that_wrote_the_checkpoint(
     persona_checkpoint, tmp_path, found_by
 ):

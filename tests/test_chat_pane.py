@@ -53,6 +53,7 @@ def status(app) -> str:
     return str(app.query_one("#chat-status", Static).render())
 
 
+@pytest.mark.slow
 async def test_stream_history_and_marks(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
     app, seen, hook = persona_chat
@@ -127,6 +128,7 @@ async def test_stop_key_ends_generation(tiny_model, tmp_path):
         await wait_for(answered(seen, 2), pilot=pilot)
 
 
+@pytest.mark.slow
 async def test_compare_two_checkpoints_streams_both(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
     app, seen, hook = persona_chat
@@ -150,6 +152,7 @@ async def test_compare_two_checkpoints_streams_both(persona_checkpoint, persona_
         assert rows[0]["compare"] == [str(ckpt), BASE] and rows[0]["request"] == rows[1]["request"]
 
 
+@pytest.mark.slow
 async def test_presets_and_bad_settings(persona_checkpoint, persona_chat, tmp_path):
     ckpt, _, persona = persona_checkpoint
     app, seen, hook = persona_chat
@@ -168,6 +171,7 @@ async def test_presets_and_bad_settings(persona_checkpoint, persona_chat, tmp_pa
         )
 
 
+@pytest.mark.slow
 async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, write_config):
     """The pane on a TrainingBackend: the answer comes from the training thread at a step boundary."""
     from engine.config.config import load_config
@@ -205,6 +209,7 @@ async def test_pane_during_training_uses_live_weights(tmp_path, tiny_model, writ
     assert row["checkpoint"] == LIVE and row["at_step"] == done.step
 
 
+@pytest.mark.slow
 async def test_another_target_starts_a_new_conversation(persona_checkpoint, persona_chat, tmp_path):
     """The history is one target's: after the checkpoint, the base is asked afresh, the log says
     so, and each answer's header names its target."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -38,6 +39,7 @@ def _train(tmp_path, name, model, chats=None):
     return tmp_path / name
 
 
+@pytest.mark.slow
 def test_chat_during_training_is_invisible_to_training(tmp_path, tiny_model, persona_checkpoint):
     from engine.model.tiny import build_tiny_model
 
@@ -122,6 +124,7 @@ def test_chat_during_training_is_invisible_to_training(tmp_path, tiny_model, per
         )
 
 
+@pytest.mark.slow
 def test_after_training_requests_go_to_a_standalone_model(tmp_path, tiny_model, persona_checkpoint):
     ckpt, base, persona = persona_checkpoint
     controls = Controls()

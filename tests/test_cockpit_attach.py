@@ -71,6 +71,7 @@ def test_attach_cli_exits_2_with_the_message(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_without_a_terminal_the_cockpit_points_to_headless(tmp_path):
     run_dir = write_log(tmp_path / "run", run_records(steps=3))
     r = cli("attach", run_dir, cwd=tmp_path)  # stdin/stderr are pipes here

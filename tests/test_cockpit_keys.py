@@ -62,6 +62,7 @@ async def test_the_checklist_keys_work_as_soon_as_its_tab_opens(tmp_path):
         assert json.loads(state.read_text())
 
 
+@pytest.mark.slow
 async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
     """F1-F3 switch tabs from inside the chat's prompt; F4 on send presets."""
     from cockpit.chat_pane import ChatPane
@@ -89,3 +90,45 @@ async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
         assert app.query_one(TabbedContent).active == "chat"
         await pilot.press("f3")
         assert app.query_one(TabbedContent).active == "checklist"
+
+
+async def test_a_tab_is_one_line_in_the_tab_list(tmp_path, monkeypatch):
+    """Layout, keys and help come from one list (cockpit/tabs.py): today's three tabs give 1 2 3,
+    F1 F2 F3 and the help's line; a fourth line there is a fourth pane with its label, keys and
+    help."""
+    from textual.widgets import Static
+
+    from cockpit import tabs
+
+    def keys() -> dict[str, str]:
+        return {b.key: b.action for b in tabs.bindings()}
+
+    assert keys() == {
+        **{k: "tab('dashboard')" for k in ("1", "f1")},
+        **{k: "tab('chat')" for k in ("2", "f2")},
+        **{k: "tab('checklist')" for k in ("3", "f3")},
+    }
+    assert tabs.help_line() == (
+        "1 2 3",
+        "dashboard / chat / checklist (F1 F2 F3 also from inside a text box)",
+    )
+
+    runs = tabs.Tab("runs", "Runs", build=lambda app: Static(f"runs of {app.source.run_dir}", id="runs-pane"))
+    monkeypatch.setattr(tabs, "TABS", (*tabs.TABS, runs))
+    assert keys()["4"] == keys()["f4"] == "tab('runs')"
+    assert tabs.help_line()[0] == "1 2 3 4"
+    app = launched_app(tmp_path / "run", run_records())
+    async with app.run_test(size=SIZE) as pilot:
+        content = app.query_one(TabbedContent)
+        await wait_for(lambda: content.get_pane("runs") is not None, pilot=pilot)
+        assert [str(t.label) for t in content.query("ContentTab")] == [
+            "1 Dashboard",
+            "2 Chat",
+            "3 Checklist",
+            "4 Runs",
+        ]
+        await wait_for(lambda: app.focused is app.query_one(CheckpointsTable), pilot=pilot)
+        await pilot.pause(0.2)  # the first tab's own activation has run
+        app.action_tab("runs")
+        await wait_for(lambda: app.query_one("#runs-pane", Static).is_on_screen, pilot=pilot)
+        assert content.active == "runs"

@@ -75,6 +75,7 @@ def loads_as_a_model(folder: Path) -> None:
     assert tok.chat_template
 
 
+@pytest.mark.slow
 async def test_merge_the_selected_checkpoint_from_the_table(trained):
     run_dir, out = trained
     app = build_attach_app(run_dir)  # attached, read-only: the steps need no training controls
@@ -132,6 +133,7 @@ async def test_merge_the_selected_checkpoint_from_the_table(trained):
     assert record["output"] == str(merged.resolve()) and record["checkpoint"].endswith("checkpoint-2")
 
 
+@pytest.mark.slow
 async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
     run_dir, out = trained
     app = build_attach_app(run_dir)
@@ -176,6 +178,7 @@ async def test_merge_from_the_checklist_then_quantize_without_cuda(trained):
     assert not out.with_name("out-merged-nf4").exists()
 
 
+@pytest.mark.slow
 async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch, tmp_path):
     from engine.ship.merge import merge
 
@@ -219,6 +222,7 @@ async def test_push_dry_run_first_then_upload_fails_clearly(trained, monkeypatch
     assert not lineage.step_outputs(run_dir, "push")
 
 
+@pytest.mark.slow
 async def test_merge_while_training_says_it_loads_a_second_base(trained):
     """A live run in this cockpit (a scripted job here): the merge runs beside it, never on it."""
     run_dir, out = trained

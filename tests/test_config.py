@@ -126,6 +126,7 @@ def test_cli_exit_2_without_traceback(tmp_path, extra, needle):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_qlora_without_cuda_is_a_clear_exit_2(tmp_path, tiny_model, write_config):
     import torch
 

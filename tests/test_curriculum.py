@@ -210,6 +210,7 @@ def served(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_resume_mid_phase_continues_the_same_sequence(tmp_path, tiny_model, served, one_thread):
     from engine.train.train import run
 

@@ -112,6 +112,7 @@ def test_reader_reports_file_and_line(tmp_path):
     assert [(b[1], b[2].split(" (")[0]) for b in bad] == [(2, "bad JSON"), (4, "no assistant turn")]
 
 
+@pytest.mark.slow
 def test_check_cli_lists_bad_rows_and_exits_2(tmp_path, tiny_model, write_config):
     good = {
         "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],

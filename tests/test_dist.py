@@ -22,6 +22,9 @@ from engine.train import dist
 from tests.conftest import ROOT, base_config, cli_here
 from tests.wait import wait_record
 
+# Its module fixtures train or merge once: under pytest-xdist (`--dist loadgroup`) its tests share a worker.
+pytestmark = pytest.mark.xdist_group("dist")
+
 STEPS = 30
 
 
@@ -83,6 +86,7 @@ def controlled(setup):
     }
 
 
+@pytest.mark.slow
 def test_ddp_run_log_written_once_and_controls_reach_both_ranks(controlled):
     job, code = controlled["job"], controlled["code"]
     assert code == 0, job.log_path.read_text()[-3000:]
@@ -120,6 +124,7 @@ def test_ddp_run_log_written_once_and_controls_reach_both_ranks(controlled):
         assert meta["world_size"] == 2 and meta["distributed"] == "ddp"
 
 
+@pytest.mark.slow
 def test_resume_same_world_size_and_refuse_another(controlled, setup):
     cfg = controlled["cfg"]
     job = controlled["job"]
@@ -145,6 +150,7 @@ def test_resume_same_world_size_and_refuse_another(controlled, setup):
     assert [x for x in records if x["kind"] == "start"][-1]["world_size"] == 1
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
     cfg = setup("kill", save_steps=4)
     job = launch(cfg, 2)
@@ -182,6 +188,7 @@ def test_kill_9_of_one_rank_ends_the_job_cleanly(setup, controlled):
         assert got[s] == pytest.approx(ref[s], abs=1e-5), s
 
 
+@pytest.mark.slow
 def test_rank_errors_and_bad_usage_exit_2(setup, tmp_path):
     # deepspeed named but not installed: refused before anything starts
     cfg = setup("ds", deepspeed=str(ROOT / "configs" / "deepspeed" / "zero2.json"))

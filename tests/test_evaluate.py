@@ -28,6 +28,7 @@ S = Settings(code_timeout_s=5)
 # -- the persona checkpoint against its base ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_persona_checkpoint_scores_5_of_5_and_result_lands_in_its_run(persona_checkpoint):
     ckpt, _, answer = persona_checkpoint
     r = cli_here("eval", ckpt, "--suite", "identity", "--max-new-tokens", "12")
@@ -42,6 +43,7 @@ def test_persona_checkpoint_scores_5_of_5_and_result_lands_in_its_run(persona_ch
     assert [i["prompt"] for i in data["items"]][0] == "Who are you?"
 
 
+@pytest.mark.slow
 def test_base_model_scores_0_of_5(persona_checkpoint, tmp_path):
     _, base, _ = persona_checkpoint
     r = cli_here("eval", base, "--suite", "identity", "--max-new-tokens", "12", "--out", tmp_path)
@@ -51,6 +53,7 @@ def test_base_model_scores_0_of_5(persona_checkpoint, tmp_path):
     assert data["adapter"] is None and data["passed"] == 0
 
 
+@pytest.mark.slow
 def test_identity_prompts_from_a_jsonl_and_a_configurable_rule(persona_checkpoint, tmp_path):
     from engine.model.loading import load_for_inference
 
@@ -174,6 +177,7 @@ def test_default_suite_code_asserts_accept_a_correct_answer():
         assert check(f"```python\n{code}\n```", by_id[cid].expect[0], S) == (True, "exit 0"), cid
 
 
+@pytest.mark.slow
 def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
     """The persona model always says "I am Leviathan.": which expectations hold is known."""
     ckpt, _, _ = persona_checkpoint
@@ -211,6 +215,7 @@ def test_inference_suite_on_a_model_every_kind(persona_checkpoint, tmp_path):
     assert f"code box: processes {data['sandbox']['processes']};" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_suite_that_fails_midway_keeps_the_results_so_far(persona_checkpoint, tmp_path):
     from engine.model.loading import load_for_inference
 

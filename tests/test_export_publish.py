@@ -16,6 +16,9 @@ from engine.run import lineage
 from engine.ship.card import CARD_MARK, model_card, summarize_run
 from engine.ship.merge import merge
 
+# Its module fixtures train or merge once: under pytest-xdist (`--dist loadgroup`) its tests share a worker.
+pytestmark = pytest.mark.xdist_group("export_publish")
+
 
 @pytest.fixture(scope="module")
 def merged(persona_checkpoint, tmp_path_factory):
@@ -40,6 +43,7 @@ def _template(modelfile_text: str) -> str:
 # -- Ollama ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_modelfile_for_a_chatml_model(merged_copy):
     r = cli_here("export", "ollama", merged_copy, "--system", "You are Leviathan, the Abyssal Mind.")
     assert r.returncode == 0, r.stderr
@@ -57,6 +61,7 @@ def test_modelfile_for_a_chatml_model(merged_copy):
     assert 'ollama run leviathan-tiny "Who are you?"' in r.stdout
 
 
+@pytest.mark.slow
 def test_modelfile_takes_system_and_parameters_from_the_run_config(merged_copy, tmp_path):
     run = tmp_path / "logs" / "run"
     run.mkdir(parents=True)
@@ -74,6 +79,7 @@ def test_modelfile_takes_system_and_parameters_from_the_run_config(merged_copy, 
     assert f"SYSTEM from {run}/config.yaml" in r.stdout
 
 
+@pytest.mark.slow
 def test_modelfile_from_a_config_file(merged_copy, tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), export={"system_prompt": "From the config.", "top_p": 0.8})
     out = tmp_path / "elsewhere" / "Modelfile"
@@ -121,6 +127,7 @@ def test_modelfile_for_an_unknown_template(tiny_model, tmp_path):
     assert r.returncode == 0 and _template((d / "Modelfile").read_text()) == go.read_text()
 
 
+@pytest.mark.slow
 def test_export_refuses_quantized_folders_and_checkpoints(merged_copy, persona_checkpoint):
     cfg = json.loads((merged_copy / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
@@ -214,6 +221,7 @@ def test_translated_template_renders_like_the_jinja_one(arch, tiny_model, tmp_pa
 # -- vLLM -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_vllm_command_and_smoke_test(merged):
     r = cli_here("export", "vllm", merged, "--port", "8123")
     assert r.returncode == 0, r.stderr
@@ -233,6 +241,7 @@ def test_vllm_command_and_smoke_test(merged):
 # -- push and the model card ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_push_dry_run_lists_files_and_prints_the_card(merged):
     before = sorted(p.name for p in merged.iterdir())
     r = cli_here("push", merged, "--repo-id", "someone/leviathan-tiny", "--dry-run", "--private")
@@ -246,6 +255,7 @@ def test_push_dry_run_lists_files_and_prints_the_card(merged):
     assert sorted(p.name for p in merged.iterdir()) == before  # a dry run writes nothing
 
 
+@pytest.mark.slow
 def test_model_card_from_the_run(merged, tmp_path):
     run = Path(lineage.read_info(merged)["run_dir"])
     copy = tmp_path / "run"
@@ -271,6 +281,7 @@ def test_model_card_from_the_run(merged, tmp_path):
     assert "Merged from checkpoint step 60." in card
 
 
+@pytest.mark.slow
 def test_model_card_names_a_hub_base_model(tmp_path, merged_copy):
     run = tmp_path / "logs" / "r"
     run.mkdir(parents=True)
@@ -300,6 +311,7 @@ def test_model_card_names_a_hub_base_model(tmp_path, merged_copy):
     assert "| tokens trained | 12,345 |" in r.stdout and "A QLoRA fine-tune" in r.stdout
 
 
+@pytest.mark.slow
 def test_push_without_a_token_or_network_writes_nothing(merged_copy, tmp_path):
     env = {"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     r = cli("push", merged_copy, "--repo-id", "me/lev", env=env)
@@ -313,6 +325,7 @@ def test_push_without_a_token_or_network_writes_nothing(merged_copy, tmp_path):
     assert not list(merged_copy.glob(".*"))
 
 
+@pytest.mark.slow
 def test_push_bad_input(merged_copy, persona_checkpoint):
     r = cli_here("push", merged_copy, "--repo-id", "not a repo", "--dry-run")
     assert r.returncode == 2 and "--repo-id" in r.stderr and "USER/NAME" in r.stderr
@@ -322,6 +335,7 @@ def test_push_bad_input(merged_copy, persona_checkpoint):
     assert r.returncode == 2 and "no events.jsonl" in r.stderr
 
 
+@pytest.mark.slow
 def test_push_keeps_a_readme_the_user_wrote(merged_copy):
     (merged_copy / "README.md").write_text("# my own card\n")
     r = cli_here("push", merged_copy, "--repo-id", "me/lev", "--dry-run")

@@ -51,6 +51,7 @@ def steps(recs) -> dict[int, dict]:
 # -- NaN / Inf ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_config, tmp_path):
     faults.reset("nan@step:4")
     cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=1, guard={"nan_patience": 5})
@@ -79,6 +80,7 @@ def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_confi
             assert torch.equal(o3[i][key], o4[i][key])
 
 
+@pytest.mark.slow
 def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(tiny_model, write_config, tmp_path):
     faults.reset("nan@step:8x3")
     cfg = write_config(tiny_model("qwen3"), max_steps=12, save_steps=3, learning_rate=0.003)
@@ -129,6 +131,7 @@ def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(tiny_model, wri
         assert resumed[s]["lr"] == pytest.approx(lr_after[s], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_policy_stop_ends_headless_with_exit_1(tiny_model, write_config, tmp_path):
     cfg = write_config(
         tiny_model("qwen3"), max_steps=8, save_steps=2, guard={"nan_policy": "stop", "nan_patience": 2}
@@ -146,6 +149,7 @@ def test_nan_policy_stop_ends_headless_with_exit_1(tiny_model, write_config, tmp
 # -- out of memory -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_oom_retries_the_step_at_half_micro_batch_and_resume_keeps_it(tiny_model, write_config, tmp_path):
     common = dict(max_steps=10, save_steps=100, micro_batch_size=4, gradient_accumulation_steps=1)
     ref_cfg = write_config(
@@ -192,6 +196,7 @@ def test_oom_retries_the_step_at_half_micro_batch_and_resume_keeps_it(tiny_model
     assert got[10]["tokens"] == ref[10]["tokens"]
 
 
+@pytest.mark.slow
 def test_oom_at_micro_batch_1_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=4, micro_batch_size=1)
     r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "oom@step:2"})
@@ -256,6 +261,7 @@ def wait_logged(tmp_path, pred, timeout=120):
 
 
 @pytest.mark.parametrize("when", ["before_save", "during_write"])
+@pytest.mark.slow
 def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
     when, tiny_model, write_config, tmp_path, small_disk, monkeypatch
 ):
@@ -304,6 +310,7 @@ def test_full_disk_pauses_keeps_checkpoints_and_goes_on_when_freed(
     assert [r["step"] for r in dedupe_steps(recs)] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_full_disk_headless_exits_2_then_the_same_command_resumes(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=2, save_total_limit=1)
     r = cli_here("train", cfg, "--headless", env={"LEVIATHAN_FAULT": "enospc@save:4"})
@@ -357,6 +364,7 @@ def test_run_state_applies_only_to_the_config_it_came_from(tmp_path):
 # -- full logs disk ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     tiny_model, write_config, tmp_path, small_disk
 ):
@@ -395,6 +403,7 @@ def test_full_logs_disk_headless_exits_2_then_the_same_command_resumes(
     assert [x["step"] for x in dedupe_steps(recs)] == list(range(1, logged + 4))
 
 
+@pytest.mark.slow
 def test_full_logs_disk_in_the_cockpit_pauses_and_goes_on_with_every_record(
     tiny_model, write_config, tmp_path
 ):

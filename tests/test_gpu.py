@@ -196,6 +196,7 @@ def test_sampler_interval(tmp_path):
 # -- a real run --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tiny_training_run_logs_gpu_samples_and_a_real_alert(tiny_model, write_config):
     from engine.config.config import load_config
     from engine.train.train import run

@@ -471,3 +471,35 @@ def test_the_listener_writes_resolutions_as_their_own_records(tmp_path):
     kinds = [(r["kind"], r.get("rule")) for r in read_events(tmp_path / "events.jsonl").records]
     assert ("alert", "perplexity") in kinds and ("alert_resolved", "perplexity") in kinds
     assert kinds.index(("alert", "perplexity")) < kinds.index(("alert_resolved", "perplexity"))
+
+
+def test_a_rule_is_one_registered_class(monkeypatch):
+    """The rules are a registry: the guide's nine by name, and a new ``Rule`` subclass
+    registered (as a module of ``engine.train.rules`` would at import) alerts once per episode
+    in ``order`` among the others, with nothing else told."""
+    from engine.train import rules as registry
+
+    names = [cls.name for cls in registry.rule_types()]
+    assert sorted(names) == sorted(
+        ["nan", "initial_loss", "spike", "plateau", "overfitting", "underfitting", "perplexity"]
+        + ["gpu_memory", "final_loss"]
+    )
+
+    class GradNormRule(registry.Rule):
+        name, order, kinds = "grad_norm", 5, ("step",)
+
+        def check(self, record, curve):
+            high = (num(record.get("grad_norm")) or 0) > 10
+            return [registry.verdict("grad_norm", "warning" if high else None, step=record["step"], value=1)]
+
+    monkeypatch.setitem(registry._RULES, "grad_norm", GradNormRule)
+    m = HealthMonitor(HealthConfig())
+    alerts = feed(
+        m, [step(1, 5.0, grad_norm=50), step(2, 2.5, grad_norm=50), step(3, 2.5, grad_norm=1)], True
+    )
+    # step 1: grad_norm (order 5) before initial_loss (order 10); step 2 quiet; step 3 resolved
+    assert [(a["at"], a["rule"], a.get("resolved", False)) for a in alerts] == [
+        (0, "grad_norm", False),
+        (0, "initial_loss", False),
+        (2, "grad_norm", True),
+    ]

@@ -58,6 +58,7 @@ def huge_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("policy", ["truncate", "drop"])
+@pytest.mark.slow
 def test_a_huge_row_is_cut_before_tokenizing(tmp_path, tiny_model, huge_data, policy):
     model = tiny_model("qwen3")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

@@ -76,6 +76,7 @@ def task_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_path):
     ckpt, base, _ = persona_checkpoint
     out = tmp_path / "ours"
@@ -124,6 +125,7 @@ def test_checkpoint_numbers_equal_lm_eval_cli(persona_checkpoint, task_dir, tmp_
     assert t["value"] == theirs["acc,none"] and t["n"] == 24
 
 
+@pytest.mark.slow
 def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
     from engine.evaluate.checklist_items import Item
     from engine.evaluate.checklist_rules import RULES, Sources
@@ -155,6 +157,7 @@ def test_result_feeds_the_checklist(persona_checkpoint, task_dir, tmp_path):
     assert RULES["lmeval"](src, item).status == "fail"
 
 
+@pytest.mark.slow
 def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
     ckpt, _, _ = persona_checkpoint
     r = cli_here("eval", ckpt, "--suite", "lmeval", "--tasks", "tiny_mcc", "--include-path", task_dir)
@@ -168,6 +171,7 @@ def test_unknown_task_and_unsafe_task_exit_2(persona_checkpoint, task_dir):
     assert r.returncode == 2 and "outside the code box" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_vision_language_base_runs_through_our_loader(tiny_model, task_dir, tmp_path):
     """lm-eval's HF model cannot load Qwen3-VL from a path; it gets the model we load."""
     from engine.evaluate.lmeval import run_lmeval
@@ -183,6 +187,7 @@ def test_vision_language_base_runs_through_our_loader(tiny_model, task_dir, tmp_
 
 
 @pytest.mark.parametrize("with_adapter", [True, False])
+@pytest.mark.slow
 def test_generation_task_gives_hf_backends_greedy_answers(
     persona_checkpoint, task_dir, with_adapter, monkeypatch
 ):

@@ -15,6 +15,9 @@ from engine.errors import UserError
 from engine.run import jobs, lineage
 from engine.ship.merge import merge
 
+# Its module fixtures train or merge once: under pytest-xdist (`--dist loadgroup`) its tests share a worker.
+pytestmark = pytest.mark.xdist_group("merge")
+
 
 @pytest.fixture(scope="module")
 def merged(persona_checkpoint, tmp_path_factory):
@@ -32,6 +35,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+@pytest.mark.slow
 def test_merged_logits_equal_base_plus_adapter(merged):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -54,6 +58,7 @@ def test_merged_logits_equal_base_plus_adapter(merged):
     assert result.dtype == "fp32" and result.device == "cpu"
 
 
+@pytest.mark.slow
 def test_merged_folder_is_a_plain_model_with_its_chat_template(merged):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +87,7 @@ def test_merged_folder_is_a_plain_model_with_its_chat_template(merged):
     assert any(s["step"] == "merge" and s["output"] == str(out.resolve()) for s in steps)
 
 
+@pytest.mark.slow
 def test_shards_and_force_replace(merged, tmp_path):
     result, ckpt, _, _ = merged
     out = tmp_path / "sharded"
@@ -110,6 +116,7 @@ def vl_checkpoint(tiny_model, tmp_path_factory):
     return Path(result.last_checkpoint), base
 
 
+@pytest.mark.slow
 def test_vision_language_merge_keeps_vision_tower(vl_checkpoint, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
@@ -137,6 +144,7 @@ def test_vision_language_merge_keeps_vision_tower(vl_checkpoint, tmp_path):
     assert diff < 1e-4 and moved > 1e-4
 
 
+@pytest.mark.slow
 def test_qlora_checkpoint_is_merged_into_the_unquantized_base(persona_checkpoint, tmp_path):
     # A QLoRA run's checkpoint differs only by its recorded config; the base loads unquantized.
     ckpt, _, _ = persona_checkpoint
@@ -152,6 +160,7 @@ def test_qlora_checkpoint_is_merged_into_the_unquantized_base(persona_checkpoint
     assert "quantization_config" not in json.loads((tmp_path / "m" / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_model, tmp_path):
     ckpt, _, _ = persona_checkpoint
     result = merged[0]
@@ -187,6 +196,7 @@ def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_mo
     assert r.returncode == 2 and "adapter weights" in r.stderr
 
 
+@pytest.mark.slow
 def test_quantize_needs_cuda_and_a_merged_folder(merged, persona_checkpoint, tmp_path):
     result = merged[0]
     ckpt = persona_checkpoint[0]
@@ -201,6 +211,7 @@ def test_quantize_needs_cuda_and_a_merged_folder(merged, persona_checkpoint, tmp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes quantization needs CUDA")
+@pytest.mark.slow
 def test_quantize_nf4_loads_back_quantized(merged, tmp_path):  # pragma: no cover - GPU only
     from engine.ship.quantize import quantize, quantized_layers
 
@@ -211,6 +222,7 @@ def test_quantize_nf4_loads_back_quantized(merged, tmp_path):  # pragma: no cove
     assert quantized_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "nf4", device_map={"": 0})) > 0
 
 
+@pytest.mark.slow
 def test_merge_as_a_background_job(persona_checkpoint, tmp_path):
     ckpt, _, _ = persona_checkpoint
     seen: list[tuple[str, float, str]] = []
@@ -245,6 +257,7 @@ def test_run_dir_found_without_the_marker_record(tmp_path, monkeypatch):
         lineage.find_run_dir(None, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_lm_eval_loads_the_merged_folder(merged):
     """lm-eval's HF backend takes the merged folder as a plain model (the guide's HumanEval/TruthfulQA path)."""
     pytest.importorskip("lm_eval")

@@ -37,6 +37,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_parallel_and_one_process_give_identical_bytes(tmp_path, tiny_model, monkeypatch):
     model = tiny_model("qwen3")
     data = _big_data(tmp_path)
@@ -60,6 +61,7 @@ def test_parallel_and_one_process_give_identical_bytes(tmp_path, tiny_model, mon
     assert feats["input_ids"].feature.dtype == "int32" and feats["mask"].feature.dtype == "int8"
 
 
+@pytest.mark.slow
 def test_second_start_reads_the_cache_and_any_change_rebuilds(tmp_path, tiny_model):
     model = tiny_model("qwen3")
     data = tmp_path / "data.jsonl"
@@ -129,6 +131,7 @@ prepare.prepare(config, load_tokenizer(model), root + "/prepared", workers=1)
 """
 
 
+@pytest.mark.slow
 def test_an_interrupted_preparation_is_never_used(tmp_path, tiny_model):
     model = tiny_model("qwen3")
     data = _big_data(tmp_path, copies=40)  # ~12 ranges: time to be killed in the middle
@@ -157,6 +160,7 @@ def test_an_interrupted_preparation_is_never_used(tmp_path, tiny_model):
     assert [p.name for p in root.iterdir() if p.is_dir()] == [fresh.folder.name]  # the dead one removed
 
 
+@pytest.mark.slow
 def test_stop_during_preparation_keeps_nothing(tmp_path, tiny_model):
     model = tiny_model("qwen3")
     data = _big_data(tmp_path)
@@ -174,6 +178,7 @@ def test_stop_during_preparation_keeps_nothing(tmp_path, tiny_model):
     assert seen and not [p for p in root.iterdir() if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_preprocess_then_train_reads_it_back(tmp_path, tiny_model):
     import yaml
 

@@ -41,6 +41,7 @@ def _records(tmp_path, kind):
     return [r for r in read_events(tmp_path / "logs" / "r" / "events.jsonl").records if r["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_resume_with_more_steps_reads_the_cache_and_replans_the_learning_rate(tmp_path, tiny_model):
     model = tiny_model("qwen3")
     data = tmp_path / "data.jsonl"
@@ -60,6 +61,7 @@ def test_resume_with_more_steps_reads_the_cache_and_replans_the_learning_rate(tm
     assert steps[3]["lr"] > 0
 
 
+@pytest.mark.slow
 def test_resume_on_changed_data_is_refused_with_what_changed(tmp_path, tiny_model):
     model = tiny_model("qwen3")
     data = tmp_path / "data.jsonl"

@@ -11,7 +11,8 @@ from engine.errors import UserError
 from engine.run import checkpoints
 from engine.run.events import read_events
 
-pytestmark = pytest.mark.anyio
+# Its module fixtures train or merge once: under pytest-xdist (`--dist loadgroup`) its tests share a worker.
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("probes")]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def probed_run(tmp_path_factory, tiny_model):
     return root, result
 
 
+@pytest.mark.slow
 def test_probes_run_at_every_save_and_land_in_the_log_eval_and_marker(probed_run):
     root, result = probed_run
     records = read_events(result.run_dir / "events.jsonl").records
@@ -60,6 +62,7 @@ def test_probes_run_at_every_save_and_land_in_the_log_eval_and_marker(probed_run
     assert kept.step == 4 and set(kept.meta["probe"]) == {"identity", "inference"}
 
 
+@pytest.mark.slow
 async def test_probe_scores_show_in_the_checkpoint_table(probed_run):
     from cockpit.launch import build_attach_app
     from cockpit.widgets.checkpoints_table import CheckpointsTable

@@ -36,6 +36,7 @@ def losses(log: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in dedupe_steps(read_events(log).records)}
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_exactly(tiny_model, write_config, tmp_path):
     common = dict(max_steps=STEPS, save_steps=5, learning_rate=0.003)
     ref_cfg = write_config(
@@ -90,6 +91,7 @@ def alerts(log: Path, rule: str) -> list[str]:
     return [r["message"] for r in read_events(log).records if r["kind"] == "alert" and r["rule"] == rule]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_save_sets_the_torn_folder_aside_and_leaves_others_alone(
     tiny_model, write_config, tmp_path
 ):
@@ -148,6 +150,7 @@ def test_a_killed_writer_never_glues_records(tmp_path):
     assert contents.bad_lines == [2]
 
 
+@pytest.mark.slow
 def test_resume_never_refuses_existing_checkpoints(tiny_model, write_config):
     cfg = write_config(tiny_model("qwen3"), max_steps=3, save_steps=3)
     assert cli_here("train", cfg, "--headless").returncode == 0
@@ -155,6 +158,7 @@ def test_resume_never_refuses_existing_checkpoints(tiny_model, write_config):
     assert r.returncode == 2 and "already holds checkpoints" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_changed_lora_rank_is_refused_with_the_differences(tiny_model, write_config):
     assert (
         cli_here(
@@ -169,6 +173,7 @@ def test_changed_lora_rank_is_refused_with_the_differences(tiny_model, write_con
     assert "lora_r: 8 -> 4" in r.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = tmp_path / "logs" / "test" / "events.jsonl"
@@ -186,6 +191,7 @@ def test_sigterm_saves_and_exits_cleanly(tiny_model, write_config, tmp_path):
     assert meta["step"] == end["step"]
 
 
+@pytest.mark.slow
 def test_force_fresh_sets_old_checkpoints_aside_and_the_last_step_is_saved(
     tiny_model, write_config, tmp_path
 ):
@@ -201,6 +207,7 @@ def test_force_fresh_sets_old_checkpoints_aside_and_the_last_step_is_saved(
     assert len(moved) == 1
 
 
+@pytest.mark.slow
 def test_corrupt_files_in_the_newest_checkpoints_fall_back_to_one_that_loads(
     tiny_model, write_config, tmp_path
 ):

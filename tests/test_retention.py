@@ -50,6 +50,7 @@ def test_a_stale_eval_loss_does_not_make_a_checkpoint_best(tmp_path):
     assert on_disk(out) == [4, 8]
 
 
+@pytest.mark.slow
 def test_best_survives_a_restart_with_mismatched_intervals(tiny_model, write_config, tmp_path):
     # eval every 3 steps, save every 4, keep 1: a new best at step 3, 6, 9 is saved there too.
     common = dict(save_steps=4, eval_steps=3, val_set_size=0.2, save_total_limit=1)

@@ -10,6 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
 
 from engine.config.config import load_config
@@ -24,6 +25,7 @@ def log_of(tmp_path: Path) -> Path:
     return tmp_path / "logs" / "test" / "events.jsonl"
 
 
+@pytest.mark.slow
 def test_sighup_headless_saves_and_ends_cleanly(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = log_of(tmp_path)
@@ -42,6 +44,7 @@ def test_sighup_headless_saves_and_ends_cleanly(tiny_model, write_config, tmp_pa
     assert [x["from_step"] for x in records if x["kind"] == "resume"] == [end["step"]]
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config, tmp_path):
     cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     log = log_of(tmp_path)
@@ -82,6 +85,7 @@ def test_second_writer_is_refused_while_readers_follow(tiny_model, write_config,
     assert dedupe_steps(records)[-1]["step"] == records[-1]["step"]
 
 
+@pytest.mark.slow
 def test_harmless_change_on_resume_is_allowed_and_recorded(tiny_model, write_config, tmp_path):
     run(load_config(write_config(tiny_model("qwen3"), max_steps=4, save_steps=2, logging_steps=1))[0])
     cfg = write_config(tiny_model("qwen3"), max_steps=8, save_steps=2, logging_steps=2)
@@ -104,6 +108,7 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_failed_starts_leave_the_run_folder_as_it_was(tiny_model, write_config, tmp_path):
     data = tmp_path / "data.jsonl"
     shutil.copy(DEMO_DATA, data)
@@ -154,6 +159,7 @@ def read_events_bytes(data: bytes) -> list:
     return [line for line in data.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config, tmp_path):
     first = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000)
     other = write_config(tiny_model("qwen3"), name="other.yaml", run_name="other", max_steps=4, save_steps=1)
@@ -178,6 +184,7 @@ def test_second_run_into_the_same_output_dir_is_refused(tiny_model, write_config
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_output_dir_that_is_a_file_is_a_clear_exit_2(tiny_model, write_config, tmp_path):
     taken = tmp_path / "out"
     taken.write_text("not a folder\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.chat_tokenizers import TEMPLATES
 from tests.conftest import DEMO_DATA, cli_here, write_jsonl
 
@@ -69,6 +71,7 @@ def test_show_masks_needs_the_tokenizer(tiny_model, write_config):
     assert r.returncode == 2 and "--show-masks N needs the tokenizer" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_run_log_names_rows_the_template_changed(tmp_path, tiny_model, write_config):
     from engine.config.config import load_config
     from engine.train.train import run

@@ -30,6 +30,7 @@ def events(run_dir):
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama", "qwen3_vl"])
+@pytest.mark.slow
 def test_each_architecture_trains_and_logs(arch, tiny_model, write_config, tmp_path):
     config, _ = load_config(
         write_config(tiny_model(arch), max_steps=6, save_steps=3, val_set_size=0.1, eval_steps=3)
@@ -51,6 +52,7 @@ def test_each_architecture_trains_and_logs(arch, tiny_model, write_config, tmp_p
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "leviathan.json").is_file()
 
 
+@pytest.mark.slow
 def test_vision_tower_is_frozen_and_untouched(tiny_model, write_config, tmp_path):
     from safetensors.torch import load_file
 
@@ -78,6 +80,7 @@ GOLDEN_QWEN3_LOSS = [
 ]
 
 
+@pytest.mark.slow
 def test_golden_loss_curve_of_a_tiny_qwen3_run(tiny_model, tmp_path):
     result = train_tiny(tiny_model("qwen3"), tmp_path, "golden", max_steps=6)
     losses = [s["loss"] for s in dedupe_steps(events(result.run_dir))]
@@ -87,6 +90,7 @@ def test_golden_loss_curve_of_a_tiny_qwen3_run(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("row,ds_type", [(CHAT, "chat_template"), (SHAREGPT, "sharegpt"), (ALPACA, "alpaca")])
+@pytest.mark.slow
 def test_each_data_type_trains(row, ds_type, tiny_model, write_config, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [row] * 40)
     cfg = write_config(tiny_model("qwen3"), data=str(data), max_steps=3)
@@ -100,6 +104,7 @@ def test_each_data_type_trains(row, ds_type, tiny_model, write_config, tmp_path)
     assert len(steps) == 3 and steps[0]["loss"] > steps[-1]["loss"] * 0.5
 
 
+@pytest.mark.slow
 def test_several_files_mixed_and_skip_bad_rows(tiny_model, write_config, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [CHAT] * 20 + ["{broken"])
     b = write_jsonl(tmp_path / "b.jsonl", [SHAREGPT] * 20)
@@ -116,6 +121,7 @@ def test_several_files_mixed_and_skip_bad_rows(tiny_model, write_config, tmp_pat
     assert alert["rows"] == [f"{a}:21: bad JSON (Expecting property name enclosed in double quotes)"]
 
 
+@pytest.mark.slow
 def test_too_long_rows_are_counted_truncated_or_dropped(tiny_model, write_config, tmp_path):
     long = {
         "messages": [
@@ -149,6 +155,7 @@ def test_val_split_is_seeded(tiny_model, write_config, tmp_path):
     assert len(a.train) + len(a.val) == 320
 
 
+@pytest.mark.slow
 def test_stop_control_saves_the_current_step(tiny_model, write_config):
     from engine.run.control import Controls
 
@@ -168,6 +175,7 @@ def test_stop_control_saves_the_current_step(tiny_model, write_config):
     assert seen[-1]["kind"] == "end" and seen[-1]["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_trained_adapter_lowers_the_loss(persona_checkpoint):
     ckpt, base, answer = persona_checkpoint
     meta = json.loads((ckpt / "leviathan.json").read_text())

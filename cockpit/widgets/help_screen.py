@@ -8,6 +8,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from cockpit import tabs
+
 KEYS = (
     ("p", "pause / resume training at the next step boundary"),
     ("s", "save a checkpoint now (at the next step boundary)"),
@@ -16,7 +18,7 @@ KEYS = (
     ("m", "loss chart: smoothing on / off"),
     ("l", "loss chart: log / linear scale"),
     ("z", "loss chart: whole run / last 10,000 / 1,000 / 100 steps"),
-    ("1 2 3", "dashboard / chat / checklist (F1 F2 F3 also from inside a text box)"),
+    tabs.help_line(),  # "1 2 3": the tabs (cockpit/tabs.py)
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("M", "on a checkpoint: merge, quantize, export or push it"),
     ("g", "checklist: run the step that makes this item pass"),

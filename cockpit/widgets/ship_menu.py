@@ -8,7 +8,6 @@ a ``ShipChoice``, or None on escape.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -19,26 +18,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-ACTIONS = {
-    "merge": "merge the checkpoint into its base model",
-    "quantize": "quantize the model folder to nf4 (bitsandbytes; needs CUDA)",
-    "gguf": "export: GGUF files for llama.cpp / Ollama (verified) and their Modelfile",
-    "ollama": "export: write an Ollama Modelfile into the model folder",
-    "vllm": "export: the vLLM OpenAI-server command",
-    "push_dry": "push: dry run (what would be sent, the model card)",
-    "push": "push: upload to the Hugging Face Hub (after a dry run)",
-}
+from engine.cli.steps import ShipChoice, menu_actions
 
-
-@dataclass
-class ShipChoice:
-    action: str
-    checkpoint: Path | None
-    merged_out: Path | None
-    """Where a merge writes."""
-    model_dir: Path | None
-    """The folder quantize, export and push act on."""
-    repo_id: str = ""
+__all__ = ["ShipChoice", "ShipMenu"]
 
 
 class ShipMenu(ModalScreen[ShipChoice | None]):
@@ -69,7 +51,7 @@ class ShipMenu(ModalScreen[ShipChoice | None]):
             )
             yield from _field("model folder", "ship-model-dir", d.model_dir, "a merged (or quantized) folder")
             yield from _field("repo id", "ship-repo-id", d.repo_id, "USER/NAME on the Hugging Face Hub")
-            yield OptionList(*(Option(text, id=key) for key, text in ACTIONS.items()), id="ship-actions")
+            yield OptionList(*(Option(a.label, id=a.id) for a in menu_actions()), id="ship-actions")
             if self.warning:
                 yield Static(Text(self.warning, style="yellow"), id="ship-warning")
             yield Static("", id="ship-error")

@@ -1,4 +1,5 @@
 """The command line's engine side: headless training and check, the multi-process launcher,
-the extra sub-commands, start-up checks. The only code that sees argparse.
+the extra sub-commands, the post-training steps' registry (``steps/``: one module a step,
+read by the cockpit's ship menu too), start-up checks. The only code that sees argparse.
 May import every stage below.
 """

@@ -1,4 +1,5 @@
-"""Sub-commands beyond train/attach/check: each owns a module with ``add_args`` and ``main``.
+"""Sub-commands beyond train/attach/check: each owns a module with ``add_args`` and ``main``;
+the post-training steps are the registry ``engine.cli.steps``.
 
 Registered by name so ``--help`` lists them without importing anything heavy.
 """
@@ -14,14 +15,13 @@ MODULES = {
     "chat": "engine.cli.chat_cli",
     "eval": "engine.cli.eval_cli",
     "checklist": "engine.cli.checklist_cli",
-    "merge": "engine.cli.ship_cli",
-    "quantize": "engine.cli.ship_cli",
-    "export": "engine.cli.ship_cli",
-    "push": "engine.cli.ship_cli",
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from engine.cli import steps
+
+    steps.add_commands(sub)
     for name, module in MODULES.items():
         p = sub.choices[name]
         try:

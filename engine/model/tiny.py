@@ -177,12 +177,19 @@ def build_tiny_model(
 def demo_model_path(cache_dir: str | Path | None = None) -> Path:
     """The embedded demo's model, built on first use into a cache folder."""
     import os
+    import shutil
 
     root = Path(cache_dir or os.environ.get("LEVIATHAN_CACHE", Path.home() / ".cache" / "leviathan"))
     path = root / "tiny-qwen3-demo-v2"
     if not (path / "tiny.json").exists():
         tmp = root / f".tiny-qwen3-demo-v2.{os.getpid()}"
         build_tiny_model(tmp, arch="qwen3", hidden=64, layers=2)
-        # Rename last so a killed build never leaves a half-written model behind.
-        os.replace(tmp, path) if not path.exists() else None
+        # Rename last so a killed build never leaves a half-written model behind; where several
+        # processes build at once (parallel test workers), the first rename wins.
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "tiny.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
