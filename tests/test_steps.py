@@ -16,8 +16,11 @@ from engine.errors import UserError
 
 def test_the_registered_steps_are_the_readmes():
     assert list(steps.commands()) == ["merge", "quantize", "export", "push"]
-    assert steps.commands()["export"] == "Ollama Modelfile or vLLM server command for a merged model"
-    assert [a.id for a in steps.menu_actions()] == ["merge", "quantize", "ollama", "vllm", "push_dry", "push"]
+    assert steps.commands()["export"] == (
+        "GGUF files (llama.cpp, Ollama), Ollama Modelfile or vLLM server command for a merged model"
+    )
+    ids = [a.id for a in steps.menu_actions()]
+    assert ids == ["merge", "quantize", "gguf", "ollama", "vllm", "push_dry", "push"]
     assert STEPS == {"merged": "merge", "quantized": "quantize", "hub_upload": "push_dry"}
 
 
