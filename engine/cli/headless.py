@@ -185,6 +185,10 @@ def check_command(args) -> int:
     if bar is not None:
         bar.done()
     print(stats.report())
+    from engine.data.prepare import cache_report
+
+    for line in cache_report(config, tokenizer):
+        print(line)
     if tokens:
         print(stats.token_report())
     if stats.bad:
