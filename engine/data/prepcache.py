@@ -218,7 +218,7 @@ def disk_full(e: OSError, root: Path, written: int, frac: float) -> UserError | 
 
 
 def _mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
 
 
 # ---- stats in meta.json -------------------------------------------------------------------
