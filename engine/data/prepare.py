@@ -139,7 +139,7 @@ class Pass:
             self.workers,
             mp_context=ctx,
             initializer=prepwork.init_pool_worker,
-            initargs=(self.tokenizer, self.opts),
+            initargs=(self.tokenizer, self.opts, os.getpid()),
         ) as pool:
             try:
                 yield from self._run(lambda *a: pool.submit(prepwork.run_range, *a))
