@@ -120,7 +120,7 @@ def quantize(
 ) -> QuantizeResult:
     import torch
 
-    from engine.ship.merge import _replace, check_output
+    from engine.ship.outfolder import check_output, replace
 
     t0 = time.time()
     src, cfg = _check_source(model_dir, qtype, progress)
@@ -155,7 +155,7 @@ def quantize(
             },
         )
         lineage.fsync_tree(tmp)
-        _replace(tmp, out)
+        replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(s for _, s in lineage.folder_files(out))
