@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from engine.config.config import validate
-from engine.data import prepare, prepcheck
+from engine.data import prepare, prepcache, prepcheck
 from engine.model.model import load_tokenizer
 from tests.conftest import DEMO_DATA, base_config, cli_here
 
@@ -113,6 +113,13 @@ def _garbage_meta(folder):
     (folder / "meta.json").write_text('{"version": 3, "rows": ')
 
 
+def _meta_value(folder):
+    """Still valid JSON, one value changed (a flipped bit in a digit)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["tokens"] += 1
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
 DAMAGE = {
     "every mask byte set": (_all_mask, "rows.arrow"),
     "rows reordered": (_reordered, "rows.arrow"),
@@ -123,6 +130,7 @@ DAMAGE = {
     "an index's header damaged": (_npy_header, "train_order.npy"),
     "an index deleted": (_delete("val_order.npy"), "val_order.npy"),
     "meta.json cut short": (_garbage_meta, "meta.json"),
+    "a value in meta.json changed": (_meta_value, "meta.json"),
 }
 
 
@@ -145,6 +153,7 @@ def _ids_with_checksums(folder: Path, change) -> None:
     _rewrite_rows(folder, change)
     meta = json.loads((folder / "meta.json").read_text())
     meta["integrity"] = prepcheck.digests(folder)
+    meta["digest"] = prepcache.meta_digest(meta)  # a consistent forgery: only the value checks can tell
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -172,6 +181,7 @@ def test_index_out_of_bounds_behind_valid_checksums(pristine, tmp_path):
     np.save(folder / "train_order.npy", order)
     meta = json.loads((folder / "meta.json").read_text())
     meta["integrity"] = prepcheck.digests(folder)
+    meta["digest"] = prepcache.meta_digest(meta)  # a consistent forgery: only the value checks can tell
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(prepcheck.Damaged, match="train_order.npy: row numbers outside"):
         prepare._load(folder, len(tok))

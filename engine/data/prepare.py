@@ -358,6 +358,7 @@ def _write(config, p: Pass, tmp: Path, tok_id: str, fps: list[dict]) -> dict:
         "tokens": int(all_lengths.sum()),
         "integrity": prepcheck.digests(tmp),
     }
+    meta["digest"] = prepcache.meta_digest(meta)
     _write_json(tmp / "meta.json", meta)
     return meta
 

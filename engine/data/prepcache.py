@@ -100,11 +100,20 @@ def slot_of(config) -> str:
 
 
 def load_meta(folder: Path) -> dict | None:
+    """``meta.json`` when it reads, is of this version and holds the digest it was written with
+    (a flipped bit that still parses as JSON is damage too); else None."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("version") == VERSION else None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        return None
+    return meta if meta.get("digest") == meta_digest(meta) else None
+
+
+def meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def new_tmp(root: Path) -> Path:
