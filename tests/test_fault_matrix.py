@@ -20,8 +20,8 @@ GAPS = {
     "run log (events.jsonl)": {"truncate", "zero block", "delete"},
     "chat transcript": {"truncate", "zero block", "delete"},
     "checklist state (checklist.json)": {"truncate", "bit flip", "zero block", "delete"},
-    # Read by transformers (and vLLM, llama.cpp), not by the engine: no checksums checked on load.
-    "merged weights": {"truncate", "bit flip", "zero block", "delete"},
+    # The checksums merge records are checked by export, push and quantize (check_model_dir);
+    # transformers, vLLM or llama.cpp loading the folder directly do not check them.
 }
 SLOW = {"merged weights", "checkpoint weights", "checkpoint marker (leviathan.json)"}
 

@@ -45,3 +45,24 @@ def test_leftovers_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f".m.partial-{live}", ".m.partial-x", "keep"]
     )
+
+
+def test_a_merged_folder_s_weights_are_checked_before_export_push_or_quantize(tmp_path):
+    from engine.run.checkpoints import file_digests
+    from engine.ship.quantize import check_model_dir
+
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen3"}')
+    (model / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    lineage.write_info(model, {"kind": "merged", "files": file_digests(model)})
+    assert check_model_dir(model) == model
+    (model / "config.json").write_text('{"model_type": "qwen3", "edited": true}')  # a hand edit: fine
+    assert check_model_dir(model) == model
+    weights = bytearray((model / "model.safetensors").read_bytes())
+    weights[1000] ^= 1
+    (model / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(
+        UserError, match=r"merged: its files are not as written: model.safetensors has changed"
+    ):
+        check_model_dir(model)

@@ -107,12 +107,16 @@ def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
 
 def verify(ckpt: Checkpoint) -> list[str]:
     """What is wrong with a complete checkpoint's files (empty: all as saved, or not recorded)."""
-    recorded = ckpt.meta.get("files")
+    return verify_files(ckpt.path, ckpt.meta.get("files"))
+
+
+def verify_files(folder: Path, recorded) -> list[str]:
+    """What differs from ``recorded`` (``file_digests``' result) in ``folder``; nothing recorded: []."""
     if not isinstance(recorded, dict):
         return []  # saved before sizes and checksums were recorded
     problems = []
     for rel, want in recorded.items():
-        f = ckpt.path / rel
+        f = Path(folder) / rel
         try:
             size = f.stat().st_size
         except OSError:

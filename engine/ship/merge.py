@@ -316,7 +316,10 @@ def _write_folder(
             copy_processor_files(folder, tmp)
         progress(0.95, "syncing to disk")
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-        lineage.write_info(tmp, {**info, "created_at": time.time()})
+        from engine.run.checkpoints import file_digests
+
+        # size and sha256 of each file: export, push and quantize check them (quantize.check_model_dir)
+        lineage.write_info(tmp, {**info, "files": file_digests(tmp), "created_at": time.time()})
         readable_by_umask(tmp)
         lineage.fsync_tree(tmp)
         replace(tmp, out)

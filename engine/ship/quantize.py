@@ -49,6 +49,18 @@ def check_model_dir(path: str | Path) -> Path:
                 f"merge it first: leviathan-cockpit merge {path} -o MERGED_DIR",
             )
         raise UserError(f"{path}: not a model folder (no config.json)", "give a merged model folder")
+    from engine.run.checkpoints import verify_files
+
+    # The weights as merge/quantize wrote them (size, sha256); the text files (config.json, the
+    # tokenizer's) are left to hand edits.
+    recorded = lineage.read_info(p).get("files") or {}
+    weights = {k: v for k, v in recorded.items() if k.endswith((".safetensors", ".bin"))}
+    problems = verify_files(p, weights)
+    if problems:
+        raise UserError(
+            f"{path}: its files are not as written: " + "; ".join(problems[:5]),
+            "merge (or quantize) again into a new folder; the checkpoint it came from is intact",
+        )
     return p
 
 
@@ -120,6 +132,7 @@ def quantize(
 ) -> QuantizeResult:
     import torch
 
+    from engine.run.checkpoints import file_digests
     from engine.ship.outfolder import check_output, replace
 
     t0 = time.time()
@@ -148,6 +161,7 @@ def quantize(
             tmp,
             {
                 **info,
+                "files": file_digests(tmp),  # this folder's own, not its source's
                 "kind": "quantized",
                 "quantization": qtype,
                 "source": str(src.resolve()),
