@@ -91,7 +91,7 @@ def test_merged_folder_is_a_plain_model_with_its_chat_template(merged):
 def test_shards_and_force_replace(merged, tmp_path):
     result, ckpt, _, _ = merged
     out = tmp_path / "sharded"
-    out.mkdir()
+    shutil.copytree(result.output, out)  # an earlier merge's folder: --force may replace it
     (out / "stale.txt").write_text("old")
     r = cli_here("merge", ckpt, "-o", out, "--max-shard-size", "200KB", "--force")
     assert r.returncode == 0, r.stderr
@@ -166,12 +166,23 @@ def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_mo
     result = merged[0]
     empty = tmp_path / "empty"
     empty.mkdir()
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "events.jsonl").write_text('{"kind": "start"}\n')
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
     cases = [
         ((result.output, "-o", tmp_path / "a"), "not a LoRA checkpoint"),
         ((empty, "-o", tmp_path / "a"), "not a LoRA checkpoint"),
         ((tmp_path / "missing", "-o", tmp_path / "a"), "no such folder"),
         ((ckpt, "-o", result.output), "already exists"),
         ((ckpt, "-o", ckpt, "--force"), "would replace the input"),
+        (
+            (ckpt, "-o", run_folder, "--force"),
+            "a run folder (events.jsonl); --force replaces only a model folder",
+        ),
+        ((ckpt, "-o", mine, "--force"), "a folder this tool did not write (notes.txt)"),
         ((ckpt, "-o", tmp_path / "a", "--base", tiny_model("qwen3_vl")), "does not fit base model"),
         ((ckpt, "-o", tmp_path / "a", "--base", tmp_path / "nobase"), "no such folder"),
     ]
@@ -181,6 +192,7 @@ def test_bad_inputs_exit_2_and_leave_nothing(persona_checkpoint, merged, tiny_mo
         assert words in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "fix:" in r.stderr
     assert not (tmp_path / "a").exists() and not list(tmp_path.glob(".a.*"))
+    assert (run_folder / "events.jsonl").read_text() and (mine / "notes.txt").read_text() == "a user's file"
 
     # A checkpoint whose recorded base is gone, with no other record of it.
     moved = tmp_path / "checkpoint-9"

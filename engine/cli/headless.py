@@ -26,7 +26,8 @@ def check_before_start(args, config, path: Path) -> None:
 
     run_dir = run_paths(config, run_name_for(args, config, path), getattr(args, "logs_dir", None)).run_dir
     resume, force = getattr(args, "resume", "auto"), getattr(args, "force", False)
-    preflight(config, run_dir, resume=resume, force=force, config_file=path)
+    nproc = getattr(args, "nproc", None) or config.distributed.num_processes or 1
+    preflight(config, run_dir, resume=resume, force=force, config_file=path, nproc=nproc)
 
 
 class Progress:
@@ -191,6 +192,10 @@ def check_command(args) -> int:
     if bar is not None:
         bar.done()
     print(stats.report())
+    from engine.data.prepare import cache_report
+
+    for line in cache_report(config, tokenizer):
+        print(line)
     if tokens:
         print(stats.token_report())
     if stats.bad:

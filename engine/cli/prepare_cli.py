@@ -73,6 +73,8 @@ def preprocess_command(args) -> int:
         prepared = prepare(config, tokenizer, workers=args.workers, progress=bar)
     finally:
         bar.done()
+    for note in prepared.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(summary(prepared, time.time() - t0))
     return 0
 

@@ -89,8 +89,12 @@ def remember(root: Path, fingerprints: list[dict]) -> None:
         memo[fp["path"]] = {k: fp[k] for k in ("size", "mtime_ns", "ino", "sha256")}
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{MEMO}.{os.getpid()}"
-    tmp.write_text(json.dumps(memo, indent=1))
-    os.replace(tmp, root / MEMO)
+    try:
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, root / MEMO)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # half a memo must not hold the space a later one needs
+        raise
 
 
 def for_checkpoint(fingerprints: list[dict]) -> list[dict]:

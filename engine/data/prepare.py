@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data import datafp, prepcache, prepwork, readers
+from engine.data import datafp, prepcache, prepcheck, prepwork, readers
 from engine.data.data import Options, Stats, bad_rows_error, read_rows
 from engine.data.masks import BadRow, MaskOptions
 from engine.data.prompt_formats import RowEncoder
@@ -48,6 +48,7 @@ class Prepared:
     encoded_rows: int = 0  # rows that went through the tokenizer in this call
     tokens: int = 0  # kept tokens, train and val
     data: list[dict] = field(default_factory=list)  # the data's fingerprint (engine.data.datafp)
+    notes: list[str] = field(default_factory=list)  # what was found and done on the way (a rebuild)
     index: dict = field(default_factory=dict)  # train_order, train_bounds, val_order, val_bounds
     reader: object | None = None
 
@@ -138,7 +139,7 @@ class Pass:
             self.workers,
             mp_context=ctx,
             initializer=prepwork.init_pool_worker,
-            initargs=(self.tokenizer, self.opts),
+            initargs=(self.tokenizer, self.opts, os.getpid()),
         ) as pool:
             try:
                 yield from self._run(lambda *a: pool.submit(prepwork.run_range, *a))
@@ -272,17 +273,22 @@ def prepare(
     _missing_files(config)
     root = Path(root) if root is not None else prepcache.root_for(config)
     tok_id = prepcache.tokenizer_identity(tokenizer)
+    vocab = len(tokenizer) if tokenizer is not None else None
     hashes = [
-        datafp.known_hash(root, s.path) if plain(s) else datafp.listing_hash(s.path) for s in config.datasets
+        (datafp.known_hash(root, s.path) or prepcache.known_hash(root, s.path))
+        if plain(s)
+        else datafp.listing_hash(s.path)
+        for s in config.datasets
     ]
-    prepared = None
+    prepared, notes = None, []
     if all(hashes):
         key = prepcache.key_of(prepcache.key_inputs(config, tok_id, hashes))
-        prepared = _load(root / key)
+        prepared = _cached(root / key, vocab, notes)
     if prepared is None:
         prepared = _build(
             config, tokenizer, root, tok_id, workers or workers_for(config), progress, should_stop
         )
+    prepared.notes = notes + prepared.notes
     if prepared.stats.bad and not config.skip_bad_rows:
         raise bad_rows_error(prepared.stats.bad, prepared.stats.total)
     if len(prepared.train) == 0:
@@ -305,49 +311,70 @@ def _why_none(stats) -> str:
 
 
 def _build(config, tokenizer, root: Path, tok_id: str, workers: int, progress, should_stop) -> Prepared:
-    import pyarrow as pa
-
     prepcache.remove_stale(root)  # interrupted preparations of dead processes
     fps = [datafp.stat_of(s.path) for s in config.datasets]
     opts = prepwork.Options(config.sequence_len, config.too_long, config.train_on_inputs)
     p = Pass(config, tokenizer, opts, workers, progress, should_stop)
     tmp = prepcache.new_tmp(root)
-    schema = rows_schema()
-    lengths = []
     try:
-        with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for _path, _base, c in p.chunks():
-                if len(c.lengths):
-                    writer.write_batch(rows_batch(c.ids, c.mask, c.lengths, c.categories))
-                    lengths.append(c.lengths)
-        all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
-        index = _index(config, all_lengths)
-        for name, arr in index.items():
-            np.save(tmp / f"{name}.npy", arr)
-        for fp, h in zip(fps, p.hashes, strict=True):
-            fp["sha256"] = h
-        meta = {
-            "version": prepcache.VERSION,
-            "inputs": prepcache.key_inputs(config, tok_id, p.hashes),
-            "slot": prepcache.slot_of(config),
-            "data": fps,
-            "stats": prepcache.stats_to_json(p.stats),
-            "counts": {k: v for k, v in p.counts.items() if k != "encoded"},
-            "rows": int(len(all_lengths)),
-            "tokens": int(all_lengths.sum()),
-        }
-        _write_json(tmp / "meta.json", meta)
-    except BaseException:
+        meta = _write(config, p, tmp, tok_id, fps)
+    except BaseException as e:
         import shutil
 
+        written = prepcache.size_of_folder(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            frac = p.done_bytes / p.total_bytes if p.total_bytes else 1.0
+            full = prepcache.disk_full(e, root, written, frac)
+            if full is not None:
+                raise full from None
         raise
     key = prepcache.key_of(meta["inputs"])
     folder = prepcache.commit(tmp, root, key, meta["slot"])
-    datafp.remember(root, fps)
-    prepared = _load(folder)
-    prepared.cached, prepared.encoded_rows = False, p.counts["encoded"]
+    notes = []
+    try:
+        datafp.remember(root, fps)
+    except OSError as e:  # the memo only saves a hash pass: meta.json has the same (prepcache.known_hash)
+        notes.append(f"{root / datafp.MEMO}: not written ({e.strerror or e}); the next start reads meta.json")
+    try:
+        prepared = _load(folder, len(tokenizer) if tokenizer is not None else None)
+    except prepcheck.Damaged as e:
+        raise UserError(
+            f"prepared data damaged right after writing: {e}", f"remove {folder} and start again"
+        ) from None
+    prepared.cached, prepared.encoded_rows, prepared.notes = False, p.counts["encoded"], notes
     return prepared
+
+
+def _write(config, p: Pass, tmp: Path, tok_id: str, fps: list[dict]) -> dict:
+    """Every file of a preparation into ``tmp``, ``meta.json`` (with the checksums) last."""
+    import pyarrow as pa
+
+    lengths = []
+    with pa.OSFile(str(tmp / "rows.arrow"), "wb") as sink, pa.ipc.new_stream(sink, rows_schema()) as writer:
+        for _path, _base, c in p.chunks():
+            if len(c.lengths):
+                writer.write_batch(rows_batch(c.ids, c.mask, c.lengths, c.categories))
+                lengths.append(c.lengths)
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+    for name, arr in _index(config, all_lengths).items():
+        np.save(tmp / f"{name}.npy", arr)
+    for fp, h in zip(fps, p.hashes, strict=True):
+        fp["sha256"] = h
+    meta = {
+        "version": prepcache.VERSION,
+        "inputs": prepcache.key_inputs(config, tok_id, p.hashes),
+        "slot": prepcache.slot_of(config),
+        "data": fps,
+        "stats": prepcache.stats_to_json(p.stats),
+        "counts": {k: v for k, v in p.counts.items() if k != "encoded"},
+        "rows": int(len(all_lengths)),
+        "tokens": int(all_lengths.sum()),
+        "integrity": prepcheck.digests(tmp),
+    }
+    meta["digest"] = prepcache.meta_digest(meta)
+    _write_json(tmp / "meta.json", meta)
+    return meta
 
 
 def rows_schema():
@@ -400,8 +427,46 @@ def _write_json(path: Path, obj) -> None:
         os.fsync(f.fileno())
 
 
-def _load(folder: Path) -> Prepared | None:
-    """A committed preparation, memory-mapped; None when the folder is missing or not ours."""
+def _cached(folder: Path, vocab: int | None, notes: list[str]) -> Prepared | None:
+    """The committed preparation in ``folder`` if it is there and intact; a damaged one is
+    removed (it is rebuilt from the data) and said in ``notes``."""
+    if not folder.exists():
+        return None
+    try:
+        prepared = _load(folder, vocab)
+        if prepared is None:
+            raise prepcheck.Damaged(folder / "meta.json", "unreadable")
+        return prepared
+    except prepcheck.Damaged as e:
+        notes.append(f"prepared data damaged, rebuilt from the data files: {e}")
+        prepcache.discard(folder)
+        return None
+
+
+def cache_report(config, tokenizer=None) -> list[str]:
+    """``check``'s lines on the prepared data of this config's slot: verified, or damaged."""
+    root, slot = prepcache.root_for(config), prepcache.slot_of(config)
+    vocab = len(tokenizer) if tokenizer is not None else None
+    out = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else ():
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        meta = prepcache.load_meta(folder)
+        if meta is None:
+            out.append(f"prepared data DAMAGED: {folder / 'meta.json'}: unreadable or of an older version")
+        if meta is None or meta.get("slot") != slot:
+            continue
+        try:
+            _load(folder, vocab)
+            out.append(f"prepared data: {folder}: verified")
+        except prepcheck.Damaged as e:
+            out.append(f"prepared data DAMAGED: {e} (the next train or preprocess rebuilds it)")
+    return out
+
+
+def _load(folder: Path, vocab: int | None = None) -> Prepared | None:
+    """A committed preparation, memory-mapped and verified (``engine.data.prepcheck``); None when
+    the folder is missing or not ours. Raises ``prepcheck.Damaged``."""
     meta = prepcache.load_meta(folder)
     if meta is None:
         return None
@@ -409,8 +474,13 @@ def _load(folder: Path) -> Prepared | None:
 
     from engine.data.packview import RowReader
 
-    rows = Dataset.from_file(str(folder / "rows.arrow"))
-    index = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in _INDEX}
+    prepcheck.verify_bytes(folder, meta)
+    try:
+        rows = Dataset.from_file(str(folder / "rows.arrow"))
+    except Exception as e:  # checksums matched, so this is not damage of ours: say what it is
+        raise prepcheck.Damaged(folder / "rows.arrow", f"not readable as Arrow ({e})") from None
+    index = prepcheck.load_index(folder, meta["rows"])
+    prepcheck.check_rows(folder, rows.data.table, meta["rows"], vocab)
     val_rows = index["val_rows"]
     # No validation split: the training rows are all of them, in order, and select() would spend
     # seconds a million rows finding that out on every start.
@@ -432,6 +502,3 @@ def _load(folder: Path) -> Prepared | None:
         index=index,
         reader=RowReader(rows.data.table),
     )
-
-
-_INDEX = ("train_rows", "val_rows", "train_order", "train_bounds", "val_order", "val_bounds")

@@ -17,6 +17,7 @@ removed (they are stale: some input changed).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,8 +25,9 @@ import shutil
 from pathlib import Path
 
 from engine.data.data import Stats
+from engine.errors import UserError
 
-VERSION = 2  # 2: notes in the stats, every dataset key in the cache key
+VERSION = 3  # 2: notes in the stats, every dataset key in the cache key; 3: checksums
 CODE_FILES = (  # what the bytes depend on
     "data.py",
     "prepwork.py",
@@ -35,6 +37,7 @@ CODE_FILES = (  # what the bytes depend on
     "mask_locate.py",
     "prompt_formats.py",
     "readers.py",
+    "prepcheck.py",
 )
 
 
@@ -97,11 +100,20 @@ def slot_of(config) -> str:
 
 
 def load_meta(folder: Path) -> dict | None:
+    """``meta.json`` when it reads, is of this version and holds the digest it was written with
+    (a flipped bit that still parses as JSON is damage too); else None."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and meta.get("version") == VERSION else None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        return None
+    return meta if meta.get("digest") == meta_digest(meta) else None
+
+
+def meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def new_tmp(root: Path) -> Path:
@@ -158,6 +170,64 @@ def remove_stale(root: Path, keep: str | None = None, slot: str | None = None) -
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d.name)
     return removed
+
+
+def known_hash(root: Path, path: str) -> str | None:
+    """A data file's content hash from a committed preparation's ``meta.json`` when the file has
+    not changed since (size, mtime, inode): the fingerprint memo's fallback, so a memo that could
+    not be written (a full disk) or was lost never makes a complete cache unusable."""
+    from engine.data.datafp import stat_of
+
+    st = stat_of(path)
+    for d in root.iterdir() if root.is_dir() else ():
+        meta = load_meta(d) if not d.name.startswith(".") else None
+        for fp in (meta or {}).get("data", []):
+            if isinstance(fp, dict) and all(fp.get(k) == st[k] for k in ("path", "size", "mtime_ns", "ino")):
+                return fp.get("sha256")
+    return None
+
+
+def discard(folder: Path) -> None:
+    """Remove a damaged preparation (it is rebuilt from the data files)."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as e:
+        raise UserError(
+            f"{folder}: damaged prepared data that cannot be removed ({e.strerror or e})",
+            "remove that folder by hand; the next start prepares the data again",
+        ) from None
+
+
+def size_of_folder(folder: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in folder.iterdir())
+    except OSError:
+        return 0
+
+
+def disk_full(e: OSError, root: Path, written: int, frac: float) -> UserError | None:
+    """The clear error for a preparation that ran out of disk, else None (another OSError).
+
+    pyarrow's short write says "N requested and M written" without an errno: the disk's free
+    space decides then."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20))
+    if not full:
+        return None
+    need = f"about {_mib(written / frac)}" if frac > 0 else f"more than {_mib(written)}"
+    return UserError(
+        f"{root}: the disk is full while preparing the data (it needs {need}; "
+        f"{_mib(free or 0)} free there, {_mib(written)} written before it filled up; nothing kept)",
+        "free space on that disk, or set dataset_prepared_path to a folder on a disk with room; "
+        "the same command then prepares the data again",
+    )
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.0f} KiB"
 
 
 # ---- stats in meta.json -------------------------------------------------------------------

@@ -80,13 +80,45 @@ def files_of(path: str, data_files: list[str] | str | None = None) -> list[Path]
             )
         return [p]
     if p.is_dir():
-        found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))
+        found = sorted(_walk(p))
         if not found:
             raise UserError(
                 f"{path}: no {', '.join(SUFFIXES)} files in this folder", "point `path` at the data"
             )
         return found
     raise UserError(f"{path}: dataset file not found", "fix `datasets[].path` in the config")
+
+
+def _walk(top: Path) -> list[Path]:
+    """The data files under ``top``, following symlinked folders and files (``rglob`` skips a
+    symlinked folder: its data would be left out without a word). Each real folder and file is
+    read once: a link that loops back, or a second way to the same data, is refused by name."""
+    import os
+
+    seen: dict[tuple[int, int], Path] = {}
+    found = []
+
+    def once(path: Path, what: str) -> bool:
+        st = path.stat()
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first == path:
+            return True
+        loop = first in path.parents
+        raise UserError(
+            f"{path}: a symlink to the {what} {first}"
+            + (" that holds it (a loop)" if loop else ", already read: its data would count twice"),
+            "remove the link, or point `datasets[].path` at the folders you mean",
+        )
+
+    for root, dirs, files in os.walk(top, followlinks=True):
+        here = Path(root)
+        once(here, "folder")
+        dirs.sort()
+        for name in sorted(files):
+            f = here / name
+            if name.endswith(SUFFIXES) and f.is_file() and once(f, "file"):
+                found.append(f)
+    return found
 
 
 def _open(p: Path):

@@ -33,7 +33,7 @@ class Sources:
         self.records = records.decode_all(raw)
         self.steps = [r for r in records.decode_all(dedupe_steps(raw)) if isinstance(r, records.Step)]
         self.evals = [r for r in self.records if isinstance(r, records.Eval)]
-        self.output_dir = output_dir_of(self.run_dir, raw)
+        self.output_dir = _anchored(output_dir_of(self.run_dir, raw), self.run_dir)
         self.results = read_eval_results(self.run_dir)
         health = getattr(config, "health", None)
         self.spike_factor = getattr(health, "spike_factor", 1.5)
@@ -46,10 +46,26 @@ class Sources:
     def losses(self) -> list[tuple[records.Step, float]]:
         return [(r, _num(r.loss)) for r in self.steps if r.loss is not None]
 
+    def saved_at(self, path: str) -> Path:
+        """Where a record's checkpoint is: in the run's output_dir (a record written with a
+        relative output_dir names it from the trainer's folder, not from where this runs)."""
+        return (self.output_dir / Path(path).name).resolve() if self.output_dir else Path(path).resolve()
+
     def checkpoints(self):
         from engine.run.checkpoints import scan
 
         return scan(self.output_dir) if self.output_dir else ([], [])
+
+
+def _anchored(out: Path | None, run_dir: Path) -> Path | None:
+    """A relative output_dir (Axolotl's are: taken from where the trainer ran) found from here:
+    the current folder, else the folder the run's relative logs_dir hung from."""
+    if out is None or out.is_absolute():
+        return out
+    for base in (Path.cwd(), run_dir.resolve().parent.parent):
+        if (base / out).is_dir():
+            return base / out
+    return out
 
 
 def _num(v) -> float:
@@ -112,8 +128,8 @@ def rule_checkpoints_saved(src: Sources, item: Item) -> Measure:
         return Measure("pending", detail="no checkpoint saved yet")
     complete, _ = src.checkpoints()
     paths = {c.path.resolve() for c in complete}
-    newest = Path(saves[-1].path)
-    ok = newest.resolve() in paths
+    newest = src.saved_at(saves[-1].path)
+    ok = newest in paths
     value = f"{len(saves)} saved, newest {newest.name} {'complete' if ok else 'MISSING or incomplete'}"
     return Measure("pass" if ok else "fail", value, str(newest), saves[-1].t)
 
@@ -122,10 +138,10 @@ def rule_all_checkpoints_saved(src: Sources, item: Item) -> Measure:
     saves = [r for r in src.of(records.Save) if r.path]
     if not saves:
         return Measure("pending", detail="no checkpoint saved yet")
-    removed = {Path(r.path).resolve() for r in src.of(records.CheckpointRemoved) if r.path}
+    removed = {src.saved_at(r.path) for r in src.of(records.CheckpointRemoved) if r.path}
     complete, torn = src.checkpoints()
     present = {c.path.resolve() for c in complete}
-    saved = {Path(r.path).resolve() for r in saves}
+    saved = {src.saved_at(r.path) for r in saves}
     kept = saved & present
     gone = saved - present - removed
     torn_alerts = [r for r in src.of(records.Alert) if r.rule == "torn_checkpoint"]

@@ -71,8 +71,9 @@ def mark_complete(folder: str | Path, meta: dict) -> None:
     _fsync_tree(folder)
     tmp = folder / (MARKER + ".tmp")
     files = {"files": file_digests(folder)}
+    body = {**{k: v for k, v in meta.items() if k != "digest"}, **files, "completed_at": time.time()}
     with open(tmp, "w") as f:
-        json.dump({**meta, **files, "completed_at": time.time()}, f, indent=1)
+        json.dump({**body, "digest": _marker_digest(body)}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / MARKER)
@@ -106,12 +107,16 @@ def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
 
 def verify(ckpt: Checkpoint) -> list[str]:
     """What is wrong with a complete checkpoint's files (empty: all as saved, or not recorded)."""
-    recorded = ckpt.meta.get("files")
+    return verify_files(ckpt.path, ckpt.meta.get("files"))
+
+
+def verify_files(folder: Path, recorded) -> list[str]:
+    """What differs from ``recorded`` (``file_digests``' result) in ``folder``; nothing recorded: []."""
     if not isinstance(recorded, dict):
         return []  # saved before sizes and checksums were recorded
     problems = []
     for rel, want in recorded.items():
-        f = ckpt.path / rel
+        f = Path(folder) / rel
         try:
             size = f.stat().st_size
         except OSError:
@@ -125,12 +130,25 @@ def verify(ckpt: Checkpoint) -> list[str]:
     return problems
 
 
+def _marker_digest(body: dict) -> str:
+    """The marker's own checksum: a flipped bit that still parses (a step, a data hash) is damage."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _read_marker(folder: Path) -> dict | None:
     try:
         meta = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    if "digest" in meta and meta["digest"] != _marker_digest(
+        {k: v for k, v in meta.items() if k != "digest"}
+    ):
+        return None  # markers written before the digest have none: read as they are
+    return meta
 
 
 def kind_of(folder: Path) -> str | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.run.rundir import CONTROL as CONTROL_FILE
 from engine.run.rundir import RunDir
+from engine.run.safeopen import open_run_file
 
 # Set by the launcher: the control file was created fresh for this job, read it from the start.
 CONTROL_FROM_START_ENV = "LEVIATHAN_CONTROL_FROM_START"
@@ -50,7 +51,7 @@ def append_command(run_dir, command: str, **fields) -> dict:
     record = {"t": round(time.time(), 3), "command": command, **fields}
     path = control_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())  # one write: lines never interleave
     finally:
@@ -69,13 +70,15 @@ class ControlFile:
         self.path = Path(path)
         self.offset = 0
         self.chat_job = chat_job
+        if self.path.exists() or self.path.is_symlink():
+            os.close(open_run_file(self.path, os.O_RDONLY))  # refused now, not at the first poll
         if not from_start and self.path.exists():
             self.offset = self.path.stat().st_size  # commands left from an earlier job are not ours
         self._pending = b""
 
     def poll(self, controls) -> list[dict]:
         try:
-            with open(self.path, "rb") as f:
+            with os.fdopen(open_run_file(self.path, os.O_RDONLY), "rb") as f:
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engine import faults
 from engine.run import records as declared
+from engine.run.safeopen import open_run_file
 
 Listener = Callable[[dict], None]
 
@@ -67,7 +68,7 @@ class RunLog:
         self.restore_reserve()
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_run_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         st = os.fstat(self._fd)
         self._ident = (st.st_dev, st.st_ino)
         self._end = -1

@@ -4,6 +4,10 @@ readers are free.
 Two runs with different names (the default name comes from the config file's name) would
 otherwise train into one output_dir at once and overwrite each other's ``checkpoint-N``. The
 locks are ``flock``s, so a killed holder never blocks the next start (a stale lock is free).
+A ``flock`` belongs to the open file, which a forked child shares: the data preparation's
+worker processes would keep a killed trainer's lock (and its run refused as "already being
+trained" by a dead pid) for as long as they live. So a forked child closes its copy at once
+(``os.register_at_fork``): the lock is held by the process that owns the run, and no other.
 
 What a lock holds is this module's to write and to read: the run folder's ``.lock`` holds the
 writer's pid, an output_dir's ``.leviathan-lock`` "pid run_dir". Readers (the start-up check,
@@ -12,12 +16,25 @@ the cockpit's "is the trainer alive") call ``lock_holder`` and ``lock_run``, nev
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
 
 from engine.errors import UserError
 from engine.run.rundir import OUTPUT_LOCK, RunDir
+
+_held: set[int] = set()  # this process's lock descriptors
+
+
+def _drop_in_child() -> None:
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the child's copy only: the parent's lock stays
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class _Lock:
@@ -38,12 +55,14 @@ class _Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, content.encode(), 0)
         self._fd = fd
+        _held.add(fd)
         return None
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             # no pid left behind: preflight reads it, and a live process (a test, a notebook) that
             # finished its run in-process would still read as the holder
+            _held.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

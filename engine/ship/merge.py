@@ -20,6 +20,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
+from engine.ship.outfolder import check_output, replace
 
 PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 PROBE = [{"role": "user", "content": "Who are you?"}]
@@ -65,24 +66,6 @@ def check_checkpoint(path: str | Path) -> Path:
             "use another checkpoint (`leviathan-cockpit` lists the complete ones)",
         )
     return p
-
-
-def check_output(output: str | Path, force: bool, inputs: list[Path]) -> Path:
-    out = Path(output)
-    if out.exists() and not force:
-        raise UserError(
-            f"{output}: already exists", "choose a new output folder, or pass --force to replace it"
-        )
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{output}: exists and is not a folder", "choose a new output folder")
-    resolved = out.resolve()
-    for p in inputs:
-        p = p.resolve()
-        if resolved == p or resolved in p.parents:
-            raise UserError(f"{output}: this would replace the input {p}", "choose a new output folder")
-    if not resolved.parent.is_dir():
-        raise UserError(f"{output}: the folder {resolved.parent} does not exist", "create it first")
-    return out
 
 
 def default_output(checkpoint: str | Path) -> Path:
@@ -333,10 +316,13 @@ def _write_folder(
             copy_processor_files(folder, tmp)
         progress(0.95, "syncing to disk")
         peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-        lineage.write_info(tmp, {**info, "created_at": time.time()})
+        from engine.run.checkpoints import file_digests
+
+        # size and sha256 of each file: export, push and quantize check them (quantize.check_model_dir)
+        lineage.write_info(tmp, {**info, "files": file_digests(tmp), "created_at": time.time()})
         readable_by_umask(tmp)
         lineage.fsync_tree(tmp)
-        _replace(tmp, out)
+        replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return peak
@@ -397,14 +383,3 @@ def readable_by_umask(folder: Path) -> None:
     for p in Path(folder).rglob("*"):
         if p.is_file() and not p.is_symlink():
             os.chmod(p, 0o666 & ~mask)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Put ``tmp`` at ``out``; an old ``out`` (with --force) is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -49,6 +49,18 @@ def check_model_dir(path: str | Path) -> Path:
                 f"merge it first: leviathan-cockpit merge {path} -o MERGED_DIR",
             )
         raise UserError(f"{path}: not a model folder (no config.json)", "give a merged model folder")
+    from engine.run.checkpoints import verify_files
+
+    # The weights as merge/quantize wrote them (size, sha256); the text files (config.json, the
+    # tokenizer's) are left to hand edits.
+    recorded = lineage.read_info(p).get("files") or {}
+    weights = {k: v for k, v in recorded.items() if k.endswith((".safetensors", ".bin"))}
+    problems = verify_files(p, weights)
+    if problems:
+        raise UserError(
+            f"{path}: its files are not as written: " + "; ".join(problems[:5]),
+            "merge (or quantize) again into a new folder; the checkpoint it came from is intact",
+        )
     return p
 
 
@@ -120,7 +132,8 @@ def quantize(
 ) -> QuantizeResult:
     import torch
 
-    from engine.ship.merge import _replace, check_output
+    from engine.run.checkpoints import file_digests
+    from engine.ship.outfolder import check_output, replace
 
     t0 = time.time()
     src, cfg = _check_source(model_dir, qtype, progress)
@@ -148,6 +161,7 @@ def quantize(
             tmp,
             {
                 **info,
+                "files": file_digests(tmp),  # this folder's own, not its source's
                 "kind": "quantized",
                 "quantization": qtype,
                 "source": str(src.resolve()),
@@ -155,7 +169,7 @@ def quantize(
             },
         )
         lineage.fsync_tree(tmp)
-        _replace(tmp, out)
+        replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(s for _, s in lineage.folder_files(out))

@@ -96,6 +96,8 @@ def init(config) -> None:
     before rank 0 shares the resume point. The trainer's own ``PartialState`` later finds this
     one (accelerate keeps one state per process). Idempotent; nothing with one process.
     """
+    if world_size() == 1:
+        refuse_fsdp_alone(config)
     if world_size() == 1 or initialized():
         return
     from datetime import timedelta
@@ -294,6 +296,25 @@ def check_world_size(ckpt, config, allow: bool) -> str | None:
 
 
 # -- what the trainer is told ----------------------------------------------------------------
+
+
+def refuse_fsdp_alone(config) -> None:
+    error = fsdp_alone(config)
+    if error is not None:
+        raise error
+
+
+def fsdp_alone(config) -> UserError | None:
+    """FSDP shards over several processes; on one, transformers stops deep in the trainer's
+    set-up ("Using fsdp only works in distributed training"). Axolotl's qlora-fsdp examples set it."""
+    if not config.uses_fsdp:
+        return None
+    keys = ", ".join(f"`{k}`" for k in ("fsdp", "fsdp_config", "fsdp_version") if getattr(config, k, None))
+    return UserError(
+        f"{keys}: FSDP shards the model over several processes and this run has one",
+        f"train with several processes (`leviathan-cockpit train CONFIG --nproc N`, N GPUs), or "
+        f"remove {keys} from the config to train on one",
+    )
 
 
 def require_deepspeed(path: str) -> None:

@@ -37,6 +37,7 @@ def preflight(
     force: bool = False,
     cuda: bool | None = None,
     config_file: str | Path | None = None,
+    nproc: int = 1,
 ) -> None:
     """Raise one UserError listing every problem found; return quietly when there is none.
 
@@ -49,6 +50,7 @@ def preflight(
         *data_problems(config.datasets, at),
         *device_problems(config, cuda),
         *folder_problems(config, Path(run_dir), resume, force),
+        *process_problems(config, nproc),
     ]
     if problems:
         raise combined(problems)
@@ -162,6 +164,14 @@ def data_problems(datasets, at: str = "") -> list[Problem]:
 
 
 # -- the machine ------------------------------------------------------------------------------
+
+
+def process_problems(config, nproc: int) -> list[Problem]:
+    """Keys that need several processes, on one (``nproc``: how many this start launches)."""
+    from engine.train.dist import fsdp_alone
+
+    error = fsdp_alone(config) if nproc <= 1 and config.distributed.num_machines <= 1 else None
+    return [Problem(error.message, error.fix)] if error is not None else []
 
 
 def device_problems(config, cuda: bool | None = None) -> list[Problem]:

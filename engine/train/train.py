@@ -373,6 +373,8 @@ def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls)
     if dist.share_from_main(on_main) is None:
         return None
     prepared = held[0] if held else prepare(config, tokenizer)  # ranks > 0: rank 0's, from the cache
+    for note in prepared.notes:  # a damaged cache rebuilt, a memo not written
+        log.emit("note", message=note)
     log.emit(
         "prepare",
         done=True,

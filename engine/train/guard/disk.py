@@ -1,4 +1,5 @@
-"""A full disk: under the checkpoints before or during a save, or under the run log.
+"""A full disk: under the checkpoints before or during a save, or under the run log; and an
+output_dir that cannot be written (made read-only, its permissions taken away) the same way.
 
 Before each save, free space on the output_dir's disk must be at least ``disk_margin`` times the
 last checkpoint's size. When it is not, or a write fails for lack of space, the partial folder
@@ -12,6 +13,7 @@ before every save (so no checkpoint is newer than the log).
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -51,6 +53,35 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def is_unwritable(exc: BaseException) -> bool:
+    """A write refused by the folder (read-only file system, no permission), not for lack of space."""
+    seen = 0
+    x: BaseException | None = exc
+    while x is not None and seen < 8:
+        if isinstance(x, OSError) and x.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return True
+        if any(
+            s in str(x) for s in ("Read-only file system", "Permission denied", "os error 30", "os error 13")
+        ):
+            return True
+        x = x.__cause__ or x.__context__
+        seen += 1
+    return False
+
+
+def writable(folder: str | Path) -> bool:
+    """Whether a file can be made in ``folder`` now (tried: root ignores permission bits)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".leviathan-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
 def _torch_write_failed(exc: BaseException) -> bool:
     # torch.save on a full disk: "[enforce fail at inline_container.cc] . unexpected pos N vs M"
     return isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "file write failed" in str(exc))
@@ -74,9 +105,19 @@ class _Disk:
     room: str  # when training goes on by itself
     freed: str  # the `resumed` record's reason when it does
     where: dict = field(default_factory=dict)  # the alert's own fields
+    todo: str = "free space on that disk"
+    rule: str = "disk_full"  # the alert's rule and the pause's reason
 
 
 CHECKPOINTS = _Disk("or move output_dir", "output_dir", "there is room", "disk space freed")
+UNWRITABLE = _Disk(
+    "or move output_dir",
+    "output_dir",
+    "it can be written again",
+    "output_dir writable again",
+    todo="make output_dir writable again (read-write mount, permissions)",
+    rule="output_unwritable",
+)
 LOGS = _Disk(
     "or fix it",
     "logs_dir",
@@ -118,10 +159,13 @@ class DiskGuard:
                 return
             except Exception as e:
                 full = is_disk_full(e) or (_torch_write_failed(e) and free_bytes(out) < need)
-                if not full:
+                if not full and not is_unwritable(e):
                     raise
                 error = _first_line(e)
             shutil.rmtree(folder, ignore_errors=True)
+            if not full:
+                force = self._wait_for_writable(trainer, step, error)
+                continue
             free = free_bytes(out)
             need = max(need, free + max(need // 4, MB))  # it did not fit: wait for more than there is now
             force = self._wait_for_space(trainer, step, need, free, error)
@@ -171,6 +215,16 @@ class DiskGuard:
             need=need,
         )
 
+    def _wait_for_writable(self, trainer, step: int, error: str) -> bool:
+        """output_dir refuses writes: held until it takes them (True: the operator asked to try anyway)."""
+        out = self.g.output_dir
+        message = (
+            f"{out}: cannot write there ({error}); checkpoint-{step} was not saved. "
+            "Older checkpoints are intact; nothing was deleted"
+        )
+        present = getattr(self.g.controls, "operator_present", True)
+        return self._hold(trainer, UNWRITABLE, step, message, present, lambda: writable(out))
+
     def check_log(self, trainer) -> None:
         """The run log could not be written (its disk is full, or another OSError): handled as
         a full checkpoint disk. Its records wait in memory meanwhile, so nothing is lost; the
@@ -197,16 +251,14 @@ class DiskGuard:
         last = checkpoints.latest(self.g.output_dir)
         since = f"checkpoint-{last.step}" if last else "the start (no checkpoint yet)"
         advice = (
-            f"free space on that disk ({disk.fix}); training goes on by itself when {disk.room} "
-            "(resume: try now)"
+            f"{disk.todo} ({disk.fix}); training goes on by itself when {disk.room} (resume: try now)"
             if present
-            else f"free space on that disk (or move {disk.moved}), then run the same command again: it "
-            f"resumes from {since}"
+            else f"{disk.todo} (or move {disk.moved}), then run the same command again: it resumes from {since}"
         )
         sizes = {} if need is None else {"free_mb": round(free / MB, 1), "need_mb": round(need / MB, 1)}
         log.emit(
             "alert",
-            rule="disk_full",
+            rule=disk.rule,
             level="critical",
             step=step,
             **disk.where,
@@ -216,17 +268,17 @@ class DiskGuard:
         )
         if not present:
             raise UserError(message, advice)
-        forced = self._pause_until(trainer, step, since, ready)
+        forced = self._pause_until(trainer, step, since, ready, disk.rule)
         now = {} if need is None else {"free_mb": round(free_bytes(self.g.output_dir) / MB, 1)}
         log.emit("resumed", step=step, reason="operator" if forced else disk.freed, **now)
         return forced
 
-    def _pause_until(self, trainer, step: int, since: str, ready) -> bool:
+    def _pause_until(self, trainer, step: int, since: str, ready, reason: str) -> bool:
         """Paused (chat still answered) until ``ready()`` (checked every disk_poll_s) or the
         operator resumes (True) or stops (Halt)."""
         c = self.g.controls
         poll = self.g.c.disk_poll_s
-        self.g.log.emit("paused", step=step, reason="disk_full")
+        self.g.log.emit("paused", step=step, reason=reason)
         c.request_pause()
         next_look = time.time() + poll
         while True:
@@ -234,7 +286,7 @@ class DiskGuard:
                 self.g.log.emit(
                     "note",
                     step=step,
-                    message=f"stopped while the disk was full: steps after {since} are not saved",
+                    message=f"stopped while output_dir could not take the save: steps after {since} are not saved",
                 )
                 raise Halt
             if not c.pause.is_set():

@@ -1,0 +1,53 @@
+"""The fault matrix (tests/faultmatrix.py): each artifact the engine writes and reads back, under
+each corruption, keeps the three promises: nothing that existed is lost, no silent wrong result,
+a clear message (exit 2, no traceback) and the same command continues.
+
+One real tiny run per module. The cells that still break a promise are listed in ``GAPS`` (the
+closing note's table shows them): a cell that starts or stops breaking one fails this test, so the
+list stays true.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import faultmatrix as fm
+
+# artifact -> faults whose outcome still breaks a promise (see the module docstring)
+GAPS = {
+    # No redundancy in the log itself: lost or zeroed records are not detected (records are
+    # typed by another part of this issue; a sequence number would let readers say so).
+    "run log (events.jsonl)": {"truncate", "zero block", "delete"},
+    "chat transcript": {"truncate", "zero block", "delete"},
+    "checklist state (checklist.json)": {"truncate", "bit flip", "zero block", "delete"},
+    # The checksums merge records are checked by export, push and quantize (check_model_dir);
+    # transformers, vLLM or llama.cpp loading the folder directly do not check them.
+}
+SLOW = {"merged weights", "checkpoint weights", "checkpoint marker (leviathan.json)"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("fault-matrix")
+    (root / "run").mkdir()
+    run = fm.build(root / "run", tiny_model("qwen3"))
+    fm.snapshot(run, root / "backup")
+    return run, root / "backup", fm.pristine_results(run, root / "backup")
+
+
+def _broken(outcome: str) -> bool:
+    return outcome.startswith(("TRACEBACK", "SILENT", "LOST"))
+
+
+@pytest.mark.parametrize(
+    "artifact", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in fm.ARTIFACTS]
+)
+def test_every_fault_keeps_the_promises(tree, artifact):
+    run, backup, pristine = tree
+    cells = {f: fm.cell(run, backup, artifact, f, pristine) for f in fm.FAULTS}
+    broken = {f for f, (first, again) in cells.items() if _broken(first) or _broken(again)}
+    assert broken == GAPS.get(artifact, set()), cells
+    for first, again in cells.values():
+        if first.startswith("exit 2"):
+            assert str(run.root) in first, first  # names the file
+            assert again.startswith("exit 2") or again in ("same", "note"), again
