@@ -26,6 +26,7 @@ from engine.run.rundir import RunDir
 from engine.run.runlock import OutputLock, RunLock
 from engine.train import dist
 from engine.train.build import build_trainer, liger_available
+from engine.train.commands import CommandSource, open_source
 from engine.train.health import watch_run
 from engine.train.preflight import check_setup
 from engine.train.resume import fingerprint, plan_resume
@@ -89,9 +90,11 @@ def run(
         watch = watch_run(log, config.health) if dist.is_main() else dist.NoWatch()
         sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
         log.listeners.extend(sinks)
+        # Commands count from here: the control file (rank 0) and in-memory calls, one source.
+        commands = open_source(controls, log, paths.run_dir)
         try:
             return _run(
-                config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
+                config, commands, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
             )
         except UserError as e:
             log.emit("end", status="error", message=str(e))
@@ -111,10 +114,12 @@ def run(
 
 
 def _run(
-    config, controls, log, paths, resume, notes, force_fresh, allow_world_size_change=False
+    config, commands, log, paths, resume, notes, force_fresh, allow_world_size_change=False
 ) -> RunResult:
     """The recipe: checks, the resume point, data, model + LoRA, trainer, training, the end."""
     import torch
+
+    controls = commands.controls
 
     from engine.model.model import resolve_base
     from engine.train.guard import Guard
@@ -128,12 +133,12 @@ def _run(
         log.emit("note", message=note)
 
     t0 = time.time()
-    tokenizer, prepared = _tokenizer_and_data(config, base, log, controls, ckpt)
+    tokenizer, prepared = _tokenizer_and_data(config, base, log, commands, ckpt)
     if prepared is None:  # stopped while preparing: nothing half-made is kept; the same command starts again
         log.emit("end", step=ckpt.step if ckpt else 0, status="stopped", phase="prepare")
         return RunResult("stopped", ckpt.step if ckpt else 0, paths.run_dir)
     loaded = _load_model(config, base)
-    callback = _callback(config, controls, log, paths, prepared, loaded)
+    callback = _callback(config, commands, log, paths, prepared, loaded)
     trainer = build_trainer(
         guard.effective_config(config, ckpt is not None),
         prepared,
@@ -145,8 +150,8 @@ def _run(
         loaded.dtype == torch.bfloat16,
     )
     watchdog = _watchdog(config, log, trainer)
-    dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
-    guard.attach(trainer, callback)
+    trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
+    guard.attach(trainer, callback, commands)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():
         dump_resolved(config, RunDir(paths.run_dir).config)
@@ -175,7 +180,7 @@ def _check_machine(config: RunConfig, base) -> None:
         load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
 
 
-def _tokenizer_and_data(config: RunConfig, base, log: RunLog, controls: Controls, ckpt):
+def _tokenizer_and_data(config: RunConfig, base, log: RunLog, commands: CommandSource, ckpt):
     """(tokenizer, prepared data) with the data reported in the run log; prepared is None if stopped."""
     from engine.model.model import check_tokens, load_tokenizer
 
@@ -183,7 +188,7 @@ def _tokenizer_and_data(config: RunConfig, base, log: RunLog, controls: Controls
         base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
     )
     check_tokens(tokenizer, config)
-    prepared = _prepare_data(config, tokenizer, log, controls)
+    prepared = _prepare_data(config, tokenizer, log, commands)
     if prepared is None:
         return tokenizer, None
     if ckpt is not None:
@@ -259,7 +264,7 @@ def _load_model(config: RunConfig, base) -> LoadedModel:
     return LoadedModel(model, dtype, gc, gc_reason, attn, trainable, total, fpt, peak)
 
 
-def _callback(config: RunConfig, controls: Controls, log: RunLog, paths: RunPaths, prepared, loaded):
+def _callback(config: RunConfig, commands: CommandSource, log: RunLog, paths: RunPaths, prepared, loaded):
     """Our one callback: step records, saves with their markers, control commands, probes."""
     from engine.evaluate.probes import Probes
     from engine.train.callback import CockpitCallback
@@ -274,7 +279,7 @@ def _callback(config: RunConfig, controls: Controls, log: RunLog, paths: RunPath
     }
     return CockpitCallback(
         log,
-        controls,
+        commands,
         save_total_limit=config.save_total_limit,
         meta=meta,
         flops_per_token=loaded.flops_per_token,
@@ -323,7 +328,7 @@ def _emit_start(
     )
 
 
-def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls):
+def _prepare_data(config: RunConfig, tokenizer, log: RunLog, commands: CommandSource):
     """The prepared data (engine.data.prepare), with ``prepare`` records while it is built; None if stopped.
 
     Several processes: rank 0 prepares, the others wait and read its result from the cache.
@@ -345,7 +350,12 @@ def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls)
 
             shutil.rmtree(old, ignore_errors=True)
         log.emit("prepare", rows=0, tokens=0, bytes_done=0, bytes_total=None, started=True)
-        return prepare(config, tokenizer, progress=progress, should_stop=controls.stop.is_set)
+
+        def should_stop() -> bool:
+            commands.read_file()  # a `stop` written while the data is prepared counts too
+            return commands.controls.stop.is_set()
+
+        return prepare(config, tokenizer, progress=progress, should_stop=should_stop)
 
     held: list = []
 

@@ -19,6 +19,7 @@ _nothing = contextlib.nullcontext
 
 class LeviathanTrainer(SFTTrainer):
     guard = None  # engine.train.guard.Guard, attached by engine.train.train: NaN/OOM/disk handling
+    hold = None  # engine.train.callback.CockpitCallback.hold: the pause at a step boundary
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -128,9 +129,14 @@ class LeviathanTrainer(SFTTrainer):
         return grad_norm
 
     def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
-        if self.guard is not None:
-            self.guard.after_log(self)
+        while True:
+            super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+            if self.guard is not None:
+                self.guard.after_log(self)
+            # Paused here, at the step boundary, once its record is written; a save or an eval
+            # asked while paused runs at once (this boundary again), then the pause goes on.
+            if self.hold is None or not self.hold(self):
+                return
 
     def _save_optimizer_and_scheduler(self, output_dir):
         if self.guard is not None:
