@@ -117,3 +117,25 @@ def test_sigterm_to_the_cockpits_trainer_saves_and_ends_cleanly(tiny_model, writ
     end = read_events(job.events).records[-1]
     assert end["kind"] == "end" and end["status"] == "stopped", end
     assert (tmp_path / "out" / f"checkpoint-{end['step']}" / "leviathan.json").is_file()
+
+
+def test_stall_watch_says_stalled_once_and_back_once(tmp_path, monkeypatch):
+    """What `train --headless --nproc N` prints while rank 0 is stopped: real files, their mtimes."""
+    from engine.run.heartbeat import StallWatch, age, stall_after
+    from engine.run.rundir import RunDir
+
+    monkeypatch.setenv("LEVIATHAN_HEARTBEAT_S", "1")
+    folder = RunDir(tmp_path)
+    watch = StallWatch(tmp_path, since=1000.0)
+    assert watch.check(now=1010.0) is None and age(tmp_path) == float("inf")  # nothing yet
+    folder.events.write_text("{}\n")
+    os.utime(folder.events, (900.0, 900.0))  # an earlier job's log: not this job's sign
+    assert watch.check(now=1010.0) is None
+    os.utime(folder.events, (1001.0, 1001.0))
+    assert watch.check(now=1001.0 + stall_after() / 2) is None
+    line = watch.check(now=1001.0 + stall_after() + 1)
+    assert line.startswith(f"stalled: no record or heartbeat from the trainer for {stall_after() + 1:.0f} s")
+    assert watch.check(now=1001.0 + stall_after() + 2) is None  # said once
+    folder.heartbeat.touch()
+    os.utime(folder.heartbeat, (1020.0, 1020.0))
+    assert watch.check(now=1020.5).startswith("the trainer is back") and age(tmp_path, now=1021.0) == 1.0

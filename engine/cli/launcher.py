@@ -459,6 +459,20 @@ def launch_from_args(args, nproc: int, output: str | None = "file") -> LaunchedJ
     )
 
 
+def _wait_watching(job: LaunchedJob, poll_s: float = 1.0) -> int:
+    """``job.wait()``, saying on stderr when rank 0 stalls (no record or heartbeat) and recovers."""
+    from engine.run.heartbeat import StallWatch
+
+    watch = StallWatch(job.run_dir, job.started)
+    while True:
+        try:
+            return job.wait(poll_s)
+        except subprocess.TimeoutExpired:
+            line = watch.check()
+            if line:
+                print(f"\n{line}", file=sys.stderr)
+
+
 def train_headless_multi(args, nproc: int) -> int:
     """Launch, wait, and stop gracefully on the first Ctrl-C (every rank saves at the same step)."""
 
@@ -477,7 +491,7 @@ def train_headless_multi(args, nproc: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
-    code = job.wait()
+    code = _wait_watching(job)
     end = next(
         (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), None
     )

@@ -22,6 +22,7 @@ MARKER = "leviathan.json"  # engine.run.checkpoints.MARKER, kept here without it
 EVENTS = "events.jsonl"  # the run log (engine.run.events)
 CONFIG = "config.yaml"  # the resolved config, written at start
 CONTROL = "control.jsonl"  # commands to the trainer (engine.run.control_file)
+HEARTBEAT = "heartbeat"  # touched by the trainer when its log is quiet (engine.run.heartbeat)
 LOCK = ".lock"  # one writer per run folder (engine.run.runlock); holds the writer's pid
 CHECKLIST = "checklist.json"  # the checklist's state (engine.evaluate.checklist)
 CHECKLIST_LOCK = ".checklist.lock"  # serialises its read-modify-write (cockpit and CLI)
@@ -57,6 +58,10 @@ class RunDir:
     @property
     def control(self) -> Path:
         return self.path / CONTROL
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.path / HEARTBEAT
 
     @property
     def lock(self) -> Path:

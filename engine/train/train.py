@@ -22,6 +22,7 @@ from engine.errors import UserError
 from engine.run import checkpoints
 from engine.run.control import Controls
 from engine.run.events import Listener, RunLog
+from engine.run.heartbeat import Heartbeat
 from engine.run.rundir import RunDir
 from engine.run.runlock import OutputLock, RunLock
 from engine.train import dist
@@ -84,6 +85,9 @@ def run(
     with (
         RunLock(paths.run_dir) if main else contextlib.nullcontext(),
         OutputLock(paths.output_dir, paths.run_dir) if main else contextlib.nullcontext(),
+        Heartbeat(paths.run_dir)
+        if main
+        else contextlib.nullcontext(),  # a sign of life when the log is quiet
     ):
         log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0

@@ -1,0 +1,67 @@
+"""The real cockpit over a real trainer: `s` while paused saves at once (and says so), and a trainer
+stopped with SIGSTOP shows as stalled with its age, then training again after SIGCONT."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from cockpit.launch import build_launched_app, stop_job
+from engine.run.events import read_events
+from tests.test_cockpit_real import events_of, steps_in, train_args
+from tests.wait import wait_for
+
+HEARTBEAT_S = 0.25  # stalled after 4 missed beats: 1 s
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_save_while_paused_and_a_stopped_trainer_shows_as_stalled(
+    tiny_model, write_config, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LEVIATHAN_HEARTBEAT_S", str(HEARTBEAT_S))  # the trainer and the cockpit both
+    config = write_config(tiny_model("qwen3"), num_epochs=100, max_steps=400)
+    log = tmp_path / "logs" / "test" / "events.jsonl"
+    app = build_launched_app(train_args(config))
+    notes: list[str] = []
+    app.notify = lambda message, **kw: notes.append(message)  # what the operator is told
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(lambda: len(steps_in(events_of(log))) >= 2, 180, pilot=pilot)
+
+            await pilot.press("p")
+            await wait_for(lambda: "paused at step" in app.sub_title, 60, pilot=pilot)
+            at = app.state.step
+            # Paused is not stalled: the paused trainer's heartbeat keeps coming.
+            await pilot.pause(6 * HEARTBEAT_S)
+            assert "stalled" not in app.sub_title and "paused at step" in app.sub_title
+            await pilot.press("s")
+            assert notes[-1] == f"saving a checkpoint now, at step {at} (the run stays paused)"
+            save = await wait_for(
+                lambda: next((r for r in events_of(log) if r["kind"] == "save"), None), 60, pilot=pilot
+            )
+            assert save["step"] == at and (Path(save["path"]) / "leviathan.json").exists()
+            assert steps_in(events_of(log))[-1] == at and app.state.paused  # still paused, no step since
+            await pilot.press("p")
+            await wait_for(lambda: steps_in(events_of(log))[-1] >= at + 2, 60, pilot=pilot)
+
+            os.kill(app.source.job.pid, signal.SIGSTOP)
+            try:
+                await wait_for(lambda: "stalled" in app.sub_title, 30, pilot=pilot)
+                assert "no record or heartbeat for" in app.sub_title, app.sub_title
+                frozen = steps_in(events_of(log))[-1]
+                assert f"stalled at step {frozen}" in app.sub_title
+            finally:
+                os.kill(app.source.job.pid, signal.SIGCONT)
+            await wait_for(lambda: "stalled" not in app.sub_title, 30, pilot=pilot)
+            await wait_for(lambda: steps_in(events_of(log))[-1] > frozen, 60, pilot=pilot)
+            assert "training" in app.sub_title
+    finally:
+        code = stop_job(app)
+    assert code == 0
+    records = read_events(log).records
+    assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
+    assert [r["kind"] for r in records].count("paused") == 1
