@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 RANK0_SPEAKS_S = 10.0
 
@@ -35,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", metavar="NAME")
     p.add_argument("--logs-dir", metavar="DIR")
     p.add_argument("--force", action="store_true")
+    p.add_argument(
+        "--launched",
+        metavar="FILE",
+        help="the config as the launcher loaded and checked it (engine.cli.launcher): CONFIG is not read again",
+    )
     p.add_argument(
         "--allow-world-size-change",
         action="store_true",
@@ -104,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         from engine.cli.headless import Progress, load_for_cli, run_name_for
         from engine.train.train import run
 
-        config, notes, path = load_for_cli(args)
+        if args.launched:  # loaded and checked once, by the launcher
+            from engine.config.saved_config import read_handoff
+
+            config, notes = read_handoff(args.launched)
+            path = Path(args.config or args.launched)
+        else:
+            config, notes, path = load_for_cli(args)
         if main_rank:
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             notes=notes,
             force_fresh=args.force,
             allow_world_size_change=args.allow_world_size_change,
+            setup_checked=bool(args.launched),
         )
         if main_rank:
             from engine.run.rundir import RunDir

@@ -139,3 +139,50 @@ def test_stall_watch_says_stalled_once_and_back_once(tmp_path, monkeypatch):
     folder.heartbeat.touch()
     os.utime(folder.heartbeat, (1020.0, 1020.0))
     assert watch.check(now=1020.5).startswith("the trainer is back") and age(tmp_path, now=1021.0) == 1.0
+
+
+def _counts() -> tuple[int, int]:
+    from engine.config.config import VALIDATIONS
+    from engine.train.preflight import CHECKS
+
+    return VALIDATIONS[0], CHECKS[0]
+
+
+@pytest.mark.slow
+def test_headless_start_loads_and_checks_its_config_once(tiny_model, write_config):
+    from tests.conftest import cli_here
+
+    cfg = write_config(tiny_model("qwen3"), max_steps=2)
+    before = _counts()
+    r = cli_here("train", cfg, "--headless")
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = _counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)  # main before this change: (1, 2)
+
+
+@pytest.mark.slow
+def test_cockpit_start_loads_once_and_the_trainer_takes_that_config(tiny_model, write_config, tmp_path):
+    """One cockpit start: the UI validates the config and runs the setup checks once (before: twice
+    each, and the trainer a third time); the trainer trains on the config the UI checked, even
+    when the user's file changes (here: breaks) while it starts."""
+    from cockpit.launch import build_launched_app
+    from tests.test_cockpit_real import train_args
+
+    cfg = write_config(tiny_model("qwen3"), max_steps=5000, save_steps=1000, learning_rate=0.002)
+    before = _counts()
+    app = build_launched_app(train_args(cfg))
+    job = app.source.job
+    try:
+        after = _counts()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+        cfg.write_text("learning_rate: [this is not\n")  # the trainer never reads it again
+        wait_record(job.events, lambda r: r.get("kind") == "step" and r["step"] >= 1, running=job)
+        job.stop("test")
+        assert job.wait(120) == 0, job.log_path.read_text()[-2000:]
+    finally:
+        if job.poll() is None:
+            job.terminate(grace_s=5)
+    import yaml
+
+    assert yaml.safe_load((job.run_dir / "config.yaml").read_text())["learning_rate"] == 0.002
+    assert read_events(job.events).records[-1]["status"] == "stopped"

@@ -124,7 +124,7 @@ def train_headless(args) -> int:
     if nproc > 1 or config.distributed.num_machines > 1:  # several processes: accelerate launch
         from engine.cli.launcher import train_headless_multi
 
-        return train_headless_multi(args, nproc)
+        return train_headless_multi(args, nproc, (config, notes))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     controls = Controls()
@@ -140,6 +140,7 @@ def train_headless(args) -> int:
         notes=notes,
         force_fresh=args.force,
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
+        setup_checked=True,  # check_before_start did
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
     return 0 if result.status in ("completed", "stopped") else 1  # diverged: NaN/Inf (see the alerts)

@@ -30,6 +30,7 @@ CHAT = "chat"  # chat logs and the live chat bridge's replies
 EVAL = "eval"  # evaluation results
 LIVE = "live"  # under chat/: the live chat bridge's reply files (engine.chat.chat_bridge)
 LAUNCH_LOG = "launch.log"  # the launched processes' stdout and stderr (engine.cli.launcher)
+LAUNCH_CONFIG = "launch-config.json"  # the config the launcher checked, for its trainers (saved_config)
 JOBS_LOG = "jobs.log"  # the cockpit's background jobs' output
 COCKPIT_LOG = "cockpit-output.log"  # what the cockpit's own code printed while the screen was up
 OUTPUT_LOCK = ".leviathan-lock"  # not in the run folder: in its output_dir (engine.run.runlock)
@@ -90,6 +91,10 @@ class RunDir:
     @property
     def launch_log(self) -> Path:
         return self.path / LAUNCH_LOG
+
+    @property
+    def launch_config(self) -> Path:
+        return self.path / LAUNCH_CONFIG
 
     @property
     def jobs_log(self) -> Path:

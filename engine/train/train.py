@@ -69,8 +69,11 @@ def run(
     notes: list[str] | None = None,
     force_fresh: bool = False,
     allow_world_size_change: bool = False,
+    setup_checked: bool = False,
 ) -> RunResult:
-    """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input."""
+    """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input.
+
+    ``setup_checked``: the caller ran the setup checks on this config (``preflight``) for this start."""
     # Packed batches change shape every step; without expandable segments the caching
     # allocator fragments (13 GiB reserved but unusable seen on an 8B run at 80 GB).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -79,7 +82,8 @@ def run(
         resume = config.resume_from_checkpoint  # Axolotl's key for --resume PATH
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/train/dist.py)
-    check_setup(config)  # every problem found before anything is written, at once
+    if not setup_checked:
+        check_setup(config)  # every problem found before anything is written, at once
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     main = dist.is_main()
     with (
