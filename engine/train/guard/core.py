@@ -156,8 +156,10 @@ class Guard:
     def after_log(self, trainer) -> None:
         self.nan.after_log(trainer)
 
-    def after_load(self, trainer, checkpoint: str) -> None:
-        self.nan.after_load(trainer, checkpoint)
+    def after_load(
+        self, trainer, checkpoint: str, factor: float = 1.0, saved_lr: float | None = None
+    ) -> None:
+        self.nan.after_load(trainer, factor, saved_lr)
 
     def save_checkpoint(self, trainer, do_save) -> None:
         self.disk.save_checkpoint(trainer, do_save)
