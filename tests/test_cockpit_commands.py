@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from cockpit_script import text_of
 
 from cockpit.launch import build_launched_app, stop_job
 from engine.run.events import read_events
@@ -54,6 +55,12 @@ async def test_save_while_paused_and_a_stopped_trainer_shows_as_stalled(
                 assert "no record or heartbeat for" in app.sub_title, app.sub_title
                 frozen = steps_in(events_of(log))[-1]
                 assert f"stalled at step {frozen}" in app.sub_title
+                await wait_for(
+                    lambda: "stalled" in text_of(app.query_one("#progress").content), 5, pilot=pilot
+                )
+                assert "ETA —" in text_of(
+                    app.query_one("#progress").content, width=200
+                )  # none from a frozen speed
             finally:
                 os.kill(app.source.job.pid, signal.SIGCONT)
             await wait_for(lambda: "stalled" not in app.sub_title, 30, pilot=pilot)

@@ -86,9 +86,6 @@ class ProgressPanel(Static):
         self.total: int | None = None
         self.start_t: float | None = None
         self.end: dict | None = None
-        self.paused = False
-        self.paused_step: int | None = None
-        self.pending: str | None = None
         self.phase: str | None = None
         self.mix: dict | None = None
         self.resumed_from: int | None = None
@@ -124,8 +121,6 @@ class ProgressPanel(Static):
             if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
                 self.total = r["max_steps"]
         self.last = message.records[-1]
-        if self.pending == "resume":
-            self.pending = None
         self.changed()
 
     def on_eval_logged(self, message: EvalLogged) -> None:
@@ -147,22 +142,12 @@ class ProgressPanel(Static):
             self.preparing = None if r.get("done") else r
         elif kind == "resume":
             self.resumed_from = r.get("from_step")
-        elif kind == "paused":
-            self.paused = True
-            self.paused_step = r.get("step")
-            if self.pending == "pause":
-                self.pending = None
-        elif kind == "resumed":
-            self.paused = False
-            if self.pending == "resume":
-                self.pending = None
         elif kind == "phase":
             self.phase = str(r.get("name") or r.get("phase") or "?")
         elif kind == "mix":
             self.mix = r
         elif kind == "end":
             self.end = r
-            self.paused, self.pending = False, None
         self.changed()
 
     def on_writer_state(self, message: WriterState) -> None:
@@ -170,9 +155,7 @@ class ProgressPanel(Static):
         self.changed()
 
     def on_control_requested(self, message: ControlRequested) -> None:
-        if message.action in ("pause", "resume", "stop"):
-            self.pending = message.action
-        self.show()
+        self.show()  # the app's RunState has the request: show it now
 
     # -- view -------------------------------------------------------------------------------
 
@@ -182,15 +165,9 @@ class ProgressPanel(Static):
             return Text(f"■ {status}", style=STATUS_STYLE.get(status, "bold"))
         if self.writer_alive is False and self.seen_start:
             return Text("■ not running (no end record: killed?)", style="bold red")
-        if self.pending == "stop":
-            return Text("◌ stopping: saving at the next step", style="bold yellow")
-        if self.pending == "pause":
-            return Text("◌ pausing at the next step", style="yellow")
-        if self.pending == "resume":
-            return Text("◌ resuming…", style="yellow")
-        if self.paused:
-            at = f" at step {self.paused_step:,}" if isinstance(self.paused_step, int) else ""
-            return Text(f"‖ paused{at}", style="bold yellow")
+        live = self._live_state()
+        if live is not None:
+            return live
         if not self.seen_start and self.preparing is not None:
             return Text(preparing_text(self.preparing), style="yellow")
         if not self.seen_start and self.last is None:
@@ -199,9 +176,31 @@ class ProgressPanel(Static):
             return Text("◌ starting…", style="dim")
         return Text("▶ training" if self.live else "▶ running", style="bold green")
 
+    def _live_state(self) -> Text | None:
+        """Stopping, stalled, pausing, resuming or paused: from the app's ``RunState``, the one
+        place the cockpit holds where the run stands."""
+        state = getattr(self.app, "state", None)
+        if state is None or not state.live:
+            return None
+        at = f" at step {state.step:,}" if state.step is not None else ""
+        if state.stop_asked:
+            return Text("◌ stopping: saving at the next step", style="bold yellow")
+        if state.stalled_s is not None:
+            return Text(f"◌ stalled{at}: no sign for {state.stalled_s:,} s", style="bold red")
+        if state.asked == "pause":
+            return Text("◌ pausing at the next step", style="yellow")
+        if state.asked == "resume":
+            return Text("◌ resuming…", style="yellow")
+        if state.phase == "paused":
+            return Text(f"‖ paused{at}", style="bold yellow")
+        return None
+
     def eta_s(self) -> float | None:
         if self.end is not None or self.writer_alive is False or not self.last or not self.total:
             return None
+        state = getattr(self.app, "state", None)
+        if state is not None and state.stalled_s is not None:
+            return None  # no ETA from a trainer that has stopped moving
         if not self.recent_s_per_step:
             return None
         left = self.total - int(self.last.get("step", 0))
