@@ -276,6 +276,9 @@ class CockpitApp(App[int]):
         self.show_state()
 
     def action_save(self) -> None:
+        if self.state.paused_now and self.state.saved_step == self.state.step:
+            self.notify(f"checkpoint-{self.state.step} is saved already (paused at that step)", timeout=4)
+            return
         self.source.controls.request_save()
         self.broadcast(ControlRequested("save"))
         self.notify(f"saving a checkpoint {self._when()}", timeout=3)

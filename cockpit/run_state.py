@@ -20,6 +20,7 @@ class RunState:
         self.max_steps: int | None = None
         self.stop_asked = False
         self.asked: str | None = None  # "pause" or "resume": asked of the trainer, its record not seen yet
+        self.saved_step: int | None = None  # the step of the last `save` record
         self.writer_alive: bool | None = None
         self.stalled_s: float | None = None  # no record or heartbeat for this long (None: alive)
         self._resumed_at: int | None = None
@@ -99,6 +100,8 @@ class RunState:
             elif kind == "resumed" and self.phase == "paused":
                 self.phase = "training"
                 self.asked = None if self.asked == "resume" else self.asked
+            elif kind == "save" and isinstance(r.get("step"), int):
+                self.saved_step = r["step"]
             elif kind == "end":
                 self.phase, self.end, self.asked = "ended", r, None
 

@@ -46,6 +46,9 @@ async def test_save_while_paused_and_a_stopped_trainer_shows_as_stalled(
             )
             assert save["step"] == at and (Path(save["path"]) / "leviathan.json").exists()
             assert steps_in(events_of(log))[-1] == at and app.state.paused  # still paused, no step since
+            await wait_for(lambda: app.state.saved_step == at, 10, pilot=pilot)
+            await pilot.press("s")  # again, at the same step: says why not, sends nothing
+            assert notes[-1] == f"checkpoint-{at} is saved already (paused at that step)"
             await pilot.press("p")
             await wait_for(lambda: steps_in(events_of(log))[-1] >= at + 2, 60, pilot=pilot)
 
@@ -72,3 +75,30 @@ async def test_save_while_paused_and_a_stopped_trainer_shows_as_stalled(
     records = read_events(log).records
     assert records[-1]["kind"] == "end" and records[-1]["status"] == "stopped"
     assert [r["kind"] for r in records].count("paused") == 1
+
+
+def test_run_state_is_where_keys_ask():
+    """What the keys offer and what the header says, from the records and the requests alone."""
+    from cockpit.run_state import RunState
+
+    state = RunState(read_only=False)
+    state.observe([{"kind": "start", "step": 0}, {"kind": "step", "step": 3}])
+    assert state.offers("pause", True) and not state.offers("resume", True)
+    state.pause_requested()
+    assert state.label() == "training · pausing at the next step" and state.offers("resume", True)
+    assert not state.paused_now  # a save asked now waits for the step boundary
+    state.observe([{"kind": "step", "step": 4}, {"kind": "paused", "step": 4}])
+    assert state.label() == "paused at step 4" and state.paused_now and state.asked is None
+    state.observe([{"kind": "save", "step": 4, "path": "out/checkpoint-4"}])
+    assert state.saved_step == 4
+    state.resume_requested()
+    assert state.label() == "paused at step 4 · resuming" and state.offers("pause", True)
+    assert state.heartbeat(50.0, 20.0) and state.label().startswith(
+        "stalled at step 4: no record or heartbeat for 50 s"
+    )
+    assert state.heartbeat(1.0, 20.0) and state.label() == "paused at step 4 · resuming"
+    state.observe([{"kind": "resumed", "step": 4}])
+    assert state.label() == "training" and not state.paused
+    state.stop_requested()
+    assert state.offers("save", True) is None and state.offers("evaluate", False) is None
+    assert state.heartbeat(500.0, 20.0) and state.stalled_s == 500  # a stop that never comes shows too

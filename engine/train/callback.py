@@ -181,7 +181,12 @@ class CockpitCallback(TrainerCallback):
     def _apply(self, agreed: Agreed, state, control):
         c = self.controls
         if agreed.save and c.take(c.save_now):
-            control.should_save = True
+            if self._saved_step == state.global_step:  # asked again while paused: nothing new to keep
+                self.log.emit(
+                    "note", step=state.global_step, message=f"checkpoint-{state.global_step} is saved already"
+                )
+            else:
+                control.should_save = True
         if agreed.eval and c.take(c.eval_now):
             control.should_evaluate = True
         if agreed.stop:
