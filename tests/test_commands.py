@@ -15,7 +15,7 @@ from engine.run.control import Controls
 from engine.run.control_file import ControlFile, append_command, control_path
 from engine.run.events import read_events
 from tests.test_resume import start
-from tests.wait import wait_record
+from tests.wait import wait_for, wait_record
 
 
 def _raw(run_dir: Path, text: str) -> None:
@@ -71,7 +71,9 @@ def test_headless_one_process_obeys_its_control_file(tiny_model, write_config, t
     log = run_dir / "events.jsonl"
     proc = start(cfg)
     try:
-        wait_record(log, lambda r: r.get("kind") == "step" and r["step"] >= 2, running=proc)
+        # As soon as the command has claimed the run (before torch loads), commands are its own.
+        wait_for(lambda: control_path(run_dir).exists(), 60, running=proc)
+        assert not log.exists() or not [r for r in read_events(log).records if r["kind"] == "step"]
         _raw(run_dir, '{"command": "pause"}')  # no newline: taken all the same
         paused = wait_record(log, lambda r: r.get("kind") == "paused", running=proc)
         at = paused["step"]

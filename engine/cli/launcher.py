@@ -214,7 +214,7 @@ def launch(
     name = run_name or config.run_name or config_path.stem
     paths = run_paths(config, name, str(logs_dir) if logs_dir else None)
     run_dir = paths.run_dir.resolve()
-    offset = _claim_run_dir(config, run_dir, paths.output_dir, checked is None) if rank == 0 else 0
+    offset = claim_run_dir(config, run_dir, paths.output_dir, checked is None) if rank == 0 else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     write_handoff(config, notes, RunDir(run_dir).launch_config)
     ranks = rank_args(config_path, name, run_dir.parent, resume, max_steps, force, allow_world_size_change)
@@ -243,9 +243,10 @@ def _check_launchable(config, n: int, rank: int) -> None:
         require_deepspeed(config.deepspeed)
 
 
-def _claim_run_dir(config, run_dir: Path, output_dir: Path, check: bool = True) -> int:
+def claim_run_dir(config, run_dir: Path, output_dir: Path, check: bool = True) -> int:
     """Check the setup (unless the caller did), refuse a run (or output_dir) being trained
-    already, empty the control file; the run log's size, where this job's records begin."""
+    already, empty the control file (this job's trainer reads it from its start: a command
+    written from now on counts); the run log's size, where this job's records begin."""
     from engine.run.runlock import OutputLock, RunLock
     from engine.train.preflight import check_setup
 

@@ -109,12 +109,13 @@ def _agree(c: Controls) -> Agreed:
     return agreed
 
 
-def open_source(controls: Controls, log, run_dir) -> CommandSource:
+def open_source(controls: Controls, log, run_dir, from_start: bool = False) -> CommandSource:
     """The run's command source: rank 0 reads ``run_dir``'s control file from now on (from its
-    start when the launcher created it fresh for this job); chat commands on one process only."""
+    start when it was emptied for this job: ``from_start``, or the launcher's environment);
+    chat commands on one process only."""
     if not dist.is_main():
         return CommandSource(controls, log, None)
-    from_start = os.environ.get(CONTROL_FROM_START_ENV) == "1"
+    from_start = from_start or os.environ.get(CONTROL_FROM_START_ENV) == "1"
     return CommandSource(controls, log, ControlFile(control_path(run_dir), from_start, _chat_job(run_dir)))
 
 

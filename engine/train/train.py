@@ -70,10 +70,13 @@ def run(
     force_fresh: bool = False,
     allow_world_size_change: bool = False,
     setup_checked: bool = False,
+    control_from_start: bool = False,
 ) -> RunResult:
     """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input.
 
-    ``setup_checked``: the caller ran the setup checks on this config (``preflight``) for this start."""
+    ``setup_checked``: the caller ran the setup checks on this config (``preflight``) for this start.
+    ``control_from_start``: the caller emptied the run's control file for this start (its commands
+    count from then, not from when this takes the run's lock)."""
     # Packed batches change shape every step; without expandable segments the caching
     # allocator fragments (13 GiB reserved but unusable seen on an 8B run at 80 GB).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -99,7 +102,7 @@ def run(
         sinks = open_sinks(config, paths.run_dir, log) if main else []  # trackers, notices (sinks/)
         log.listeners.extend(sinks)
         # Commands count from here: the control file (rank 0) and in-memory calls, one source.
-        commands = open_source(controls, log, paths.run_dir)
+        commands = open_source(controls, log, paths.run_dir, control_from_start)
         try:
             return _run(
                 config, commands, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
