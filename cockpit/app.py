@@ -170,6 +170,10 @@ class CockpitApp(App[int]):
                 self._writer_alive = alive
                 self.state.writer(alive)
                 messages.append(WriterState(alive))
+        if self._ticks % 10 == 1 and self.source.live:  # every second: a sign of life from the trainer?
+            from engine.run.heartbeat import stall_after
+
+            self.state.heartbeat(self.source.heartbeat_age(), stall_after())
         if self.state.label() != before:
             self.show_state()
         self.broadcast(*messages)
@@ -177,9 +181,7 @@ class CockpitApp(App[int]):
             self._on_end()
 
     def _on_end(self) -> None:
-        stopping = self.exit_when_finished or (
-            self.source.controls is not None and self.source.controls.stop.is_set()
-        )
+        stopping = self.exit_when_finished or self.state.stop_asked
         if stopping and self.source.job is not None:
             self.exit(0)  # quit confirmed, or a signal asked: the job has saved and ended
         elif self.state.already_finished:
@@ -240,44 +242,49 @@ class CockpitApp(App[int]):
             controls = self.source.controls
             if controls is None or not self.training_alive:
                 return False  # attached read-only, or the run has ended: not offered at all
-            if controls.stop.is_set():
-                return None  # shown, greyed: the run is stopping
-            if action == "pause" and controls.pause.is_set():
-                return False  # offered as Resume
-            if action == "resume" and not controls.pause.is_set():
-                return False
-            if action == "evaluate" and not getattr(self.source, "can_eval", False):
-                return None
+            if controls.stop.is_set() and not self.state.stop_asked:
+                self.state.stop_requested()  # a signal's stop, before the next tick has seen it
+            return self.state.offers(action, getattr(self.source, "can_eval", False))
         return True
 
     def action_pause(self) -> None:
         self.source.controls.request_pause()
+        self.state.pause_requested()
         self.broadcast(ControlRequested("pause"))
         self.notify("pausing at the next step boundary", timeout=3)
-        self.refresh_bindings()
+        self.show_state()
 
     def action_resume(self) -> None:
         self.source.controls.request_resume()
+        self.state.resume_requested()
         self.broadcast(ControlRequested("resume"))
         self.notify("resuming", timeout=3)
-        self.refresh_bindings()
+        self.show_state()
 
     def action_save(self) -> None:
+        if self.state.paused_now and self.state.saved_step == self.state.step:
+            self.notify(f"checkpoint-{self.state.step} is saved already (paused at that step)", timeout=4)
+            return
         self.source.controls.request_save()
         self.broadcast(ControlRequested("save"))
-        note = " (after resume: the run is paused)" if self.source.controls.pause.is_set() else ""
-        self.notify(f"saving a checkpoint at the next step boundary{note}", timeout=3)
+        self.notify(f"saving a checkpoint {self._when()}", timeout=3)
 
     def action_evaluate(self) -> None:
         self.source.controls.request_eval()
         self.broadcast(ControlRequested("eval"))
-        self.notify("evaluating at the next step boundary", timeout=3)
+        self.notify(f"evaluating {self._when()}", timeout=3)
+
+    def _when(self) -> str:
+        """When the trainer acts on a save or eval: at once while it holds paused."""
+        if self.state.paused_now:
+            return f"now, at step {self.state.step:,} (the run stays paused)"
+        return "at the next step boundary"
 
     def action_quit_cockpit(self) -> None:
         if not self.training_alive:
             self.exit(0)
             return
-        if self.source.controls.stop.is_set():
+        if self.state.stop_asked:
             self.notify("stopping: the cockpit exits once the checkpoint is saved", timeout=5)
             return
 

@@ -129,17 +129,18 @@ def launched_chat(job, config, app):
     )
 
 
-def checked_config(args):
-    """The config the trainer will load, and every start-up problem at once (engine.train.preflight):
-    bad input exits 2 here, before a screen opens or a process starts."""
+def checked_config(args) -> tuple:
+    """The config the trainer will train on, with its notes, and every start-up problem at once
+    (engine.train.preflight): bad input exits 2 here, before a screen opens or a process starts.
+    Loaded and checked once: the launcher hands this very config to the trainer."""
     from engine.cli.headless import check_before_start, load_for_cli
 
-    config, _, path = load_for_cli(args)
+    config, notes, path = load_for_cli(args)
     check_before_start(args, config, path)
-    return config
+    return config, notes
 
 
-def build_launched_app(args, nproc: int = 1, config=None):
+def build_launched_app(args, nproc: int = 1, checked: tuple | None = None):
     """The cockpit over a training job it starts in child processes: ``python -m
     engine.dist_main`` for one process, ``accelerate launch`` for several. The UI shares no
     interpreter with the trainer, so it cannot slow it."""
@@ -147,8 +148,9 @@ def build_launched_app(args, nproc: int = 1, config=None):
     from cockpit.source import LaunchedSource
     from engine.cli.launcher import launch_from_args
 
-    config = config if config is not None else checked_config(args)
-    job = launch_from_args(args, nproc)
+    checked = checked if checked is not None else checked_config(args)
+    config = checked[0]
+    job = launch_from_args(args, nproc, checked=checked)
     source = LaunchedSource(job, run_name=job.run_dir.name, config=config.model_dump(mode="json"))
     app = CockpitApp(source)
     app.panes = panes(launched_chat(job, config, app))
@@ -156,9 +158,9 @@ def build_launched_app(args, nproc: int = 1, config=None):
 
 
 def train_in_cockpit(args, nproc: int = 1) -> int:
-    config = checked_config(args)
+    checked = checked_config(args)
     need_terminal("the cockpit")
-    app = build_launched_app(args, nproc, config)
+    app = build_launched_app(args, nproc, checked)
     restore = install_stop_signals(app)
     try:
         app.run()

@@ -3,7 +3,8 @@
 One state at a time: ``starting`` (no ``start`` record yet), ``training``, ``paused``,
 ``stopping`` (a stop was asked; the trainer saves at the next step), ``ended`` (an ``end``
 record: its ``status`` is completed, stopped, early_stopped, failed or error) or ``gone`` (the writer of an
-attached log died without an ``end``). A start that resumes a checkpoint already at
+attached log died without an ``end``). Over a live one, ``stalled_s`` says how long the trainer
+has given no sign of life (no record, no heartbeat: engine.run.heartbeat) once that is too long. A start that resumes a checkpoint already at
 ``max_steps`` and ends without a step is a run that had finished before: it says so.
 """
 
@@ -18,7 +19,10 @@ class RunState:
         self.step: int | None = None
         self.max_steps: int | None = None
         self.stop_asked = False
+        self.asked: str | None = None  # "pause" or "resume": asked of the trainer, its record not seen yet
+        self.saved_step: int | None = None  # the step of the last `save` record
         self.writer_alive: bool | None = None
+        self.stalled_s: float | None = None  # no record or heartbeat for this long (None: alive)
         self._resumed_at: int | None = None
         self._steps_since_start = 0
 
@@ -30,6 +34,38 @@ class RunState:
     def live(self) -> bool:
         """The trainer is there to act on a key (not ended, not gone)."""
         return self.phase in ("starting", "training", "paused", "stopping")
+
+    @property
+    def paused(self) -> bool:
+        """Paused, or asked to pause and not yet there: what `p` does next is resume."""
+        if self.asked is not None:
+            return self.asked == "pause"
+        return self.phase == "paused"
+
+    @property
+    def paused_now(self) -> bool:
+        """The trainer is holding at a step boundary: a save or an eval asked now runs at once."""
+        return self.phase == "paused" and not self.stop_asked
+
+    def offers(self, action: str, can_eval: bool) -> bool | None:
+        """Whether a key is offered: True, False (not shown) or None (shown, greyed)."""
+        if self.read_only or not self.live:
+            return False  # attached read-only, or the run has ended: not offered at all
+        if self.stop_asked:
+            return None  # the run is stopping
+        if action == "pause":
+            return not self.paused  # else offered as Resume
+        if action == "resume":
+            return self.paused
+        if action == "evaluate" and not can_eval:
+            return None
+        return True
+
+    def pause_requested(self) -> None:
+        self.asked = "pause"
+
+    def resume_requested(self) -> None:
+        self.asked = "resume"
 
     @property
     def already_finished(self) -> bool:
@@ -50,7 +86,7 @@ class RunState:
             if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
                 self.max_steps = r["max_steps"]
             if kind == "start":
-                self.phase, self.end, self.stop_asked = "training", None, False
+                self.phase, self.end, self.stop_asked, self.asked = "training", None, False, None
                 self._resumed_at, self._steps_since_start = None, 0
             elif kind == "resume" and isinstance(r.get("from_step"), int):
                 self._resumed_at = r["from_step"]
@@ -60,10 +96,14 @@ class RunState:
                     self.phase = "training"
             elif kind == "paused" and self.phase != "stopping":
                 self.phase = "paused"
+                self.asked = None if self.asked == "pause" else self.asked
             elif kind == "resumed" and self.phase == "paused":
                 self.phase = "training"
+                self.asked = None if self.asked == "resume" else self.asked
+            elif kind == "save" and isinstance(r.get("step"), int):
+                self.saved_step = r["step"]
             elif kind == "end":
-                self.phase, self.end = "ended", r
+                self.phase, self.end, self.asked = "ended", r, None
 
     def stop_requested(self) -> None:
         self.stop_asked = True
@@ -74,6 +114,13 @@ class RunState:
         self.writer_alive = alive
         if not alive and self.live and self.read_only:
             self.phase = "gone"
+
+    def heartbeat(self, age: float | None, stall_after: float) -> bool:
+        """The trainer's last sign of life was ``age`` s ago; True when the state changed."""
+        was = self.stalled_s is not None
+        stalled = age is not None and age > stall_after and self.phase in ("training", "paused", "stopping")
+        self.stalled_s = round(age) if stalled else None
+        return stalled or was
 
     def label(self) -> str:
         """The header's words for the state (the mode first when attached)."""
@@ -91,10 +138,19 @@ class RunState:
             return f"{status}{at}"
         if self.phase == "gone":
             return f"not running (no end record){at}"
+        if self.stalled_s is not None:
+            return f"stalled{at}: no record or heartbeat for {_age(self.stalled_s)} (stopped or hung?)"
         if self.phase == "paused":
-            return f"paused{at}"
+            return f"paused{at} · resuming" if self.asked == "resume" else f"paused{at}"
         if self.phase == "stopping":
             return "stopping: saving a checkpoint at the next step"
         if self.phase == "starting":
             return "starting: loading model and data" if not self.read_only else "waiting for records"
+        if self.asked == "pause":
+            return "training · pausing at the next step"
         return "training" if not self.read_only else "running"
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s} s" if s < 120 else f"{s // 60} min" if s < 7200 else f"{s // 3600} h {s % 3600 // 60} min"

@@ -53,6 +53,14 @@ class Source:
         """Whether the process writing this log still runs; None when it is not ours to ask."""
         return None
 
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the trainer's last record or heartbeat (engine.run.heartbeat); None: unknown."""
+        if self.run_dir is None:
+            return None
+        from engine.run.heartbeat import age
+
+        return age(self.run_dir)
+
     def drain(self, limit: int = DRAIN_LIMIT) -> list[dict]:
         out: list[dict] = []
         get = self.queue.get_nowait
@@ -85,6 +93,11 @@ class FileSource(Source):
     def writer_alive(self) -> bool | None:
         return run_is_live(self.path.parent)
 
+    def heartbeat_age(self) -> float | None:
+        from engine.run.heartbeat import age
+
+        return age(self.path.parent)
+
     def _bad(self, line: bytes) -> None:
         self.bad_lines += 1
 
@@ -108,10 +121,10 @@ def run_is_live(run_dir: Path) -> bool:
 
 
 class JobControls(Controls):
-    """The cockpit's keys for a job of several processes: the same flags, sent to every rank.
-
-    The flags here only mirror what was asked (so the app can show it); the ranks act on the
-    commands appended to the run's control file, at the same step everywhere.
+    """The cockpit's keys for its job: each command appended to the run's control file, which the
+    trainer (every rank, at the same step) acts on. Where the run stands is the app's ``RunState``,
+    from the trainer's records; only ``stop`` is kept here too, the mailbox of a signal handler
+    (cockpit.launch) that the app reads on its next tick.
     """
 
     def __init__(self, job) -> None:
@@ -119,11 +132,9 @@ class JobControls(Controls):
         self.job = job
 
     def request_pause(self) -> None:
-        super().request_pause()
         self.job.control("pause")
 
     def request_resume(self) -> None:
-        super().request_resume()
         self.job.control("resume")
 
     def request_stop(self, reason: str = "operator") -> None:

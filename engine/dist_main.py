@@ -9,8 +9,9 @@ Every rank runs ``engine.train.train.run``. Rank 0 writes the run log and prints
 the other ranks print nothing but their own errors. Commands: a line appended to
 ``logs/<run>/control.jsonl`` (``{"command": "stop"}``; also pause, resume, save, eval), read by
 rank 0 at each step boundary and acted on by every rank at the same step. SIGINT or SIGHUP on
-any rank: stop at the next step boundary with a checkpoint. SIGTERM is left as it is: torchrun
-sends it to the surviving ranks when one dies, and they must go at once.
+any rank: stop at the next step boundary with a checkpoint; SIGTERM too when there is one
+process. With several, SIGTERM is left as it is: torchrun sends it to the surviving ranks when
+one dies, and they must go at once.
 
 Exit codes as the CLI's: 0 done, 2 bad config or data (printed by rank 0 alone), 1 anything else.
 """
@@ -22,6 +23,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 RANK0_SPEAKS_S = 10.0
 
@@ -34,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", metavar="NAME")
     p.add_argument("--logs-dir", metavar="DIR")
     p.add_argument("--force", action="store_true")
+    p.add_argument(
+        "--launched",
+        metavar="FILE",
+        help="the config as the launcher loaded and checked it (engine.cli.launcher): CONFIG is not read again",
+    )
     p.add_argument(
         "--allow-world-size-change",
         action="store_true",
@@ -70,11 +77,18 @@ def quiet() -> None:
     warnings.simplefilter("ignore")
 
 
-def install_signals(controls) -> None:
+def install_signals(controls, world_size: int = 1) -> None:
+    """SIGINT/SIGHUP (and SIGTERM with one process): stop at the next step with a checkpoint.
+
+    Several processes leave SIGTERM as it is: torchrun sends it to the surviving ranks when one
+    dies, and they must go at once. One process has no torchrun: SIGTERM is an operator's.
+    """
+
     def handler(signum, frame):
         controls.request_stop(f"signal {signal.Signals(signum).name}")
 
-    for sig in (signal.SIGINT, signal.SIGHUP):
+    sigs = [signal.SIGINT, signal.SIGHUP] + ([signal.SIGTERM] if world_size == 1 else [])
+    for sig in sigs:
         signal.signal(sig, handler)
 
 
@@ -95,14 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     from engine.run.control import Controls
 
     main_rank = dist.is_main()
-    dist.use_control_file()
     controls = Controls()
-    install_signals(controls)
+    install_signals(controls, dist.world_size())
     try:
         from engine.cli.headless import Progress, load_for_cli, run_name_for
         from engine.train.train import run
 
-        config, notes, path = load_for_cli(args)
+        if args.launched:  # loaded and checked once, by the launcher
+            from engine.config.saved_config import read_handoff
+
+            config, notes = read_handoff(args.launched)
+            path = Path(args.config or args.launched)
+        else:
+            config, notes, path = load_for_cli(args)
         if main_rank:
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
@@ -116,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             notes=notes,
             force_fresh=args.force,
             allow_world_size_change=args.allow_world_size_change,
+            setup_checked=bool(args.launched),
         )
         if main_rank:
             from engine.run.rundir import RunDir

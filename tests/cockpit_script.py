@@ -217,11 +217,12 @@ def append_records(run_dir: Path, records: list[dict]) -> None:
 def _play(run_dir: Path) -> int:
     from engine.run import records
     from engine.run.control import Controls
+    from engine.run.control_file import ControlFile, control_path
+    from engine.run.heartbeat import Heartbeat
     from engine.run.runlock import RunLock
-    from engine.train.dist import ControlFile, control_path
 
     plan = json.loads((run_dir / "script.json").read_text())
-    with RunLock(run_dir), open(run_dir / "events.jsonl", "a") as log:
+    with RunLock(run_dir), Heartbeat(run_dir), open(run_dir / "events.jsonl", "a") as log:
 
         def emit(kind: str, **fields) -> None:
             record = {"t": round(time.time(), 3), "kind": kind, **fields}

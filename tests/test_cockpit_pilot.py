@@ -241,13 +241,13 @@ async def test_p_pauses_and_resumes_at_the_step_boundary(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await wait_for(lambda: "training" in app.sub_title, pilot=pilot)
         await pilot.press("p")
-        assert app.source.controls.pause.is_set()
+        assert app.state.paused  # the one place the cockpit holds it
         assert any(isinstance(m, ControlRequested) and m.action == "pause" for m in seen)
         await wait_for(lambda: "paused at step 300" in fields(app), pilot=pilot)
         assert "paused at step 300" in app.sub_title
         assert app.check_action("resume", ()) and not app.check_action("pause", ())
         await pilot.press("p")
-        assert not app.source.controls.pause.is_set()
+        assert not app.state.paused
         await wait_for(lambda: "training" in fields(app) and "training" in app.sub_title, pilot=pilot)
     commands = [json.loads(line)["command"] for line in (app.source.run_dir / "control.jsonl").open()]
     assert commands[:2] == ["pause", "resume"]

@@ -16,7 +16,7 @@ import yaml
 from engine.cli.launcher import Failure, launch, root_cause
 from engine.config.config import validate
 from engine.errors import UserError
-from engine.run import checkpoints
+from engine.run import checkpoints, control_file
 from engine.run.events import dedupe_steps, read_events
 from engine.train import dist
 from tests.conftest import ROOT, base_config, cli_here
@@ -315,18 +315,18 @@ def test_distributed_section(tmp_path):
 def test_control_file_reader_and_root_cause(tmp_path):
     from engine.run.control import Controls
 
-    dist.append_command(tmp_path, "save")  # left from an earlier job
-    reader = dist.ControlFile(dist.control_path(tmp_path), from_start=False)
+    control_file.append_command(tmp_path, "save")  # left from an earlier job
+    reader = control_file.ControlFile(control_file.control_path(tmp_path), from_start=False)
     c = Controls()
     assert reader.poll(c) == [] and not c.save_now.is_set()
-    with open(dist.control_path(tmp_path), "a") as f:
+    with open(control_file.control_path(tmp_path), "a") as f:
         f.write('{"command": "pause"}\n{"command": "st')  # a line still being written
     assert [x["command"] for x in reader.poll(c)] == ["pause"] and c.pause.is_set()
-    with open(dist.control_path(tmp_path), "a") as f:
+    with open(control_file.control_path(tmp_path), "a") as f:
         f.write('op", "reason": "x"}\n')
     assert [x["command"] for x in reader.poll(c)] == ["stop"] and c.stop_reason == "x"
     with pytest.raises(ValueError):
-        dist.append_command(tmp_path, "explode")
+        control_file.append_command(tmp_path, "explode")
 
     teardown = Failure(0, 10, -signal.SIGTERM)
     assert root_cause([teardown, Failure(1, 11, -signal.SIGKILL)]).rank == 1

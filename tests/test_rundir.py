@@ -10,7 +10,6 @@ from engine.run import control_file
 from engine.run.control import Controls
 from engine.run.rundir import RunDir
 from engine.run.runlock import lock_holder, lock_run
-from engine.train import dist
 
 
 def test_run_dir_names_each_file_of_the_layout(tmp_path):
@@ -32,9 +31,8 @@ def test_run_dir_names_each_file_of_the_layout(tmp_path):
     assert Path(rd) == tmp_path  # os.fspath works
 
 
-def test_the_control_protocol_is_the_same_from_dist_and_control_file(tmp_path):
-    assert dist.append_command is control_file.append_command and dist.ControlFile is control_file.ControlFile
-    assert dist.control_path(tmp_path) == RunDir(tmp_path).control
+def test_the_control_file_is_the_run_folders(tmp_path):
+    assert control_file.control_path(tmp_path) == RunDir(tmp_path).control
 
 
 def test_chat_commands_need_the_trainers_chat_job(tmp_path):

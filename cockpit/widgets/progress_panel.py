@@ -88,9 +88,6 @@ class ProgressPanel(Static):
         self.total: int | None = None
         self.start_t: float | None = None
         self.end: records.End | None = None
-        self.paused = False
-        self.paused_step: int | None = None
-        self.pending: str | None = None
         self.phase: str | None = None
         self.mix: records.Mix | None = None
         self.resumed_from: int | None = None
@@ -126,8 +123,6 @@ class ProgressPanel(Static):
             if r.max_steps and r.max_steps > 0:
                 self.total = r.max_steps
         self.last = steps[-1] if steps else self.last
-        if self.pending == "resume":
-            self.pending = None
         self.changed()
 
     def on_eval_logged(self, message: EvalLogged) -> None:
@@ -148,22 +143,12 @@ class ProgressPanel(Static):
             self.preparing = None if r.done else r
         elif isinstance(r, records.Resume):
             self.resumed_from = r.from_step
-        elif isinstance(r, records.Paused):
-            self.paused = True
-            self.paused_step = r.step
-            if self.pending == "pause":
-                self.pending = None
-        elif isinstance(r, records.Resumed):
-            self.paused = False
-            if self.pending == "resume":
-                self.pending = None
         elif isinstance(r, records.Phase):
             self.phase = r.name or "?"
         elif isinstance(r, records.Mix):
             self.mix = r
         elif isinstance(r, records.End):
             self.end = r
-            self.paused, self.pending = False, None
         self.changed()
 
     def on_writer_state(self, message: WriterState) -> None:
@@ -171,9 +156,7 @@ class ProgressPanel(Static):
         self.changed()
 
     def on_control_requested(self, message: ControlRequested) -> None:
-        if message.action in ("pause", "resume", "stop"):
-            self.pending = message.action
-        self.show()
+        self.show()  # the app's RunState has the request: show it now
 
     # -- view -------------------------------------------------------------------------------
 
@@ -183,15 +166,9 @@ class ProgressPanel(Static):
             return Text(f"■ {status}", style=STATUS_STYLE.get(status, "bold"))
         if self.writer_alive is False and self.seen_start:
             return Text("■ not running (no end record: killed?)", style="bold red")
-        if self.pending == "stop":
-            return Text("◌ stopping: saving at the next step", style="bold yellow")
-        if self.pending == "pause":
-            return Text("◌ pausing at the next step", style="yellow")
-        if self.pending == "resume":
-            return Text("◌ resuming…", style="yellow")
-        if self.paused:
-            at = f" at step {self.paused_step:,}" if isinstance(self.paused_step, int) else ""
-            return Text(f"‖ paused{at}", style="bold yellow")
+        live = self._live_state()
+        if live is not None:
+            return live
         if not self.seen_start and self.preparing is not None:
             return Text(preparing_text(self.preparing), style="yellow")
         if not self.seen_start and self.last is None:
@@ -200,9 +177,31 @@ class ProgressPanel(Static):
             return Text("◌ starting…", style="dim")
         return Text("▶ training" if self.live else "▶ running", style="bold green")
 
+    def _live_state(self) -> Text | None:
+        """Stopping, stalled, pausing, resuming or paused: from the app's ``RunState``, the one
+        place the cockpit holds where the run stands."""
+        state = getattr(self.app, "state", None)
+        if state is None or not state.live:
+            return None
+        at = f" at step {state.step:,}" if state.step is not None else ""
+        if state.stop_asked:
+            return Text("◌ stopping: saving at the next step", style="bold yellow")
+        if state.stalled_s is not None:
+            return Text(f"◌ stalled{at}: no sign for {state.stalled_s:,} s", style="bold red")
+        if state.asked == "pause":
+            return Text("◌ pausing at the next step", style="yellow")
+        if state.asked == "resume":
+            return Text("◌ resuming…", style="yellow")
+        if state.phase == "paused":
+            return Text(f"‖ paused{at}", style="bold yellow")
+        return None
+
     def eta_s(self) -> float | None:
         if self.end is not None or self.writer_alive is False or not self.last or not self.total:
             return None
+        state = getattr(self.app, "state", None)
+        if state is not None and state.stalled_s is not None:
+            return None  # no ETA from a trainer that has stopped moving
         if not self.recent_s_per_step:
             return None
         left = self.total - int(self.last.step or 0)

@@ -122,15 +122,21 @@ def install_stop_signals(controls: Controls) -> None:
 
 
 def train_headless(args) -> int:
-    from engine.train.train import run
-
     config, notes, path = load_for_cli(args)
     check_before_start(args, config, path)
     nproc = getattr(args, "nproc", None) or config.distributed.num_processes or 1
     if nproc > 1 or config.distributed.num_machines > 1:  # several processes: accelerate launch
         from engine.cli.launcher import train_headless_multi
 
-        return train_headless_multi(args, nproc)
+        return train_headless_multi(args, nproc, (config, notes))
+    from engine.cli.launcher import claim_run_dir
+    from engine.train.train import run_paths
+
+    # Before torch loads (seconds): a command a script appends from here on is this run's.
+    paths = run_paths(config, run_name_for(args, config, path), args.logs_dir)
+    claim_run_dir(config, paths.run_dir, paths.output_dir, check=False)
+    from engine.train.train import run
+
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     controls = Controls()
@@ -146,6 +152,8 @@ def train_headless(args) -> int:
         notes=notes,
         force_fresh=args.force,
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
+        setup_checked=True,  # check_before_start did
+        control_from_start=True,
     )
     print(f"\n{result.status} at step {result.step}; run log {result.run_dir}/events.jsonl", file=sys.stderr)
     ok = ("completed", "stopped", "early_stopped")

@@ -188,17 +188,25 @@ def launch(
     machine_rank: int | None = None,
     output: str | Path | None = "file",
     env: dict[str, str] | None = None,
+    checked: tuple | None = None,
 ) -> LaunchedJob:
     """Start ``nproc`` training processes (default: the config's ``distributed.num_processes``).
 
     ``output``: "file" (``run_dir/launch.log``, for the cockpit), None (inherit this process's
-    stdout and stderr: headless), or a path. Raises UserError (nothing started) on bad input.
+    stdout and stderr: headless), or a path. ``checked``: (config, notes) that the caller loaded
+    and checked (``preflight``) from ``config_path``; without it they are loaded and checked here.
+    The trainers receive that config as it is (``launch-config.json`` in the run folder): the
+    user's file is read and validated once per start. Raises UserError (nothing started) on bad input.
     """
     from engine.config.config import load_config
+    from engine.config.saved_config import write_handoff
     from engine.train.train import run_paths
 
     config_path = Path(config_path).resolve()
-    config, _ = load_config(config_path, {"max_steps": max_steps} if max_steps else None)
+    if checked is None:
+        config, notes = load_config(config_path, {"max_steps": max_steps} if max_steps else None)
+    else:
+        config, notes = checked
     d = config.distributed
     n = nproc or d.num_processes or 1
     rank = d.machine_rank if machine_rank is None else machine_rank
@@ -206,9 +214,13 @@ def launch(
     name = run_name or config.run_name or config_path.stem
     paths = run_paths(config, name, str(logs_dir) if logs_dir else None)
     run_dir = paths.run_dir.resolve()
-    offset = _claim_run_dir(config, run_dir, paths.output_dir) if rank == 0 else 0
+    offset = claim_run_dir(config, run_dir, paths.output_dir, checked is None) if rank == 0 else 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_handoff(config, notes, RunDir(run_dir).launch_config)
     ranks = rank_args(config_path, name, run_dir.parent, resume, max_steps, force, allow_world_size_change)
-    cmd, display, launcher = _commands(config, n, rank, ranks, run_dir, offset)
+    handoff = ["--launched", str(RunDir(run_dir).launch_config)]  # not in the line shown to users
+    cmd, _, launcher = _commands(config, n, rank, ranks + handoff, run_dir, offset)
+    display = _commands(config, n, rank, ranks, run_dir, offset)[1]
     log_path = None if output is None else RunDir(run_dir).launch_log if output == "file" else Path(output)
     proc = _spawn(cmd, _child_env(env, launcher), log_path)
     return LaunchedJob(run_dir, n, rank, proc, display, log_path, offset)
@@ -231,13 +243,15 @@ def _check_launchable(config, n: int, rank: int) -> None:
         require_deepspeed(config.deepspeed)
 
 
-def _claim_run_dir(config, run_dir: Path, output_dir: Path) -> int:
-    """Check the setup, refuse a run (or output_dir) being trained already, empty the control
-    file; the run log's size, where this job's records begin."""
+def claim_run_dir(config, run_dir: Path, output_dir: Path, check: bool = True) -> int:
+    """Check the setup (unless the caller did), refuse a run (or output_dir) being trained
+    already, empty the control file (this job's trainer reads it from its start: a command
+    written from now on counts); the run log's size, where this job's records begin."""
     from engine.run.runlock import OutputLock, RunLock
     from engine.train.preflight import check_setup
 
-    check_setup(config)  # before the first byte is written
+    if check:
+        check_setup(config)  # before the first byte is written
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir), OutputLock(output_dir, run_dir):
         pass
@@ -441,8 +455,11 @@ def agent_main(argv: list[str] | None = None) -> int:
 # -- train CONFIG --headless --nproc N ---------------------------------------------------------
 
 
-def launch_from_args(args, nproc: int, output: str | None = "file") -> LaunchedJob:
-    """``launch`` with the `train` command line's arguments (the embedded demo without a config)."""
+def launch_from_args(
+    args, nproc: int, output: str | None = "file", checked: tuple | None = None
+) -> LaunchedJob:
+    """``launch`` with the `train` command line's arguments (the embedded demo without a config);
+    ``checked``: the (config, notes) the caller loaded and checked from them."""
     from engine.config.bundled import demo_config_path
 
     return launch(
@@ -456,13 +473,28 @@ def launch_from_args(args, nproc: int, output: str | None = "file") -> LaunchedJ
         allow_world_size_change=getattr(args, "allow_world_size_change", False),
         machine_rank=getattr(args, "machine_rank", None),
         output=output,
+        checked=checked,
     )
 
 
-def train_headless_multi(args, nproc: int) -> int:
+def _wait_watching(job: LaunchedJob, poll_s: float = 1.0) -> int:
+    """``job.wait()``, saying on stderr when rank 0 stalls (no record or heartbeat) and recovers."""
+    from engine.run.heartbeat import StallWatch
+
+    watch = StallWatch(job.run_dir, job.started)
+    while True:
+        try:
+            return job.wait(poll_s)
+        except subprocess.TimeoutExpired:
+            line = watch.check()
+            if line:
+                print(f"\n{line}", file=sys.stderr)
+
+
+def train_headless_multi(args, nproc: int, checked: tuple | None = None) -> int:
     """Launch, wait, and stop gracefully on the first Ctrl-C (every rank saves at the same step)."""
 
-    job = launch_from_args(args, nproc, output=None)
+    job = launch_from_args(args, nproc, output=None, checked=checked)
     print(f"launched: {' '.join(job.command)}", file=sys.stderr)
     print(f"run log: {job.events}", file=sys.stderr)
     asked = []
@@ -477,7 +509,7 @@ def train_headless_multi(args, nproc: int) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
-    code = job.wait()
+    code = _wait_watching(job)
     end = next(
         (r for r in reversed(records_since(job.events, job.events_offset)) if r.get("kind") == "end"), None
     )

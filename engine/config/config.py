@@ -192,10 +192,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     return validate(raw, file, text, overrides)
 
 
+VALIDATIONS = [0]
+"""How many configs this process has validated (a start validates its config once: tests read it)."""
+
+
 def validate(
     raw: dict, file: Path, text: str = "", overrides: dict[str, Any] | None = None
 ) -> tuple[RunConfig, list[str]]:
     """All of a config's problems in one UserError; else the config and its notes."""
+    VALIDATIONS[0] += 1
     lines = key_lines(text)
     t = translate(raw, set(RunConfig.model_fields))
     notes = [f"{_where(str(file), lines, loc)}: {text}" for loc, text in t.notes]

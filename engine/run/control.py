@@ -54,17 +54,12 @@ class Controls:
     def request_eval(self) -> None:
         self.eval_now.set()
 
-    def wait_while_paused(self, timeout: float = 0.2, between: Callable[[], object] | None = None) -> None:
-        """Called by the training thread at a step boundary; returns when resumed or stopped.
-
-        ``between`` runs after each wake-up (submitted jobs wake the loop): chat while paused.
-        """
-        while self.pause.is_set() and not self.stop.is_set():
-            self._resume.wait(timeout)
-            if self.pause.is_set():
-                self._resume.clear()  # woken for a job, not to resume
-            if between is not None:
-                between()
+    def wait_for_wake(self, timeout: float) -> None:
+        """The training thread's wait while paused: returns after ``timeout`` or sooner when
+        woken (a resume, a stop, a submitted job)."""
+        self._resume.wait(timeout)
+        if self.pause.is_set() and not self.stop.is_set():
+            self._resume.clear()  # woken for a job, not to resume
 
     def take(self, flag: threading.Event) -> bool:
         if flag.is_set():

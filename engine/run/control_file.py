@@ -51,12 +51,20 @@ def append_command(run_dir, command: str, **fields) -> dict:
     record = {"t": round(time.time(), 3), "command": command, **fields}
     path = control_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    line = (json.dumps(record) + "\n").encode()
+    fd = open_run_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())  # one write: lines never interleave
+        if _ends_unterminated(fd):
+            line = b"\n" + line  # never glued onto a torn line or one left without its newline
+        os.write(fd, line)  # one write: lines never interleave
     finally:
         os.close(fd)
     return record
+
+
+def _ends_unterminated(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 class ControlFile:
@@ -86,16 +94,53 @@ class ControlFile:
         self.offset += len(data)
         data = self._pending + data
         lines = data.split(b"\n")
-        self._pending = lines.pop()  # a line still being written waits for its newline
-        applied = []
-        for line in lines:
-            try:
-                cmd = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(cmd, dict) and apply(controls, cmd, self.chat_job):
-                applied.append(cmd)
-        return applied
+        # The last piece has no newline yet: a line still being written (one ``write`` each, so
+        # rarely seen), or one whose writer never ends it (``printf``, a killed writer). Whole
+        # commands in it are taken now; a fragment waits, and resynchronises at the next line.
+        tail = lines.pop()
+        cmds = [cmd for line in lines for cmd in commands_in(line)]
+        taken, rest = _complete_prefix(tail)
+        cmds += taken
+        self._pending = rest
+        return [cmd for cmd in cmds if apply(controls, cmd, self.chat_job)]
+
+
+def commands_in(line: bytes) -> list[dict]:
+    """The commands in one line: normally one JSON object; after a torn write or a line left
+    without its newline, several glued together or a fragment before a whole one. Every whole
+    object carrying a ``command`` is found, so no command is lost behind damage."""
+    text = line.decode("utf-8", errors="replace")
+    out: list[dict] = []
+    pos = text.find("{")
+    while pos != -1:
+        try:
+            obj, end = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            pos = text.find("{", pos + 1)  # damage: try the next object start
+            continue
+        if isinstance(obj, dict) and "command" in obj:
+            out.append(obj)
+            pos = text.find("{", end)
+        else:
+            pos = text.find("{", pos + 1)  # not a command (a fragment's inner object): look inside
+    return out
+
+
+def _complete_prefix(tail: bytes) -> tuple[list[dict], bytes]:
+    """Commands that are whole objects in an unterminated tail, and what must wait for more bytes."""
+    text = tail.decode("utf-8", errors="replace").strip()
+    if not text:
+        return [], b""
+    try:
+        obj, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return [], tail  # not whole yet (or damage: the next newline resynchronises)
+    if isinstance(obj, dict) and "command" in obj and not text[end:].strip():
+        return [obj], b""
+    return [], tail
+
+
+_DECODER = json.JSONDecoder()
 
 
 def apply(controls, cmd: dict, chat_job: Callable | None = None) -> bool:

@@ -22,6 +22,7 @@ MARKER = "leviathan.json"  # engine.run.checkpoints.MARKER, kept here without it
 EVENTS = "events.jsonl"  # the run log (engine.run.events)
 CONFIG = "config.yaml"  # the resolved config, written at start
 CONTROL = "control.jsonl"  # commands to the trainer (engine.run.control_file)
+HEARTBEAT = "heartbeat"  # touched by the trainer when its log is quiet (engine.run.heartbeat)
 LOCK = ".lock"  # one writer per run folder (engine.run.runlock); holds the writer's pid
 CHECKLIST = "checklist.json"  # the checklist's state (engine.evaluate.checklist)
 CHECKLIST_LOCK = ".checklist.lock"  # serialises its read-modify-write (cockpit and CLI)
@@ -29,6 +30,7 @@ CHAT = "chat"  # chat logs and the live chat bridge's replies
 EVAL = "eval"  # evaluation results
 LIVE = "live"  # under chat/: the live chat bridge's reply files (engine.chat.chat_bridge)
 LAUNCH_LOG = "launch.log"  # the launched processes' stdout and stderr (engine.cli.launcher)
+LAUNCH_CONFIG = "launch-config.json"  # the config the launcher checked, for its trainers (saved_config)
 JOBS_LOG = "jobs.log"  # the cockpit's background jobs' output
 COCKPIT_LOG = "cockpit-output.log"  # what the cockpit's own code printed while the screen was up
 TRACKERS = "trackers.json"  # the W&B and MLflow run ids a resume continues (engine.train.sinks)
@@ -69,6 +71,10 @@ class RunDir:
         return self.path / TENSORBOARD
 
     @property
+    def heartbeat(self) -> Path:
+        return self.path / HEARTBEAT
+
+    @property
     def lock(self) -> Path:
         return self.path / LOCK
 
@@ -95,6 +101,10 @@ class RunDir:
     @property
     def launch_log(self) -> Path:
         return self.path / LAUNCH_LOG
+
+    @property
+    def launch_config(self) -> Path:
+        return self.path / LAUNCH_CONFIG
 
     @property
     def jobs_log(self) -> Path:

@@ -12,15 +12,16 @@ import time
 from transformers import TrainerCallback
 
 from engine.run import checkpoints
-from engine.run.control import Controls
 from engine.run.events import RunLog
+from engine.train import dist
+from engine.train.commands import Agreed, CommandSource
 
 
 class CockpitCallback(TrainerCallback):
     def __init__(
         self,
         log: RunLog,
-        controls: Controls,
+        commands: CommandSource,
         *,
         save_total_limit: int | None,
         meta: dict,
@@ -32,7 +33,8 @@ class CockpitCallback(TrainerCallback):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.log = log
-        self.controls = controls
+        self.commands = commands
+        self.controls = commands.controls
         self.save_total_limit = save_total_limit
         self.meta = meta
         self.last_loss: float | None = None
@@ -44,7 +46,9 @@ class CockpitCallback(TrainerCallback):
         self._mark_step = 0
         self._phase_end = time.time()  # end of the last log/eval: a save that follows starts then
         self.status = "completed"
-        self._pause_pending = False
+        self._pause_pending = False  # asked: the trainer holds once this step's record is written
+        self._held_since: float | None = None  # paused since (None: not paused)
+        self._saved_step: int | None = None  # a stop right after a save does not save the step twice
 
     # -- progress -------------------------------------------------------------------------
 
@@ -57,10 +61,6 @@ class CockpitCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
             self._step_record(state, logs)
-        if self._pause_pending:  # every rank: they wait together
-            self._pause_pending = False
-            return self._pause(state, control, kwargs)
-        return None
 
     def _step_record(self, state, logs) -> None:
         now = time.time()
@@ -106,6 +106,8 @@ class CockpitCallback(TrainerCallback):
         self._phase_end = time.time()
 
     def on_save(self, args, state, control, **kwargs):
+        dist.barrier()  # every rank's files (its RNG state, its shard) are on disk before the marker
+        self._saved_step = state.global_step
         if not state.is_world_process_zero:
             return
         path = f"{args.output_dir}/checkpoint-{state.global_step}"
@@ -137,42 +139,60 @@ class CockpitCallback(TrainerCallback):
     # -- commands -------------------------------------------------------------------------
 
     def on_step_end(self, args, state, control, **kwargs):
-        c = self.controls
         self._run_jobs(state, kwargs)
-        if c.pause.is_set() and not c.stop.is_set():
-            # Pause once this step's record is written (on_log), so that the screen shows the
+        agreed = self.commands.poll(state.global_step)  # every rank, the same flags
+        if agreed.pause and not agreed.stop:
+            # Pause once this step's record is written (``hold``), so that the screen shows the
             # step the run is paused at; what is asked meanwhile acts on this same step.
             control.should_log = True
             self._pause_pending = True
-        return self._apply_commands(state, control)
-
-    def _pause(self, state, control, kwargs):
-        c = self.controls
-        self.log.emit("paused", step=state.global_step)
-        t0 = time.time()
-        self.wait_paused(state, kwargs)
-        if not c.stop.is_set():
-            self.log.emit("resumed", step=state.global_step)
-        self._exclude(time.time() - t0)  # paused time is not training time
-        return self._apply_commands(state, control)
-
-    def wait_paused(self, state, kwargs) -> None:
-        """Until resumed or stopped, answering chat meanwhile (engine.train.dist replaces it with a
-        wait that every rank does together)."""
-        self.controls.wait_while_paused(between=lambda: self._run_jobs(state, kwargs))
-
-    def _apply_commands(self, state, control):
-        c = self.controls
-        if c.take(c.save_now):
-            control.should_save = True
-        if c.take(c.eval_now):
-            control.should_evaluate = True
-        if c.stop.is_set():
-            self.status = "stopped"
-            control.should_save = True
-            control.should_training_stop = True
+        self._apply(agreed, state, control)
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True  # the last step is always kept, whatever save_steps says
+        return control
+
+    def hold(self, trainer) -> bool:
+        """The trainer's pause at a step boundary, after its log, eval and save (every rank,
+        together). Waits until resumed or stopped, answering chat meanwhile; True when a save or
+        an eval asked while paused is to run now (the trainer runs the boundary again and calls
+        back, still paused), or a stop's checkpoint."""
+        if not self._pause_pending and self._held_since is None:
+            return False
+        state, control = trainer.state, trainer.control
+        if self._held_since is None:
+            self._pause_pending = False
+            self._held_since = time.time()
+            self.log.emit("paused", step=state.global_step)
+        jobs = {"model": trainer.model, "processing_class": trainer.processing_class}
+        t0 = time.time()
+        agreed = self.commands.wait_paused(
+            state.global_step, between=lambda: self._run_jobs(state, jobs, paused=True)
+        )
+        self._exclude(time.time() - t0)  # paused time is not training time (a save's is its own)
+        self._phase_end = time.time()
+        self._apply(agreed, state, control)
+        if agreed.pause and not agreed.stop:
+            return True  # a save or an eval now; paused again after it
+        self._held_since = None
+        if not agreed.stop:
+            self.log.emit("resumed", step=state.global_step)
+        return bool(control.should_save or control.should_evaluate)
+
+    def _apply(self, agreed: Agreed, state, control):
+        c = self.controls
+        if agreed.save and c.take(c.save_now):
+            if self._saved_step == state.global_step:  # asked again while paused: nothing new to keep
+                self.log.emit(
+                    "note", step=state.global_step, message=f"checkpoint-{state.global_step} is saved already"
+                )
+            else:
+                control.should_save = True
+        if agreed.eval and c.take(c.eval_now):
+            control.should_evaluate = True
+        if agreed.stop:
+            self.status = "stopped"
+            control.should_save = control.should_save or self._saved_step != state.global_step
+            control.should_training_stop = True
         return control
 
     def _exclude(self, seconds: float) -> None:
@@ -182,7 +202,7 @@ class CockpitCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.controls.close_jobs("training has ended")
 
-    def _run_jobs(self, state, kwargs) -> None:
+    def _run_jobs(self, state, kwargs, paused: bool = False) -> None:
         # Chat jobs: on this thread, between optimizer steps, with the model in memory.
         t0 = time.time()
         n = self.controls.run_jobs(
@@ -190,7 +210,8 @@ class CockpitCallback(TrainerCallback):
         )
         if n:
             seconds = time.time() - t0
-            self._exclude(seconds)  # chat time is not training time
+            if not paused:  # paused time is left out as a whole
+                self._exclude(seconds)  # chat time is not training time
             self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
 
 

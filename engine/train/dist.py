@@ -8,44 +8,26 @@ share of each batch. This module keeps the rest of the engine unaware of that:
 - rank 0 picks the checkpoint to resume from (after clearing torn ones) and hands it to all
   (``share_from_main``), so no rank reads a folder that is being removed or written;
 - a checkpoint is marked complete only after every rank has written its part (a barrier in
-  ``SyncCallback.on_save``, before the marker);
-- commands: rank 0 reads ``logs/<run>/control.jsonl`` (appended by the launcher or the cockpit;
-  the protocol is ``engine.run.control_file``) at each step boundary, and the flags of all ranks are
-  combined by one ``all_reduce`` of four ints, so pause / save-now / eval-now / stop act on the
-  same step everywhere;
+  the callback's ``on_save``, before the marker);
+- commands: ``engine.train.commands`` (rank 0 reads the control file, one ``all_reduce``
+  gives every rank the same flags) with the collectives defined here;
 - world size goes into the ``start`` record and each checkpoint's marker; a resume on another
   world size is refused unless allowed (``check_world_size``).
 
-A single-process run (``train --headless``, or the cockpit's one-process job) has world size 1: everything
-here is then trivial, and the in-memory ``Controls`` stay the only command path.
+A single-process run (``train --headless``, or the cockpit's one-process job) has world size 1:
+everything here is then trivial.
 
 Only the standard library is imported at the top; torch loads on use.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
 
 from engine.errors import UserError
 from engine.run import records
-
-# The control-file protocol, re-exported: the launcher, the cockpit and the tests import it from here.
-from engine.run.control_file import (  # noqa: F401
-    COMMANDS,
-    CONTROL_FILE,
-    CONTROL_FROM_START_ENV,
-    ControlFile,
-    append_command,
-    apply,
-    control_path,
-)
-
-PAUSE_POLL_S = 0.25
-
-_control_file_wanted = False
 
 
 def world_size() -> int:
@@ -73,12 +55,6 @@ LAUNCHER_ENV = "LEVIATHAN_LAUNCHER"
 def failure_kind() -> str:
     """The record kind for rank 0's own failure: ``end``, or ``rank_error`` under the launcher."""
     return "rank_error" if os.environ.get(LAUNCHER_ENV) == "1" else "end"
-
-
-def use_control_file(on: bool = True) -> None:
-    """Read commands from the run's control file even with one process (``engine.dist_main``)."""
-    global _control_file_wanted
-    _control_file_wanted = on
 
 
 def initialized() -> bool:
@@ -125,7 +101,7 @@ def shutdown() -> None:
         td.destroy_process_group()
 
 
-def _device():
+def device():
     import torch
     import torch.distributed as td
 
@@ -148,7 +124,7 @@ def broadcast(obj):
     import torch.distributed as td
 
     box = [obj if is_main() else None]
-    td.broadcast_object_list(box, src=0, device=_device())
+    td.broadcast_object_list(box, src=0, device=device())
     return box[0]
 
 
@@ -395,122 +371,3 @@ def trainer_args(config) -> dict:
         out["fsdp"] = True
         out["fsdp_config"] = fsdp_settings(config)
     return out
-
-
-# -- commands for every rank (the control file: engine.run.control_file) ----------------------
-
-
-class SyncSteps:
-    """The step-boundary logic of ``SyncCallback`` (a TrainerCallback made on use, so this
-    module stays free of transformers at import).
-
-    Runs before the cockpit callback at each step boundary, on every rank.
-
-    Rank 0 reads the control file; one ``all_reduce(MAX)`` of [stop, pause, save, eval] gives
-    every rank the same flags (pause is rank 0's alone, so a resume there resumes all); while
-    paused (the cockpit callback pauses once the step's record is written), all ranks wait
-    together, polling every ``PAUSE_POLL_S``. On save, a barrier makes
-    every rank finish its part of the checkpoint before rank 0 marks it complete.
-    """
-
-    def __init__(self, controls, log, control_file: ControlFile | None, cockpit_callback=None) -> None:
-        self.controls = controls
-        self.log = log
-        self.file = control_file
-        self.cockpit = cockpit_callback
-        self._paused = False  # the last agreed pause state: the same on every rank
-        if cockpit_callback is not None:
-            cockpit_callback.wait_paused = self.wait_paused
-
-    def _sync(self, step: int) -> list[str]:
-        c = self.controls
-        commands = [cmd["command"] for cmd in self.file.poll(c)] if self.file is not None else []
-        if not initialized():
-            return commands
-        import torch
-        import torch.distributed as td
-
-        before = (c.stop.is_set(), c.pause.is_set(), c.save_now.is_set(), c.eval_now.is_set())
-        flags = torch.tensor(
-            [before[0], before[1] if is_main() else False, before[2], before[3]],
-            dtype=torch.int32,
-            device=_device(),
-        )
-        td.all_reduce(flags, op=td.ReduceOp.MAX)
-        stop, pause, save, evaluate = (bool(x) for x in flags.tolist())
-        if stop and not c.stop.is_set():
-            c.request_stop("rank 0" if not is_main() else "another rank")
-        if pause != c.pause.is_set():
-            c.request_pause() if pause else c.request_resume()
-        if save:
-            c.save_now.set()
-        if evaluate:
-            c.eval_now.set()
-        changed = stop or save or evaluate or pause != self._paused
-        self._paused = pause
-        if changed:
-            # Which step each rank acts on: the same one, or the run log says otherwise.
-            steps = gather(step)
-            self.log.emit(
-                "control",
-                step=step,
-                commands=commands or None,
-                flags={"stop": stop, "pause": pause, "save": save, "eval": evaluate},
-                rank_steps=steps,
-            )
-        return commands
-
-    def on_step_end(self, args, state, control, **kwargs):
-        commands = self._sync(state.global_step)
-        if commands and not initialized():
-            self.log.emit("control", step=state.global_step, commands=commands)
-        return control
-
-    def wait_paused(self, state, kwargs) -> None:
-        """The cockpit callback's wait while paused, done by every rank together: each poll
-        agrees the flags again, so a resume (or stop) read by rank 0 releases them all."""
-        c = self.controls
-        while c.pause.is_set() and not c.stop.is_set():
-            time.sleep(PAUSE_POLL_S)
-            self._sync(state.global_step)
-            if self.cockpit is not None and not initialized():
-                self.cockpit._run_jobs(state, kwargs)  # chat while paused (one process)
-
-    def on_save(self, args, state, control, **kwargs):
-        barrier()  # every rank's files (its RNG state, its shard) are on disk before the marker
-        return control
-
-
-_SYNC_CLASS = None
-
-
-def sync_callback_class():
-    global _SYNC_CLASS
-    if _SYNC_CLASS is None:
-        from transformers import TrainerCallback
-
-        _SYNC_CLASS = type("SyncCallback", (SyncSteps, TrainerCallback), {})
-    return _SYNC_CLASS
-
-
-def _chat_job(run_dir):
-    """Chat on the live weights through the control file: one process only (rank 0 alone does
-    not hold the whole model when there are several)."""
-    if initialized():
-        return None
-    from engine.chat.chat_bridge import job_from_command
-
-    return functools.partial(job_from_command, run_dir)
-
-
-def attach(trainer, controls, log, run_dir) -> None:
-    """Put the ``SyncCallback`` in front of the cockpit callback when there is more than one
-    process, or when ``engine.dist_main`` asked for the control file."""
-    if world_size() == 1 and not _control_file_wanted:
-        return
-    from_start = os.environ.get(CONTROL_FROM_START_ENV) == "1"
-    control_file = ControlFile(control_path(run_dir), from_start, _chat_job(run_dir)) if is_main() else None
-    callbacks = trainer.callback_handler.callbacks
-    cockpit = next((cb for cb in callbacks if type(cb).__name__ == "CockpitCallback"), None)
-    sync = sync_callback_class()(controls, log, control_file, cockpit)
-    callbacks.insert(callbacks.index(cockpit) if cockpit is not None else len(callbacks), sync)

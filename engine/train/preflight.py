@@ -22,6 +22,9 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.run.runlock import lock_holder, lock_run
 
+CHECKS = [0]
+"""How many times this process ran the setup checks (once per start: tests read it)."""
+
 
 @dataclass
 class Problem:
@@ -44,6 +47,7 @@ def preflight(
     ``cuda``: whether a CUDA GPU is usable (None: ask torch, only if the config needs one).
     ``config_file`` names the file in the messages about its keys.
     """
+    CHECKS[0] += 1
     at = f"{config_file}: " if config_file else ""
     problems = [
         *model_problems(config.base_model, at),
@@ -259,6 +263,7 @@ def problems(config) -> list[Problem]:
 
 def check_setup(config) -> None:
     """Raise one UserError listing every problem `problems` finds, with the fix of each."""
+    CHECKS[0] += 1
     found = problems(config)
     if found:
         raise combined(found)

@@ -23,10 +23,12 @@ from engine.evaluate import gate
 from engine.run import checkpoints
 from engine.run.control import Controls
 from engine.run.events import Listener, RunLog
+from engine.run.heartbeat import Heartbeat
 from engine.run.rundir import RunDir
 from engine.run.runlock import OutputLock, RunLock
 from engine.train import dist
 from engine.train.build import build_trainer, liger_available
+from engine.train.commands import CommandSource, open_source
 from engine.train.health import watch_run
 from engine.train.preflight import check_setup
 from engine.train.resume import fingerprint, plan_resume
@@ -68,8 +70,14 @@ def run(
     notes: list[str] | None = None,
     force_fresh: bool = False,
     allow_world_size_change: bool = False,
+    setup_checked: bool = False,
+    control_from_start: bool = False,
 ) -> RunResult:
-    """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input."""
+    """Train to the end (or to a stop); returns how it ended. Raises UserError on bad input.
+
+    ``setup_checked``: the caller ran the setup checks on this config (``preflight``) for this start.
+    ``control_from_start``: the caller emptied the run's control file for this start (its commands
+    count from then, not from when this takes the run's lock)."""
     # Packed batches change shape every step; without expandable segments the caching
     # allocator fragments (13 GiB reserved but unusable seen on an 8B run at 80 GB).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -78,7 +86,8 @@ def run(
         resume = config.resume_from_checkpoint  # Axolotl's key for --resume PATH
     paths = run_paths(config, run_name, logs_dir)
     dist.init(config)  # several processes: join the group first (rank 0 writes, see engine/train/dist.py)
-    check_setup(config)  # every problem found before anything is written, at once
+    if not setup_checked:
+        check_setup(config)  # every problem found before anything is written, at once
     main = dist.is_main()
     # the 10% run's checks, before this run's folder is made (a refused start writes nothing)
     gated = gate.enforce(config, paths.run_dir, fresh=resume == "never" or not _has_checkpoint(paths))
@@ -86,6 +95,9 @@ def run(
     with (
         RunLock(paths.run_dir) if main else contextlib.nullcontext(),
         OutputLock(paths.output_dir, paths.run_dir) if main else contextlib.nullcontext(),
+        Heartbeat(paths.run_dir)
+        if main
+        else contextlib.nullcontext(),  # a sign of life when the log is quiet
     ):
         log = dist.run_log(paths.events, listeners)  # ranks > 0: a null sink
         # health alerts + GPU samples (every GPU of the host) into the run log, from rank 0
@@ -95,9 +107,11 @@ def run(
         if gated is not None and main:
             log.emit("gate", **gated)
             gate.record(paths.run_dir, gated)
+        # Commands count from here: the control file (rank 0) and in-memory calls, one source.
+        commands = open_source(controls, log, paths.run_dir, control_from_start)
         try:
             return _run(
-                config, controls, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
+                config, commands, log, paths, resume, list(notes or []), force_fresh, allow_world_size_change
             )
         except UserError as e:
             log.emit(
@@ -119,10 +133,12 @@ def run(
 
 
 def _run(
-    config, controls, log, paths, resume, notes, force_fresh, allow_world_size_change=False
+    config, commands, log, paths, resume, notes, force_fresh, allow_world_size_change=False
 ) -> RunResult:
     """The recipe: checks, the resume point, data, model + LoRA, trainer, training, the end."""
     import torch
+
+    controls = commands.controls
 
     from engine.model.model import resolve_base
     from engine.train.early_stop import attach as attach_early_stop
@@ -137,12 +153,12 @@ def _run(
         log.emit("note", message=note)
 
     t0 = time.time()
-    tokenizer, prepared = _tokenizer_and_data(config, base, log, controls, ckpt)
+    tokenizer, prepared = _tokenizer_and_data(config, base, log, commands, ckpt)
     if prepared is None:  # stopped while preparing: nothing half-made is kept; the same command starts again
         log.emit("end", step=ckpt.step if ckpt else 0, status="stopped", phase="prepare")
         return RunResult("stopped", ckpt.step if ckpt else 0, paths.run_dir)
     loaded = _load_model(config, base)
-    callback = _callback(config, controls, log, paths, prepared, loaded)
+    callback = _callback(config, commands, log, paths, prepared, loaded)
     trainer = build_trainer(
         guard.effective_config(config, ckpt is not None),
         prepared,
@@ -155,8 +171,8 @@ def _run(
     )
     watchdog = _watchdog(config, log, trainer)
     early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
-    dist.attach(trainer, controls, log, paths.run_dir)  # commands to every rank at the same step
-    guard.attach(trainer, callback)
+    trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
+    guard.attach(trainer, callback, commands)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():
         dump_resolved(config, RunDir(paths.run_dir).config)
@@ -189,7 +205,7 @@ def _check_machine(config: RunConfig, base) -> None:
         load_base(base, quant_bits=config.quant_bits, dtype=torch.float32)  # raises the clear message
 
 
-def _tokenizer_and_data(config: RunConfig, base, log: RunLog, controls: Controls, ckpt):
+def _tokenizer_and_data(config: RunConfig, base, log: RunLog, commands: CommandSource, ckpt):
     """(tokenizer, prepared data) with the data reported in the run log; prepared is None if stopped."""
     from engine.model.model import check_tokens, load_tokenizer
 
@@ -197,7 +213,7 @@ def _tokenizer_and_data(config: RunConfig, base, log: RunLog, controls: Controls
         base, config.chat_template, config.chat_template_jinja, config.trust_remote_code
     )
     check_tokens(tokenizer, config)
-    prepared = _prepare_data(config, tokenizer, log, controls)
+    prepared = _prepare_data(config, tokenizer, log, commands)
     if prepared is None:
         return tokenizer, None
     if ckpt is not None:
@@ -273,7 +289,7 @@ def _load_model(config: RunConfig, base) -> LoadedModel:
     return LoadedModel(model, dtype, gc, gc_reason, attn, trainable, total, fpt, peak)
 
 
-def _callback(config: RunConfig, controls: Controls, log: RunLog, paths: RunPaths, prepared, loaded):
+def _callback(config: RunConfig, commands: CommandSource, log: RunLog, paths: RunPaths, prepared, loaded):
     """Our one callback: step records, saves with their markers, control commands, probes."""
     from engine.evaluate.probes import Probes
     from engine.train.callback import CockpitCallback
@@ -288,7 +304,7 @@ def _callback(config: RunConfig, controls: Controls, log: RunLog, paths: RunPath
     }
     return CockpitCallback(
         log,
-        controls,
+        commands,
         save_total_limit=config.save_total_limit,
         meta=meta,
         flops_per_token=loaded.flops_per_token,
@@ -337,7 +353,7 @@ def _emit_start(
     )
 
 
-def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls):
+def _prepare_data(config: RunConfig, tokenizer, log: RunLog, commands: CommandSource):
     """The prepared data (engine.data.prepare), with ``prepare`` records while it is built; None if stopped.
 
     Several processes: rank 0 prepares, the others wait and read its result from the cache.
@@ -359,7 +375,12 @@ def _prepare_data(config: RunConfig, tokenizer, log: RunLog, controls: Controls)
 
             shutil.rmtree(old, ignore_errors=True)
         log.emit("prepare", rows=0, tokens=0, bytes_done=0, bytes_total=None, started=True)
-        return prepare(config, tokenizer, progress=progress, should_stop=controls.stop.is_set)
+
+        def should_stop() -> bool:
+            commands.read_file()  # a `stop` written while the data is prepared counts too
+            return commands.controls.stop.is_set()
+
+        return prepare(config, tokenizer, progress=progress, should_stop=should_stop)
 
     held: list = []
 

@@ -14,11 +14,14 @@ import contextlib
 import torch
 from trl import SFTTrainer
 
+from engine.train.learning_rate import resume_learning_rate
+
 _nothing = contextlib.nullcontext
 
 
 class LeviathanTrainer(SFTTrainer):
     guard = None  # engine.train.guard.Guard, attached by engine.train.train: NaN/OOM/disk handling
+    hold = None  # engine.train.callback.CockpitCallback.hold: the pause at a step boundary
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -128,9 +131,14 @@ class LeviathanTrainer(SFTTrainer):
         return grad_norm
 
     def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
-        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
-        if self.guard is not None:
-            self.guard.after_log(self)
+        while True:
+            super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+            if self.guard is not None:
+                self.guard.after_log(self)
+            # Paused here, at the step boundary, once its record is written; a save or an eval
+            # asked while paused runs at once (this boundary again), then the pause goes on.
+            if self.hold is None or not self.hold(self):
+                return
 
     def _save_optimizer_and_scheduler(self, output_dir):
         if self.guard is not None:
@@ -141,26 +149,11 @@ class LeviathanTrainer(SFTTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            replan_learning_rate(self.optimizer, self.lr_scheduler)
-        if self.guard is not None and checkpoint is not None:
-            self.guard.after_load(self, checkpoint)
-
-
-def replan_learning_rate(optimizer, scheduler) -> None:
-    """The learning rate of the step to come, from this run's schedule, not the checkpoint's.
-
-    A checkpoint's optimizer and scheduler state carry the last rate its own schedule set: at the
-    end of a 2-step cosine run that is 0.0, and a resume with more steps would train its next
-    step at 0.0. The schedule itself (the lambdas, built for the new number of steps) is this
-    run's; only its position (``last_epoch``) comes from the checkpoint, so the rate is
-    recomputed from them.
-    """
-    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, where there is one
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        return
-    step = scheduler.last_epoch
-    rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-    for group, lr in zip(optimizer.param_groups, rates, strict=True):
-        group["lr"] = lr
-    scheduler._last_lr = list(rates)
+        if checkpoint is None:
+            return
+        # The loaded optimizer and schedule carry the checkpoint's rates: one place sets this
+        # run's (engine.train.learning_rate), from this run's schedule and the guard's factor.
+        factor, saved_lr = self.guard.nan.lr_factor(checkpoint) if self.guard is not None else (1.0, None)
+        resume_learning_rate(self.optimizer, self.lr_scheduler, factor)
+        if self.guard is not None:
+            self.guard.after_load(self, checkpoint, factor, saved_lr)

@@ -32,6 +32,7 @@ class Guard:
         self.meta: dict = {}
         self.status: str | None = None  # set when the guard ended the run
         self.trainer = None  # set by attach
+        self.commands = None  # set by attach
         self.halted = False  # a rollback or a stop: nothing of the current step is evaluated or saved
         self.rollback_to: checkpoints.Checkpoint | None = None
         self.nan = NanGuard(self)
@@ -75,9 +76,10 @@ class Guard:
             self.save_state()
         return config.model_copy(update=update) if update else config
 
-    def attach(self, trainer, callback) -> None:
+    def attach(self, trainer, callback, commands=None) -> None:
         """Hook into a built trainer: its hooks call the guard; the guard writes into the markers."""
         trainer.guard = self
+        self.commands = commands  # engine.train.commands.CommandSource: read while a full disk holds
         self.trainer = trainer
         self.meta = callback.meta
         self._sync_meta()
@@ -154,8 +156,10 @@ class Guard:
     def after_log(self, trainer) -> None:
         self.nan.after_log(trainer)
 
-    def after_load(self, trainer, checkpoint: str) -> None:
-        self.nan.after_load(trainer, checkpoint)
+    def after_load(
+        self, trainer, checkpoint: str, factor: float = 1.0, saved_lr: float | None = None
+    ) -> None:
+        self.nan.after_load(trainer, factor, saved_lr)
 
     def save_checkpoint(self, trainer, do_save) -> None:
         self.disk.save_checkpoint(trainer, do_save)

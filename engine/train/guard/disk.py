@@ -282,6 +282,8 @@ class DiskGuard:
         c.request_pause()
         next_look = time.time() + poll
         while True:
+            if self.g.commands is not None:
+                self.g.commands.read_file()  # the operator's resume or stop (rank 0, no collective)
             if c.stop.is_set():
                 self.g.log.emit(
                     "note",

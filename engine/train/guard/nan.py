@@ -136,27 +136,21 @@ class NanGuard:
             trainer._tr_loss.zero_()
             self.poisoned = False
 
-    def after_load(self, trainer, checkpoint: str) -> None:
-        """A loaded optimizer and schedule carry the learning rate they were saved with: rescale
-        them to the configured one times the run state's factor. That covers a rollback, a resume
-        after one, and a resume with a changed ``learning_rate`` (which Trainer would ignore)."""
+    def lr_factor(self, checkpoint: str) -> tuple[float, float]:
+        """(the factor from the checkpoint's learning rate to this run's, the checkpoint's rate):
+        the configured one times the run state's factor, against the checkpoint's. That covers a
+        rollback, a resume after one, and a resume with a changed ``learning_rate`` (which
+        Trainer would ignore). Applied by ``engine.train.learning_rate``, the rates' one owner."""
         g = self.g
         saved = _marker(checkpoint).get("run_state") or {}
         saved_lr = float(saved.get("learning_rate", g.config.learning_rate))
         saved_scale = float(saved.get("lr_scale", 1.0))
-        factor = (g.config.learning_rate * g.state.lr_scale) / (saved_lr * saved_scale)
-        if abs(factor - 1.0) < 1e-12:
-            return
-        for group in trainer.optimizer.param_groups:
-            group["lr"] *= factor
-            if "initial_lr" in group:
-                group["initial_lr"] *= factor
-        sched = trainer.lr_scheduler
-        if hasattr(sched, "base_lrs"):
-            sched.base_lrs = [b * factor for b in sched.base_lrs]
-        if getattr(sched, "_last_lr", None):
-            sched._last_lr = [x * factor for x in sched._last_lr]
-        if saved_lr != g.config.learning_rate:
+        return (g.config.learning_rate * g.state.lr_scale) / (saved_lr * saved_scale), saved_lr
+
+    def after_load(self, trainer, factor: float, saved_lr: float | None) -> None:
+        """Say so in the run log when the configured learning rate changed the resumed schedule."""
+        g = self.g
+        if abs(factor - 1.0) >= 1e-12 and saved_lr is not None and saved_lr != g.config.learning_rate:
             g.log.emit(
                 "note",
                 step=trainer.state.global_step,
