@@ -13,6 +13,8 @@ import pytest
 
 from tests import faultmatrix as fm
 
+pytestmark = pytest.mark.slow  # the module's fixture trains one tiny run (the full lane)
+
 # artifact -> faults whose outcome still breaks a promise (see the module docstring)
 GAPS = {
     # No redundancy in the log itself: lost or zeroed records are not detected (records are
@@ -23,7 +25,6 @@ GAPS = {
     # The checksums merge records are checked by export, push and quantize (check_model_dir);
     # transformers, vLLM or llama.cpp loading the folder directly do not check them.
 }
-SLOW = {"merged weights", "checkpoint weights", "checkpoint marker (leviathan.json)"}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,7 @@ def _broken(outcome: str) -> bool:
     return outcome.startswith(("TRACEBACK", "SILENT", "LOST"))
 
 
-@pytest.mark.parametrize(
-    "artifact", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in fm.ARTIFACTS]
-)
+@pytest.mark.parametrize("artifact", fm.ARTIFACTS)
 def test_every_fault_keeps_the_promises(tree, artifact):
     run, backup, pristine = tree
     cells = {f: fm.cell(run, backup, artifact, f, pristine) for f in fm.FAULTS}
