@@ -63,6 +63,7 @@ class Progress:
         elif kind == "probe":
             got = r.get("error") or f"{r.get('passed')}/{r.get('total')}"
             self._write(f"probe {r.get('suite')} on step {r['step']}: {got} ({r.get('seconds')}s)")
+            self._learned(r)
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":
@@ -88,6 +89,15 @@ class Progress:
                 skip.add("message")  # bad input: the command prints it once, as its error
             fields = {k: v for k, v in r.items() if k not in skip}
             self._write(f"{kind}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def _learned(self, r: dict) -> None:
+        """The probe's answers beside the previous checkpoints' (engine.evaluate.learned), compact."""
+        if not r.get("result") or r.get("error"):
+            return
+        from engine.evaluate.learned import compact, learned_table
+
+        for line in compact(learned_table(Path(r["result"]).parent.parent), r.get("suite", "")):
+            self._write(line)
 
     def _write(self, line: str, transient: bool = False) -> None:
         if self.tty:

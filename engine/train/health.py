@@ -14,6 +14,8 @@ returns the alerts they raise (pure: no I/O, no clock). Rules, with the guide's 
   loss alone when the run has no validation set).
 - ``perplexity``: validation perplexity > ``perplexity_max`` (warning) or
   > ``perplexity_investigate`` (critical), from ``perplexity_after_epoch`` on.
+- ``forgetting``: one ``_category``'s eval loss rose over the last evaluations while the
+  overall eval loss fell (``engine.train.forgetting``).
 - ``gpu_memory``: a GPU's used memory near (warning) or above (critical) the 75 GB line.
 - ``final_loss``: the loss at the last step (mean of the last 10 logged) above 1.5
   (above 2.0: check the data format).
@@ -37,6 +39,7 @@ import traceback
 from collections import deque
 
 from engine.config.config import HealthConfig
+from engine.train.forgetting import ForgettingRule
 
 LEVELS = {"info": 0, "warning": 1, "critical": 2}
 
@@ -95,6 +98,7 @@ class HealthMonitor:
         self._resumed = False
         self._has_val: bool | None = None
         self._final_done = False
+        self._forgetting = ForgettingRule(self.c.forgetting_evals, self.c.forgetting_min_rise)
         self._reset_curve()
 
     def _reset_curve(self) -> None:
@@ -318,6 +322,8 @@ class HealthMonitor:
         )
         if not _finite(loss):
             return out
+        for cat, fired, alert in self._forgetting.check(r):  # engine/train/forgetting.py
+            self._episode(f"forgetting:{cat}", "warning" if fired else None, out, step=step, **alert)
         epoch = num(r.get("epoch"))
         train = self.ema
         if train is not None:
