@@ -34,8 +34,10 @@ from cockpit.source import Source
 from cockpit.widgets.checkpoints_table import CheckpointsTable
 from cockpit.widgets.confirm_quit import ConfirmQuit
 from cockpit.widgets.dashboard import Dashboard
+from cockpit.widgets.data_pane import DataPane
 from cockpit.widgets.help_screen import HelpScreen
 from cockpit.widgets.jobs_panel import JobsPanel
+from cockpit.widgets.learned_pane import LearnedPane
 from cockpit.widgets.loss_chart import LossChart
 from cockpit.widgets.pane_placeholder import PanePlaceholder
 from engine.run.rundir import RunDir
@@ -81,6 +83,8 @@ class CockpitApp(App[int]):
         Binding("1", "tab('dashboard')", "Dashboard", show=False),
         Binding("2", "tab('chat')", "Chat", show=False),
         Binding("3", "tab('checklist')", "Checklist", show=False),
+        Binding("4", "tab('learned')", "Learned", show=False),
+        Binding("5", "tab('data')", "Data", show=False),
         # The same from inside a text box (where 1 2 3 are typed): F1 F2 F3. The chat's
         # presets start at F4, so no key means two things.
         Binding("f1", "tab('dashboard')", "Dashboard", show=False, priority=True),
@@ -126,6 +130,10 @@ class CockpitApp(App[int]):
                 yield self._pane("chat", "Chat", "No model to talk to: the run's config names no base model.")
             with TabPane("3 Checklist", id="checklist"):
                 yield self._pane("checklist", "Checklist", "No run folder to check.")
+            with TabPane("4 Learned", id="learned"):
+                yield LearnedPane(self.source.run_dir, id="learned-pane")
+            with TabPane("5 Data", id="data"):
+                yield DataPane(self.source.config, self.source.run_dir, id="data-pane", classes="run-view")
         yield JobsPanel(id="jobs", classes="panel")
         yield Footer(compact=True)
 
@@ -316,7 +324,7 @@ class CockpitApp(App[int]):
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
         self.refresh_bindings()
-        pane = self.pane_widgets.get(tab)
+        pane = self.pane_widgets.get(tab) or next(iter(self.query(f"#{tab}-pane")), None)
         if tab == "dashboard":
             self.query_one(CheckpointsTable).focus()  # the table whose keys the border offers
         elif hasattr(pane, "activate"):

@@ -17,6 +17,7 @@ KEYS = (
     ("l", "loss chart: log / linear scale"),
     ("z", "loss chart: whole run / last 10,000 / 1,000 / 100 steps"),
     ("1 2 3", "dashboard / chat / checklist (F1 F2 F3 also from inside a text box)"),
+    ("4 5", "learned (eval loss by _category, probe answers by checkpoint; [ ] page) / data"),
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("M", "on a checkpoint: merge, quantize, export or push it"),
     ("g", "checklist: run the step that makes this item pass"),
