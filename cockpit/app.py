@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from cockpit import habits
 from cockpit.messages import (
     ControlRequested,
     LinesSkipped,
@@ -66,7 +67,7 @@ def quiet_progress_bars() -> None:
 class CockpitApp(App[int]):
     CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True  # ctrl+p: every key's action by name (cockpit/habits.py)
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),  # the one offered follows the run (check_action)
@@ -90,6 +91,7 @@ class CockpitApp(App[int]):
         Binding("f1", "tab('dashboard')", "Dashboard", show=False, priority=True),
         Binding("f2", "tab('chat')", "Chat", show=False, priority=True),
         Binding("f3", "tab('checklist')", "Checklist", show=False, priority=True),
+        *habits.BINDINGS,  # j / k beside the arrows, / filters the focused table
     ]
 
     def __init__(
@@ -254,7 +256,19 @@ class CockpitApp(App[int]):
 
     # -- keys -------------------------------------------------------------------------------
 
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        yield from habits.binding_commands(self, screen)
+
+    def action_nav(self, direction: str) -> None:
+        habits.nav(self, direction)
+
+    def action_filter(self) -> None:
+        habits.open_filter(self)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("nav", "filter") and habits.typing(self.focused):
+            return False
         if action == "chart":  # the chart's keys, in the footer only where the chart is
             tabs = self.query(TabbedContent)
             return not tabs or tabs.first().active == "dashboard"

@@ -92,6 +92,8 @@ class DataPane(VerticalScroll):
     def _categories(self) -> None:
         st = self.summary.stats
         table = self.query_one("#data-categories", DataTable)
+        table.filterable = True  # rows set once: `/` filters them (cockpit/habits.py)
+        table._filter_saved = None
         table.clear(columns=True)
         for name in ("_category", "rows", "share", "tokens", "share", "trained", "share", "mean/row"):
             table.add_column(name)
@@ -129,6 +131,8 @@ class DataPane(VerticalScroll):
 
     def _bad(self) -> None:
         table = self.query_one("#data-bad", DataTable)
+        table.filterable = True
+        table._filter_saved = None
         table.clear(columns=True)
         table.add_columns("file:line", "why")
         for f, line, why in self.summary.bad[:500]:

@@ -77,6 +77,12 @@ class ProbeAnswers(DataTable):
             self.table = learned_table(self.run_dir)
         self.draw()
 
+    def apply_filter(self, text: str) -> None:
+        """``/``: the prompts whose id, prompt or an answer shown holds ``text``."""
+        self.filter = text
+        self.border_subtitle = f"/{text}" if text else None
+        self.draw()
+
     def action_page(self, direction: int) -> None:
         self.offset_cols = max(0, self.offset_cols - direction)
         self.draw()
