@@ -70,7 +70,9 @@ def filter_rows(table: DataTable, text: str) -> None:
 def can_filter(widget) -> bool:
     """Tables that own their rows: ``apply_filter``, or ``filterable`` (rows set once, not updated
     by key afterwards: a filtered-out row could not be updated)."""
-    return hasattr(widget, "apply_filter") or (isinstance(widget, DataTable) and getattr(widget, "filterable", False))
+    return hasattr(widget, "apply_filter") or (
+        isinstance(widget, DataTable) and getattr(widget, "filterable", False)
+    )
 
 
 class FilterBar(ModalScreen[str | None]):

@@ -20,17 +20,29 @@ def _run(tmp_path):
         p.mkdir(parents=True)
     answers = {25: ["I am a a a", "abyss"], 50: ["I am Leviathan, the Abyssal Mind", "abyss"]}
     records = [{"t": 1.0, "kind": "start", "step": 0}]
-    for i, (step, cats) in enumerate(((25, {"coding": 2.0, "identity": 3.0}), (50, {"coding": 2.2, "identity": 1.0}))):
-        records.append({"t": 2.0 + i, "kind": "eval", "step": step, "eval_loss": 2.0 - i, "by_category": cats})
+    for i, (step, cats) in enumerate(
+        ((25, {"coding": 2.0, "identity": 3.0}), (50, {"coding": 2.2, "identity": 1.0}))
+    ):
+        records.append(
+            {"t": 2.0 + i, "kind": "eval", "step": step, "eval_loss": 2.0 - i, "by_category": cats}
+        )
         records.append({"t": 2.5 + i, "kind": "save", "step": step, "path": str(ckpts[step])})
         items = [
-            {"id": f"q{j}", "category": "identity", "prompt": f"Who {j}?", "answer": a, "passed": "Leviathan" in a}
+            {
+                "id": f"q{j}",
+                "category": "identity",
+                "prompt": f"Who {j}?",
+                "answer": a,
+                "passed": "Leviathan" in a,
+            }
             for j, a in enumerate(answers[step])
         ]
         result = run_dir / "eval" / f"identity-checkpoint-{step}.json"
         data = {"probe": True, "step": step, "suite": "identity", "adapter": str(ckpts[step]), "items": items}
         result.write_text(json.dumps({**data, "passed": sum(i["passed"] for i in items), "total": 2}))
-        records.append({"t": 2.6 + i, "kind": "probe", "step": step, "suite": "identity", "result": str(result)})
+        records.append(
+            {"t": 2.6 + i, "kind": "probe", "step": step, "suite": "identity", "result": str(result)}
+        )
     (run_dir / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run_dir / "config.yaml").write_text("run_name: r\n")
     return run_dir
