@@ -66,7 +66,7 @@ async def test_learned_tab_shows_answers_by_checkpoint_and_category_curves(tmp_p
         underlined = [cell.plain[s.start : s.end] for s in cell.spans if "underline" in str(s.style)]
         assert underlined == ["Leviathan,", "the", "Abyssal", "Mind"]  # "I am" was there at step 25
         caption = str(app.query_one("#category-caption").render())
-        assert caption.startswith("coding 2.200 (+0.200)")  # the one getting worse comes first
+        assert caption.startswith("━ coding 2.200 (+0.200)")  # the one getting worse comes first
         assert app.focused is table
         await pilot.press("j")
         assert table.cursor_row == 1

@@ -17,6 +17,7 @@ from cockpit.widgets.loss_chart import SafePlot
 
 # Named colours: plotext maps them to the 16 ANSI ones, so they read in a 16-colour tmux too.
 COLORS = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white", "gray")
+RICH = {"orange": "dark_orange", "gray": "bright_black"}  # the same colours by Rich's names
 
 
 class CategoryChart(Vertical):
@@ -82,9 +83,11 @@ class CategoryChart(Vertical):
             last = series[-1][1]
             change = last - series[-2][1] if len(series) > 1 else 0.0
             rows.append((change, cat, last))
+        color = {cat: COLORS[i % len(COLORS)] for i, cat in enumerate(sorted(self.points))}
+        color = {cat: RICH.get(c, c) for cat, c in color.items()}
         out = Text()
-        for change, cat, last in sorted(rows, reverse=True):
-            style = "bold red" if change > 0 else ""
-            out.append(f"{cat} {last:.3f}", style=style)
-            out.append(f" ({change:+.3f})  " if change else "  ", style=style or "dim")
+        for change, cat, last in sorted(rows, reverse=True):  # the worst change first
+            out.append("━ ", style=color[cat])
+            out.append(f"{cat} {last:.3f}", style="bold" if change > 0 else "")
+            out.append(f" ({change:+.3f})  " if change else "  ", style="bold red" if change > 0 else "dim")
         return out

@@ -66,7 +66,8 @@ class DataPane(VerticalScroll):
             self.query_one("#data-head", Static).update(Text(f"prepared data unreadable: {e}", style="red"))
             return
         self.draw()
-        self.load_preview()
+        # After the numbers are on the screen: the preview's imports and tokenizer hold the GIL.
+        self.set_timer(0.3, self.load_preview)
 
     # -- drawing ----------------------------------------------------------------------------
 

@@ -2,8 +2,7 @@
 
 Everything here is already on disk after preparation (``engine.data.prepare``): ``meta.json``
 holds the per-category rows and tokens, the length histogram, bad and too-long rows with their
-file:line, the truncated/dropped counts; ``train_bounds.npy`` is the packing plan and the Arrow
-file's offsets give each kept row's length. So the cockpit's Data tab opens in milliseconds on
+file:line, the truncated/dropped counts; ``*_bounds.npy`` are the packing plan. So the cockpit's Data tab opens in milliseconds on
 millions of rows (``benchmarks/data_tab.py``).
 """
 
@@ -26,8 +25,8 @@ class DataSummary:
     tokens: int  # kept tokens
     counts: dict  # truncated, dropped, no_labels, cut (preparation's counts)
     sequence_len: int | None
-    packed_sequences: int = 0  # training sequences after packing
-    train_tokens: int = 0  # tokens in them
+    packed_sequences: int = 0  # sequences after packing, training and validation
+    train_tokens: int = 0  # tokens in them (0: not packed)
     val_rows: int = 0
     bad: list[tuple[str, int, str]] = field(default_factory=list)
 
@@ -85,20 +84,11 @@ def data_summary(folder: str | Path, sequence_len: int | None = None) -> DataSum
     s = DataSummary(
         folder, stats, int(meta["rows"]), int(meta["tokens"]), dict(meta["counts"]), seq, bad=stats.bad
     )
-    bounds = np.load(folder / "train_bounds.npy", mmap_mode="r")
-    order = np.load(folder / "train_order.npy", mmap_mode="r")
-    s.packed_sequences = max(len(bounds) - 1, 0)
     s.val_rows = len(np.load(folder / "val_rows.npy", mmap_mode="r"))
-    lengths = row_lengths(folder)
-    s.train_tokens = int(lengths[np.asarray(order)].sum()) if len(order) else 0
+    if (meta.get("inputs") or {}).get("sample_packing", True):
+        # Both splits are packed by the same plan: every kept token over every packed slot.
+        # (The row file itself is not opened: its offsets lie among the ids, a cold read of it all.)
+        for split in ("train", "val"):
+            s.packed_sequences += max(len(np.load(folder / f"{split}_bounds.npy", mmap_mode="r")) - 1, 0)
+        s.train_tokens = s.tokens
     return s
-
-
-def row_lengths(folder: Path) -> np.ndarray:
-    """Each kept row's token count, from the Arrow file's list offsets (memory-mapped, no ids read)."""
-    import pyarrow as pa
-
-    with pa.memory_map(str(folder / "rows.arrow")) as source:
-        reader = pa.ipc.open_stream(source)
-        parts = [np.diff(b.column(0).offsets.to_numpy()) for b in reader]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
