@@ -32,7 +32,7 @@ def binding_commands(app, screen):
             continue
         seen.add(name)
         shown = b.key_display or app.get_key_display(b)
-        yield SystemCommand(name, f"key {shown}: {b.action}", partial(app.run_action, b.action, active.node))
+        yield SystemCommand(name, f"key {shown}", partial(app.run_action, b.action, active.node))
 
 
 def typing(focused) -> bool:
