@@ -12,8 +12,6 @@ from conftest import train_tiny
 
 from engine.run.events import read_events
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def categorized_run(tmp_path_factory, tiny_model):
@@ -57,6 +55,7 @@ def _losses_by_category(model_path, adapter, rows) -> dict[str, float]:
     return {c: total[c] / count[c] for c in total if count[c]}
 
 
+@pytest.mark.slow
 def test_eval_records_carry_the_loss_of_each_category(categorized_run):
     root, model, result = categorized_run
     records = read_events(result.run_dir / "events.jsonl").records
@@ -74,3 +73,19 @@ def test_eval_records_carry_the_loss_of_each_category(categorized_run):
         # The overall eval loss lies between the categories' (a mean of them, weighted).
         assert min(got.values()) - 1e-6 <= r["eval_loss"] <= max(got.values()) + 1e-6
         assert all(math.isfinite(v) for v in got.values())
+
+
+@pytest.mark.parametrize("cats", [{"coding": 6.24, "identity": 2.05, "esoteric": 5.1, "general": 4.1}, {}])
+def test_headless_names_the_categories_with_the_highest_eval_loss(cats):
+    import io
+
+    from engine.cli.headless import Progress
+
+    out = io.StringIO()
+    Progress(out)({"kind": "eval", "step": 25, "eval_loss": 4.13, "perplexity": 62.3, "by_category": cats})
+    line = out.getvalue().strip()
+    assert line.startswith("eval step 25: eval_loss 4.1300 ppl 62.300")
+    if cats:
+        assert line.endswith("; highest by _category: coding 6.240, esoteric 5.100, general 4.100")
+    else:
+        assert "_category" not in line

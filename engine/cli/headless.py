@@ -57,7 +57,12 @@ class Progress:
             )
             self._write(line, transient=True)
         elif kind == "eval":
-            self._write(f"eval step {r['step']}: eval_loss {r['eval_loss']:.4f} ppl {r['perplexity']:.3f}")
+            cats = r.get("by_category") if isinstance(r.get("by_category"), dict) else {}
+            worst = sorted(cats.items(), key=lambda kv: -kv[1])[:3]  # where the loss is highest
+            by = f"; highest by _category: {', '.join(f'{k} {v:.3f}' for k, v in worst)}" if worst else ""
+            self._write(
+                f"eval step {r['step']}: eval_loss {r['eval_loss']:.4f} ppl {r['perplexity']:.3f}{by}"
+            )
         elif kind == "save":
             self._write(f"saved {r['path']}")
         elif kind == "probe":
