@@ -22,6 +22,8 @@ class CategoryCollator:
         self.inner = inner
 
     def __getattr__(self, name):  # padding_free, pad_token_id, ...: what callers read off the inner one
+        if name == "inner":  # not set yet (being unpickled in a dataloader worker): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __call__(self, examples):
