@@ -85,3 +85,21 @@ async def test_the_palette_offers_every_key_by_name(tmp_path):
         names = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Help", "Smooth", "Log", "Zoom", "Quit", "Dashboard", "Learned", "Data", "Theme"} <= names
         assert "Pause" not in names  # attached read-only: not offered, as in the footer
+
+
+async def test_slash_filters_the_checkpoint_table_and_its_ages_keep_updating(tmp_path):
+    from cockpit.widgets.checkpoints_table import CheckpointsTable
+
+    app = build_attach_app(_run(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(CheckpointsTable)
+        for _ in range(50):
+            if table.row_count == 2:
+                break
+            await pilot.pause(0.05)
+        assert app.focused is table
+        await pilot.press("slash", "t", "minus", "5", "0", "enter")
+        assert table.row_count == 1 and str(table.get_row_at(0)[0]) == "50"
+        table.refresh_ages()  # the hidden row is not updated (it is not in the table)
+        await pilot.press("slash", "escape")
+        assert table.row_count == 2

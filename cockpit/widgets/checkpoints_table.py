@@ -54,6 +54,7 @@ class CheckpointsTable(DataTable):
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
         self.saves: dict[str, dict] = {}  # path -> save record (+ size)
+        self.filter = ""  # `/` (cockpit/habits.py): only the checkpoints whose row holds it
 
     def on_mount(self) -> None:
         self.border_title = "Checkpoints"
@@ -95,6 +96,8 @@ class CheckpointsTable(DataTable):
         now = self.app.clock()
         newest_first = sorted(self.saves.values(), key=lambda r: r.get("step", 0), reverse=True)
         for r in newest_first:
+            if self.filter and not _matches(r, self.filter):
+                continue
             self.add_row(
                 Text(f"{r.get('step', '?'):,}" if isinstance(r.get("step"), int) else "?", justify="right"),
                 _loss(r.get("loss")),
@@ -104,13 +107,21 @@ class CheckpointsTable(DataTable):
                 *([_probe(r.get("probe"))] if "probe" in self.columns else []),
                 key=str(r["path"]),
             )
-        if cursor_key in self.saves:
+        if cursor_key in self.saves and cursor_key in self.rows:
             self.move_cursor(row=self.get_row_index(cursor_key))
         self.border_subtitle = f"{len(self.saves)} kept · ⏎ chat · M merge" if self.saves else "none yet"
+
+    def apply_filter(self, text: str) -> None:
+        self.filter = text
+        self.rebuild()
+        if text:
+            self.border_subtitle = f"/{text} · {self.row_count} of {len(self.saves)}"
 
     def refresh_ages(self) -> None:
         now = self.app.clock()
         for path, r in self.saves.items():
+            if path not in self.rows:
+                continue  # filtered out
             self.update_cell(path, "age", Text(age(now - float(r.get("t", now))), justify="right"))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -123,6 +134,12 @@ class CheckpointsTable(DataTable):
             return
         row = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
         self.post_message(ShipRequested("merge", str(row)))
+
+
+def _matches(r: dict, text: str) -> bool:
+    """The filter's text in the step, the path or a loss as shown (any case)."""
+    shown = [str(r.get("step", "")), str(r.get("path", "")), f"{r.get('loss')}", f"{r.get('eval_loss')}"]
+    return any(text.lower() in x.lower() for x in shown)
 
 
 def _loss(value) -> Text:
