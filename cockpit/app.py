@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
+from cockpit import habits
 from cockpit import tabs as cockpit_tabs
 from cockpit.messages import (
     ControlRequested,
@@ -64,7 +65,7 @@ def quiet_progress_bars() -> None:
 class CockpitApp(App[int]):
     CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True  # ctrl+p: every key's action by name (cockpit/habits.py)
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),  # the one offered follows the run (check_action)
@@ -78,7 +79,8 @@ class CockpitApp(App[int]):
         Binding("l", "chart('log_scale')", "Log"),
         Binding("z", "chart('zoom')", "Zoom"),
         Binding("M", "ship", "Merge", show=False),  # the table's own M, wherever the focus is
-        *cockpit_tabs.bindings(),  # 1 2 3 and F1 F2 F3 (cockpit/tabs.py)
+        *cockpit_tabs.bindings(),  # 1 2 3 ... and F1 F2 F3 (cockpit/tabs.py)
+        *habits.BINDINGS,  # j / k beside the arrows, / filters the focused table
     ]
 
     def __init__(
@@ -234,7 +236,19 @@ class CockpitApp(App[int]):
 
     # -- keys -------------------------------------------------------------------------------
 
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        yield from habits.binding_commands(self, screen)
+
+    def action_nav(self, direction: str) -> None:
+        habits.nav(self, direction)
+
+    def action_filter(self) -> None:
+        habits.open_filter(self)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("nav", "filter") and habits.typing(self.focused):
+            return False
         if action == "chart":  # the chart's keys, in the footer only where the chart is
             tabs = self.query(TabbedContent)
             return not tabs or tabs.first().active == "dashboard"
@@ -309,7 +323,7 @@ class CockpitApp(App[int]):
         tabs = self.query_one(TabbedContent)
         tabs.active = tab
         self.refresh_bindings()
-        pane = self.pane_widgets.get(tab)
+        pane = self.pane_widgets.get(tab) or next(iter(self.query(f"#{tab}-pane")), None)
         if tab == "dashboard":
             self.query_one(CheckpointsTable).focus()  # the table whose keys the border offers
         elif hasattr(pane, "activate"):

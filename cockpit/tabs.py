@@ -6,7 +6,7 @@ itself from the run's source (the dashboard) has ``build``; a pane that needs wh
 launcher knows (a chat backend, a run folder) is a factory passed to ``CockpitApp(panes=...)``
 under the tab's id, with a placeholder saying ``missing`` where there is none. The tab's
 number is its key; its F key works from inside a text box too (the chat's presets start at
-F4: a fourth tab takes F4 from them, see cockpit/widgets/chat_presets.py).
+F4, so only the first ``FKEYS`` tabs have one).
 """
 
 from __future__ import annotations
@@ -40,11 +40,27 @@ def _dashboard(app) -> Widget:
     )
 
 
+def _learned(app) -> Widget:
+    from cockpit.widgets.learned_pane import LearnedPane
+
+    return LearnedPane(app.source.run_dir, id="learned-pane")
+
+
+def _data(app) -> Widget:
+    from cockpit.widgets.data_pane import DataPane
+
+    return DataPane(app.source.config, app.source.run_dir, id="data-pane", classes="run-view")
+
+
 TABS = (
     Tab("dashboard", "Dashboard", build=_dashboard),
     Tab("chat", "Chat", missing="No model to talk to: the run's config names no base model."),
     Tab("checklist", "Checklist", missing="No run folder to check."),
+    Tab("learned", "Learned", build=_learned),
+    Tab("data", "Data", build=_data),
 )
+FKEYS = 3
+"""Tabs with an F key: the chat's presets start at F4 (cockpit/widgets/chat_presets.py)."""
 
 
 def label(number: int, tab: Tab) -> str:
@@ -55,7 +71,8 @@ def bindings() -> list[Binding]:
     """A tab's number, and the same from inside a text box (where digits are typed): its F key."""
     numbers = [Binding(str(i), f"tab('{t.id}')", t.title, show=False) for i, t in enumerate(TABS, 1)]
     fkeys = [
-        Binding(f"f{i}", f"tab('{t.id}')", t.title, show=False, priority=True) for i, t in enumerate(TABS, 1)
+        Binding(f"f{i}", f"tab('{t.id}')", t.title, show=False, priority=True)
+        for i, t in enumerate(TABS[:FKEYS], 1)
     ]
     return numbers + fkeys
 
@@ -63,6 +80,6 @@ def bindings() -> list[Binding]:
 def help_line() -> tuple[str, str]:
     """The help screen's line for the tabs: ("1 2 3", "dashboard / chat / checklist (F1 F2 F3 ...)")."""
     n = range(1, len(TABS) + 1)
-    fkeys = " ".join(f"F{i}" for i in n)
+    fkeys = " ".join(f"F{i}" for i in range(1, FKEYS + 1))
     names = " / ".join(t.title.lower() for t in TABS)
     return " ".join(map(str, n)), f"{names} ({fkeys} also from inside a text box)"

@@ -139,10 +139,11 @@ async def test_messages_batch_steps_and_coalesce_gauges(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         chart = app.query_one(LossChart)
         await wait_for(lambda: len(chart.train) == 300, pilot=pilot)
+        panels = len(app.query(".run-view"))
     batches = [m for m in seen if isinstance(m, StepsLogged)]
-    # 300 steps reach each of the 5 panels in a handful of batches, not 300 messages each.
-    assert 0 < len(batches) <= 5 * 8
-    assert sum(len(m.records) for m in batches) == 5 * 300
+    # 300 steps reach each panel in a handful of batches, not 300 messages each.
+    assert panels >= 5 and 0 < len(batches) <= panels * 8
+    assert sum(len(m.records) for m in batches) == panels * 300
     assert GpuSampled([]).can_replace(GpuSampled([{"index": 0}]))
     assert LinesSkipped(2).can_replace(LinesSkipped(1))
     assert not StepsLogged([]).can_replace(StepsLogged([]))

@@ -56,6 +56,7 @@ class CheckpointsTable(DataTable):
     def __init__(self, **kw) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)
         self.saves: dict[str, Saved] = {}  # path -> its save record, size and probes
+        self.filter = ""  # `/` (cockpit/habits.py): only the checkpoints whose row holds it
 
     def on_mount(self) -> None:
         self.border_title = "Checkpoints"
@@ -103,6 +104,8 @@ class CheckpointsTable(DataTable):
         newest_first = sorted(self.saves.values(), key=lambda s: s.save.step or 0, reverse=True)
         for s in newest_first:
             r = s.save
+            if self.filter and not _matches(r, self.filter):
+                continue
             self.add_row(
                 Text(f"{r.step:,}" if r.step is not None else "?", justify="right"),
                 _loss(r.loss),
@@ -112,13 +115,21 @@ class CheckpointsTable(DataTable):
                 *([_probe(s.probe)] if "probe" in self.columns else []),
                 key=str(r.path),
             )
-        if cursor_key in self.saves:
+        if cursor_key in self.saves and cursor_key in self.rows:
             self.move_cursor(row=self.get_row_index(cursor_key))
         self.border_subtitle = f"{len(self.saves)} kept · ⏎ chat · M merge" if self.saves else "none yet"
+
+    def apply_filter(self, text: str) -> None:
+        self.filter = text
+        self.rebuild()
+        if text:
+            self.border_subtitle = f"/{text} · {self.row_count} of {len(self.saves)}"
 
     def refresh_ages(self) -> None:
         now = self.app.clock()
         for path, s in self.saves.items():
+            if path not in self.rows:
+                continue  # filtered out
             self.update_cell(path, "age", Text(age(now - (s.save.t or now)), justify="right"))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -140,6 +151,12 @@ class Saved:
     save: records.Save
     size: int | None
     probe: dict[str, records.Probe] = field(default_factory=dict)
+
+
+def _matches(r: records.Save, text: str) -> bool:
+    """The filter's text in the step, the path or a loss as shown (any case)."""
+    shown = [str(r.step if r.step is not None else ""), str(r.path or ""), f"{r.loss}", f"{r.eval_loss}"]
+    return any(text.lower() in x.lower() for x in shown)
 
 
 def _loss(value) -> Text:

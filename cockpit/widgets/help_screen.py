@@ -18,7 +18,8 @@ KEYS = (
     ("m", "loss chart: smoothing on / off"),
     ("l", "loss chart: log / linear scale"),
     ("z", "loss chart: whole run / last 10,000 / 1,000 / 100 steps"),
-    tabs.help_line(),  # "1 2 3": the tabs (cockpit/tabs.py)
+    tabs.help_line(),  # "1 2 3 4 5": the tabs (cockpit/tabs.py)
+    ("[ ]", "learned: page the probe answers through older checkpoints"),
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("M", "on a checkpoint: merge, quantize, export or push it"),
     ("g", "checklist: run the step that makes this item pass"),

@@ -46,12 +46,15 @@ class Progress:
             self._step(r)
         elif isinstance(r, records.Eval):
             loss, ppl = records.as_float(r.eval_loss), records.as_float(r.perplexity)
-            self._write(f"eval step {r.step}: eval_loss {loss:.4f} ppl {ppl:.3f}")
+            worst = sorted((r.by_category or {}).items(), key=lambda kv: -kv[1])[:3]  # highest loss
+            by = f"; highest by _category: {', '.join(f'{k} {v:.3f}' for k, v in worst)}" if worst else ""
+            self._write(f"eval step {r.step}: eval_loss {loss:.4f} ppl {ppl:.3f}{by}")
         elif isinstance(r, records.Save):
             self._write(f"saved {r.path}")
         elif isinstance(r, records.Probe):
             got = r.error or f"{r.passed}/{r.total}"
             self._write(f"probe {r.suite} on step {r.step}: {got} ({r.seconds}s)")
+            self._learned(r)
         elif isinstance(r, records.AlertResolved):
             self._write(f"resolved {r.rule}: {r.message}")
         elif isinstance(r, records.Alert):
@@ -92,6 +95,15 @@ class Progress:
             self._write(f"data {how}: {r.rows or 0:,} rows, {r.tokens or 0:,} tokens ({r.path})")
         elif r.bytes_total:
             self._write(prepare_line(record), transient=True)
+
+    def _learned(self, r: records.Probe) -> None:
+        """The probe's answers beside the previous checkpoints' (engine.evaluate.learned), compact."""
+        if not r.result or r.error:
+            return
+        from engine.evaluate.learned import compact, learned_table
+
+        for line in compact(learned_table(Path(r.result).parent.parent), r.suite or ""):
+            self._write(line)
 
     def _write(self, line: str, transient: bool = False) -> None:
         if self.tty:

@@ -39,10 +39,30 @@ def row_record(tokenizer, file: str, line: int, ids: list[int], labels: list[int
     }
 
 
+def spans(tokenizer, ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
+    """The row's text in maximal runs, each with whether it carries loss (the cockpit's Data tab)."""
+    return [(t, tokenizer.decode(r, skip_special_tokens=False)) for t, r in runs(ids, labels)]
+
+
+def first_rows(config, tokenizer, n: int):
+    """(dataset spec, row, ids, labels, stats) for the first ``n`` good rows of each dataset."""
+    from engine.data.data import Stats
+    from engine.data.prepare import scan_rows
+    from engine.data.prompt_formats import RowEncoder
+
+    encoder = RowEncoder(tokenizer)  # chat, alpaca and completion rows alike
+    for spec in config.datasets:
+        one = config.model_copy(update={"datasets": [spec]})
+        stats = Stats()
+        for shown, (item, ids, labels) in enumerate(scan_rows(one, encoder, stats), 1):
+            yield spec, item, ids, labels, stats
+            if shown >= n:
+                break
+
+
 def highlighted(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:
     parts = []
-    for trained, r in runs(ids, labels):
-        text = tokenizer.decode(r, skip_special_tokens=False)
+    for trained, text in spans(tokenizer, ids, labels):
         if trained:
             text = f"{ON}{text}{OFF}" if color else f"[[{text}]]"
         parts.append(text)

@@ -60,6 +60,11 @@ class HealthConfig(BaseModel):
     underfit_loss: float = 1.5
     """Underfitting: eval and train loss both above this after underfit_after_epoch (guide: 1.5)."""
     underfit_after_epoch: float = 1.0
+    forgetting_evals: int = Field(3, ge=0)
+    """Forgetting: one ``_category``'s eval loss has risen over this many evaluations (from the
+    one this many before) while the overall eval loss fell over them. 0 turns the rule off."""
+    forgetting_min_rise: float = Field(0.02, ge=0)
+    """Forgetting: the category's loss must have risen by more than this."""
     expected_loss: list[tuple[float, float]] | None = None
     """The chart's expected train loss: ``[epoch, ceiling]`` pairs, linear between them (a
     small model or a new recipe has its own curve). None: the guide's table for an 8B run."""

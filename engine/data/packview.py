@@ -74,6 +74,7 @@ class RowReader:
     """
 
     def __init__(self, table) -> None:
+        self.table = table
         ids, mask = table.column("input_ids").chunks, table.column("mask").chunks
         self.starts = np.cumsum([0] + [len(c) for c in ids])
         self.offsets = [c.offsets.to_numpy() for c in ids]
@@ -117,8 +118,13 @@ class PackedView:
 
     column_names = ["input_ids", "labels", "seq_lengths"]  # what TRL's checks read
 
-    def __init__(self, reader: RowReader, order: np.ndarray, bounds: np.ndarray, packed: bool) -> None:
+    def __init__(
+        self, reader: RowReader, order: np.ndarray, bounds: np.ndarray, packed: bool, codes=None
+    ) -> None:
         self.reader, self.order, self.bounds, self.packed = reader, order, bounds, packed
+        # codes: each position of ``order``'s category number (engine.train.eval_categories); each
+        # item then carries ``token_category``, one number a token, for the per-category eval loss.
+        self.codes = codes
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
@@ -127,18 +133,23 @@ class PackedView:
         rows = self.order[self.bounds[i] : self.bounds[i + 1]]
         parts = [self.reader.row(int(r)) for r in rows]
         if not self.packed:
-            return {"input_ids": parts[0][0], "labels": parts[0][1]}
-        return {
-            "input_ids": np.concatenate([p[0] for p in parts]),
-            "labels": np.concatenate([p[1] for p in parts]),
-            "seq_lengths": [len(p[0]) for p in parts],
-        }
+            item = {"input_ids": parts[0][0], "labels": parts[0][1]}
+        else:
+            item = {
+                "input_ids": np.concatenate([p[0] for p in parts]),
+                "labels": np.concatenate([p[1] for p in parts]),
+                "seq_lengths": [len(p[0]) for p in parts],
+            }
+        if self.codes is not None:
+            codes = self.codes[self.bounds[i] : self.bounds[i + 1]]
+            item["token_category"] = np.repeat(codes, [len(p[0]) for p in parts])
+        return item
 
 
-def view(reader: RowReader, order, bounds, packed: bool):
+def view(reader: RowReader, order, bounds, packed: bool, codes=None):
     import torch
 
     class View(PackedView, torch.utils.data.Dataset):
         pass
 
-    return View(reader, np.asarray(order), np.asarray(bounds), packed)
+    return View(reader, np.asarray(order), np.asarray(bounds), packed, codes)

@@ -52,11 +52,30 @@ class Prepared:
     index: dict = field(default_factory=dict)  # train_order, train_bounds, val_order, val_bounds
     reader: object | None = None
 
-    def view(self, which: str, packed: bool):
-        """The torch dataset the trainer reads: packed sequences (or single rows), int64 labels."""
+    def view(self, which: str, packed: bool, categories: list[str] | None = None):
+        """The torch dataset the trainer reads: packed sequences (or single rows), int64 labels.
+
+        With ``categories`` (filled by this call with the names, in code order), each item also
+        carries ``token_category``: its tokens' row's ``_category`` as a number.
+        """
         from engine.data.packview import view
 
-        return view(self.reader, self.index[f"{which}_order"], self.index[f"{which}_bounds"], packed)
+        order = self.index[f"{which}_order"]
+        codes = None
+        if categories is not None:
+            names, codes = self.category_codes(order)
+            categories[:] = names
+        return view(self.reader, order, self.index[f"{which}_bounds"], packed, codes)
+
+    def category_codes(self, rows) -> tuple[list[str], np.ndarray]:
+        """(category names, each of ``rows``' category as an index into them): read for those rows only."""
+        import pyarrow as pa
+
+        column = self.reader.table.column("category").take(pa.array(np.asarray(rows, np.int64)))
+        encoded = column.combine_chunks().dictionary_encode()
+        return [str(n) for n in encoded.dictionary.to_pylist()], encoded.indices.to_numpy(
+            zero_copy_only=False
+        ).astype(np.int32)
 
 
 def scan_rows(config, encoder: RowEncoder | None, stats: Stats):

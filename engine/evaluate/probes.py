@@ -94,6 +94,7 @@ class Probes:
                 total=data["total"],
                 score=data["score"],
                 seconds=round(time.perf_counter() - t0, 3),
+                result=str(rf.path),  # the answers (engine.evaluate.learned reads them)
             )
         _add_to_marker(path, scores)
         return scores

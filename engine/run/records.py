@@ -162,6 +162,7 @@ class Eval(Record):
     eval_loss: Num = None
     perplexity: Num = None
     epoch: Float = None
+    by_category: dict[str, float] | None = None  # each _category's eval loss (engine.train.eval_categories)
 
 
 class EarlyStopped(Record):
@@ -225,6 +226,7 @@ class CheckpointRemoved(Record):
 
 class Probe(Record):
     path: Str = None
+    result: Str = None  # its eval/<suite>-checkpoint-N.json
     suite: Str = None
     passed: Int = None
     total: Int = None
@@ -276,6 +278,7 @@ class _AlertFields(Record):
     rank: Int = None  # rank_failed
     exitcode: Int = None
     failures: List = None
+    category: Str = None  # forgetting: the _category whose eval loss rose
 
 
 class Alert(_AlertFields):

@@ -92,7 +92,12 @@ def build_trainer(config: RunConfig, prepared, model, tokenizer, callback, paths
     )
     trainer.train_dataset = train_dataset
     if prepared.val is not None:
-        trainer.eval_dataset = prepared.view("val", config.sample_packing)
+        from engine.train.eval_categories import CategoryCollator, CategorySums
+
+        names: list[str] = []  # the eval loss per _category, in the same pass (eval_categories.py)
+        trainer.eval_dataset = prepared.view("val", config.sample_packing, categories=names)
+        trainer.eval_categories = CategorySums(names)
+        trainer.data_collator = CategoryCollator(trainer.data_collator)
     # Our run log and progress line replace the trainer's own printing.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

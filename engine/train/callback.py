@@ -100,6 +100,7 @@ class CockpitCallback(TrainerCallback):
             eval_loss=loss,
             perplexity=math.exp(loss) if loss < 50 else float("inf"),
             epoch=round(state.epoch or 0.0, 4),
+            **_by_category(metrics),
         )
         # Time spent evaluating is not training time.
         self._exclude(float(metrics.get("eval_runtime") or 0.0))
@@ -213,6 +214,12 @@ class CockpitCallback(TrainerCallback):
             if not paused:  # paused time is left out as a whole
                 self._exclude(seconds)  # chat time is not training time
             self.log.emit("chat", step=state.global_step, jobs=n, seconds=round(seconds, 3))
+
+
+def _by_category(metrics) -> dict:
+    """``by_category`` (category -> eval loss, engine.train.eval_categories) where the eval has it."""
+    cats = metrics.get("eval_by_category")
+    return {"by_category": {k: float(v) for k, v in cats.items()}} if cats else {}
 
 
 def _num(x):

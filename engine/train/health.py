@@ -3,7 +3,7 @@
 ``HealthMonitor(config.health).observe(record)`` takes the records of a run in order and
 returns the alerts they raise (pure: no I/O, no clock). The rules are the modules of
 ``engine.train.rules``, one a rule, with the guide's advice: ``nan``, ``initial_loss``,
-``spike``, ``plateau``, ``overfitting``, ``underfitting``, ``perplexity``, ``gpu_memory``,
+``spike``, ``plateau``, ``forgetting``, ``overfitting``, ``underfitting``, ``perplexity``, ``gpu_memory``,
 ``final_loss`` (each module's docstring says what it watches and which ``health:`` keys tune it).
 
 Each rule fires once per episode: it alerts when it turns unhealthy (or gets worse:

@@ -32,7 +32,10 @@ class LeviathanTrainer(SFTTrainer):
         sums = self._metric_sums[mode]
         sums[name] = sums[name] + value.detach() if name in sums else value.detach().clone()
 
+    eval_categories = None  # engine.train.eval_categories.CategorySums: eval loss per _category
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._label_category = inputs.pop("label_category", None)  # not the model's: read below
         guard = self.guard if model.training and not return_outputs else None
         if guard is not None:
             guard.on_forward(self)
@@ -56,6 +59,8 @@ class LeviathanTrainer(SFTTrainer):
         self._add_metric(mode, "valid", valid)
         self._add_metric(mode, "entropy", outputs.entropy.detach().sum())
         self._add_metric(mode, "correct", outputs.is_top1.sum())
+        if mode == "eval" and self.eval_categories is not None and self._label_category is not None:
+            self.eval_categories.add(per_token, outputs.label_mask, self._label_category)
         return loss
 
     def _track_num_input_tokens(self, inputs):
@@ -92,6 +97,10 @@ class LeviathanTrainer(SFTTrainer):
             logs[f"{prefix}entropy"] = entropy / valid
             logs[f"{prefix}mean_token_accuracy"] = correct / valid
             sums.clear()
+        if mode == "eval" and self.eval_categories is not None and "eval_loss" in logs:
+            from engine.train.eval_categories import KEY
+
+            logs[KEY] = self.eval_categories.take(self.accelerator.gather)
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
