@@ -474,7 +474,7 @@ def test_the_listener_writes_resolutions_as_their_own_records(tmp_path):
 
 
 def test_a_rule_is_one_registered_class(monkeypatch):
-    """The rules are a registry: the guide's nine by name, and a new ``Rule`` subclass
+    """The rules are a registry: the guide's nine and ``forgetting`` (issue 32) by name, and a new ``Rule`` subclass
     registered (as a module of ``engine.train.rules`` would at import) alerts once per episode
     in ``order`` among the others, with nothing else told."""
     from engine.train import rules as registry
@@ -482,7 +482,7 @@ def test_a_rule_is_one_registered_class(monkeypatch):
     names = [cls.name for cls in registry.rule_types()]
     assert sorted(names) == sorted(
         ["nan", "initial_loss", "spike", "plateau", "overfitting", "underfitting", "perplexity"]
-        + ["gpu_memory", "final_loss"]
+        + ["gpu_memory", "final_loss", "forgetting"]
     )
 
     class GradNormRule(registry.Rule):

@@ -24,7 +24,7 @@ import trl
 
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
-OURS = {"_add_metric", "_compute_loss", "_flush_tokens"}  # ours, not overrides
+OURS = {"_add_metric", "_compute_loss", "_flush_tokens", "_label_category"}  # ours, not overrides
 TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum_trainer")
 
 
