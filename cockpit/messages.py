@@ -140,6 +140,7 @@ _RUN_KINDS = {
     "paused",
     "resumed",
     "phase",
+    "probing",
     "mix",
     "curriculum",
     "note",

@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from cockpit.messages import ControlRequested, EvalLogged, RunChanged, StepsLogged, WriterState
 from cockpit.series import as_float
+from engine.evaluate.probes import probing_line as probing_text
 
 STATUS_STYLE = {
     "completed": "bold green",
@@ -97,6 +98,7 @@ class ProgressPanel(Static):
         self.preparing: dict | None = None  # the last `prepare` record while the data is prepared
         self.writer_alive: bool | None = None
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
+        self.probing: dict | None = None  # the last `probing` record while probes hold the step
         self._dirty = True
         self._ticks = 0
 
@@ -116,6 +118,7 @@ class ProgressPanel(Static):
     # -- records ----------------------------------------------------------------------------
 
     def on_steps_logged(self, message: StepsLogged) -> None:
+        self.probing = None  # a step after them: the probes are over
         for r in message.records:
             sps = r.get("s_per_step")
             if isinstance(sps, (int, float)) and sps > 0:
@@ -159,6 +162,8 @@ class ProgressPanel(Static):
                 self.pending = None
         elif kind == "phase":
             self.phase = str(r.get("name") or r.get("phase") or "?")
+        elif kind == "probing":
+            self.probing = r
         elif kind == "mix":
             self.mix = r
         elif kind == "end":
@@ -192,6 +197,8 @@ class ProgressPanel(Static):
         if self.paused:
             at = f" at step {self.paused_step:,}" if isinstance(self.paused_step, int) else ""
             return Text(f"‖ paused{at}", style="bold yellow")
+        if self.probing is not None and self.end is None:
+            return Text(f"◎ {probing_text(self.probing)}", style="bold cyan")
         if not self.seen_start and self.preparing is not None:
             return Text(preparing_text(self.preparing), style="yellow")
         if not self.seen_start and self.last is None:
@@ -235,6 +242,8 @@ class ProgressPanel(Static):
         grid.add_row("loss", loss)
         grid.add_row("lr", f"{fmt(r.get('lr'), '.2e')}  grad norm {fmt(r.get('grad_norm'), '.3f')}")
         speed = f"{fmt(r.get('tokens_per_s'), ',.0f')} tok/s"
+        if self.probing is not None and self.end is None:
+            speed = "— training waits for the probes (p, s or q cuts them short)"
         if isinstance(r.get("mfu"), (int, float)):
             speed += f"  MFU {100 * r['mfu']:.0f}%"
         if self.recent_s_per_step:

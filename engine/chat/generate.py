@@ -193,8 +193,12 @@ def generate(
     system: str | None = None,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     target=ACTIVE,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Greedy answers, in the order of ``prompts``.
+
+    ``should_stop()``: asked between tokens; once true, the batch in flight is dropped and no
+    other starts (the answers not reached stay ``""``; ``on_batch`` saw the ones that are real).
 
     ``on_batch(indices, answers)`` is called after each batch (to save results as they come).
     ``target``: the PEFT adapter every prompt goes through (default: the model's active one;
@@ -217,7 +221,10 @@ def generate(
             stop_ids=stops,
             pad_id=pad,
             names=[target] * len(idx),
+            should_stop=should_stop,
         )
+        if should_stop is not None and should_stop():
+            break
         batch = [strip_thinking(tokenizer.decode(t, skip_special_tokens=True)) for t in res.tokens]
         for i, text in zip(idx, batch, strict=True):
             answers[i] = text

@@ -62,7 +62,13 @@ class Progress:
             self._write(f"saved {r['path']}")
         elif kind == "probe":
             got = r.get("error") or f"{r.get('passed')}/{r.get('total')}"
+            if r.get("cut"):
+                got += f" of {r.get('planned')}, cut short by {r['cut']}"
             self._write(f"probe {r.get('suite')} on step {r['step']}: {got} ({r.get('seconds')}s)")
+        elif kind == "probing":  # probes hold the step: say so, not a stale tok/s
+            from engine.evaluate.probes import probing_line
+
+            self._write(probing_line(r), transient=True)
         elif kind == "alert":
             self._write(f"ALERT {r.get('rule')}: {r.get('message')}  -> {r.get('advice', '')}")
         elif kind == "alert_resolved":

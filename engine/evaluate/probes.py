@@ -13,6 +13,13 @@ same file ``leviathan-cockpit eval`` writes), a ``probe`` record goes to the run
 checkpoint's marker so retention can keep the best-scoring checkpoint across restarts.
 A probe that fails is a ``probe`` record with ``error``: training goes on.
 
+Probes never hold the run hostage: while they run, ``probing`` records (``step``, ``suite``,
+``i`` of ``n`` prompts answered, ``seconds_left`` estimated from the pace so far) say so, and
+``cut()`` (the callback's: a stop, pause or save asked meanwhile) is asked between tokens; once
+it answers, the batch in flight is dropped, the suite's ``probe`` record says ``cut`` (the
+reason) with what was judged so far, the suites after it are left out, and no score of a cut
+suite goes to the marker (a part of a suite is not comparable with a whole one).
+
 Model-written code (the inference suite's ``code`` expectations) never runs in the training
 process: each program goes to the code box (``engine.evaluate.sandbox``), a small launcher
 process started by exec (not a fork of the trainer's memory), with the run folder hidden.
@@ -43,8 +50,10 @@ class Probes:
     def __bool__(self) -> bool:
         return bool(self.suites)
 
-    def run(self, model, tokenizer, path: str, step: int) -> dict[str, float | None]:
-        """Run every suite on ``model`` (the checkpoint at ``path``); returns suite -> score."""
+    def run(self, model, tokenizer, path: str, step: int, cut=None) -> dict[str, float | None]:
+        """Run every suite on ``model`` (the checkpoint at ``path``); returns suite -> score.
+
+        ``cut()``: None to go on, else why to stop now (``stop``, ``pause``, ``save``)."""
         from engine.chat.generate import release
         from engine.chat.on_training import training_untouched
         from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
@@ -52,10 +61,21 @@ class Probes:
 
         settings = Settings.from_config(self.config.evaluation)
         scores: dict[str, float | None] = {}
+        why: list[str] = []
+        cut_suites: set[str] = set()
+
+        def should_stop() -> bool:
+            if not why and cut is not None and (reason := cut()):
+                why.append(reason)
+            return bool(why)
+
         for suite in self.suites:
+            if should_stop():
+                break
             t0 = time.perf_counter()
             try:
                 cases = suite_cases(suite, self.config, None)
+                progress = _Progress(self.log, step, suite, len(cases))
                 header = {
                     "model": str(Path(path).resolve()),
                     "label": Path(path).name,
@@ -70,7 +90,17 @@ class Probes:
                 rf = ResultFile(eval_dir(self.run_dir) / result_name(suite, path), header, len(cases))
                 with training_untouched(model):
                     try:
-                        data = run_suite(model, tokenizer, suite, cases, settings, rf, hide=[self.run_dir])
+                        data = run_suite(
+                            model,
+                            tokenizer,
+                            suite,
+                            cases,
+                            settings,
+                            rf,
+                            on_item=progress.item,
+                            hide=[self.run_dir],
+                            should_stop=should_stop,
+                        )
                     finally:
                         release(model)
             except Exception as e:  # a probe never takes training down
@@ -84,7 +114,10 @@ class Probes:
                 )
                 scores[suite] = None
                 continue
-            scores[suite] = data["score"]
+            cut_by = why[0] if data.get("status") == "cut" else None
+            if cut_by:
+                cut_suites.add(suite)
+            scores[suite] = None if cut_by else data["score"]
             self.log.emit(
                 "probe",
                 step=step,
@@ -94,8 +127,9 @@ class Probes:
                 total=data["total"],
                 score=data["score"],
                 seconds=round(time.perf_counter() - t0, 3),
+                **({"cut": cut_by, "planned": len(cases)} if cut_by else {}),
             )
-        _add_to_marker(path, scores)
+        _add_to_marker(path, {k: v for k, v in scores.items() if k not in cut_suites})
         return scores
 
     def best_step(self, output_dir: str | Path) -> int | None:
@@ -103,6 +137,35 @@ class Probes:
         if not self.keep_best:
             return None
         return best_probe_step(output_dir, self.keep_best)
+
+
+class _Progress:
+    """``probing`` records while a suite runs: a first one at 0, then at most one a second."""
+
+    def __init__(self, log, step: int, suite: str, n: int) -> None:
+        self.log, self.step, self.suite, self.n = log, step, suite, n
+        self.i = 0
+        self.t0 = self._last = time.perf_counter()
+        self._emit(None)
+
+    def item(self, _item: dict) -> None:
+        self.i += 1
+        now = time.perf_counter()
+        if self.i < self.n and now - self._last < 1.0:
+            return
+        self._last = now
+        pace = (now - self.t0) / self.i
+        self._emit(round(pace * (self.n - self.i), 1))
+
+    def _emit(self, left: float | None) -> None:
+        self.log.emit("probing", step=self.step, suite=self.suite, i=self.i, n=self.n, seconds_left=left)
+
+
+def probing_line(r: dict) -> str:
+    """A ``probing`` record in words (the cockpit's status, headless's line)."""
+    left = r.get("seconds_left")
+    eta = f", ~{left:.0f}s left" if isinstance(left, (int, float)) else ""
+    return f"probing {r.get('suite')} on step {r.get('step')}: {r.get('i')}/{r.get('n')}{eta}"
 
 
 def best_probe_step(output_dir: str | Path, suite: str) -> int | None:

@@ -397,6 +397,7 @@ class SyncSteps:
         self._paused = False  # the last agreed pause state: the same on every rank
         if cockpit_callback is not None:
             cockpit_callback.wait_paused = self.wait_paused
+            cockpit_callback.poll_commands = self.poll_between  # read while probes run
 
     def _sync(self, step: int) -> list[str]:
         c = self.controls
@@ -435,6 +436,13 @@ class SyncSteps:
                 rank_steps=steps,
             )
         return commands
+
+    def poll_between(self, step: int) -> None:
+        """Rank 0 reads the control file between steps (while probes run), so a key cuts them
+        short; the flags are agreed with the other ranks at the next step boundary as usual."""
+        commands = [cmd["command"] for cmd in self.file.poll(self.controls)] if self.file is not None else []
+        if commands:
+            self.log.emit("control", step=step, commands=commands, between_steps=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         commands = self._sync(state.global_step)
