@@ -14,7 +14,8 @@ returns the alerts they raise (pure: no I/O, no clock). Rules, with the guide's 
   loss alone when the run has no validation set).
 - ``perplexity``: validation perplexity > ``perplexity_max`` (warning) or
   > ``perplexity_investigate`` (critical), from ``perplexity_after_epoch`` on.
-- ``gpu_memory``: a GPU's used memory near (warning) or above (critical) the 75 GB line.
+- ``gpu_memory``: a GPU's used memory near (warning) or above (critical) the 75 GB line;
+  resolved once it has stayed below for ``GPU_LOW_STEPS`` steps (not by a dip while probes run).
 - ``final_loss``: the loss at the last step (mean of the last 10 logged) above 1.5
   (above 2.0: check the data format).
 
@@ -39,6 +40,7 @@ from collections import deque
 from engine.config.config import HealthConfig
 
 LEVELS = {"info": 0, "warning": 1, "critical": 2}
+GPU_LOW_STEPS = 2  # steps GPU memory stays below the line before its alert is resolved
 
 ADVICE = {
     "nan": "reduce the learning rate (guide: learning_rate: 1e-4 if the loss explodes) or check "
@@ -103,6 +105,7 @@ class HealthMonitor:
         self._ref: float | None = None  # smoothed loss at the last improvement
         self._ref_step = 0
         self._last_step: int | None = None
+        self._gpu_low_from: int | None = None  # the step GPU memory fell below the line at
 
     @property
     def active(self) -> dict[str, str]:
@@ -396,6 +399,10 @@ class HealthMonitor:
             return out
         frac, g, limit = worst
         level = "critical" if frac > 1 else ("warning" if frac >= c.gpu_memory_near else None)
+        if level is not None:
+            self._gpu_low_from = None
+        elif "gpu_memory" in self._fired and not self._low_for_steps(r.get("step")):
+            return out  # a dip between steps, not the end of the episode
         name = f"GPU {g.get('index', '?')}" + (f" ({g['name']})" if g.get("name") else "")
         what = "above" if frac > 1 else "nearing"
         self._episode(
@@ -410,6 +417,19 @@ class HealthMonitor:
             threshold=round(limit),
         )
         return out
+
+    def _low_for_steps(self, step) -> bool:
+        """Memory below the line resolves its alert only once training has gone on below it for
+        ``GPU_LOW_STEPS`` steps: probes, a chat or a save free the allocator's cache for a while
+        (7 GiB between 71 GiB steps on a QLoRA 8B) and the next step takes it all back, which
+        made the alert fire and resolve at every save."""
+        step = step if isinstance(step, int) else (self._last_step or 0)
+        if self._gpu_low_from is None:
+            self._gpu_low_from = step
+        if step - self._gpu_low_from < GPU_LOW_STEPS:
+            return False
+        self._gpu_low_from = None
+        return True
 
 
 def _perplexity_advice(which: str, c: HealthConfig) -> str:
