@@ -19,3 +19,13 @@ def test_headless_shows_probing_and_cut_probes():
         "probing identity on step 20: 2/5, ~8s left",
         "probe identity on step 20: 1/2 of 5, cut short by pause (5.0s)",
     ]
+
+
+def test_checkpoint_table_says_a_probe_was_cut():
+    from cockpit.widgets.checkpoints_table import _probe
+
+    scores = {
+        "identity": {"passed": 1, "total": 2, "cut": "stop", "planned": 5},
+        "inference": {"passed": 7, "total": 9},
+    }
+    assert _probe(scores).plain == "identity cut (1/2 of 5) · inference 7/9"

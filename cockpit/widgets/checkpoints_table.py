@@ -133,11 +133,15 @@ def _loss(value) -> Text:
 
 
 def _probe(scores: dict | None) -> Text:
-    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``."""
+    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``, a cut one ``cut (2/5)``."""
     if not scores:
         return Text("—", justify="right")
-    parts = [
-        f"{suite} " + ("error" if p.get("error") else f"{p.get('passed')}/{p.get('total')}")
-        for suite, p in sorted(scores.items())
-    ]
+
+    def one(p: dict) -> str:
+        if p.get("error"):
+            return "error"
+        got = f"{p.get('passed')}/{p.get('total')}"
+        return f"cut ({got} of {p.get('planned')})" if p.get("cut") else got
+
+    parts = [f"{suite} {one(p)}" for suite, p in sorted(scores.items())]
     return Text(" · ".join(parts))
