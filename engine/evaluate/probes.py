@@ -54,55 +54,21 @@ class Probes:
         """Run every suite on ``model`` (the checkpoint at ``path``); returns suite -> score.
 
         ``cut()``: None to go on, else why to stop now (``stop``, ``pause``, ``save``)."""
-        from engine.chat.generate import release
-        from engine.chat.on_training import training_untouched
-        from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
-        from engine.run.rundir import eval_dir, result_name
-
-        settings = Settings.from_config(self.config.evaluation)
         scores: dict[str, float | None] = {}
         why: list[str] = []
-        cut_suites: set[str] = set()
 
         def should_stop() -> bool:
             if not why and cut is not None and (reason := cut()):
                 why.append(reason)
             return bool(why)
 
+        cut_suites = set()
         for suite in self.suites:
             if should_stop():
                 break
             t0 = time.perf_counter()
             try:
-                cases = suite_cases(suite, self.config, None)
-                progress = _Progress(self.log, step, suite, len(cases))
-                header = {
-                    "model": str(Path(path).resolve()),
-                    "label": Path(path).name,
-                    "step": step,
-                    "run_dir": str(self.run_dir),
-                    "suite": suite,
-                    "base": self.config.base_model,
-                    "adapter": str(path),
-                    "settings": asdict(settings),
-                    "probe": True,
-                }
-                rf = ResultFile(eval_dir(self.run_dir) / result_name(suite, path), header, len(cases))
-                with training_untouched(model):
-                    try:
-                        data = run_suite(
-                            model,
-                            tokenizer,
-                            suite,
-                            cases,
-                            settings,
-                            rf,
-                            on_item=progress.item,
-                            hide=[self.run_dir],
-                            should_stop=should_stop,
-                        )
-                    finally:
-                        release(model)
+                data, planned = self._suite(model, tokenizer, path, step, suite, should_stop)
             except Exception as e:  # a probe never takes training down
                 self.log.emit(
                     "probe",
@@ -127,10 +93,49 @@ class Probes:
                 total=data["total"],
                 score=data["score"],
                 seconds=round(time.perf_counter() - t0, 3),
-                **({"cut": cut_by, "planned": len(cases)} if cut_by else {}),
+                **({"cut": cut_by, "planned": planned} if cut_by else {}),
             )
         _add_to_marker(path, {k: v for k, v in scores.items() if k not in cut_suites})
         return scores
+
+    def _suite(self, model, tokenizer, path, step: int, suite: str, should_stop) -> tuple[dict, int]:
+        """One suite on the live model, its result file in the run's ``eval/``: (data, cases planned)."""
+        from engine.chat.generate import release
+        from engine.chat.on_training import training_untouched
+        from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
+        from engine.run.rundir import eval_dir, result_name
+
+        settings = Settings.from_config(self.config.evaluation)
+        cases = suite_cases(suite, self.config, None)
+        progress = _Progress(self.log, step, suite, len(cases))
+        header = {
+            "model": str(Path(path).resolve()),
+            "label": Path(path).name,
+            "step": step,
+            "run_dir": str(self.run_dir),
+            "suite": suite,
+            "base": self.config.base_model,
+            "adapter": str(path),
+            "settings": asdict(settings),
+            "probe": True,
+        }
+        rf = ResultFile(eval_dir(self.run_dir) / result_name(suite, path), header, len(cases))
+        with training_untouched(model):
+            try:
+                data = run_suite(
+                    model,
+                    tokenizer,
+                    suite,
+                    cases,
+                    settings,
+                    rf,
+                    on_item=progress.item,
+                    hide=[self.run_dir],
+                    should_stop=should_stop,
+                )
+            finally:
+                release(model)
+        return data, len(cases)
 
     def best_step(self, output_dir: str | Path) -> int | None:
         """The checkpoint with the highest ``keep_best`` probe score (the newest of equals)."""
