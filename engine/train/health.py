@@ -14,10 +14,8 @@ returns the alerts they raise (pure: no I/O, no clock). Rules, with the guide's 
   loss alone when the run has no validation set).
 - ``perplexity``: validation perplexity > ``perplexity_max`` (warning) or
   > ``perplexity_investigate`` (critical), from ``perplexity_after_epoch`` on.
-- ``gpu_memory``: a GPU's used memory near (warning) or above (critical) the 75 GB line;
-  resolved once it has stayed below for ``GPU_LOW_STEPS`` steps (not by a dip while probes run).
-- ``final_loss``: the loss at the last step (mean of the last 10 logged) above 1.5
-  (above 2.0: check the data format).
+- ``gpu_memory``: used memory near (warning) or above (critical) the 75 GB line (``GPU_LOW_STEPS``).
+- ``final_loss``: the loss at the last step (mean of the last 10 logged) above 1.5 (2.0: the data?).
 
 Each rule fires once per episode: it alerts when it turns unhealthy (or gets worse:
 warning -> critical), stays quiet while it stays so, and when it is healthy again says so
@@ -402,7 +400,7 @@ class HealthMonitor:
         if level is not None:
             self._gpu_low_from = None
         elif "gpu_memory" in self._fired and not self._low_for_steps(r.get("step")):
-            return out  # a dip between steps, not the end of the episode
+            return out  # a dip between steps does not end the episode
         name = f"GPU {g.get('index', '?')}" + (f" ({g['name']})" if g.get("name") else "")
         what = "above" if frac > 1 else "nearing"
         self._episode(
@@ -419,17 +417,13 @@ class HealthMonitor:
         return out
 
     def _low_for_steps(self, step) -> bool:
-        """Memory below the line resolves its alert only once training has gone on below it for
-        ``GPU_LOW_STEPS`` steps: probes, a chat or a save free the allocator's cache for a while
-        (7 GiB between 71 GiB steps on a QLoRA 8B) and the next step takes it all back, which
-        made the alert fire and resolve at every save."""
+        """Below the line for ``GPU_LOW_STEPS`` steps: probes or a chat free the allocator's cache
+        for a while (7 GiB between 71 GiB steps, QLoRA 8B), which made the alert flap at each save."""
         step = step if isinstance(step, int) else (self._last_step or 0)
-        if self._gpu_low_from is None:
-            self._gpu_low_from = step
-        if step - self._gpu_low_from < GPU_LOW_STEPS:
-            return False
-        self._gpu_low_from = None
-        return True
+        self._gpu_low_from = step if self._gpu_low_from is None else self._gpu_low_from
+        done = step - self._gpu_low_from >= GPU_LOW_STEPS
+        self._gpu_low_from = None if done else self._gpu_low_from
+        return done
 
 
 def _perplexity_advice(which: str, c: HealthConfig) -> str:
