@@ -164,6 +164,7 @@ _RUN_KINDS = {
     "paused",
     "resumed",
     "phase",
+    "probing",
     "mix",
     "curriculum",
     "note",

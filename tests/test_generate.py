@@ -181,3 +181,35 @@ def test_grouped_a_products_compute_peft_s_lora(tiny_model, arch):
             plain = core(input_ids=ids).logits
     assert torch.equal(plain, want)  # ungrouped: PEFT's arithmetic exactly
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # addmm rounds once, not twice
+
+
+@pytest.mark.parametrize("path", ["engine", "hf-generate"])
+def test_chat_rate_is_the_decode_rate_seen_as_tokens_come(tiny_model, path):
+    """The figure under an answer: tokens after the first over the time after the first, as the
+    tokens reach the caller (on both paths: the engine, and ``model.generate`` for a DoRA adapter,
+    whose tokens once all came after the call and gave a rate of tens of thousands a second)."""
+    import time
+
+    from peft import LoraConfig, get_peft_model
+
+    from engine.chat.chat import Request, Settings, generate
+
+    model, tok = _load(tiny_model("qwen3"))
+    if path == "hf-generate":
+        torch.manual_seed(0)
+        cfg = LoraConfig(r=4, target_modules=["q_proj"], use_dora=True, init_lora_weights=False)
+        model = get_peft_model(model, cfg)
+        model.eval()
+    seen: list[float] = []  # when each delta reached the sink, on this test's clock
+    request = Request("Who are you?", ["x"], Settings(temperature=0, max_new_tokens=48))
+    t0 = time.perf_counter()
+    (answer,) = generate(model, tok, request, None, lambda ev: seen.append(time.perf_counter()))
+    wall = time.perf_counter() - t0
+    assert answer.tokens > 8 and len(seen) > 2
+    # Deltas streamed while it generated: spread over the call, not bunched after it.
+    assert seen[-1] - seen[0] > 0.25 * wall
+    # The rate is no faster than the tokens the caller saw arrive, and the first token's
+    # latency is its own figure (a part of the call).
+    assert answer.tokens_per_s <= (answer.tokens - 1) / (seen[-1] - seen[0]) * 1.5
+    assert 0 < answer.first_token_s < wall
+    release(model)

@@ -55,6 +55,12 @@ def test_probes_run_at_every_save_and_land_in_the_log_eval_and_marker(probed_run
         assert saved["status"] == "completed" and saved["step"] == r["step"] and saved["probe"] is True
         assert ("sandbox" in saved) == (r["suite"] == "inference")  # its code ran in the box
         assert len(saved["items"]) == r["total"] and all(i["answer"] is not None for i in saved["items"])
+    # While a suite runs, `probing` records count its prompts up to the whole, time left going to 0.
+    for step in (2, 4):
+        for suite, n in planned.items():
+            seen = [r for r in records if r["kind"] == "probing" and (r["step"], r["suite"]) == (step, suite)]
+            assert seen[0]["i"] == 0 and seen[-1]["i"] == n and seen[-1]["seconds_left"] == 0
+            assert all(r["n"] == n for r in seen)
     # Each probe follows its save, and the pause is left out of the step after it.
     kinds = [r["kind"] for r in records if r["kind"] in ("save", "probe")]
     assert kinds == ["save", "probe", "probe", "save", "probe", "probe"]

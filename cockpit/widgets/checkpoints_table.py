@@ -167,10 +167,15 @@ def _loss(value) -> Text:
 
 
 def _probe(scores: dict[str, records.Probe]) -> Text:
-    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``."""
+    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``, a cut one ``cut (2/5 of 5)``."""
     if not scores:
         return Text("—", justify="right")
-    parts = [
-        f"{suite} " + ("error" if p.error else f"{p.passed}/{p.total}") for suite, p in sorted(scores.items())
-    ]
+
+    def one(p: records.Probe) -> str:
+        if p.error:
+            return "error"
+        got = f"{p.passed}/{p.total}"
+        return f"cut ({got} of {p.planned})" if p.cut else got
+
+    parts = [f"{suite} {one(p)}" for suite, p in sorted(scores.items())]
     return Text(" · ".join(parts))

@@ -12,6 +12,7 @@ from textual.widgets import Static
 
 from cockpit.messages import ControlRequested, EvalLogged, RunChanged, StepsLogged, WriterState
 from cockpit.series import as_float
+from engine.evaluate.probes import probing_line as probing_text
 from engine.run import records
 
 STATUS_STYLE = {
@@ -95,6 +96,7 @@ class ProgressPanel(Static):
         self.preparing: records.Prepare | None = None  # the last `prepare` record while the data is prepared
         self.writer_alive: bool | None = None
         self.recent_s_per_step: deque[float] = deque(maxlen=50)
+        self.probing: dict | None = None  # the last `probing` record while probes hold the step
         self._dirty = True
         self._ticks = 0
 
@@ -114,6 +116,7 @@ class ProgressPanel(Static):
     # -- records ----------------------------------------------------------------------------
 
     def on_steps_logged(self, message: StepsLogged) -> None:
+        self.probing = None  # a step after them: the probes are over
         steps = [r for r in message.typed if isinstance(r, records.Step)]
         for r in steps:
             if r.s_per_step and r.s_per_step > 0:
@@ -145,6 +148,8 @@ class ProgressPanel(Static):
             self.resumed_from = r.from_step
         elif isinstance(r, records.Phase):
             self.phase = r.name or "?"
+        elif isinstance(r, records.Probing):
+            self.probing = message.record
         elif isinstance(r, records.Mix):
             self.mix = r
         elif isinstance(r, records.End):
@@ -169,6 +174,8 @@ class ProgressPanel(Static):
         live = self._live_state()
         if live is not None:
             return live
+        if self.probing is not None and self.end is None:
+            return Text(f"◎ {probing_text(self.probing)}", style="bold cyan")
         if not self.seen_start and self.preparing is not None:
             return Text(preparing_text(self.preparing), style="yellow")
         if not self.seen_start and self.last is None:
@@ -234,6 +241,8 @@ class ProgressPanel(Static):
         grid.add_row("loss", loss)
         grid.add_row("lr", f"{fmt(r.lr, '.2e')}  grad norm {fmt(r.grad_norm, '.3f')}")
         speed = f"{fmt(r.tokens_per_s, ',.0f')} tok/s"
+        if self.probing is not None and self.end is None:
+            speed = "— training waits for the probes (p, s or q cuts them short)"
         if r.mfu is not None:
             speed += f"  MFU {100 * r.mfu:.0f}%"
         if self.recent_s_per_step:

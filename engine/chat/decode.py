@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.chat.liger_compile import keep_liger_out_of_compile
+
 MODES = ("auto", "eager", "graph", "compile-graph", "compile")
 MODE_ENV = "LEVIATHAN_DECODE_MODE"  # overrides "auto" (benchmarks, or a model that needs eager)
 BUCKET = 256  # cache lengths are rounded up to this: fewer distinct graphs
@@ -189,6 +191,7 @@ class Decoder:
             # Inductor fuses the small ops (norms, rope, activations); graph breaks cost nothing
             # because the whole step, compiled parts and eager parts, is captured as one graph.
             if self._inductor is None:
+                keep_liger_out_of_compile()
                 self._inductor = torch.compile(self.core, dynamic=False, fullgraph=False)
             fused = self._inductor
 
@@ -251,6 +254,7 @@ class Decoder:
 
     def _compiled_step(self, st, cache, greedy, temperature, top_p):
         if self._compiled is None:
+            keep_liger_out_of_compile()
             self._compiled = torch.compile(
                 lambda ids, mask, pos, cpos, c: self._forward(ids, mask, pos, cpos, c),
                 mode="reduce-overhead",

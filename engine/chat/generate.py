@@ -136,11 +136,15 @@ def hf_sampling(temperature: float = 0.0, top_p: float | None = None) -> dict:
 def _hf_rows(
     model, rows, routed, why, max_new_tokens, stop_ids, pad_id, temperature, top_p, on_token, should_stop
 ):
-    """``model.generate`` (PEFT's mixed batch for several adapters), for what the engine cannot run."""
+    """``model.generate`` (PEFT's mixed batch for several adapters), for what the engine cannot run.
+
+    Tokens are taken as ``generate`` makes them (its stopping criteria see each new column),
+    so they stream, and the times are those of the tokens: the first token's latency apart,
+    the rate is the tokens after the first over the time after the first, as on the engine."""
     import time
 
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
     t0 = time.perf_counter()
     device = next(p for p in model.parameters() if p.device.type != "meta").device
@@ -150,37 +154,62 @@ def _hf_rows(
     for i, r in enumerate(rows):
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
-
-    class Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kw):
-            flag = bool(should_stop and should_stop())
-            return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
-
+    taken = _Taken(len(rows), stop_ids, on_token, should_stop)
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad_id)
     kw.update(hf_sampling(temperature, top_p))
     if routed is not None and len(set(routed)) > 1:
         kw["adapter_names"] = [n or "__base__" for n in routed]
     with torch.no_grad():
-        out = model.generate(
+        model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            stopping_criteria=StoppingCriteriaList([Stop()]),
+            stopping_criteria=StoppingCriteriaList([taken]),
             **kw,
         )
-    t_first = time.perf_counter()
-    tokens, hit = [], []
-    for i in range(len(rows)):
-        got = out[i, width:].tolist()
-        cut = next((k for k, t in enumerate(got) if t in stop_ids), None)
-        for t in got[: (cut + 1) if cut is not None else len(got)]:
-            if on_token:
-                on_token(i, t)
-        tokens.append(got[:cut] if cut is not None else got)
-        hit.append(cut is not None)
-    now = time.perf_counter()
+    first = taken.t_first - t0 if taken.t_first is not None else None
     return Result(
-        tokens, hit, None, now - t0, [now] * len(rows), t_first, "hf-generate", [f"slow path: {why}"]
+        taken.tokens,
+        taken.hit,
+        first,
+        time.perf_counter() - t0,
+        taken.t_last,
+        taken.t_first,
+        "hf-generate",
+        [f"slow path: {why}"],
     )
+
+
+class _Taken:
+    """``model.generate``'s stopping criterion that takes each new token as it comes: the rows'
+    answers, the time each row's last token came, ``on_token`` and a stop on request."""
+
+    def __init__(self, rows: int, stop_ids, on_token, should_stop) -> None:
+        import time
+
+        self.clock = time.perf_counter
+        self.stop_ids, self.on_token, self.should_stop = stop_ids, on_token, should_stop
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.hit = [False] * rows
+        self.t_last: list[float | None] = [None] * rows
+        self.t_first: float | None = None
+
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+
+        now = self.clock()
+        self.t_first = self.t_first if self.t_first is not None else now
+        for i, tok in enumerate(input_ids[:, -1].tolist()):
+            if self.hit[i]:
+                continue  # padding after the row's stop token
+            if tok in self.stop_ids:
+                self.hit[i] = True
+            else:
+                self.tokens[i].append(tok)
+            self.t_last[i] = now
+            if self.on_token:
+                self.on_token(i, tok)
+        flag = bool(self.should_stop and self.should_stop())
+        return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
 
 
 def generate(
@@ -193,8 +222,12 @@ def generate(
     system: str | None = None,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     target=ACTIVE,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Greedy answers, in the order of ``prompts``.
+
+    ``should_stop()``: asked between tokens; once true, the batch in flight is dropped and no
+    other starts (the answers not reached stay ``""``; ``on_batch`` saw the ones that are real).
 
     ``on_batch(indices, answers)`` is called after each batch (to save results as they come).
     ``target``: the PEFT adapter every prompt goes through (default: the model's active one;
@@ -217,7 +250,10 @@ def generate(
             stop_ids=stops,
             pad_id=pad,
             names=[target] * len(idx),
+            should_stop=should_stop,
         )
+        if should_stop is not None and should_stop():
+            break
         batch = [strip_thinking(tokenizer.decode(t, skip_special_tokens=True)) for t in res.tokens]
         for i, text in zip(idx, batch, strict=True):
             answers[i] = text

@@ -50,7 +50,7 @@ def _unsupported(model, names: set[str]) -> str | None:
         here = names & set(m.lora_A.keys())
         if not here:
             continue
-        if not isinstance(m, Linear):
+        if not isinstance(m, Linear) and not _quantized(m):
             return f"{type(m).__name__} layers"
         if getattr(m, "merged", False):
             return "an adapter is merged into the weights"
@@ -59,6 +59,20 @@ def _unsupported(model, names: set[str]) -> str | None:
         ):
             return "DoRA or another LoRA variant"
     return None
+
+
+def _quantized(m) -> bool:
+    """PEFT's LoRA over a bitsandbytes 4-bit or 8-bit base (QLoRA): its base layer computes
+    the base product, the adapter's products are the same as over a plain Linear."""
+    return type(m).__name__ in ("Linear4bit", "Linear8bitLt") and type(m).__module__.startswith("peft.")
+
+
+def _compute_dtype(base):
+    """The dtype a base layer computes in: its weight's, or a 4-bit layer's ``compute_dtype``."""
+    w = getattr(base, "weight", None)
+    if w is not None and w.dtype in (torch.bfloat16, torch.float16, torch.float32):
+        return w.dtype
+    return getattr(base, "compute_dtype", None)
 
 
 class Route:
@@ -92,16 +106,11 @@ class Route:
                     continue
                 A, B = m.lora_A[name].weight, m.lora_B[name].weight
                 bias = getattr(m.lora_B[name], "bias", None)
-                base_w = getattr(m.get_base_layer(), "weight", None)
-                half = (
-                    A.is_cuda
-                    and base_w is not None
-                    and base_w.dtype in (torch.bfloat16, torch.float16)
-                    and A.dtype != base_w.dtype
-                )
+                base_dtype = _compute_dtype(m.get_base_layer())
+                half = A.is_cuda and base_dtype in (torch.bfloat16, torch.float16) and A.dtype != base_dtype
                 if half:  # inference copies in the base's dtype: fewer casts, half the bytes
-                    A, B = A.detach().to(base_w.dtype), B.detach().to(base_w.dtype)
-                    bias = bias.detach().to(base_w.dtype) if bias is not None else None
+                    A, B = A.detach().to(base_dtype), B.detach().to(base_dtype)
+                    bias = bias.detach().to(base_dtype) if bias is not None else None
                 scale = m.scaling[name]
                 if all(n == name for n in self.names):
                     row_scale = None

@@ -53,8 +53,14 @@ class Progress:
             self._write(f"saved {r.path}")
         elif isinstance(r, records.Probe):
             got = r.error or f"{r.passed}/{r.total}"
+            if r.cut:
+                got += f" of {r.planned}, cut short by {r.cut}"
             self._write(f"probe {r.suite} on step {r.step}: {got} ({r.seconds}s)")
             self._learned(r)
+        elif isinstance(r, records.Probing):  # probes hold the step: say so, not a stale tok/s
+            from engine.evaluate.probes import probing_line
+
+            self._write(probing_line(record), transient=True)
         elif isinstance(r, records.AlertResolved):
             self._write(f"resolved {r.rule}: {r.message}")
         elif isinstance(r, records.Alert):

@@ -281,10 +281,13 @@ def run_suite(
     result: ResultFile | None = None,
     on_item: Callable[[dict], None] | None = None,
     hide=(),
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Answer and judge every case; returns the result data (also written to ``result``).
 
     ``hide``: folders (the run folder) the code box hides where it has a mount namespace.
+    ``should_stop()``: asked between tokens; once true the suite ends early with status ``cut``
+    (the batch in flight is dropped, not judged on half answers).
     """
     from engine.chat.generate import generate
 
@@ -310,13 +313,14 @@ def run_suite(
             batch_size=settings.batch_size,
             system=settings.system_prompt,
             on_batch=on_batch,
+            should_stop=should_stop,
         )
     except BaseException as e:
         result.finish("failed", f"{type(e).__name__}: {e}")
         raise
     # Items in suite order, whatever order the batches ran in.
     result.data["items"] = [by_index[i] for i in sorted(by_index)]
-    result.finish("completed")
+    result.finish("cut" if len(by_index) < len(cases) else "completed")
     return result.data
 
 

@@ -37,11 +37,35 @@ def estimate_bytes(
     return int(weights + acts + 2 * 2**30)
 
 
+PROBE_PROMPT_TOKENS = 256  # room for a suite prompt with its chat template
+DECODE_BUCKET = 256  # engine.chat.decode.BUCKET: cache lengths are rounded up to it
+
+
+def probe_bytes(model_config, batch: int, max_new_tokens: int, dtype_bytes: int = 2) -> int:
+    """What the on-save probes add while they run (``engine.chat.decode``): the static KV cache
+    of one batch of ``batch`` rows, the prefill's largest layer transients and the logits.
+
+    Counted on top of training's peak: the probes run between steps, but the allocator keeps
+    training's blocks cached, and the cache is a new allocation of another shape."""
+    text = getattr(model_config, "text_config", model_config)
+    h, layers = text.hidden_size, text.num_hidden_layers
+    inter = getattr(text, "intermediate_size", 4 * h)
+    heads = getattr(text, "num_attention_heads", 32)
+    kv = getattr(text, "num_key_value_heads", heads)
+    head_dim = getattr(text, "head_dim", None) or h // heads
+    length = -(-(PROBE_PROMPT_TOKENS + max_new_tokens) // DECODE_BUCKET) * DECODE_BUCKET
+    cache = batch * length * layers * 2 * kv * head_dim * dtype_bytes
+    prefill = batch * PROBE_PROMPT_TOKENS * (4 * h + 3 * inter) * dtype_bytes
+    logits = batch * text.vocab_size * 4 * 2  # float32 logits and their softmax
+    return int(cache + prefill + logits)
+
+
 def needs_checkpointing(config, liger: bool, loaded_bytes: int = 0) -> tuple[bool, int, int]:
     """(checkpointing on?, estimated bytes without it, bytes available on the GPU).
 
     ``loaded_bytes``: what this process already holds that the estimate counts (the weights,
-    when the model is loaded before the choice).
+    when the model is loaded before the choice). On-save probes (``evaluation.on_save``) add
+    their decode memory (``probe_bytes``).
     """
     import torch
 
@@ -51,4 +75,7 @@ def needs_checkpointing(config, liger: bool, loaded_bytes: int = 0) -> tuple[boo
     tokens = config.micro_batch_size * config.sequence_len
     free = torch.cuda.mem_get_info()[0] + loaded_bytes
     need = estimate_bytes(cfg, tokens, config.quant_bits, checkpointing=False, liger=liger)
+    ev = config.evaluation
+    if ev is not None and ev.on_save:
+        need += probe_bytes(cfg, ev.batch_size, ev.max_new_tokens)
     return need > 0.92 * free, need, free

@@ -217,6 +217,7 @@ class Save(Record):
     path: Str = None
     loss: Num = None
     eval_loss: Num = None
+    probes_skipped: Str = None  # why the on-save probes did not run (not a scheduled save, stopping)
 
 
 class CheckpointRemoved(Record):
@@ -227,12 +228,23 @@ class CheckpointRemoved(Record):
 class Probe(Record):
     path: Str = None
     result: Str = None  # its eval/<suite>-checkpoint-N.json
+    cut: Str = None  # cut short by a stop, pause or save (the run acted at the next step)
+    planned: Int = None  # the prompts it would have run when cut
     suite: Str = None
     passed: Int = None
     total: Int = None
     score: Float = None
     error: Str = None
     seconds: Float = None
+
+
+class Probing(Record):
+    """A probe suite in progress on a save (the step waits for it): i of n prompts, time left."""
+
+    suite: Str = None
+    i: Int = None
+    n: Int = None
+    seconds_left: Float = None
 
 
 class Chat(Record):
@@ -244,6 +256,7 @@ class Control(Record):
     commands: List = None
     flags: Dict = None
     rank_steps: List = None
+    between_steps: Bool = None  # read while probes held the step (they are cut short)
 
 
 class _PauseFields(Record):
@@ -340,6 +353,7 @@ KINDS: dict[str, type[Record]] = {
     "save": Save,
     "checkpoint_removed": CheckpointRemoved,
     "probe": Probe,
+    "probing": Probing,
     "chat": Chat,
     "control": Control,
     "paused": Paused,

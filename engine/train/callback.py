@@ -49,6 +49,7 @@ class CockpitCallback(TrainerCallback):
         self._pause_pending = False  # asked: the trainer holds once this step's record is written
         self._held_since: float | None = None  # paused since (None: not paused)
         self._saved_step: int | None = None  # a stop right after a save does not save the step twice
+        self._polled = 0.0  # when the control file was last read during probes
 
     # -- progress -------------------------------------------------------------------------
 
@@ -125,17 +126,55 @@ class CockpitCallback(TrainerCallback):
             },
         )
         checkpoints.clear_torn(args.output_dir)  # a complete save: the torn ones set aside can go
+        skip = self._probe_skip(args, state) if self.probes else None
         self.log.emit(
-            "save", step=state.global_step, path=path, loss=self.last_loss, eval_loss=self.last_eval_loss
+            "save",
+            step=state.global_step,
+            path=path,
+            loss=self.last_loss,
+            eval_loss=self.last_eval_loss,
+            **({"probes_skipped": skip} if skip else {}),
         )
-        if self.probes:  # on the weights just saved, at this step boundary
-            self.probes.run(kwargs.get("model"), kwargs.get("processing_class"), path, state.global_step)
+        if self.probes and not skip:  # on the weights just saved, at this step boundary
+            self.probes.run(
+                kwargs.get("model"),
+                kwargs.get("processing_class"),
+                path,
+                state.global_step,
+                cut=lambda: self._probe_cut(state.global_step),
+            )
         best_steps = [self.best[1]] if self.best else []
         if self.probes and (probe_best := self.probes.best_step(args.output_dir)) is not None:
             best_steps.append(probe_best)
         for removed in checkpoints.retain(args.output_dir, self.save_total_limit, best_steps):
             self.log.emit("checkpoint_removed", step=state.global_step, path=str(removed))
         self._exclude(time.time() - self._phase_end)  # saving (and probing) is not training time
+
+    def _probe_skip(self, args, state) -> str | None:
+        """Why the probes do not run at this save (None: they do). Only the saves ``save_steps``
+        schedules and the last step's are probed: a best-eval save, a manual save or a stop's
+        would run the suites again a few steps after the last ones, holding the run meanwhile."""
+        if self.controls.stop.is_set():
+            return "stopping"
+        every = int(getattr(state, "save_steps", 0) or args.save_steps or 0)
+        scheduled = str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps" and every > 0
+        if scheduled and state.global_step % every == 0:
+            return None
+        if state.max_steps and state.global_step >= state.max_steps:
+            return None
+        return "not a scheduled save"
+
+    def _probe_cut(self, step: int) -> str | None:
+        """A key that cuts running probes short: the run acts on it at the next step instead."""
+        c = self.controls
+        if time.monotonic() - self._polled > 0.2:
+            self._polled = time.monotonic()
+            if commands := self.commands.read_file():  # rank 0 (probes run there), no collective
+                self.log.emit("control", step=step, commands=commands, between_steps=True)
+        for name, event in (("stop", c.stop), ("pause", c.pause), ("save", c.save_now)):
+            if event.is_set():
+                return name
+        return None
 
     # -- commands -------------------------------------------------------------------------
 

@@ -419,7 +419,11 @@ def _choose_gc(config: RunConfig) -> tuple[bool, str]:
 
     on, need, free = needs_checkpointing(config, liger_available())
     verdict = "on" if on else "off"
-    return on, f"auto: ~{need / 2**30:.1f} GiB needed without it, {free / 2**30:.1f} GiB free -> {verdict}"
+    probes = " (probes on save included)" if config.evaluation.on_save else ""
+    return (
+        on,
+        f"auto: ~{need / 2**30:.1f} GiB needed without it{probes}, {free / 2**30:.1f} GiB free -> {verdict}",
+    )
 
 
 def _mfu_terms(model, config: RunConfig, lora_params: int) -> tuple[float, float | None]:

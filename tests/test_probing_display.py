@@ -1,0 +1,31 @@
+"""While probes run, headless says so (suite, i of n, time left), and a cut probe says by what."""
+
+from __future__ import annotations
+
+import io
+
+from engine.cli.headless import Progress
+
+
+def test_headless_shows_probing_and_cut_probes():
+    out = io.StringIO()
+    show = Progress(stream=out)
+    show({"kind": "probing", "step": 20, "suite": "identity", "i": 0, "n": 5})
+    show({"kind": "probing", "step": 20, "suite": "identity", "i": 2, "n": 5, "seconds_left": 7.5})
+    probe = {"kind": "probe", "step": 20, "suite": "identity", "passed": 1, "total": 2, "seconds": 5.0}
+    show({**probe, "cut": "pause", "planned": 5})
+    assert out.getvalue().splitlines() == [
+        "probing identity on step 20: 0/5",
+        "probing identity on step 20: 2/5, ~8s left",
+        "probe identity on step 20: 1/2 of 5, cut short by pause (5.0s)",
+    ]
+
+
+def test_checkpoint_table_says_a_probe_was_cut():
+    from cockpit.widgets.checkpoints_table import _probe
+
+    scores = {
+        "identity": {"passed": 1, "total": 2, "cut": "stop", "planned": 5},
+        "inference": {"passed": 7, "total": 9},
+    }
+    assert _probe(scores).plain == "identity cut (1/2 of 5) · inference 7/9"
