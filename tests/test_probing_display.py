@@ -23,9 +23,12 @@ def test_headless_shows_probing_and_cut_probes():
 
 def test_checkpoint_table_says_a_probe_was_cut():
     from cockpit.widgets.checkpoints_table import _probe
+    from engine.run import records
 
     scores = {
-        "identity": {"passed": 1, "total": 2, "cut": "stop", "planned": 5},
-        "inference": {"passed": 7, "total": 9},
+        "identity": records.decode(
+            {"t": 1.0, "kind": "probe", "passed": 1, "total": 2, "cut": "stop", "planned": 5}
+        ),
+        "inference": records.decode({"t": 1.0, "kind": "probe", "passed": 7, "total": 9}),
     }
     assert _probe(scores).plain == "identity cut (1/2 of 5) · inference 7/9"
