@@ -160,6 +160,7 @@ class CockpitApp(App[int]):
             messages.append(LinesSkipped(self.source.bad_lines))
         controls = self.source.controls
         before = self.state.label()
+        self.state.loading = getattr(self.source, "loading", False)
         self.state.observe(records)
         if controls is not None and controls.stop.is_set() and not self._stop_shown:
             self._stop_shown = True  # also when a signal asked for it

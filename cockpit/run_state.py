@@ -23,6 +23,7 @@ class RunState:
         self.saved_step: int | None = None  # the step of the last `save` record
         self.writer_alive: bool | None = None
         self.stalled_s: float | None = None  # no record or heartbeat for this long (None: alive)
+        self.loading = False  # an attached log is still being read: its end record may be to come
         self._resumed_at: int | None = None
         self._steps_since_start = 0
 
@@ -137,7 +138,7 @@ class RunState:
                 return f"already {status}{at}: nothing left to train"
             return f"{status}{at}"
         if self.phase == "gone":
-            return f"not running (no end record){at}"
+            return f"loading the run log{at}…" if self.loading else f"not running (no end record){at}"
         if self.stalled_s is not None:
             return f"stalled{at}: no record or heartbeat for {_age(self.stalled_s)} (stopped or hung?)"
         if self.phase == "paused":

@@ -82,6 +82,12 @@ class FileSource(Source):
         self.queue = queue.Queue(maxsize=4 * DRAIN_LIMIT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._read_all = threading.Event()  # the follower reached the end of the file once
+
+    @property
+    def loading(self) -> bool:
+        """Still replaying what the log held when attached (a long finished run: seconds)."""
+        return not self._read_all.is_set() or not self.queue.empty()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._follow, name="follow-run-log", daemon=True)
@@ -104,7 +110,7 @@ class FileSource(Source):
     def _follow(self) -> None:
         from engine.run.events import follow
 
-        for record in follow(self.path, self._stop, self.poll_s, on_bad=self._bad):
+        for record in follow(self.path, self._stop, self.poll_s, on_bad=self._bad, at_end=self._read_all.set):
             while not self._stop.is_set():
                 try:
                     self.queue.put(record, timeout=0.2)

@@ -161,3 +161,27 @@ async def test_a_killed_run_says_so(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(lambda: "not running" in fields(app), pilot=pilot)
         await wait_for(lambda: "killed?" in fields(app) and "ETA —" in fields(app), pilot=pilot)
+
+
+async def test_a_long_finished_log_says_loading_never_killed(tmp_path):
+    """Attaching reads a long log for seconds before its end record: "loading", not "killed?"."""
+    run_dir = tmp_path / "long"
+    run_dir.mkdir()
+    n = 120_000
+    with open(run_dir / "events.jsonl", "w") as f:
+        f.write(json.dumps({"t": 1.0, "kind": "start", "step": 0, "max_steps": n}) + "\n")
+        for s in range(1, n + 1):
+            f.write(json.dumps({"t": 1.0 + s, "kind": "step", "step": s, "loss": 2.0, "max_steps": n}) + "\n")
+        f.write(json.dumps({"t": 2.0 + n, "kind": "end", "step": n, "status": "completed"}) + "\n")
+    assert not run_is_live(run_dir)
+    app = build_attach_app(run_dir, clock=lambda: 3.0 + n)
+    seen: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        while not app.ended:
+            seen.append(app.sub_title + " | " + fields(app))
+            await pilot.pause(0.05)
+        await wait_for(lambda: f"completed at step {n:,}" in app.sub_title, pilot=pilot)
+    assert any("loading the run log" in s for s in seen), seen[:3]
+    assert not any("killed?" in s or "no end record" in s for s in seen), [
+        s for s in seen if "killed?" in s or "no end record" in s
+    ][:3]

@@ -170,6 +170,9 @@ class ProgressPanel(Static):
             status = self.end.status or "ended"
             return Text(f"■ {status}", style=STATUS_STYLE.get(status, "bold"))
         if self.writer_alive is False and self.seen_start:
+            if getattr(getattr(self.app, "source", None), "loading", False):
+                at = f": step {self.last.step:,}" if self.last is not None and self.last.step else ""
+                return Text(f"◌ loading the run log{at}…", style="dim")  # its end record is still to come
             return Text("■ not running (no end record: killed?)", style="bold red")
         live = self._live_state()
         if live is not None:

@@ -219,17 +219,21 @@ def follow(
     stop: threading.Event,
     poll_s: float = 0.25,
     on_bad: Callable[[bytes], None] | None = None,
+    at_end: Callable[[], None] | None = None,
 ) -> Iterator[dict]:
     """Yield records as another process appends them, until ``stop`` is set.
 
     A partial last line is held back until its newline arrives. A torn or foreign line is
-    skipped and handed to ``on_bad`` (the cockpit counts them).
+    skipped and handed to ``on_bad`` (the cockpit counts them). ``at_end`` is called each time
+    the reader has caught up with the file (the cockpit says "loading" until the first time).
     """
     pending = b""
     with open(path, "rb") as f:
         while not stop.is_set():
             chunk = f.readline()
             if not chunk:
+                if at_end is not None:
+                    at_end()
                 time.sleep(poll_s)
                 continue
             pending += chunk
