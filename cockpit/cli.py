@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--machine-rank", type=int, metavar="R", help="this host's rank in a multi-host run")
     p.add_argument(
+        "--override-gate",
+        metavar="REASON",
+        help="start although the config's gate (the 10%% run's checks) fails; the reason is recorded",
+    )
+    p.add_argument(
         "--allow-world-size-change",
         action="store_true",
         help="resume a checkpoint written by a different number of processes",
@@ -147,14 +152,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "train" and args.override_gate is not None:
+        from engine.evaluate.gate import OVERRIDE_ENV  # the trainer processes inherit it
+
+        os.environ[OVERRIDE_ENV] = args.override_gate
+        try:
+            return _train(args)
+        finally:
+            os.environ.pop(OVERRIDE_ENV, None)
     if args.command == "train":
-        if args.headless:
-            from engine.cli.headless import train_headless
-
-            return train_headless(args)
-        from cockpit.launch import train_in_cockpit
-
-        return train_in_cockpit(args, args.nproc)
+        return _train(args)
     if args.command == "attach":
         from cockpit.launch import attach
 
@@ -172,6 +179,16 @@ def _dispatch(args) -> int:
 
         return preprocess_command(args)
     return args.handler(args)
+
+
+def _train(args) -> int:
+    if args.headless:
+        from engine.cli.headless import train_headless
+
+        return train_headless(args)
+    from cockpit.launch import train_in_cockpit
+
+    return train_in_cockpit(args, args.nproc)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def train_headless(args) -> int:
 
     # Before torch loads (seconds): a command a script appends from here on is this run's.
     paths = run_paths(config, run_name_for(args, config, path), args.logs_dir)
-    claim_run_dir(config, paths.run_dir, paths.output_dir, check=False)
+    claim_run_dir(config, paths.run_dir, paths.output_dir, check=False, resume=args.resume)
     from engine.train.train import run
 
     for note in notes:

@@ -214,7 +214,7 @@ def launch(
     name = run_name or config.run_name or config_path.stem
     paths = run_paths(config, name, str(logs_dir) if logs_dir else None)
     run_dir = paths.run_dir.resolve()
-    offset = claim_run_dir(config, run_dir, paths.output_dir, checked is None) if rank == 0 else 0
+    offset = claim_run_dir(config, run_dir, paths.output_dir, checked is None, resume) if rank == 0 else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     write_handoff(config, notes, RunDir(run_dir).launch_config)
     ranks = rank_args(config_path, name, run_dir.parent, resume, max_steps, force, allow_world_size_change)
@@ -243,15 +243,19 @@ def _check_launchable(config, n: int, rank: int) -> None:
         require_deepspeed(config.deepspeed)
 
 
-def claim_run_dir(config, run_dir: Path, output_dir: Path, check: bool = True) -> int:
-    """Check the setup (unless the caller did), refuse a run (or output_dir) being trained
-    already, empty the control file (this job's trainer reads it from its start: a command
-    written from now on counts); the run log's size, where this job's records begin."""
+def claim_run_dir(config, run_dir: Path, output_dir: Path, check: bool = True, resume: str = "auto") -> int:
+    """Check the setup (unless the caller did) and the gate, refuse a run (or output_dir) being
+    trained already, empty the control file (this job's trainer reads it from its start: a
+    command written from now on counts); the run log's size, where this job's records begin."""
+    from engine.evaluate import gate
+    from engine.run import checkpoints
     from engine.run.runlock import OutputLock, RunLock
     from engine.train.preflight import check_setup
 
     if check:
         check_setup(config)  # before the first byte is written
+    # the 10% run's checks (the trainer records the outcome): a refused start writes nothing
+    gate.enforce(config, run_dir, fresh=resume == "never" or checkpoints.latest(output_dir) is None)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir), OutputLock(output_dir, run_dir):
         pass
