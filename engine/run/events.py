@@ -35,6 +35,7 @@ def _clean(value):
     return value
 
 
+SEAL_INTERVAL_S = 0.25  # the seal's rewrite, at most this often: off the step's path (benchmarks/log_seal.py)
 DAMAGED = "run_log_damaged"
 DAMAGED_ADVICE = (
     "the lost records cannot be read back from the log; each checkpoint's trainer_state.json "
@@ -71,7 +72,7 @@ class RunLog:
         self._end = -1  # where our last write ended (-1: not known)
         damage = check(self.path, "run log")  # before a word is added: what the last writer left
         self._open()
-        self._sealer = Sealer(self.path)
+        self._sealer = Sealer(self.path, SEAL_INTERVAL_S)
         self._sealer.start(self._fd)
         self.reserve = self.path.with_name(RESERVE)
         self.restore_reserve()
@@ -179,6 +180,7 @@ class RunLog:
     def sync(self) -> None:
         with self._lock:
             if self._fd is not None:
+                self._sealer.flush()
                 with contextlib.suppress(OSError):
                     os.fsync(self._fd)
 

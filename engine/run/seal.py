@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,13 +96,20 @@ def check(log: str | Path, what: str = "log") -> Damage | None:
 
 
 class Sealer:
-    """The writer's side: call ``after`` with where each append started and its bytes."""
+    """The writer's side: call ``after`` with where each append started and its bytes.
 
-    def __init__(self, log: str | Path) -> None:
+    The hash follows every append; the seal file is rewritten at most every ``interval_s``
+    (and at ``close``): records newer than that are only not judged yet, never read as damage.
+    """
+
+    def __init__(self, log: str | Path, interval_s: float = 0.0) -> None:
         self.log = Path(log)
         self.path = seal_path(self.log)
         self.noticed: str | None = None  # the log shrank under the writer (truncated, deleted)
+        self.interval_s = interval_s
         self._fd: int | None = None
+        self._written = 0.0  # when the seal file was last rewritten (monotonic)
+        self._dirty = False
         self._reset()
 
     def _reset(self) -> None:
@@ -137,16 +145,25 @@ class Sealer:
         self._hash.update(data)
         self.offset = before + len(data)
         self.lines += data.count(b"\n")
-        self._write()
+        self._dirty = True
+        if self.noticed or time.monotonic() - self._written >= self.interval_s:
+            self._write()
 
     def _write(self) -> None:
+        self._dirty = False
+        self._written = time.monotonic()
         if self._fd is None:
             return
         line = json.dumps({"bytes": self.offset, "lines": self.lines, "xxh3": self._hash.hexdigest()})
         with contextlib.suppress(OSError):  # a seal that cannot be written only weakens the check
             os.pwrite(self._fd, line.encode().ljust(SIZE - 1) + b"\n", 0)
 
+    def flush(self) -> None:
+        if self._dirty:
+            self._write()
+
     def close(self) -> None:
+        self.flush()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
