@@ -187,3 +187,32 @@ def test_the_checklist_and_the_card_say_the_run_log_lost_records(run_dir):
     summary = summarize_run(run_dir)
     assert len(summary.damage) == 1 and "cut short" in summary.damage[0]
     assert "## Records lost" in model_card(run_dir, "u/m", summary)
+
+
+def test_step_losses_lost_from_the_log_are_rebuilt_from_the_last_checkpoint(tmp_path):
+    from engine.evaluate.checklist_rules import Sources
+    from engine.run.checkpoints import begin_save, mark_complete
+
+    losses = {1: 2.0, 2: 1.5, 3: 1.25, 4: 1.125, 5: 1.0}
+    path = tmp_path / "logs" / "run" / "events.jsonl"
+    log = RunLog(path)
+    log.emit("start", step=0, output_dir=str(tmp_path / "out"))
+    for step, loss in losses.items():
+        log.emit("step", step=step, loss=loss)
+    log.close()
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    begin_save(ckpt)  # as the trainer saves; its log_history holds steps 1-4
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+    history = [
+        {"step": s, "loss": loss, "learning_rate": 1e-4, "epoch": s / 5}
+        for s, loss in losses.items()
+        if s <= 4
+    ]
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "log_history": history}))
+    mark_complete(ckpt, {"step": 4})
+    _keep_lines(path, 3)  # start, steps 1 and 2 left
+    src = Sources(path.parent)
+    assert [(r.step, r.loss) for r in src.steps] == [(s, loss) for s, loss in losses.items() if s <= 4]
+    assert src.damage[1] == (
+        f"run log: 2 step loss(es) lost from it (steps 3-4) rebuilt from {ckpt / 'trainer_state.json'}"
+    )

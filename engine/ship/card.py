@@ -65,6 +65,8 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
     from engine.evaluate import checklist_state
     from engine.run.chat_log import chat_damage
     from engine.run.events import LogContents, damage_said, dedupe_steps, read_events
+    from engine.run.rebuild import lost_steps
+    from engine.run.rundir import output_dir_of
     from engine.run.seal import check
 
     s.config = lineage.run_config(run_dir)
@@ -74,7 +76,11 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
         log = LogContents(damage=check(RunDir(run_dir).events, "run log"))
     raw = log.records
     state, restored = checklist_state.load(run_dir)
-    s.damage = damage_said(log) + chat_damage(run_dir) + restored
+    s.damage = damage_said(log)
+    if s.damage:  # the steps up to the last save, from its trainer_state.json
+        rebuilt, said = lost_steps(output_dir_of(run_dir, raw), raw)
+        raw, s.damage = raw + rebuilt, s.damage + ([said] if said else [])
+    s.damage += chat_damage(run_dir) + restored
     typed = records.decode_all(raw)
     data = [r for r in typed if isinstance(r, records.Data)]
     if data:
