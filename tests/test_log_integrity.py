@@ -216,3 +216,16 @@ def test_step_losses_lost_from_the_log_are_rebuilt_from_the_last_checkpoint(tmp_
     assert src.damage[1] == (
         f"run log: 2 step loss(es) lost from it (steps 3-4) rebuilt from {ckpt / 'trainer_state.json'}"
     )
+
+
+def test_a_zeroed_block_over_several_records_counts_each_one(tmp_path):
+    path = _log(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    start = sum(len(x) for x in lines[:20])  # lines 21-23 zeroed, their newlines but the last
+    data = bytearray(path.read_bytes())
+    width = sum(len(x) for x in lines[20:23]) - 1
+    data[start : start + width] = bytes(width)
+    path.write_bytes(bytes(data))
+    damage = read_events(path).damage
+    assert damage is not None and damage.missing == 3 and damage.good_lines == 20, damage
+    assert len(read_events(path).records) == N - 3

@@ -48,20 +48,21 @@ def read_seal(log: str | Path) -> dict | None:
     return seal if ok and isinstance(seal.get("xxh3"), str) else None
 
 
-def _scan(path: Path, limit: int | None = None) -> tuple[str, int, int, list[int]]:
-    """(hash of the first ``limit`` bytes, bytes, newlines in them, numbers of unreadable lines)."""
+def _scan(path: Path, limit: int) -> tuple[str, int, int, list[int]]:
+    """(hash of the first ``limit`` bytes, bytes, newlines in them, numbers of lines holding NULs)."""
     h, size, lines, bad = xxhash.xxh3_64(), 0, 0, []
     with open(path, "rb") as f:
-        for line in f:
-            if limit is not None and size + len(line) > limit:
-                line = line[: limit - size]
-            h.update(line)
-            size += len(line)
-            lines += line.count(b"\n")
-            if b"\0" in line:  # a zeroed block; other changed bytes show only in the hash
-                bad.append(lines if line.endswith(b"\n") else lines + 1)
-            if limit is not None and size >= limit:
+        while size < limit:
+            chunk = f.read(min(CHUNK, limit - size))
+            if not chunk:
                 break
+            h.update(chunk)
+            if b"\0" in chunk:  # a zeroed block; other changed bytes show only in the hash
+                for i, part in enumerate(chunk.split(b"\n")):
+                    if b"\0" in part and (not bad or bad[-1] != lines + i + 1):
+                        bad.append(lines + i + 1)
+            lines += chunk.count(b"\n")
+            size += len(chunk)
     return h.hexdigest(), size, lines, bad
 
 
@@ -86,11 +87,12 @@ def check(log: str | Path, what: str = "log") -> Damage | None:
     if digest != seal["xxh3"]:
         where = f"lines {bad[0]}-{bad[-1]}" if bad else f"somewhere in its first {lines} lines"
         good = bad[0] - 1 if bad else 0
+        lost = seal["lines"] - lines + len(bad)  # zeroed newlines joined records into one line
         return Damage(
             f"{what} damaged: {log}: bytes changed since they were written ({where}; a zeroed block "
-            f"or a bad disk): {len(bad)} record(s) there are lost, the rest are read",
+            f"or a bad disk): {lost} record(s) there are lost, the rest are read",
             good,
-            len(bad),
+            lost,
         )
     return None
 
