@@ -229,3 +229,16 @@ def test_a_zeroed_block_over_several_records_counts_each_one(tmp_path):
     damage = read_events(path).damage
     assert damage is not None and damage.missing == 3 and damage.good_lines == 20, damage
     assert len(read_events(path).records) == N - 3
+
+
+def test_an_attached_damaged_log_without_its_end_says_why(tmp_path):
+    from cockpit.run_state import RunState
+
+    path = _log(tmp_path, 5)
+    _keep_lines(path, 3)
+    state = RunState(read_only=True)
+    state.observe([damage_alert(path), *read_events(path).records])
+    state.writer(False)
+    assert (
+        state.label() == "attached, read-only · not running (no end record: the run log is damaged) at step 2"
+    )
