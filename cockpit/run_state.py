@@ -24,6 +24,7 @@ class RunState:
         self.writer_alive: bool | None = None
         self.stalled_s: float | None = None  # no record or heartbeat for this long (None: alive)
         self.loading = False  # an attached log is still being read: its end record may be to come
+        self.log_damaged = False  # a run_log_damaged alert (engine.run.seal): its end may be lost
         self._resumed_at: int | None = None
         self._steps_since_start = 0
 
@@ -86,6 +87,8 @@ class RunState:
                 self.step = r["step"]
             if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
                 self.max_steps = r["max_steps"]
+            if kind == "alert" and r.get("rule") == "run_log_damaged":
+                self.log_damaged = True
             if kind == "start":
                 self.phase, self.end, self.stop_asked, self.asked = "training", None, False, None
                 self._resumed_at, self._steps_since_start = None, 0
@@ -138,7 +141,8 @@ class RunState:
                 return f"already {status}{at}: nothing left to train"
             return f"{status}{at}"
         if self.phase == "gone":
-            return f"loading the run log{at}…" if self.loading else f"not running (no end record){at}"
+            why = "no end record: the run log is damaged" if self.log_damaged else "no end record"
+            return f"loading the run log{at}…" if self.loading else f"not running ({why}){at}"
         if self.stalled_s is not None:
             return f"stalled{at}: no record or heartbeat for {_age(self.stalled_s)} (stopped or hung?)"
         if self.phase == "paused":

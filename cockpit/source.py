@@ -110,6 +110,9 @@ class FileSource(Source):
     def _follow(self) -> None:
         from engine.run.events import follow
 
+        said = damage_alert(self.path)
+        if said is not None:  # before the records: what follows was read from what was left
+            self.queue.put(said)
         for record in follow(self.path, self._stop, self.poll_s, on_bad=self._bad, at_end=self._read_all.set):
             while not self._stop.is_set():
                 try:
@@ -117,6 +120,27 @@ class FileSource(Source):
                     break
                 except queue.Full:
                     continue
+
+
+def damage_alert(path: Path) -> dict | None:
+    """An alert record when the log's seal (engine.run.seal) says records were lost since it was
+    written and no writer has said so yet (a trainer opening it logs the same alert itself)."""
+    import time
+
+    from engine.run.events import DAMAGED, DAMAGED_ADVICE
+    from engine.run.seal import check
+
+    damage = check(path, "run log")
+    if damage is None:
+        return None
+    return {
+        "t": round(time.time(), 3),
+        "kind": "alert",
+        "rule": DAMAGED,
+        "level": "warning",
+        "message": damage.message,
+        "advice": DAMAGED_ADVICE,
+    }
 
 
 def run_is_live(run_dir: Path) -> bool:

@@ -141,8 +141,9 @@ def read_run_log(run: Run):
     log = RunLog(run.run_dir / "events.jsonl")  # what a resumed trainer does first
     log.emit("note", message="resumed")
     log.close()
-    items = checklist.evaluate(run.run_dir, save=False)
-    return tuple((i.id, i.status, i.value) for i in items), ""
+    notes: list[str] = []
+    items = checklist.evaluate(run.run_dir, save=False, notes=notes)
+    return tuple((i.id, i.status, i.value) for i in items), "; ".join(notes)
 
 
 def read_control(run: Run):
@@ -171,14 +172,16 @@ def read_checkpoint(run: Run):
 def read_checklist(run: Run):
     from engine.evaluate import checklist
 
-    items = checklist.evaluate(run.run_dir)
-    return tuple((i.id, i.status, i.ticked, i.note) for i in items), ""
+    notes: list[str] = []  # what `checklist` prints
+    items = checklist.evaluate(run.run_dir, notes=notes)
+    return tuple((i.id, i.status, i.ticked, i.note) for i in items), "; ".join(notes)
 
 
 def read_chat(run: Run):
-    from engine.run.chat_log import read_exchanges
+    from engine.run.chat_log import chat_damage, read_exchanges
 
-    return tuple((r["id"], r.get("answer"), r.get("mark")) for r in read_exchanges(run.run_dir)), ""
+    said = "; ".join(chat_damage(run.run_dir))
+    return tuple((r["id"], r.get("answer"), r.get("mark")) for r in read_exchanges(run.run_dir)), said
 
 
 def read_merged(run: Run):

@@ -31,13 +31,23 @@ def test_a_deleted_or_replaced_log_is_opened_again(tmp_path):
     log.emit("step", step=1)
     path.unlink()  # an operator's `rm`, mid-run
     log.emit("step", step=2)
-    assert [r["step"] for r in read_events(path).records] == [2]
+    records = read_events(path).records  # the loss is said in the new log (engine.run.seal)
+    assert [(r["kind"], r.get("step"), r.get("rule")) for r in records] == [
+        ("step", 2, None),
+        ("alert", None, "run_log_damaged"),
+    ]
+    assert "1 records were sealed" in records[1]["message"]
     new = tmp_path / "new.jsonl"
     new.write_bytes(b'{"t":1,"kind":"note","message":"rotated"}\n')
-    os.replace(new, path)  # replaced by another file
+    os.replace(new, path)  # replaced by another (shorter) file
     log.emit("step", step=3)
     log.close()
-    assert [r.get("step") for r in read_events(path).records] == [None, 3]
+    records = read_events(path).records
+    assert [(r.get("step"), r.get("rule")) for r in records] == [
+        (None, None),
+        (3, None),
+        (None, "run_log_damaged"),
+    ]
 
 
 @pytest.fixture

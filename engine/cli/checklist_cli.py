@@ -68,7 +68,10 @@ def checklist_main(args) -> int:
         tick(run_dir, args.tick, args.note, True, config)
     if args.untick:
         tick(run_dir, args.untick, None, False, config)
-    items = evaluate(run_dir, config)
+    notes: list[str] = []  # damage found and what was restored (engine.run.seal, checklist_state)
+    items = evaluate(run_dir, config, notes=notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.group:
         items = [i for i in items if i.group == args.group]
     if args.json:

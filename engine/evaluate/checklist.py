@@ -25,9 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.evaluate import checklist_state
 from engine.evaluate.checklist_items import ItemStatus, Measure, build_items
 from engine.evaluate.checklist_rules import RULES, Sources
-from engine.run.rundir import CHECKLIST, EVENTS, RunDir, atomic_write_json, read_json
+from engine.run.rundir import CHECKLIST, EVENTS, RunDir
 
 STATE_FILE = CHECKLIST  # engine.run.rundir names it
 
@@ -46,19 +47,20 @@ def _locked(run_dir: Path):
         yield
 
 
-def load_state(run_dir: str | Path) -> dict:
-    state = read_json(Path(run_dir) / STATE_FILE) or {}
-    state.setdefault("version", 1)
-    state.setdefault("items", {})
+def load_state(run_dir: str | Path, notes: list[str] | None = None) -> dict:
+    """The state (checklist_state: from its good copy when damaged; ``notes`` gets what was said)."""
+    state, said = checklist_state.load(run_dir)
+    if notes is not None:
+        notes.extend(said)
     return state
 
 
-def update_state(run_dir: Path, change: Callable[[dict], None]) -> dict:
+def update_state(run_dir: Path, change: Callable[[dict], None], notes: list[str] | None = None) -> dict:
     with _locked(run_dir):
-        state = load_state(run_dir)
+        state = load_state(run_dir, notes)
         change(state)
         state["updated_at"] = time.time()
-        atomic_write_json(run_dir / STATE_FILE, state)
+        checklist_state.save(run_dir, state)
         return state
 
 
@@ -93,8 +95,14 @@ def saved_config(run_dir: Path):
     return run_config(run_dir)
 
 
-def evaluate(run_dir: str | Path, config=None, *, save: bool = True) -> list[ItemStatus]:
-    """Measure every item now; keeps the ticks, and when each status last changed."""
+def evaluate(
+    run_dir: str | Path, config=None, *, save: bool = True, notes: list[str] | None = None
+) -> list[ItemStatus]:
+    """Measure every item now; keeps the ticks, and when each status last changed.
+
+    ``notes`` gets what was found damaged on the way (the state restored from its good copy, a
+    run log or chat transcript that lost records): the CLI prints it, the card carries it.
+    """
     run_dir = run_folder(run_dir)
     config = config if config is not None else saved_config(run_dir)
     items = build_items(config)
@@ -103,6 +111,8 @@ def evaluate(run_dir: str | Path, config=None, *, save: bool = True) -> list[Ite
 
     def change(state):
         src = Sources(run_dir, config, state)
+        if notes is not None:
+            notes.extend(m for m in src.damage if m not in notes)
         out.clear()
         for item in items:
             prev = state["items"].get(item.id, {})
@@ -140,9 +150,9 @@ def evaluate(run_dir: str | Path, config=None, *, save: bool = True) -> list[Ite
             }
 
     if save:
-        update_state(run_dir, change)
+        update_state(run_dir, change, notes)
     else:
-        change(load_state(run_dir))
+        change(load_state(run_dir, notes))
     return out
 
 

@@ -24,12 +24,22 @@ class Sources:
     """What the rules look at, read once per evaluation of the checklist."""
 
     def __init__(self, run_dir: Path, config=None, state: dict | None = None) -> None:
-        from engine.run.events import dedupe_steps, read_events
+        from engine.run.chat_log import chat_damage
+        from engine.run.events import LogContents, damage_said, dedupe_steps, read_events
+        from engine.run.rebuild import lost_steps
+        from engine.run.seal import check
 
         self.run_dir = Path(run_dir)
         self.config = config
         events = RunDir(self.run_dir).events
-        raw = read_events(events).records if events.is_file() else []
+        log = read_events(events) if events.is_file() else LogContents(damage=check(events, "run log"))
+        raw = log.records
+        self.damage = damage_said(log)  # said by the CLI and the card
+        if self.damage:  # the step losses up to the last save are in its trainer_state.json
+            rebuilt, said = lost_steps(_anchored(output_dir_of(self.run_dir, raw), self.run_dir), raw)
+            raw = raw + rebuilt  # steps the log lacks only: dedupe_steps orders them
+            self.damage += [said] if said else []
+        self.damage += chat_damage(self.run_dir)
         self.records = records.decode_all(raw)
         self.steps = [r for r in records.decode_all(dedupe_steps(raw)) if isinstance(r, records.Step)]
         self.evals = [r for r in self.records if isinstance(r, records.Eval)]

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from engine.run.rundir import RunDir
+from engine.run.seal import Sealer, check
 
 MARKS = ("pass", "fail")
 
@@ -47,14 +48,22 @@ class Transcript:
         self.path = chat_dir(run_dir) / f"{stamp}-{os.getpid()}.jsonl"
         self.base = base
         self._lock = threading.Lock()
+        self._sealer: Sealer | None = None  # engine.run.seal: a reader can tell records lost
 
     def _append(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if self._sealer is None:
+                    self._sealer = Sealer(self.path)
+                    self._sealer.start(fd)
+                before = os.fstat(fd).st_size
+                os.write(fd, data)
+                self._sealer.after(fd, before, data)
+            finally:
+                os.close(fd)
 
     def exchange(self, request, done, preset=None) -> list[str]:
         """Write one record per answer of a finished request; returns their ids."""
@@ -113,6 +122,14 @@ def read_exchanges(run_dir: str | Path) -> list[dict]:
     for r in out:
         r["mark"] = marks.get(r["id"])
     return out
+
+
+def chat_damage(run_dir: str | Path) -> list[str]:
+    """What the seals of the run's transcripts say was lost (a file cut short, zeroed, deleted)."""
+    folder = chat_dir(run_dir)
+    seals = sorted(folder.glob(".*.jsonl.seal")) if folder.is_dir() else []
+    found = (check(folder / s.name[1 : -len(".seal")], "chat transcript") for s in seals)
+    return [d.message for d in found if d is not None]
 
 
 def mark_summary(run_dir: str | Path) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 from engine import faults
 from engine.run import records as declared
 from engine.run.safeopen import open_run_file
+from engine.run.seal import Damage, Sealer, check
 
 Listener = Callable[[dict], None]
 
@@ -34,6 +35,12 @@ def _clean(value):
     return value
 
 
+SEAL_INTERVAL_S = 0.25  # the seal's rewrite, at most this often: off the step's path (benchmarks/log_seal.py)
+DAMAGED = "run_log_damaged"
+DAMAGED_ADVICE = (
+    "the lost records cannot be read back from the log; each checkpoint's trainer_state.json "
+    "(log_history) still holds the step losses up to that save"
+)
 RESERVE = ".events-reserve"
 RESERVE_BYTES = 64 << 10
 
@@ -63,9 +70,14 @@ class RunLog:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._end = -1  # where our last write ended (-1: not known)
+        damage = check(self.path, "run log")  # before a word is added: what the last writer left
         self._open()
+        self._sealer = Sealer(self.path, SEAL_INTERVAL_S)
+        self._sealer.start(self._fd)
         self.reserve = self.path.with_name(RESERVE)
         self.restore_reserve()
+        if damage is not None:
+            self._damaged(damage.message)
 
     def _open(self) -> None:
         self._fd = open_run_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
@@ -102,6 +114,7 @@ class RunLog:
                 os.ftruncate(self._fd, before)  # no half record left behind
             raise
         self._end = before + len(data)
+        self._sealer.after(self._fd, before, data)
 
     def _drain(self, step=None) -> None:
         if self._fd is None or not self.pending:
@@ -130,7 +143,15 @@ class RunLog:
                 self._drain(record.get("step"))
         for listener in self.listeners:
             listener(record)
+        if self._sealer.noticed:
+            message, self._sealer.noticed = self._sealer.noticed, None
+            self._damaged("run log damaged: " + message)
         return record
+
+    def _damaged(self, message: str) -> None:
+        # Said in the log itself, so every later reader (attach, checklist, the card) sees it
+        # after the seal is renewed over what is left.
+        self.emit("alert", rule=DAMAGED, level="warning", message=message, advice=DAMAGED_ADVICE)
 
     def retry(self) -> bool:
         """Write what is held back; True when nothing is (any more)."""
@@ -159,6 +180,7 @@ class RunLog:
     def sync(self) -> None:
         with self._lock:
             if self._fd is not None:
+                self._sealer.flush()
                 with contextlib.suppress(OSError):
                     os.fsync(self._fd)
 
@@ -168,12 +190,20 @@ class RunLog:
                 self._drain()
                 os.close(self._fd)
                 self._fd = None
+                self._sealer.close()
 
 
 @dataclass
 class LogContents:
     records: list[dict] = field(default_factory=list)
     bad_lines: list[int] = field(default_factory=list)
+    damage: Damage | None = None  # what the seal says was lost since it was written
+
+
+def damage_said(contents: LogContents) -> list[str]:
+    """Every loss of this log: found now by its seal, or found by a writer and logged."""
+    said = [r.get("message", "") for r in contents.records if r.get("rule") == DAMAGED]
+    return ([contents.damage.message] if contents.damage else []) + said
 
 
 def parse_line(line: bytes | str) -> dict | None:
@@ -188,7 +218,7 @@ def parse_line(line: bytes | str) -> dict | None:
 
 
 def read_events(path: str | Path) -> LogContents:
-    out = LogContents()
+    out = LogContents(damage=check(path, "run log"))
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():

@@ -54,6 +54,7 @@ class RunSummary:
     final: dict = field(default_factory=dict)
     checklist: list[tuple[str, str, str]] = field(default_factory=list)
     gate: str | None = None  # the 10% run's gate: passed, or overridden and why
+    damage: list[str] = field(default_factory=list)  # records lost (seals), a checklist restored
 
 
 def summarize_run(run_dir: str | Path | None) -> RunSummary:
@@ -61,13 +62,25 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
     s = RunSummary(Path(run_dir) if run_dir else None)
     if not run_dir:
         return s
-    from engine.run.events import dedupe_steps, read_events
+    from engine.evaluate import checklist_state
+    from engine.run.chat_log import chat_damage
+    from engine.run.events import LogContents, damage_said, dedupe_steps, read_events
+    from engine.run.rebuild import lost_steps
+    from engine.run.rundir import output_dir_of
+    from engine.run.seal import check
 
     s.config = lineage.run_config(run_dir)
     try:
-        raw = read_events(RunDir(run_dir).events).records
+        log = read_events(RunDir(run_dir).events)
     except OSError:
-        raw = []
+        log = LogContents(damage=check(RunDir(run_dir).events, "run log"))
+    raw = log.records
+    state, restored = checklist_state.load(run_dir)
+    s.damage = damage_said(log)
+    if s.damage:  # the steps up to the last save, from its trainer_state.json
+        rebuilt, said = lost_steps(output_dir_of(run_dir, raw), raw)
+        raw, s.damage = raw + rebuilt, s.damage + ([said] if said else [])
+    s.damage += chat_damage(run_dir) + restored
     typed = records.decode_all(raw)
     data = [r for r in typed if isinstance(r, records.Data)]
     if data:
@@ -88,17 +101,15 @@ def summarize_run(run_dir: str | Path | None) -> RunSummary:
     if starts:
         s.final["device"] = starts[-1].device
     s.final["train_seconds"] = _train_seconds(typed)
-    s.checklist = read_checklist(RunDir(run_dir).checklist)
-    s.gate = _gate_line(RunDir(run_dir).checklist)
+    s.checklist = checklist_rows(state) if state.get("items") else read_checklist(RunDir(run_dir).checklist)
+    s.gate = _gate_line(state)
     return s
 
 
-def _gate_line(path: Path) -> str | None:
+def _gate_line(state: dict) -> str | None:
     from engine.evaluate.gate import describe
-    from engine.run.rundir import read_json
 
-    state = read_json(path)
-    return describe(state.get("gate")) if isinstance(state, dict) else None
+    return describe(state.get("gate"))
 
 
 def _train_seconds(typed: list[records.Record]) -> float | None:
@@ -121,6 +132,10 @@ def read_checklist(path: Path) -> list[tuple[str, str, str]]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
+    return checklist_rows(data)
+
+
+def checklist_rows(data) -> list[tuple[str, str, str]]:
     items = data.get("items", data.get("checks", data)) if isinstance(data, dict) else data
     rows = []
     if isinstance(items, dict):
@@ -164,6 +179,8 @@ def model_card(model_dir: str | Path, repo_id: str, summary: RunSummary) -> str:
     out += _results_section(summary.final)
     if summary.gate:
         out += ["## Gate", "", summary.gate, ""]
+    if summary.damage:  # the results above were read from what was left
+        out += ["## Records lost", "", *(f"- {d}" for d in summary.damage), ""]
     out += _gguf_section(summary.run_dir)
     if summary.checklist:
         out += ["## Checklist", "", "| check | result | detail |", "|---|---|---|"]

@@ -113,7 +113,9 @@ def push(
     else:
         run = lineage.find_run_dir(info.get("checkpoint"))
     notes = [] if run else ["no run folder found: the card has no data mix, settings or metrics (--run-dir)"]
-    card = model_card(src, repo_id, summarize_run(run))
+    summary = summarize_run(run)
+    notes += summary.damage  # a card read from a damaged run log says so
+    card = model_card(src, repo_id, summary)
     readme = src / "README.md"
     keep_theirs = readme.is_file() and CARD_MARK not in readme.read_text(errors="replace") and not new_card
     if keep_theirs:
