@@ -32,6 +32,13 @@ MARKS = {
 }
 
 
+DETAIL_CHARS = 60
+
+
+def short(text: str) -> str:
+    return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
+
+
 class JourneyTable(DataTable):
     BINDINGS = [
         Binding("F", "start_full", "Start full run"),
@@ -65,7 +72,9 @@ class JourneyPane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "Journey: the guide's sequence"
-        self.query_one(JourneyTable).add_columns("step", "state", "where it stands", "next")
+        self.query_one(JourneyTable).add_columns(
+            "step", "state", "where it stands (the highlighted step in full below)"
+        )
         self.set_interval(REFRESH_S, self.measure_if_shown)
 
     def activate(self) -> None:
@@ -96,12 +105,15 @@ class JourneyPane(Vertical):
         )
 
     def show(self, j: Journey) -> None:
-        self.journey = j
         table = self.query_one(JourneyTable)
+        first = self.journey is None or table.row_count == 0
+        self.journey = j
         row = table.cursor_row
         table.clear()
         for n, s in enumerate(j.steps, 1):
-            table.add_row(f"{n} {s.title}", MARKS.get(s.state, s.state), s.detail, s.next or "")
+            table.add_row(f"{n} {s.title}", MARKS.get(s.state, s.state), short(s.detail))
+        if first:  # open on where the journey stands
+            row = next((n for n, s in enumerate(j.steps) if s.state != "done"), 0)
         table.move_cursor(row=min(row, len(j.steps) - 1))
         self.query_one("#journey-detail", Static).update(self.detail(j))
         self.app.refresh_bindings()
@@ -122,14 +134,16 @@ class JourneyPane(Vertical):
     def detail(self, j: Journey) -> str:
         table = self.query_one(JourneyTable)
         s = j.steps[min(max(table.cursor_row, 0), len(j.steps) - 1)]
-        lines = [f"[b]{s.title}[/]: {s.detail}"]
+        lines = [f"[b]{s.title}[/]: {escape(s.detail)}"]
         if s.next:
-            lines.append(f"next: {s.next}")
+            lines.append(f"[b]next:[/] {escape(s.next)}")
         todo = next((x for x in j.steps if x.state != "done"), None)
         if j.can_start_full:
             lines.append(f"[green]gate passed: F starts the full run ({j.full_config})[/]")
-        elif todo is not None:
-            lines.append(f"[dim]the journey stands at: {todo.title}[/]")
+        elif todo is not None and todo is not s:
+            lines.append(
+                f"[dim]the journey stands at: {todo.title}{' · next: ' + escape(todo.next) if todo.next else ''}[/]"
+            )
         return "\n".join(lines)
 
     def start_full(self) -> None:
