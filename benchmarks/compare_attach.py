@@ -47,7 +47,7 @@ def child_pids(pid: int) -> list[int]:
 
 
 def first_screen(args: list[str], markers: dict[str, str], session: str, timeout: float = 300.0):
-    """Seconds until each marker is first on screen, and the app's RSS then and 10 s after the last."""
+    """(seconds, RSS MB) when each marker is first on screen; the RSS then and 10 s after the last."""
     exe = Path(sys.executable).parent / "leviathan-cockpit"
     cmd = f"PYTHONPATH={ROOT} {exe} attach {' '.join(args)}"
     t0 = time.perf_counter()
@@ -64,13 +64,14 @@ def first_screen(args: list[str], markers: dict[str, str], session: str, timeout
             )
             for name, text in markers.items():
                 if name not in seen and text in screen.stdout:
-                    seen[name] = time.perf_counter() - t0
+                    seen[name] = (time.perf_counter() - t0, rss_mb(pid))
             time.sleep(0.1)
         first = rss_mb(pid)
         time.sleep(10)
         return seen, first, rss_mb(pid)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+        time.sleep(1)  # the tmux server exits with its last session: the next `new` must not race it
 
 
 def main() -> int:
@@ -100,11 +101,11 @@ def main() -> int:
             ),
         ),
     ]
-    print(f"{'command':<18} {'on screen':<18} {'s':>6}")
-    for name, (seen, first, later) in rows:
-        for what, took in seen.items():
-            print(f"{name:<18} {what:<18} {took:>6.1f}")
-        print(f"{name:<18} {'RSS MB (+10 s)':<18} {first:>6.0f} ({later:.0f})")
+    print("| command | on screen | s | RSS MB then |\n|---|---|---|---|")
+    for name, (seen, _first, later) in rows:
+        for what, (took, rss) in seen.items():
+            print(f"| {name} | {what} | {took:.1f} | {rss:.0f} |")
+        print(f"| {name} | 10 s after the last | | {later:.0f} |")
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 AXES = ("step", "epoch", "tokens", "time")
 
@@ -157,10 +158,19 @@ class CurveReader:
 
 
 def downsample(xs, ys, width: int) -> tuple[list[float], list[float]]:
-    """At most ~3 points a bucket over ``width`` buckets: the first, the lowest and the highest."""
+    """At most ~3 points a bucket over ``width`` buckets: the first, the lowest and the highest.
+
+    The lowest and highest are the first such point among the bucket's non-NaN ones (an infinite
+    loss counts, so a blow-up shows). Vectorized per bucket: a live million-step run is
+    downsampled on the UI thread every time it grows, and a Python pass over every point cost
+    a visible stall there. ``xs`` is only indexed (a ``range`` gives the indices back).
+    """
     n = len(xs)
     if n <= 3 * width or width <= 0:
         return list(xs), list(ys)
+    y = np.asarray(ys, dtype=float)
+    nan = np.isnan(y)
+    low, high = np.where(nan, np.inf, y), np.where(nan, -np.inf, y)
     ox: list[float] = []
     oy: list[float] = []
     for b in range(width):
@@ -168,10 +178,10 @@ def downsample(xs, ys, width: int) -> tuple[list[float], list[float]]:
         if lo >= hi:
             continue
         idx = {lo}
-        finite = [i for i in range(lo, hi) if ys[i] == ys[i]]
-        if finite:
-            idx.add(min(finite, key=ys.__getitem__))
-            idx.add(max(finite, key=ys.__getitem__))
+        if not nan[lo:hi].all():
+            for i in (lo + int(np.argmin(low[lo:hi])), lo + int(np.argmax(high[lo:hi]))):
+                if not nan[i]:  # a bucket of only NaN and inf ties with NaN's stand-in
+                    idx.add(i)
         for i in sorted(idx):
             ox.append(xs[i])
             oy.append(ys[i])
