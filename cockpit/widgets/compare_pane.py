@@ -34,6 +34,8 @@ class ComparedRun:
         self.config = run_config_raw(self.reader.path.parent) or {}
         self.expected = (self.config.get("health") or {}).get("expected_loss")
         self.loaded = False
+        self.drawn: tuple | None = None
+        """(key, series) of the last redraw: a run that has not grown is not downsampled again."""
 
     @property
     def curves(self):
@@ -98,13 +100,18 @@ class ComparePane(Vertical):
             self.redraw()
 
     def series(self, run: ComparedRun, columns: int):
-        """The drawn loss and eval points of one run on the current axis: (x, y), (ex, ey)."""
+        """The drawn loss and eval points of one run on the current axis: (x, y), (ex, ey), indices."""
         c = run.curves
+        key = (self.axis, columns, len(c.step), len(c.eval_step))
+        if run.drawn is not None and run.drawn[0] == key:
+            return run.drawn[1]
         n = len(c.step)
         idx, loss = downsample(range(n), c.loss, columns)  # indices back: x and band at the same points
         xs = c.x(self.axis)
         x = [xs[int(i)] for i in idx]
-        return (x, loss), (c.eval_x(self.axis), list(c.eval_loss)), [int(i) for i in idx]
+        out = (x, loss), (c.eval_x(self.axis), list(c.eval_loss)), [int(i) for i in idx]
+        run.drawn = (key, out)
+        return out
 
     def redraw(self) -> None:
         self._dirty = False

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import numpy as np
 
 AXES = ("step", "epoch", "tokens", "time")
 
@@ -161,31 +160,36 @@ def downsample(xs, ys, width: int) -> tuple[list[float], list[float]]:
     """At most ~3 points a bucket over ``width`` buckets: the first, the lowest and the highest.
 
     The lowest and highest are the first such point among the bucket's non-NaN ones (an infinite
-    loss counts, so a blow-up shows). Vectorized per bucket: a live million-step run is
-    downsampled on the UI thread every time it grows, and a Python pass over every point cost
-    a visible stall there. ``xs`` is only indexed (a ``range`` gives the indices back).
+    loss counts, so a blow-up shows). A live million-step run is downsampled on the UI thread
+    each time it grows, so a bucket without NaN is scanned by the builtins (``sum`` finds a NaN,
+    ``min``, ``max`` and ``index`` run in C), not point by point in Python. ``xs`` is only indexed
+    (a ``range`` gives the indices back).
     """
     n = len(xs)
     if n <= 3 * width or width <= 0:
         return list(xs), list(ys)
-    y = np.asarray(ys, dtype=float)
-    nan = np.isnan(y)
-    low, high = np.where(nan, np.inf, y), np.where(nan, -np.inf, y)
     ox: list[float] = []
     oy: list[float] = []
     for b in range(width):
         lo, hi = b * n // width, (b + 1) * n // width
         if lo >= hi:
             continue
-        idx = {lo}
-        if not nan[lo:hi].all():
-            for i in (lo + int(np.argmin(low[lo:hi])), lo + int(np.argmax(high[lo:hi]))):
-                if not nan[i]:  # a bucket of only NaN and inf ties with NaN's stand-in
-                    idx.add(i)
-        for i in sorted(idx):
+        for i in sorted({lo, *_extremes(ys, lo, hi)}):
             ox.append(xs[i])
             oy.append(ys[i])
     return ox, oy
+
+
+def _extremes(ys, lo: int, hi: int) -> tuple[int, ...]:
+    """The index of the first lowest and of the first highest non-NaN value in ``ys[lo:hi]``."""
+    seg = ys[lo:hi]
+    total = sum(seg)
+    if total == total:  # no NaN (nor inf beside -inf): the builtins' answers are the first ones
+        return lo + seg.index(min(seg)), lo + seg.index(max(seg))
+    finite = [i for i in range(lo, hi) if ys[i] == ys[i]]
+    if not finite:
+        return ()
+    return min(finite, key=ys.__getitem__), max(finite, key=ys.__getitem__)
 
 
 def _flat(d, prefix: str = "") -> dict[str, object]:
