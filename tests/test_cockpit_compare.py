@@ -204,3 +204,13 @@ async def test_from_a_passed_gate_F_starts_the_gated_config_headless(tmp_path, m
     assert pane.started.returncode == 2
     out = (tmp_path / "logs" / "full.headless.log").read_text()
     assert "configs/full.yaml: base_model `m` is not a local folder" in out, out
+
+
+def test_a_run_log_without_an_end_whose_trainer_is_gone_is_stopped_not_running(tmp_path):
+    from engine.evaluate.journey import run_status
+
+    live = _write_run(tmp_path / "live", 40_000 // 100, 100, lr=1e-4, end=False)
+    state, detail = run_status(live)
+    assert state == "stopped" and "at step 400" in detail and "killed" in detail
+    assert run_status(_write_run(tmp_path / "done", 5, 5, lr=1e-4))[0] == "done"
+    assert run_status(tmp_path / "none")[0] == "todo"

@@ -76,8 +76,13 @@ def run_status(run_dir: Path | None) -> tuple[str, str]:
             state = "done" if status == "completed" else "failed" if status == "failed" else "stopped"
             return state, f"{status} at step {r.get('step', step)}"
         if r.get("kind") == "start":
-            return "running", f"started; at step {step} (running, or killed: see the dashboard)"
-    return "running", "run log without a start record yet"
+            break
+    from engine.run.runlock import lock_holder
+
+    at = f"at step {step}" if step is not None else "starting"
+    if lock_holder(run_dir) is not None:
+        return "running", f"{at}, training"
+    return "stopped", f"{at}, no end record and no trainer holds the run (killed?)"
 
 
 def _gated_config(ten_dir: Path, search: list[Path]) -> Path | None:
