@@ -198,10 +198,14 @@ async def test_from_a_passed_gate_F_starts_the_gated_config_headless(tmp_path, m
         await wait_for(lambda: pane.journey is not None and pane.journey.can_start_full, 20, pilot=pilot)
         await pilot.press("F")
         assert pane.started is not None
-        await wait_for(lambda: pane.started.poll() is not None, 120, "the train process", pilot=pilot)
+        started = pane.started
+        await wait_for(lambda: started.poll() is not None, 120, "the train process", pilot=pilot)
+        pane.measure()  # the refusal is told, and F is offered again
+        await wait_for(lambda: pane.started is None, 20, "the failed start noticed", pilot=pilot)
+        assert _offered(app, "start_full")
     # The base model "m" does not exist: the real `train --headless` refuses it (exit 2) and says so
     # in the output kept beside the run folder: the key ran that command on that config.
-    assert pane.started.returncode == 2
+    assert started.returncode == 2
     out = (tmp_path / "logs" / "full.headless.log").read_text()
     assert "configs/full.yaml: base_model `m` is not a local folder" in out, out
 

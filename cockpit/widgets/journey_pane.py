@@ -65,6 +65,7 @@ class JourneyPane(Vertical):
         self.run_dir = Path(run_dir) if run_dir else None
         self.journey: Journey | None = None
         self.started: subprocess.Popen | None = None
+        self.started_log: Path | None = None
 
     def compose(self) -> ComposeResult:
         yield JourneyTable(id="journey-table", cursor_type="row", zebra_stripes=True)
@@ -117,8 +118,25 @@ class JourneyPane(Vertical):
         table.move_cursor(row=min(row, len(j.steps) - 1))
         self.query_one("#journey-detail", Static).update(self.detail(j))
         self.app.refresh_bindings()
+        self._check_started()
         if self.started is not None and j.full_dir is not None and (j.full_dir / "events.jsonl").is_file():
             self._follow(j.full_dir)
+
+    def _check_started(self) -> None:
+        """A full run started here that ended with an error: its message, and F offered again."""
+        if self.started is None or self.started.poll() in (None, 0):
+            return
+        code, self.started = self.started.returncode, None
+        try:
+            said = self.started_log.read_text(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            said = []
+        self.app.notify(
+            escape("\n".join(said) or f"exit code {code}") + f"\n(output: {self.started_log})",
+            title=f"the full run did not start (exit {code})",
+            severity="error",
+            timeout=30,
+        )
 
     def _follow(self, run_dir: Path) -> None:
         """The full run started here, overlaid in the Compare tab once its run log exists."""
@@ -154,6 +172,7 @@ class JourneyPane(Vertical):
         run_dir = full_run_dir(j.full_config)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         out = run_dir.parent / f"{run_dir.name}.headless.log"
+        self.started_log = out
         with open(out, "ab") as f:
             self.started = subprocess.Popen(
                 [sys.executable, "-m", "cockpit.cli", "train", str(j.full_config), "--headless"],
