@@ -78,7 +78,9 @@ class CockpitApp(App[int]):
         Binding("m", "chart('smoothing')", "Smooth"),
         Binding("l", "chart('log_scale')", "Log"),
         Binding("z", "chart('zoom')", "Zoom"),
-        Binding("M", "ship", "Merge", show=False),  # the table's own M, wherever the focus is
+        Binding("M", "ship", "Merge", show=False),
+        Binding("a", "add_run", "Add run", show=False),  # runs side by side (Compare tab)
+        Binding("x", "compare_axis", "x-axis"),  # the table's own M, wherever the focus is
         *cockpit_tabs.bindings(),  # 1 2 3 ... and F1 F2 F3 (cockpit/tabs.py)
         *habits.BINDINGS,  # j / k beside the arrows, / filters the focused table
     ]
@@ -105,12 +107,15 @@ class CockpitApp(App[int]):
         self._ticks = 0
         self._writer_alive: bool | None = None
         self._print_log = None
+        self.compare_runs: list[Path] = []
+        """Runs overlaid with this one in the Compare tab (``attach A B ...``, the ``a`` key)."""
+        self.start_tab: str | None = None
 
     # -- layout -----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(initial=cockpit_tabs.TABS[0].id):
+        with TabbedContent(initial=self.start_tab or cockpit_tabs.TABS[0].id):
             for number, tab in enumerate(cockpit_tabs.TABS, 1):
                 with TabPane(cockpit_tabs.label(number, tab), id=tab.id):
                     yield tab.build(self) if tab.build else self._pane(tab.id, tab.title, tab.missing)
@@ -143,7 +148,10 @@ class CockpitApp(App[int]):
             self._capture_prints()  # a chat model loaded here after training prints too
         self.source.start()
         self.set_interval(DRAIN_S, self.drain)
-        self.query_one(CheckpointsTable).focus()  # its Enter and M work at once
+        if self.start_tab:
+            self.call_after_refresh(self.action_tab, self.start_tab)
+        else:
+            self.query_one(CheckpointsTable).focus()  # its Enter and M work at once
 
     def show_state(self) -> None:
         label = self.state.label()
@@ -253,6 +261,11 @@ class CockpitApp(App[int]):
         if action == "chart":  # the chart's keys, in the footer only where the chart is
             tabs = self.query(TabbedContent)
             return not tabs or tabs.first().active == "dashboard"
+        if action == "compare_axis":
+            tabs = self.query(TabbedContent)
+            return bool(tabs) and tabs.first().active == "compare"
+        if action == "add_run" and habits.typing(self.focused):
+            return False
         if action in CONTROL_ACTIONS:
             controls = self.source.controls
             if controls is None or not self.training_alive:
@@ -319,6 +332,23 @@ class CockpitApp(App[int]):
             chart.cycle_zoom()
         else:
             setattr(chart, what, not getattr(chart, what))
+
+    def action_compare_axis(self) -> None:
+        from cockpit.widgets.compare_pane import ComparePane
+
+        self.query_one(ComparePane).cycle_axis()
+
+    def action_add_run(self) -> None:
+        from cockpit.widgets.add_run import AddRun
+        from cockpit.widgets.compare_pane import ComparePane
+
+        def added(run_dir: Path | None) -> None:
+            if run_dir is not None:
+                self.compare_runs.append(run_dir)
+                self.query_one(ComparePane).add_run(run_dir)
+                self.action_tab("compare")
+
+        self.push_screen(AddRun(), added)
 
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)

@@ -71,7 +71,12 @@ def parser() -> argparse.ArgumentParser:
         help="resume a checkpoint written by a different number of processes",
     )
     p = sub.choices["attach"]
-    p.add_argument("run_dir", help="a run folder (logs/<run-name>) or its events.jsonl")
+    p.add_argument(
+        "run_dir",
+        nargs="+",
+        help="a run folder (logs/<run-name>) or its events.jsonl; several: the first on the dashboard, "
+        "all of them side by side in the Compare tab",
+    )
     p = sub.choices["check"]
     p.add_argument("config")
     p.add_argument(

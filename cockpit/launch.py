@@ -22,14 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
 
+from cockpit.run_log_path import find_run_log
 from engine.errors import UserError
 from engine.run import records
-from engine.run.rundir import RunDir, run_config_raw
+from engine.run.rundir import run_config_raw
 
-SNIFF_LINES = 200
 HANGUP_GRACE_S = 10.0
 """After a hangup and the end of training, how long the UI gets to close before the process exits."""
 
@@ -209,62 +208,30 @@ def job_end(job) -> records.End:
 # -- attach -----------------------------------------------------------------------------
 
 
-def find_run_log(target: str | Path) -> Path:
-    """The events.jsonl of a run folder (or the file itself); UserError when there is none."""
-    p = Path(target)
-    if not p.exists():
-        raise UserError(
-            f"{p}: no such file or folder",
-            "give a run folder (logs/<run-name>) or its events.jsonl",
-        )
-    if p.is_dir():
-        log = RunDir(p).events
-        if not log.is_file():
-            runs = sorted(d for d in p.iterdir() if RunDir(d).is_run()) if _listable(p) else []
-            fix = (
-                "did you mean " + ", ".join(str(r) for r in runs[:5]) + "?"
-                if runs
-                else "run folders are under the logs dir (./logs/<run-name>, or the config's logs_dir)"
-            )
-            raise UserError(f"{p}: no run log (events.jsonl) in this folder", fix)
-        p = log
-    _check_is_run_log(p)
-    return p
-
-
-def _listable(p: Path) -> bool:
-    try:
-        next(iter(p.iterdir()), None)
-        return True
-    except OSError:
-        return False
-
-
-def _check_is_run_log(path: Path) -> None:
-    from engine.run.events import parse_line
-
-    try:
-        with open(path, "rb") as f:
-            lines = list(islice(f, SNIFF_LINES))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})", "check the path and its permissions") from None
-    full = [line for line in lines if line.endswith(b"\n") and line.strip()]
-    if full and not any(parse_line(line) for line in full):
-        raise UserError(
-            f"{path}: not a run log: none of its first {len(full)} line(s) is a run record",
-            "attach a run folder written by `leviathan-cockpit train` (logs/<run-name>)",
-        )
-
-
-def build_attach_app(target: str | Path, **app_kw):
+def build_attach_app(target: str | Path, *others: str | Path, **app_kw):
+    """The cockpit on ``target``'s run log; ``others`` are overlaid with it in the Compare tab,
+    which the cockpit opens on when there are any. Every target is checked before the screen opens."""
     from cockpit.app import CockpitApp
     from cockpit.source import FileSource
 
-    log = find_run_log(target)
-    run_dir = log.parent
+    logs, problems = [], []
+    for t in (target, *others):
+        try:
+            logs.append(find_run_log(t))
+        except UserError as e:
+            problems.append(e)
+    if problems:
+        if len(problems) == 1:
+            raise problems[0]
+        raise UserError("\n".join(str(e) for e in problems), "give run folders (logs/<run-name>)")
+    run_dir = logs[0].parent
     config = run_config_raw(run_dir)
-    source = FileSource(log, run_name=run_dir.name, run_dir=run_dir, config=config)
-    return CockpitApp(source, panes=panes(attached_chat(config, run_dir)), **app_kw)
+    source = FileSource(logs[0], run_name=run_dir.name, run_dir=run_dir, config=config)
+    app = CockpitApp(source, panes=panes(attached_chat(config, run_dir)), **app_kw)
+    app.compare_runs = [log.parent for log in logs[1:]]
+    if others:
+        app.start_tab = "compare"
+    return app
 
 
 def attached_chat(config: dict, run_dir: Path):
@@ -278,7 +245,7 @@ def attached_chat(config: dict, run_dir: Path):
 
 
 def attach(args) -> int:
-    app = build_attach_app(args.run_dir)
+    app = build_attach_app(*args.run_dir)
     need_terminal("attach")
     app.run()
     if app.source.bad_lines:

@@ -52,12 +52,27 @@ def _data(app) -> Widget:
     return DataPane(app.source.config, app.source.run_dir, id="data-pane", classes="run-view")
 
 
+def _compare(app) -> Widget:
+    from cockpit.widgets.compare_pane import ComparePane
+
+    runs = [app.source.run_dir, *getattr(app, "compare_runs", [])]
+    return ComparePane([r for r in runs if r is not None], id="compare-pane", classes="panel")
+
+
+def _journey(app) -> Widget:
+    from cockpit.widgets.journey_pane import JourneyPane
+
+    return JourneyPane(app.source.config, app.source.run_dir, id="journey-pane", classes="panel")
+
+
 TABS = (
     Tab("dashboard", "Dashboard", build=_dashboard),
     Tab("chat", "Chat", missing="No model to talk to: the run's config names no base model."),
     Tab("checklist", "Checklist", missing="No run folder to check."),
     Tab("learned", "Learned", build=_learned),
     Tab("data", "Data", build=_data),
+    Tab("compare", "Compare", build=_compare),
+    Tab("journey", "Journey", build=_journey),
 )
 FKEYS = 3
 """Tabs with an F key: the chat's presets start at F4 (cockpit/widgets/chat_presets.py)."""

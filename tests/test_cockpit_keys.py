@@ -93,7 +93,7 @@ async def test_presets_and_tabs_do_not_share_keys(tmp_path, persona_checkpoint):
 
 
 async def test_a_tab_is_one_line_in_the_tab_list(tmp_path, monkeypatch):
-    """Layout, keys and help come from one list (cockpit/tabs.py): today's five tabs give 1 2 3 4 5,
+    """Layout, keys and help come from one list (cockpit/tabs.py): today's seven tabs give 1 to 7,
     F1 F2 F3 and the help's line; a fourth line there is a fourth pane with its label, keys and
     help."""
     from textual.widgets import Static
@@ -109,16 +109,18 @@ async def test_a_tab_is_one_line_in_the_tab_list(tmp_path, monkeypatch):
         **{k: "tab('checklist')" for k in ("3", "f3")},
         "4": "tab('learned')",  # no F4, F5: the chat's presets start at F4
         "5": "tab('data')",
+        "6": "tab('compare')",
+        "7": "tab('journey')",
     }
     assert tabs.help_line() == (
-        "1 2 3 4 5",
-        "dashboard / chat / checklist / learned / data (F1 F2 F3 also from inside a text box)",
+        "1 2 3 4 5 6 7",
+        "dashboard / chat / checklist / learned / data / compare / journey (F1 F2 F3 also from inside a text box)",
     )
 
     runs = tabs.Tab("runs", "Runs", build=lambda app: Static(f"runs of {app.source.run_dir}", id="runs-pane"))
     monkeypatch.setattr(tabs, "TABS", (*tabs.TABS, runs))
-    assert keys()["6"] == "tab('runs')" and "f6" not in keys()
-    assert tabs.help_line()[0] == "1 2 3 4 5 6"
+    assert keys()["8"] == "tab('runs')" and "f8" not in keys()
+    assert tabs.help_line()[0] == "1 2 3 4 5 6 7 8"
     app = launched_app(tmp_path / "run", run_records())
     async with app.run_test(size=SIZE) as pilot:
         content = app.query_one(TabbedContent)
@@ -129,7 +131,9 @@ async def test_a_tab_is_one_line_in_the_tab_list(tmp_path, monkeypatch):
             "3 Checklist",
             "4 Learned",
             "5 Data",
-            "6 Runs",
+            "6 Compare",
+            "7 Journey",
+            "8 Runs",
         ]
         await wait_for(lambda: app.focused is app.query_one(CheckpointsTable), pilot=pilot)
         await pilot.pause(0.2)  # the first tab's own activation has run

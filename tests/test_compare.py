@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from array import array
 
 import pytest
 
@@ -82,6 +84,27 @@ def test_downsample_keeps_spikes_and_bounds_the_points():
     ox, oy = downsample(xs, ys, 100)
     assert len(ox) <= 300 and max(oy) == 50.0 and 54_321 in ox
     assert ox == sorted(ox) and not any(math.isnan(y) for y in oy)  # 77_777 starts no bucket
+
+
+def test_downsample_picks_each_buckets_first_lowest_and_highest_like_a_plain_scan():
+    rng = random.Random(3)
+    ys = array("d", (rng.random() for _ in range(50_000)))
+    for i in rng.sample(range(50_000), 500):
+        ys[i] = rng.choice([float("nan"), float("inf"), -1.0, 9.0])
+    n, width = len(ys), 123
+    want_x, want_y = [], []
+    for b in range(width):  # the rule, one point at a time
+        lo, hi = b * n // width, (b + 1) * n // width
+        keep = {lo}
+        finite = [i for i in range(lo, hi) if ys[i] == ys[i]]
+        if finite:
+            keep |= {min(finite, key=ys.__getitem__), max(finite, key=ys.__getitem__)}
+        for i in sorted(keep):
+            want_x.append(i)
+            want_y.append(ys[i])
+    ox, oy = downsample(range(n), ys, width)
+    assert ox == want_x
+    assert [str(v) for v in oy] == [str(v) for v in want_y]  # nan == nan as text
 
 
 def test_config_diff_names_each_changed_key():

@@ -20,6 +20,8 @@ KEYS = (
     ("z", "loss chart: whole run / last 10,000 / 1,000 / 100 steps"),
     tabs.help_line(),  # "1 2 3 4 5": the tabs (cockpit/tabs.py)
     ("[ ]", "learned: page the probe answers through older checkpoints"),
+    ("a x", "compare: add a run by its folder; x-axis epoch / tokens / time / step"),
+    ("F r", "journey: start the full run once the gate passed; re-measure"),
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("M", "on a checkpoint: merge, quantize, export or push it"),
     ("g", "checklist: run the step that makes this item pass"),

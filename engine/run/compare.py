@@ -78,46 +78,93 @@ def _num(v) -> float:
 
 def load_curves(run_dir: str | Path, name: str | None = None) -> RunCurves:
     """The run's step and eval curves; after a resume the last record of each step wins."""
-    run_dir = Path(run_dir)
-    path = run_dir / "events.jsonl" if run_dir.is_dir() else run_dir
-    run_dir = path.parent
-    decode = msgspec.json.Decoder(_Line).decode
-    steps: dict[int, tuple[float, float, float, float]] = {}
-    evals: dict[int, float] = {}
-    out = RunCurves(name or run_dir.name, run_dir)
-    trained, began = 0.0, None  # training seconds before this process's start, its start time
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                r = decode(line)
-            except msgspec.DecodeError:
-                out.bad_lines += bool(line.strip())
-                continue
-            if r.kind == "step" and r.step is not None:
-                now = trained + (r.t - began if began is not None else 0.0)
-                steps[r.step] = (_num(r.loss), _num(r.epoch), _num(r.tokens), now)
-            elif r.kind == "eval" and r.step is not None and r.eval_loss is not None:
-                evals[r.step] = _num(r.eval_loss)
-            elif r.kind == "start":
-                began, out.ended = r.t, None
-            elif r.kind == "end":
-                trained += r.t - began if began is not None else 0.0
-                began, out.ended = None, "ended"
-    for s in sorted(steps):
-        loss, epoch, tokens, t = steps[s]
-        out.step.append(s)
-        out.loss.append(loss)
-        out.epoch.append(epoch)
-        out.tokens.append(tokens)
-        out.time.append(t)
-    for s in sorted(evals):
-        out.eval_step.append(s)
-        out.eval_loss.append(evals[s])
-    return out
+    reader = CurveReader(run_dir, name)
+    reader.read()
+    if reader.pending.strip():  # a torn last line of a finished log
+        reader.curves.bad_lines += 1
+    return reader.curves
+
+
+def _truncate(xs: array, at: int) -> None:
+    del xs[at:]
+
+
+class CurveReader:
+    """A run's curves read once and then followed: ``read()`` decodes only the lines added since
+    the last call (a live run's log grows; re-reading a million-step log each second would not do).
+
+    A step recorded again (a resume from an earlier checkpoint) drops the points from that step
+    on, as the resumed run trains them again: the last record of each step wins.
+    """
+
+    def __init__(self, run_dir: str | Path, name: str | None = None) -> None:
+        run_dir = Path(run_dir)
+        self.path = run_dir / "events.jsonl" if run_dir.is_dir() else run_dir
+        self.curves = RunCurves(name or self.path.parent.name, self.path.parent)
+        self.offset = 0
+        self.pending = b""
+        self._decode = msgspec.json.Decoder(_Line).decode
+        self._trained = 0.0  # training seconds before this process's start
+        self._began: float | None = None  # this process's start time
+
+    def read(self) -> int:
+        """Decode the complete lines written since the last call; the number of new points."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return 0
+        self.offset += len(chunk)
+        data = self.pending + chunk
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        before = len(self.curves.step) + len(self.curves.eval_step)
+        for line in data[:cut].splitlines():
+            self._line(line)
+        return len(self.curves.step) + len(self.curves.eval_step) - before
+
+    def _line(self, line: bytes) -> None:
+        c = self.curves
+        try:
+            r = self._decode(line)
+        except msgspec.DecodeError:
+            c.bad_lines += bool(line.strip())
+            return
+        if r.kind == "step" and r.step is not None:
+            now = self._trained + (r.t - self._began if self._began is not None else 0.0)
+            if c.step and r.step <= c.step[-1]:
+                at = bisect.bisect_left(c.step, r.step)
+                for xs in (c.step, c.loss, c.epoch, c.tokens, c.time):
+                    _truncate(xs, at)
+            c.step.append(r.step)
+            c.loss.append(_num(r.loss))
+            c.epoch.append(_num(r.epoch))
+            c.tokens.append(_num(r.tokens))
+            c.time.append(now)
+        elif r.kind == "eval" and r.step is not None and r.eval_loss is not None:
+            if c.eval_step and r.step <= c.eval_step[-1]:
+                at = bisect.bisect_left(c.eval_step, r.step)
+                _truncate(c.eval_step, at)
+                _truncate(c.eval_loss, at)
+            c.eval_step.append(r.step)
+            c.eval_loss.append(_num(r.eval_loss))
+        elif r.kind == "start":
+            self._began, c.ended = r.t, None
+        elif r.kind == "end":
+            self._trained += r.t - self._began if self._began is not None else 0.0
+            self._began, c.ended = None, "ended"
 
 
 def downsample(xs, ys, width: int) -> tuple[list[float], list[float]]:
-    """At most ~3 points a bucket over ``width`` buckets: the first, the lowest and the highest."""
+    """At most ~3 points a bucket over ``width`` buckets: the first, the lowest and the highest.
+
+    The lowest and highest are the first such point among the bucket's non-NaN ones (an infinite
+    loss counts, so a blow-up shows). A live million-step run is downsampled on the UI thread
+    each time it grows, so a bucket without NaN is scanned by the builtins (``sum`` finds a NaN,
+    ``min``, ``max`` and ``index`` run in C), not point by point in Python. ``xs`` is only indexed
+    (a ``range`` gives the indices back).
+    """
     n = len(xs)
     if n <= 3 * width or width <= 0:
         return list(xs), list(ys)
@@ -127,15 +174,22 @@ def downsample(xs, ys, width: int) -> tuple[list[float], list[float]]:
         lo, hi = b * n // width, (b + 1) * n // width
         if lo >= hi:
             continue
-        idx = {lo}
-        finite = [i for i in range(lo, hi) if ys[i] == ys[i]]
-        if finite:
-            idx.add(min(finite, key=ys.__getitem__))
-            idx.add(max(finite, key=ys.__getitem__))
-        for i in sorted(idx):
+        for i in sorted({lo, *_extremes(ys, lo, hi)}):
             ox.append(xs[i])
             oy.append(ys[i])
     return ox, oy
+
+
+def _extremes(ys, lo: int, hi: int) -> tuple[int, ...]:
+    """The index of the first lowest and of the first highest non-NaN value in ``ys[lo:hi]``."""
+    seg = ys[lo:hi]
+    total = sum(seg)
+    if total == total:  # no NaN (nor inf beside -inf): the builtins' answers are the first ones
+        return lo + seg.index(min(seg)), lo + seg.index(max(seg))
+    finite = [i for i in range(lo, hi) if ys[i] == ys[i]]
+    if not finite:
+        return ()
+    return min(finite, key=ys.__getitem__), max(finite, key=ys.__getitem__)
 
 
 def _flat(d, prefix: str = "") -> dict[str, object]:
