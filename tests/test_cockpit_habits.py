@@ -1,0 +1,97 @@
+"""Habits every view gets by construction: ``/`` filters every table the cockpit composes, the
+mouse clicks tabs, checkpoints and checklist items, and every key is in the footer or in ``?``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import DEMO_DATA, base_config, cli_here
+from test_views_pilot import _run
+from textual.widgets import DataTable
+
+from cockpit.launch import build_attach_app
+from cockpit.widgets.table import Table
+from engine.config.config import load_config
+from engine.data.datasummary import find_prepared
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model):
+    """A prepared folder (real ``preprocess``) with two bad rows, so both Data tables have rows."""
+    root = tmp_path_factory.mktemp("habits")
+    rows = DEMO_DATA.read_text().splitlines()[:40]
+    data = root / "mix.jsonl"
+    data.write_text("\n".join([*rows[:20], '{"messages": [', *rows[20:], "not json"]) + "\n")
+    raw = base_config(tiny_model("qwen3"), data, skip_bad_rows=True, output_dir=str(root / "out"))
+    cfg = root / "run.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    done = cli_here("preprocess", cfg)
+    assert done.returncode == 0, done.stderr
+    return find_prepared(load_config(cfg)[0]), raw
+
+
+def _with_data(tmp_path, prepared):
+    prepared, raw = prepared
+    run_dir = _run(tmp_path)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**raw, "run_name": "r"}))
+    with (run_dir / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"t": 9.0, "kind": "data", "step": 0, "prepared": str(prepared)}) + "\n")
+    return run_dir
+
+
+def _rows(table: DataTable) -> list[str]:
+    return [" ".join(getattr(c, "plain", str(c)) for c in table.get_row(k)).lower() for k in table.rows]
+
+
+def _needle(rows: list[str]) -> str:
+    """A word of some row that not every row holds."""
+    for row in rows:
+        for word in row.split():
+            if any(word not in other for other in rows):
+                return word
+    raise AssertionError(f"every row holds every word: {rows}")
+
+
+async def _settle(pilot, app, tab: str) -> list[DataTable]:
+    """The tab's tables, once each has rows (they fill from the run log and threads)."""
+    pane = app.query_one(f"#{tab}")
+    for _ in range(100):
+        tables = list(pane.query(DataTable))
+        if tables and all(t.row_count >= 2 for t in tables):
+            break
+        await pilot.pause(0.05)
+    assert tables or tab == "chat", pane.query("Static").first().render()
+    return tables
+
+
+async def test_slash_filters_every_table_of_every_tab(tmp_path, prepared):
+    from cockpit import tabs
+
+    app = build_attach_app(_with_data(tmp_path, prepared))
+    seen = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        for number, tab in enumerate(tabs.TABS, 1):
+            await pilot.press(str(number))
+            for table in await _settle(pilot, app, tab.id):
+                assert isinstance(table, Table), f"{table!r} is a plain DataTable: `/` cannot filter it"
+                assert table.row_count >= 2, f"{table.id or table!r} has no rows to filter"
+                before = _rows(table)
+                needle = _needle(before)
+                table.focus()
+                await pilot.press("slash", *needle)
+                await pilot.pause()
+                after = _rows(table)
+                want = [r for r in before if needle in r]
+                if type(table).apply_filter is Table.apply_filter:  # the cells as shown
+                    assert after == want, (table.id, needle)
+                else:  # its own match (a path, a prompt not shown whole): at least those shown
+                    assert set(want) <= set(after) < set(before), (table.id, needle)
+                await pilot.press("escape")
+                await pilot.pause()
+                assert _rows(table) == before
+                seen.append(table.id or type(table).__name__)
+    assert set(seen) >= {"checkpoints", "checklist-table", "probe-answers", "data-categories", "data-bad"}
