@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from cockpit import habits
+from cockpit import habits, themes
 from cockpit import tabs as cockpit_tabs
 from cockpit.messages import (
     ControlRequested,
@@ -105,6 +105,8 @@ class CockpitApp(App[int]):
         self._ticks = 0
         self._writer_alive: bool | None = None
         self._print_log = None
+        self.remember_theme = False
+        """Start in the chosen theme and keep the one picked (cockpit/themes.py): the launcher's."""
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -138,6 +140,8 @@ class CockpitApp(App[int]):
 
     def on_mount(self) -> None:
         quiet_progress_bars()
+        if self.remember_theme:
+            themes.keep(self)
         self.show_state()
         if not self.source.read_only:
             self._capture_prints()  # a chat model loaded here after training prints too

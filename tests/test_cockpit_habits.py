@@ -95,3 +95,81 @@ async def test_slash_filters_every_table_of_every_tab(tmp_path, prepared):
                 assert _rows(table) == before
                 seen.append(table.id or type(table).__name__)
     assert set(seen) >= {"checkpoints", "checklist-table", "probe-answers", "data-categories", "data-bad"}
+
+
+def _contrast(a, b) -> float:
+    """WCAG 2 contrast ratio of two RGB colours."""
+
+    def lum(rgb):
+        c = [v / 255 for v in rgb]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["textual-dark", "textual-light"])
+async def test_chart_colours_read_on_the_theme(tmp_path, theme):
+    """Every colour the loss and category charts draw stands out from their background (WCAG
+    ratio >= 2.5; 3 is the guideline for graphics), ANSI colours as the theme maps them."""
+    from rich.style import Style
+    from textual.color import Color
+
+    from cockpit.widgets.category_chart import CategoryChart
+    from cockpit.widgets.loss_chart import LossChart, SafePlot
+
+    app = build_attach_app(_run(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.theme = theme
+        await pilot.press("4")
+        chart = app.query_one(CategoryChart)
+        for _ in range(100):
+            if len(chart.points) == 2 and len(app.query_one(LossChart).eval) == 2:
+                break
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+        surface = Color.parse(app.theme_variables["surface"]).rgb
+        caption = chart.caption()  # the Rich text the caption shows
+        drawn = {"category-caption": caption}
+        for key, plot_id in (("4", "category-plot"), ("1", "loss-plot")):  # drawn where they show
+            await pilot.press(key)
+            await pilot.pause(0.3)
+            drawn[plot_id] = app.query_one(f"#{plot_id}", SafePlot).render()
+        for where, text in drawn.items():
+            styles = [Style.parse(s.style) if isinstance(s.style, str) else s.style for s in text.spans]
+            colours = {st.color for st in styles if st.color and st.color.name != "default"}
+            assert colours, where  # the series are drawn, and in colour
+            for c in colours:
+                rgb = tuple(c.get_truecolor(app.ansi_theme))
+                assert _contrast(rgb, surface) >= 2.5, (where, c.name, rgb, surface)
+
+
+def test_a_bad_theme_name_is_refused_with_the_names(monkeypatch):
+    from cockpit import themes
+    from engine.errors import UserError
+
+    monkeypatch.setenv("LEVIATHAN_THEME", "solarised")
+    with pytest.raises(UserError) as e:
+        themes.chosen()
+    assert "LEVIATHAN_THEME=solarised" in str(e.value) and "textual-light" in str(e.value)
+
+
+async def test_the_theme_picked_is_kept_for_the_next_start(tmp_path, monkeypatch):
+    from cockpit import themes
+
+    monkeypatch.delenv("LEVIATHAN_THEME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    app = build_attach_app(_run(tmp_path))
+    app.remember_theme = True
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.theme == "textual-dark"
+        app.theme = "textual-light"  # what the palette's "Theme" command does
+        await pilot.pause(0.1)
+    assert (tmp_path / "config" / "leviathan-cockpit" / "theme").read_text().strip() == "textual-light"
+    again = build_attach_app(tmp_path / "logs" / "r")
+    again.remember_theme = True
+    async with again.run_test(size=(80, 24)):
+        assert again.theme == "textual-light"
+    monkeypatch.setenv("LEVIATHAN_THEME", "nord")  # the environment wins over the saved one
+    assert themes.chosen() == "nord"
