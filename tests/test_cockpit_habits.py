@@ -4,6 +4,7 @@ mouse clicks tabs, checkpoints and checklist items, and every key is in the foot
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -173,3 +174,29 @@ async def test_the_theme_picked_is_kept_for_the_next_start(tmp_path, monkeypatch
         assert again.theme == "textual-light"
     monkeypatch.setenv("LEVIATHAN_THEME", "nord")  # the environment wins over the saved one
     assert themes.chosen() == "nord"
+
+
+async def test_every_key_not_in_the_footer_is_in_the_help(tmp_path):
+    """A binding of the app or one of its screens with show=False is named in ``?``."""
+    from textual.binding import Binding
+
+    from cockpit.habits import FilterBar
+    from cockpit.widgets.confirm_quit import ConfirmQuit
+    from cockpit.widgets.help_screen import KEYS, HelpScreen
+    from cockpit.widgets.ship_menu import ShipMenu
+
+    app = build_attach_app(_run(tmp_path))
+    async with app.run_test(size=(120, 40)):
+        hidden = [b for bs in app._bindings.key_to_bindings.values() for b in bs if not b.show]
+        for screen in (HelpScreen, ConfirmQuit, ShipMenu, FilterBar):
+            hidden += [b for b in Binding.make_bindings(screen.BINDINGS) if not b.show]
+        words = {w for key, _ in KEYS for w in key.split()}  # the help's key column
+        words |= {w.strip("()") for _, what in KEYS for w in what.split() if re.fullmatch(r"\(?F\d+", w)}
+        missing = []
+        for b in hidden:
+            names = {b.key, b.key_display, app.get_key_display(b)} | (
+                {b.key.upper()} if re.fullmatch(r"f\d+", b.key) else set()
+            )
+            if not names & words:
+                missing.append(f"{b.key} ({b.action})")
+        assert not missing, f"not in the footer nor in ?: {missing}"
