@@ -200,3 +200,47 @@ async def test_every_key_not_in_the_footer_is_in_the_help(tmp_path):
             if not names & words:
                 missing.append(f"{b.key} ({b.action})")
         assert not missing, f"not in the footer nor in ?: {missing}"
+
+
+async def _click_row(pilot, table: DataTable, row: int) -> None:
+    """Click the middle of the first cell of ``row`` (rows are one line here; no scroll)."""
+    inner = table.content_region
+    y = inner.y - table.region.y + table.header_height + row
+    await pilot.click(table, offset=(inner.x - table.region.x + 2, y))
+    await pilot.pause()
+
+
+async def test_the_mouse_clicks_tabs_checkpoints_and_checklist_items(tmp_path, prepared):
+    from textual.widgets import TabbedContent
+
+    from cockpit.checklist_pane import ChecklistPane
+    from cockpit.widgets.checkpoints_table import CheckpointsTable
+
+    app = build_attach_app(_with_data(tmp_path, prepared))
+    async with app.run_test(size=(120, 40)) as pilot:
+        tabs_ = app.query_one(TabbedContent)
+        for tab in ("learned", "checklist", "dashboard"):
+            await pilot.click(f"#--content-tab-{tab}")
+            await pilot.pause()
+            assert tabs_.active == tab
+        table = app.query_one(CheckpointsTable)
+        await _settle(pilot, app, "dashboard")
+        older = table.coordinate_to_cell_key((1, 0)).row_key.value
+        await _click_row(pilot, table, 1)  # a click takes the cursor there ...
+        assert table.cursor_row == 1 and tabs_.active == "dashboard"
+        await _click_row(pilot, table, 1)  # ... a click on the cursor's row is Enter: to the chat
+        await pilot.pause()
+        assert tabs_.active == "chat"
+        # The hand-written checkpoint folders are empty: the chat names the one clicked, as Enter's would.
+        assert str(app.query_one("#chat-status").render()).startswith(f"{older} is not a complete checkpoint")
+
+        await pilot.click("#--content-tab-checklist")
+        checklist = app.query_one("#checklist-table", DataTable)
+        await _settle(pilot, app, "checklist")
+        pane = app.query_one(ChecklistPane)
+        for row in (2, 3):
+            await _click_row(pilot, checklist, row)
+            key = checklist.coordinate_to_cell_key((row, 0)).row_key.value
+            assert checklist.cursor_row == row and pane.selected().id == key
+            item = next(i for i in pane.items if i.id == key)
+            assert item.title in str(app.query_one("#checklist-detail").render())
