@@ -18,6 +18,7 @@ from pathlib import Path
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.reactive import Reactive
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
@@ -66,6 +67,7 @@ class CockpitApp(App[int]):
     CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
     ENABLE_COMMAND_PALETTE = True  # ctrl+p: every key's action by name (cockpit/habits.py)
+    ansi_theme_light = Reactive(themes.LIGHT_ANSI, init=False)  # "yellow" text readable on light
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),  # the one offered follows the run (check_action)

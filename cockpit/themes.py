@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.terminal_theme import TerminalTheme
 from textual.theme import BUILTIN_THEMES
 
 from engine.errors import UserError
@@ -74,6 +75,35 @@ DARK = ChartColors(
 LIGHT = ChartColors(  # the dark set's cyan and orange are faint (1.4:1) on a light surface
     (96, 96, 110), (0, 100, 190), (180, 75, 0), (30, 120, 30), (4, 1, 2, 5, 6, 0, 8, 12, 9)
 )
+
+
+LIGHT_ANSI = TerminalTheme(
+    (247, 247, 247),
+    (0, 0, 0),
+    [
+        (0, 0, 0),
+        (170, 55, 49),
+        (66, 137, 38),
+        (158, 112, 0),
+        (50, 92, 192),
+        (122, 62, 157),
+        (0, 131, 178),
+        (100, 100, 100),
+    ],
+    [
+        (119, 119, 119),
+        (205, 65, 65),
+        (65, 138, 0),
+        (152, 112, 55),
+        (0, 122, 204),
+        (190, 60, 190),
+        (0, 132, 158),
+        (100, 100, 100),
+    ],
+)
+"""The ANSI colours Textual paints text styled by name ("yellow", "bright_green") with on a light
+theme: its own (Alabaster) darkened where they are under 3:1 against the light surface (yellow
+was 2:1, white invisible), so the panels' hard-coded ANSI styles read on light themes too."""
 
 
 def chart_colors(app) -> ChartColors:

@@ -244,3 +244,19 @@ async def test_the_mouse_clicks_tabs_checkpoints_and_checklist_items(tmp_path, p
             assert checklist.cursor_row == row and pane.selected().id == key
             item = next(i for i in pane.items if i.id == key)
             assert item.title in str(app.query_one("#checklist-detail").render())
+
+
+async def test_text_styled_by_ansi_name_reads_on_the_light_theme(tmp_path):
+    """The panels style text "yellow", "green", ...: on textual-light each of the 16 ANSI colours
+    is painted at 3:1 or more against the surface (Textual's own light palette has yellow at 2:1)."""
+    from rich.color import Color as RichColor
+    from textual.color import Color
+
+    app = build_attach_app(_run(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.theme = "textual-light"
+        await pilot.pause()
+        surface = Color.parse(app.theme_variables["surface"]).rgb
+        for n in range(1, 16):
+            rgb = tuple(RichColor.from_ansi(n).get_truecolor(app.ansi_theme))
+            assert _contrast(rgb, surface) >= 2.95, (n, rgb)
