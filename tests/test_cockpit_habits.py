@@ -9,11 +9,12 @@ import re
 import pytest
 import yaml
 from conftest import DEMO_DATA, base_config, cli_here
+from rich.text import Text
 from test_views_pilot import _run
-from textual.widgets import DataTable
+from textual.widgets import DataTable, OptionList, Select
 
 from cockpit.launch import build_attach_app
-from cockpit.widgets.table import Table
+from cockpit.widgets.table import Options, Table
 from engine.config.config import load_config
 from engine.data.datasummary import find_prepared
 
@@ -44,8 +45,12 @@ def _with_data(tmp_path, prepared):
     return run_dir
 
 
-def _rows(table: DataTable) -> list[str]:
-    return [" ".join(getattr(c, "plain", str(c)) for c in table.get_row(k)).lower() for k in table.rows]
+def _rows(widget) -> list[str]:
+    """The rows of a table, or the options of a list, as shown (lower case)."""
+    if isinstance(widget, OptionList):
+        options = [widget.get_option_at_index(i) for i in range(widget.option_count)]
+        return [Text.from_markup(str(o.prompt)).plain.lower() for o in options]
+    return [" ".join(getattr(c, "plain", str(c)) for c in widget.get_row(k)).lower() for k in widget.rows]
 
 
 def _needle(rows: list[str]) -> str:
@@ -69,33 +74,53 @@ async def _settle(pilot, app, tab: str) -> list[DataTable]:
     return tables
 
 
-async def test_slash_filters_every_table_of_every_tab(tmp_path, prepared):
+async def _filters(pilot, widget) -> None:
+    """``/`` and a word of one row leave the rows holding it; Escape brings them all back."""
+    before = _rows(widget)
+    needle = _needle(before)
+    widget.focus()
+    await pilot.press("slash", *needle)
+    await pilot.pause()
+    after = _rows(widget)
+    want = [r for r in before if needle in r]
+    if type(widget).apply_filter in (Table.apply_filter, Options.apply_filter):  # cells as shown
+        assert after == want, (widget.id, needle)
+    else:  # its own match (a path, a prompt not shown whole): at least those shown
+        assert set(want) <= set(after) < set(before), (widget.id, needle)
+    await pilot.press("escape")
+    await pilot.pause()
+    assert _rows(widget) == before
+
+
+async def test_slash_filters_every_table_and_list_of_every_tab(tmp_path, prepared):
     from cockpit import tabs
+    from cockpit.habits import FilterBar
 
     app = build_attach_app(_with_data(tmp_path, prepared))
     seen = []
     async with app.run_test(size=(120, 40)) as pilot:
         for number, tab in enumerate(tabs.TABS, 1):
             await pilot.press(str(number))
-            for table in await _settle(pilot, app, tab.id):
-                assert isinstance(table, Table), f"{table!r} is a plain DataTable: `/` cannot filter it"
-                assert table.row_count >= 2, f"{table.id or table!r} has no rows to filter"
-                before = _rows(table)
-                needle = _needle(before)
-                table.focus()
-                await pilot.press("slash", *needle)
-                await pilot.pause()
-                after = _rows(table)
-                want = [r for r in before if needle in r]
-                if type(table).apply_filter is Table.apply_filter:  # the cells as shown
-                    assert after == want, (table.id, needle)
-                else:  # its own match (a path, a prompt not shown whole): at least those shown
-                    assert set(want) <= set(after) < set(before), (table.id, needle)
-                await pilot.press("escape")
-                await pilot.pause()
-                assert _rows(table) == before
-                seen.append(table.id or type(table).__name__)
-    assert set(seen) >= {"checkpoints", "checklist-table", "probe-answers", "data-categories", "data-bad"}
+            await _settle(pilot, app, tab.id)
+            for widget in app.query_one(f"#{tab.id}").query("DataTable, OptionList"):
+                if any(isinstance(a, Select) for a in widget.ancestors):
+                    continue  # a Select's drop-down: Textual's own, it searches as you type
+                assert isinstance(widget, (Table, Options)), f"{widget!r} is plain: `/` cannot filter it"
+                assert len(_rows(widget)) >= 2, f"{widget.id or widget!r} has no rows to filter"
+                await _filters(pilot, widget)
+                seen.append(widget.id or type(widget).__name__)
+        await pilot.press("1", "M")  # the ship menu's list of actions
+        await pilot.pause()
+        actions = app.screen.query_one("#ship-actions")
+        assert isinstance(actions, Options)
+        await _filters(pilot, actions)
+        path = app.screen.query_one("#ship-merged-out")
+        path.focus()
+        path.value = ""
+        await pilot.press("slash", "t")  # in a text box / is typed (paths): no filter
+        assert path.value == "/t" and not isinstance(app.screen, FilterBar)
+    want = {"checkpoints", "checklist-table", "probe-answers", "data-categories", "data-bad", "chat-presets"}
+    assert set(seen) >= want, seen
 
 
 def _contrast(a, b) -> float:

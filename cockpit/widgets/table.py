@@ -1,4 +1,5 @@
-"""The cockpit's one table: a ``DataTable`` that ``/`` filters (cockpit/habits.py), whoever fills it.
+"""The cockpit's one table and one list: a ``DataTable`` (``Table``) and an ``OptionList``
+(``Options``) that ``/`` filters (cockpit/habits.py), whoever fills them.
 
 Every table in the cockpit is a ``Table`` (tests/test_cockpit_habits.py walks them), so the filter
 is there by construction. The table keeps every row it was given, in order; the filter only
@@ -15,7 +16,7 @@ from __future__ import annotations
 from itertools import count
 
 from rich.text import Text
-from textual.widgets import DataTable
+from textual.widgets import DataTable, OptionList
 from textual.widgets.data_table import ColumnKey, RowKey
 
 _keys = count()
@@ -79,3 +80,25 @@ class Table(DataTable):
         if not self.row_count:
             return None
         return self.coordinate_to_cell_key((self.cursor_row, 0)).row_key.value
+
+
+class Options(OptionList):
+    """An ``OptionList`` that ``/`` filters: the options whose prompt holds the text stay."""
+
+    def __init__(self, *options, **kw) -> None:
+        super().__init__(*options, **kw)
+        self.filter = ""
+        self._all = list(options)
+        self._subtitle = None
+
+    def apply_filter(self, text: str) -> None:
+        if not self.filter and text:
+            self._subtitle = self.border_subtitle
+        self.filter, needle = text, text.lower()
+        keep = [o for o in self._all if needle in Text.from_markup(str(o.prompt)).plain.lower()]
+        self.clear_options()
+        self.add_options(keep)
+        first = next((i for i, o in enumerate(keep) if not o.disabled), None)
+        if first is not None:
+            self.highlighted = first
+        self.border_subtitle = f"/{text} · {len(keep)} of {len(self._all)}" if text else self._subtitle
