@@ -18,10 +18,11 @@ from pathlib import Path
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.reactive import Reactive
 from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
-from cockpit import habits
+from cockpit import habits, themes
 from cockpit import tabs as cockpit_tabs
 from cockpit.messages import (
     ControlRequested,
@@ -66,6 +67,7 @@ class CockpitApp(App[int]):
     CSS_PATH = ["cockpit.tcss", "chat.tcss"]
     TITLE = "leviathan-cockpit"
     ENABLE_COMMAND_PALETTE = True  # ctrl+p: every key's action by name (cockpit/habits.py)
+    ansi_theme_light = Reactive(themes.LIGHT_ANSI, init=False)  # "yellow" text readable on light
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),  # the one offered follows the run (check_action)
@@ -110,6 +112,8 @@ class CockpitApp(App[int]):
         self.compare_runs: list[Path] = []
         """Runs overlaid with this one in the Compare tab (``attach A B ...``, the ``a`` key)."""
         self.start_tab: str | None = None
+        self.remember_theme = False
+        """Start in the chosen theme and keep the one picked (cockpit/themes.py): the launcher's."""
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -143,6 +147,8 @@ class CockpitApp(App[int]):
 
     def on_mount(self) -> None:
         quiet_progress_bars()
+        if self.remember_theme:
+            themes.keep(self)
         self.show_state()
         if not self.source.read_only:
             self._capture_prints()  # a chat model loaded here after training prints too

@@ -29,6 +29,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Static
 
 from cockpit.messages import JobEnded, ShipRequested
+from cockpit.widgets.table import Table
 from engine.cli.steps import menu_actions
 from engine.evaluate import checklist
 from engine.evaluate.checklist_items import GROUPS, ItemStatus
@@ -100,7 +101,7 @@ class ChecklistPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("measuring...", id="checklist-summary")
-        table = DataTable(id="checklist-table", cursor_type="row", zebra_stripes=True)
+        table = Table(id="checklist-table", cursor_type="row", zebra_stripes=True)
         table.add_columns("", "item", "when", "measured")
         yield table
         yield Static("", id="checklist-detail", markup=False)

@@ -13,7 +13,7 @@ from functools import partial
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Input, TextArea
+from textual.widgets import Input, TextArea
 
 BINDINGS = [
     Binding("j", "nav('down')", "Down", show=False),
@@ -48,31 +48,9 @@ def nav(app, direction: str) -> None:
             return
 
 
-def filter_rows(table: DataTable, text: str) -> None:
-    """Keep the rows with ``text`` in a cell (any case); an empty text brings every row back.
-
-    A table that redraws itself from its own data (``apply_filter``) filters there instead.
-    """
-    saved = getattr(table, "_filter_saved", None)
-    if saved is None:
-        saved = [(k.value, table.get_row(k), table.rows[k].height) for k in table.rows]
-        table._filter_saved = saved
-    table.clear()
-    needle = text.lower()
-    for key, cells, height in saved:
-        if not needle or any(needle in str(c).lower() for c in cells):
-            table.add_row(*cells, key=key, height=height)
-    if not needle:
-        table._filter_saved = None
-    table.border_subtitle = f"/{text}" if text else None
-
-
 def can_filter(widget) -> bool:
-    """Tables that own their rows: ``apply_filter``, or ``filterable`` (rows set once, not updated
-    by key afterwards: a filtered-out row could not be updated)."""
-    return hasattr(widget, "apply_filter") or (
-        isinstance(widget, DataTable) and getattr(widget, "filterable", False)
-    )
+    """Every table of the cockpit is a ``Table`` (cockpit/widgets/table.py), which filters."""
+    return hasattr(widget, "apply_filter")
 
 
 class FilterBar(ModalScreen[str | None]):
@@ -103,10 +81,7 @@ class FilterBar(ModalScreen[str | None]):
 
 
 def apply(table, text: str) -> None:
-    if hasattr(table, "apply_filter"):
-        table.apply_filter(text)
-    else:
-        filter_rows(table, text)
+    table.apply_filter(text)
 
 
 def open_filter(app) -> None:

@@ -159,7 +159,11 @@ def build_launched_app(args, nproc: int = 1, checked: tuple | None = None):
 def train_in_cockpit(args, nproc: int = 1) -> int:
     checked = checked_config(args)
     need_terminal("the cockpit")
+    from cockpit import themes
+
+    themes.chosen()  # a bad LEVIATHAN_THEME is refused before training starts
     app = build_launched_app(args, nproc, checked)
+    app.remember_theme = True
     restore = install_stop_signals(app)
     try:
         app.run()
@@ -247,6 +251,10 @@ def attached_chat(config: dict, run_dir: Path):
 def attach(args) -> int:
     app = build_attach_app(*args.run_dir)
     need_terminal("attach")
+    from cockpit import themes
+
+    themes.chosen()  # a bad LEVIATHAN_THEME: refused with the names there are
+    app.remember_theme = True
     app.run()
     if app.source.bad_lines:
         _say(f"{app.source.bad_lines} torn or foreign line(s) skipped in {app.source.path}")

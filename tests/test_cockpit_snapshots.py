@@ -76,3 +76,13 @@ def test_confirm_quit(snap_compare, scripted_app):
         await pilot.pause(0.2)
 
     assert snap_compare(scripted_app(), terminal_size=WIDE, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [WIDE, NARROW], ids=["120x40", "80x24"])
+def test_dashboard_light(snap_compare, scripted_app, size, monkeypatch, tmp_path):
+    """The light theme as a user picks it (``LEVIATHAN_THEME``): the charts' darker colours."""
+    monkeypatch.setenv("LEVIATHAN_THEME", "textual-light")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    app = scripted_app()
+    app.remember_theme = True
+    assert snap_compare(app, terminal_size=size, run_before=loaded)

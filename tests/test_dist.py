@@ -352,7 +352,9 @@ def test_finish_names_the_root_cause(tmp_path):
     assert [r["kind"] for r in records] == ["start", "rank_error", "end"]  # rank 0's own error: no alert
     assert records[-1]["message"] == "ValueError: boom" and records[-1]["traceback"] == "tb"
 
-    other = tmp_path / "other"  # a log of its own: rewriting the first would read as a cut-short log (its seal)
+    other = (
+        tmp_path / "other"
+    )  # a log of its own: rewriting the first would read as a cut-short log (its seal)
     other.mkdir()
     events = other / "events.jsonl"
     events.write_text(json.dumps(start) + "\n")

@@ -13,11 +13,8 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from cockpit.messages import EvalLogged, RunChanged
+from cockpit.themes import chart_colors
 from cockpit.widgets.loss_chart import SafePlot
-
-# Named colours: plotext maps them to the 16 ANSI ones, so they read in a 16-colour tmux too.
-COLORS = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white", "gray")
-RICH = {"orange": "dark_orange", "gray": "bright_black"}  # the same colours by Rich's names
 
 
 class CategoryChart(Vertical):
@@ -33,6 +30,7 @@ class CategoryChart(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Eval loss by _category"
         self.set_interval(0.5, self.redraw_if_needed)
+        self.app.theme_changed_signal.subscribe(self, lambda _: self.redraw())  # light or dark colours
 
     def on_eval_logged(self, message: EvalLogged) -> None:
         r = message.record
@@ -63,9 +61,10 @@ class CategoryChart(Vertical):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
+        colors = chart_colors(self.app).categories
         for i, (cat, series) in enumerate(sorted(self.points.items())):
             xs, ys = [p[0] for p in series], [p[1] for p in series]
-            color = COLORS[i % len(COLORS)]
+            color = colors[i % len(colors)]
             if len(xs) > 1:
                 plt.plot(xs, ys, color=color, marker="braille", label=cat)
             else:
@@ -83,11 +82,11 @@ class CategoryChart(Vertical):
             last = series[-1][1]
             change = last - series[-2][1] if len(series) > 1 else 0.0
             rows.append((change, cat, last))
-        color = {cat: COLORS[i % len(COLORS)] for i, cat in enumerate(sorted(self.points))}
-        color = {cat: RICH.get(c, c) for cat, c in color.items()}
+        colors = chart_colors(self.app).categories
+        color = {cat: colors[i % len(colors)] for i, cat in enumerate(sorted(self.points))}
         out = Text()
         for change, cat, last in sorted(rows, reverse=True):  # the worst change first
-            out.append("━ ", style=color[cat])
+            out.append("━ ", style=f"color({color[cat]})")  # the curve's own ANSI colour
             out.append(f"{cat} {last:.3f}", style="bold" if change > 0 else "")
             out.append(f" ({change:+.3f})  " if change else "  ", style="bold red" if change > 0 else "dim")
         return out

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from textual.widgets import OptionList
 from textual.widgets.option_list import Option
+
+from cockpit.widgets.table import Options
 
 PRESET_KEYS = [f"f{i}" for i in range(4, 13)]
 """F1-F3 switch the cockpit's tabs (from a text box too): presets take F4 on."""
 
 
-class PresetList(OptionList):
+class PresetList(Options):
     """Selecting an entry (Enter, click, or its F-key on the pane) sends its prompt."""
 
     def __init__(self, presets, **kwargs) -> None:

@@ -15,6 +15,7 @@ from textual.widgets import DataTable
 
 from cockpit.messages import CheckpointRemoved, CheckpointSaved, OpenCheckpoint, ProbeScored, ShipRequested
 from cockpit.series import as_float
+from cockpit.widgets.table import Table
 from engine.run import records
 
 COLUMNS = ("step", "loss", "eval", "size", "age")
@@ -50,7 +51,7 @@ def age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
-class CheckpointsTable(DataTable):
+class CheckpointsTable(Table):
     BINDINGS = [Binding("M", "ship", "Merge")]
 
     def __init__(self, **kw) -> None:

@@ -18,6 +18,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static
 
 from cockpit.messages import RunChanged
+from cockpit.widgets.table import Table
 
 PREVIEW_ROWS = 3
 BAR_W = 40
@@ -35,9 +36,9 @@ class DataPane(VerticalScroll):
         yield Static(
             "waiting for the run's data (the `data` record, once preparation is done)", id="data-head"
         )
-        yield DataTable(id="data-categories", cursor_type="row", zebra_stripes=True, classes="panel")
+        yield Table(id="data-categories", cursor_type="row", zebra_stripes=True, classes="panel")
         yield Static(id="data-lengths", classes="panel")
-        yield DataTable(id="data-bad", cursor_type="row", classes="panel")
+        yield Table(id="data-bad", cursor_type="row", classes="panel")
         yield Static(id="data-preview", classes="panel")
 
     def on_mount(self) -> None:
@@ -93,7 +94,6 @@ class DataPane(VerticalScroll):
     def _categories(self) -> None:
         st = self.summary.stats
         table = self.query_one("#data-categories", DataTable)
-        table.filterable = True  # rows set once: `/` filters them (cockpit/habits.py)
         table._filter_saved = None
         table.clear(columns=True)
         for name in ("_category", "rows", "share", "tokens", "share", "trained", "share", "mean/row"):
@@ -132,7 +132,6 @@ class DataPane(VerticalScroll):
 
     def _bad(self) -> None:
         table = self.query_one("#data-bad", DataTable)
-        table.filterable = True
         table._filter_saved = None
         table.clear(columns=True)
         table.add_columns("file:line", "why")

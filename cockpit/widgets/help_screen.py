@@ -25,6 +25,10 @@ KEYS = (
     ("⏎", "on a checkpoint: open it in the chat pane"),
     ("M", "on a checkpoint: merge, quantize, export or push it"),
     ("g", "checklist: run the step that makes this item pass"),
+    ("j k", "down / up in a table or a list, beside the arrows"),
+    ("/", "filter the focused table: type, ⏎ keeps the filter, escape clears it"),
+    ("ctrl+p", "command palette: every key's action by name, and the theme (kept for next time)"),
+    ("^q ^c", "quit, as q"),
     ("?", "this help"),
 )
 

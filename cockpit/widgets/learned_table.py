@@ -11,9 +11,9 @@ import textwrap
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from cockpit.messages import CheckpointRemoved, CheckpointSaved, ProbeScored
+from cockpit.widgets.table import Table
 from engine.evaluate.learned import Cell, LearnedTable, learned_table
 
 PROMPT_W = 24
@@ -43,7 +43,7 @@ def cell_text(cell: Cell | None, width: int) -> Text:
     return out
 
 
-class ProbeAnswers(DataTable):
+class ProbeAnswers(Table):
     BINDINGS = [
         Binding("left_square_bracket", "page(-1)", "Older", key_display="["),
         Binding("right_square_bracket", "page(1)", "Newer", key_display="]"),

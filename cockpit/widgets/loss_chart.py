@@ -20,6 +20,7 @@ from textual_plotext import PlotextPlot
 
 from cockpit.messages import EvalLogged, RunChanged, StepsLogged
 from cockpit.series import Series, as_float
+from cockpit.themes import chart_colors, hex_color
 from engine.run import records
 from engine.train.bands import expected_band
 
@@ -43,9 +44,6 @@ class SafePlot(PlotextPlot):
             return super().render()
         except Exception as e:  # plotext on data it cannot draw: the run matters more
             return Text(f"chart unavailable: {type(e).__name__}: {e}", style="red")
-
-
-TRAIN, SMOOTH, EVAL, BAND = (96, 96, 110), (0, 200, 255), (255, 160, 40), (70, 160, 70)
 
 
 class LossChart(Vertical):
@@ -72,6 +70,7 @@ class LossChart(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Loss"
         self.set_interval(1 / REDRAW_HZ, self.redraw_if_needed)
+        self.app.theme_changed_signal.subscribe(self, lambda _: self.redraw())  # light or dark colours
         self.redraw()
 
     # -- data -------------------------------------------------------------------------------
@@ -127,6 +126,7 @@ class LossChart(Vertical):
         plt.clear_data()
         plt.clear_figure()
         columns = max(plot.size.width - 8, 10)
+        c = chart_colors(self.app)
         n = ZOOMS[self.zoom]
         last = self.train.last_step
         first = None if n is None or last is None else last - n + 1
@@ -143,10 +143,10 @@ class LossChart(Vertical):
             # full-height strokes that doubles the redraw and shows no more than the dots do.
             raw = plt.scatter if self.smoothing or len(x) > columns else plt.plot
             if self.smoothing:
-                raw(x, y, color=TRAIN, marker="braille")
-                plt.plot(x, smooth, color=SMOOTH, marker="braille")
+                raw(x, y, color=c.train, marker="braille")
+                plt.plot(x, smooth, color=c.smooth, marker="braille")
             else:
-                raw(x, y, color=SMOOTH, marker="braille")
+                raw(x, y, color=c.smooth, marker="braille")
             lo, hi = self._band(x[0], x[-1], columns)
             if lo is not None:
                 bx = np.linspace(x[0], x[-1], len(lo))
@@ -154,13 +154,13 @@ class LossChart(Vertical):
                     plt.plot(
                         np.concatenate([bx, bx[::-1]]),
                         np.concatenate([lo, hi[::-1]]),
-                        color=BAND,
+                        color=c.band,
                         marker="braille",
                     )
                 else:  # the guide gives only a ceiling here ("< 1.0"): draw the ceiling
-                    plt.plot(bx, hi, color=BAND, marker="braille")
+                    plt.plot(bx, hi, color=c.band, marker="braille")
         if len(ex):
-            plt.scatter(ex, ey, color=EVAL, marker="●")
+            plt.scatter(ex, ey, color=c.eval, marker="●")
         if self.log_scale and (len(x) or len(ex)):
             plt.yscale("log")
         plot.refresh()
@@ -175,18 +175,19 @@ class LossChart(Vertical):
         return np.array([b[0] for b in bands]), np.array([b[1] for b in bands])
 
     def caption(self) -> str:
-        parts = ["[#00c8ff]━ train[/]"]
+        c = {k: hex_color(v) for k, v in vars(chart_colors(self.app)).items() if k != "categories"}
+        parts = [f"[{c['smooth']}]━ train[/]"]
         if self.smoothing:
-            parts[0] = "[#60606e]━ raw[/] [#00c8ff]━ smoothed[/]"
+            parts[0] = f"[{c['train']}]━ raw[/] [{c['smooth']}]━ smoothed[/]"
         if len(self.eval):
-            parts.append("[#ffa028]● eval[/]")
+            parts.append(f"[{c['eval']}]● eval[/]")
         last = self.train.last_step
         if self.steps_per_epoch and last is not None:
             band = expected_band(last / self.steps_per_epoch, table=self.expected)
             lo, hi = band.loss
             expected = f"{lo:.2f}–{hi:.2f}" if lo > 0 else f"< {hi:.2f}"
             whose = "expected" if self.expected else "guide"
-            parts.append(f"[#46a046]━ {whose} {expected}[/] [dim]({escape(band.note)})[/]")
+            parts.append(f"[{c['band']}]━ {whose} {expected}[/] [dim]({escape(band.note)})[/]")
         elif not len(self.train):
             parts.append("[dim]waiting for the first step…[/]")
         n = ZOOMS[self.zoom]

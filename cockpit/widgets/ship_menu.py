@@ -18,13 +18,17 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from cockpit.widgets.table import Options
 from engine.cli.steps import ShipChoice, menu_actions
 
 __all__ = ["ShipChoice", "ShipMenu"]
 
 
 class ShipMenu(ModalScreen[ShipChoice | None]):
-    BINDINGS = [Binding("escape", "close", "Close")]
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("slash", "app.filter", "Filter", show=False),  # a modal screen hides the app's keys
+    ]
 
     def __init__(
         self,
@@ -51,7 +55,7 @@ class ShipMenu(ModalScreen[ShipChoice | None]):
             )
             yield from _field("model folder", "ship-model-dir", d.model_dir, "a merged (or quantized) folder")
             yield from _field("repo id", "ship-repo-id", d.repo_id, "USER/NAME on the Hugging Face Hub")
-            yield OptionList(*(Option(a.label, id=a.id) for a in menu_actions()), id="ship-actions")
+            yield Options(*(Option(a.label, id=a.id) for a in menu_actions()), id="ship-actions")
             if self.warning:
                 yield Static(Text(self.warning, style="yellow"), id="ship-warning")
             yield Static("", id="ship-error")
