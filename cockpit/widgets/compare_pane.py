@@ -19,6 +19,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from cockpit.widgets.loss_chart import SafePlot
+from cockpit.widgets.table import Table
 from engine.run.compare import AXES, RUN_OWN, CurveReader, config_diff, downsample
 from engine.run.rundir import run_config_raw
 from engine.train.bands import expected_band
@@ -53,7 +54,7 @@ class ComparePane(Vertical):
     def compose(self) -> ComposeResult:
         yield SafePlot(id="compare-plot")
         yield Static(id="compare-caption")
-        yield DataTable(id="compare-diff", show_cursor=False, zebra_stripes=True)
+        yield Table(id="compare-diff", show_cursor=False, zebra_stripes=True)
 
     def on_mount(self) -> None:
         self.border_title = "Runs side by side"

@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from cockpit.widgets.table import Table
 from engine.evaluate.journey import Journey, full_run_dir, journey
 
 REFRESH_S = 10.0
@@ -39,7 +40,7 @@ def short(text: str) -> str:
     return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
 
 
-class JourneyTable(DataTable):
+class JourneyTable(Table):
     BINDINGS = [
         Binding("F", "start_full", "Start full run"),
         Binding("r", "refresh_journey", "Re-measure"),
