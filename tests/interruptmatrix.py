@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -49,9 +51,9 @@ PHASES = {  # phase -> (engine/faults.py place:N, command); train resumes at ste
 def args_for(run: fm.Run, command: str) -> list[str]:
     if command == "train":
         cfg = run.root / "m4.yaml"
-        if not cfg.exists():  # the tree's config, two more steps, an eval at each save
+        if not cfg.exists():  # the tree's config, two more steps, an eval at each save, 2 workers
             raw = yaml.safe_load(run.cfg.read_text())
-            raw.update(max_steps=LAST, eval_steps=2)
+            raw.update(max_steps=LAST, eval_steps=2, dataset_processes=2)
             cfg.write_text(yaml.safe_dump(raw))
         return ["train", str(cfg), "--headless"]
     if command == "merge":  # over the earlier merge: --force replaces a folder merge wrote
@@ -77,8 +79,10 @@ def forked(args: list[str], fault: str, log: Path) -> tuple[int, str, bool]:
             os.environ["LEVIATHAN_FAULT"] = fault
             from cockpit.cli import main
             from engine import faults
+            from engine.data import prepare
 
             faults.reset()
+            prepare.PARALLEL_MIN = 0  # the tiny data prepared by worker processes: none may outlive it
             code = main(args)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else int(e.code is not None)
@@ -88,13 +92,25 @@ def forked(args: list[str], fault: str, log: Path) -> tuple[int, str, bool]:
             sys.stdout.flush()
             os._exit(code or 0)
     _, status = os.waitpid(pid, 0)
-    try:
-        os.killpg(pid, 0)
-        orphan = True
-        os.killpg(pid, signal.SIGKILL)  # not left to the next cell
-    except ProcessLookupError:
-        orphan = False
-    return os.waitstatus_to_exitcode(status), log.read_text(errors="replace"), orphan
+    end = time.monotonic() + 5
+    while (left := _group(pid)) and time.monotonic() < end:
+        time.sleep(0.05)
+    for p in left:
+        os.kill(p, signal.SIGKILL)  # not left to the next cell
+    return os.waitstatus_to_exitcode(status), log.read_text(errors="replace"), bool(left)
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of group ``pgid``: a parent-death signal takes a moment."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _tree_digest(folder: Path) -> str:
@@ -139,7 +155,7 @@ def cell(run: fm.Run, backup: Path, phase: str, signal_name: str) -> dict:
             shutil.rmtree(run.prepared.parent)
         names, log_before = fm._names(run), (run.run_dir / "events.jsonl").read_bytes()
         kept = {p: _tree_digest(p) for p in (run.out / "checkpoint-2", run.merged)}
-        n = len(_records(run))
+        n, checkpoints = len(_records(run)), {p.name for p in run.out.iterdir()}
         rc, out, orphan = forked(args, f"{SIGNALS[signal_name]}@{place}", run.root / "first.log")
         broken = []
         if orphan:
@@ -152,6 +168,11 @@ def cell(run: fm.Run, backup: Path, phase: str, signal_name: str) -> dict:
         if lost:
             broken.append("LOST " + ", ".join(sorted(lost)))
         first = _said(rc, out, run, command, n)
+        partial = [re.sub(r"-\d+(\.gguf)?$", "", Path(p).name) for p in _leftovers(run)]
+        if rc < 0:  # what the killed writer left (the next run must not take it for whole)
+            partial += sorted({p.name for p in run.out.iterdir()} - checkpoints)
+        if partial:
+            first += f", left {', '.join(partial)}"
         n2 = len(_records(run))
         rc2, out2, orphan2 = forked(args, "", run.root / "again.log")
         again = _said(rc2, out2, run, command, n2)
@@ -166,6 +187,8 @@ def cell(run: fm.Run, backup: Path, phase: str, signal_name: str) -> dict:
             broken.append("LEFTOVER " + ", ".join(_leftovers(run))[:80])
         if command == "train":
             again = _resumed(run, n2, again, broken)
+        elif rc2 == 0:
+            again = _shipped(run, command, broken)
     finally:
         fm.restore(run, backup)
         for extra in ("gguf", "first.log", "again.log"):
@@ -187,6 +210,21 @@ def _resumed(run: fm.Run, since: int, again: str, broken: list[str]) -> str:
     return f"resumed from {res.get('from_step')}, {end.get('status')} at {end.get('step')}"
 
 
+def _shipped(run: fm.Run, command: str, broken: list[str]) -> str:
+    """The second merge or export: its output checked whole (merge's recorded sha256s)."""
+    from engine.errors import UserError
+    from engine.ship.quantize import check_model_dir
+
+    if command == "export":
+        files = sorted(p.name for p in (run.root / "gguf").iterdir())
+        return "exit 0: wrote " + ", ".join(files) + " (each tensor checked)"
+    try:
+        check_model_dir(run.merged)
+    except UserError as e:
+        broken.append(f"HALF MERGED again: {e}")
+    return "exit 0: merged again, files as recorded"
+
+
 def table(cells: dict) -> str:
     lines = ["| phase | " + " | ".join(SIGNALS) + " |", "|---" * (len(SIGNALS) + 1) + "|"]
     for phase in PHASES:
@@ -200,3 +238,23 @@ def table(cells: dict) -> str:
 
 def _broken(c: dict) -> str:
     return f" **BROKEN: {'; '.join(c['broken'])}**" if c["broken"] else ""
+
+
+def main() -> None:
+    """``python -m tests.interruptmatrix``: the table, against whichever ``engine`` is on PYTHONPATH."""
+    import tempfile
+
+    import tests.conftest  # noqa: F401 - the test environment (offline, one thread)
+    from engine.model.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        (root / "run").mkdir()
+        run = fm.build(root / "run", build_tiny_model(root / "model", arch="qwen3"))
+        fm.snapshot(run, root / "backup")
+        cells = {(p, s): cell(run, root / "backup", p, s) for p in PHASES for s in SIGNALS}
+        print(table(cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -62,9 +62,9 @@ def test_every_interruption_keeps_the_promises(tree, phase, signal_name):
     assert bool(c["broken"]) == ((phase, signal_name) in INTERRUPT_GAPS), c
     # The signal landed inside the phase: the first run did not get to its own end.
     if signal_name == "kill -9":
-        assert c["first"] == "killed by SIGKILL", c
+        assert c["first"].startswith("killed by SIGKILL"), c
     elif im.PHASES[phase][1] != "train":  # merge and export keep SIGTERM's default: they end at once
-        assert c["first"] == "killed by SIGTERM", c
+        assert c["first"].startswith("killed by SIGTERM"), c
     else:  # the trainer's handler: it stops at the next step boundary (saved there, if it trained)
         assert c["first"].startswith("exit 0: end stopped"), c
     if im.PHASES[phase][1] == "train":
