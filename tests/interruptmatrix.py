@@ -168,7 +168,7 @@ def cell(run: fm.Run, backup: Path, phase: str, signal_name: str) -> dict:
         if lost:
             broken.append("LOST " + ", ".join(sorted(lost)))
         first = _said(rc, out, run, command, n)
-        partial = [re.sub(r"-\d+(\.gguf)?$", "", Path(p).name) for p in _leftovers(run)]
+        partial = [re.sub(r"(-\d+)+(\.gguf)?$", "", Path(p).name) for p in _leftovers(run)]
         if rc < 0:  # what the killed writer left (the next run must not take it for whole)
             partial += sorted({p.name for p in run.out.iterdir()} - checkpoints)
         if partial:
