@@ -11,6 +11,13 @@
   ``optimizer.pt`` and fails with ``OSError(ENOSPC)`` at that write, K times.
 - ``kill@save:N``: the save of checkpoint N (or the first save after it) writes half an
   ``optimizer.pt`` and the process kills itself with SIGKILL there (a kill -9 mid-save).
+- ``kill@PHASE:N`` / ``term@PHASE:N``: SIGKILL (a kill -9, the OOM killer) or SIGTERM sent to this
+  process inside PHASE: ``prep`` (the N-th chunk of data prepared), ``load`` (the N-th model
+  load, the weights just read), ``step`` (the forward of step N), ``save`` (the save of
+  checkpoint N, at its optimizer write; ``kill@save`` writes half an ``optimizer.pt`` first, as
+  above), ``eval`` (the first eval batch at or after step N), ``merge`` (the N-th merged folder,
+  written but not yet swapped in), ``export`` (the N-th GGUF file, converted but not yet checked
+  or renamed). SIGTERM runs the process's own handler, as an operator's would.
 - ``enospc@log:N[xK]``: from the run log's first write of a record at or after step N, its next
   K writes each write half their data and fail with ``OSError(ENOSPC)`` (the logs disk is full,
   then freed).
@@ -30,8 +37,10 @@ from dataclasses import dataclass, field
 from engine.errors import UserError
 
 ENV = "LEVIATHAN_FAULT"
-_SPEC = re.compile(r"^(nan|oom|enospc|kill)@(step|save|log):(\d+)(?:x(\d+))?$")
-_WHERE = {"nan": ("step",), "oom": ("step",), "enospc": ("save", "log"), "kill": ("save",)}
+PHASES = ("prep", "load", "step", "save", "eval", "merge", "export")
+_SPEC = re.compile(r"^(nan|oom|enospc|kill|term)@(\w+):(\d+)(?:x(\d+))?$")
+_WHERE = {"nan": ("step",), "oom": ("step",), "enospc": ("save", "log"), "kill": PHASES, "term": PHASES}
+_SIGNAL = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 
 
 @dataclass
@@ -40,6 +49,7 @@ class Fault:
     at: int
     times: int = 1
     fired: list[int] = field(default_factory=list)  # the steps it fired at
+    where: str = ""
 
     def take(self, step: int, once_per_step: bool = False) -> bool:
         if step < self.at or len(self.fired) >= self.times:
@@ -60,11 +70,11 @@ def parse(text: str) -> list[Fault]:
         if not m or m.group(2) not in _WHERE[m.group(1)]:
             raise UserError(
                 f"{ENV}: bad fault {part!r}",
-                "use nan@step:N, oom@step:N, enospc@save:N, enospc@log:N or kill@save:N (each with an "
-                "optional xK), comma-separated",
+                "use nan@step:N, oom@step:N, enospc@save:N, enospc@log:N, kill@PHASE:N or "
+                f"term@PHASE:N (PHASE: {', '.join(PHASES)}; each with an optional xK), comma-separated",
             )
         kind = m.group(1) if m.group(2) != "log" else "enospc_log"
-        out.append(Fault(kind, int(m.group(3)), int(m.group(4) or 1)))
+        out.append(Fault(kind, int(m.group(3)), int(m.group(4) or 1), where=m.group(2)))
     return out
 
 
@@ -79,10 +89,26 @@ def reset(text: str | None = None) -> None:
     """Re-read the faults (tests in one process); ``text`` instead of the env var."""
     global _faults
     _faults = parse(text) if text is not None else None
+    _reached.clear()
 
 
-def _take(kind: str, step: int, once_per_step: bool = False) -> bool:
-    return any(f.take(step, once_per_step) for f in active() if f.kind == kind)
+def _take(kind: str, step: int, once_per_step: bool = False, where: str | None = None) -> bool:
+    return any(f.take(step, once_per_step) for f in active() if f.kind == kind and where in (None, f.where))
+
+
+_reached: dict[str, int] = {}  # phase -> times reached in this process (the phases without a step)
+
+
+def in_phase(where: str, step: int | None = None) -> None:
+    """Inside phase ``where`` (of step ``step``, else its next time reached): a ``kill@``/``term@``
+    fault there sends its signal to this process, so an interruption lands inside the phase."""
+    if not active():
+        return
+    if step is None:
+        step = _reached[where] = _reached.get(where, 0) + 1
+    for kind, sig in _SIGNAL.items():
+        if _take(kind, step, where=where):
+            os.kill(os.getpid(), sig)
 
 
 def enabled() -> bool:
@@ -91,6 +117,7 @@ def enabled() -> bool:
 
 def on_forward(step: int) -> None:
     """Before a training forward of optimizer step ``step``."""
+    in_phase("step", step)
     if _take("oom", step):
         import torch
 
@@ -108,7 +135,9 @@ def on_loss(loss, step: int):
 
 def on_save_write(folder: str, step: int) -> None:
     """At the optimizer's write in a save: half a file, then the disk is full (or a kill -9)."""
-    full, kill = _take("enospc", step), _take("kill", step)
+    if _take("term", step, where="save"):
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler asks for a stop; this save goes on
+    full, kill = _take("enospc", step), _take("kill", step, where="save")
     if not (full or kill):
         return
     os.makedirs(folder, exist_ok=True)

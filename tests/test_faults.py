@@ -217,6 +217,14 @@ def test_bad_fault_spec_is_a_user_error():
         ("nan", 8, 3),
         ("oom", 2, 1),
     ]
+    # a signal inside a phase (tests/interruptmatrix.py lands each there); none where nothing runs
+    assert [(f.kind, f.where, f.at) for f in faults.parse("kill@merge:1,term@step:3")] == [
+        ("kill", "merge", 1),
+        ("term", "step", 3),
+    ]
+    for bad in ("kill@log:1", "term@nowhere:1"):
+        with pytest.raises(UserError, match="PHASE"):
+            faults.parse(bad)
 
 
 # -- disk full -----------------------------------------------------------------------------------

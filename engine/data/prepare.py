@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import faults
 from engine.data import datafp, prepcache, prepcheck, prepwork, readers
 from engine.data.data import Options, Stats, bad_rows_error, read_rows
 from engine.data.masks import BadRow, MaskOptions
@@ -204,6 +205,7 @@ class Pass:
         self.hashes.append(datafp.listing_hash(spec.path))
 
     def _take(self, path: str, base: int, c: prepwork.Chunk) -> None:
+        faults.in_phase("prep")
         s = self.stats
         s.merge(c.stats)
         s.bad.extend((path, base + rel, why) for rel, why in c.bad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine import faults
 from engine.errors import UserError
 
 VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "image_newline")
@@ -173,6 +174,7 @@ def load_base(
         model = auto.from_pretrained(name, **kwargs)
     except OSError:
         raise _hub_error(name) from None
+    faults.in_phase("load")
     if torch.cuda.is_available() and not quant_bits:
         model.to("cuda")
     return model

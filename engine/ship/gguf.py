@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import faults
 from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
@@ -243,6 +244,7 @@ def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, 
             gguf_convert.convert(merged, extra, "f16", pre_tokenizer=pre)
             progress(start + width * 0.4, f"quantizing to {quant} with llama.cpp")
             gguf_convert.quantize_k(extra, tmp, quant)
+        faults.in_phase("export")
         progress(start + width * 0.7, f"checking {path.name}: every tensor read back against {merged.name}")
         t_check = time.time()
         check = check_tensors(tmp, merged, quant, arch, cls)

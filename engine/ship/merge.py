@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import faults
 from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
@@ -310,6 +311,7 @@ def _write_folder(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size)
+        faults.in_phase("merge")
         tokenizer.save_pretrained(tmp)
         folder = base_folder(base_name)
         if folder is not None:

@@ -149,6 +149,21 @@ class LeviathanTrainer(SFTTrainer):
             if self.hold is None or not self.hold(self):
                 return
 
+    def _run_epoch(self, *args, **kwargs):
+        # transformers checks max_steps only after a step: resumed from a checkpoint at the last
+        # step (a run stopped there, or the same command run again) it would train one past it.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, *args, **kwargs):
+        if self.guard is not None:
+            from engine import faults
+
+            faults.in_phase("eval", self.state.global_step)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
     def _save_optimizer_and_scheduler(self, output_dir):
         if self.guard is not None:
             from engine import faults
