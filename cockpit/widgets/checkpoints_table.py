@@ -155,8 +155,10 @@ class Saved:
 
 
 def _matches(r: records.Save, text: str) -> bool:
-    """The filter's text in the step, the path or a loss as shown (any case)."""
-    shown = [str(r.step if r.step is not None else ""), str(r.path or ""), f"{r.loss}", f"{r.eval_loss}"]
+    """The filter's text in the step, the folder's name or a loss as shown (any case); not in the
+    folders above it, which every row shares (a filter on "50" kept every row under /tmp/pytest-50)."""
+    name = Path(r.path).name if r.path else ""
+    shown = [str(r.step if r.step is not None else ""), name, f"{r.loss}", f"{r.eval_loss}"]
     return any(text.lower() in x.lower() for x in shown)
 
 
