@@ -8,6 +8,7 @@ import json
 import pytest
 
 from cockpit.launch import build_attach_app
+from tests.wait import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -65,8 +66,12 @@ async def test_learned_tab_shows_answers_by_checkpoint_and_category_curves(tmp_p
         assert "✓" in cell.plain and "Leviathan," in cell.plain
         underlined = [cell.plain[s.start : s.end] for s in cell.spans if "underline" in str(s.style)]
         assert underlined == ["Leviathan,", "the", "Abyssal", "Mind"]  # "I am" was there at step 25
-        caption = str(app.query_one("#category-caption").render())
-        assert caption.startswith("━ coding 2.200 (+0.200)")  # the one getting worse comes first
+
+        def caption() -> str:  # redrawn on the chart's timer, after the points arrive
+            return str(app.query_one("#category-caption").render())
+
+        # the one getting worse comes first
+        await wait_for(lambda: caption().startswith("━ coding 2.200 (+0.200)"), pilot=pilot)
         assert app.focused is table
         await pilot.press("j")
         assert table.cursor_row == 1
