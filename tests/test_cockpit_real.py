@@ -62,7 +62,8 @@ async def test_keys_pause_save_and_quit_a_real_run(tiny_model, write_config, tmp
             app.pane_widgets["chat"].backend.submit(quick, answered.append)
             await wait_for(lambda: any(isinstance(e, Done) for e in answered), 60, pilot=pilot)
             assert steps_in(events_of(log)) == frozen, "steps went on while paused"
-            assert "paused" in text_of(app.query_one("#progress").content)
+            # the screen follows the log on its own timer: wait for it to draw what the log says
+            await wait_for(lambda: "paused" in text_of(app.query_one("#progress").content), 10, pilot=pilot)
 
             await pilot.press("p")
             await wait_for(lambda: len(steps_in(events_of(log))) >= len(frozen) + 2, 60, pilot=pilot)
