@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine.data.data import Stats
 from engine.errors import UserError
+from engine.run.runlock import pid_alive
 
 VERSION = 3  # 2: notes in the stats, every dataset key in the cache key; 3: checksums
 CODE_FILES = (  # what the bytes depend on
@@ -139,16 +140,6 @@ def commit(tmp: Path, root: Path, key: str, slot: str) -> Path:
     return final
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(root: Path, keep: str | None = None, slot: str | None = None) -> list[str]:
     removed = []
     if not root.is_dir():
@@ -161,7 +152,7 @@ def remove_stale(root: Path, keep: str | None = None, slot: str | None = None) -
                 pid = int(d.name.split("-")[1])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or pid_alive(pid):
                 continue
         else:
             meta = load_meta(d)

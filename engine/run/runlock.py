@@ -131,13 +131,18 @@ def lock_holder(folder: str | Path) -> int | None:
         return None
     if pid <= 0 or pid == os.getpid():
         return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that pid exists (someone else's counts: we may not signal it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid
-    return pid
+        return True
+    return True
 
 
 def lock_run(output_dir: str | Path) -> str | None:

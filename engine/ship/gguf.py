@@ -25,6 +25,7 @@ from engine import faults
 from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
+from engine.run.runlock import pid_alive
 from engine.ship import gguf_convert
 from engine.ship.gguf_convert import CONVERTED, K_QUANTS, QUANTS
 
@@ -193,18 +194,8 @@ def _remove_stale_partials(targets: dict[str, Path]) -> None:
             *path.parent.glob(f".{path.stem}.f16-*.gguf"),
         ]:
             pid = tmp.name.rsplit("-", 1)[-1].removesuffix(".gguf")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _check_disk(out: Path, merged: Path, quants: list[str]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.run import lineage
+from engine.run.runlock import pid_alive
 
 _LEFTOVER = re.compile(r"^\..+\.(partial|old)-(\d+)$")
 
@@ -61,22 +62,12 @@ def _ours_to_replace(out: Path) -> None:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(parent: Path) -> list[str]:
     """Remove the ``.<name>.partial-<pid>`` and ``.<name>.old-<pid>`` folders of dead processes."""
     removed = []
     for d in parent.iterdir():
         m = _LEFTOVER.match(d.name)
-        if m and d.is_dir() and not d.is_symlink() and not _alive(int(m.group(2))):
+        if m and d.is_dir() and not d.is_symlink() and not pid_alive(int(m.group(2))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     return removed
