@@ -100,7 +100,7 @@ def summarize(cb: ProfileSteps, rank: int) -> dict:
     out["buckets_ms"] = {k: v / 1e3 for k, v in sorted(per.items(), key=lambda kv: -kv[1])}
     out["top_kernels"] = [
         (e.key[:90], e.device_time_total / cb.n / 1e3, e.count // cb.n)
-        for e in sorted(cb.prof.key_averages(), key=lambda e: -e.device_time_total)[:15]
+        for e in sorted(cb.prof.key_averages(), key=lambda e: -e.device_time_total)[:40]
     ]
     return out
 
@@ -141,6 +141,9 @@ def child(args) -> int:
     row["tokens_per_step"] = tp.MICRO * tp.SEQ
     Path(args.json).write_text(json.dumps(row))
     return 0
+
+
+variant_env = tp.variant_env
 
 
 def repeated_lines(text: str, n: int = 3) -> list[tuple[int, str]]:
@@ -187,7 +190,7 @@ def main() -> int:
         cmd += ["--json", str(out), "--work", work, "--warmup", str(args.warmup)]
         cmd += ["--profile-steps", str(args.profile_steps)] + (["--tiny"] if args.tiny else [])
         t0 = time.time()
-        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, env=variant_env(name), stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0 or not out.exists():
             print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
             continue

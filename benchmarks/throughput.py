@@ -243,6 +243,14 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     return trainer, timer, collator, gc_on, note
 
 
+def variant_env(name: str) -> dict:
+    """A variant named ``...-peftcast`` runs PEFT's own LoRA forward (engine/model/lora_autocast.py)."""
+    env = dict(os.environ)
+    if "peftcast" in name:
+        env["LEVIATHAN_LORA_FORWARD"] = "peft"
+    return env
+
+
 def build_model(cfg, tiny: bool):
     from transformers import AutoModelForCausalLM
 
@@ -370,7 +378,7 @@ def main() -> int:
         ]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--force-gc", "on" if args.force_gc else "off"] if args.force_gc is not None else []
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, env=variant_env(name))
         if proc.returncode != 0 or not out.exists():
             print(f"{name}: failed (exit {proc.returncode})", flush=True)
             continue

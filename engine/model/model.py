@@ -226,6 +226,14 @@ def prepare_kbit(model, gradient_checkpointing: bool) -> None:
 def attach_lora(model, config, gradient_checkpointing: bool):
     """Wrap the base in a PEFT LoRA model with the config's rank, alpha, dropout and targets,
     or load the adapter of ``lora_model_dir`` (trainable) to go on from it."""
+    from engine.model.lora_autocast import fuse_lora_layers
+
+    peft_model = _attach(model, config, gradient_checkpointing)
+    fuse_lora_layers(peft_model)
+    return peft_model
+
+
+def _attach(model, config, gradient_checkpointing: bool):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if config.quant_bits:

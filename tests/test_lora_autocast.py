@@ -1,0 +1,101 @@
+"""LoRA layers under autocast (engine/model/lora_autocast.py): no fp32 copy of any layer input
+is made, the loss and gradients are PEFT's within bf16 rounding, and outside autocast the
+layers are PEFT's own, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from engine.config.config import RunConfig
+from engine.model import lora_autocast
+from engine.model.model import attach_lora
+
+
+class Fp32Copies(TorchDispatchMode):
+    """Counts casts to fp32 of tensors as wide as the model's hidden size (layer inputs)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width, self.n = width, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if (
+            func is torch.ops.aten._to_copy.default
+            and isinstance(src, torch.Tensor)
+            and src.dtype == torch.bfloat16
+            and isinstance(out, torch.Tensor)
+            and out.dtype == torch.float32
+            and src.dim() >= 2
+            and src.shape[-1] >= self.width
+        ):
+            self.n += 1
+        return out
+
+
+def lora_model(path, monkeypatch, cast: str | None):
+    from transformers import AutoModelForCausalLM
+
+    if cast:
+        monkeypatch.setenv(lora_autocast.ENV, cast)
+    else:
+        monkeypatch.delenv(lora_autocast.ENV, raising=False)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    config = RunConfig.model_validate(
+        {"base_model": str(path), "datasets": [{"path": "x.jsonl"}], "adapter": "lora", "lora_r": 8}
+    )
+    model = attach_lora(base, config, False)
+    g = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero: the adapter must matter here
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def step(model, width: int):
+    ids = torch.arange(3, 40).reshape(1, -1) % model.config.vocab_size
+    counter = Fp32Copies(width)
+    with torch.autocast("cpu", dtype=torch.bfloat16), counter:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, counter.n
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_no_fp32_input_copies_and_peft_s_numbers(tiny_model, monkeypatch, arch):
+    path = tiny_model(arch)
+    ours = lora_model(path, monkeypatch, None)
+    width = ours.config.hidden_size
+    loss, grads, copies = step(ours, width)
+    assert all(p.dtype == torch.float32 for n, p in ours.named_parameters() if "lora_" in n)
+    peft = lora_model(path, monkeypatch, "peft")
+    loss_p, grads_p, copies_p = step(peft, width)
+    # PEFT's path casts each adapted layer's input; the rest (the norms' own fp32 math) is common.
+    n_lora_layers = sum(1 for n, _ in peft.named_modules() if n.endswith("lora_A"))
+    assert copies_p - copies == n_lora_layers
+    # One rounding of the sum where PEFT rounds the product, the scaled product and the sum.
+    assert torch.allclose(loss, loss_p, rtol=2e-3), (loss, loss_p)
+    assert grads.keys() == grads_p.keys() and grads
+    for name in grads:
+        a, b = grads[name].flatten().double(), grads_p[name].flatten().double()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999, name
+        assert (a - b).norm() <= 0.05 * b.norm(), name
+
+
+def test_outside_autocast_the_layers_are_peft_s(tiny_model, monkeypatch):
+    path = tiny_model("qwen3")
+    ids = torch.arange(3, 20).reshape(1, -1)
+    ours = lora_model(path, monkeypatch, None)
+    assert (
+        sum(isinstance(m.__dict__.get("forward"), lora_autocast.FusedForward) for m in ours.modules()) == 14
+    )
+    # bf16 activations into fp32 adapters without autocast: PEFT's cast is what makes this run.
+    out = ours(input_ids=ids).logits
+    peft = lora_model(path, monkeypatch, "peft")
+    assert not any("forward" in m.__dict__ for m in peft.modules())
+    assert torch.equal(out, peft(input_ids=ids).logits)
