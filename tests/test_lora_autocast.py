@@ -99,3 +99,41 @@ def test_outside_autocast_the_layers_are_peft_s(tiny_model, monkeypatch):
     peft = lora_model(path, monkeypatch, "peft")
     assert not any("forward" in m.__dict__ for m in peft.modules())
     assert torch.equal(out, peft(input_ids=ids).logits)
+
+
+def test_qlora_layers_take_the_fused_sum_too(tiny_model, monkeypatch):
+    """PEFT's bitsandbytes layers skip the cast already; the fused sum (and no clone) is ours."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = tiny_model("qwen3")
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
+    config = RunConfig.model_validate(
+        {"base_model": str(path), "datasets": [{"path": "x.jsonl"}], "adapter": "qlora", "lora_r": 8}
+    )
+    results = []
+    for mode in (None, "peft"):
+        if mode:
+            monkeypatch.setenv(lora_autocast.ENV, mode)
+        torch.manual_seed(0)  # the same A matrices
+        base = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, dtype=torch.bfloat16)
+        model = attach_lora(base, config, False)
+        fused = [
+            m for m in model.modules() if isinstance(m.__dict__.get("forward"), lora_autocast.FusedForward)
+        ]
+        assert len(fused) == (14 if mode is None else 0)
+        g = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        results.append(step(model, model.config.hidden_size))
+    (loss, grads, _), (loss_p, grads_p, _) = results
+    assert torch.allclose(loss, loss_p, rtol=2e-3), (loss, loss_p)
+    for name in grads:
+        a, b = grads[name].flatten().double(), grads_p[name].flatten().double()
+        assert (a - b).norm() <= 0.05 * b.norm(), name
