@@ -18,7 +18,10 @@ token rows (left-padded here), prefills them in one eager forward, then decodes:
 - tokens come back through a pinned buffer a few steps behind the device, so the host
   reads them (for streaming, end of answer, stop requests) without stalling the GPU.
 
-Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path).
+Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path). A
+4-bit base decodes on a bf16 copy of its weights where memory allows (``engine.chat.base_copy``),
+made before any graph is captured and kept with the graphs until ``release()``; each
+``Result.notes`` says which path the 4-bit base ran on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.chat import base_copy
 from engine.chat.liger_compile import keep_liger_out_of_compile
 
 MODES = ("auto", "eager", "graph", "compile-graph", "compile")
@@ -61,9 +65,15 @@ def core_model(model):
 class Decoder:
     """Generation for one model. Keeps caches and captured graphs until ``release()``."""
 
-    def __init__(self, model, mode: str = "auto") -> None:
+    def __init__(
+        self, model, mode: str = "auto", base: str = "auto", free_bytes: Callable[[], int] | None = None
+    ) -> None:
+        """``base``: the bf16 copy of a 4-bit base (``engine.chat.base_copy``: auto, on, off);
+        ``free_bytes()``: the free-memory query its guard asks (the device's by default)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
+        if base not in base_copy.CHOICES:
+            raise ValueError(f"base {base!r}: one of {base_copy.CHOICES}")
         self.model = model
         self.core = core_model(model)
         first = next(p for p in self.core.parameters() if p.device.type != "meta")
@@ -84,6 +94,8 @@ class Decoder:
         self._compiled = None
         self._inductor = None  # compile-graph: the model compiled without cudagraphs
         self.notes: list[str] = []
+        self._base_choice, self._free = base, free_bytes
+        self._base: tuple[base_copy.BaseCopy | None, str | None] | None = None  # (copy, note) once planned
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -102,8 +114,23 @@ class Decoder:
         self._caches.clear()
         self._graphs.clear()
         self._compiled = None
+        self._base = None  # the bf16 copy of a 4-bit base: only ever dropped with the graphs that read it
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    @property
+    def base_note(self) -> str | None:
+        """Which path a 4-bit base decodes on (None: no 4-bit base, or not planned yet)."""
+        return self._base[1] if self._base is not None else None
+
+    def _base_copy(self):
+        """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release."""
+        if self._base is None:
+            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free)
+        copy, note = self._base
+        if note:
+            self.notes.append(note)
+        return copy
 
     # -- one forward ---------------------------------------------------------------------
 
@@ -159,7 +186,8 @@ class Decoder:
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
         route_ctx = route if route is not None else _nothing()
-        with route_ctx:
+        copy = self._base_copy()
+        with route_ctx, copy if copy is not None else _nothing():
             logits = self._forward(st.prompt, st.prefill_mask(), st.prompt_pos, st.prompt_cpos, cache)
             st.begin_decode(_pick(logits, greedy, temperature, top_p))
             out.push(st.ids)
