@@ -236,3 +236,29 @@ def test_run_rows_says_which_path_ran(qlora, monkeypatch):
     with pytest.raises(ValueError, match="LEVIATHAN_DECODE_BASE_COPY='yes': one of"):
         run_rows(model, rows, max_new_tokens=4, stop_ids=stops, pad_id=pad)
     release(model)
+
+
+def test_a_probe_record_says_which_path_the_4bit_base_took(qlora, tmp_path, write_config, monkeypatch):
+    """A probe on the 4-bit model (as at a QLoRA run's save): its record says the base decoded
+    on the copy, and the copy is gone when the probe returns (training takes the memory back)."""
+    from engine.chat.generate import base_note
+    from engine.config.config import load_config
+    from engine.evaluate.probes import Probes
+    from engine.run.events import RunLog, read_events
+
+    config, _ = load_config(
+        write_config(qlora["path"], evaluation={"on_save": ["identity"], "max_new_tokens": 4})
+    )
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    log = RunLog(tmp_path / "logs" / "events.jsonl")
+    monkeypatch.setenv(base_copy.ENV, "on")
+    scores = Probes(config, tmp_path / "logs", log).run(qlora["model"], qlora["tok"], str(checkpoint), step=1)
+    assert isinstance(scores["identity"], float)
+    probe = [r for r in read_events(log.path).records if r["kind"] == "probe"]
+    assert len(probe) == 1 and probe[0]["decode"].startswith("4-bit base decoded on a bf16 copy ("), probe
+    assert base_note(qlora["model"]) is None  # released with the probe's engine
+    monkeypatch.setenv(base_copy.ENV, "off")
+    Probes(config, tmp_path / "logs", log).run(qlora["model"], qlora["tok"], str(checkpoint), step=2)
+    probe = [r for r in read_events(log.path).records if r["kind"] == "probe"]
+    assert probe[-1]["decode"] == "4-bit base decoded in 4-bit (bf16 copy turned off)"
