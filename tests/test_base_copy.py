@@ -262,3 +262,21 @@ def test_a_probe_record_says_which_path_the_4bit_base_took(qlora, tmp_path, writ
     Probes(config, tmp_path / "logs", log).run(qlora["model"], qlora["tok"], str(checkpoint), step=2)
     probe = [r for r in read_events(log.path).records if r["kind"] == "probe"]
     assert probe[-1]["decode"] == "4-bit base decoded in 4-bit (bf16 copy turned off)"
+
+
+def test_a_live_chat_says_which_path_the_4bit_base_took(qlora, monkeypatch):
+    """A chat with the live weights of a QLoRA run: the answer's notes say the base decoded on
+    its bf16 copy, and training's model is left without it."""
+    from engine.chat.chat import LIVE, Done, Request, Settings
+    from engine.chat.generate import base_note
+    from engine.chat.on_training import chat_on_training_model
+
+    monkeypatch.setenv(base_copy.ENV, "on")
+    events: list = []
+    request = Request("Who are you?", [LIVE], Settings(max_new_tokens=4))
+    done = chat_on_training_model(
+        qlora["model"], qlora["tok"], request, events.append, base_name=str(qlora["path"])
+    )
+    assert isinstance(done, Done), events[-1]
+    assert len(done.notes) == 1 and done.notes[0].startswith("4-bit base decoded on a bf16 copy (")
+    assert base_note(qlora["model"]) is None
