@@ -280,3 +280,27 @@ def test_a_live_chat_says_which_path_the_4bit_base_took(qlora, monkeypatch):
     assert isinstance(done, Done), events[-1]
     assert len(done.notes) == 1 and done.notes[0].startswith("4-bit base decoded on a bf16 copy (")
     assert base_note(qlora["model"]) is None
+
+
+def test_the_estimate_counts_the_copy_where_it_fits_and_only_there(qlora, write_config):
+    from engine.config.config import load_config
+    from engine.model.memory import COPY_MARGIN, base_copy_bytes, probe_bytes, with_probes
+
+    model = qlora["model"]
+    made = base_copy.BaseCopy.make(base_copy.four_bit_layers(model))
+    assert base_copy_bytes(model.config) == made.bytes  # the estimate's figure is the engine's copy
+
+    probes = {"on_save": ["identity"]}
+    config, _ = load_config(write_config(qlora["path"], adapter="qlora", evaluation=probes))
+    assert config.quant_bits == 4
+    ev = config.evaluation
+    decode = probe_bytes(model.config, ev.batch_size, ev.max_new_tokens)
+    train, copy = 10 * 2**30, made.bytes + COPY_MARGIN
+    fits = int((train + decode + copy) / 0.92) + 1
+    assert with_probes(model.config, config, train, fits) == (train + decode + copy, copy)
+    # No room for it: not counted, so it cannot turn checkpointing on (the engine keeps 4-bit then).
+    assert with_probes(model.config, config, train, fits - 1000) == (train + decode, 0)
+    lora, _ = load_config(write_config(qlora["path"], "lora.yaml", evaluation=probes))
+    assert with_probes(model.config, lora, train, fits) == (train + decode, None)
+    none, _ = load_config(write_config(qlora["path"], "none.yaml", adapter="qlora"))
+    assert with_probes(model.config, none, train, fits) == (train, None)

@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from engine.chat import forwards
+from engine.model.memory import COPY_MARGIN
 
 CHOICES = ("auto", "on", "off")
 ENV = "LEVIATHAN_DECODE_BASE_COPY"  # auto (on CUDA, where memory allows) | on (CPU too) | off
-MARGIN = 2**30  # the prefill's transients and the allocator's slack, beside the copy
+MARGIN = COPY_MARGIN  # the prefill's transients and the allocator's slack, beside the copy
 
 
 def four_bit_layers(core) -> list:
