@@ -67,18 +67,22 @@ def free_bytes(device) -> int:
     return psutil.virtual_memory().available
 
 
+def _state(layer):
+    """The layer's quant state (on the weight; bitsandbytes' forward falls back on the module's)."""
+    state = getattr(layer.weight, "quant_state", None)
+    return state if state is not None else layer.quant_state
+
+
 def _dtype(layer):
     compute = getattr(layer, "compute_dtype", None)
-    return compute if compute is not None else layer.weight.quant_state.dtype
+    return compute if compute is not None else _state(layer).dtype
 
 
 def _dequantized(layer) -> torch.Tensor:
     from bitsandbytes.functional import dequantize_4bit
 
-    w = layer.weight
-    return (
-        dequantize_4bit(w.data, w.quant_state).to(_dtype(layer)).view(layer.out_features, layer.in_features)
-    )
+    w = dequantize_4bit(layer.weight.data, _state(layer))
+    return w.to(_dtype(layer)).view(layer.out_features, layer.in_features)
 
 
 class BaseCopy:
@@ -135,7 +139,7 @@ def plan(
         choice = os.environ.get(ENV) or "auto"
         if choice not in CHOICES:
             raise ValueError(f"{ENV}={choice!r}: one of {CHOICES}")
-    if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers):
+    if any(getattr(_state(m), "packing_format_for_cpu", False) for m in layers):
         return None, "4-bit base decoded in 4-bit (its weights are repacked for bitsandbytes' CPU kernel)"
     size = copy_bytes(layers, torch.finfo(_dtype(layers[0])).bits // 8)
     if choice == "off" or (choice == "auto" and device.type != "cuda"):
