@@ -183,13 +183,17 @@ def test_greedy_on_the_copy_equals_4bit_peft_and_the_hand_dequantized_model(qlor
 
 def test_the_guard_keeps_the_4bit_path_when_memory_is_short(qlora):
     model, rows, stops, pad = qlora["model"], qlora["rows"], qlora["stops"], qlora["pad"]
-    need = base_copy.copy_bytes(base_copy.four_bit_layers(model)) + base_copy.MARGIN
+    cfg = model.config
+    copy = 2 * sum(m.in_features * m.out_features for m in base_copy.four_bit_layers(model))  # bf16
+    assert max(len(r) for r in rows) + NEW <= 256  # one cache bucket: 256 positions
+    kv = 2 * len(rows) * 256 * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
+    need = copy + 2**30 + kv  # the copy, the margin, the KV cache the first forward allocates
     short = Decoder(model, base="on", free_bytes=lambda: need - 1)
     res = short.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3))
     assert short._base[0] is None
-    size = base_copy.size_text(need - base_copy.MARGIN)
     assert res.notes == [
-        f"4-bit base decoded in 4-bit: a bf16 copy needs {size} + 1.00 GiB margin, {(need - 1) / 2**30:.2f} GiB free"
+        f"4-bit base decoded in 4-bit: a bf16 copy needs {copy / 2**20:.1f} MiB + 1.00 GiB margin + "
+        f"{kv / 2**20:.1f} MiB KV cache, {(need - 1) / 2**30:.2f} GiB free"
     ]
     enough = Decoder(model, base="on", free_bytes=lambda: need)
     res2 = enough.run(

@@ -32,3 +32,21 @@ def test_checkpoint_table_says_a_probe_was_cut():
         "inference": records.decode({"t": 1.0, "kind": "probe", "passed": 7, "total": 9}),
     }
     assert _probe(scores).plain == "identity cut (1/2 of 5) · inference 7/9"
+
+
+def test_headless_says_which_path_a_4bit_base_decoded_on():
+    out = io.StringIO()
+    show = Progress(stream=out)
+    note = "4-bit base decoded on a bf16 copy (13.88 GiB, made in 0.25 s)"
+    show(
+        {
+            "kind": "probe",
+            "step": 20,
+            "suite": "identity",
+            "passed": 5,
+            "total": 5,
+            "seconds": 2.1,
+            "decode": note,
+        }
+    )
+    assert out.getvalue().splitlines() == [f"probe identity on step 20: 5/5 (2.1s; {note})"]

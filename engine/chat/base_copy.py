@@ -125,13 +125,15 @@ def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):
 
 
 def plan(
-    core, device, choice: str, free: Callable[[], int] | None = None
+    core, device, choice: str, free: Callable[[], int] | None = None, beside: int = 0
 ) -> tuple[BaseCopy | None, str | None]:
     """(the copy or None, the note saying which path the 4-bit base decodes on; None: no 4-bit base).
 
     ``choice``: ``auto`` makes it on CUDA where memory allows, ``on`` on any device where memory
     allows, ``off`` never; ``LEVIATHAN_DECODE_BASE_COPY`` overrides ``auto``. ``free()`` is
-    the free-memory query (``free_bytes`` on the device by default)."""
+    the free-memory query (``free_bytes`` on the device by default); ``beside``: what the call
+    will still allocate that is not in it yet (the KV cache, which transformers makes at the
+    first forward)."""
     layers = four_bit_layers(core)
     if not layers:
         return None, None
@@ -146,10 +148,11 @@ def plan(
         why = "turned off" if choice == "off" else "not on CPU unless asked"
         return None, f"4-bit base decoded in 4-bit (bf16 copy {why})"
     have = (free or (lambda: free_bytes(device)))()
-    if size + MARGIN > have:
+    if size + MARGIN + beside > have:
+        also = f" + {size_text(beside)} KV cache" if beside else ""
         return None, (
-            f"4-bit base decoded in 4-bit: a bf16 copy needs {size_text(size)} + {size_text(MARGIN)} margin, "
-            f"{size_text(have)} free"
+            f"4-bit base decoded in 4-bit: a bf16 copy needs {size_text(size)} + {size_text(MARGIN)} margin"
+            f"{also}, {size_text(have)} free"
         )
     made = BaseCopy.make(layers)
     return made, f"4-bit base decoded on a bf16 copy ({size_text(size)}, made in {made.seconds:.2f} s)"

@@ -36,6 +36,7 @@ import torch
 
 from engine.chat import base_copy
 from engine.chat.liger_compile import keep_liger_out_of_compile
+from engine.model.memory import kv_cache_bytes
 
 MODES = ("auto", "eager", "graph", "compile-graph", "compile")
 MODE_ENV = "LEVIATHAN_DECODE_MODE"  # overrides "auto" (benchmarks, or a model that needs eager)
@@ -123,10 +124,12 @@ class Decoder:
         """Which path a 4-bit base decodes on (None: no 4-bit base, or not planned yet)."""
         return self._base[1] if self._base is not None else None
 
-    def _base_copy(self):
-        """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release."""
+    def _base_copy(self, rows: int, length: int):
+        """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release;
+        the first call's KV cache (transformers allocates it at the first forward) is counted."""
         if self._base is None:
-            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free)
+            cache = kv_cache_bytes(self.core.config, rows, length, torch.finfo(self.dtype).bits // 8)
+            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free, cache)
         copy, note = self._base
         if note:
             self.notes.append(note)
@@ -186,7 +189,7 @@ class Decoder:
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
         route_ctx = route if route is not None else _nothing()
-        copy = self._base_copy()
+        copy = self._base_copy(n, length)
         with route_ctx, copy if copy is not None else _nothing():
             logits = self._forward(st.prompt, st.prefill_mask(), st.prompt_pos, st.prompt_cpos, cache)
             st.begin_decode(_pick(logits, greedy, temperature, top_p))

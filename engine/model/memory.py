@@ -63,16 +63,22 @@ def probe_bytes(model_config, batch: int, max_new_tokens: int, dtype_bytes: int 
     Counted on top of training's peak: the probes run between steps, but the allocator keeps
     training's blocks cached, and the cache is a new allocation of another shape."""
     text = getattr(model_config, "text_config", model_config)
-    h, layers = text.hidden_size, text.num_hidden_layers
+    h = text.hidden_size
     inter = getattr(text, "intermediate_size", 4 * h)
-    heads = getattr(text, "num_attention_heads", 32)
-    kv = getattr(text, "num_key_value_heads", heads)
-    head_dim = getattr(text, "head_dim", None) or h // heads
     length = -(-(PROBE_PROMPT_TOKENS + max_new_tokens) // DECODE_BUCKET) * DECODE_BUCKET
-    cache = batch * length * layers * 2 * kv * head_dim * dtype_bytes
+    cache = kv_cache_bytes(text, batch, length, dtype_bytes)
     prefill = batch * PROBE_PROMPT_TOKENS * (4 * h + 3 * inter) * dtype_bytes
     logits = batch * text.vocab_size * 4 * 2  # float32 logits and their softmax
     return int(cache + prefill + logits)
+
+
+def kv_cache_bytes(model_config, batch: int, length: int, dtype_bytes: int = 2) -> int:
+    """The static KV cache of ``batch`` rows of ``length`` positions (keys and values, every layer)."""
+    text = getattr(model_config, "text_config", model_config)
+    heads = getattr(text, "num_attention_heads", 32)
+    kv = getattr(text, "num_key_value_heads", heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return batch * length * text.num_hidden_layers * 2 * kv * head_dim * dtype_bytes
 
 
 def needs_checkpointing(config, liger: bool, loaded_bytes: int = 0) -> tuple[bool, int, int, int | None]:
