@@ -21,7 +21,7 @@ import weakref
 import pytest
 import torch
 
-pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the `gpu` extra")
+pytest.importorskip("bitsandbytes", reason="bitsandbytes: pip install -e '.[test]' (or '.[gpu]')")
 
 from engine.chat import base_copy  # noqa: E402
 from engine.chat.chat import stop_token_ids  # noqa: E402
@@ -30,7 +30,7 @@ from engine.chat.generate import release, render, run_rows  # noqa: E402
 from engine.chat.routing import Route  # noqa: E402
 from tests.test_generate import NEW, PROMPTS, _reference  # noqa: E402
 
-# NF4's 16 values: Dettmers et al., "QLoRA" (2023), Appendix E.
+# NF4's 16 values (Dettmers et al., "QLoRA", 2023; bitsandbytes/functional.py, get_4bit_type("nf4")).
 NF4 = [
     -1.0,
     -0.6961928009986877,
