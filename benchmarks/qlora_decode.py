@@ -1,7 +1,8 @@
 """QLoRA decode: the identity suite as a probe runs it, on the 4-bit base's bf16 copy, in 4-bit,
 through PEFT's ``generate``, and on a bf16 model, in one run, as a table.
 
-    python3 benchmarks/qlora_decode.py --base /tmp/base   # a saved bf16 model (throughput.py's 8B)
+    python3 benchmarks/qlora_decode.py --base /tmp/base   # a saved bf16 model (throughput.py's 8B;
+                                                          # made there, Qwen3-8B-shaped, if absent)
     python3 benchmarks/qlora_decode.py --tiny             # tiny random Qwen3 on CPU: checks that it runs
 
 The base is loaded 4-bit with the trainer's own settings (``engine.model.model.quantization_config``:
@@ -37,8 +38,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+
+
+def make_base(path: str) -> None:
+    """A random Qwen3-8B-shaped bf16 model with a tokenizer, saved at ``path`` (as throughput.py's)."""
+    from chat_memory import build_model
+    from shapes import QWEN3_8B
+
+    t0 = time.perf_counter()
+    model, tokenizer = build_model(QWEN3_8B, "cuda", torch.bfloat16)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    print(f"made the 8B-shaped base at {path} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def load(base: str, four_bit: bool, device: str):
@@ -153,6 +169,8 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if args.base is None and not args.tiny:
         ap.error("--base PATH (a saved bf16 model) or --tiny")
+    if args.base is not None and not Path(args.base, "config.json").exists():
+        make_base(args.base)
     base = args.base or str(build_tiny_model(Path(tempfile.mkdtemp()) / "qwen3", arch="qwen3"))
     tok = load_tokenizer(base)
     rows = [render(tok, p) for p in IDENTITY_PROMPTS][: Settings().batch_size]
