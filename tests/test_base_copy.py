@@ -308,3 +308,13 @@ def test_the_estimate_counts_the_copy_where_it_fits_and_only_there(qlora, write_
     assert with_probes(model.config, lora, train, fits) == (train + decode, None)
     none, _ = load_config(write_config(qlora["path"], "none.yaml", adapter="qlora"))
     assert with_probes(model.config, none, train, fits) == (train, None)
+
+
+def test_a_4bit_model_without_adapters_decodes_on_its_copy(qlora):
+    """No PEFT wrapper (no route): the base layers are the model's own 4-bit layers."""
+    model, rows, stops, pad = _load_4bit(qlora["path"]).eval(), qlora["rows"], qlora["stops"], qlora["pad"]
+    want = [_reference(model, r, stops, pad) for r in rows]
+    d = Decoder(model, base="on")
+    res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad)
+    assert res.tokens == want and res.notes[0].startswith("4-bit base decoded on a bf16 copy (")
+    d.release()
