@@ -170,7 +170,8 @@ def _loss(value) -> Text:
 
 
 def _probe(scores: dict[str, records.Probe]) -> Text:
-    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``, a cut one ``cut (2/5 of 5)``."""
+    """``identity 5/5 · inference 7/9``; a failed probe shows ``error``, a cut one ``cut (2/5 of 5)``;
+    ``· 4-bit decode`` when a QLoRA base decoded in 4-bit (no room for its bf16 copy: slow probes)."""
     if not scores:
         return Text("—", justify="right")
 
@@ -181,4 +182,6 @@ def _probe(scores: dict[str, records.Probe]) -> Text:
         return f"cut ({got} of {p.planned})" if p.cut else got
 
     parts = [f"{suite} {one(p)}" for suite, p in sorted(scores.items())]
+    if any((p.decode or "").startswith("4-bit base decoded in 4-bit") for p in scores.values()):
+        parts.append("4-bit decode")
     return Text(" · ".join(parts))

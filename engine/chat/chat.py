@@ -256,12 +256,20 @@ def device_of(model):
     return torch.device("cpu")
 
 
-def generate(model, tokenizer, request: Request, adapter_names: list[str] | None, sink: Sink) -> list[Answer]:
+def generate(
+    model,
+    tokenizer,
+    request: Request,
+    adapter_names: list[str] | None,
+    sink: Sink,
+    notes: list[str] | None = None,
+) -> list[Answer]:
     """Generate the answer(s) of ``request`` on the calling thread, streaming deltas to ``sink``.
 
     ``adapter_names`` has one PEFT adapter name per target (``__base__`` for the base),
     or is None for a model without adapters. One batch through the engine
     (``engine.chat.generate.run_rows``): a chat is one row, compare one row per target.
+    ``notes`` gets the engine's (the path it took: a 4-bit base on its bf16 copy or not, a slow path).
     """
     from engine.chat.generate import ACTIVE, run_rows
 
@@ -289,6 +297,8 @@ def generate(model, tokenizer, request: Request, adapter_names: list[str] | None
         on_token=on_token,
         should_stop=request.stop.is_set,
     )
+    if notes is not None:
+        notes.extend(result.notes)
     for lane_i, lane in enumerate(lanes):
         text = lane.flush()
         if text:

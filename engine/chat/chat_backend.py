@@ -144,7 +144,9 @@ class StandaloneBackend(ChatBackend):
             sink(Started(request.id, list(request.targets)))
             self.adapters.notes = []
             names = self.adapters.names(request.targets)
-            answers = generate(self.adapters.model, loaded.tokenizer, request, names, sink)
+            answers = generate(
+                self.adapters.model, loaded.tokenizer, request, names, sink, self.adapters.notes
+            )
             self.adapters.trim()
             done = Done(request.id, answers, None, round(time.perf_counter() - t0, 3), self.adapters.notes)
             sink(done)

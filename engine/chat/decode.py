@@ -18,7 +18,10 @@ token rows (left-padded here), prefills them in one eager forward, then decodes:
 - tokens come back through a pinned buffer a few steps behind the device, so the host
   reads them (for streaming, end of answer, stop requests) without stalling the GPU.
 
-Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path).
+Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path). A
+4-bit base decodes on a bf16 copy of its weights where memory allows (``engine.chat.base_copy``),
+made before any graph is captured and kept with the graphs until ``release()``; each
+``Result.notes`` says which path the 4-bit base ran on.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.chat import base_copy
 from engine.chat.liger_compile import keep_liger_out_of_compile
+from engine.model.memory import kv_cache_bytes
 
 MODES = ("auto", "eager", "graph", "compile-graph", "compile")
 MODE_ENV = "LEVIATHAN_DECODE_MODE"  # overrides "auto" (benchmarks, or a model that needs eager)
@@ -61,9 +66,15 @@ def core_model(model):
 class Decoder:
     """Generation for one model. Keeps caches and captured graphs until ``release()``."""
 
-    def __init__(self, model, mode: str = "auto") -> None:
+    def __init__(
+        self, model, mode: str = "auto", base: str = "auto", free_bytes: Callable[[], int] | None = None
+    ) -> None:
+        """``base``: the bf16 copy of a 4-bit base (``engine.chat.base_copy``: auto, on, off);
+        ``free_bytes()``: the free-memory query its guard asks (the device's by default)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
+        if base not in base_copy.CHOICES:
+            raise ValueError(f"base {base!r}: one of {base_copy.CHOICES}")
         self.model = model
         self.core = core_model(model)
         first = next(p for p in self.core.parameters() if p.device.type != "meta")
@@ -84,6 +95,8 @@ class Decoder:
         self._compiled = None
         self._inductor = None  # compile-graph: the model compiled without cudagraphs
         self.notes: list[str] = []
+        self._base_choice, self._free = base, free_bytes
+        self._base: tuple[base_copy.BaseCopy | None, str | None] | None = None  # (copy, note) once planned
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -102,8 +115,25 @@ class Decoder:
         self._caches.clear()
         self._graphs.clear()
         self._compiled = None
+        self._base = None  # the bf16 copy of a 4-bit base: only ever dropped with the graphs that read it
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    @property
+    def base_note(self) -> str | None:
+        """Which path a 4-bit base decodes on (None: no 4-bit base, or not planned yet)."""
+        return self._base[1] if self._base is not None else None
+
+    def _base_copy(self, rows: int, length: int):
+        """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release;
+        the first call's KV cache (transformers allocates it at the first forward) is counted."""
+        if self._base is None:
+            cache = kv_cache_bytes(self.core.config, rows, length, torch.finfo(self.dtype).bits // 8)
+            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free, cache)
+        copy, note = self._base
+        if note:
+            self.notes.append(note)
+        return copy
 
     # -- one forward ---------------------------------------------------------------------
 
@@ -159,7 +189,8 @@ class Decoder:
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
         route_ctx = route if route is not None else _nothing()
-        with route_ctx:
+        copy = self._base_copy(n, length)
+        with route_ctx, copy if copy is not None else _nothing():
             logits = self._forward(st.prompt, st.prefill_mask(), st.prompt_pos, st.prompt_cpos, cache)
             st.begin_decode(_pick(logits, greedy, temperature, top_p))
             out.push(st.ids)

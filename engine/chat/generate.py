@@ -63,6 +63,12 @@ def release(model) -> None:
         d.release()
 
 
+def base_note(model) -> str | None:
+    """Which path the model's 4-bit base decodes on in its engine (None: no 4-bit base, no engine)."""
+    d = _DECODERS.get(model)
+    return d.base_note if d is not None else None
+
+
 def _route_names(model, names):
     """PEFT adapter names per row (None: base), or None for a model without adapters."""
     if not (hasattr(model, "peft_config") and hasattr(model, "get_base_model")):

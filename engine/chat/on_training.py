@@ -113,7 +113,7 @@ def chat_on_training_model(
         with training_untouched(model):
             try:
                 names = adapters.names(request.targets)
-                answers = generate(model, tokenizer, request, names, sink)
+                answers = generate(model, tokenizer, request, names, sink, adapters.notes)
             finally:
                 from engine.chat.generate import release
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.chat import forwards
+
 # Layers that read the same input tensor: their A products become one (fewer launches a token).
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
 
@@ -130,17 +132,11 @@ class Route:
         if self._plans is None:
             self._plans = self._plan()
         for m, entries in self._plans:
-            self._saved.append((m, m.__dict__.get("forward")))
-            m.forward = _lean_forward(m.get_base_layer(), entries, self._groups.get(id(m)))
+            forwards.swap(self._saved, m, _lean_forward(m.get_base_layer(), entries, self._groups.get(id(m))))
         return self
 
     def __exit__(self, *exc) -> None:
-        for m, old in self._saved:
-            if old is None:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = old
-        self._saved.clear()
+        forwards.restore(self._saved)
         for shared, _ in self._groups.values():  # let go of the last input
             shared.pop("x", None)
             shared.pop("mids", None)

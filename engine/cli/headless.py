@@ -55,7 +55,8 @@ class Progress:
             got = r.error or f"{r.passed}/{r.total}"
             if r.cut:
                 got += f" of {r.planned}, cut short by {r.cut}"
-            self._write(f"probe {r.suite} on step {r.step}: {got} ({r.seconds}s)")
+            decode = f"; {r.decode}" if r.decode else ""  # the path a 4-bit base took: the time's why
+            self._write(f"probe {r.suite} on step {r.step}: {got} ({r.seconds}s{decode})")
             self._learned(r)
         elif isinstance(r, records.Probing):  # probes hold the step: say so, not a stale tok/s
             from engine.evaluate.probes import probing_line

@@ -68,7 +68,7 @@ class Probes:
                 break
             t0 = time.perf_counter()
             try:
-                data, planned = self._suite(model, tokenizer, path, step, suite, should_stop)
+                data, planned, decode = self._suite(model, tokenizer, path, step, suite, should_stop)
             except Exception as e:  # a probe never takes training down
                 self.log.emit(
                     "probe",
@@ -95,6 +95,7 @@ class Probes:
                 seconds=round(time.perf_counter() - t0, 3),
                 result=str(self._result_path(suite, path)),  # the answers (engine.evaluate.learned)
                 **({"cut": cut_by, "planned": planned} if cut_by else {}),
+                **({"decode": decode} if decode else {}),
             )
         _add_to_marker(path, {k: v for k, v in scores.items() if k not in cut_suites})
         return scores
@@ -104,9 +105,12 @@ class Probes:
 
         return eval_dir(self.run_dir) / result_name(suite, path)
 
-    def _suite(self, model, tokenizer, path, step: int, suite: str, should_stop) -> tuple[dict, int]:
-        """One suite on the live model, its result file in the run's ``eval/``: (data, cases planned)."""
-        from engine.chat.generate import release
+    def _suite(
+        self, model, tokenizer, path, step: int, suite: str, should_stop
+    ) -> tuple[dict, int, str | None]:
+        """One suite on the live model, its result file in the run's ``eval/``: (data, cases
+        planned, the path a 4-bit base decoded on)."""
+        from engine.chat.generate import base_note, release
         from engine.chat.on_training import training_untouched
         from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
 
@@ -139,8 +143,9 @@ class Probes:
                     should_stop=should_stop,
                 )
             finally:
-                release(model)
-        return data, len(cases)
+                decode = base_note(model)
+                release(model)  # the KV cache, the graphs and a 4-bit base's bf16 copy
+        return data, len(cases), decode
 
     def best_step(self, output_dir: str | Path) -> int | None:
         """The checkpoint with the highest ``keep_best`` probe score (the newest of equals)."""

@@ -152,22 +152,10 @@ def load_base(
                 "run on a CUDA machine, or use `adapter: lora` without load_in_4bit/load_in_8bit here",
             )
         try:
-            from transformers import BitsAndBytesConfig
+            from transformers import BitsAndBytesConfig  # noqa: F401
         except ImportError:  # pragma: no cover
             raise UserError("bitsandbytes is not installed", "pip install 'leviathan-cockpit[gpu]'") from None
-        skip = ["lm_head", *VISION_PARTS]
-        if quant_bits == 4:
-            q = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-                bnb_4bit_quant_storage=torch.bfloat16,
-                llm_int8_skip_modules=skip,
-            )
-        else:
-            q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-        kwargs["quantization_config"] = q
+        kwargs["quantization_config"] = quantization_config(quant_bits)
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     auto = AutoModelForImageTextToText if is_vision_language(cfg) else AutoModelForCausalLM
     try:
@@ -178,6 +166,25 @@ def load_base(
     if torch.cuda.is_available() and not quant_bits:
         model.to("cuda")
     return model
+
+
+def quantization_config(bits: int):
+    """bitsandbytes' settings for a ``bits``-bit base: NF4 with double quantization and bf16
+    compute for 4 bits (QLoRA's), LLM.int8 for 8; lm_head and the vision tower stay bf16."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = ["lm_head", *VISION_PARTS]
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def lora_targets(model, wanted: list[str] | None = None) -> list[str]:

@@ -236,6 +236,7 @@ class Probe(Record):
     score: Float = None
     error: Str = None
     seconds: Float = None
+    decode: Str = None  # a 4-bit base's path: on its bf16 copy, or in 4-bit and why (engine.chat.base_copy)
 
 
 class Probing(Record):

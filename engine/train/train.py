@@ -417,9 +417,13 @@ def _choose_gc(config: RunConfig) -> tuple[bool, str]:
         return False, "auto: no GPU, memory is not the limit"
     from engine.model.memory import needs_checkpointing
 
-    on, need, free = needs_checkpointing(config, liger_available())
+    on, need, free, copy = needs_checkpointing(config, liger_available())
     verdict = "on" if on else "off"
     probes = " (probes on save included)" if config.evaluation.on_save else ""
+    if copy:
+        probes = f" (probes on save included, with a {copy / 2**30:.1f} GiB bf16 copy of the 4-bit base to decode on)"
+    elif copy == 0:
+        probes = " (probes on save included; no room for a bf16 copy of the 4-bit base: they decode 4-bit)"
     return (
         on,
         f"auto: ~{need / 2**30:.1f} GiB needed without it{probes}, {free / 2**30:.1f} GiB free -> {verdict}",

@@ -1,0 +1,162 @@
+"""Decoding a 4-bit base at bf16 speed: a bf16 copy of its weights, held by the engine.
+
+bitsandbytes' 4-bit product dequantizes the whole weight on every call when more than one
+token row goes through (a probe batch: every decode step re-expands every layer), and its
+one-row kernel is slower than a bf16 GEMV. So when a ``Decoder`` runs a model whose base
+layers are ``bitsandbytes.nn.Linear4bit`` (PEFT's QLoRA layers wrap them), each base weight
+is dequantized once (``bitsandbytes.functional.dequantize_4bit``, the same expansion bnb's
+own product makes) into a tensor of the layer's compute dtype, and for the length of a
+``with`` block each 4-bit layer's forward becomes a plain ``F.linear`` on that copy.
+
+The training model is untouched: its 4-bit weights, quant states, adapters and modules stay
+as they are (the copy is a separate tensor; only an instance ``forward`` is swapped inside the
+block and put back after). The adapters are read live by ``engine.chat.routing``, so a chat
+on the live weights still reflects training; the base is frozen in QLoRA, so the copy stays
+true while it lives.
+
+Only where memory allows: the copy is made when the free memory (``free_bytes()``: on CUDA
+the driver's free memory plus the allocator's cached, unused blocks) holds it plus
+``MARGIN``; otherwise the 4-bit path runs, and ``note`` says which path ran and why. The
+engine makes the copy before it captures any decode graph and keeps it (same addresses)
+until ``Decoder.release()``, which drops the graphs with it.
+
+It is made again for every probe session (``release`` after each suite) rather than kept
+between saves: kept, it would sit beside training's activations at every step (16 GiB on an
+8B base), and the estimate would have to turn gradient checkpointing on for it; made again,
+it costs one dequantize pass (``seconds`` in the note; benchmarks/qlora_decode.py measures it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.chat import forwards
+from engine.model.memory import COPY_MARGIN
+
+CHOICES = ("auto", "on", "off")
+ENV = "LEVIATHAN_DECODE_BASE_COPY"  # auto (on CUDA, where memory allows) | on (CPU too) | off
+MARGIN = COPY_MARGIN  # the prefill's transients and the allocator's slack, beside the copy
+
+
+def four_bit_layers(core) -> list:
+    """The model's bitsandbytes 4-bit linear layers (the base layers under PEFT's QLoRA)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [m for m in core.modules() if isinstance(m, Linear4bit)]
+
+
+def copy_bytes(layers, dtype_bytes: int = 2) -> int:
+    """What the copy of these layers takes (``dtype_bytes`` per weight, biases are kept apart)."""
+    return sum(m.in_features * m.out_features for m in layers) * dtype_bytes
+
+
+def free_bytes(device) -> int:
+    """Memory an allocation on ``device`` can get now without taking anything from anyone."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def _state(layer):
+    """The layer's quant state (on the weight; bitsandbytes' forward falls back on the module's)."""
+    state = getattr(layer.weight, "quant_state", None)
+    return state if state is not None else layer.quant_state
+
+
+def _dtype(layer):
+    compute = getattr(layer, "compute_dtype", None)
+    return compute if compute is not None else _state(layer).dtype
+
+
+def _dequantized(layer) -> torch.Tensor:
+    from bitsandbytes.functional import dequantize_4bit
+
+    w = dequantize_4bit(layer.weight.data, _state(layer))
+    return w.to(_dtype(layer)).view(layer.out_features, layer.in_features)
+
+
+class BaseCopy:
+    """The bf16 copies of a model's 4-bit layers, swapped in for the length of a ``with``."""
+
+    def __init__(self, layers: list, weights: list[torch.Tensor], seconds: float) -> None:
+        self.layers, self.weights, self.seconds = layers, weights, seconds
+        self.biases = [
+            m.bias.detach().to(w.dtype) if m.bias is not None else None
+            for m, w in zip(layers, weights, strict=True)
+        ]
+        self.bytes = sum(w.numel() * w.element_size() for w in weights)
+        # One function per layer for the copy's life: a compiled step sees the same forward each time.
+        self._forwards = [_plain_forward(w, b) for w, b in zip(weights, self.biases, strict=True)]
+        self._saved: list[tuple[object, object]] = []
+
+    @classmethod
+    def make(cls, layers: list) -> BaseCopy:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            weights = [_dequantized(m) for m in layers]
+        if weights and weights[0].is_cuda:
+            torch.cuda.synchronize(weights[0].device)
+        return cls(layers, weights, time.perf_counter() - t0)
+
+    def __enter__(self) -> BaseCopy:
+        for m, forward in zip(self.layers, self._forwards, strict=True):
+            forwards.swap(self._saved, m, forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        forwards.restore(self._saved)
+
+
+def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x, *args, **kwargs):
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+    return forward
+
+
+def plan(
+    core, device, choice: str, free: Callable[[], int] | None = None, beside: int = 0
+) -> tuple[BaseCopy | None, str | None]:
+    """(the copy or None, the note saying which path the 4-bit base decodes on; None: no 4-bit base).
+
+    ``choice``: ``auto`` makes it on CUDA where memory allows, ``on`` on any device where memory
+    allows, ``off`` never; ``LEVIATHAN_DECODE_BASE_COPY`` overrides ``auto``. ``free()`` is
+    the free-memory query (``free_bytes`` on the device by default); ``beside``: what the call
+    will still allocate that is not in it yet (the KV cache, which transformers makes at the
+    first forward)."""
+    layers = four_bit_layers(core)
+    if not layers:
+        return None, None
+    if choice == "auto":
+        choice = os.environ.get(ENV) or "auto"
+        if choice not in CHOICES:
+            raise ValueError(f"{ENV}={choice!r}: one of {CHOICES}")
+    if any(getattr(_state(m), "packing_format_for_cpu", False) for m in layers):
+        return None, "4-bit base decoded in 4-bit (its weights are repacked for bitsandbytes' CPU kernel)"
+    size = copy_bytes(layers, torch.finfo(_dtype(layers[0])).bits // 8)
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        why = "turned off" if choice == "off" else "not on CPU unless asked"
+        return None, f"4-bit base decoded in 4-bit (bf16 copy {why})"
+    have = (free or (lambda: free_bytes(device)))()
+    if size + MARGIN + beside > have:
+        also = f" + {size_text(beside)} KV cache" if beside else ""
+        return None, (
+            f"4-bit base decoded in 4-bit: a bf16 copy needs {size_text(size)} + {size_text(MARGIN)} margin"
+            f"{also}, {size_text(have)} free"
+        )
+    made = BaseCopy.make(layers)
+    return made, f"4-bit base decoded on a bf16 copy ({size_text(size)}, made in {made.seconds:.2f} s)"
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
