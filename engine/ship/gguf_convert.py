@@ -23,6 +23,7 @@ pre-tokenizer is exactly GPT-2's byte-level split is given llama.cpp's ``gpt-2``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -172,12 +173,48 @@ def _accept_pre_tokenizer(model, model_dir: Path, explicit: str | None) -> None:
 
 
 def quantize_k(src: Path, out: Path, quant: str, threads: int = 0) -> None:
-    """``src`` (an f16/f32 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``."""
+    """``src`` (an f16/bf16 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``.
+
+    Rows whose length is not a multiple of 256 cannot be K-quantized: llama.cpp stores those
+    tensors in another type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and says so on stderr; the
+    tensor check reads each tensor's real type. Its log is kept off the terminal unless it fails."""
     llama_cpp = require_quantizer(quant)
     gguf, _ = require_converter()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    quiet_llama_cpp()
+    with native_stderr() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
     if rc != 0:
-        raise RuntimeError(f"llama_model_quantize({src} -> {out}, {quant}) returned {rc}")
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"llama_model_quantize({src} -> {out}, {quant}) returned {rc}: " + " | ".join(tail)
+        )
+
+
+@contextlib.contextmanager
+def native_stderr():
+    """What C code writes to stderr (file descriptor 2) goes to a temporary file while inside."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(d) / "stderr.log"
+        with open(log, "wb") as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                yield log
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+
+def quiet_llama_cpp() -> None:
+    """llama.cpp logs every tensor it quantizes or loads; our progress lines replace that (what it
+    writes straight to stderr is caught by ``native_stderr``)."""
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)
