@@ -12,8 +12,12 @@ Why these packages (pinned in pyproject.toml's ``gguf`` extra):
   install a top-level ``gguf`` module; the converter needs the gguf-py it was released with (newer
   tensor names and constants). Reading back and dequantizing uses that same ``gguf`` module.
 - Q4_K_M (and the other K-quants) need llama.cpp's C quantizer: ``llama-cpp-python``'s
-  ``llama_model_quantize`` when it is installed. It is not in the extra: without a wheel for the
-  machine it compiles llama.cpp (19 minutes on 2 cores), so it is asked for by name when needed.
+  ``llama_model_quantize`` when it is installed (``pip install llama-cpp-python``). It is not in
+  the extra nor in CI: PyPI has only its source package, so pip compiles llama.cpp (0.3.36: about
+  4 minutes on this project's 2-core dev machine; a C/C++ compiler and cmake needed). It is asked
+  for by name when needed. Installed, it also adds llama.cpp's runtime check of every file
+  (engine/ship/gguf_runtime.py). A wheel built with ``-march=native`` suits only CPUs like the one
+  that built it.
 
 The converter recognises a BPE tokenizer by hashing how it splits a fixed text; an unknown hash is
 refused (the "BPE pre-tokenizer was not recognized" banner). A tokenizer whose ``tokenizer.json``
