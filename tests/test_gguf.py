@@ -201,11 +201,16 @@ def test_checklist_takes_a_verified_4bit_gguf(tmp_path):
     r = Run(tmp_path / "a")
     f = tmp_path / "lev-q4_k_m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 60)
-    entry = {"quant": "q4_k_m", "path": str(f), "size_bytes": 64, "check": {"ok": True}}
+    four = {"F32": {}, "Q4_K": {}, "Q6_K": {}}
+    entry = {"quant": "q4_k_m", "path": str(f), "size_bytes": 64, "check": {"ok": True, "by_type": four}}
     lineage.record_step(r.dir, "export_gguf", files=[{**entry, "quant": "q8_0"}])
     assert r.check("quantized").status == "pending" and "none 4-bit" in r.check("quantized").detail
-    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": {"ok": False}}])
+    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": {"ok": False, "by_type": four}}])
     assert r.check("quantized").status == "pending"
+    # A q4_k_m of a model too narrow for 4-bit K-quants (llama.cpp stored Q5_0/Q8_0): not 4 bits.
+    narrow = {"ok": True, "by_type": {"F32": {}, "Q5_0": {}, "Q8_0": {}}}
+    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": narrow}])
+    assert r.check("quantized").status == "pending" and "stored as Q5_0/Q8_0" in r.check("quantized").detail
     lineage.record_step(r.dir, "export_gguf", files=[entry])
     assert r.check("quantized").status == "pass" and "q4_k_m" in r.check("quantized").value
     f.write_bytes(b"changed")  # not the file that was checked any more

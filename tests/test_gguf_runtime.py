@@ -269,3 +269,16 @@ def test_a_file_before_the_failing_one_stays_verified_and_recorded(calm_model, t
     assert sorted(p.name for p in out.glob("*.gguf")) == ["lev-f16.gguf"]
     (f,) = lineage.read_info(out)["files"]
     assert f["quant"] == "f16" and f["runtime"]["ok"] and f["check"]["ok"]
+
+
+@llama_cpp
+def test_rows_too_short_for_k_quants_fall_back_and_are_checked_as_stored(tiny_model, tmp_path):
+    """The suite's tiny model is 64 wide: llama.cpp stores Q4_K_M's tensors as Q5_0 (Q6_K's as
+    Q8_0) instead; the check reads each tensor's type and applies that type's bound."""
+    src = tmp_path / "lev"
+    shutil.copytree(tiny_model("qwen3"), src)
+    r = cli_here("export", "gguf", src, "--quant", "q4_k_m", "--no-modelfile")
+    assert r.returncode == 0, r.stderr
+    (f,) = lineage.read_info(src.with_name("lev-gguf"))["files"]
+    assert set(f["check"]["by_type"]) == {"F32", "Q5_0", "Q8_0"} and f["check"]["ok"]
+    assert f["runtime"]["ok"] and "Q5_0 x" in r.stdout and "warning" not in r.stderr

@@ -187,14 +187,34 @@ def quantize_k(src: Path, out: Path, quant: str, threads: int = 0) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
     params.nthread = threads or os.cpu_count() or 1
-    quiet_llama_cpp()
-    with native_stderr() as log:
+    with native_stderr() as log, llama_log(llama_cpp) as lines:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
     if rc != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        tail = ("".join(lines) + log.read_text(errors="replace")).strip().splitlines()[-5:]
         raise RuntimeError(
             f"llama_model_quantize({src} -> {out}, {quant}) returned {rc}: " + " | ".join(tail)
         )
+
+
+@contextlib.contextmanager
+def llama_log(llama_cpp):
+    """What llama.cpp logs through llama-cpp-python's callback (which prints warnings such as each
+    K-quant fallback whatever its verbosity) is collected instead while inside."""
+    import ctypes
+
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 @contextlib.contextmanager
@@ -214,11 +234,3 @@ def native_stderr():
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
-
-
-def quiet_llama_cpp() -> None:
-    """llama.cpp logs every tensor it quantizes or loads; our progress lines replace that (what it
-    writes straight to stderr is caught by ``native_stderr``)."""
-    from llama_cpp import _logger
-
-    _logger.set_verbose(False)
