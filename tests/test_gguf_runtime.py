@@ -282,3 +282,20 @@ def test_rows_too_short_for_k_quants_fall_back_and_are_checked_as_stored(tiny_mo
     (f,) = lineage.read_info(src.with_name("lev-gguf"))["files"]
     assert set(f["check"]["by_type"]) == {"F32", "Q5_0", "Q8_0"} and f["check"]["ok"]
     assert f["runtime"]["ok"] and "Q5_0 x" in r.stdout and "warning" not in r.stderr
+
+
+@llama_cpp
+def test_the_quantizer_failing_is_an_error_with_its_log(tmp_path):
+    """llama.cpp's quantizer runs in a child process: a file it cannot read (or a crash) is a
+    UserError carrying what it said, and the export process lives on."""
+    from engine.errors import UserError
+    from engine.ship.gguf_convert import quantize_k
+
+    bad = tmp_path / "not.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 200)
+    with pytest.raises(UserError) as e:
+        quantize_k(bad, tmp_path / "out.gguf", "q4_k_m")
+    assert (
+        "llama.cpp's quantizer (llama-cpp-python)" in e.value.message and "making q4_k_m" in e.value.message
+    )
+    assert not (tmp_path / "out.gguf").exists() or (tmp_path / "out.gguf").stat().st_size == 0

@@ -27,7 +27,6 @@ pre-tokenizer is exactly GPT-2's byte-level split is given llama.cpp's ``gpt-2``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -177,60 +176,35 @@ def _accept_pre_tokenizer(model, model_dir: Path, explicit: str | None) -> None:
 
 
 def quantize_k(src: Path, out: Path, quant: str, threads: int = 0) -> None:
-    """``src`` (an f16/bf16 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``.
+    """``src`` (an f16/bf16 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``, in a
+    child process (engine/ship/gguf_llama.py): a crash in llama.cpp is an error with its log.
 
     Rows whose length is not a multiple of 256 cannot be K-quantized: llama.cpp stores those
-    tensors in another type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and says so on stderr; the
-    tensor check reads each tensor's real type. Its log is kept off the terminal unless it fails."""
-    llama_cpp = require_quantizer(quant)
-    gguf, _ = require_converter()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
-    params.nthread = threads or os.cpu_count() or 1
-    with native_stderr() as log, llama_log(llama_cpp) as lines:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
-    if rc != 0:
-        tail = ("".join(lines) + log.read_text(errors="replace")).strip().splitlines()[-5:]
-        raise RuntimeError(
-            f"llama_model_quantize({src} -> {out}, {quant}) returned {rc}: " + " | ".join(tail)
-        )
-
-
-@contextlib.contextmanager
-def llama_log(llama_cpp):
-    """What llama.cpp logs through llama-cpp-python's callback (which prints warnings such as each
-    K-quant fallback whatever its verbosity) is collected instead while inside."""
-    import ctypes
-
-    from llama_cpp import _logger
-
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level, text, user_data):
-        lines.append(text.decode("utf-8", "replace"))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-@contextlib.contextmanager
-def native_stderr():
-    """What C code writes to stderr (file descriptor 2) goes to a temporary file while inside."""
+    tensors in another type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and warns; the tensor
+    check reads each tensor's real type. Its log is shown only when it fails."""
+    import subprocess
     import sys
-    import tempfile
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryDirectory() as d:
-        log = Path(d) / "stderr.log"
-        with open(log, "wb") as f:
-            os.dup2(f.fileno(), 2)
-            try:
-                yield log
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+    require_quantizer(quant)
+    gguf, _ = require_converter()
+    ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
+    child = Path(__file__).with_name("gguf_llama.py")
+    cmd = [
+        sys.executable,
+        str(child),
+        "quantize",
+        str(src),
+        str(out),
+        str(ftype),
+        str(threads or os.cpu_count() or 1),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        tail = (r.stderr + r.stdout).strip().splitlines()[-5:]
+        how = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"returned {r.returncode}"
+        raise UserError(
+            f"{src.name}: llama.cpp's quantizer (llama-cpp-python) {how} making {quant}: " + " | ".join(tail),
+            "nothing was kept. A signal such as 4 (illegal instruction) means the llama-cpp-python build "
+            "does not suit this CPU: reinstall it here (pip install --force-reinstall --no-cache-dir "
+            "llama-cpp-python)",
+        )

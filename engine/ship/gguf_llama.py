@@ -1,9 +1,10 @@
-"""The llama.cpp side of the runtime check (engine/ship/gguf_runtime.py), run as a child process:
+"""llama.cpp's C code, run in a child process so that its crashing on a file (or on this CPU: a
+wheel built for another one dies of SIGILL) is an error with its log, not a dead export:
 
-    python gguf_llama.py SPEC.json OUT.npz
+    python gguf_llama.py quantize SRC.gguf OUT.gguf FTYPE THREADS    # llama_model_quantize
+    python gguf_llama.py run SPEC.json OUT.npz                       # the runtime check's side
 
-so that llama.cpp crashing on a file (or on this CPU) is a failed check with its log, not a dead
-export. SPEC: ``gguf``, ``texts`` (rendered prompts), ``prompts`` (their HF token ids), ``stops``,
+``run`` is the llama.cpp side of engine/ship/gguf_runtime.py's check. SPEC: ``gguf``, ``texts`` (rendered prompts), ``prompts`` (their HF token ids), ``stops``,
 ``answer_tokens``. OUT: per prompt i, ``tokens{i}`` (llama.cpp's tokenization of text i),
 ``chosen{i}`` (its greedy tokens: argmax of its own logits, no sampler, up to and with a stop
 token) and ``logits{i}`` (float32, one row per position fed).
@@ -39,7 +40,16 @@ def _plain_params(llama_cpp):
     low.llama_model_default_params = params
 
 
-def main(spec_path: str, out_path: str) -> None:
+def quantize(src: str, out: str, ftype: str, threads: str) -> int:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(ftype)
+    params.nthread = int(threads)
+    return llama_cpp.llama_model_quantize(src.encode(), out.encode(), params)
+
+
+def run(spec_path: str, out_path: str) -> None:
     import llama_cpp
     from llama_cpp import _logger
 
@@ -80,4 +90,6 @@ def main(spec_path: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1] == "quantize":
+        sys.exit(quantize(*sys.argv[2:6]))
+    run(*sys.argv[2:4])

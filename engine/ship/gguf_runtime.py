@@ -299,7 +299,7 @@ def _llama_side(gguf_path: Path, ref: Reference, result: RuntimeCheck):
         out = Path(d) / "out.npz"
         child = Path(__file__).with_name("gguf_llama.py")
         r = subprocess.run(
-            [sys.executable, str(child), str(Path(d) / "spec.json"), str(out)],
+            [sys.executable, str(child), "run", str(Path(d) / "spec.json"), str(out)],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
