@@ -210,7 +210,10 @@ def test_checklist_takes_a_verified_4bit_gguf(tmp_path):
     # A q4_k_m of a model too narrow for 4-bit K-quants (llama.cpp stored Q5_0/Q8_0): not 4 bits.
     narrow = {"ok": True, "by_type": {"F32": {}, "Q5_0": {}, "Q8_0": {}}}
     lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": narrow}])
-    assert r.check("quantized").status == "pending" and "stored as Q5_0/Q8_0" in r.check("quantized").detail
+    detail = r.check("quantized").detail
+    assert (
+        r.check("quantized").status == "pending" and "stored as Q5_0/Q8_0" in detail and "too short" in detail
+    )
     lineage.record_step(r.dir, "export_gguf", files=[entry])
     assert r.check("quantized").status == "pass" and "q4_k_m" in r.check("quantized").value
     f.write_bytes(b"changed")  # not the file that was checked any more

@@ -352,10 +352,13 @@ def verified_gguf(src: Sources) -> Measure | None:
             else:
                 others.append(f"{f.get('quant')} ({p.name})")
     if others:
-        return Measure(
-            "pending",
-            detail=f"verified GGUF {', '.join(others)}, none 4-bit: leviathan-cockpit export gguf DIR --quant q4_k_m",
+        narrow = any("stored as" in o for o in others)
+        hint = (
+            "its rows are too short for 4-bit K-quants (llama.cpp stores them in 5-8 bits)"
+            if narrow
+            else "leviathan-cockpit export gguf DIR --quant q4_k_m"
         )
+        return Measure("pending", detail=f"verified GGUF {', '.join(others)}, none 4-bit: {hint}")
     return None
 
 

@@ -285,7 +285,8 @@ def _gguf_section(run_dir: Path | None) -> list[str]:
         "## GGUF (llama.cpp, Ollama)",
         "",
         "Converted with llama.cpp's converter; every tensor read back, dequantized and compared with "
-        "these weights (largest error per storage type):",
+        "these weights (largest error per storage type); where llama-cpp-python was installed, each file "
+        "run by llama.cpp on the identity prompts and compared with these weights' logits and answers:",
         "",
         "| file | type | size | check | llama.cpp against these weights |",
         "|---|---|---:|---|---|",
