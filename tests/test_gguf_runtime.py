@@ -86,6 +86,25 @@ def test_k_bounds_are_a_few_steps_of_the_block():
     assert allowed_error(x[:, :128].astype(np.float64), "Q4_K") is None  # rows too short for a super-block
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_the_files_weights_come_back_in_the_merged_layout(arch, tiny_model, tmp_path):
+    """What torch runs as "the file's weights": an f16 file's tensors are exactly the merged weights
+    rounded to f16, under their HF names (Llama's q/k row order undone)."""
+    from safetensors.numpy import load_file
+
+    from engine.ship.gguf_convert import convert, model_class
+    from engine.ship.gguf_verify import file_weights
+
+    src = tiny_model(arch)
+    convert(src, tmp_path / "f16.gguf", "f16")
+    merged = load_file(str(src / "model.safetensors"))
+    got = dict(file_weights(tmp_path / "f16.gguf", src, model_class(src)[1]))
+    assert set(got) == set(merged)
+    for name, w in merged.items():
+        want = w.astype(np.float32) if w.ndim == 1 else w.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
 # -- the runtime check's decisions, on made-up logits -----------------------------------------
 
 

@@ -190,21 +190,21 @@ class Reference:
         from engine.ship.gguf_verify import file_weights
 
         state = self.model.state_dict()
-        weights = file_weights(gguf_path, self.merged, model_class(self.merged)[1])
-        unknown = sorted(set(weights) - set(state))
-        if unknown:
-            raise KeyError(f"{unknown[0]} (and {len(unknown) - 1} more) not in the loaded model")
+        done: set[str] = set()
         try:
-            with torch.no_grad():
-                for k, w in weights.items():
+            with torch.no_grad():  # one tensor at a time: an 8B model's float32 copy is never whole
+                for k, w in file_weights(gguf_path, self.merged, model_class(self.merged)[1]):
+                    if k not in state:
+                        raise KeyError(f"{k} not in the loaded model")
                     state[k].copy_(torch.from_numpy(w))
+                    done.add(k)
             return [self.logits(ids) for ids in sequences]
         finally:
             with torch.no_grad():
                 for shard in sorted(self.merged.glob("*.safetensors")):
                     with safe_open(str(shard), framework="pt") as f:
                         for k in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                            if k in weights:
+                            if k in done:
                                 state[k].copy_(f.get_tensor(k))
 
     def text(self, tokens: list[int]) -> str:

@@ -244,8 +244,8 @@ def _check_one(
         )
 
 
-def file_weights(gguf_path: Path, merged: Path, model_cls) -> dict[str, np.ndarray]:
-    """The GGUF's text tensors dequantized, under the merged model's names and in its layout (the
+def file_weights(gguf_path: Path, merged: Path, model_cls):
+    """(merged model's name, the GGUF's tensor dequantized in its layout), one tensor at a time (the
     converter's q/k row order and Gemma's ``1 + w`` undone): the file's weights, for torch."""
     import gguf
     from gguf.quants import dequantize
@@ -257,7 +257,6 @@ def file_weights(gguf_path: Path, merged: Path, model_cls) -> dict[str, np.ndarr
     text = hparams.get("text_config") or hparams
     name_map = gguf.get_tensor_name_map(model_cls.model_arch, text["num_hidden_layers"])
     arch = hparams.get("architectures", [""])[0]
-    out = {}
     for shard in sorted(merged.glob("*.safetensors")):
         with safe_open(str(shard), framework="np") as f:
             for hf_name in f.keys():  # noqa: SIM118
@@ -277,8 +276,7 @@ def file_weights(gguf_path: Path, merged: Path, model_cls) -> dict[str, np.ndarr
                     w = _unpermute(w, heads or text["num_attention_heads"])
                 if arch.startswith("Gemma") and name.endswith("norm.weight"):
                     w = w - 1
-                out[hf_name] = w
-    return out
+                yield hf_name, w
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
