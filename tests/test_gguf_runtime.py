@@ -137,6 +137,9 @@ def test_runtime_part_beyond_it_fails_and_says_by_how_much():
     f32 = _scored("f32", rounding=0.0, runtime=0.01)  # f32: nothing to round, the floor applies
     assert not f32.ok and f32.allowed == pytest.approx(1e-3 * f32.scale)
     assert _scored("f32", rounding=0.0, runtime=1e-5).ok
+    # An f16 file of bf16 weights rounds nothing, but llama.cpp still rounds activations to f16.
+    assert _scored("f16", rounding=0.0, runtime=0.004).ok
+    assert not _scored("f16", rounding=0.0, runtime=0.05).ok
 
 
 def test_a_lost_persona_fails_8_bit_files_and_is_noted_for_4_bit():
