@@ -245,18 +245,22 @@ def test_a_damaged_k_quant_tensor_fails_the_tensor_check(calm_model, tmp_path):
     assert "up_proj" in bad.problems[0] and "(Q4_K)" in bad.problems[0] and "(9, 40)" in bad.problems[0]
 
 
-def _wrong_tokenizer_for(quants, calm_model, tmp_path, monkeypatch) -> Path:
-    """A copy of the tiny Qwen3 whose converter, for ``quants``, reads the tokenizer's merges in
-    reverse order (same vocabulary, other merge priorities; the weights stay right)."""
+def _reversed_merges(folder: Path) -> None:
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["model"]["merges"] = tok["model"]["merges"][::-1]  # same vocabulary, other merge priorities
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+
+
+def _converter_misreads(spoil, quants, calm_model, tmp_path, monkeypatch) -> Path:
+    """A copy of the tiny Qwen3 whose converter, for ``quants``, reads a copy ``spoil`` changed
+    (the weights stay right, so the tensor check passes); the copy's path is returned."""
     from engine.ship import gguf_convert
 
     src = tmp_path / "lev"
     shutil.copytree(calm_model("qwen3"), src)
-    wrong = tmp_path / "wrong-tokenizer"
+    wrong = tmp_path / "wrong"
     shutil.copytree(src, wrong)
-    tok = json.loads((wrong / "tokenizer.json").read_text())
-    tok["model"]["merges"] = tok["model"]["merges"][::-1]
-    (wrong / "tokenizer.json").write_text(json.dumps(tok))
+    spoil(wrong)
     real = gguf_convert.convert
     monkeypatch.setattr(
         gguf_convert,
@@ -270,7 +274,7 @@ def _wrong_tokenizer_for(quants, calm_model, tmp_path, monkeypatch) -> Path:
 def test_a_tokenizer_that_travelled_wrong_fails_the_runtime_check(calm_model, tmp_path, monkeypatch):
     """The converter is made to read merges in another order (its GGUF's weights stay right): the
     tensor check passes, llama.cpp splits the prompts differently, exit 2 and no .gguf kept."""
-    src = _wrong_tokenizer_for(("q8_0",), calm_model, tmp_path, monkeypatch)
+    src = _converter_misreads(_reversed_merges, ("q8_0",), calm_model, tmp_path, monkeypatch)
     r = cli_here("export", "gguf", src, "--quant", "q8_0")
     assert r.returncode == 2 and "llama.cpp does not run it as lev" in r.stderr
     assert "tokenizes the rendered chat differently from the HF tokenizer" in r.stderr
@@ -283,8 +287,24 @@ def test_a_tokenizer_that_travelled_wrong_fails_the_runtime_check(calm_model, tm
 
 
 @llama_cpp
+def test_a_wrong_norm_epsilon_in_the_file_fails_on_the_logits(calm_model, tmp_path, monkeypatch):
+    """Weights and tokens right, one hyperparameter wrong in the GGUF's metadata (RMSNorm's epsilon
+    1e-3 for 1e-6): only llama.cpp's logits can tell, and they do (on the tiny Llama: 0.49 against an
+    allowed 0.003 for f16; a rope theta of 1e6 for 1e4 gave 0.072)."""
+
+    def epsilon(folder: Path) -> None:
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "rms_norm_eps": 1e-3}))
+
+    src = _converter_misreads(epsilon, ("f16",), calm_model, tmp_path, monkeypatch)
+    r = cli_here("export", "gguf", src, "--quant", "f16")
+    assert r.returncode == 2 and "llama.cpp's logits differ from the file's weights run by torch" in r.stderr
+    assert "tokenizes" not in r.stderr and not list(src.with_name("lev-gguf").glob("*.gguf"))
+
+
+@llama_cpp
 def test_a_file_before_the_failing_one_stays_verified_and_recorded(calm_model, tmp_path, monkeypatch):
-    src = _wrong_tokenizer_for(("q8_0",), calm_model, tmp_path, monkeypatch)
+    src = _converter_misreads(_reversed_merges, ("q8_0",), calm_model, tmp_path, monkeypatch)
     r = cli_here("export", "gguf", src, "--quant", "f16", "q8_0")
     assert r.returncode == 2 and "kept, verified: lev-f16.gguf" in r.stderr
     out = src.with_name("lev-gguf")
