@@ -107,7 +107,7 @@ def job(c: ShipChoice, run_dir: Path | None):
     def summary(r) -> str:
         files = ", ".join(f"{f.path.name} {lineage.human_size(f.size_bytes)}" for f in r.files)
         create = f"; {r.modelfile.create_command}" if r.modelfile else ""
-        ran = "; llama.cpp runs them as the model" if all(f.runtime for f in r.files) else ""
+        ran = " and run by llama.cpp" if all(f.runtime for f in r.files) else ""
         return f"{files}, every tensor verified{ran}{create}"
 
     return f"gguf {c.model_dir.name}", export_gguf, (c.model_dir,), {"quants": menu_quants()}, summary
