@@ -90,7 +90,9 @@ def test_f16_and_q8_0_read_back_within_their_error(arch, model_copy):
     )
 
     # What the command says it checked, and what it recorded.
-    assert "Q8_0 x16" in r.stdout and "F16 x16" in r.stdout and r.stdout.count(": ok") == 2
+    checks = [line for line in r.stdout.splitlines() if line.startswith("    check: ")]
+    assert "Q8_0 x16" in r.stdout and "F16 x16" in r.stdout and len(checks) == 2
+    assert all(line.endswith(": ok") for line in checks)
     info = lineage.read_info(out)
     assert info["kind"] == "gguf" and {f["quant"] for f in info["files"]} == {"f16", "q8_0"}
     assert all(f["check"]["ok"] and f["check"]["tensors"] == len(hf) for f in info["files"])
@@ -199,11 +201,19 @@ def test_checklist_takes_a_verified_4bit_gguf(tmp_path):
     r = Run(tmp_path / "a")
     f = tmp_path / "lev-q4_k_m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 60)
-    entry = {"quant": "q4_k_m", "path": str(f), "size_bytes": 64, "check": {"ok": True}}
+    four = {"F32": {}, "Q4_K": {}, "Q6_K": {}}
+    entry = {"quant": "q4_k_m", "path": str(f), "size_bytes": 64, "check": {"ok": True, "by_type": four}}
     lineage.record_step(r.dir, "export_gguf", files=[{**entry, "quant": "q8_0"}])
     assert r.check("quantized").status == "pending" and "none 4-bit" in r.check("quantized").detail
-    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": {"ok": False}}])
+    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": {"ok": False, "by_type": four}}])
     assert r.check("quantized").status == "pending"
+    # A q4_k_m of a model too narrow for 4-bit K-quants (llama.cpp stored Q5_0/Q8_0): not 4 bits.
+    narrow = {"ok": True, "by_type": {"F32": {}, "Q5_0": {}, "Q8_0": {}}}
+    lineage.record_step(r.dir, "export_gguf", files=[{**entry, "check": narrow}])
+    detail = r.check("quantized").detail
+    assert (
+        r.check("quantized").status == "pending" and "stored as Q5_0/Q8_0" in detail and "too short" in detail
+    )
     lineage.record_step(r.dir, "export_gguf", files=[entry])
     assert r.check("quantized").status == "pass" and "q4_k_m" in r.check("quantized").value
     f.write_bytes(b"changed")  # not the file that was checked any more
@@ -349,6 +359,10 @@ def test_the_other_trained_architectures(arch, tmp_path):
         tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        # Gemma 3 scales queries by 1/sqrt(query_pre_attn_scalar) (default 256, the released models'
+        # head_dim); llama.cpp by 1/sqrt(head_dim) (its gemma3 graph; the 27B model aside), so a
+        # tiny one must have them equal to run the same in both (llama.cpp's runtime check saw it).
+        **({"query_pre_attn_scalar": 16} if arch == "gemma3" else {}),
     )
     torch.manual_seed(0)
     model = model_cls(cfg)

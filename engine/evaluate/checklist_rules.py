@@ -307,6 +307,8 @@ def rule_merged_model(src: Sources, item: Item) -> Measure:
 
 
 GGUF_4BIT = ("q4_k_m", "q4_k_s", "q4_0", "q4_1")
+# A q4_k_m file is 4-bit where its matrices are: rows not a multiple of 256 are stored as Q5_0/Q8_0.
+GGUF_4BIT_TYPES = {"Q4_K", "Q4_0", "Q4_1"}
 
 
 def rule_quantized_model(src: Sources, item: Item) -> Measure:
@@ -342,14 +344,21 @@ def verified_gguf(src: Sources) -> Measure | None:
                 or p.stat().st_size != f.get("size_bytes")
             ):
                 continue
-            if f.get("quant") in GGUF_4BIT:
+            stored = set((f.get("check") or {}).get("by_type") or ())
+            if f.get("quant") in GGUF_4BIT and stored & GGUF_4BIT_TYPES:
                 return Measure("pass", f"{p} (GGUF {f['quant']}, tensors verified)", when=p.stat().st_mtime)
-            others.append(f"{f.get('quant')} ({p.name})")
+            if f.get("quant") in GGUF_4BIT:  # rows too short for 4 bits: llama.cpp stored 5-8-bit types
+                others.append(f"{f['quant']} ({p.name}, stored as {'/'.join(sorted(stored - {'F32'}))})")
+            else:
+                others.append(f"{f.get('quant')} ({p.name})")
     if others:
-        return Measure(
-            "pending",
-            detail=f"verified GGUF {', '.join(others)}, none 4-bit: leviathan-cockpit export gguf DIR --quant q4_k_m",
+        narrow = any("stored as" in o for o in others)
+        hint = (
+            "its rows are too short for 4-bit K-quants (llama.cpp stores them in 5-8 bits)"
+            if narrow
+            else "leviathan-cockpit export gguf DIR --quant q4_k_m"
         )
+        return Measure("pending", detail=f"verified GGUF {', '.join(others)}, none 4-bit: {hint}")
     return None
 
 

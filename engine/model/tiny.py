@@ -88,7 +88,7 @@ def build_tokenizer(
     return fast
 
 
-def _config(arch: str, tokenizer, hidden: int, layers: int):
+def _config(arch: str, tokenizer, hidden: int, layers: int, initializer_range: float = 0.2):
     from transformers import LlamaConfig, Qwen3Config
 
     text = dict(
@@ -106,7 +106,7 @@ def _config(arch: str, tokenizer, hidden: int, layers: int):
         bos_token_id=tokenizer.bos_token_id,
         # Wide enough weights that LoRA on a 64-wide model can move the loss the way a real
         # run does (to ~0 on a memorised answer); with the usual 0.02 it stalls near ln(vocab).
-        initializer_range=0.2,
+        initializer_range=initializer_range,
     )
     if arch == "qwen3":
         return Qwen3Config(**text)
@@ -153,15 +153,18 @@ def build_tiny_model(
     seed: int = 0,
     extra_text: list[str] | None = None,
     extra_special: list[str] | None = None,
+    initializer_range: float = 0.2,
 ) -> Path:
-    """Write a random-initialised model and its tokenizer to ``out_dir``; return the path."""
+    """Write a random-initialised model and its tokenizer to ``out_dir``; return the path.
+    ``initializer_range``: 0.2 lets LoRA move a tiny model (see ``_config``); transformers' usual
+    0.02 gives a calmer network whose outputs move with its weights as a real model's do."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, GenerationConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(arch, extra_text, extra_special=extra_special)
-    config = _config(arch, tokenizer, hidden, layers)
+    config = _config(arch, tokenizer, hidden, layers, initializer_range)
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if arch == "qwen3_vl" else AutoModelForCausalLM
     model = auto.from_config(config, dtype=torch.float32)

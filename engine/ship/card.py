@@ -285,20 +285,32 @@ def _gguf_section(run_dir: Path | None) -> list[str]:
         "## GGUF (llama.cpp, Ollama)",
         "",
         "Converted with llama.cpp's converter; every tensor read back, dequantized and compared with "
-        "these weights (largest error per storage type):",
+        "these weights (largest error per storage type); where llama-cpp-python was installed, each file "
+        "run by llama.cpp on the identity prompts and compared with these weights' logits and answers:",
         "",
-        "| file | type | size | check |",
-        "|---|---|---:|---|",
+        "| file | type | size | check | llama.cpp against these weights |",
+        "|---|---|---:|---|---|",
     ]
     for f in records[0].get("files") or []:
         by_type = (f.get("check") or {}).get("by_type") or {}
         errs = ", ".join(f"{t} {v['max_abs_err']:.1e}" for t, v in sorted(by_type.items()))
         out.append(
-            f"| `{Path(f['path']).name}` | {f['quant']} | {lineage.human_size(f.get('size_bytes') or 0)} | {errs} |"
+            f"| `{Path(f['path']).name}` | {f['quant']} | {lineage.human_size(f.get('size_bytes') or 0)} | {errs} "
+            f"| {_runtime_cell(f.get('runtime') or {})} |"
         )
     if records[0].get("modelfile"):
         out += ["", "With the Modelfile written beside them: `ollama create NAME -f Modelfile`."]
     return out + [""]
+
+
+def _runtime_cell(r: dict) -> str:
+    if r.get("ok") is None:
+        return "not run (llama-cpp-python not installed)"
+    same = sum(a["same"] for a in r.get("answers") or [])
+    return (
+        f"tokens equal {r['tokens_equal']}/{r['prompts']}; logits max diff {r['max_diff']:.1e}, "
+        f"top-1 {r['top1']:.0%}; identity answers equal {same}/{len(r.get('answers') or [])}"
+    )
 
 
 def _use_section(repo_id: str, vision: bool) -> list[str]:

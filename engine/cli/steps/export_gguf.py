@@ -75,6 +75,10 @@ def run(args) -> int:
     for f in r.files:
         print(f"  {f.path.name}  {size(f.size_bytes)}  {f.seconds:.1f}s")
         print(f"    check: {f.check.summary()}: ok")
+        if f.runtime is not None:
+            print(f"    {f.runtime.summary()}: ok")
+            for note in f.runtime.notes:
+                print(f"      note: {note}")
     for note in r.notes:
         print(f"  note: {note}")
     if r.modelfile is not None:
@@ -103,7 +107,8 @@ def job(c: ShipChoice, run_dir: Path | None):
     def summary(r) -> str:
         files = ", ".join(f"{f.path.name} {lineage.human_size(f.size_bytes)}" for f in r.files)
         create = f"; {r.modelfile.create_command}" if r.modelfile else ""
-        return f"{files}, every tensor verified{create}"
+        ran = " and run by llama.cpp" if all(f.runtime for f in r.files) else ""
+        return f"{files}, every tensor verified{ran}{create}"
 
     return f"gguf {c.model_dir.name}", export_gguf, (c.model_dir,), {"quants": menu_quants()}, summary
 
