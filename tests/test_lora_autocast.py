@@ -4,6 +4,8 @@ layers are PEFT's own, bit for bit."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -36,7 +38,7 @@ class Fp32Copies(TorchDispatchMode):
         return out
 
 
-def lora_model(path, monkeypatch, cast: str | None):
+def lora_model(path, monkeypatch, cast: str | None, **over):
     from transformers import AutoModelForCausalLM
 
     if cast:
@@ -46,7 +48,7 @@ def lora_model(path, monkeypatch, cast: str | None):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
     config = RunConfig.model_validate(
-        {"base_model": str(path), "datasets": [{"path": "x.jsonl"}], "adapter": "lora", "lora_r": 8}
+        {"base_model": str(path), "datasets": [{"path": "x.jsonl"}], "adapter": "lora", "lora_r": 8, **over}
     )
     model = attach_lora(base, config, False)
     g = torch.Generator().manual_seed(1)
@@ -137,3 +139,44 @@ def test_qlora_layers_take_the_fused_sum_too(tiny_model, monkeypatch):
     for name in grads:
         a, b = grads[name].flatten().double(), grads_p[name].flatten().double()
         assert (a - b).norm() <= 0.05 * b.norm(), name
+
+
+def a_calls(model) -> collections.Counter:
+    """Which layers' own A modules run in one autocast step (a shared product runs none)."""
+    calls: collections.Counter = collections.Counter()
+    for name, m in model.named_modules():
+        if name.endswith("lora_A.default"):
+            m.register_forward_hook(lambda mod, i, o, leaf=name.split(".")[-3]: calls.update([leaf]))
+    step(model, model.config.hidden_size)
+    return calls
+
+
+def test_siblings_share_one_a_product(tiny_model, monkeypatch):
+    path = tiny_model("qwen3")
+    shared = lora_model(path, monkeypatch, None)
+    layers = shared.config.num_hidden_layers
+    assert a_calls(shared) == {"o_proj": layers, "down_proj": layers}  # q/k/v and gate/up: one GEMM each
+    loss, grads, _ = step(lora_model(path, monkeypatch, None), 1)
+    apart = lora_model(path, monkeypatch, "noshare")
+    assert a_calls(apart) == {
+        leaf: layers for leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    }
+    loss_a, grads_a, _ = step(lora_model(path, monkeypatch, "noshare"), 1)
+    assert torch.allclose(loss, loss_a, rtol=1e-3)
+    for name in grads:  # every A still gets its own gradient (the stacked weight's backward splits it)
+        a, b = grads[name].flatten().double(), grads_a[name].flatten().double()
+        assert b.norm() > 0 and (a - b).norm() <= 0.02 * b.norm(), name
+
+
+def test_lora_dropout_keeps_the_products_apart(tiny_model, monkeypatch):
+    model = lora_model(tiny_model("qwen3"), monkeypatch, None, lora_dropout=0.1)
+    model.train()
+    assert set(a_calls(model)) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }

@@ -17,22 +17,55 @@ sum rounds once where PEFT rounds three times (tests/test_lora_autocast.py bound
 difference). Anything else (no autocast, merged or disabled adapters, a LoRA variant such as
 DoRA, a bias on B, mixed-adapter batches) goes through PEFT's own forward. The decode engine's
 routing (engine/chat/routing.py) swaps this forward out and back as it does PEFT's.
+
+Siblings that read one input (q, k and v; gate and up) share their A product: the first to
+see the input multiplies it by their A matrices stacked (one GEMM reading the input once
+where three read it three times, and one GEMM for its input gradient in the backward where
+three wrote three and summed them); the others take their columns. Only without LoRA
+dropout: each layer's dropout draws its own mask, so their inputs differ.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
-ENV = "LEVIATHAN_LORA_FORWARD"  # "peft": PEFT's forward as it is (benchmarks compare both)
+ENV = "LEVIATHAN_LORA_FORWARD"  # "peft": PEFT's forward as it is; "noshare": no sibling sharing
+# Layers that read the same input in the architectures we train (routing.py shares them too).
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
+
+
+class SharedA:
+    """The A products of sibling layers for one input, made by the first sibling that sees it."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+        self._key: tuple | None = None  # (weak reference to the input, adapter)
+        self._mids: tuple = ()
+
+    def product(self, i: int, x, adapter: str):
+        """Layer ``i``'s A product of ``x``, or None where the siblings cannot share it."""
+        key = self._key
+        if key is not None and key[1] == adapter and key[0]() is x:
+            return self._mids[i]
+        weights = []
+        for m in self.layers:
+            if adapter not in m.lora_A or not isinstance(m.lora_dropout[adapter], torch.nn.Identity):
+                return None
+            weights.append(m.lora_A[adapter].weight)
+        h = torch.nn.functional.linear(x, torch.cat(weights))
+        self._mids = h.split([w.shape[0] for w in weights], dim=-1)
+        self._key = (weakref.ref(x), adapter)
+        return self._mids[i]
 
 
 class FusedForward:
     """The instance ``forward`` of one PEFT LoRA layer (a class, so a copied model copies it)."""
 
-    def __init__(self, layer) -> None:
-        self.layer = layer
+    def __init__(self, layer, shared: SharedA | None = None, index: int = 0) -> None:
+        self.layer, self.shared, self.index = layer, shared, index
 
     def __call__(self, x, *args, **kwargs):
         m = self.layer
@@ -45,7 +78,13 @@ class FusedForward:
         result = m.base_layer(x)
         out = result.reshape(-1, result.shape[-1])
         for a in active:
-            h = m.lora_A[a](m.lora_dropout[a](x))
+            h = (
+                self.shared.product(self.index, x, a)
+                if self.shared is not None and len(active) == 1
+                else None
+            )
+            if h is None:
+                h = m.lora_A[a](m.lora_dropout[a](x))
             out = torch.addmm(out, h.reshape(-1, h.shape[-1]), m.lora_B[a].weight.t(), alpha=m.scaling[a])
         return out.view(result.shape)
 
@@ -56,12 +95,33 @@ def fuse_lora_layers(model) -> int:
         return 0
     from peft.tuners.lora import LoraLayer
 
-    n = 0
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and "forward" not in module.__dict__ and _linear(module):
-            module.forward = FusedForward(module)
-            n += 1
-    return n
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, LoraLayer) and "forward" not in m.__dict__ and _linear(m)
+    }
+    shared = {} if os.environ.get(ENV) == "noshare" else _siblings(layers)
+    for name, m in layers.items():
+        m.forward = FusedForward(m, *shared.get(name, (None, 0)))
+    return len(layers)
+
+
+def _siblings(layers: dict) -> dict:
+    """Full name -> (SharedA, index) for each group of two or more siblings under one parent."""
+    groups: dict[tuple, dict[int, str]] = {}
+    for name in layers:
+        parent, _, leaf = name.rpartition(".")
+        for sib in SIBLINGS:
+            if leaf in sib:
+                groups.setdefault((parent, sib), {})[sib.index(leaf)] = name
+    out = {}
+    for members in groups.values():
+        names = [members[k] for k in sorted(members)]
+        widths = {layers[n].get_base_layer().in_features for n in names}
+        if len(names) > 1 and len(widths) == 1:
+            shared = SharedA([layers[n] for n in names])
+            out.update({n: (shared, i) for i, n in enumerate(names)})
+    return out
 
 
 def _linear(module) -> bool:
