@@ -142,4 +142,7 @@ def load_for_inference(path: str, base: str | None = None, dtype=None, device: s
         model.to(device)
     elif torch.cuda.is_available():
         model.to("cuda")
+    from engine.model.inference_kernels import apply_inference_kernels
+
+    apply_inference_kernels(model)
     return Loaded(model, tokenizer, base_name, adapter)
