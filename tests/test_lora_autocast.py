@@ -180,3 +180,21 @@ def test_lora_dropout_keeps_the_products_apart(tiny_model, monkeypatch):
         "up_proj",
         "down_proj",
     }
+
+
+def test_sharded_training_keeps_peft_s_forward(tiny_model):
+    """FSDP / ZeRO-3 gather each module's weights in its own hook: no fused forward there."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model("qwen3")
+    config = RunConfig.model_validate(
+        {
+            "base_model": str(path),
+            "datasets": [{"path": "x.jsonl"}],
+            "adapter": "lora",
+            "fsdp": ["full_shard"],
+        }
+    )
+    assert config.uses_fsdp
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(path), config, False)
+    assert not any("forward" in m.__dict__ for m in model.modules())

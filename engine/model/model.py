@@ -236,7 +236,10 @@ def attach_lora(model, config, gradient_checkpointing: bool):
     from engine.model.lora_autocast import fuse_lora_layers
 
     peft_model = _attach(model, config, gradient_checkpointing)
-    fuse_lora_layers(peft_model)
+    # Sharded training (ZeRO-3, FSDP) gathers each module's weights in its own forward hook; the
+    # fused forward reads B's (and the siblings' A) weights directly, so it stays PEFT's there.
+    if not (config.deepspeed or config.uses_fsdp):
+        fuse_lora_layers(peft_model)
     return peft_model
 
 
