@@ -341,3 +341,32 @@ def test_the_quantizer_failing_is_an_error_with_its_log(tmp_path):
         "llama.cpp's quantizer (llama-cpp-python)" in e.value.message and "making q4_k_m" in e.value.message
     )
     assert not (tmp_path / "out.gguf").exists() or (tmp_path / "out.gguf").stat().st_size == 0
+
+
+def test_memory_for_the_runtime_check_is_counted_from_the_headers(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_model("qwen3")
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).state_dict().values())
+    assert rt.parameter_count(folder) == params
+    gib = 2**30
+    assert rt.memory_shortfall(folder, 10**6, free=(0, 8 * gib)) is None
+    short = rt.memory_shortfall(folder, 10**6, free=(0, gib))  # the margins alone need 2 GiB
+    assert short.startswith("llama.cpp runtime check not run") and "1.0 GiB of RAM available" in short
+
+
+@llama_cpp
+def test_an_export_too_big_for_memory_keeps_its_verified_files_and_says_why(
+    tiny_model, tmp_path, monkeypatch
+):
+    """An 8B model on a 24 GiB machine without a GPU: the reference would be killed halfway."""
+    from engine.ship.gguf import export_gguf
+
+    monkeypatch.setattr(rt, "_free_memory", lambda: (0, 2**30))
+    src = tmp_path / "lev"
+    shutil.copytree(tiny_model("qwen3"), src)
+    r = export_gguf(src, tmp_path / "out", quants=["q8_0"], modelfile=False)
+    assert r.files[0].check.ok and r.files[0].runtime is None and r.files[0].path.is_file()
+    assert any(n.startswith("llama.cpp runtime check not run: it needs") for n in r.notes)
+    rec = lineage.read_info(tmp_path / "out")["files"][0]
+    assert rec["runtime"]["ok"] is None and "float32" in rec["runtime"]["not_run"]

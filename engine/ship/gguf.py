@@ -117,7 +117,7 @@ def export_gguf(
     _check_disk(out, merged, quants)
     files: list[GgufFile] = []
     result = GgufExport(out, merged, arch, files, None, 0.0, merged_now)
-    runtime = _Runtime(merged, progress)
+    runtime = _Runtime(merged, progress, result.notes)
     if not runtime.on:
         result.notes.append(gguf_runtime.NOT_RUN)
     try:
@@ -235,14 +235,20 @@ class _Runtime:
     """llama.cpp's runtime check for the files of one export; the merged model is loaded once, at
     the first file that needs it."""
 
-    def __init__(self, merged: Path, progress: Progress) -> None:
-        self.merged, self.progress, self.ref = merged, progress, None
+    def __init__(self, merged: Path, progress: Progress, notes: list[str]) -> None:
+        self.merged, self.progress, self.ref, self.notes = merged, progress, None, notes
         self.on = gguf_runtime.available()
 
     def check(self, path: Path, quant: str, at: float):
         if not self.on:
             return None
         if self.ref is None:
+            short = gguf_runtime.memory_shortfall(self.merged, path.stat().st_size)
+            if short:
+                self.on = False
+                self.notes.append(short)
+                self.progress(at, short)
+                return None
             self.progress(at, f"loading {self.merged.name} in float32 to compare llama.cpp's logits with")
             self.ref = gguf_runtime.Reference(self.merged)
         self.progress(
@@ -331,13 +337,14 @@ def _modelfile(merged: Path, out: Path, files: list[GgufFile], system, config, n
 def _record(r: GgufExport) -> None:
     """The folder's lineage file and the run's exports.jsonl (which the checklist reads)."""
     info = lineage.read_info(r.merged)
+    why = next((n for n in r.notes if n.startswith("llama.cpp runtime check not run")), gguf_runtime.NOT_RUN)
     files = [
         {
             "quant": f.quant,
             "path": str(f.path.resolve()),
             "size_bytes": f.size_bytes,
             "check": f.check.record(),
-            "runtime": f.runtime.record() if f.runtime else {"ok": None, "not_run": gguf_runtime.NOT_RUN},
+            "runtime": f.runtime.record() if f.runtime else {"ok": None, "not_run": why},
         }
         for f in r.files
     ]

@@ -60,6 +60,68 @@ FLOOR = {"f32": 1e-3, "f16": 1e-2, "bf16": 5e-2, "q8_0": 5e-2, "q6_k": 5e-2, "q5
 EIGHT_BITS = ("f32", "f16", "bf16", "q8_0")
 
 
+def memory_shortfall(merged: Path, gguf_bytes: int, free: tuple[int, int] | None = None) -> str | None:
+    """Why the check cannot run here for lack of memory, or None when it fits.
+
+    The reference is the merged model in float32 (4 bytes a parameter) on the GPU where there is
+    one, else in RAM; llama.cpp maps the whole file into RAM beside it. An 8B model needs ~32 GiB
+    for the reference: on a 24 GiB machine without a GPU the export would be killed by the kernel
+    halfway, so it is not started. ``free`` is (GPU bytes or 0, RAM bytes), measured when None.
+    """
+    import torch
+
+    params = parameter_count(merged)
+    gpu, ram = free if free is not None else _free_memory()
+    need_ref, margin = 4 * params, 2**30
+    if gpu and torch.cuda.is_available():
+        short = need_ref + margin > gpu or gguf_bytes + margin > ram
+    else:
+        short = need_ref + gguf_bytes + 2 * margin > ram
+    if not short:
+        return None
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    where = f"{gib(gpu)} free on the GPU, {gib(ram)} of RAM" if gpu else f"{gib(ram)} of RAM available"
+    return (
+        f"llama.cpp runtime check not run: it needs the merged model in float32 ({gib(need_ref)}) and the file "
+        f"({gib(gguf_bytes)}) in memory at once, and this machine has {where} (every tensor was still "
+        "read back and checked; run the export on a machine with more memory for the runtime check)"
+    )
+
+
+def parameter_count(merged: Path) -> int:
+    """Parameters in the merged folder's safetensors, read from their headers only."""
+    import json
+    import struct
+
+    total = 0
+    for shard in sorted(Path(merged).glob("*.safetensors")):
+        with open(shard, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for k, v in header.items():
+            if k != "__metadata__":
+                n = 1
+                for d in v["shape"]:
+                    n *= d
+                total += n
+    return total
+
+
+def _free_memory() -> tuple[int, int]:
+    import torch
+
+    gpu = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+    ram = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                ram = int(line.split()[1]) * 1024
+    except OSError:
+        import os
+
+        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return gpu, ram
+
+
 def available() -> bool:
     """llama-cpp-python importable (not only present: a broken build is as good as none)."""
     try:
