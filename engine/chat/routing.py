@@ -187,9 +187,11 @@ def _lean_forward(base, entries, grouped=None):
         for A, B, bias, scale, row_scale in entries:
             xa = x.to(A.dtype)
             if row_scale is None and bias is None and (A.is_cuda or grouped) and A.dtype == dtype:
-                flat = result.reshape(-1, result.shape[-1])
+                result = result if result.is_contiguous() else result.contiguous()
+                flat = result.reshape(-1, result.shape[-1])  # a view of `result`
                 mid = a_product(xa, A)
-                result = torch.addmm(flat, mid, B.t(), alpha=scale).view(result.shape)
+                # In place: out of place, addmm first copies `flat` (a memcpy a layer and token).
+                flat.addmm_(mid, B.t(), alpha=scale)
                 continue
             delta = F.linear(F.linear(xa, A), B, bias)
             if row_scale is None:

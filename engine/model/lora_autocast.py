@@ -77,6 +77,10 @@ class FusedForward:
             return cls_forward(m, x, *args, **kwargs)
         result = m.base_layer(x)
         out = result.reshape(-1, result.shape[-1])
+        # Out of place, addmm first copies `out` into its result (a device-to-device memcpy of
+        # [tokens, out] a layer: 252 a step, 10 ms on an H200's profile); a plain Linear's output
+        # is saved by nothing, so the sum goes into it. bitsandbytes' output keeps PEFT's caution.
+        inplace = type(m.get_base_layer()) is torch.nn.Linear
         for a in active:
             h = (
                 self.shared.product(self.index, x, a)
@@ -85,7 +89,11 @@ class FusedForward:
             )
             if h is None:
                 h = m.lora_A[a](m.lora_dropout[a](x))
-            out = torch.addmm(out, h.reshape(-1, h.shape[-1]), m.lora_B[a].weight.t(), alpha=m.scaling[a])
+            h, B = h.reshape(-1, h.shape[-1]), m.lora_B[a].weight
+            if inplace:  # in-place ops are outside autocast: B in the activations' dtype by hand
+                out = out.addmm_(h, B.t().to(out.dtype), alpha=m.scaling[a])
+            else:
+                out = torch.addmm(out, h, B.t(), alpha=m.scaling[a])
         return out.view(result.shape)
 
 
