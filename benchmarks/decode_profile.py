@@ -28,7 +28,7 @@ BUCKETS = [
     ("matmul / gemv", ("gemm", "gemv", "gemv", "cutlass", "xmma", "nvjet", "sm90", "matmul", "splitk")),
     ("attention", ("flash", "fmha", "attn", "efficient")),
     ("norms", ("rms", "norm", "pow", "mean", "rsqrt")),
-    ("copies / cache", ("copy", "index", "cat", "scatter", "fill")),
+    ("copies / cache", ("copy", "memcpy", "memset", "index", "cat", "scatter", "fill")),
 ]
 
 
