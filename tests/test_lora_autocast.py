@@ -198,3 +198,18 @@ def test_sharded_training_keeps_peft_s_forward(tiny_model):
     assert config.uses_fsdp
     model = attach_lora(AutoModelForCausalLM.from_pretrained(path), config, False)
     assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_one_layer_is_the_base_product_plus_the_scaled_b_product(tiny_model, monkeypatch):
+    """A layer's output under autocast, worked out by hand from its weights: bf16 base product,
+    bf16 A product, then B's product added at its scale in one GEMM (into the base output)."""
+    model = lora_model(tiny_model("qwen3"), monkeypatch, None)
+    layer = model.base_model.model.model.layers[0].self_attn.o_proj  # no siblings: its own A
+    x = torch.randn(2, 5, layer.in_features, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        got = layer(x)
+    W = layer.get_base_layer().weight
+    A, B = layer.lora_A["default"].weight.bfloat16(), layer.lora_B["default"].weight.bfloat16()
+    flat = x.reshape(-1, x.shape[-1])
+    want = torch.addmm(flat @ W.t(), flat @ A.t(), B.t(), alpha=layer.scaling["default"])
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.view(got.shape))
