@@ -5,10 +5,14 @@ One state at a time: ``starting`` (no ``start`` record yet), ``training``, ``pau
 record: its ``status`` is completed, stopped, early_stopped, failed or error) or ``gone`` (the writer of an
 attached log died without an ``end``). Over a live one, ``stalled_s`` says how long the trainer
 has given no sign of life (no record, no heartbeat: engine.run.heartbeat) once that is too long. A start that resumes a checkpoint already at
-``max_steps`` and ends without a step is a run that had finished before: it says so.
+``max_steps`` and ends without a step is a run that had finished before: it says so. While a
+save's probes run (``probing`` records, between two steps) the header says which suite, how far,
+and the time left, instead of "training".
 """
 
 from __future__ import annotations
+
+from engine.evaluate.probes import probing_line
 
 
 class RunState:
@@ -25,6 +29,7 @@ class RunState:
         self.stalled_s: float | None = None  # no record or heartbeat for this long (None: alive)
         self.loading = False  # an attached log is still being read: its end record may be to come
         self.log_damaged = False  # a run_log_damaged alert (engine.run.seal): its end may be lost
+        self.probing: dict | None = None  # the last `probing` record while the save's probes run
         self._resumed_at: int | None = None
         self._steps_since_start = 0
 
@@ -83,6 +88,12 @@ class RunState:
     def observe(self, records: list[dict]) -> None:
         for r in records:
             kind = r.get("kind")
+            # Probes run at a save, between two steps: the suite's record, a step, a pause or the
+            # end means they are over (or cut); another suite starts with its own `probing`.
+            if kind == "probing":
+                self.probing = r
+            elif kind in ("probe", "step", "paused", "start", "end"):
+                self.probing = None
             if isinstance(r.get("step"), int):
                 self.step = r["step"]
             if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
@@ -151,6 +162,9 @@ class RunState:
             return "stopping: saving a checkpoint at the next step"
         if self.phase == "starting":
             return "starting: loading model and data" if not self.read_only else "waiting for records"
+        if self.probing is not None:  # training waits for the probes; p, s and q cut them short
+            line = probing_line(self.probing)
+            return f"{line} · pausing: cutting the probes short" if self.asked == "pause" else line
         if self.asked == "pause":
             return "training · pausing at the next step"
         return "training" if not self.read_only else "running"

@@ -77,6 +77,37 @@ async def test_save_while_paused_and_a_stopped_trainer_shows_as_stalled(
     assert [r["kind"] for r in records].count("paused") == 1
 
 
+def test_the_header_says_probing_while_a_save_s_probes_run():
+    """Issue 33: during probes the header said "training" with no speed; it says the suite, how
+    far it is and the time left, until the suite's record or the next step."""
+    from cockpit.run_state import RunState
+
+    state = RunState(read_only=False)
+    state.observe([{"kind": "start", "step": 0}, {"kind": "step", "step": 20}, {"kind": "save", "step": 20}])
+    assert state.label() == "training"
+    state.observe([{"kind": "probing", "step": 20, "suite": "identity", "i": 0, "n": 5}])
+    assert state.label() == "probing identity on step 20: 0/5"
+    state.observe([{"kind": "probing", "step": 20, "suite": "identity", "i": 3, "n": 5, "seconds_left": 4.2}])
+    assert state.label() == "probing identity on step 20: 3/5, ~4s left"
+    state.pause_requested()
+    assert state.label().endswith("· pausing: cutting the probes short")
+    state.observe([{"kind": "probe", "step": 20, "suite": "identity", "cut": "pause"}])
+    assert state.label() == "training · pausing at the next step"
+    state.observe([{"kind": "paused", "step": 20}])
+    assert state.label() == "paused at step 20"
+    state.observe(
+        [
+            {"kind": "resumed", "step": 20},
+            {"kind": "probing", "step": 40, "suite": "inference", "i": 1, "n": 8},
+        ]
+    )
+    state.observe([{"kind": "step", "step": 41}])
+    assert state.label() == "training"  # a step: the probes are over
+    state.observe([{"kind": "probing", "step": 60, "suite": "identity", "i": 1, "n": 5}])
+    state.stop_requested()
+    assert state.label() == "stopping: saving a checkpoint at the next step"
+
+
 def test_run_state_is_where_keys_ask():
     """What the keys offer and what the header says, from the records and the requests alone."""
     from cockpit.run_state import RunState
