@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from engine.chat import forwards
+from engine.model.lora_autocast import SIBLINGS
 
 # Layers that read the same input tensor: their A products become one (fewer launches a token).
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
 
 
 def lora_layers(model) -> list:

@@ -33,7 +33,7 @@ import weakref
 import torch
 
 ENV = "LEVIATHAN_LORA_FORWARD"  # "peft": PEFT's forward as it is; "noshare": no sibling sharing
-# Layers that read the same input in the architectures we train (routing.py shares them too).
+# Layers that read the same input in the architectures we train (decode's routing groups them too).
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
 
 

@@ -90,36 +90,24 @@ def memory_shortfall(merged: Path, gguf_bytes: int, free: tuple[int, int] | None
 
 def parameter_count(merged: Path) -> int:
     """Parameters in the merged folder's safetensors, read from their headers only."""
-    import json
-    import struct
+    import math
+
+    from safetensors import safe_open
 
     total = 0
     for shard in sorted(Path(merged).glob("*.safetensors")):
-        with open(shard, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for k, v in header.items():
-            if k != "__metadata__":
-                n = 1
-                for d in v["shape"]:
-                    n *= d
-                total += n
+        with safe_open(str(shard), framework="pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     return total
 
 
 def _free_memory() -> tuple[int, int]:
     import torch
 
-    gpu = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
-    ram = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                ram = int(line.split()[1]) * 1024
-    except OSError:
-        import os
+    from engine.chat.base_copy import free_bytes
 
-        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return gpu, ram
+    gpu = free_bytes(torch.device("cuda")) if torch.cuda.is_available() else 0
+    return gpu, free_bytes(torch.device("cpu"))
 
 
 def available() -> bool:
