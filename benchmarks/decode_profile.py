@@ -23,21 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from generate import ours_rows  # noqa: E402
+from step_profile import bucket  # noqa: E402
 
-BUCKETS = [
-    ("matmul / gemv", ("gemm", "gemv", "gemv", "cutlass", "xmma", "nvjet", "sm90", "matmul", "splitk")),
+BUCKETS = [  # step_profile's bucket() over a decode step's kernels: GEMVs, the cache's copies
+    ("matmul / gemv", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "sm90", "matmul", "splitk")),
     ("attention", ("flash", "fmha", "attn", "efficient")),
     ("norms", ("rms", "norm", "pow", "mean", "rsqrt")),
     ("copies / cache", ("copy", "memcpy", "memset", "index", "cat", "scatter", "fill")),
 ]
-
-
-def bucket(name: str) -> str:
-    low = name.lower()
-    for label, keys in BUCKETS:
-        if any(k in low for k in keys):
-            return label
-    return "element-wise / other"
 
 
 def profile(model, rows, new: int) -> dict:
@@ -52,15 +46,15 @@ def profile(model, rows, new: int) -> dict:
     per: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for e in prof.events():
         if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            per[bucket(e.name)][0] += e.device_time
-            per[bucket(e.name)][1] += 1
+            kind = bucket(e.name, BUCKETS)
+            per[kind][0] += e.device_time
+            per[kind][1] += 1
     out = {k: (v[0] / new, v[1] / new) for k, v in per.items()}  # the prefill is a small share
     mode = "graph" if torch.cuda.is_available() else "eager"
-    run_rows(model, rows, max_new_tokens=new, stop_ids=set(), pad_id=0, mode=mode)
-    res = run_rows(model, rows, max_new_tokens=new, stop_ids=set(), pad_id=0, mode=mode)
-    span = max(t for t in res.t_last if t) - res.t_first
+    ours_rows(model, rows, new, mode)  # the capture
+    _, _, tps, _, used = ours_rows(model, rows, new, mode)
     release(model)
-    return {"buckets": out, "wall_ms_per_token": 1e3 * span / (len(res.tokens[0]) - 1), "mode": res.mode}
+    return {"buckets": out, "wall_ms_per_token": 1e3 / tps, "mode": used}
 
 
 def bandwidth_floor_ms(model) -> float:

@@ -17,22 +17,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def child(model: str, new: int) -> dict:
-    from engine.chat.generate import run_rows
+    from generate import ours_rows
+
     from engine.model.loading import load_for_inference
 
     t0 = time.perf_counter()
     loaded = load_for_inference(model)
     load_s = time.perf_counter() - t0
     norm = type(loaded.model.model.layers[0].input_layernorm)
-    rows, rates = [list(range(100, 164))], []
-    for _ in range(2):
-        res = run_rows(loaded.model, rows, max_new_tokens=new, stop_ids=set(), pad_id=0)
-        span = max(t for t in res.t_last if t) - res.t_first
-        rates.append((len(res.tokens[0]) - 1) / span)
-    return {"load_s": load_s, "norm": norm.__name__, "mode": res.mode, "tok_s": rates}
+    rows = [list(range(100, 164))]
+    runs = [ours_rows(loaded.model, rows, new) for _ in range(2)]
+    return {"load_s": load_s, "norm": norm.__name__, "mode": runs[-1][4], "tok_s": [r[2] for r in runs]}
 
 
 def main() -> int:

@@ -44,9 +44,9 @@ BUCKETS = [  # first match wins; kernel names of cuBLAS/CUTLASS, flash, Liger (t
 ]
 
 
-def bucket(name: str) -> str:
+def bucket(name: str, buckets=BUCKETS) -> str:
     low = name.lower()
-    for label, keys in BUCKETS:
+    for label, keys in buckets:
         if any(k in low for k in keys):
             return label
     return "element-wise / other"
