@@ -174,3 +174,10 @@ def size(n: int) -> str:
     from engine.run.lineage import human_size
 
     return human_size(n)
+
+
+def print_ollama_try(modelfile) -> None:
+    """The two commands that make a written Modelfile an Ollama model and ask it something."""
+    print("create and try it:")
+    print(f"  {modelfile.create_command}")
+    print(f'  ollama run {modelfile.name} "Who are you?"')

@@ -10,6 +10,7 @@ from engine.cli.steps import (
     Step,
     must_be_new,
     need_model_dir,
+    print_ollama_try,
     quiet_transformers,
     register,
     size,
@@ -85,9 +86,7 @@ def run(args) -> int:
         print(f"  {r.modelfile.path} (FROM {r.modelfile.text.splitlines()[1][5:]})")
         for note in r.modelfile.notes:
             print(f"    {note}")
-        print("create and try it:")
-        print(f"  {r.modelfile.create_command}")
-        print(f'  ollama run {r.modelfile.name} "Who are you?"')
+        print_ollama_try(r.modelfile)
     return 0
 
 

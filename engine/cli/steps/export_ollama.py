@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.cli.steps import MenuAction, ShipChoice, Step, need_model_dir, register
+from engine.cli.steps import MenuAction, ShipChoice, Step, need_model_dir, print_ollama_try, register
 
 
 def add_args(o) -> None:
@@ -41,9 +41,7 @@ def run(args) -> int:
     print(f"wrote {m.path}")
     for note in m.notes:
         print(f"  {note}")
-    print("create and try it:")
-    print(f"  {m.create_command}")
-    print(f'  ollama run {m.name} "Who are you?"')
+    print_ollama_try(m)
     return 0
 
 
