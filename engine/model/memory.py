@@ -8,6 +8,8 @@ survives. The estimate is deliberately pessimistic: an OOM costs more than a slo
 
 from __future__ import annotations
 
+from engine.model.mfu import layer_linear_params
+
 
 def layer_activation_bytes(h: int, inter: int, liger: bool) -> int:
     """Bytes kept per token per decoder layer for the backward pass (bf16).
@@ -24,7 +26,7 @@ def estimate_bytes(
     text = getattr(model_config, "text_config", model_config)
     h, layers = text.hidden_size, text.num_hidden_layers
     inter = getattr(text, "intermediate_size", 4 * h)
-    params = _layer_linear_params(text) + 2 * text.vocab_size * h
+    params = layer_linear_params(text) + 2 * text.vocab_size * h
     weights = params * (0.56 if quant_bits == 4 else 1.05 if quant_bits == 8 else 2)
     per_layer = layer_activation_bytes(h, inter, liger)
     # Checkpointing keeps each layer's input and recomputes one layer at a time.
@@ -33,23 +35,13 @@ def estimate_bytes(
     return int(weights + acts + 2 * 2**30)
 
 
-def _layer_linear_params(text) -> int:
-    """Weights of the decoder layers' linear layers (attention's four, the MLP's three)."""
-    h, layers = text.hidden_size, text.num_hidden_layers
-    inter = getattr(text, "intermediate_size", 4 * h)
-    heads = getattr(text, "num_attention_heads", 32)
-    kv = getattr(text, "num_key_value_heads", heads)
-    head_dim = getattr(text, "head_dim", None) or h // heads
-    return layers * (h * head_dim * (2 * heads + 2 * kv) + 3 * h * inter)
-
-
 COPY_MARGIN = 2**30  # beside a bf16 copy of a 4-bit base: the prefill's transients, allocator slack
 
 
 def base_copy_bytes(model_config) -> int:
     """The decode engine's bf16 copy of a 4-bit base (``engine.chat.base_copy``): every
     quantized linear layer at 2 bytes a weight (lm_head and embeddings stay bf16, uncopied)."""
-    return 2 * _layer_linear_params(getattr(model_config, "text_config", model_config))
+    return 2 * layer_linear_params(getattr(model_config, "text_config", model_config))
 
 
 PROBE_PROMPT_TOKENS = 256  # room for a suite prompt with its chat template

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 def frozen_matmul_params(model_config) -> int:
     c = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    h, inter, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
-    head_dim = getattr(c, "head_dim", None) or h // heads
-    attn = h * head_dim * (2 * heads + 2 * kv)
-    return layers * (attn + 3 * h * inter) + c.vocab_size * h
+    return layer_linear_params(c) + c.vocab_size * c.hidden_size
+
+
+def layer_linear_params(text) -> int:
+    """Weights of the decoder layers' linear layers (attention's four, the MLP's three)."""
+    h, layers = text.hidden_size, text.num_hidden_layers
+    inter = getattr(text, "intermediate_size", None) or 4 * h
+    heads = getattr(text, "num_attention_heads", None) or 32
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or h // heads
+    return layers * (h * head_dim * (2 * heads + 2 * kv) + 3 * h * inter)
 
 
 def flops_per_token(model_config, lora_params: int, seq_len: int) -> float:
