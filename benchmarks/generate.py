@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    ap.add_argument("--quick", action="store_true", help="skip HF static at batch 8 and reduce-overhead")
+    ap.add_argument("--quick", action="store_true", help="skip HF eager, HF static at batch 8, reduce-overhead and eager steps")
     args = ap.parse_args(argv)
 
     import torch
@@ -170,8 +170,9 @@ def main(argv=None) -> int:
     prompt = render(tok, PROMPT)
     ids = torch.tensor([prompt], device=device)
 
-    n, f, tps, s = hf_generate(merged, ids, new, static=False)
-    add(row("raw HF generate, eager, dynamic cache", n, f, tps, s))
+    if not args.quick:
+        n, f, tps, s = hf_generate(merged, ids, new, static=False)
+        add(row("raw HF generate, eager, dynamic cache", n, f, tps, s))
     n, f, tps, s = hf_generate(merged, ids, new, static=True)
     add(row("raw HF generate, static cache: 1st call", n, f, tps, s, extra="includes its compile"))
     n, f, tps, s = hf_generate(merged, ids, new, static=True)
@@ -180,18 +181,24 @@ def main(argv=None) -> int:
     rows8 = [render(tok, p) for p in suite]
     width = max(len(r) for r in rows8)
     padded = torch.tensor([[0] * (width - len(r)) + r for r in rows8], device=device)
-    n, f, tps, s = hf_generate(merged, padded, new, static=False)
-    add(row("raw HF generate, eager, 8 suite prompts", n, f, tps, s, batch=8, extra="tokens/s: all rows"))
+    if not args.quick:
+        n, f, tps, s = hf_generate(merged, padded, new, static=False)
+        add(row("raw HF generate, eager, 8 suite prompts", n, f, tps, s, batch=8, extra="tokens/s: all rows"))
     if cuda and not args.no_compile and not args.quick:
         for call in ("1st call", "again"):
             n, f, tps, s = hf_generate(merged, padded, new, static=True)
             add(row(f"raw HF generate, static cache, 8 suite prompts ({call})", n, f, tps, s, 8, "all rows"))
+    # From here on the merged model is as chat loads one (load_for_inference applies these after
+    # loading); they patch module functions, so only after the raw HF baselines.
+    from engine.model.inference_kernels import apply_inference_kernels
+
+    kernels = apply_inference_kernels(merged)
     n, f, tps, s, used = ours_rows(merged, rows8, new)
     n, f, tps, s, used = ours_rows(merged, rows8, new)
     add(row("ours: 8 suite prompts, merged model", n, f, tps, s, 8, f"all rows, {used}"))
 
     compiled = [] if args.no_compile or not cuda else ["compile-graph", "compile"][: 1 if args.quick else 2]
-    for mode in ["graph", *compiled, "eager"]:
+    for mode in ["graph", *compiled, *([] if args.quick else ["eager"])]:
         for call in ("1st call", "again"):
             n, f, tps, s, used = ours_rows(merged, [prompt], new, mode=mode)
             add(row(f"ours: merged model, {mode} steps ({call})", n, f, tps, s, extra=used))
@@ -282,6 +289,7 @@ def main(argv=None) -> int:
             f"{r['label']:<62} {r['batch']:>5} {first:>9} {tps:>8} {ratio:>11} {r['seconds']:>8.2f}  {r['note']}"
         )
     print(f"training model: attention {base.config._attn_implementation}, Liger kernels {liger}")
+    print(f"merged model: inference kernels {'on' if kernels else 'off'} (as load_for_inference)")
     print(
         f"training adapter unchanged: {same}; RNG unchanged: {same_rng}; training continues: loss {loss:.3f}"
     )

@@ -73,6 +73,9 @@ def load(base: str, four_bit: bool, device: str):
         # On CPU, bitsandbytes repacks 4-bit weights for its AVX512 kernel at the first eval
         # forward (after which no copy can be made); off, they keep the layout they have on a GPU.
         m.support_avx512bf16_for_cpu = False
+    from engine.model.inference_kernels import apply_inference_kernels
+
+    apply_inference_kernels(model)  # as the training model (and load_for_inference) has them
     return model
 
 

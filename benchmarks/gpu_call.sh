@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One lent-GPU call: install the travelling wheels, then run the named stages in order, each
+# under what is left of the call's time, its output in $OUT/<stage>.log (and on stdout).
+#   bash benchmarks/gpu_call.sh 560 train generate qlora profile
+# Stages: train (throughput.py: plain TRL vs ours, LoRA and QLoRA; saves the 8B base), generate
+# (generate.py --quick), qlora (qlora_decode.py, 256 tokens), profile (decode_profile.py),
+# loaded (loaded_decode.py), compile (compile_cache.py), step (step_profile.py ours).
+set -u
+budget=$1; shift
+start=$(date +%s)
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
+B=/tmp/base
+for stage in "$@"; do
+  left=$((budget - ($(date +%s) - start)))
+  [ "$left" -lt 30 ] && { echo "== $stage skipped: ${left}s left"; continue; }
+  case $stage in
+    train) cmd="python3 benchmarks/throughput.py --variants ${VARIANTS:-trl,ours,ours-qlora} --steps 10 --warmup 3 --save-dir $B" ;;
+    generate) cmd="python3 benchmarks/generate.py --quick --no-compile" ;;
+    qlora) cmd="python3 benchmarks/qlora_decode.py --base $B --new-tokens 256" ;;
+    profile) cmd="python3 benchmarks/decode_profile.py" ;;
+    loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
+    compile) cmd="python3 benchmarks/compile_cache.py" ;;
+    step) cmd="python3 benchmarks/step_profile.py --variants ours" ;;
+    *) echo "unknown stage $stage"; continue ;;
+  esac
+  echo "== $stage (${left}s left): $cmd"
+  t0=$(date +%s)
+  timeout "$left" $cmd > >(tee "$OUT/$stage.log") 2> "$OUT/$stage.err"
+  echo "== $stage rc $? in $(( $(date +%s) - t0 ))s"
+  grep -v "^\s*$" "$OUT/$stage.err" | sort | uniq -c | sort -rn | head -3
+done
