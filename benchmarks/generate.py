@@ -123,7 +123,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    ap.add_argument("--quick", action="store_true", help="skip HF eager, HF static at batch 8, reduce-overhead and eager steps")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip HF eager, HF static at batch 8, reduce-overhead and eager steps",
+    )
     args = ap.parse_args(argv)
 
     import torch

@@ -318,3 +318,31 @@ def test_a_4bit_model_without_adapters_decodes_on_its_copy(qlora):
     res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad)
     assert res.tokens == want and res.notes[0].startswith("4-bit base decoded on a bf16 copy (")
     d.release()
+
+
+def test_siblings_are_copied_back_to_back_and_answer_the_same(qlora, monkeypatch):
+    """q/k/v and gate/up copied into one tensor each (one product a decode step): the same
+    NF4 values, and greedy answers equal the layer-by-layer copy's."""
+    from engine.chat.sibling_products import ENV
+    from engine.model import siblings
+
+    model, rows, stops, pad = qlora["model"], qlora["rows"], qlora["stops"], qlora["pad"]
+    layers = base_copy.four_bit_layers(model)
+    groups = siblings.groups(model, plain=False)
+    assert len(groups) == 2 * model.config.num_hidden_layers
+    assert sorted(len(g) for g in groups) == sorted([2, 3] * model.config.num_hidden_layers)
+    made = base_copy.BaseCopy.make(layers, groups)
+    at = {id(m): w for m, w in zip(layers, made.weights, strict=True)}
+    for g in groups:
+        assert siblings.fused_view([at[id(m)] for m in g]) is not None
+    for m, w in zip(layers, made.weights, strict=True):
+        assert torch.equal(w, _nf4_by_hand(m))
+    got = {}
+    for env in ("off", "on"):
+        monkeypatch.setenv(ENV, env)
+        d = Decoder(model, base="on")
+        got[env] = d.run(
+            rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3)
+        )
+        d.release()
+    assert got["on"].tokens == got["off"].tokens

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.chat import forwards
+from engine.model import siblings
 from engine.model.memory import COPY_MARGIN
 
 CHOICES = ("auto", "on", "off")
@@ -88,7 +89,9 @@ def _dequantized(layer) -> torch.Tensor:
 class BaseCopy:
     """The bf16 copies of a model's 4-bit layers, swapped in for the length of a ``with``."""
 
-    def __init__(self, layers: list, weights: list[torch.Tensor], seconds: float) -> None:
+    def __init__(
+        self, layers: list, weights: list[torch.Tensor], seconds: float, groups: list | None = None
+    ) -> None:
         self.layers, self.weights, self.seconds = layers, weights, seconds
         self.biases = [
             m.bias.detach().to(w.dtype) if m.bias is not None else None
@@ -97,16 +100,38 @@ class BaseCopy:
         self.bytes = sum(w.numel() * w.element_size() for w in weights)
         # One function per layer for the copy's life: a compiled step sees the same forward each time.
         self._forwards = [_plain_forward(w, b) for w, b in zip(weights, self.biases, strict=True)]
+        at = {id(m): i for i, m in enumerate(layers)}
+        for mods in groups or []:  # siblings copied back to back: one product in decode
+            idx = [at[id(m)] for m in mods]
+            whole = siblings.fused_view([weights[i] for i in idx])
+            if whole is not None:
+                funcs = siblings.forwards([(weights[i], self.biases[i]) for i in idx], whole)
+                for i, f in zip(idx, funcs, strict=True):
+                    self._forwards[i] = f
         self._saved: list[tuple[object, object]] = []
 
     @classmethod
-    def make(cls, layers: list) -> BaseCopy:
+    def make(cls, layers: list, groups: list | None = None) -> BaseCopy:
+        """Dequantize every layer; each sibling group (``engine.model.siblings``) into one tensor."""
         t0 = time.perf_counter()
+        copies: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            weights = [_dequantized(m) for m in layers]
+            for mods in groups or []:
+                first = mods[0]
+                whole = torch.empty(
+                    (sum(m.out_features for m in mods), first.in_features),
+                    dtype=_dtype(first),
+                    device=first.weight.device,
+                )
+                start = 0
+                for m in mods:
+                    copies[id(m)] = whole[start : start + m.out_features]
+                    copies[id(m)].copy_(_dequantized(m))
+                    start += m.out_features
+            weights = [copies[id(m)] if id(m) in copies else _dequantized(m) for m in layers]
         if weights and weights[0].is_cuda:
             torch.cuda.synchronize(weights[0].device)
-        return cls(layers, weights, time.perf_counter() - t0)
+        return cls(layers, weights, time.perf_counter() - t0, groups)
 
     def __enter__(self) -> BaseCopy:
         for m, forward in zip(self.layers, self._forwards, strict=True):
@@ -115,12 +140,14 @@ class BaseCopy:
 
     def __exit__(self, *exc) -> None:
         forwards.restore(self._saved)
+        siblings.forget(self._forwards)
 
 
 def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):
     def forward(x, *args, **kwargs):
         return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
+    forward.shared = {}
     return forward
 
 
@@ -154,7 +181,9 @@ def plan(
             f"4-bit base decoded in 4-bit: a bf16 copy needs {size_text(size)} + {size_text(MARGIN)} margin"
             f"{also}, {size_text(have)} free"
         )
-    made = BaseCopy.make(layers)
+    from engine.chat.sibling_products import wanted
+
+    made = BaseCopy.make(layers, siblings.groups(core, plain=False) if wanted(device) else None)
     return made, f"4-bit base decoded on a bf16 copy ({size_text(size)}, made in {made.seconds:.2f} s)"
 
 

@@ -18,7 +18,8 @@ token rows (left-padded here), prefills them in one eager forward, then decodes:
 - tokens come back through a pinned buffer a few steps behind the device, so the host
   reads them (for streaming, end of answer, stop requests) without stalling the GPU.
 
-Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path). A
+Sibling layers (q/k/v, gate/up) whose weights lie back to back compute one product a step
+(``engine.chat.sibling_products``). Adapters are routed per row by ``engine.chat.routing.Route`` (no PEFT mixed-batch path). A
 4-bit base decodes on a bf16 copy of its weights where memory allows (``engine.chat.base_copy``),
 made before any graph is captured and kept with the graphs until ``release()``; each
 ``Result.notes`` says which path the 4-bit base ran on.
@@ -36,6 +37,7 @@ import torch
 
 from engine.chat import base_copy
 from engine.chat.liger_compile import keep_liger_out_of_compile
+from engine.chat.sibling_products import SiblingProducts
 from engine.model.memory import kv_cache_bytes
 
 MODES = ("auto", "eager", "graph", "compile-graph", "compile")
@@ -97,6 +99,7 @@ class Decoder:
         self.notes: list[str] = []
         self._base_choice, self._free = base, free_bytes
         self._base: tuple[base_copy.BaseCopy | None, str | None] | None = None  # (copy, note) once planned
+        self._siblings: SiblingProducts | None = None
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -116,6 +119,7 @@ class Decoder:
         self._graphs.clear()
         self._compiled = None
         self._base = None  # the bf16 copy of a 4-bit base: only ever dropped with the graphs that read it
+        self._siblings = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -190,7 +194,9 @@ class Decoder:
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
         route_ctx = route if route is not None else _nothing()
         copy = self._base_copy(n, length)
-        with route_ctx, copy if copy is not None else _nothing():
+        if self._siblings is None:
+            self._siblings = SiblingProducts(self.core, self.device)
+        with route_ctx, copy if copy is not None else _nothing(), self._siblings:
             logits = self._forward(st.prompt, st.prefill_mask(), st.prompt_pos, st.prompt_cpos, cache)
             st.begin_decode(_pick(logits, greedy, temperature, top_p))
             out.push(st.ids)

@@ -143,6 +143,8 @@ def load_for_inference(path: str, base: str | None = None, dtype=None, device: s
     elif torch.cuda.is_available():
         model.to("cuda")
     from engine.model.inference_kernels import apply_inference_kernels
+    from engine.model.siblings import relayout
 
+    relayout(model)  # where it ends up: decode reads q/k/v and gate/up as one product each
     apply_inference_kernels(model)
     return Loaded(model, tokenizer, base_name, adapter)

@@ -240,6 +240,12 @@ def attach_lora(model, config, gradient_checkpointing: bool):
     # fused forward reads B's (and the siblings' A) weights directly, so it stays PEFT's there.
     if not (config.deepspeed or config.uses_fsdp):
         fuse_lora_layers(peft_model)
+        if not config.quant_bits:
+            from engine.model.siblings import relayout
+
+            # Training computes layer by layer as before (each weight a contiguous slice); the
+            # probes and chat on the live weights decode q/k/v and gate/up as one product each.
+            relayout(peft_model)
     return peft_model
 
 
