@@ -54,7 +54,7 @@ def profile(model, rows, new: int) -> dict:
     ours_rows(model, rows, new, mode)  # the capture
     _, _, tps, _, used = ours_rows(model, rows, new, mode)
     release(model)
-    return {"buckets": out, "wall_ms_per_token": 1e3 / tps, "mode": used}
+    return {"buckets": out, "wall_ms_per_token": 1e3 * len(rows) / tps, "mode": used}  # a step's
 
 
 def bandwidth_floor_ms(model) -> float:
@@ -102,6 +102,10 @@ def main() -> int:
             results.append(("merged + Liger kernels", profile(model, rows, args.new)))
         except ImportError:
             pass
+    from engine.model.siblings import relayout
+
+    relayout(model)  # as load_for_inference and the training model lay them out
+    results.append(("+ siblings one product (q/k/v, gate/up)", profile(model, rows, args.new)))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
     peft_model = get_peft_model(model, lora).eval()
     results.append(
@@ -110,6 +114,8 @@ def main() -> int:
             profile(peft_model, rows, args.new),
         )
     )
+    suite = [list(range(100, 130 + 7 * i)) for i in range(5)]  # the identity suite's batch
+    results.append(("LoRA routed, batch 5 (a probe suite)", profile(peft_model, suite, args.new)))
     print(f"device: {torch.cuda.get_device_name(0) if cuda else 'cpu'}  batch 1, {args.new} tokens profiled")
     print(f"floor: weights over copy bandwidth = {floor:.2f} ms/token")
     for name, r in results:

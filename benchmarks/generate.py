@@ -195,7 +195,9 @@ def main(argv=None) -> int:
     # From here on the merged model is as chat loads one (load_for_inference applies these after
     # loading); they patch module functions, so only after the raw HF baselines.
     from engine.model.inference_kernels import apply_inference_kernels
+    from engine.model.siblings import relayout
 
+    relayout(merged)
     kernels = apply_inference_kernels(merged)
     n, f, tps, s, used = ours_rows(merged, rows8, new)
     n, f, tps, s, used = ours_rows(merged, rows8, new)

@@ -88,6 +88,41 @@ def lora_matmul_time(prof, rank: int) -> float:
     return total
 
 
+SYNCS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "aten::_local_scalar_dense",
+)
+
+
+def host_waits(prof, n: int) -> dict:
+    """Where the GPU waited on the host: syncs the host asked for (count, host ms, per step) and
+    the idle gaps between kernels (over 50 us), with the kernels that ended the longest gaps."""
+    syncs: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    kernels = []
+    for e in prof.events():
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kernels.append((e.time_range.start, e.time_range.end, e.name))
+        elif e.name in SYNCS:
+            syncs[e.name][0] += 1
+            syncs[e.name][1] += (e.time_range.end - e.time_range.start) / 1e3
+    kernels.sort()
+    gaps, last = [], None
+    for start, end, name in kernels:
+        if last is not None and start - last > 50:
+            gaps.append((start - last, name))
+        last = end if last is None else max(last, end)
+    after = collections.Counter()
+    for gap, name in sorted(gaps, reverse=True)[:200]:
+        after[name[:70]] += gap / 1e3
+    return {
+        "syncs": {k: (v[0] / n, v[1] / n) for k, v in syncs.items()},
+        "gaps_over_50us": (len(gaps) / n, sum(g for g, _ in gaps) / 1e3 / n),
+        "kernels_after_longest_gaps_ms": after.most_common(8),
+    }
+
+
 def summarize(cb: ProfileSteps, rank: int) -> dict:
     wall_us = (cb.t1 - cb.t0) * 1e6 / cb.n
     per: dict[str, float] = collections.defaultdict(float)
@@ -98,6 +133,7 @@ def summarize(cb: ProfileSteps, rank: int) -> dict:
     busy = sum(per.values())
     out = {"wall_ms": wall_us / 1e3, "busy_ms": busy / 1e3, "lora_mm_ms": lora / 1e3}
     out["buckets_ms"] = {k: v / 1e3 for k, v in sorted(per.items(), key=lambda kv: -kv[1])}
+    out["host"] = host_waits(cb.prof, cb.n)
     out["top_kernels"] = [
         (e.key[:90], e.device_time_total / cb.n / 1e3, e.count // cb.n)
         for e in sorted(cb.prof.key_averages(), key=lambda e: -e.device_time_total)[:40]
@@ -210,8 +246,16 @@ def main() -> int:
         )
         idle = r["wall_ms"] - r["busy_ms"]
         print(f"{'GPU idle (host-bound)':<24} {idle:>9.1f} {100 * idle / r['wall_ms']:>8.1f}%")
+        h = r["host"]
+        n_gaps, gap_ms = h["gaps_over_50us"]
+        print(f"GPU gaps over 50 us: {n_gaps:.0f}/step, {gap_ms:.1f} ms/step; host syncs per step:")
+        for name, (count, ms) in h["syncs"].items():
+            print(f"  {count:>6.0f}  {ms:>8.1f} ms  {name}")
+        print("  kernels that ended the longest gaps (ms of gap before them, over the profiled steps):")
+        for name, ms in h["kernels_after_longest_gaps_ms"]:
+            print(f"  {ms:>8.1f}  {name}")
         print("top kernels (ms/step, launches/step):")
-        for name, ms, n in r["top_kernels"]:
+        for name, ms, n in r["top_kernels"][:24]:
             print(f"  {ms:>8.1f} {n:>6}  {name}")
         print(f"stderr: {r['stderr_lines']} lines; most repeated: {r['repeated_stderr']}")
     if os.environ.get("OUT"):
