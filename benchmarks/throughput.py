@@ -238,16 +238,27 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
     timer.meta = {}
     Guard(config, RunLog(RunDir(out).events), Controls(), out, fresh=True).attach(trainer, timer)
     collator = CountingCollator(trainer.data_collator)
-    trainer.data_collator = collator
+    # Counted where the step takes them (the collator may run in loader workers).
+    fetch = trainer.get_batch_samples
+
+    def counted(*a, **kw):
+        batches, n = fetch(*a, **kw)
+        collator.counts += [int(b["input_ids"].numel()) for b in batches]
+        return batches, n
+
+    trainer.get_batch_samples = counted
     trainer.train()
     return trainer, timer, collator, gc_on, note
 
 
 def variant_env(name: str) -> dict:
-    """A variant named ``...-peftcast`` runs PEFT's own LoRA forward (engine/model/lora_autocast.py)."""
+    """A variant named ``...-peftcast`` runs PEFT's own LoRA forward (engine/model/lora_autocast.py);
+    ``...-w2`` makes its batches in two DataLoader workers (``LEVIATHAN_DATALOADER_WORKERS``)."""
     env = dict(os.environ)
     if "peftcast" in name:
         env["LEVIATHAN_LORA_FORWARD"] = "peft"
+    if "-w2" in name:  # the batches made ahead in two loader workers
+        env["LEVIATHAN_DATALOADER_WORKERS"] = "2"
     return env
 
 

@@ -6,6 +6,8 @@ Imports torch and TRL only when called, so that ``leviathan-cockpit --help`` sta
 
 from __future__ import annotations
 
+import os
+
 from engine.config.config import RunConfig
 from engine.train import dist
 
@@ -52,7 +54,7 @@ def sft_config(config: RunConfig, has_val: bool, output_dir, gc: bool, bf16: boo
         padding_free=config.sample_packing,
         max_length=config.sequence_len,
         include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
+        **_loader_workers(),
         dataset_kwargs={"skip_prepare_dataset": True},  # prepared once, under dataset_prepared_path
         remove_unused_columns=False,
         save_only_model=False,
@@ -67,6 +69,20 @@ def sft_config(config: RunConfig, has_val: bool, output_dir, gc: bool, bf16: boo
         # TRL refuses, and which is slower than DDP). Train on the first; --nproc N uses them all.
         args._n_gpu = 1
     return args
+
+
+WORKERS_ENV = "LEVIATHAN_DATALOADER_WORKERS"  # batches made in N worker processes ahead of the step
+
+
+def _loader_workers() -> dict:
+    n = int(os.environ.get(WORKERS_ENV) or 0)
+    if n <= 0:
+        return {"dataloader_num_workers": 0}
+    return {
+        "dataloader_num_workers": n,
+        "dataloader_prefetch_factor": 2,
+        "dataloader_persistent_workers": True,
+    }
 
 
 def build_trainer(config: RunConfig, prepared, model, tokenizer, callback, paths, gc: bool, bf16: bool):
