@@ -11,10 +11,11 @@ first ``probing`` record it presses keys the way the cockpit does (``control_fil
 chat through ``chat_bridge``'s request and reply file) and times the engine's answer from the
 records' own ``t``:
 
-1. ``pause`` -> ``paused``, then ``resume`` -> ``resumed``; the probe record's ``cut``.
+1. ``pause`` -> ``paused`` (at the step just saved), then ``resume`` -> ``resumed``; the probe
+   record's ``cut``. Then ``save`` while training -> its ``save`` record (an unscheduled save).
 2. a chat on the live weights ("Who are you?", greedy, 64 tokens): request -> first event and
    ``Done``, and the step boundary it was answered at (the chat job's start) -> ``Done``; then
-   ``save`` -> the ``save`` record (or the note that this step is saved already).
+   ``save`` -> the ``save`` record, or the note that the step being probed is saved already.
 3. ``stop`` -> ``end`` and the process's exit.
 
 Then from the whole log: each probe (suite, seconds, cut, decode), the saves (did any save the
@@ -23,12 +24,12 @@ times. Prints one table, writes it as JSON to ``$OUT/probe_keys.json`` when ``OU
 exit 1 when a target is missed or a phase never came.
 
 On the GPU (``--qlora``, the default there; ``--lora`` for bf16): 8B weights, sequence 4096,
-micro batch 2, probes of a 4-bit base (decoded on its bf16 copy when it fits): the probe window
-is seconds long and a step ~1 s, so each key lands well inside a suite; building and saving the
-16 GB model takes ~1 min and loading it in 4 bits ~40 s. On CPU (``--tiny``) QLoRA is refused
-(bitsandbytes needs CUDA): LoRA on a tiny Qwen3-VL, whose suites answer in a second or two;
-``--tiny`` gives the probes a longer suite (the bundled inference suite four times over) so the
-keys land while they run, and ``LEVIATHAN_DECODE_BASE_COPY`` is left as it is.
+micro batch 2 (``--grad-accum 8`` for the guide's 16 micro-batches a step, ~8x longer steps),
+probes of a 4-bit base (decoded on its bf16 copy when it fits): a suite lasts seconds to a
+minute, so each key lands inside one; building and saving the 16 GB model takes ~1 min and
+loading it in 4 bits ~40 s (``--budget`` bounds the whole run). On CPU (``--tiny``) QLoRA is
+refused (bitsandbytes needs CUDA): LoRA on a tiny Qwen3-VL, whose identity suite still lasts
+~0.3 s of 256-token answers, long enough for a key seen within 50 ms of its first record.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class Log:
                 self.records.append(record)
                 self.cond.notify_all()
 
-    def wait(self, kind: str, timeout: float, after: float = 0.0, where=lambda r: True) -> dict | None:
-        """The first ``kind`` record written at or after ``after`` that ``where`` accepts; None
+    def wait(
+        self, kind: str | tuple, timeout: float, after: float = 0.0, where=lambda r: True
+    ) -> dict | None:
+        """The first ``kind`` record (or one of these kinds) written at or after ``after`` that ``where`` accepts; None
         after ``timeout`` s (or past the whole run's deadline), or once the trainer has exited
         and its log is read to the end."""
         deadline = min(time.monotonic() + timeout, self.deadline)
@@ -96,7 +99,11 @@ class Log:
         with self.cond:
             while True:
                 for r in self.records:
-                    if r["kind"] == kind and r["t"] >= after and where(r):
+                    if (
+                        r["kind"] in (kind if isinstance(kind, tuple) else (kind,))
+                        and r["t"] >= after
+                        and where(r)
+                    ):
                         return r
                 now = time.monotonic()
                 if self.proc.poll() is not None:
@@ -204,7 +211,29 @@ def phase_pause(log: Log, run: RunDir, table: Table, args) -> int:
     t = append_command(run, "resume")["t"]
     resumed = log.wait("resumed", args.key_timeout, after=t)
     table.add("1 pause", "resume -> resumed", _since(resumed, t), note=f"paused at step {paused.get('step')}")
-    return step
+    if resumed is None:
+        return step
+    # A save while training (not probing): the unscheduled save whose probes must not run.
+    t = append_command(run, "save")["t"]
+    acted, said = saved_or_noted(log, t, args.key_timeout)
+    table.add("1 pause", "s while training -> save", _since(acted, t), None, note=said)
+    return max(step, acted["step"] if acted else step)
+
+
+def saved_or_noted(log: Log, t: float, timeout: float) -> tuple[dict | None, str]:
+    """The run's answer to a save key written at ``t``: its ``save`` record, or the note that
+    the step is saved already (a save asked at the step just saved), and that in words."""
+    acted = log.wait(
+        ("save", "note"),
+        timeout,
+        after=t,
+        where=lambda r: r["kind"] == "save" or "saved already" in r.get("message", ""),
+    )
+    if acted is None:
+        return None, "no save record"
+    if acted["kind"] == "note":
+        return acted, acted.get("message") or ""
+    return acted, f"saved step {acted.get('step')}, probes: {acted.get('probes_skipped') or 'ran'}"
 
 
 def phase_chat_save(log: Log, run: RunDir, table: Table, args, model: Path, after_step: int) -> int:
@@ -222,17 +251,7 @@ def phase_chat_save(log: Log, run: RunDir, table: Table, args, model: Path, afte
     # The save key once the trainer has read the question (a control record between steps).
     log.wait("control", 5, after=t_chat, where=lambda r: "chat" in (r.get("commands") or []))
     t_save = append_command(run, "save")["t"]
-    saved = log.wait("save", args.key_timeout, after=t_save)
-    note = log.wait("note", 0.2, after=t_save, where=lambda r: "saved already" in (r.get("message") or ""))
-    acted = min((r for r in (saved, note) if r), key=lambda r: r["t"], default=None)
-    said = (
-        "no save record"
-        if acted is None
-        else (
-            acted.get("message")
-            or f"saved step {acted.get('step')}, probes: {acted.get('probes_skipped') or 'ran'}"
-        )
-    )
+    acted, said = saved_or_noted(log, t_save, args.key_timeout)
     table.add("2 chat+save", f"s while probing step {step} -> save", _since(acted, t_save), note=said)
     first, done = reply.wait(args.key_timeout, final=False), reply.wait(args.key_timeout, final=True)
     reply.stop.set()
@@ -249,7 +268,7 @@ def phase_chat_save(log: Log, run: RunDir, table: Table, args, model: Path, afte
         None if done is None or boundary is None else done[0] - boundary[0],
         note=boundary[1] if boundary else "no step boundary after the request",
     )
-    return max(step, saved.get("step", step) if saved else step)
+    return max(step, acted["step"] if acted else step)
 
 
 def _answer(done: tuple[float, dict] | None) -> str:
@@ -368,30 +387,13 @@ def report(table: Table, extra: dict, meta: dict) -> None:
 # -- setting up ---------------------------------------------------------------------------------
 
 
-def long_suite(path: Path, times: int) -> Path:
-    """The bundled inference suite ``times`` over (ids made unique): a probe window keys can land in on CPU."""
-    rows = [
-        json.loads(line)
-        for line in (ROOT / "engine/assets/inference_suite.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    with open(path, "w") as f:
-        for k in range(times):
-            for row in rows:
-                f.write(json.dumps({**row, "id": f"{row['id']}-{k}"}) + "\n")
-    return path
-
-
 def config(work: Path, model: Path, data: Path, args) -> Path:
-    evaluation: dict = {"on_save": ["identity", "inference"]}
-    if args.tiny:
-        evaluation["inference_suite"] = str(long_suite(work / "suite.jsonl", 4))
     over = dict(
         save_steps=SAVE_STEPS,
         save_total_limit=2,
         eval_steps=EVAL_STEPS,
         val_set_size=8 if args.tiny else 16,
-        evaluation=evaluation,
+        evaluation={"on_save": ["identity", "inference"]},
         warmup_steps=2,
         gradient_accumulation_steps=args.grad_accum,
     )
