@@ -198,7 +198,7 @@ def cut_of(log: Log, step: int, after: float) -> str:
 def phase_pause(log: Log, run: RunDir, table: Table, args) -> int:
     probing = next_probing(log, 0, args.first_timeout)
     if probing is None:
-        table.add("1 pause", "no probing record came", None, note=f"within {args.first_timeout:.0f}s")
+        table.add("1 pause", "no probing record came", None, None, note=f"within {args.first_timeout:.0f}s")
         return 0
     step = probing["step"]
     t = append_command(run, "pause")["t"]
@@ -242,7 +242,7 @@ def phase_chat_save(log: Log, run: RunDir, table: Table, args, model: Path, afte
 
     probing = next_probing(log, after_step, args.save_timeout)
     if probing is None:
-        table.add("2 chat+save", "no probing record came", None, note=f"after step {after_step}")
+        table.add("2 chat+save", "no probing record came", None, None, note=f"after step {after_step}")
         return after_step
     step = probing["step"]
     request = Request(QUESTION, [LIVE], Settings(temperature=0.0, top_p=1.0, max_new_tokens=64))
@@ -294,12 +294,17 @@ def _boundary(log: Log, t: float) -> tuple[float, str] | None:
 def phase_stop(log: Log, run: RunDir, table: Table, args, after_step: int) -> None:
     probing = next_probing(log, after_step, args.save_timeout)
     if probing is None:
-        table.add("3 stop", "no probing record came", None, note=f"after step {after_step}; stopping anyway")
+        table.add(
+            "3 stop", "no probing record came", None, None, note=f"after step {after_step}; stopping anyway"
+        )
     t = append_command(run, "stop", reason="probe_keys")["t"]
     end = log.wait("end", args.key_timeout, after=t)
     step = probing["step"] if probing else None
     table.add(
-        "3 stop", f"q while probing step {step} -> end", _since(end, t), note=end and end.get("status") or ""
+        "3 stop",
+        f"q while probing step {step} -> end" if step else "q (no probes) -> end",
+        _since(end, t),
+        note=end and end.get("status") or "",
     )
     try:
         log.proc.wait(timeout=max(min(args.key_timeout, log.deadline - time.monotonic()), 0.1))
