@@ -82,16 +82,56 @@ def build(workdir: Path, tiny: bool, vl: bool = False) -> Path:
     return path
 
 
+def cli_argv(cfg: Path) -> list[str]:
+    """The command line the benchmarks run: ``leviathan-cockpit train CFG --headless``."""
+    return [sys.executable, "-m", "cockpit.cli", "train", str(cfg), "--headless"]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(cfg: Path, env: dict) -> tuple[int, float, str]:
     t0 = time.time()
-    p = subprocess.run(
-        [sys.executable, "-m", "cockpit.cli", "train", str(cfg), "--headless"],
-        cwd=cfg.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    p = subprocess.run(cli_argv(cfg), cwd=cfg.parent, env=env, capture_output=True, text=True)
     return p.returncode, time.time() - t0, p.stderr[-3000:]
+
+
+def write_config(
+    work: Path, name: str, model: Path, data: Path, *, adapter: str, steps: int, tiny: bool, **over
+) -> Path:
+    """``work/NAME.yaml``: the benchmarks' Axolotl-style config (LoRA r16 on all linear layers,
+    packed, micro batch 4 x 2048; 256 tokens when ``tiny``), its run log in ``work/logs/NAME``;
+    ``over`` replaces or adds keys."""
+    import yaml
+
+    cfg = {
+        "base_model": str(model),
+        "datasets": [{"path": str(data), "type": "chat_template"}],
+        "adapter": adapter,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.0,
+        "lora_target_linear": True,
+        "sequence_len": 256 if tiny else 2048,
+        "sample_packing": True,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "max_steps": steps,
+        "learning_rate": 2e-4,
+        "warmup_steps": 5,
+        "logging_steps": 1,
+        "save_steps": steps,
+        "save_total_limit": 1,
+        "output_dir": str(work / f"out-{name}"),
+        "logs_dir": str(work / "logs"),
+        "run_name": name,
+        "health": {"gpu_sample_s": 2},
+        **over,
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def summarise(name: str, events: Path, warmup: int, wall: float) -> dict:
@@ -137,36 +177,13 @@ def main() -> int:
         models[vl] = build(work, args.tiny, vl)
         print(f"model built and saved in {time.time() - t0:.0f}s at {models[vl]}", flush=True)
     data = write_chat_data(work / "chat.jsonl", args.rows)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
+    env = cli_env()
     rows = []
     for v in args.variants.split(","):
-        cfg = {
-            "base_model": str(models[v.startswith("vl-")]),
-            "datasets": [{"path": str(data), "type": "chat_template"}],
-            "adapter": v.removeprefix("vl-"),
-            "lora_r": 16,
-            "lora_alpha": 32,
-            "lora_dropout": 0.0,
-            "lora_target_linear": True,
-            "sequence_len": 256 if args.tiny else 2048,
-            "sample_packing": True,
-            "micro_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "max_steps": args.steps,
-            "learning_rate": 2e-4,
-            "warmup_steps": 5,
-            "logging_steps": 1,
-            "save_steps": args.steps,
-            "save_total_limit": 1,
-            "output_dir": str(work / f"out-{v}"),
-            "logs_dir": str(work / "logs"),
-            "run_name": v,
-            "health": {"gpu_sample_s": 2},
-        }
-        path = work / f"{v}.yaml"
-        import yaml
-
-        path.write_text(yaml.safe_dump(cfg))
+        model = models[v.startswith("vl-")]
+        path = write_config(
+            work, v, model, data, adapter=v.removeprefix("vl-"), steps=args.steps, tiny=args.tiny
+        )
         rc, wall, err = run_cli(path, env)
         print(f"{v}: exit {rc} in {wall:.0f}s", flush=True)
         if rc != 0:

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_call.sh 560 train generate qlora profile
 # Stages: train (throughput.py: plain TRL vs ours, LoRA and QLoRA; saves the 8B base), generate
 # (generate.py --quick), qlora (qlora_decode.py, 256 tokens), profile (decode_profile.py),
-# loaded (loaded_decode.py), compile (compile_cache.py), step (step_profile.py ours).
+# loaded (loaded_decode.py), compile (compile_cache.py), step (step_profile.py ours),
+# keys (probe_keys.py: keys during on-save probes, QLoRA on an 8B-shaped Qwen3-VL).
 set -u
 budget=$1; shift
 start=$(date +%s)
@@ -24,6 +25,7 @@ for stage in "$@"; do
     loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
     compile) cmd="python3 benchmarks/compile_cache.py" ;;
     step) cmd="python3 benchmarks/step_profile.py --variants ours" ;;
+    keys) cmd="python3 benchmarks/probe_keys.py --budget $((left - 15))" ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
   echo "== $stage (${left}s left): $cmd"

@@ -1,9 +1,12 @@
 """Probes never hold the run hostage: a real one-process run as the cockpit starts it
 (``engine.dist_main``, commands through the control file), with the identity suite on save.
 
-A pause written while the step-2 probe runs cuts it short (``probe`` record ``cut: pause``) and
-the run pauses; a manual save meanwhile is not probed; a stop written while the step-4 probe
-runs cuts that one too and the run stops. ``probing`` records say what runs meanwhile.
+A pause written before the first step holds the run at step 1, where a manual save is not
+probed (not a scheduled save). A pause written while the step-2 probe runs cuts it short
+(``probe`` record ``cut: pause``) and the run pauses at step 2 itself, the step just saved (not a
+step later); a save asked there says it is saved already. A stop written while the step-4 probe
+runs cuts that one too and the run ends at step 4, on the checkpoint just written.
+``probing`` records say what runs meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ def _probing(step: int):
     return lambda r: r["kind"] == "probing" and r["step"] == step
 
 
+def _paused(step: int):
+    return lambda r: r["kind"] == "paused" and r["step"] == step
+
+
 @pytest.fixture(scope="module")
 def cut_run(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("cut")
@@ -44,10 +51,18 @@ def cut_run(tmp_path_factory, tiny_model):
     config.write_text(yaml.safe_dump(cfg))
     job = launch(config, 1)
     try:
+        job.control("pause")  # read from the start: held at step 1
+        wait_record(job.events, _paused(1), running=job)
+        job.control("save")  # at once, at the paused step: not a scheduled save
+        wait_record(job.events, lambda r: r["kind"] == "save", running=job)
+        job.control("resume")
         wait_record(job.events, _probing(2), running=job)
         job.control("pause")
-        wait_record(job.events, lambda r: r["kind"] == "paused", running=job)
-        job.control("save")  # taken when the run goes on: a save at the paused step
+        wait_record(job.events, _paused(2), running=job)
+        job.control("save")  # step 2 is saved already: a note, no second save
+        wait_record(
+            job.events, lambda r: r["kind"] == "note" and "saved already" in r.get("message", ""), running=job
+        )
         job.control("resume")
         wait_record(job.events, _probing(4), running=job)
         job.control("stop", reason="test")
@@ -73,19 +88,20 @@ def test_a_pause_or_stop_cuts_a_probe_short(cut_run):
     # A cut suite's score is not the checkpoint's: none went to the marker.
     marker = json.loads((root / "out" / "checkpoint-2" / checkpoints.MARKER).read_text())
     assert "identity" not in (marker.get("probe") or {})
-    paused = next(r for r in records if r["kind"] == "paused")
-    assert paused["step"] == 3  # the step after the probe's, not after a whole suite
+    # Held at the probe's own step: not a step later, not after a whole suite.
+    assert [r["step"] for r in records if r["kind"] == "paused"] == [1, 2]
     end = records[-1]
-    assert end["kind"] == "end" and end["status"] == "stopped"
+    assert end["kind"] == "end" and end["status"] == "stopped" and end["step"] == 4
+    assert max(r["step"] for r in records if r["kind"] == "step") == 4  # no step trained after the stop
 
 
 def test_only_scheduled_saves_are_probed(cut_run):
     _, _, records, _ = cut_run
     saves = [r for r in records if r["kind"] == "save"]
     by_step = {r["step"]: r.get("probes_skipped") for r in saves}
-    assert by_step[2] is None and by_step[4] is None
-    assert by_step[3] == "not a scheduled save"  # the manual save while paused at step 3
-    assert by_step[5] == "stopping"  # the stop's own save
+    assert by_step == {1: "not a scheduled save", 2: None, 4: None}  # the stop's checkpoint: step 4's
+    notes = [r["message"] for r in records if r["kind"] == "note" and r["step"] == 2]
+    assert "checkpoint-2 is saved already" in notes  # the save asked while paused at the probed step
     probed = {r["step"] for r in records if r["kind"] in ("probe", "probing")}
     assert probed == {2, 4}
 

@@ -228,7 +228,7 @@ class CheckpointRemoved(Record):
 class Probe(Record):
     path: Str = None
     result: Str = None  # its eval/<suite>-checkpoint-N.json
-    cut: Str = None  # cut short by a stop, pause or save (the run acted at the next step)
+    cut: Str = None  # cut short by a stop, pause or save (the run acted at this same step)
     planned: Int = None  # the prompts it would have run when cut
     suite: Str = None
     passed: Int = None

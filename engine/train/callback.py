@@ -50,6 +50,7 @@ class CockpitCallback(TrainerCallback):
         self._held_since: float | None = None  # paused since (None: not paused)
         self._saved_step: int | None = None  # a stop right after a save does not save the step twice
         self._polled = 0.0  # when the control file was last read during probes
+        self._polled_after_save: int | None = None  # the save's step whose keys were acted on
 
     # -- progress -------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class CockpitCallback(TrainerCallback):
         return "not a scheduled save"
 
     def _probe_cut(self, step: int) -> str | None:
-        """A key that cuts running probes short: the run acts on it at the next step instead."""
+        """A key that cuts running probes short: the run acts on it once they stop (``_after_save``)."""
         c = self.controls
         if time.monotonic() - self._polled > 0.2:
             self._polled = time.monotonic()
@@ -196,9 +197,11 @@ class CockpitCallback(TrainerCallback):
         together). Waits until resumed or stopped, answering chat meanwhile; True when a save or
         an eval asked while paused is to run now (the trainer runs the boundary again and calls
         back, still paused), or a stop's checkpoint."""
+        state, control = trainer.state, trainer.control
+        if self._after_save(trainer):
+            return True
         if not self._pause_pending and self._held_since is None:
             return False
-        state, control = trainer.state, trainer.control
         if self._held_since is None:
             self._pause_pending = False
             self._held_since = time.time()
@@ -217,6 +220,25 @@ class CockpitCallback(TrainerCallback):
         if not agreed.stop:
             self.log.emit("resumed", step=state.global_step)
         return bool(control.should_save or control.should_evaluate)
+
+    def _after_save(self, trainer) -> bool:
+        """Keys pressed while this boundary's save (and its probes) ran act here, not a step later
+        (a step of the guide's config is seconds long): a pause holds at the step just saved, a
+        stop ends there (its checkpoint is written), a save says the step is saved already, and
+        chat asked meanwhile is answered. Every rank polls once per save, probed or not (a
+        collective at the same point: each knows the step it saved; only rank 0 has ``probes``).
+        True: an eval asked meanwhile runs now (this boundary again)."""
+        state, control = trainer.state, trainer.control
+        step = state.global_step
+        if self._saved_step != step or self._polled_after_save == step or control.should_training_stop:
+            return False  # no save here, keys already read after it, or the run is ending (a stop's save)
+        self._polled_after_save = step
+        self._run_jobs(state, {"model": trainer.model, "processing_class": trainer.processing_class})
+        agreed = self.commands.poll(step)
+        if agreed.pause and not agreed.stop and self._held_since is None and self._mark_step == step:
+            self._pause_pending = True  # else (this step not logged) at the next step, logged, as ever
+        self._apply(agreed, state, control)
+        return bool(control.should_evaluate) and not agreed.stop
 
     def _apply(self, agreed: Agreed, state, control):
         c = self.controls
