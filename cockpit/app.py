@@ -301,6 +301,10 @@ class CockpitApp(App[int]):
             return
         self.source.controls.request_save()
         self.broadcast(ControlRequested("save"))
+        if self.state.probing is not None:  # the probes run on a checkpoint written a moment ago
+            step = self.state.probing.get("step", self.state.step)
+            self.notify(f"checkpoint-{step} is saved already: cutting its probes short", timeout=4)
+            return
         self.notify(f"saving a checkpoint {self._when()}", timeout=3)
 
     def action_evaluate(self) -> None:

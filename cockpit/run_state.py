@@ -159,6 +159,8 @@ class RunState:
         if self.phase == "paused":
             return f"paused{at} · resuming" if self.asked == "resume" else f"paused{at}"
         if self.phase == "stopping":
+            if self.probing is not None:  # the engine ends on the checkpoint the probes run on
+                return f"stopping: cutting the probes short, ending on the checkpoint of step {self.probing.get('step', '?')}"
             return "stopping: saving a checkpoint at the next step"
         if self.phase == "starting":
             return "starting: loading model and data" if not self.read_only else "waiting for records"

@@ -104,7 +104,9 @@ def test_the_header_says_probing_while_a_save_s_probes_run():
     state.observe([{"kind": "step", "step": 41}])
     assert state.label() == "training"  # a step: the probes are over
     state.observe([{"kind": "probing", "step": 60, "suite": "identity", "i": 1, "n": 5}])
-    state.stop_requested()
+    state.stop_requested()  # the engine cuts the probes and ends on checkpoint-60 (no second save)
+    assert state.label() == "stopping: cutting the probes short, ending on the checkpoint of step 60"
+    state.observe([{"kind": "probe", "step": 60, "suite": "identity", "cut": "stop"}])
     assert state.label() == "stopping: saving a checkpoint at the next step"
 
 
