@@ -195,8 +195,36 @@ def cut_of(log: Log, step: int, after: float) -> str:
     )
 
 
-def phase_pause(log: Log, run: RunDir, table: Table, args) -> int:
+def phase_whole(log: Log, table: Table, args) -> int:
+    """The first save's probes, left to run whole: each suite's seconds as a probe costs them
+    (the identity suite's target: under 3 s on the 8B shape)."""
     probing = next_probing(log, 0, args.first_timeout)
+    if probing is None:
+        table.add("0 probes", "no probing record came", None, None, note=f"within {args.first_timeout:.0f}s")
+        return 0
+    step = probing["step"]
+    for suite in _suites():
+        probe = log.wait(
+            "probe", args.save_timeout, where=lambda r, s=suite: r.get("step") == step and r.get("suite") == s
+        )
+        seconds = probe.get("seconds") if probe else None
+        note = (
+            ""
+            if probe is None
+            else (probe.get("decode") or "") + (f" cut: {probe['cut']}" if probe.get("cut") else "")
+        )
+        table.add(
+            "0 probes",
+            f"{suite} suite whole at step {step}",
+            seconds,
+            3.0 if suite == "identity" else None,
+            note,
+        )
+    return step
+
+
+def phase_pause(log: Log, run: RunDir, table: Table, args, after_step: int = 0) -> int:
+    probing = next_probing(log, after_step, args.first_timeout)
     if probing is None:
         table.add("1 pause", "no probing record came", None, None, note=f"within {args.first_timeout:.0f}s")
         return 0
@@ -419,9 +447,15 @@ def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny model (the CPU smoke run)")
     ap.add_argument(
-        "--steps", type=int, default=20, help="max_steps (saves every 5: three probed saves by 15)"
+        "--steps", type=int, default=25, help="max_steps (saves every 5: four probed saves by 20)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument(
+        "--whole",
+        action=argparse.BooleanOptionalAction,
+        default=gpu,
+        help="let the first save's probes run whole (their seconds) before the keys",
+    )
     ap.add_argument(
         "--vl", action=argparse.BooleanOptionalAction, default=True, help="Qwen3-VL base (the guide's)"
     )
@@ -461,7 +495,8 @@ def main() -> int:
         if not log.start(args.first_timeout):
             table.add("0 start", "no run log", None, note=f"exit {proc.poll()}; see {work / 'trainer.log'}")
         else:
-            step = phase_pause(log, run, table, args)
+            step = phase_whole(log, table, args) if args.whole else 0
+            step = phase_pause(log, run, table, args, step)
             step = phase_chat_save(log, run, table, args, model, step)
             phase_stop(log, run, table, args, step)
     finally:
