@@ -346,3 +346,61 @@ def test_siblings_are_copied_back_to_back_and_answer_the_same(qlora, monkeypatch
         )
         d.release()
     assert got["on"].tokens == got["off"].tokens
+
+
+def test_one_adapter_is_merged_into_the_copy_and_taken_out_again(qlora, monkeypatch):
+    """A route to one adapter over the copy decodes as a merged model: the copy holds
+    W + scaling * B @ A (worked out here from the NF4 values and the adapter), no adapter product
+    runs a step, the answers are the adapter's; a base route afterwards finds the base again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model, rows, stops, pad = qlora["model"], qlora["rows"], qlora["stops"], qlora["pad"]
+    monkeypatch.setenv(base_copy.MERGE_ENV, "on")
+    # The reference: the hand-dequantized twin with the adapter merged by hand (rounded once).
+    twin = _hand_dequantized_twin(qlora)
+    with torch.no_grad():
+        for m in twin.modules():
+            if hasattr(m, "lora_A") and "default" in m.lora_A:
+                w = m.get_base_layer().weight
+                A, B = m.lora_A["default"].weight.float(), m.lora_B["default"].weight.float()
+                w.copy_((w.float() + m.scaling["default"] * (B @ A)).to(w.dtype))
+    ref = Decoder(twin)  # the same engine on the plain bf16 twin, base only: merged weights alone
+    want = ref.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(twin, [None] * 3)).tokens
+    ref.release()
+    with model.disable_adapter():
+        base_only = [_reference(model, r, stops, pad) for r in rows]
+
+    class Matmuls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Matmuls.n += func.overloadpacket.__name__ in ("mm", "addmm", "addmm_", "matmul")
+            return func(*args, **(kwargs or {}))
+
+    d = Decoder(model, base="on")
+    counts = {}
+    for names in (["default"] * 3, [None] * 3):
+        Matmuls.n = 0
+        with Matmuls():
+            d.run(rows, max_new_tokens=3, stop_ids=set(), pad_id=pad, route=Route(model, names))
+        counts[names[0]] = Matmuls.n
+    from engine.chat.routing import lora_layers
+
+    # The merge's own product, once per adapted layer; no adapter product at any step after it.
+    assert counts["default"] - counts[None] == len(lora_layers(model))
+
+    res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3))
+    assert any("merged into the bf16 copy" in n for n in res.notes)
+    copy = d._base[0]
+    layers = {id(m): (m, w) for m, w in zip(copy.layers, copy.weights, strict=True)}
+    for m in lora_layers(model):
+        base, w = layers[id(m.get_base_layer())]
+        A, B = m.lora_A["default"].weight.float(), m.lora_B["default"].weight.float()
+        expect = (_nf4_by_hand(base).float() + m.scaling["default"] * (B @ A)).to(torch.bfloat16)
+        assert torch.equal(w, expect)
+    assert res.tokens == want
+    res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, [None] * 3))
+    assert res.tokens == base_only
+    for m, w in zip(copy.layers, copy.weights, strict=True):
+        assert torch.equal(w, _nf4_by_hand(m))  # dequantized again: exactly the base
+    d.release()

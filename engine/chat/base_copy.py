@@ -41,6 +41,7 @@ from engine.model.memory import COPY_MARGIN
 
 CHOICES = ("auto", "on", "off")
 ENV = "LEVIATHAN_DECODE_BASE_COPY"  # auto (on CUDA, where memory allows) | on (CPU too) | off
+MERGE_ENV = "LEVIATHAN_DECODE_MERGE"  # auto (on CUDA) | on | off: one adapter merged into the copy
 MARGIN = COPY_MARGIN  # the prefill's transients and the allocator's slack, beside the copy
 
 
@@ -109,6 +110,8 @@ class BaseCopy:
                 for i, f in zip(idx, funcs, strict=True):
                     self._forwards[i] = f
         self._saved: list[tuple[object, object]] = []
+        self.merged = None  # what ``merge`` put into the weights (a route's key), None: the base
+        self._touched: list[int] = []
 
     @classmethod
     def make(cls, layers: list, groups: list | None = None) -> BaseCopy:
@@ -133,6 +136,29 @@ class BaseCopy:
             torch.cuda.synchronize(weights[0].device)
         return cls(layers, weights, time.perf_counter() - t0, groups)
 
+    def merge(self, model, name: str | None, key) -> None:
+        """Adapter ``name`` merged into the copy (``W + scaling * B @ A``, rounded once), so a
+        route to it decodes as a merged model: no adapter products a step. ``key`` names what
+        is merged (the route's key: adapter and weight versions); the same key again is a no-op,
+        another one first dequantizes the previously merged layers again (exact, in place: a
+        captured graph keeps reading the same tensors); ``name`` None leaves the base alone."""
+        if self.merged == key:
+            return
+        at = {id(m): i for i, m in enumerate(self.layers)}
+        with torch.no_grad():
+            for i in self._touched:
+                self.weights[i].copy_(_dequantized(self.layers[i]))
+            self._touched = []
+            for m in _lora_layers(model) if name is not None else ():
+                i = at.get(id(m.get_base_layer()))
+                if i is None or name not in m.lora_A:
+                    continue
+                A, B = m.lora_A[name].weight, m.lora_B[name].weight
+                w = self.weights[i]
+                w.copy_(torch.addmm(w.float(), B.float(), A.float(), alpha=m.scaling[name]).to(w.dtype))
+                self._touched.append(i)
+        self.merged = key
+
     def __enter__(self) -> BaseCopy:
         for m, forward in zip(self.layers, self._forwards, strict=True):
             forwards.swap(self._saved, m, forward)
@@ -141,6 +167,20 @@ class BaseCopy:
     def __exit__(self, *exc) -> None:
         forwards.restore(self._saved)
         siblings.forget(self._forwards)
+
+
+def _lora_layers(model) -> list:
+    from engine.chat.routing import lora_layers
+
+    return lora_layers(model)
+
+
+def merge_wanted(device) -> bool:
+    """Whether a single-adapter route merges its adapter into the copy (``MERGE_ENV``)."""
+    choice = os.environ.get(MERGE_ENV) or "auto"
+    if choice not in CHOICES:
+        raise ValueError(f"{MERGE_ENV}={choice!r}: one of {CHOICES}")
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
 def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):

@@ -100,6 +100,7 @@ class Decoder:
         self._base_choice, self._free = base, free_bytes
         self._base: tuple[base_copy.BaseCopy | None, str | None] | None = None  # (copy, note) once planned
         self._siblings: SiblingProducts | None = None
+        self._base_route = None  # the base-only route a merged copy decodes with
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -120,6 +121,7 @@ class Decoder:
         self._compiled = None
         self._base = None  # the bf16 copy of a 4-bit base: only ever dropped with the graphs that read it
         self._siblings = None
+        self._base_route = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -138,6 +140,24 @@ class Decoder:
         if note:
             self.notes.append(note)
         return copy
+
+    def _merged(self, copy, route, rows: int):
+        """A route to one adapter over a 4-bit base's copy: the adapter merged into the copy and
+        the layers run base only (what a merged model decodes); otherwise the route as given."""
+        if copy is None:
+            return route
+        names = set(route.names) if route is not None and route.supported else {None}
+        if len(names) != 1 or None in names or not base_copy.merge_wanted(self.device):
+            copy.merge(self.model, None, None)  # the base as it is (no adapter left merged in)
+            return route
+        copy.merge(self.model, names.pop(), route.key)
+        base_only = self._base_route
+        if base_only is None or len(base_only.names) != rows:
+            from engine.chat.routing import Route
+
+            base_only = self._base_route = Route(self.model, [None] * rows)
+        self.notes.append(f"the adapter merged into the bf16 copy ({route.names[0]})")
+        return base_only
 
     # -- one forward ---------------------------------------------------------------------
 
@@ -192,8 +212,9 @@ class Decoder:
         st = _State(n, width, length, rows, pad_id, dev, self.dtype, buffers)
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
-        route_ctx = route if route is not None else _nothing()
         copy = self._base_copy(n, length)
+        route = self._merged(copy, route, n)
+        route_ctx = route if route is not None else _nothing()
         if self._siblings is None:
             self._siblings = SiblingProducts(self.core, self.device)
         with route_ctx, copy if copy is not None else _nothing(), self._siblings:

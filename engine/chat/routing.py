@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.chat import forwards
+from engine.model import siblings
 from engine.model.lora_autocast import SIBLINGS
 
 # Layers that read the same input tensor: their A products become one (fewer launches a token).
@@ -138,15 +139,18 @@ class Route:
     def __exit__(self, *exc) -> None:
         forwards.restore(self._saved)
         for shared, _ in self._groups.values():  # let go of the last input
-            shared.pop("x", None)
-            shared.pop("mids", None)
+            for k in ("x", "mids", "gx", "gver", "gparts"):
+                shared.pop(k, None)
 
 
 def _groups(plans, group: bool | None, names: dict[int, str]) -> dict[int, tuple[dict, int]]:
     """Sibling layers with one adapter each, in the base's dtype: module id -> (shared, index).
 
     ``shared`` holds the concatenated A matrices, their row splits, and at run time the last
-    input seen with its products (the first sibling to see an input computes them all).
+    input seen with its products (the first sibling to see an input computes them all). Where
+    the siblings' base weights lie back to back (``engine.model.siblings``) it also holds the
+    whole base weight and the B matrices as one block-diagonal matrix (scalings folded in): a
+    one-row step then computes base and adapter of the whole group in three GEMMs.
     """
     by_parent: dict[tuple[str, tuple], list] = {}
     for m, entries in plans:
@@ -158,16 +162,42 @@ def _groups(plans, group: bool | None, names: dict[int, str]) -> dict[int, tuple
         parent, _, leaf = names.get(id(m), "").rpartition(".")
         for sib in SIBLINGS:
             if leaf in sib:
-                by_parent.setdefault((parent, sib), []).append((sib.index(leaf), m, A))
+                by_parent.setdefault((parent, sib), []).append((sib.index(leaf), m, entries[0]))
     out = {}
     for members in by_parent.values():
-        if len(members) < 2 or len({(a.dtype, a.shape[1], a.device) for _, _, a in members}) != 1:
+        if len(members) < 2 or len({(e[0].dtype, e[0].shape[1], e[0].device) for _, _, e in members}) != 1:
             continue
         members.sort(key=lambda t: t[0])
-        shared = {"A": torch.cat([a for _, _, a in members]), "splits": [a.shape[0] for _, _, a in members]}
+        shared = {
+            "A": torch.cat([e[0] for _, _, e in members]),
+            "splits": [e[0].shape[0] for _, _, e in members],
+        }
+        shared.update(_whole_group([m for _, m, _ in members], [e for _, _, e in members]))
         for i, (_, m, _) in enumerate(members):
             out[id(m)] = (shared, i)
     return out
+
+
+def _whole_group(mods, entries) -> dict:
+    """The group's base weight (when laid out back to back) and block-diagonal scaled B."""
+    bases = [m.get_base_layer() for m in mods]
+    if any(type(b) is not torch.nn.Linear for b in bases):
+        return {}
+    whole = siblings.fused_view([b.weight for b in bases])
+    A = entries[0][0]
+    if whole is None or whole.dtype != A.dtype or whole.device != A.device:
+        return {}
+    outs = [b.out_features for b in bases]
+    ranks = [e[0].shape[0] for e in entries]
+    Bbd = torch.zeros((sum(outs), sum(ranks)), dtype=A.dtype, device=A.device)
+    o = r = 0
+    for (_, B, _, scale, _), n_out, n_r in zip(entries, outs, ranks, strict=True):
+        Bbd[o : o + n_out, r : r + n_r] = B * scale
+        o, r = o + n_out, r + n_r
+    bias = None
+    if any(b.bias is not None for b in bases):
+        bias = torch.cat([b.bias if b.bias is not None else whole.new_zeros(b.out_features) for b in bases])
+    return {"W": whole, "bias": bias, "Bbd": Bbd, "outs": outs}
 
 
 def _lean_forward(base, entries, grouped=None):
@@ -181,7 +211,28 @@ def _lean_forward(base, entries, grouped=None):
             shared["mids"] = F.linear(flat, shared["A"]).split(shared["splits"], dim=-1)
         return shared["mids"][i]
 
+    def whole_group(x):
+        shared, i = grouped
+        if shared.get("gx") is not x or shared.get("gver") != x._version:
+            flat = x.reshape(-1, x.shape[-1])
+            whole = F.linear(flat, shared["W"], shared["bias"])
+            whole.addmm_(F.linear(flat, shared["A"]), shared["Bbd"].t())
+            shared["gx"], shared["gver"], shared["gparts"] = (
+                x,
+                x._version,
+                whole.split(shared["outs"], dim=-1),
+            )
+        part = shared["gparts"][i]
+        return part.view(*x.shape[:-1], part.shape[-1])
+
     def forward(x, *args, **kwargs):
+        if (
+            grouped is not None
+            and "W" in grouped[0]
+            and x.numel() == x.shape[-1]
+            and x.dtype == grouped[0]["W"].dtype
+        ):
+            return whole_group(x)  # one row: base and adapter of all siblings in three GEMMs
         result = base(x, *args, **kwargs)
         dtype = result.dtype
         for A, B, bias, scale, row_scale in entries:
