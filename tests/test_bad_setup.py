@@ -150,3 +150,13 @@ def test_yaml_booleans_are_not_numbers(tiny_model, write_config, tmp_path, capsy
     )
     code, err = run_cli(capsys, "check", cfg, "--no-tokenizer")
     assert code == 0, err
+
+
+def test_export_gguf_says_a_missing_source_and_a_bad_quant_together(tmp_path, capsys):
+    missing = tmp_path / "no-such-checkpoint"
+    code, err = run_cli(capsys, "export", "gguf", missing, "--quant", "q3_weird", "-o", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert f"{missing}: no such folder" in err
+    assert "--quant q3_weird: not a GGUF type this writes" in err
+    assert "2 problems with this export" in err
+    assert not (tmp_path / "out").exists()  # nothing written

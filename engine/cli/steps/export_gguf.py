@@ -50,9 +50,24 @@ def add_args(g) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from engine.errors import UserError
     from engine.ship.gguf import check_quants
 
-    check_quants(args.quant)  # a missing extra or quantizer says so before anything is imported or merged
+    # Said together, before anything is imported or merged: the source is not there, a --quant
+    # is not a type this writes, the extra or a quantizer is missing.
+    problems = []
+    if not Path(args.source).is_dir():
+        problems.append(
+            UserError(f"{args.source}: no such folder", "give a checkpoint-N folder or a merged model folder")
+        )
+    try:
+        check_quants(args.quant)
+    except UserError as e:
+        problems.append(e)
+    if problems:
+        raise UserError.several(problems, "problems with this export")
     quiet_transformers()
     from engine.ship.gguf import export_gguf
 
