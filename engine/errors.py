@@ -30,9 +30,14 @@ class UserError(Exception):
         return cls(message, fix)
 
     @classmethod
-    def several(cls, errors: list[UserError], what: str = "problems") -> UserError:
+    def several(
+        cls,
+        errors: list[UserError],
+        what: str = "problems",
+        fix: str = "fix each one above (the arrow says how)",
+    ) -> UserError:
         """One error for all of ``errors``: the one alone, or each with its fix, in order."""
         if len(errors) == 1:
             return errors[0]
         body = "\n".join(f"  {e.message}" + (f"\n      -> {e.fix}" if e.fix else "") for e in errors)
-        return cls(f"{len(errors)} {what}:\n{body}", "fix each one above (the arrow says how)")
+        return cls(f"{len(errors)} {what}:\n{body}", fix)

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.chat import forwards
+from engine.chat.routing import lora_layers
+from engine.chat.sibling_products import wanted as siblings_wanted
 from engine.model import siblings
 from engine.model.memory import COPY_MARGIN
 
@@ -101,9 +103,9 @@ class BaseCopy:
         self.bytes = sum(w.numel() * w.element_size() for w in weights)
         # One function per layer for the copy's life: a compiled step sees the same forward each time.
         self._forwards = [_plain_forward(w, b) for w, b in zip(weights, self.biases, strict=True)]
-        at = {id(m): i for i, m in enumerate(layers)}
+        self._at = {id(m): i for i, m in enumerate(layers)}
         for mods in groups or []:  # siblings copied back to back: one product in decode
-            idx = [at[id(m)] for m in mods]
+            idx = [self._at[id(m)] for m in mods]
             whole = siblings.fused_view([weights[i] for i in idx])
             if whole is not None:
                 funcs = siblings.forwards([(weights[i], self.biases[i]) for i in idx], whole)
@@ -144,13 +146,12 @@ class BaseCopy:
         captured graph keeps reading the same tensors); ``name`` None leaves the base alone."""
         if self.merged == key:
             return
-        at = {id(m): i for i, m in enumerate(self.layers)}
         with torch.no_grad():
             for i in self._touched:
                 self.weights[i].copy_(_dequantized(self.layers[i]))
             self._touched = []
-            for m in _lora_layers(model) if name is not None else ():
-                i = at.get(id(m.get_base_layer()))
+            for m in lora_layers(model) if name is not None else ():
+                i = self._at.get(id(m.get_base_layer()))
                 if i is None or name not in m.lora_A:
                     continue
                 A, B = m.lora_A[name].weight, m.lora_B[name].weight
@@ -169,25 +170,15 @@ class BaseCopy:
         siblings.forget(self._forwards)
 
 
-def _lora_layers(model) -> list:
-    from engine.chat.routing import lora_layers
-
-    return lora_layers(model)
-
-
 def merge_wanted(device) -> bool:
     """Whether a single-adapter route merges its adapter into the copy (``MERGE_ENV``)."""
-    choice = os.environ.get(MERGE_ENV) or "auto"
-    if choice not in CHOICES:
-        raise ValueError(f"{MERGE_ENV}={choice!r}: one of {CHOICES}")
-    return choice == "on" or (choice == "auto" and device.type == "cuda")
+    return forwards.switched_on(MERGE_ENV, device)
 
 
 def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):
     def forward(x, *args, **kwargs):
         return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
-    forward.shared = {}
     return forward
 
 
@@ -221,9 +212,7 @@ def plan(
             f"4-bit base decoded in 4-bit: a bf16 copy needs {size_text(size)} + {size_text(MARGIN)} margin"
             f"{also}, {size_text(have)} free"
         )
-    from engine.chat.sibling_products import wanted
-
-    made = BaseCopy.make(layers, siblings.groups(core, plain=False) if wanted(device) else None)
+    made = BaseCopy.make(layers, siblings.groups(core, plain=False) if siblings_wanted(device) else None)
     return made, f"4-bit base decoded on a bf16 copy ({size_text(size)}, made in {made.seconds:.2f} s)"
 
 

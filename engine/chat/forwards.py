@@ -8,6 +8,19 @@ forward that was there before, e.g. a hook's, comes back; none stays where there
 
 from __future__ import annotations
 
+import os
+
+SWITCH = ("auto", "on", "off")
+
+
+def switched_on(env: str, device) -> bool:
+    """An engine speed-up's switch ``env``: ``auto`` (the default) on CUDA only, ``on`` on any
+    device too, ``off`` never."""
+    choice = os.environ.get(env) or "auto"
+    if choice not in SWITCH:
+        raise ValueError(f"{env}={choice!r}: one of {', '.join(SWITCH)}")
+    return choice == "on" or (choice == "auto" and device.type == "cuda")
+
 
 def swap(saved: list, module, forward) -> None:
     """Set ``module.forward``; ``saved`` remembers what to put back."""

@@ -194,9 +194,7 @@ def _whole_group(mods, entries) -> dict:
     for (_, B, _, scale, _), n_out, n_r in zip(entries, outs, ranks, strict=True):
         Bbd[o : o + n_out, r : r + n_r] = B * scale
         o, r = o + n_out, r + n_r
-    bias = None
-    if any(b.bias is not None for b in bases):
-        bias = torch.cat([b.bias if b.bias is not None else whole.new_zeros(b.out_features) for b in bases])
+    bias = siblings.whole_bias([b.weight for b in bases], [b.bias for b in bases])
     return {"W": whole, "bias": bias, "Bbd": Bbd, "outs": outs}
 
 

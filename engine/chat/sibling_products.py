@@ -9,8 +9,6 @@ calls the base layer, whose forward is this one).
 
 from __future__ import annotations
 
-import os
-
 from engine.chat import forwards
 from engine.model import siblings
 
@@ -19,10 +17,7 @@ ENV = "LEVIATHAN_DECODE_SIBLINGS"  # auto (on CUDA) | on (CPU too) | off
 
 def wanted(device) -> bool:
     """Whether decode on ``device`` computes sibling products as one (``ENV``)."""
-    choice = os.environ.get(ENV) or "auto"
-    if choice not in ("auto", "on", "off"):
-        raise ValueError(f"{ENV}={choice!r}: one of auto, on, off")
-    return choice == "on" or (choice == "auto" and device.type == "cuda")
+    return forwards.switched_on(ENV, device)
 
 
 class SiblingProducts:

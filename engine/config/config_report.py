@@ -63,20 +63,15 @@ def where(file: str, lines: dict[tuple, int], loc: tuple) -> str:
 
 def report(problems: list[Problem]) -> UserError:
     """One problem: its own message and fix. Several: all of them, each with its fix, in file order."""
-    if len(problems) == 1:
-        p = problems[0]
-        return UserError(f"{p.where}: {p.message}", p.fix)
 
     def order(p: Problem):
         _, _, line = p.where.rpartition(":")
         return int(line) if line.isdigit() else 0
 
-    body = "\n".join(
-        f"  {p.where}: {p.message}" + (f"\n      -> {p.fix}" if p.fix else "")
-        for p in sorted(problems, key=order)
-    )
-    return UserError(
-        f"{len(problems)} problems in the config:\n{body}", "fix each key above (the arrow says how)"
+    return UserError.several(
+        [UserError(f"{p.where}: {p.message}", p.fix) for p in sorted(problems, key=order)],
+        "problems in the config",
+        "fix each key above (the arrow says how)",
     )
 
 

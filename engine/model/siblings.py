@@ -94,11 +94,9 @@ def relayout(model) -> int:
 
 def forwards(members: list[tuple[torch.Tensor, torch.Tensor | None]], whole: torch.Tensor) -> list:
     """One forward per member ``(weight, bias)`` of a group whose weights are the row slices of
-    ``whole`` in order. An input of few rows: the first member to see it computes the group's
+    ``whole`` in order. An input of one row: the first member to see it computes the group's
     product, the others take their slice of it; more rows: each its own product."""
-    bias = None
-    if any(b is not None for _, b in members):
-        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in members])
+    bias = whole_bias([w for w, _ in members], [b for _, b in members])
     shared: dict = {"splits": [w.shape[0] for w, _ in members]}
 
     def make(i: int, weight, own_bias):
@@ -118,8 +116,17 @@ def forwards(members: list[tuple[torch.Tensor, torch.Tensor | None]], whole: tor
     return [make(i, w, b) for i, (w, b) in enumerate(members)]
 
 
+def whole_bias(weights, biases) -> torch.Tensor | None:
+    """The group's bias for its whole product: each member's, zeros where one has none."""
+    if all(b is None for b in biases):
+        return None
+    return torch.cat(
+        [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases, strict=True)]
+    )
+
+
 def forget(funcs) -> None:
     """Let go of the last input (and its products) the forwards hold."""
     for f in funcs:
         for k in ("x", "version", "parts"):
-            f.shared.pop(k, None)
+            getattr(f, "shared", {}).pop(k, None)  # a forward of no group holds nothing

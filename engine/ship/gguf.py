@@ -159,13 +159,20 @@ def _config(model_dir: Path) -> dict:
     return model_config(model_dir)
 
 
+def missing_source(src: Path) -> UserError | None:
+    """What is wrong with an export's source before anything looks inside it: it is not there."""
+    if not src.is_dir():
+        return UserError(f"{src}: no such folder", "give a checkpoint-N folder or a merged model folder")
+    return None
+
+
 def _merged_source(src: Path, progress: Progress) -> tuple[Path, bool]:
     """The merged folder to convert: ``src`` itself, or the merge of the checkpoint ``src``."""
     from engine.ship import merge
     from engine.ship.quantize import check_model_dir
 
-    if not src.is_dir():
-        raise UserError(f"{src}: no such folder", "give a checkpoint-N folder or a merged model folder")
+    if (missing := missing_source(src)) is not None:
+        raise missing
     if not (src / "adapter_config.json").is_file():
         folder = check_model_dir(src)
         quant = _config(folder).get("quantization_config")

@@ -53,15 +53,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from engine.errors import UserError
-    from engine.ship.gguf import check_quants
+    from engine.ship.gguf import check_quants, missing_source
 
     # Said together, before anything is imported or merged: the source is not there, a --quant
     # is not a type this writes, the extra or a quantizer is missing.
-    problems = []
-    if not Path(args.source).is_dir():
-        problems.append(
-            UserError(f"{args.source}: no such folder", "give a checkpoint-N folder or a merged model folder")
-        )
+    problems = [e for e in [missing_source(Path(args.source))] if e is not None]
     try:
         check_quants(args.quant)
     except UserError as e:
