@@ -13,6 +13,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
+python3 -c "import torch, transformers, peft, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'trl', trl.__version__)"
 B=/tmp/base
 for stage in "$@"; do
   left=$((budget - ($(date +%s) - start)))
@@ -24,7 +25,7 @@ for stage in "$@"; do
     profile) cmd="python3 benchmarks/decode_profile.py" ;;
     loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
     compile) cmd="python3 benchmarks/compile_cache.py" ;;
-    step) cmd="python3 benchmarks/step_profile.py --variants ours" ;;
+    step) cmd="python3 benchmarks/step_profile.py --variants ${STEP_VARIANTS:-ours} --save-dir $B" ;;
     keys) cmd="python3 benchmarks/probe_keys.py --budget $((left - 15))" ;;
     *) echo "unknown stage $stage"; continue ;;
   esac

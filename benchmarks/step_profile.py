@@ -108,10 +108,11 @@ def host_waits(prof, n: int) -> dict:
             syncs[e.name][0] += 1
             syncs[e.name][1] += (e.time_range.end - e.time_range.start) / 1e3
     kernels.sort()
-    gaps, last = [], None
+    gaps, spans, last = [], [], None
     for start, end, name in kernels:
         if last is not None and start - last > 50:
             gaps.append((start - last, name))
+            spans.append((last, start))
         last = end if last is None else max(last, end)
     after = collections.Counter()
     for gap, name in sorted(gaps, reverse=True)[:200]:
@@ -120,7 +121,36 @@ def host_waits(prof, n: int) -> dict:
         "syncs": {k: (v[0] / n, v[1] / n) for k, v in syncs.items()},
         "gaps_over_50us": (len(gaps) / n, sum(g for g, _ in gaps) / 1e3 / n),
         "kernels_after_longest_gaps_ms": after.most_common(8),
+        "host_during_gaps_ms": host_during(prof, spans, n),
     }
+
+
+def host_during(prof, spans: list, n: int) -> list:
+    """What the host was running while the GPU sat idle: each gap's time shared out to the
+    top-level CPU ops (any thread: the backward runs on autograd's) it overlaps, by name; the
+    time no op covers is Python between ops. ms per step, the largest first."""
+    import numpy as np
+
+    tops = [
+        e
+        for e in prof.events()
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CPU and e.cpu_parent is None
+    ]
+    if not spans or not tops:
+        return []
+    starts = np.array([e.time_range.start for e in tops], dtype=np.float64)
+    ends = np.array([e.time_range.end for e in tops], dtype=np.float64)
+    names = [e.name[:70] for e in tops]
+    per: dict[str, float] = collections.defaultdict(float)
+    for gs, ge in spans:
+        hit = np.nonzero((starts < ge) & (ends > gs))[0]
+        covered = 0.0
+        for i in hit:
+            o = min(ends[i], ge) - max(starts[i], gs)
+            per[names[i]] += o
+            covered = max(covered, o)
+        per["(no op: Python between ops)"] += max(0.0, (ge - gs) - covered)
+    return sorted(((k, v / 1e3 / n) for k, v in per.items()), key=lambda kv: -kv[1])[:14]
 
 
 def summarize(cb: ProfileSteps, rank: int) -> dict:
@@ -175,6 +205,11 @@ def child(args) -> int:
     row = summarize(cb, 16)
     row["variant"], row["grad_ckpt"], row["note"] = args.variant, out[3], out[4]
     row["tokens_per_step"] = tp.MICRO * tp.SEQ
+    row["alloc"] = tp.alloc_stats()
+    if os.environ.get("OUT") and torch.cuda.is_available():  # the timeline, for a closer look
+        trace = Path(os.environ["OUT"], f"trace-{args.variant}.json")
+        cb.prof.export_chrome_trace(str(trace))
+        subprocess.run(["gzip", "-9f", str(trace)], check=False)
     Path(args.json).write_text(json.dumps(row))
     return 0
 
@@ -254,6 +289,10 @@ def main() -> int:
         print("  kernels that ended the longest gaps (ms of gap before them, over the profiled steps):")
         for name, ms in h["kernels_after_longest_gaps_ms"]:
             print(f"  {ms:>8.1f}  {name}")
+        print("  host ops running during those gaps (ms/step; ops on two threads can overlap):")
+        for name, ms in h.get("host_during_gaps_ms", []):
+            print(f"  {ms:>8.1f}  {name}")
+        print(f"  allocator: {r.get('alloc')}")
         print("top kernels (ms/step, launches/step):")
         for name, ms, n in r["top_kernels"][:24]:
             print(f"  {ms:>8.1f} {n:>6}  {name}")

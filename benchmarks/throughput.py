@@ -130,6 +130,21 @@ def result_row(name, timer, collator, warmup, steps, model, cfg, ceiling, gc_on,
         "frozen_params": frozen,
         "lora_params": lora,
         "note": extra,
+        "alloc": alloc_stats(),
+    }
+
+
+def alloc_stats() -> dict:
+    """The caching allocator's pressure: retries (a full flush and a device sync each), cudaMalloc
+    calls and the reserved peak; an 80 GB card near its limit pays these inside the step."""
+    if not torch.cuda.is_available():
+        return {}
+    s = torch.cuda.memory_stats()
+    return {
+        "retries": s.get("num_alloc_retries", 0),
+        "device_allocs": s.get("num_device_alloc", 0),
+        "device_frees": s.get("num_device_free", 0),
+        "reserved_peak_gib": s.get("reserved_bytes.all.peak", 0) / 2**30,
     }
 
 
@@ -253,12 +268,18 @@ def run_ours(model, tokenizer, dataset, args, out, qlora: bool):
 
 def variant_env(name: str) -> dict:
     """A variant named ``...-peftcast`` runs PEFT's own LoRA forward (engine/model/lora_autocast.py);
-    ``...-w2`` makes its batches in two DataLoader workers (``LEVIATHAN_DATALOADER_WORKERS``)."""
+    ``...-w2`` makes its batches in two DataLoader workers (``LEVIATHAN_DATALOADER_WORKERS``);
+    ``...-nogroup`` keeps each LoRA layer its own autograd node (``engine/model/lora_group.py``);
+    ``...-norelayout`` leaves the training model's sibling weights apart (``LEVIATHAN_RELAYOUT``)."""
     env = dict(os.environ)
     if "peftcast" in name:
         env["LEVIATHAN_LORA_FORWARD"] = "peft"
     if "-w2" in name:  # the batches made ahead in two loader workers
         env["LEVIATHAN_DATALOADER_WORKERS"] = "2"
+    if "-nogroup" in name:  # each LoRA layer its own autograd node (engine/model/lora_group.py off)
+        env["LEVIATHAN_LORA_FORWARD"] = "nogroup"
+    if "-norelayout" in name:  # siblings' weights left where loading put them
+        env["LEVIATHAN_RELAYOUT"] = "off"
     return env
 
 

@@ -153,10 +153,12 @@ def a_calls(model) -> collections.Counter:
 
 def test_siblings_share_one_a_product(tiny_model, monkeypatch):
     path = tiny_model("qwen3")
-    shared = lora_model(path, monkeypatch, None)
+    # By default every A product is made inside a group's node (engine/model/lora_group.py).
+    assert a_calls(lora_model(path, monkeypatch, None)) == collections.Counter()
+    shared = lora_model(path, monkeypatch, "nogroup")
     layers = shared.config.num_hidden_layers
     assert a_calls(shared) == {"o_proj": layers, "down_proj": layers}  # q/k/v and gate/up: one GEMM each
-    loss, grads, _ = step(lora_model(path, monkeypatch, None), 1)
+    loss, grads, _ = step(lora_model(path, monkeypatch, "nogroup"), 1)
     apart = lora_model(path, monkeypatch, "noshare")
     assert a_calls(apart) == {
         leaf: layers for leaf in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -168,8 +170,9 @@ def test_siblings_share_one_a_product(tiny_model, monkeypatch):
         assert b.norm() > 0 and (a - b).norm() <= 0.02 * b.norm(), name
 
 
-def test_lora_dropout_keeps_the_products_apart(tiny_model, monkeypatch):
-    model = lora_model(tiny_model("qwen3"), monkeypatch, None, lora_dropout=0.1)
+@pytest.mark.parametrize("mode", [None, "nogroup"])
+def test_lora_dropout_keeps_the_products_apart(tiny_model, monkeypatch, mode):
+    model = lora_model(tiny_model("qwen3"), monkeypatch, mode, lora_dropout=0.1)
     model.train()
     assert set(a_calls(model)) == {
         "q_proj",

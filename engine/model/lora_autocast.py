@@ -32,7 +32,9 @@ import weakref
 
 import torch
 
-ENV = "LEVIATHAN_LORA_FORWARD"  # "peft": PEFT's forward as it is; "noshare": no sibling sharing
+# "peft": PEFT's forward as it is; "noshare": no sibling sharing; "nogroup": siblings share the A
+# product but each layer is its own autograd node (engine/model/lora_group.py is the default)
+ENV = "LEVIATHAN_LORA_FORWARD"
 # Layers that read the same input in the architectures we train (decode's routing groups them too).
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
 
@@ -64,8 +66,8 @@ class SharedA:
 class FusedForward:
     """The instance ``forward`` of one PEFT LoRA layer (a class, so a copied model copies it)."""
 
-    def __init__(self, layer, shared: SharedA | None = None, index: int = 0) -> None:
-        self.layer, self.shared, self.index = layer, shared, index
+    def __init__(self, layer, shared: SharedA | None = None, index: int = 0, group=None) -> None:
+        self.layer, self.shared, self.index, self.group = layer, shared, index, group
 
     def __call__(self, x, *args, **kwargs):
         m = self.layer
@@ -75,6 +77,8 @@ class FusedForward:
         active = [a for a in m.active_adapters if a in m.lora_A]
         if any(a in m.lora_variant or getattr(m.lora_B[a], "bias", None) is not None for a in active):
             return cls_forward(m, x, *args, **kwargs)
+        if self.group is not None and len(active) == 1 and self.group.usable(active[0]):
+            return self.group.output(self.index, x, active[0])  # engine/model/lora_group.py
         result = m.base_layer(x)
         out = result.reshape(-1, result.shape[-1])
         # Out of place, addmm first copies `out` into its result (a device-to-device memcpy of
@@ -108,10 +112,33 @@ def fuse_lora_layers(model) -> int:
         for name, m in model.named_modules()
         if isinstance(m, LoraLayer) and "forward" not in m.__dict__ and _linear(m)
     }
-    shared = {} if os.environ.get(ENV) == "noshare" else _siblings(layers)
+    choice = os.environ.get(ENV)
+    shared = {} if choice == "noshare" else _siblings(layers)
+    groups = {} if choice in ("noshare", "nogroup") else _groups(layers, shared)
     for name, m in layers.items():
-        m.forward = FusedForward(m, *shared.get(name, (None, 0)))
+        m.forward = FusedForward(m, *shared.get(name, (None, 0)), group=groups.get(name))
     return len(layers)
+
+
+def _groups(layers: dict, shared: dict) -> dict:
+    """Full name -> GroupProduct: each sibling group with plain ``nn.Linear`` bases as one
+    autograd node, and every other such layer as a group of one."""
+    from engine.model.lora_group import GroupProduct
+
+    out, seen = {}, {}
+    for name, m in layers.items():
+        if type(m.get_base_layer()) is not torch.nn.Linear:
+            continue
+        sa = shared.get(name, (None, 0))[0]
+        if sa is None:
+            out[name] = GroupProduct([m])
+            continue
+        if id(sa) not in seen:
+            if any(type(x.get_base_layer()) is not torch.nn.Linear for x in sa.layers):
+                continue
+            seen[id(sa)] = GroupProduct(sa.layers)
+        out[name] = seen[id(sa)]
+    return out
 
 
 def _siblings(layers: dict) -> dict:

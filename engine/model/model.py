@@ -8,6 +8,7 @@ hub id must already be in the local cache.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def attach_lora(model, config, gradient_checkpointing: bool):
     # fused forward reads B's (and the siblings' A) weights directly, so it stays PEFT's there.
     if not (config.deepspeed or config.uses_fsdp):
         fuse_lora_layers(peft_model)
-        if not config.quant_bits:
+        if not config.quant_bits and os.environ.get("LEVIATHAN_RELAYOUT") != "off":
             from engine.model.siblings import relayout
 
             # Training computes layer by layer as before (each weight a contiguous slice); the
