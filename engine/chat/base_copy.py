@@ -1,4 +1,5 @@
-"""Decoding a 4-bit base at bf16 speed: a bf16 copy of its weights, held by the engine.
+"""Decoding a 4-bit base at bf16 speed: a bf16 copy of its weights, held by the engine; and a
+bf16 base's copy that one adapter is merged into.
 
 bitsandbytes' 4-bit product dequantizes the whole weight on every call when more than one
 token row goes through (a probe batch: every decode step re-expands every layer), and its
@@ -24,6 +25,10 @@ It is made again for every probe session (``release`` after each suite) rather t
 between saves: kept, it would sit beside training's activations at every step (16 GiB on an
 8B base), and the estimate would have to turn gradient checkpointing on for it; made again,
 it costs one dequantize pass (``seconds`` in the note; benchmarks/qlora_decode.py measures it).
+
+A bf16 base (LoRA) gets a copy only to merge one adapter into (``plan(..., merge=True)``,
+``_plan_merge``): its adapted layers' weights copied (laid out as the siblings are), the
+adapter merged in as above, the layers run base only. The same memory guard; the same life.
 """
 
 from __future__ import annotations
@@ -71,18 +76,38 @@ def free_bytes(device) -> int:
     return psutil.virtual_memory().available
 
 
+def plain_layers(core) -> list:
+    """The plain ``nn.Linear`` base layers under the model's LoRA layers (a bf16 base's adapted
+    layers: what a merged copy holds)."""
+    out = []
+    for m in lora_layers(core):
+        base = m.get_base_layer()
+        if type(base) is torch.nn.Linear and base.weight.device.type != "meta" and base not in out:
+            out.append(base)
+    return out
+
+
 def _state(layer):
     """The layer's quant state (on the weight; bitsandbytes' forward falls back on the module's)."""
     state = getattr(layer.weight, "quant_state", None)
     return state if state is not None else layer.quant_state
 
 
+def _plain(layer) -> bool:
+    return type(layer) is torch.nn.Linear
+
+
 def _dtype(layer):
+    if _plain(layer):
+        return layer.weight.dtype
     compute = getattr(layer, "compute_dtype", None)
     return compute if compute is not None else _state(layer).dtype
 
 
 def _dequantized(layer) -> torch.Tensor:
+    """The layer's weight in its compute dtype: a plain layer's own, a 4-bit one's expanded."""
+    if _plain(layer):
+        return layer.weight.detach()
     from bitsandbytes.functional import dequantize_4bit
 
     w = dequantize_4bit(layer.weight.data, _state(layer))
@@ -133,7 +158,15 @@ class BaseCopy:
                     copies[id(m)] = whole[start : start + m.out_features]
                     copies[id(m)].copy_(_dequantized(m))
                     start += m.out_features
-            weights = [copies[id(m)] if id(m) in copies else _dequantized(m) for m in layers]
+            # A plain layer's weight is the layer's own tensor: copied, never merged into in place.
+            weights = [
+                copies[id(m)]
+                if id(m) in copies
+                else _dequantized(m).clone()
+                if _plain(m)
+                else _dequantized(m)
+                for m in layers
+            ]
         if weights and weights[0].is_cuda:
             torch.cuda.synchronize(weights[0].device)
         return cls(layers, weights, time.perf_counter() - t0, groups)
@@ -183,7 +216,7 @@ def _plain_forward(weight: torch.Tensor, bias: torch.Tensor | None):
 
 
 def plan(
-    core, device, choice: str, free: Callable[[], int] | None = None, beside: int = 0
+    core, device, choice: str, free: Callable[[], int] | None = None, beside: int = 0, merge: bool = False
 ) -> tuple[BaseCopy | None, str | None]:
     """(the copy or None, the note saying which path the 4-bit base decodes on; None: no 4-bit base).
 
@@ -194,7 +227,7 @@ def plan(
     first forward)."""
     layers = four_bit_layers(core)
     if not layers:
-        return None, None
+        return _plan_merge(core, device, choice, free, beside) if merge else (None, None)
     if choice == "auto":
         choice = os.environ.get(ENV) or "auto"
         if choice not in CHOICES:
@@ -214,6 +247,37 @@ def plan(
         )
     made = BaseCopy.make(layers, siblings.groups(core, plain=False) if siblings_wanted(device) else None)
     return made, f"4-bit base decoded on a bf16 copy ({size_text(size)}, made in {made.seconds:.2f} s)"
+
+
+def _plan_merge(core, device, choice, free, beside) -> tuple[BaseCopy | None, str | None]:
+    """A bf16 base's adapted layers copied, for one adapter to be merged into (``merge``): a
+    probe or a chat on one adapter then decodes as a merged model (benchmarks/generate.py:
+    1.3x the routed adapter at batch 1 on an H100). The training model's weights are never
+    touched; the copy lives until ``Decoder.release()``, as a 4-bit base's does."""
+    layers = plain_layers(core)
+    if not layers:
+        return None, None
+    if choice == "off" or os.environ.get(ENV) == "off":
+        return None, "adapter beside the bf16 base (merged copy turned off)"
+    size = copy_bytes(layers, layers[0].weight.element_size())
+    have = (free or (lambda: free_bytes(device)))()
+    if size + MARGIN + beside > have:
+        also = f" + {size_text(beside)} KV cache" if beside else ""
+        return None, (
+            f"adapter beside the bf16 base: a merged copy needs {size_text(size)} + {size_text(MARGIN)} margin"
+            f"{also}, {size_text(have)} free"
+        )
+    ids = {id(m) for m in layers}
+    groups = (
+        [g for g in siblings.groups(core) if all(id(m) in ids for m in g)]
+        if siblings_wanted(device)
+        else None
+    )
+    made = BaseCopy.make(layers, groups)
+    return (
+        made,
+        f"bf16 base copied to merge the adapter into ({size_text(size)}, made in {made.seconds:.2f} s)",
+    )
 
 
 def size_text(n: int) -> str:

@@ -130,27 +130,34 @@ class Decoder:
         """Which path a 4-bit base decodes on (None: no 4-bit base, or not planned yet)."""
         return self._base[1] if self._base is not None else None
 
-    def _base_copy(self, rows: int, length: int):
+    def _base_copy(self, rows: int, length: int, route):
         """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release;
-        the first call's KV cache (transformers allocates it at the first forward) is counted."""
+        the first call's KV cache (transformers allocates it at the first forward) is counted.
+        A bf16 base's copy is planned at the first route to one adapter (to merge it in)."""
         if self._base is None:
+            merge = not base_copy.four_bit_layers(self.core) and self._one_adapter(route)
+            if not merge and not base_copy.four_bit_layers(self.core):
+                return None
             cache = kv_cache_bytes(self.core.config, rows, length, torch.finfo(self.dtype).bits // 8)
-            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free, cache)
+            self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free, cache, merge)
         copy, note = self._base
         if note:
             self.notes.append(note)
         return copy
+
+    def _one_adapter(self, route) -> bool:
+        names = set(route.names) if route is not None and route.supported else {None}
+        return len(names) == 1 and None not in names and base_copy.merge_wanted(self.device)
 
     def _merged(self, copy, route, rows: int):
         """A route to one adapter over a 4-bit base's copy: the adapter merged into the copy and
         the layers run base only (what a merged model decodes); otherwise the route as given."""
         if copy is None:
             return route
-        names = set(route.names) if route is not None and route.supported else {None}
-        if len(names) != 1 or None in names or not base_copy.merge_wanted(self.device):
+        if not self._one_adapter(route):
             copy.merge(self.model, None, None)  # the base as it is (no adapter left merged in)
             return route
-        copy.merge(self.model, names.pop(), route.key)
+        copy.merge(self.model, route.names[0], route.key)
         base_only = self._base_route
         if base_only is None or len(base_only.names) != rows:
             from engine.chat.routing import Route
@@ -212,18 +219,19 @@ class Decoder:
         st = _State(n, width, length, rows, pad_id, dev, self.dtype, buffers)
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
-        copy = self._base_copy(n, length)
+        copy = self._base_copy(n, length, route)
         route = self._merged(copy, route, n)
         route_ctx = route if route is not None else _nothing()
         if self._siblings is None:
             self._siblings = SiblingProducts(self.core, self.device)
-        with route_ctx, copy if copy is not None else _nothing(), self._siblings:
+        # The copy's forwards go in last: on a bf16 base they replace the siblings' own.
+        with route_ctx, self._siblings, copy if copy is not None else _nothing():
             logits = self._forward(st.prompt, st.prefill_mask(), st.prompt_pos, st.prompt_cpos, cache)
             st.begin_decode(_pick(logits, greedy, temperature, top_p))
             out.push(st.ids)
             out.drain(0)
             t_first = time.perf_counter()
-            step = self._stepper(st, cache, route, greedy, temperature, top_p)
+            step = self._stepper(st, cache, route, greedy, temperature, top_p, copy)
             for _ in range(max_new_tokens - 1):
                 if out.all_done or (should_stop and should_stop()):
                     break
@@ -243,7 +251,7 @@ class Decoder:
             notes=notes,
         )
 
-    def _stepper(self, st, cache, route, greedy, temperature, top_p) -> Callable[[], None]:
+    def _stepper(self, st, cache, route, greedy, temperature, top_p, copy=None) -> Callable[[], None]:
         fused = None
         if self.mode == "compile-graph":
             # Inductor fuses the small ops (norms, rope, activations); graph breaks cost nothing
@@ -262,7 +270,8 @@ class Decoder:
             return eager_step
         if self.mode == "compile":
             return self._compiled_step(st, cache, greedy, temperature, top_p)
-        key = (route.key if route is not None else None, st.rows, st.length, greedy)
+        # A bf16 base's copy comes after graphs may have been captured on its own weights.
+        key = (route.key if route is not None else None, st.rows, st.length, greedy, id(copy) if copy else 0)
         self._mode_used = self.mode
         graph = self._graphs.get(key, (None,))[0]
 

@@ -97,13 +97,15 @@ def needs_checkpointing(config, liger: bool, loaded_bytes: int = 0) -> tuple[boo
 
 
 def with_probes(model_config, config, need: int, free: int) -> tuple[int, int | None]:
-    """(``need`` plus what the on-save probes add, the bf16 copy of a 4-bit base counted in it:
+    """(``need`` plus what the on-save probes add, the bf16 copy (of a 4-bit base, or of a bf16
+    base to merge the adapter into) counted in it:
     bytes with its margin, 0 when it does not fit beside ``need`` in ``free``, None when none)."""
     ev = config.evaluation
     if ev is None or not ev.on_save:
         return need, None
     need += probe_bytes(model_config, ev.batch_size, ev.max_new_tokens)
-    if config.quant_bits != 4:
+    # A 4-bit base decodes on a bf16 copy; a bf16 LoRA base merges the probed adapter into one.
+    if config.quant_bits != 4 and (config.quant_bits or config.adapter != "lora"):
         return need, None
     copy = base_copy_bytes(model_config) + COPY_MARGIN
     copy = copy if need + copy <= 0.92 * free else 0
