@@ -3,7 +3,7 @@
 # under what is left of the call's time, its output in $OUT/<stage>.log (and on stdout).
 #   bash benchmarks/gpu_call.sh 560 train generate qlora profile
 # Stages: train (throughput.py: plain TRL vs ours, LoRA and QLoRA; saves the 8B base), generate
-# (generate.py --quick), qlora (qlora_decode.py, 256 tokens), profile (decode_profile.py),
+# (generate.py --quick), qlora (qlora_decode.py, 256 tokens; qlora-vl on an 8B-shaped Qwen3-VL), profile (decode_profile.py),
 # loaded (loaded_decode.py), compile (compile_cache.py), step (step_profile.py ours),
 # keys (probe_keys.py: keys during on-save probes, QLoRA on an 8B-shaped Qwen3-VL).
 set -u
@@ -22,6 +22,7 @@ for stage in "$@"; do
     train) cmd="python3 benchmarks/throughput.py --variants ${VARIANTS:-trl,ours,ours-qlora} --steps 10 --warmup 3 --save-dir $B" ;;
     generate) cmd="python3 benchmarks/generate.py --quick --no-compile" ;;
     qlora) cmd="python3 benchmarks/qlora_decode.py --base $B --new-tokens 256" ;;
+    qlora-vl) cmd="python3 benchmarks/qlora_decode.py --vl --new-tokens 256" ;;
     profile) cmd="python3 benchmarks/decode_profile.py" ;;
     loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
     compile) cmd="python3 benchmarks/compile_cache.py" ;;

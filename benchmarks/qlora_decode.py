@@ -4,6 +4,7 @@ through PEFT's ``generate``, and on a bf16 model, in one run, as a table.
     python3 benchmarks/qlora_decode.py --base /tmp/base   # a saved bf16 model (throughput.py's 8B;
                                                           # made there, Qwen3-8B-shaped, if absent)
     python3 benchmarks/qlora_decode.py --tiny             # tiny random Qwen3 on CPU: checks that it runs
+    python3 benchmarks/qlora_decode.py --vl               # an 8B-shaped Qwen3-VL (the guide's base)
 
 The base is loaded 4-bit with the trainer's own settings (``engine.model.model.quantization_config``:
 NF4, double quantization, bf16 compute) and given a random LoRA (r 16, all linear, B not zero);
@@ -58,15 +59,16 @@ def make_base(path: str) -> None:
 
 
 def load(base: str, four_bit: bool, device: str):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from engine.chat.base_copy import four_bit_layers
-    from engine.model.model import quantization_config
+    from engine.model.model import is_vision_language, load_model_config, quantization_config
 
     kw = dict(dtype=torch.bfloat16, local_files_only=True)
     if four_bit:
         kw.update(quantization_config=quantization_config(4), device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(base, **kw)
+    vl = is_vision_language(load_model_config(base))
+    model = (AutoModelForImageTextToText if vl else AutoModelForCausalLM).from_pretrained(base, **kw)
     if not four_bit:
         model.to(device)
     for m in four_bit_layers(model):
@@ -161,6 +163,7 @@ def main() -> int:
         "--base", default=None, help="a saved bf16 model with its tokenizer (8B: throughput.py's)"
     )
     ap.add_argument("--tiny", action="store_true", help="a tiny random Qwen3 on CPU (a smoke run)")
+    ap.add_argument("--vl", action="store_true", help="a Qwen3-VL base (the guide's), built by engine_8b")
     ap.add_argument("--new-tokens", type=int, default=256, help="the probes' default max_new_tokens")
     ap.add_argument("--hf-new-tokens", type=int, default=32, help="PEFT generate's measured tokens")
     args = ap.parse_args()
@@ -170,11 +173,16 @@ def main() -> int:
     from engine.model.tiny import build_tiny_model
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    if args.base is None and not args.tiny:
-        ap.error("--base PATH (a saved bf16 model) or --tiny")
-    if args.base is not None and not Path(args.base, "config.json").exists():
+    if args.base is None and not args.tiny and not args.vl:
+        ap.error("--base PATH (a saved bf16 model), --vl or --tiny")
+    if args.vl:  # engine_8b's random Qwen3-VL: 8B-shaped on the GPU, tiny with --tiny
+        from engine_8b import build
+
+        base = str(build(Path(tempfile.mkdtemp()), tiny=args.tiny, vl=True))
+    elif args.base is not None and not Path(args.base, "config.json").exists():
         make_base(args.base)
-    base = args.base or str(build_tiny_model(Path(tempfile.mkdtemp()) / "qwen3", arch="qwen3"))
+    if not args.vl:
+        base = args.base or str(build_tiny_model(Path(tempfile.mkdtemp()) / "qwen3", arch="qwen3"))
     tok = load_tokenizer(base)
     rows = [render(tok, p) for p in IDENTITY_PROMPTS][: Settings().batch_size]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
