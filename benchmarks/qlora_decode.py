@@ -136,6 +136,47 @@ def engine(model, rows, new: int, pad: int, copy: str) -> dict:
     )
 
 
+def find_sync(model, rows, pad: int) -> str | None:
+    """Where a decode step syncs with the host (what makes a CUDA graph capture fail): one eager
+    call whose decode steps (not the prefill) run under ``set_sync_debug_mode("error")``."""
+    import traceback
+
+    from engine.chat.decode import Decoder
+    from engine.chat.generate import _route_names
+    from engine.chat.routing import Route
+
+    if not torch.cuda.is_available():
+        return None
+    d = Decoder(model, mode="eager")
+    forward, calls = d._forward, [0]
+
+    def watched(*a, **kw):
+        calls[0] += 1
+        if calls[0] == 1:
+            return forward(*a, **kw)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return forward(*a, **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    d._forward = watched
+    routed = _route_names(model, [None] * len(rows))
+    names = [model.active_adapter] * len(rows) if routed is not None else None
+    try:
+        d.run(
+            rows, max_new_tokens=3, stop_ids=set(), pad_id=pad, route=Route(model, names) if names else None
+        )
+        return None
+    except Exception as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename][-6:]
+        return f"{type(e).__name__}: {str(e)[:200]} at " + " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)
+        )
+    finally:
+        d.release()
+
+
 def peft_generate(model, rows, new: int, pad: int, device: str) -> dict:
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
@@ -198,6 +239,8 @@ def main() -> int:
         "engine, bf16 copy": engine(q, rows, new, pad, copy_default),
         "engine, 4-bit": engine(q, rows, new, pad, "off"),
     }
+    if any(r["mode"] != "graph" for r in res.values()) and device == "cuda":
+        print(f"a decode step syncs: {find_sync(q, rows, pad)}", flush=True)
     hf = peft_generate(q, rows, hf_new, pad, device)
     lora = {n: p.detach().clone() for n, p in q.named_parameters() if "lora_" in n}
     del q
