@@ -101,6 +101,7 @@ class Decoder:
         self._base: tuple[base_copy.BaseCopy | None, str | None] | None = None  # (copy, note) once planned
         self._siblings: SiblingProducts | None = None
         self._base_route = None  # the base-only route a merged copy decodes with
+        self.capture_note: str | None = None  # why this engine's decode steps run eagerly
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -129,6 +130,12 @@ class Decoder:
     def base_note(self) -> str | None:
         """Which path a 4-bit base decodes on (None: no 4-bit base, or not planned yet)."""
         return self._base[1] if self._base is not None else None
+
+    @property
+    def path_note(self) -> str | None:
+        """What a probe record says of its decode: the base's path and a failed graph capture."""
+        notes = [n for n in (self.base_note, self.capture_note) if n]
+        return "; ".join(notes) or None
 
     def _base_copy(self, rows: int, length: int, route):
         """The bf16 copy of a 4-bit base, planned once (before any graph reads it) until release;
@@ -315,6 +322,7 @@ class Decoder:
         except Exception as e:  # a model that syncs inside its forward: eager steps still work
             note = f"decode steps ran eagerly: CUDA graph capture failed ({type(e).__name__}: {e})"
             self.notes.append(note[:300])
+            self.capture_note = note[:300]
             self.mode = "eager"
             torch.cuda.synchronize(self.device)
             return None

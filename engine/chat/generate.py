@@ -64,9 +64,10 @@ def release(model) -> None:
 
 
 def base_note(model) -> str | None:
-    """Which path the model's 4-bit base decodes on in its engine (None: no 4-bit base, no engine)."""
+    """Which path the model's 4-bit base decodes on in its engine, and whether its steps ran
+    eagerly for a failed graph capture (None: nothing to say, or no engine)."""
     d = _DECODERS.get(model)
-    return d.base_note if d is not None else None
+    return d.path_note if d is not None else None
 
 
 def _route_names(model, names):
