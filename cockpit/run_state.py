@@ -30,6 +30,7 @@ class RunState:
         self.loading = False  # an attached log is still being read: its end record may be to come
         self.log_damaged = False  # a run_log_damaged alert (engine.run.seal): its end may be lost
         self.probing: dict | None = None  # the last `probing` record while the save's probes run
+        self._cut: tuple[str, int] | None = None  # (stop|pause, step): probes cut, acting at that step
         self._resumed_at: int | None = None
         self._steps_since_start = 0
 
@@ -94,6 +95,11 @@ class RunState:
                 self.probing = r
             elif kind in ("probe", "step", "paused", "start", "end"):
                 self.probing = None
+            # A stop or pause that cut the probes acts at that same step (no step, no second save).
+            if kind == "probe" and r.get("cut") in ("stop", "pause") and isinstance(r.get("step"), int):
+                self._cut = (r["cut"], r["step"])
+            elif kind in ("step", "paused", "resumed", "start", "end"):
+                self._cut = None
             if isinstance(r.get("step"), int):
                 self.step = r["step"]
             if isinstance(r.get("max_steps"), int) and r["max_steps"] > 0:
@@ -161,6 +167,8 @@ class RunState:
         if self.phase == "stopping":
             if self.probing is not None:  # the engine ends on the checkpoint the probes run on
                 return f"stopping: cutting the probes short, ending on the checkpoint of step {self.probing.get('step', '?')}"
+            if self._cut is not None and self._cut[0] == "stop":
+                return f"stopping: ending on the checkpoint of step {self._cut[1]:,}"
             return "stopping: saving a checkpoint at the next step"
         if self.phase == "starting":
             return "starting: loading model and data" if not self.read_only else "waiting for records"
@@ -168,6 +176,8 @@ class RunState:
             line = probing_line(self.probing)
             return f"{line} · pausing: cutting the probes short" if self.asked == "pause" else line
         if self.asked == "pause":
+            if self._cut is not None and self._cut[0] == "pause":
+                return f"pausing at step {self._cut[1]:,}"
             return "training · pausing at the next step"
         return "training" if not self.read_only else "running"
 

@@ -92,7 +92,7 @@ def test_the_header_says_probing_while_a_save_s_probes_run():
     state.pause_requested()
     assert state.label().endswith("· pausing: cutting the probes short")
     state.observe([{"kind": "probe", "step": 20, "suite": "identity", "cut": "pause"}])
-    assert state.label() == "training · pausing at the next step"
+    assert state.label() == "pausing at step 20"  # the engine holds at the step just saved
     state.observe([{"kind": "paused", "step": 20}])
     assert state.label() == "paused at step 20"
     state.observe(
@@ -107,7 +107,13 @@ def test_the_header_says_probing_while_a_save_s_probes_run():
     state.stop_requested()  # the engine cuts the probes and ends on checkpoint-60 (no second save)
     assert state.label() == "stopping: cutting the probes short, ending on the checkpoint of step 60"
     state.observe([{"kind": "probe", "step": 60, "suite": "identity", "cut": "stop"}])
-    assert state.label() == "stopping: saving a checkpoint at the next step"
+    assert state.label() == "stopping: ending on the checkpoint of step 60"  # no second save
+    state.observe([{"kind": "end", "step": 60, "status": "stopped"}])
+    assert state.label() == "stopped at step 60"
+    later = RunState(read_only=False)  # a stop asked with no probes running: the save comes next
+    later.observe([{"kind": "start", "step": 0}, {"kind": "step", "step": 5}])
+    later.stop_requested()
+    assert later.label() == "stopping: saving a checkpoint at the next step"
 
 
 def test_run_state_is_where_keys_ask():
