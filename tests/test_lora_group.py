@@ -193,3 +193,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, monkeypatch
     assert g0.keys() == g1.keys()
     for name in g0:
         assert torch.equal(g0[name], g1[name]), name
+
+
+def test_a_forward_cut_short_lets_go_of_its_graph_when_forgotten(monkeypatch):
+    """An OOM between q and k leaves the group holding k and v (and the graph behind them);
+    ``lora_autocast.forget`` (the OOM guard calls it before the retry) lets them go."""
+    import gc
+    import weakref
+
+    model = block(None, monkeypatch)
+    attn = model.base_model.model
+    x = torch.randn(1, 5, 64).to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn.q_proj(x)  # the forward "fails" here: k and v never ask for theirs
+    group = attn.k_proj.forward.group
+    held = weakref.ref(group._outs[1])
+    assert held() is not None
+    lora_autocast.forget(model)
+    gc.collect()
+    assert held() is None and group._outs == ()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the next forward computes afresh
+        k = attn.k_proj(x)
+    assert k.shape[-1] == 16

@@ -120,6 +120,19 @@ def fuse_lora_layers(model) -> int:
     return len(layers)
 
 
+def forget(model) -> None:
+    """Drop every product a sibling group holds for its siblings still to come. A forward that
+    raised midway (an OOM) leaves them held, and with them the failed step's whole autograd
+    graph: the OOM guard calls this before it runs the step again in halves."""
+    for m in model.modules():
+        f = m.__dict__.get("forward")
+        if isinstance(f, FusedForward):
+            if f.shared is not None:
+                f.shared._key, f.shared._mids = None, ()
+            if f.group is not None:
+                f.group.forget()
+
+
 def _groups(layers: dict, shared: dict) -> dict:
     """Full name -> GroupProduct: each sibling group with plain ``nn.Linear`` bases as one
     autograd node, and every other such layer as a group of one."""

@@ -140,5 +140,8 @@ class GroupProduct:
             out = self._outs[i]
         self._left.discard(i)
         if not self._left:  # every sibling has its output: hold none past the layer
-            self._outs, self._key = (), None
+            self.forget()
         return out
+
+    def forget(self) -> None:
+        self._outs, self._key, self._left = (), None, set()

@@ -167,6 +167,9 @@ class MicroBatches:
         g = self.g
         step = trainer.state.global_step + 1
         model.zero_grad(set_to_none=True)
+        from engine.model.lora_autocast import forget
+
+        forget(model)  # sibling products the failed forward left held (and its graph with them)
         if self.metric_snapshot is not None:
             trainer._metric_sums["train"] = dict(self.metric_snapshot)
         gc.collect()
