@@ -215,3 +215,23 @@ def test_a_forward_cut_short_lets_go_of_its_graph_when_forgotten(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # and the next forward computes afresh
         k = attn.k_proj(x)
     assert k.shape[-1] == 16
+
+
+def test_outputs_can_be_changed_in_place_downstream(monkeypatch):
+    """Some models scale or rotate a projection in place; a view made inside a custom Function
+    may not be, so the group returns tensors of their own, and the gradients stay right."""
+    x = torch.randn(1, 5, 64).to(torch.bfloat16)
+    outs = []
+    for mode in (None, "nogroup"):
+        model = block(mode, monkeypatch)
+        attn = model.base_model.model
+        xg = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k = attn.q_proj(xg), attn.k_proj(xg)
+            assert mode is not None or not q._is_view()  # ungrouped: a plain autograd view
+            q.mul_(0.5)  # in place, as some attention code does
+            loss = q.float().sum() + k.float().pow(2).sum()
+        loss.backward()
+        outs.append((xg.grad, attn.q_proj.lora_B["default"].weight.grad))
+    (dx, dB), (dx_a, dB_a) = outs
+    assert close(dx, dx_a, 0.01) and close(dB, dB_a, 0.01)

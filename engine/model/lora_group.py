@@ -35,10 +35,18 @@ class _Group(torch.autograd.Function):
             Wc = [w.to(dtype) for w in Ws]
             outs, r = [], 0
             for W, b, B, s in zip(Wc, bias, Bc, scales, strict=True):
-                y = F.linear(flat, W, None if b is None else b.to(dtype))
-                y.addmm_(h[:, r : r + B.shape[1]], B.t(), alpha=s)
+                # Written through a 2-D view into a tensor of the output's own shape: a view
+                # returned from a custom Function may not be modified in place downstream
+                # (autograd forbids it), and some models do that to their projections.
+                y = flat.new_empty((*x.shape[:-1], W.shape[0]))
+                y2 = y.view(-1, W.shape[0])
+                if b is None:
+                    torch.mm(flat, W.t(), out=y2)
+                else:
+                    torch.addmm(b.to(dtype), flat, W.t(), out=y2)
+                y2.addmm_(h[:, r : r + B.shape[1]], B.t(), alpha=s)
                 r += B.shape[1]
-                outs.append(y.view(*x.shape[:-1], y.shape[-1]))
+                outs.append(y)
         ctx.save_for_backward(flat, h, A, *Bc, *Wc)
         ctx.scales, ctx.n, ctx.x_meta = scales, n, (x.shape, x.dtype)
         ctx.param_dtypes = [p.dtype for p in params[: 2 * n]]
