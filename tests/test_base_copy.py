@@ -405,3 +405,32 @@ def test_one_adapter_is_merged_into_the_copy_and_taken_out_again(qlora, monkeypa
     for m, w in zip(copy.layers, copy.weights, strict=True):
         assert torch.equal(w, _nf4_by_hand(m))  # dequantized again: exactly the base
     d.release()
+
+
+def test_no_merge_when_the_copy_does_not_hold_every_adapted_layer(qlora, monkeypatch):
+    """LoRA on ``lm_head`` too (bf16 there, not 4-bit): merged into the copy of the 4-bit layers
+    alone, the base-only route would drop lm_head's adapter. The route stays routed, and answers
+    as with the merge turned off."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        _load_4bit(qlora["path"]),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], init_lora_weights=False),
+    )
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data.mul_(3.0)
+    model.eval()
+    assert not base_copy.covers(model, base_copy.four_bit_layers(model), "default")
+    rows, stops, pad = qlora["rows"], qlora["stops"], qlora["pad"]
+    got = {}
+    for env in ("off", "on"):
+        monkeypatch.setenv(base_copy.MERGE_ENV, env)
+        d = Decoder(model, base="on")
+        got[env] = d.run(
+            rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3)
+        )
+        d.release()
+    assert not any("merged into" in n for n in got["on"].notes)
+    assert got["on"].tokens == got["off"].tokens

@@ -178,3 +178,23 @@ def test_the_estimate_counts_the_merged_copy_where_it_fits(bf16, write_config):
     fits = int((train + decode + copy) / 0.92) + 1
     assert with_probes(model.config, config, train, fits) == (train + decode + copy, copy)
     assert with_probes(model.config, config, train, fits - 1000) == (train + decode, 0)
+
+
+def test_no_copy_when_an_adapted_layer_is_not_a_linear_one(tiny_model, monkeypatch):
+    """LoRA on the embedding too: a copy of the linear layers could not hold the whole adapter,
+    so none is made (the adapter stays routed, as without the switch)."""
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setenv(base_copy.MERGE_ENV, "on")
+    path = tiny_model("qwen3")
+    torch.manual_seed(0)
+    model = get_peft_model(
+        _load(path), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"])
+    ).eval()
+    assert not base_copy.covers(model, base_copy.plain_layers(model), "default")
+    d = Decoder(model)
+    route = Route(model, ["default"])
+    if route.supported:
+        res = d.run([[3, 4, 5]], max_new_tokens=2, stop_ids=set(), pad_id=0, route=route)
+        assert d._base is None and not any("copy" in n for n in res.notes)
+    d.release()

@@ -76,6 +76,19 @@ def free_bytes(device) -> int:
     return psutil.virtual_memory().available
 
 
+def covers(model, bases, name: str) -> bool:
+    """Whether every LoRA layer of ``model`` that holds adapter ``name`` has its base layer among
+    ``bases``: only then does a merge into their copy leave no part of the adapter behind (a
+    QLoRA model's LoRA on ``lm_head``, or an 8-bit model's layers, are not in the copy)."""
+    ids = {id(b) for b in bases}
+    holding = (
+        m
+        for m in lora_layers(model)
+        if name in m.lora_A or name in (getattr(m, "lora_embedding_A", None) or {})
+    )
+    return all(id(m.get_base_layer()) in ids for m in holding)
+
+
 def plain_layers(core) -> list:
     """The plain ``nn.Linear`` base layers under the model's LoRA layers (a bf16 base's adapted
     layers: what a merged copy holds)."""

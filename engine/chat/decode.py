@@ -142,7 +142,11 @@ class Decoder:
         the first call's KV cache (transformers allocates it at the first forward) is counted.
         A bf16 base's copy is planned at the first route to one adapter (to merge it in)."""
         if self._base is None:
-            merge = not base_copy.four_bit_layers(self.core) and self._one_adapter(route)
+            merge = (
+                not base_copy.four_bit_layers(self.core)
+                and self._one_adapter(route)
+                and base_copy.covers(self.model, base_copy.plain_layers(self.core), route.names[0])
+            )
             if not merge and not base_copy.four_bit_layers(self.core):
                 return None
             cache = kv_cache_bytes(self.core.config, rows, length, torch.finfo(self.dtype).bits // 8)
@@ -161,7 +165,7 @@ class Decoder:
         the layers run base only (what a merged model decodes); otherwise the route as given."""
         if copy is None:
             return route
-        if not self._one_adapter(route):
+        if not self._one_adapter(route) or not base_copy.covers(self.model, copy.layers, route.names[0]):
             copy.merge(self.model, None, None)  # the base as it is (no adapter left merged in)
             return route
         copy.merge(self.model, route.names[0], route.key)
