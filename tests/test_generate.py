@@ -136,6 +136,63 @@ def test_unsupported_adapter_falls_back_to_hf_generate(tiny_model):
     assert got.tokens == [want]
 
 
+def test_an_adapter_on_the_embedding_falls_back_with_its_own_rows(tiny_model):
+    """An embedding's LoRA is not routed: the engine would have left PEFT's embedding forward in
+    place, adding the *active* adapter's delta to a row routed to another. PEFT's own path
+    answers instead, and a row routed to the inactive adapter gets that adapter's answer."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _load(tiny_model("qwen3"))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+    model = get_peft_model(model, lora, adapter_name="one")
+    model.add_adapter("two", lora)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data.mul_(3.0)
+    model.eval()
+    model.set_adapter("one")
+    stops, pad, rows = stop_token_ids(tok, model), tok.pad_token_id, _rows(tok)
+    got = run_rows(model, rows[:1], max_new_tokens=NEW, stop_ids=stops, pad_id=pad, names=["two"])
+    assert got.mode == "hf-generate" and "Embedding" in got.notes[0]
+    model.set_adapter("two")
+    want = _reference(model, rows[0], stops, pad)  # PEFT's own answer with "two" active
+    model.set_adapter("one")
+    assert got.tokens == [want]
+
+
+def test_the_slow_path_answers_for_the_target_not_the_active_adapter(tiny_model):
+    """DoRA takes PEFT's path: a row routed to the inactive adapter, or to the base, gets that
+    target's answer, and the model is left as it was (active adapter, trainable flags)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _load(tiny_model("qwen3"))
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False)
+    model = get_peft_model(model, lora, adapter_name="one")
+    model.add_adapter("two", lora)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p.data.mul_(3.0)
+    model.eval()
+    model.set_adapter("one")
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    stops, pad, rows = stop_token_ids(tok, model), tok.pad_token_id, _rows(tok)
+    model.set_adapter("two")
+    want_two = _reference(model, rows[0], stops, pad)
+    model.set_adapter("one")
+    with model.disable_adapter():
+        want_base = _reference(model, rows[0], stops, pad)
+    want_one = _reference(model, rows[0], stops, pad)
+    assert len({tuple(want_two), tuple(want_base), tuple(want_one)}) == 3  # the targets differ
+    for names, want in ((["two"], want_two), ([None], want_base), (["one"], want_one)):
+        got = run_rows(model, rows[:1], max_new_tokens=NEW, stop_ids=stops, pad_id=pad, names=names)
+        # The base touches no DoRA layer: the engine itself answers that row.
+        assert (got.mode == "hf-generate") == (names[0] is not None) and got.tokens == [want], names
+        assert model.active_adapter == "one"
+        assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
 def test_sampling_and_stop(tiny_model):
     model, tok = _load(tiny_model("qwen3"))
     stops = stop_token_ids(tok, model)

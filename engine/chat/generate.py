@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 from collections.abc import Callable, Sequence
@@ -166,7 +167,7 @@ def _hf_rows(
     kw.update(hf_sampling(temperature, top_p))
     if routed is not None and len(set(routed)) > 1:
         kw["adapter_names"] = [n or "__base__" for n in routed]
-    with torch.no_grad():
+    with torch.no_grad(), _one_target(model, routed):
         model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -184,6 +185,29 @@ def _hf_rows(
         "hf-generate",
         [f"slow path: {why}"],
     )
+
+
+@contextlib.contextmanager
+def _one_target(model, routed):
+    """Every row to one target: that adapter active (or the adapters off, for the base) while
+    ``generate`` runs, and the model as it was after (``training_untouched``: the active adapter,
+    ``requires_grad``, modes). Without it the rows got the active adapter's answer under another
+    adapter's name."""
+    names = set(routed) if routed is not None else set()
+    if len(names) != 1:
+        yield
+        return
+    from engine.chat.on_training import training_untouched
+
+    (name,) = names
+    with training_untouched(model):
+        if name is None:
+            with model.disable_adapter():
+                yield
+            return
+        if name != getattr(model, "active_adapter", None):
+            model.set_adapter(name)
+        yield
 
 
 class _Taken:

@@ -50,7 +50,9 @@ def _unsupported(model, names: set[str]) -> str | None:
         if ModulesToSaveWrapper and isinstance(m, ModulesToSaveWrapper):
             return "the adapter saves whole modules"
     for m in lora_layers(model):
-        here = names & set(m.lora_A.keys())
+        # An embedding's LoRA lives in lora_embedding_A: left out here, its layer would keep
+        # PEFT's forward and add the active adapter's delta to every row, whatever the route.
+        here = names & (set(m.lora_A.keys()) | set((getattr(m, "lora_embedding_A", None) or {}).keys()))
         if not here:
             continue
         if not isinstance(m, Linear) and not _quantized(m):
