@@ -190,24 +190,31 @@ def _hf_rows(
 @contextlib.contextmanager
 def _one_target(model, routed):
     """Every row to one target: that adapter active (or the adapters off, for the base) while
-    ``generate`` runs, and the model as it was after (``training_untouched``: the active adapter,
-    ``requires_grad``, modes). Without it the rows got the active adapter's answer under another
-    adapter's name."""
+    ``generate`` runs, and the active adapter and every ``requires_grad`` as they were after
+    (PEFT's ``set_adapter`` marks the adapter it activates trainable). Without it the rows got
+    the active adapter's answer under another adapter's name."""
     names = set(routed) if routed is not None else set()
     if len(names) != 1:
         yield
         return
-    from engine.chat.on_training import training_untouched
-
     (name,) = names
-    with training_untouched(model):
-        if name is None:
-            with model.disable_adapter():
-                yield
-            return
-        if name != getattr(model, "active_adapter", None):
-            model.set_adapter(name)
+    if name is None:
+        with model.disable_adapter():
+            yield
+        return
+    active = getattr(model, "active_adapter", None)
+    if name == active:
         yield
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.set_adapter(name)
+        yield
+    finally:
+        model.set_adapter(active)
+        for p, flag in flags:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
 
 
 class _Taken:
