@@ -136,22 +136,28 @@ def test_unsupported_adapter_falls_back_to_hf_generate(tiny_model):
     assert got.tokens == [want]
 
 
-def test_an_adapter_on_the_embedding_falls_back_with_its_own_rows(tiny_model):
-    """An embedding's LoRA is not routed: the engine would have left PEFT's embedding forward in
-    place, adding the *active* adapter's delta to a row routed to another. PEFT's own path
-    answers instead, and a row routed to the inactive adapter gets that adapter's answer."""
+def _two_adapters(tiny_model, targets: list[str], **lora):
+    """A tiny Qwen3 with adapters "one" (active) and "two", random and large enough to matter."""
     from peft import LoraConfig, get_peft_model
 
     model, tok = _load(tiny_model("qwen3"))
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
-    model = get_peft_model(model, lora, adapter_name="one")
-    model.add_adapter("two", lora)
+    config = LoraConfig(r=4, target_modules=targets, init_lora_weights=False, **lora)
+    model = get_peft_model(model, config, adapter_name="one")
+    model.add_adapter("two", config)
     for n, p in model.named_parameters():
         if "lora_" in n:
             p.data.mul_(3.0)
     model.eval()
     model.set_adapter("one")
+    return model, tok
+
+
+def test_an_adapter_on_the_embedding_falls_back_with_its_own_rows(tiny_model):
+    """An embedding's LoRA is not routed: the engine would have left PEFT's embedding forward in
+    place, adding the *active* adapter's delta to a row routed to another. PEFT's own path
+    answers instead, and a row routed to the inactive adapter gets that adapter's answer."""
+    model, tok = _two_adapters(tiny_model, ["q_proj", "embed_tokens"])
     stops, pad, rows = stop_token_ids(tok, model), tok.pad_token_id, _rows(tok)
     got = run_rows(model, rows[:1], max_new_tokens=NEW, stop_ids=stops, pad_id=pad, names=["two"])
     assert got.mode == "hf-generate" and "Embedding" in got.notes[0]
@@ -164,18 +170,7 @@ def test_an_adapter_on_the_embedding_falls_back_with_its_own_rows(tiny_model):
 def test_the_slow_path_answers_for_the_target_not_the_active_adapter(tiny_model):
     """DoRA takes PEFT's path: a row routed to the inactive adapter, or to the base, gets that
     target's answer, and the model is left as it was (active adapter, trainable flags)."""
-    from peft import LoraConfig, get_peft_model
-
-    model, tok = _load(tiny_model("qwen3"))
-    torch.manual_seed(0)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], use_dora=True, init_lora_weights=False)
-    model = get_peft_model(model, lora, adapter_name="one")
-    model.add_adapter("two", lora)
-    for n, p in model.named_parameters():
-        if "lora_" in n:
-            p.data.mul_(3.0)
-    model.eval()
-    model.set_adapter("one")
+    model, tok = _two_adapters(tiny_model, ["q_proj", "v_proj"], use_dora=True)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     stops, pad, rows = stop_token_ids(tok, model), tok.pad_token_id, _rows(tok)
     model.set_adapter("two")
