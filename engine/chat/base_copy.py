@@ -92,12 +92,11 @@ def covers(model, bases, name: str) -> bool:
 def plain_layers(core) -> list:
     """The plain ``nn.Linear`` base layers under the model's LoRA layers (a bf16 base's adapted
     layers: what a merged copy holds)."""
-    out = []
-    for m in lora_layers(core):
-        base = m.get_base_layer()
-        if type(base) is torch.nn.Linear and base.weight.device.type != "meta" and base not in out:
-            out.append(base)
-    return out
+    bases = (m.get_base_layer() for m in lora_layers(core))
+    # Each base once, in the model's order.
+    return list(
+        {id(b): b for b in bases if type(b) is torch.nn.Linear and b.weight.device.type != "meta"}.values()
+    )
 
 
 def _state(layer):

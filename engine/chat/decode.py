@@ -142,12 +142,13 @@ class Decoder:
         the first call's KV cache (transformers allocates it at the first forward) is counted.
         A bf16 base's copy is planned at the first route to one adapter (to merge it in)."""
         if self._base is None:
+            four_bit = bool(base_copy.four_bit_layers(self.core))
             merge = (
-                not base_copy.four_bit_layers(self.core)
+                not four_bit
                 and self._one_adapter(route)
                 and base_copy.covers(self.model, base_copy.plain_layers(self.core), route.names[0])
             )
-            if not merge and not base_copy.four_bit_layers(self.core):
+            if not (four_bit or merge):
                 return None
             cache = kv_cache_bytes(self.core.config, rows, length, torch.finfo(self.dtype).bits // 8)
             self._base = base_copy.plan(self.core, self.device, self._base_choice, self._free, cache, merge)
@@ -161,8 +162,9 @@ class Decoder:
         return len(names) == 1 and None not in names and base_copy.merge_wanted(self.device)
 
     def _merged(self, copy, route, rows: int):
-        """A route to one adapter over a 4-bit base's copy: the adapter merged into the copy and
-        the layers run base only (what a merged model decodes); otherwise the route as given."""
+        """A route to one adapter over the base's copy (a 4-bit base's, or a bf16 base's made to
+        merge into): the adapter merged into the copy and the layers run base only (what a merged
+        model decodes); otherwise, or where the copy lacks a layer of the adapter, the route as given."""
         if copy is None:
             return route
         if not self._one_adapter(route) or not base_copy.covers(self.model, copy.layers, route.names[0]):

@@ -202,19 +202,12 @@ def _one_target(model, routed):
         with model.disable_adapter():
             yield
         return
-    active = getattr(model, "active_adapter", None)
-    if name == active:
+    from engine.chat.routing import adapter_kept
+
+    with adapter_kept(model):
+        if name != getattr(model, "active_adapter", None):
+            model.set_adapter(name)
         yield
-        return
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.set_adapter(name)
-        yield
-    finally:
-        model.set_adapter(active)
-        for p, flag in flags:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
 
 
 class _Taken:

@@ -46,19 +46,15 @@ def training_untouched(model):
     RNG states (python, numpy, torch, cuda), every module's train/eval mode, every
     existing parameter's ``requires_grad``, and the active adapter. Inside: eval mode.
     """
+    from engine.chat.routing import adapter_kept
+
     rng = capture_rng()
     modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    active = getattr(model, "active_adapter", None)
     try:
-        model.eval()
-        yield
+        with adapter_kept(model):
+            model.eval()
+            yield
     finally:
-        if active is not None and getattr(model, "active_adapter", None) != active:
-            model.set_adapter(active)
-        for p, flag in flags:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode
         restore_rng(rng)

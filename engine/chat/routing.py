@@ -21,6 +21,8 @@ whole modules) make ``supported`` False: the caller uses PEFT's own path then.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,22 @@ def lora_layers(model) -> list:
     except ImportError:  # pragma: no cover
         return []
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextlib.contextmanager
+def adapter_kept(model):
+    """The active adapter and every parameter's ``requires_grad`` put back after the block
+    (PEFT's ``set_adapter`` marks the adapter it activates trainable)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    active = getattr(model, "active_adapter", None)
+    try:
+        yield
+    finally:
+        if active is not None and getattr(model, "active_adapter", None) != active:
+            model.set_adapter(active)
+        for p, flag in flags:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
 
 
 def _unsupported(model, names: set[str]) -> str | None:

@@ -77,8 +77,10 @@ class FusedForward:
         active = [a for a in m.active_adapters if a in m.lora_A]
         if any(a in m.lora_variant or getattr(m.lora_B[a], "bias", None) is not None for a in active):
             return cls_forward(m, x, *args, **kwargs)
-        if self.group is not None and len(active) == 1 and self.group.usable(active[0]):
-            return self.group.output(self.index, x, active[0])  # engine/model/lora_group.py
+        if self.group is not None and len(active) == 1:
+            out = self.group.output(self.index, x, active[0])  # engine/model/lora_group.py
+            if out is not None:
+                return out
         result = m.base_layer(x)
         out = result.reshape(-1, result.shape[-1])
         # Out of place, addmm first copies `out` into its result (a device-to-device memcpy of

@@ -122,6 +122,8 @@ class GroupProduct:
         return True
 
     def output(self, i: int, x, adapter: str):
+        """Sibling ``i``'s output for ``x``, or None where the group cannot compute (``usable``):
+        checked by the sibling that computes, not again by the ones that take their output."""
         key = self._key
         if (
             key is not None
@@ -132,6 +134,8 @@ class GroupProduct:
         ):
             out = self._outs[i]
         else:
+            if not self.usable(adapter):
+                return None
             dtype = torch.get_autocast_dtype(x.device.type)
             ms = self.layers
             bases = [m.get_base_layer() for m in ms]
