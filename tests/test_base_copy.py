@@ -353,7 +353,6 @@ def test_one_adapter_is_merged_into_the_copy_and_taken_out_again(qlora, monkeypa
     """A route to one adapter over the copy decodes as a merged model: the copy holds
     W + scaling * B @ A (worked out here from the NF4 values and the adapter), no adapter product
     runs a step, the answers are the adapter's; a base route afterwards finds the base again."""
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     model, rows, stops, pad = qlora["model"], qlora["rows"], qlora["stops"], qlora["pad"]
     monkeypatch.setenv(base_copy.MERGE_ENV, "on")
@@ -371,24 +370,12 @@ def test_one_adapter_is_merged_into_the_copy_and_taken_out_again(qlora, monkeypa
     with model.disable_adapter():
         base_only = [_reference(model, r, stops, pad) for r in rows]
 
-    class Matmuls(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Matmuls.n += func.overloadpacket.__name__ in ("mm", "addmm", "addmm_", "matmul")
-            return func(*args, **(kwargs or {}))
+    from engine.chat.routing import lora_layers
+    from tests.test_merged_copy import merge_cost
 
     d = Decoder(model, base="on")
-    counts = {}
-    for names in (["default"] * 3, [None] * 3):
-        Matmuls.n = 0
-        with Matmuls():
-            d.run(rows, max_new_tokens=3, stop_ids=set(), pad_id=pad, route=Route(model, names))
-        counts[names[0]] = Matmuls.n
-    from engine.chat.routing import lora_layers
-
     # The merge's own product, once per adapted layer; no adapter product at any step after it.
-    assert counts["default"] - counts[None] == len(lora_layers(model))
+    assert merge_cost(d, model, rows, pad) == len(lora_layers(model))
 
     res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3))
     assert any("merged into the bf16 copy" in n for n in res.notes)

@@ -79,6 +79,18 @@ class Matmuls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def merge_cost(decoder, model, rows, pad) -> int:
+    """Matrix products of a 3-token call routed to "default" (the first: the merge happens)
+    beyond a base-only call's: the merge's own, if no adapter product runs at any step."""
+    counts = {}
+    for names in (["default"] * len(rows), [None] * len(rows)):
+        Matmuls.n = 0
+        with Matmuls():
+            decoder.run(rows, max_new_tokens=3, stop_ids=set(), pad_id=pad, route=Route(model, names))
+        counts[names[0]] = Matmuls.n
+    return counts["default"] - counts[None]
+
+
 def test_one_adapter_decodes_merged_into_a_copy_and_the_model_is_untouched(bf16, monkeypatch):
     model, rows, stops, pad = bf16["model"], bf16["rows"], bf16["stops"], bf16["pad"]
     monkeypatch.setenv(base_copy.MERGE_ENV, "on")
@@ -97,14 +109,8 @@ def test_one_adapter_decodes_merged_into_a_copy_and_the_model_is_untouched(bf16,
     before = _bytes(model)
 
     d = Decoder(model)
-    counts = {}
-    for names in (["default"] * 3, [None] * 3):
-        Matmuls.n = 0
-        with Matmuls():
-            d.run(rows, max_new_tokens=3, stop_ids=set(), pad_id=pad, route=Route(model, names))
-        counts[names[0]] = Matmuls.n
     # The merge's own product once per adapted layer; no adapter product at any step.
-    assert counts["default"] - counts[None] == len(lora_layers(model))
+    assert merge_cost(d, model, rows, pad) == len(lora_layers(model))
 
     res = d.run(rows, max_new_tokens=NEW, stop_ids=stops, pad_id=pad, route=Route(model, ["default"] * 3))
     assert any(n.startswith("bf16 base copied to merge the adapter into (") for n in res.notes)
