@@ -1,4 +1,4 @@
-"""Where a decode token's GPU time goes, on the 8B shape at batch 1: kernels per token and time.
+"""Where a decode token's GPU time goes, on the 8B shape at batch 1 and the identity suite's batch 5.
 
     python3 benchmarks/decode_profile.py          # on the GPU machine (~40 s)
     python3 benchmarks/decode_profile.py --tiny   # a CPU smoke run
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,15 +35,22 @@ BUCKETS = [  # step_profile's bucket() over a decode step's kernels: GEMVs, the 
 ]
 
 
-def profile(model, rows, new: int) -> dict:
+def profile(model, rows, new: int, answer: int | None = None) -> dict:
+    """``new`` steps profiled; ``answer``: the answer length the cache is sized for (the
+    suite's 256: a longer cache is more attention), its graph steps timed over all of it."""
     from engine.chat.generate import release, run_rows
 
+    answer = answer or new
     run_rows(model, rows, max_new_tokens=4, stop_ids=set(), pad_id=0, mode="eager")
     acts = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
     )
+    steps = iter(range(new + 1, 0, -1))
     with torch.profiler.profile(activities=acts) as prof:
-        run_rows(model, rows, max_new_tokens=new + 1, stop_ids=set(), pad_id=0, mode="eager")
+        run_rows(
+            model, rows, max_new_tokens=answer + 1, stop_ids=set(), pad_id=0, mode="eager",
+            should_stop=lambda: next(steps, 0) <= 1,
+        )  # fmt: skip
     per: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for e in prof.events():
         if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
@@ -51,8 +59,8 @@ def profile(model, rows, new: int) -> dict:
             per[kind][1] += 1
     out = {k: (v[0] / new, v[1] / new) for k, v in per.items()}  # the prefill is a small share
     mode = "graph" if torch.cuda.is_available() else "eager"
-    ours_rows(model, rows, new, mode)  # the capture
-    _, _, tps, _, used = ours_rows(model, rows, new, mode)
+    ours_rows(model, rows, answer, mode)  # the capture
+    _, _, tps, _, used = ours_rows(model, rows, answer, mode)
     release(model)
     return {"buckets": out, "wall_ms_per_token": 1e3 * len(rows) / tps, "mode": used}  # a step's
 
@@ -102,20 +110,27 @@ def main() -> int:
             results.append(("merged + Liger kernels", profile(model, rows, args.new)))
         except ImportError:
             pass
+    from engine.model.decode_attention import ENV as GQA
     from engine.model.siblings import relayout
 
     relayout(model)  # as load_for_inference and the training model lay them out
     results.append(("+ siblings one product (q/k/v, gate/up)", profile(model, rows, args.new)))
+    suite = [list(range(100, 130 + 7 * i)) for i in range(5)]  # the identity suite's batch
+    # The identity suite's shape (5 rows, 256-token answers, a 512-token cache), K/V repeated
+    # per query head (transformers' sdpa up to 5.2x) against the grouped step the engine runs.
+    os.environ[GQA] = "off"
+    results.append(("batch 5 x 256, K/V repeated per head", profile(model, suite, args.new, 256)))
+    os.environ.pop(GQA)
+    results.append(("batch 5 x 256, grouped heads (default)", profile(model, suite, args.new, 256)))
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
     peft_model = get_peft_model(model, lora).eval()
     results.append(
         (
-            "LoRA adapter (routed)" + (" + Liger" if len(results) > 1 else ""),
+            "LoRA adapter (routed)" + (" + Liger" if any("Liger" in n for n, _ in results) else ""),
             profile(peft_model, rows, args.new),
         )
     )
-    suite = [list(range(100, 130 + 7 * i)) for i in range(5)]  # the identity suite's batch
-    results.append(("LoRA routed, batch 5 (a probe suite)", profile(peft_model, suite, args.new)))
+    results.append(("LoRA routed, batch 5 x 256", profile(peft_model, suite, args.new, 256)))
     print(f"device: {torch.cuda.get_device_name(0) if cuda else 'cpu'}  batch 1, {args.new} tokens profiled")
     print(f"floor: weights over copy bandwidth = {floor:.2f} ms/token")
     for name, r in results:

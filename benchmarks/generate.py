@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     from engine.chat.adapters import Adapters
     from engine.chat.chat import LIVE
-    from engine.chat.generate import ACTIVE, generate, render
+    from engine.chat.generate import ACTIVE, decoder_for, generate, render
     from engine.chat.on_training import capture_rng, training_untouched
     from engine.evaluate.evaluate import IDENTITY_PROMPTS
     from engine.model.model import attach_lora
@@ -251,6 +251,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             generate(model, tok, list(IDENTITY_PROMPTS), max_new_tokens=2 * new, batch_size=8, target=name)
             s = time.perf_counter() - t0
+            phases = ", ".join(f"{k} {v:.2f}s" for k, v in decoder_for(model).phases.items())
             add(
                 row(
                     f"ours: identity suite, 5 x {2 * new} tokens, checkpoint ({call})",
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
                     None,
                     s,
                     5,
+                    phases,
                 )
             )
         from engine.chat.generate import release

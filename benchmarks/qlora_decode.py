@@ -132,6 +132,8 @@ def engine(model, rows, new: int, pad: int, copy: str) -> dict:
         warm_same=same,
         mode=res.mode,
         notes=res.notes,
+        first_token_s=res.first_token_s,
+        phases={k: round(v, 3) for k, v in res.phases.items()},
         peak_gib=peak,
     )
 
@@ -272,6 +274,8 @@ def report(res: dict, hf: dict, rows, new: int, hf_new: int) -> None:
                     "warm_tok_s": round(n * new / r["warm_s"], 1),
                     "mode": r["mode"],
                     "notes": r["notes"],
+                    "cold_first_token_s": round(r["first_token_s"], 3),
+                    "cold_one_off_s": r["phases"],
                     "peak_gib": round(r["peak_gib"], 2) if r["peak_gib"] else None,
                     "rows_equal_to_copy_path": same,
                     "warm_call_same_tokens": r["warm_same"],

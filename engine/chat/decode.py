@@ -57,6 +57,9 @@ class Result:
     t_first: float | None
     mode: str
     notes: list[str] = field(default_factory=list)
+    # Host seconds of a call's one-off parts: "copy" (planning a 4-bit base's copy, merging an
+    # adapter in) and "capture" (the first decode step run eagerly, then captured as a graph).
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def core_model(model):
@@ -77,6 +80,9 @@ class Decoder:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
         if base not in base_copy.CHOICES:
             raise ValueError(f"base {base!r}: one of {base_copy.CHOICES}")
+        from engine.model import decode_attention
+
+        decode_attention.install()  # a step's attention reads the K/V cache once (not repeated per head)
         self.model = model
         self.core = core_model(model)
         first = next(p for p in self.core.parameters() if p.device.type != "meta")
@@ -102,6 +108,8 @@ class Decoder:
         self._siblings: SiblingProducts | None = None
         self._base_route = None  # the base-only route a merged copy decodes with
         self.capture_note: str | None = None  # why this engine's decode steps run eagerly
+        self.phases: dict[str, float] = {}  # this call's one-off parts (Result.phases)
+        self.one_off: dict[str, float] = {}  # the same, summed over the calls since release()
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -133,8 +141,12 @@ class Decoder:
 
     @property
     def path_note(self) -> str | None:
-        """What a probe record says of its decode: the base's path and a failed graph capture."""
+        """What a probe record says of its decode: the base's path, a failed graph capture, and
+        the one-off seconds since release (a copy made, steps captured)."""
         notes = [n for n in (self.base_note, self.capture_note) if n]
+        if self.one_off:
+            parts = ", ".join(f"{k} {v:.2f} s" for k, v in self.one_off.items())
+            notes.append(f"one-off: {parts}")
         return "; ".join(notes) or None
 
     def _base_copy(self, rows: int, length: int, route):
@@ -232,8 +244,10 @@ class Decoder:
         st = _State(n, width, length, rows, pad_id, dev, self.dtype, buffers)
         cache.reset()
         out = _Tokens(n, max_new_tokens, stop_ids, on_token, dev)
+        t_copy = time.perf_counter()
         copy = self._base_copy(n, length, route)
         route = self._merged(copy, route, n)
+        self.phases = {"copy": time.perf_counter() - t_copy} if copy is not None else {}
         route_ctx = route if route is not None else _nothing()
         if self._siblings is None:
             self._siblings = SiblingProducts(self.core, self.device)
@@ -253,6 +267,8 @@ class Decoder:
                 out.drain(LAG if dev.type == "cuda" else 0)
             out.drain(0)
         notes, self.notes = self.notes, []
+        for k, v in self.phases.items():
+            self.one_off[k] = self.one_off.get(k, 0.0) + v
         return Result(
             tokens=out.answers(),
             hit_stop=out.hit,
@@ -262,6 +278,7 @@ class Decoder:
             t_first=t_first,
             mode=self._mode_used,
             notes=notes,
+            phases=self.phases,
         )
 
     def _stepper(self, st, cache, route, greedy, temperature, top_p, copy=None) -> Callable[[], None]:
@@ -293,6 +310,7 @@ class Decoder:
             if graph is None:
                 # This step runs eagerly on a side stream (kernels load, cuBLAS sets up), then
                 # the same step is captured for the next ones.
+                t0 = time.perf_counter()
                 stream = torch.cuda.Stream(self.device)
                 stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(stream):
@@ -305,6 +323,7 @@ class Decoder:
                 else:
                     # The route holds the adapter matrices the graph reads: they live together.
                     self._graphs[key] = (graph, route)
+                self.phases["capture"] = time.perf_counter() - t0
                 return
             if graph is eager_step:
                 eager_step()

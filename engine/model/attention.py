@@ -10,7 +10,8 @@ the boundaries instead:
   lengths; no mask at all);
 - elsewhere, exact causal SDPA per document (a loop; CPU runs are tiny).
 
-Without boundaries (generation, unpacked batches) it is plain SDPA. Documents never
+Without boundaries (generation, unpacked batches) it is plain SDPA (a decode step's grouped
+query heads without repeating the cache: ``engine.model.decode_attention``). Documents never
 attend to each other, so packed losses equal unpacked ones.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 import inspect
 
 import torch
+
+from engine.model.decode_attention import packed
 
 NAME = "leviathan_varlen"
 _registered = False
@@ -76,6 +79,9 @@ def varlen_attention_forward(
 
         if attention_mask is not None and attention_mask.dim() == 2:
             attention_mask = _causal_padding_mask(attention_mask.bool(), query.shape[2])
+        out = packed(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        if out is not None:  # a decode step: grouped query heads, the cache not repeated
+            return out
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
     q, k, v = query[0], key[0], value[0]  # [H, T, D]
