@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chat_memory import build_model, lora_config, train_steps  # noqa: E402
 from shapes import QWEN3_8B, TINY  # noqa: E402
+from triton_compiles import TritonCompiles  # noqa: E402
 
 PROMPT = "Explain the Hermetic principle of Correspondence."
 
@@ -249,9 +250,13 @@ def main(argv=None) -> int:
         (name,) = adapters.names([str(ckpt)])
         for call in ("1st call", "again"):
             t0 = time.perf_counter()
-            generate(model, tok, list(IDENTITY_PROMPTS), max_new_tokens=2 * new, batch_size=8, target=name)
+            with TritonCompiles() as built:
+                generate(
+                    model, tok, list(IDENTITY_PROMPTS), max_new_tokens=2 * new, batch_size=8, target=name
+                )
             s = time.perf_counter() - t0
             phases = ", ".join(f"{k} {v:.2f}s" for k, v in decoder_for(model).phases.items())
+            phases = "; ".join(filter(None, [phases, built.summary()]))
             add(
                 row(
                     f"ours: identity suite, 5 x {2 * new} tokens, checkpoint ({call})",

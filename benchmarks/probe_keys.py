@@ -373,7 +373,9 @@ def summary(log: Log, table: Table, max_steps: int) -> dict:
         "median": steps_sorted[len(steps) // 2] if steps else None,
         "max": max(steps, default=None),
     }
-    return {"probes": probes, "saves": saves, "alerts": dict(alerts), "step_s": step_s}
+    start = next(iter(log.of("start")), {})
+    setup = {k: start.get(k) for k in ("setup_s", "decode_warm_s", "gradient_checkpointing")}
+    return {"probes": probes, "saves": saves, "alerts": dict(alerts), "step_s": step_s, "setup": setup}
 
 
 def _suites() -> tuple[str, ...]:
@@ -404,6 +406,7 @@ def report(table: Table, extra: dict, meta: dict) -> None:
         ),
     )
     print("alerts:", extra["alerts"] or "none")
+    print("start:", ", ".join(f"{k} {v}" for k, v in extra["setup"].items()))
     print(
         "step s (median, max over",
         extra["step_s"]["n"],

@@ -22,7 +22,8 @@ early stop, greedy. Paths:
 ``suite s`` is a probe's cost: from a released engine (no copy, no graphs: each probe suite
 starts so) to the answers and the engine released again, so the copy's dequantization and the
 graph captures are in it. ``warm`` is the same call again with the engine kept (the decode rate).
-Each engine path runs a 4-token call first (kernels loaded, cuBLAS set up) that is not timed.
+Each engine path runs a 4-token call first (kernels loaded, cuBLAS set up) that is not in the
+suite's time; its seconds and the Triton kernels it built are printed (``process_first_4_tokens_s``).
 Tokens: the engine's two 4-bit-base paths must give the same greedy tokens (rows equal); PEFT's
 agreement with the copy path is its common prefix (its LoRA layer rounds the adapter's product
 to bf16 before adding it, so a late token may differ).
@@ -101,18 +102,26 @@ def sync() -> None:
 
 def engine(model, rows, new: int, pad: int, copy: str) -> dict:
     """The suite as a probe runs it (from a released engine to released), then warm."""
+    from triton_compiles import TritonCompiles
+
     from engine.chat.base_copy import ENV
     from engine.chat.generate import release, run_rows
 
     os.environ[ENV] = copy
     release(model)
-    run_rows(model, rows, max_new_tokens=4, stop_ids=set(), pad_id=pad)
+    sync()
+    t0 = time.perf_counter()
+    with TritonCompiles() as first_built:
+        run_rows(model, rows, max_new_tokens=4, stop_ids=set(), pad_id=pad)
+    sync()
+    first_call = time.perf_counter() - t0
     release(model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     sync()
     t0 = time.perf_counter()
-    res = run_rows(model, rows, max_new_tokens=new, stop_ids=set(), pad_id=pad)
+    with TritonCompiles() as built:
+        res = run_rows(model, rows, max_new_tokens=new, stop_ids=set(), pad_id=pad)
     sync()
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -133,6 +142,9 @@ def engine(model, rows, new: int, pad: int, copy: str) -> dict:
         mode=res.mode,
         notes=res.notes,
         first_token_s=res.first_token_s,
+        first_call_s=first_call,
+        first_call_triton=first_built.summary(),
+        cold_triton=built.summary(),
         phases={k: round(v, 3) for k, v in res.phases.items()},
         peak_gib=peak,
     )
@@ -275,6 +287,9 @@ def report(res: dict, hf: dict, rows, new: int, hf_new: int) -> None:
                     "mode": r["mode"],
                     "notes": r["notes"],
                     "cold_first_token_s": round(r["first_token_s"], 3),
+                    "process_first_4_tokens_s": round(r["first_call_s"], 3),
+                    "first_call_triton": r["first_call_triton"],
+                    "cold_triton": r["cold_triton"],
                     "cold_one_off_s": r["phases"],
                     "peak_gib": round(r["peak_gib"], 2) if r["peak_gib"] else None,
                     "rows_equal_to_copy_path": same,

@@ -80,9 +80,10 @@ class Decoder:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
         if base not in base_copy.CHOICES:
             raise ValueError(f"base {base!r}: one of {base_copy.CHOICES}")
-        from engine.model import decode_attention
+        from engine.model import decode_attention, rope_rows
 
         decode_attention.install()  # a step's attention reads the K/V cache once (not repeated per head)
+        rope_rows.install()  # Liger's RoPE compiled once for every batch size (not once per size)
         self.model = model
         self.core = core_model(model)
         first = next(p for p in self.core.parameters() if p.device.type != "meta")

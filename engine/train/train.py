@@ -169,6 +169,7 @@ def _run(
         loaded.gc,
         loaded.dtype == torch.bfloat16,
     )
+    warm_s = _warm_decode(config, log, loaded.model)  # after the trainer applied Liger's kernels
     watchdog = _watchdog(config, log, trainer)
     early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
     trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
@@ -176,7 +177,7 @@ def _run(
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():
         dump_resolved(config, RunDir(paths.run_dir).config)
-    _emit_start(log, config, paths, trainer, loaded, ckpt, t0)
+    _emit_start(log, config, paths, trainer, loaded, ckpt, t0, warm_s)
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
     guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
@@ -323,8 +324,29 @@ def _watchdog(config: RunConfig, log: RunLog, trainer):
     return watchdog
 
 
+def _warm_decode(config: RunConfig, log: RunLog, model) -> float | None:
+    """The decode kernels run once before the first step (engine.chat.warm): the first probe
+    or chat does not compile them. Sharded models do not decode on one rank."""
+    if not dist.is_main() or config.deepspeed or config.uses_fsdp:
+        return None
+    from engine.chat.warm import warm
+
+    try:
+        return warm(model)
+    except Exception as e:  # a speed-up only: the probes and chats still compile what they need
+        log.emit("note", message=f"decode kernels not warmed before training ({type(e).__name__}: {e})")
+        return None
+
+
 def _emit_start(
-    log: RunLog, config: RunConfig, paths: RunPaths, trainer, loaded: LoadedModel, ckpt, t0: float
+    log: RunLog,
+    config: RunConfig,
+    paths: RunPaths,
+    trainer,
+    loaded: LoadedModel,
+    ckpt,
+    t0: float,
+    warm_s: float | None = None,
 ):
     peak = loaded.peak_flops
     log.emit(
@@ -349,6 +371,7 @@ def _emit_start(
         **dist.start_fields(config),  # world_size, distributed, ranks (a collective)
         output_dir=str(paths.output_dir),
         setup_s=round(time.time() - t0, 2),
+        decode_warm_s=round(warm_s, 2) if warm_s is not None else None,
         pid=os.getpid(),
     )
 

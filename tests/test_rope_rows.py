@@ -1,0 +1,106 @@
+"""RoPE with the batch folded into the sequence equals RoPE per batch row, and the kernel behind
+it sees batch 1 whatever the batch; the decode warm-up leaves a training model as it was.
+
+The rotation is transformers' own ``apply_rotary_pos_emb`` (what Liger's kernel computes), fed
+each row's cos/sin from transformers' rotary embedding at left-padded positions.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from transformers.models.qwen3 import modeling_qwen3
+
+from engine.model import rope_rows
+
+
+def _rope_like_liger(seen):
+    def fn(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        seen.append((q.shape[0], cos.shape[0]))
+        return modeling_qwen3.apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)
+
+    return fn
+
+
+def _inputs(b, s, heads=4, kv=2, dim=16, shared=False):
+    g = torch.Generator().manual_seed(b * 100 + s)
+    # As an attention layer makes them: transposed views of [B, S, H, D] tensors.
+    q = torch.randn(b, s, heads, dim, generator=g).transpose(1, 2)
+    k = torch.randn(b, s, kv, dim, generator=g).transpose(1, 2)
+    cfg = modeling_qwen3.Qwen3Config(head_dim=dim, num_attention_heads=heads, hidden_size=heads * dim)
+    rotary = modeling_qwen3.Qwen3RotaryEmbedding(cfg)
+    starts = torch.arange(b) * 3  # left padding: each row's positions start elsewhere
+    pos = (torch.arange(s)[None] + starts[:, None]) if not shared else torch.arange(s)[None]
+    cos, sin = rotary(q, pos)
+    return q, k, cos, sin
+
+
+@pytest.mark.parametrize("b,s", [(5, 1), (2, 7), (8, 16), (3, 1)])
+@pytest.mark.parametrize("shared", [False, True])
+def test_folded_equals_per_row(b, s, shared):
+    q, k, cos, sin = _inputs(b, s, shared=shared)
+    want_q, want_k = modeling_qwen3.apply_rotary_pos_emb(q.clone(), k.clone(), cos, sin)
+    seen = []
+    with torch.no_grad():
+        got_q, got_k = rope_rows._folded(_rope_like_liger(seen))(q, k, cos, sin)
+    assert seen == [(1, 1)]  # one row of batch for the kernel, whatever b
+    assert got_q.shape == q.shape and got_k.shape == k.shape
+    torch.testing.assert_close(got_q, want_q, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_k, want_k, rtol=0, atol=1e-6)
+
+
+def test_left_as_it_is_with_autograd_batch_one_or_switched_off(monkeypatch):
+    seen = []
+    fn = rope_rows._folded(_rope_like_liger(seen))
+    q, k, cos, sin = _inputs(3, 4)
+    fn(q, k, cos, sin)  # grad enabled: training's call
+    with torch.no_grad():
+        fn(*_inputs(1, 4))
+        monkeypatch.setenv(rope_rows.ENV, "off")
+        fn(q, k, cos, sin)
+    assert seen == [(3, 3), (1, 1), (3, 3)]
+
+
+def test_install_wraps_the_modules_that_call_liger_s_rope(monkeypatch):
+    def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        return q, k
+
+    liger = types.ModuleType("liger_kernel.transformers.rope")
+    liger.liger_rotary_pos_emb = liger_rotary_pos_emb
+    patched = types.ModuleType("transformers.models.fake.modeling_fake")
+    patched.apply_rotary_pos_emb = liger_rotary_pos_emb
+    untouched = types.ModuleType("transformers.models.other.modeling_other")
+    untouched.apply_rotary_pos_emb = modeling_qwen3.apply_rotary_pos_emb
+    for m in (liger, patched, untouched):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    assert rope_rows.install() == 1
+    assert patched.apply_rotary_pos_emb.leviathan_wraps is liger_rotary_pos_emb
+    assert untouched.apply_rotary_pos_emb is modeling_qwen3.apply_rotary_pos_emb
+    again = patched.apply_rotary_pos_emb
+    assert rope_rows.install() == 1 and patched.apply_rotary_pos_emb is again  # once
+
+
+def test_warm_up_leaves_the_training_model_as_it_was(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.chat.generate import _DECODERS
+    from engine.chat.warm import warm
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3"))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+    assert warm(model) is None  # no GPU here: nothing runs
+    seconds = warm(model, cuda_only=False)
+    assert seconds is not None and seconds > 0
+    assert model.training and all(m.training for m in model.modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model not in _DECODERS  # nothing kept for the probes to find
