@@ -111,6 +111,7 @@ class Decoder:
         self.capture_note: str | None = None  # why this engine's decode steps run eagerly
         self.phases: dict[str, float] = {}  # this call's one-off parts (Result.phases)
         self.one_off: dict[str, float] = {}  # the same, summed over the calls since release()
+        self.spent = {"prompt": 0.0, "steps": 0, "step_s": 0.0}  # summed over the calls since release()
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -142,12 +143,18 @@ class Decoder:
 
     @property
     def path_note(self) -> str | None:
-        """What a probe record says of its decode: the base's path, a failed graph capture, and
-        the one-off seconds since release (a copy made, steps captured)."""
+        """What a probe record says of its decode: the base's path, a failed graph capture, the
+        one-off seconds since release (a copy made, steps captured), and prompt and step times."""
         notes = [n for n in (self.base_note, self.capture_note) if n]
         if self.one_off:
             parts = ", ".join(f"{k} {v:.2f} s" for k, v in self.one_off.items())
             notes.append(f"one-off: {parts}")
+        sp = self.spent
+        if sp["steps"]:
+            notes.append(
+                f"prompts {sp['prompt']:.2f} s, {sp['steps']} steps in {sp['step_s']:.2f} s"
+                f" ({1e3 * sp['step_s'] / sp['steps']:.1f} ms a step)"
+            )
         return "; ".join(notes) or None
 
     def _base_copy(self, rows: int, length: int, route):
@@ -267,9 +274,15 @@ class Decoder:
                 out.push(st.ids)
                 out.drain(LAG if dev.type == "cuda" else 0)
             out.drain(0)
+        t_end = time.perf_counter()
         notes, self.notes = self.notes, []
         for k, v in self.phases.items():
             self.one_off[k] = self.one_off.get(k, 0.0) + v
+        # What the calls since release() spent where: prompts to their first token, then steps
+        # (capture included): a probe record says whether its time went to setup or to decoding.
+        self.spent["prompt"] += t_first - t0
+        self.spent["steps"] += out.step - 1
+        self.spent["step_s"] += t_end - t_first - self.phases.get("capture", 0.0)
         return Result(
             tokens=out.answers(),
             hit_stop=out.hit,
