@@ -350,7 +350,18 @@ def summary(log: Log, table: Table, max_steps: int) -> dict:
     probes = [
         {
             k: p.get(k)
-            for k in ("step", "suite", "seconds", "cut", "planned", "passed", "total", "decode", "error")
+            for k in (
+                "step",
+                "suite",
+                "seconds",
+                "cut",
+                "planned",
+                "passed",
+                "total",
+                "decode",
+                "parts",
+                "error",
+            )
         }
         for p in log.of("probe")
     ]
@@ -395,6 +406,7 @@ def report(table: Table, extra: dict, meta: dict) -> None:
     for p in extra["probes"]:
         cut = f" cut by {p['cut']} ({p['planned']} planned)" if p.get("cut") else ""
         decode = f" decode: {p['decode']}" if p.get("decode") else ""
+        decode += f" parts: {p['parts']}" if p.get("parts") else ""
         print(
             f"  step {p['step']} {p['suite']}: {p['seconds']}s {p.get('passed')}/{p.get('total')}{cut}{decode}"
         )
@@ -480,6 +492,11 @@ def main() -> int:
     t0, deadline = time.time(), time.monotonic() + args.budget
     model = build(work, args.tiny, args.vl)
     print(f"model built and saved in {time.time() - t0:.0f}s at {model}", flush=True)
+    # A user's base model has long been on disk. Just written, its 16 GB sit in the page cache
+    # and the run's first fsync (the first probe's result file, on ext4) waits for them.
+    t_sync = time.time()
+    os.sync()
+    print(f"written to disk before the run: {time.time() - t_sync:.1f}s", flush=True)
     data = write_chat_data(work / "chat.jsonl", args.rows)
     cfg = config(work, model, data, args)
     run = RunDir(work / "logs" / "probe-keys")

@@ -68,7 +68,7 @@ class Probes:
                 break
             t0 = time.perf_counter()
             try:
-                data, planned, decode = self._suite(model, tokenizer, path, step, suite, should_stop)
+                data, planned, decode, parts = self._suite(model, tokenizer, path, step, suite, should_stop)
             except Exception as e:  # a probe never takes training down
                 self.log.emit(
                     "probe",
@@ -96,6 +96,7 @@ class Probes:
                 result=str(self._result_path(suite, path)),  # the answers (engine.evaluate.learned)
                 **({"cut": cut_by, "planned": planned} if cut_by else {}),
                 **({"decode": decode} if decode else {}),
+                parts=parts,
             )
         _add_to_marker(path, {k: v for k, v in scores.items() if k not in cut_suites})
         return scores
@@ -107,9 +108,10 @@ class Probes:
 
     def _suite(
         self, model, tokenizer, path, step: int, suite: str, should_stop
-    ) -> tuple[dict, int, str | None]:
+    ) -> tuple[dict, int, str | None, dict]:
         """One suite on the live model, its result file in the run's ``eval/``: (data, cases
-        planned, the path a 4-bit base decoded on)."""
+        planned, the path a 4-bit base decoded on, where its seconds went)."""
+        t0 = time.perf_counter()
         from engine.chat.generate import base_note, release
         from engine.chat.on_training import training_untouched
         from engine.evaluate.evaluate import ResultFile, Settings, run_suite, suite_cases
@@ -129,6 +131,7 @@ class Probes:
             "probe": True,
         }
         rf = ResultFile(self._result_path(suite, path), header, len(cases))
+        t_setup = time.perf_counter()
         with training_untouched(model):
             try:
                 data = run_suite(
@@ -144,8 +147,15 @@ class Probes:
                 )
             finally:
                 decode = base_note(model)
+                t_answers = time.perf_counter()
                 release(model)  # the KV cache, the graphs and a 4-bit base's bf16 copy
-        return data, len(cases), decode
+        t_end = time.perf_counter()
+        parts = {
+            "setup": round(t_setup - t0, 3),
+            "answers": round(t_answers - t_setup, 3),  # decoding, judging, the result file
+            "release": round(t_end - t_answers, 3),
+        }
+        return data, len(cases), decode, parts
 
     def best_step(self, output_dir: str | Path) -> int | None:
         """The checkpoint with the highest ``keep_best`` probe score (the newest of equals)."""

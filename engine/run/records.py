@@ -238,6 +238,7 @@ class Probe(Record):
     error: Str = None
     seconds: Float = None
     decode: Str = None  # a 4-bit base's path: on its bf16 copy, or in 4-bit and why (engine.chat.base_copy)
+    parts: Dict = None  # seconds: setup, answers (decoding, judging, the result file), release
 
 
 class Probing(Record):
