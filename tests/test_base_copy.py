@@ -16,6 +16,7 @@ the engine on CPU) adds it in float32, and on a tiny random Llama that moves the
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import pytest
@@ -265,7 +266,13 @@ def test_a_probe_record_says_which_path_the_4bit_base_took(qlora, tmp_path, writ
     monkeypatch.setenv(base_copy.ENV, "off")
     Probes(config, tmp_path / "logs", log).run(qlora["model"], qlora["tok"], str(checkpoint), step=2)
     probe = [r for r in read_events(log.path).records if r["kind"] == "probe"]
-    assert probe[-1]["decode"] == "4-bit base decoded in 4-bit (bf16 copy turned off)"
+    decode = probe[-1]["decode"]
+    assert decode.startswith("4-bit base decoded in 4-bit (bf16 copy turned off); prompts "), decode
+    # Where the time went: at most max_new_tokens - 1 steps after the prompt's token.
+    steps = int(re.search(r"(\d+) steps in ", decode).group(1))
+    assert 1 <= steps <= 3
+    assert set(probe[-1]["parts"]) == {"setup", "answers", "release"}
+    assert probe[-1]["seconds"] >= sum(probe[-1]["parts"].values()) - 0.01
 
 
 def test_a_live_chat_says_which_path_the_4bit_base_took(qlora, monkeypatch):
