@@ -1,5 +1,5 @@
 """RoPE with the batch folded into the sequence equals RoPE per batch row, and the kernel behind
-it sees batch 1 whatever the batch; the decode warm-up leaves a training model as it was.
+it sees batch 1 whatever the batch.
 
 The rotation is transformers' own ``apply_rotary_pos_emb`` (what Liger's kernel computes), fed
 each row's cos/sin from transformers' rotary embedding at left-padded positions.
@@ -81,26 +81,3 @@ def test_install_wraps_the_modules_that_call_liger_s_rope(monkeypatch):
     assert untouched.apply_rotary_pos_emb is modeling_qwen3.apply_rotary_pos_emb
     again = patched.apply_rotary_pos_emb
     assert rope_rows.install() == 1 and patched.apply_rotary_pos_emb is again  # once
-
-
-def test_warm_up_leaves_the_training_model_as_it_was(tiny_model):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from engine.chat.generate import _DECODERS
-    from engine.chat.warm import warm
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3"))
-    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
-    model.train()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    rng = torch.get_rng_state()
-    assert warm(model) is None  # no GPU here: nothing runs
-    seconds = warm(model, cuda_only=False)
-    assert seconds is not None and seconds > 0
-    assert model.training and all(m.training for m in model.modules())
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert model not in _DECODERS  # nothing kept for the probes to find
