@@ -25,11 +25,11 @@ import torch
 pytest.importorskip("bitsandbytes", reason="bitsandbytes: pip install -e '.[test]' (or '.[gpu]')")
 
 from engine.chat import base_copy  # noqa: E402
-from engine.chat.chat import stop_token_ids  # noqa: E402
 from engine.chat.decode import Decoder  # noqa: E402
-from engine.chat.generate import release, render, run_rows  # noqa: E402
+from engine.chat.generate import release, run_rows  # noqa: E402
 from engine.chat.routing import Route  # noqa: E402
-from tests.test_generate import NEW, PROMPTS, _reference  # noqa: E402
+from tests.test_generate import NEW, _reference  # noqa: E402
+from tests.test_merged_copy import LORA, adapted, merge_cost  # noqa: E402
 
 # NF4's 16 values (Dettmers et al., "QLoRA", 2023; bitsandbytes/functional.py, get_4bit_type("nf4")).
 NF4 = [
@@ -50,7 +50,6 @@ NF4 = [
     0.7229568362236023,
     1.0,
 ]
-LORA = dict(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
 
 
 def _load_4bit(path):
@@ -74,21 +73,8 @@ def _load_4bit(path):
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])
 def qlora(request, tiny_model):
-    from peft import LoraConfig, get_peft_model
-
-    from engine.model.model import load_tokenizer
-
     path = tiny_model(request.param)
-    torch.manual_seed(0)
-    model = get_peft_model(_load_4bit(path), LoraConfig(**LORA))
-    for n, p in model.named_parameters():
-        if "lora_" in n:
-            p.data.mul_(3.0)  # large enough to move a tiny model's argmax
-    model.eval()
-    tok = load_tokenizer(str(path))
-    stops = stop_token_ids(tok, model)
-    rows = [render(tok, p) for p in PROMPTS]
-    return dict(model=model, path=path, tok=tok, stops=stops, pad=tok.pad_token_id, rows=rows)
+    return adapted(path, _load_4bit(path))
 
 
 def _nf4_by_hand(layer) -> torch.Tensor:
@@ -378,7 +364,6 @@ def test_one_adapter_is_merged_into_the_copy_and_taken_out_again(qlora, monkeypa
         base_only = [_reference(model, r, stops, pad) for r in rows]
 
     from engine.chat.routing import lora_layers
-    from tests.test_merged_copy import merge_cost
 
     d = Decoder(model, base="on")
     # The merge's own product, once per adapted layer; no adapter product at any step after it.

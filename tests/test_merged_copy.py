@@ -31,15 +31,15 @@ def _load(path):
     return model
 
 
-@pytest.fixture(scope="module", params=["qwen3", "llama"])
-def bf16(request, tiny_model):
+def adapted(path, base) -> dict:
+    """``base`` (loaded from ``path``) with a seeded random LoRA on every linear layer, in eval
+    mode, with what a decode of the suite prompts needs (the 4-bit copy tests use it too)."""
     from peft import LoraConfig, get_peft_model
 
     from engine.model.model import load_tokenizer
 
-    path = tiny_model(request.param)
     torch.manual_seed(0)
-    model = get_peft_model(_load(path), LoraConfig(**LORA))
+    model = get_peft_model(base, LoraConfig(**LORA))
     for n, p in model.named_parameters():
         if "lora_" in n:
             p.data.mul_(3.0)  # large enough to move a tiny model's argmax
@@ -48,10 +48,17 @@ def bf16(request, tiny_model):
     return dict(
         model=model,
         path=path,
+        tok=tok,
         stops=stop_token_ids(tok, model),
         pad=tok.pad_token_id,
         rows=[render(tok, p) for p in PROMPTS],
     )
+
+
+@pytest.fixture(scope="module", params=["qwen3", "llama"])
+def bf16(request, tiny_model):
+    path = tiny_model(request.param)
+    return adapted(path, _load(path))
 
 
 def _merged_by_hand(q):
