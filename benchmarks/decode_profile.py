@@ -1,6 +1,6 @@
 """Where a decode token's GPU time goes, on the 8B shape at batch 1 and the identity suite's batch 5.
 
-    python3 benchmarks/decode_profile.py          # on the GPU machine (~40 s)
+    python3 benchmarks/decode_profile.py          # on the GPU machine (~100 s)
     python3 benchmarks/decode_profile.py --tiny   # a CPU smoke run
 
 For the merged model (transformers' own modules), the same with Liger's RMSNorm/SwiGLU/RoPE

@@ -265,3 +265,17 @@ def test_chat_rate_is_the_decode_rate_seen_as_tokens_come(tiny_model, path):
     assert answer.tokens_per_s <= (answer.tokens - 1) / (seen[-1] - seen[0]) * 1.5
     assert 0 < answer.first_token_s < wall
     release(model)
+
+
+def test_the_decode_note_counts_the_calls_since_release(tiny_model):
+    from engine.chat.decode import Decoder
+
+    model, tok = _load(tiny_model("qwen3"))
+    rows = _rows(tok)
+    d = Decoder(model)
+    assert d.path_note is None
+    for n in (1, 2):
+        d.run(rows, max_new_tokens=5, stop_ids=set(), pad_id=0)
+        assert f"{4 * n} steps in " in d.path_note  # no stop token: 4 steps after each prompt's token
+    d.release()
+    assert d.path_note is None

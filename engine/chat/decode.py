@@ -111,7 +111,7 @@ class Decoder:
         self.capture_note: str | None = None  # why this engine's decode steps run eagerly
         self.phases: dict[str, float] = {}  # this call's one-off parts (Result.phases)
         self.one_off: dict[str, float] = {}  # the same, summed over the calls since release()
-        self.spent = {"prompt": 0.0, "steps": 0, "step_s": 0.0}  # summed over the calls since release()
+        self.spent = {"prompt": 0.0, "steps": 0, "step_s": 0.0}  # the calls' prompts and steps, since too
 
     def _compute_dtype(self):
         emb = self.core.get_input_embeddings()
@@ -133,6 +133,8 @@ class Decoder:
         self._base = None  # the bf16 copy of a 4-bit base: only ever dropped with the graphs that read it
         self._siblings = None
         self._base_route = None
+        self.one_off = {}  # what path_note reports counts from here
+        self.spent = {"prompt": 0.0, "steps": 0, "step_s": 0.0}
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
