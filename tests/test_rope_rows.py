@@ -81,3 +81,27 @@ def test_install_wraps_the_modules_that_call_liger_s_rope(monkeypatch):
     assert untouched.apply_rotary_pos_emb is modeling_qwen3.apply_rotary_pos_emb
     again = patched.apply_rotary_pos_emb
     assert rope_rows.install() == 1 and patched.apply_rotary_pos_emb is again  # once
+
+
+def test_install_never_asks_a_lazy_module_for_an_attribute(monkeypatch):
+    # transformers 5.17 puts `models.X.image_processing_X_fast` aliases in sys.modules whose
+    # module __getattr__ imports the model's image processor (torchvision, timm...): asking each
+    # of them cost 2.97 s in an H100 probe, and raises where torchvision is not installed.
+    asked = []
+
+    def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+        return q, k
+
+    def forwards(name):
+        asked.append(name)
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    liger = types.ModuleType("liger_kernel.transformers.rope")
+    liger.liger_rotary_pos_emb = liger_rotary_pos_emb
+    alias = types.ModuleType("transformers.models.fake.image_processing_fake_fast")
+    alias.__getattr__ = forwards
+    for m in (liger, alias):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    before = set(sys.modules)
+    assert rope_rows.install() == 0
+    assert asked == [] and set(sys.modules) == before

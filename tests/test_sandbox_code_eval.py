@@ -81,3 +81,32 @@ def test_tasks_that_run_code_their_own_way_are_named():
     ]
     # A group is not marked unsafe itself: refused by its family's name.
     assert unboxed(["longproc", "humaneval", "tiny_mc"], unsafe=["humaneval"]) == ["longproc"]
+
+
+def test_task_modules_loaded_before_are_boxed_and_lazy_modules_left_unasked(monkeypatch):
+    import types
+
+    from engine.evaluate import code_eval
+
+    class Metric:  # what `evaluate.load("code_eval")` gives a task module at its import
+        name = "code_eval"
+
+    asked = []
+
+    def forwards(name):  # a lazy alias module: asking it imports (and here fails)
+        asked.append(name)
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    task = types.ModuleType("fake_task_utils")
+    task.compute_ = Metric()
+    alias = types.ModuleType("transformers.models.fake.image_processing_fake_fast")
+    alias.__getattr__ = forwards
+    for m in (task, alias):
+        monkeypatch.setitem(sys.modules, m.__name__, m)
+    swapped = code_eval._swap_loaded()
+    try:
+        assert [(m, a) for m, a, _ in swapped] == [(task, "compute_")]
+        assert isinstance(task.compute_, CodeEval) and asked == []
+    finally:
+        for module, attr, value in swapped:
+            setattr(module, attr, value)

@@ -107,7 +107,8 @@ def _swap_loaded() -> list[tuple]:
     swapped = []
     for module in list(sys.modules.values()):
         for attr in ("compute_", "pass_at_k"):
-            value = getattr(module, attr, None) if module is not None else None
+            # The module's own dict: getattr on a lazy module would import its submodules.
+            value = getattr(module, "__dict__", {}).get(attr) if module is not None else None
             if getattr(value, "name", None) == "code_eval" and not isinstance(value, CodeEval):
                 swapped.append((module, attr, value))
                 setattr(module, attr, CodeEval())
