@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -26,3 +27,45 @@ def test_warm_up_leaves_the_training_model_as_it_was(tiny_model):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert torch.equal(torch.get_rng_state(), rng)
     assert model not in _DECODERS  # nothing kept for the probes to find
+
+
+@pytest.mark.slow
+def test_a_run_warms_inside_trainer_train_before_its_first_step_and_trains_the_same(
+    tiny_model, tmp_path, monkeypatch
+):
+    # Trainer.train() applies Liger's kernels: a warm-up before it warmed kernels no probe runs
+    # (on an H100 the first probe then compiled the q/k norm's). CPU here, so warm() is made to run.
+    import inspect
+
+    from conftest import train_tiny
+    from engine.chat import warm as warm_module
+    from engine.run.events import read_events
+
+    real, seen = warm_module.warm, []
+
+    def warm_on_cpu_too(model, cuda_only=True):
+        frames = inspect.stack()
+        in_train = any(f.function == "train" and f.filename.endswith("transformers/trainer.py") for f in frames)
+        events = tmp_path / "warm" / "logs" / "w" / "events.jsonl"
+        seen.append((in_train, [r["kind"] for r in read_events(events).records]))
+        return real(model, cuda_only=False)
+
+    model = tiny_model("qwen3")
+    monkeypatch.setattr(warm_module, "warm", warm_on_cpu_too)
+    train_tiny(model, tmp_path / "warm", "w", max_steps=3)
+    monkeypatch.setattr(warm_module, "warm", real)
+    train_tiny(model, tmp_path / "cold", "c", max_steps=3)
+
+    assert len(seen) == 1
+    in_train, kinds_before = seen[0]
+    assert in_train and "start" in kinds_before and "step" not in kinds_before
+
+    def records(root, name):
+        return read_events(root / "logs" / name / "events.jsonl").records
+
+    warm_run, cold_run = records(tmp_path / "warm", "w"), records(tmp_path / "cold", "c")
+    begin = next(r for r in warm_run if r["kind"] == "train_begin")
+    assert begin["decode_warm_s"] > 0
+    assert "decode_warm_s" not in next(r for r in cold_run if r["kind"] == "train_begin")
+    losses = [[r["loss"] for r in run if r["kind"] == "step"] for run in (warm_run, cold_run)]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]  # the warm-up changes no number of the run

@@ -110,12 +110,12 @@ class Start(Record):
     ranks: List = None  # [{rank, local_rank, pid, host}] with several processes
     output_dir: Str = None
     setup_s: Float = None
-    decode_warm_s: Float = None  # the decode kernels run once before the first step (GPU only)
     pid: Int = None
 
 
 class TrainBegin(Record):
     max_steps: Int = None
+    decode_warm_s: Float = None  # the decode kernels run once before the first step (GPU only)
 
 
 class Resume(Record):

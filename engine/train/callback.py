@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from transformers import TrainerCallback
 
@@ -51,14 +52,18 @@ class CockpitCallback(TrainerCallback):
         self._saved_step: int | None = None  # a stop right after a save does not save the step twice
         self._polled = 0.0  # when the control file was last read during probes
         self._polled_after_save: int | None = None  # the save's step whose keys were acted on
+        # Seconds spent making the first step's neighbours ready (the decode warm-up), or None.
+        self.before_first_step: Callable[[], float | None] | None = None
 
     # -- progress -------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._mark_t = time.time()
+        warm_s = self.before_first_step() if self.before_first_step is not None else None
+        self._mark_t = time.time()  # the warm-up is not training time
         self._mark_tokens = state.num_input_tokens_seen
         self._mark_step = state.global_step
-        self.log.emit("train_begin", step=state.global_step, max_steps=state.max_steps)
+        warm = {"decode_warm_s": round(warm_s, 2)} if warm_s is not None else {}
+        self.log.emit("train_begin", step=state.global_step, max_steps=state.max_steps, **warm)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:

@@ -169,7 +169,9 @@ def _run(
         loaded.gc,
         loaded.dtype == torch.bfloat16,
     )
-    warm_s = _warm_decode(config, log, loaded.model)  # after the trainer applied Liger's kernels
+    # Trainer.train() applies Liger's kernels (transformers 5.x): the decode warm-up runs after it,
+    # at train begin, or it warms kernels no probe runs (measured: the first probe compiled them).
+    callback.before_first_step = lambda: _warm_decode(config, log, loaded.model)
     watchdog = _watchdog(config, log, trainer)
     early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
     trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
@@ -177,7 +179,7 @@ def _run(
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():
         dump_resolved(config, RunDir(paths.run_dir).config)
-    _emit_start(log, config, paths, trainer, loaded, ckpt, t0, warm_s)
+    _emit_start(log, config, paths, trainer, loaded, ckpt, t0)
     if ckpt is not None:
         log.emit("resume", step=ckpt.step, from_step=ckpt.step, path=str(ckpt.path))
     guard.train(trainer, ckpt)  # trainer.train, again from a checkpoint after a NaN rollback
@@ -346,7 +348,6 @@ def _emit_start(
     loaded: LoadedModel,
     ckpt,
     t0: float,
-    warm_s: float | None = None,
 ):
     peak = loaded.peak_flops
     log.emit(
@@ -371,7 +372,6 @@ def _emit_start(
         **dist.start_fields(config),  # world_size, distributed, ranks (a collective)
         output_dir=str(paths.output_dir),
         setup_s=round(time.time() - t0, 2),
-        decode_warm_s=round(warm_s, 2) if warm_s is not None else None,
         pid=os.getpid(),
     )
 
