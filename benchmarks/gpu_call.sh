@@ -27,7 +27,7 @@ for stage in "$@"; do
     loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
     compile) cmd="python3 benchmarks/compile_cache.py" ;;
     step) cmd="python3 benchmarks/step_profile.py --variants ${STEP_VARIANTS:-ours} --save-dir $B" ;;
-    keys) cmd="python3 benchmarks/probe_keys.py --budget $((left - 15))" ;;
+    keys) cmd="python3 benchmarks/probe_keys.py --budget $((left - 15)) --profile $OUT/first_probe_profile.txt" ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
   echo "== $stage (${left}s left): $cmd"

@@ -385,7 +385,9 @@ def summary(log: Log, table: Table, max_steps: int) -> dict:
         "max": max(steps, default=None),
     }
     start = next(iter(log.of("start")), {})
-    setup = {k: start.get(k) for k in ("setup_s", "decode_warm_s", "gradient_checkpointing")}
+    begin = next(iter(log.of("train_begin")), {})
+    setup = {k: start.get(k) for k in ("setup_s", "gradient_checkpointing")}
+    setup["decode_warm_s"] = begin.get("decode_warm_s")
     return {"probes": probes, "saves": saves, "alerts": dict(alerts), "step_s": step_s, "setup": setup}
 
 
@@ -455,6 +457,15 @@ def config(work: Path, model: Path, data: Path, args) -> Path:
     )
 
 
+def trainer_env(profile: str | None) -> dict:
+    env = cli_env()
+    if profile:  # benchmarks/first_probe_profile/sitecustomize.py, imported at the trainer's start
+        here = Path(__file__).resolve().parent / "first_probe_profile"
+        env["PYTHONPATH"] = f"{here}:{env['PYTHONPATH']}"
+        env["LEV_FIRST_PROBE_PROFILE"] = str(Path(profile).resolve())
+    return env
+
+
 def parse() -> argparse.Namespace:
     import torch
 
@@ -465,6 +476,7 @@ def parse() -> argparse.Namespace:
         "--steps", type=int, default=25, help="max_steps (saves every 5: four probed saves by 20)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--profile", default=None, help="cProfile the trainer's first probe suite into this file")
     ap.add_argument(
         "--whole",
         action=argparse.BooleanOptionalAction,
@@ -505,7 +517,7 @@ def main() -> int:
         proc = subprocess.Popen(
             cli_argv(cfg),
             cwd=work,
-            env=cli_env(),
+            env=trainer_env(args.profile),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

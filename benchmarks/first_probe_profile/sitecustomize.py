@@ -1,0 +1,79 @@
+"""Profile the first probe suite of a cockpit training process (``probe_keys.py --profile``).
+
+Python imports ``sitecustomize`` at start-up when its folder is on ``PYTHONPATH``: the bench
+puts this folder there for the trainer only, with ``LEV_FIRST_PROBE_PROFILE`` naming the file
+the profile goes to. The first ``Probes._suite`` runs under cProfile (wall clock), its wall and
+CPU seconds beside it: CPU seconds far below wall mean waiting (disk, GPU, another thread).
+The Triton kernels the process compiles (or loads from the disk cache) are listed with their
+specialisation, each marked before or inside that probe: the ones inside are what the decode
+warm-up (``engine.chat.warm``) did not foresee.
+"""
+
+import os
+
+_OUT = os.environ.get("LEV_FIRST_PROBE_PROFILE")
+
+
+def _install() -> None:
+    import cProfile
+    import io
+    import pstats
+    import time
+
+    from engine.evaluate import probes
+
+    inner = probes.Probes._suite
+    done = []
+    compiles = []  # (inside the first probe?, kernel, specialisation)
+    _hook_triton(compiles, done)
+
+    def suite(self, *a, **kw):
+        if done:
+            return inner(self, *a, **kw)
+        done.append(1)
+        prof = cProfile.Profile()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return prof.runcall(inner, self, *a, **kw)
+        finally:
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            buf = io.StringIO()
+            buf.write(f"first probe suite: wall {wall:.3f} s, this thread's CPU {cpu:.3f} s\n")
+            stats = pstats.Stats(prof, stream=buf)
+            stats.sort_stats("cumulative").print_stats(45)
+            stats.sort_stats("tottime").print_stats(30)
+            buf.write("Triton kernels built by the process (* inside the first probe suite):\n")
+            for inside, name, spec in compiles:
+                buf.write(f"{'*' if inside else ' '} {name}  {spec}\n")
+            done.append("after")
+            with open(_OUT, "w") as f:
+                f.write(buf.getvalue())
+
+    probes.Probes._suite = suite
+
+
+def _hook_triton(compiles: list, done: list) -> None:
+    try:
+        import triton
+    except ImportError:
+        return
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None or not hasattr(runtime, "jit_cache_hook"):
+        return
+    old = runtime.jit_cache_hook
+
+    def hook(*args, **kwargs):
+        fn = kwargs.get("fn")
+        configs = (kwargs.get("compile") or {}).get("configs")
+        spec = f"{kwargs.get('repr', '?')} attrs={configs}"
+        compiles.append((len(done) == 1, getattr(fn, "name", "?"), spec[:900]))
+        return old(*args, **kwargs) if old else False
+
+    runtime.jit_cache_hook = hook
+
+
+if _OUT:
+    try:
+        _install()
+    except Exception as e:  # the bench reads no profile; the run itself goes on
+        print(f"first-probe profile not installed: {type(e).__name__}: {e}")
