@@ -5,7 +5,8 @@
 # Stages: train (throughput.py: plain TRL vs ours, LoRA and QLoRA; saves the 8B base), generate
 # (generate.py --quick), qlora (qlora_decode.py, 256 tokens; qlora-vl on an 8B-shaped Qwen3-VL), profile (decode_profile.py),
 # loaded (loaded_decode.py), compile (compile_cache.py), step (step_profile.py ours),
-# keys (probe_keys.py: keys during on-save probes, QLoRA on an 8B-shaped Qwen3-VL).
+# keys (probe_keys.py: keys during on-save probes, QLoRA on an 8B-shaped Qwen3-VL; the first probe's
+# Triton builds in $OUT/first_probe_profile.txt, under cProfile with CPROFILE=1).
 set -u
 budget=$1; shift
 start=$(date +%s)
@@ -27,7 +28,7 @@ for stage in "$@"; do
     loaded) cmd="python3 benchmarks/loaded_decode.py --model $B" ;;
     compile) cmd="python3 benchmarks/compile_cache.py" ;;
     step) cmd="python3 benchmarks/step_profile.py --variants ${STEP_VARIANTS:-ours} --save-dir $B" ;;
-    keys) cmd="python3 benchmarks/probe_keys.py --budget $((left - 15)) --profile $OUT/first_probe_profile.txt" ;;
+    keys) export LEV_FIRST_PROBE_CPROFILE=${CPROFILE:-0}; cmd="python3 benchmarks/probe_keys.py --budget $((left - 15)) --profile $OUT/first_probe_profile.txt" ;;
     *) echo "unknown stage $stage"; continue ;;
   esac
   echo "== $stage (${left}s left): $cmd"

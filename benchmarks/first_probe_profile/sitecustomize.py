@@ -3,7 +3,7 @@
 Python imports ``sitecustomize`` at start-up when its folder is on ``PYTHONPATH``: the bench
 puts this folder there for the trainer only, with ``LEV_FIRST_PROBE_PROFILE`` naming the file
 the profile goes to. The first ``Probes._suite`` runs under cProfile (wall clock), its wall and
-CPU seconds beside it: CPU seconds far below wall mean waiting (disk, GPU, another thread).
+CPU seconds beside it (``LEV_FIRST_PROBE_CPROFILE=0``: those alone, without cProfile's overhead): CPU seconds far below wall mean waiting (disk, GPU, another thread).
 The Triton kernels the process compiles (or loads from the disk cache) are listed with their
 specialisation, each marked before or inside that probe: the ones inside are what the decode
 warm-up (``engine.chat.warm``) did not foresee.
@@ -12,6 +12,7 @@ warm-up (``engine.chat.warm``) did not foresee.
 import os
 
 _OUT = os.environ.get("LEV_FIRST_PROBE_PROFILE")
+_CPROFILE = os.environ.get("LEV_FIRST_PROBE_CPROFILE", "1") != "0"  # 0: wall and kernels only (no overhead)
 
 
 def _install() -> None:
@@ -31,17 +32,18 @@ def _install() -> None:
         if done:
             return inner(self, *a, **kw)
         done.append(1)
-        prof = cProfile.Profile()
+        prof = cProfile.Profile() if _CPROFILE else None
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            return prof.runcall(inner, self, *a, **kw)
+            return prof.runcall(inner, self, *a, **kw) if prof else inner(self, *a, **kw)
         finally:
             wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
             buf = io.StringIO()
             buf.write(f"first probe suite: wall {wall:.3f} s, this thread's CPU {cpu:.3f} s\n")
-            stats = pstats.Stats(prof, stream=buf)
-            stats.sort_stats("cumulative").print_stats(45)
-            stats.sort_stats("tottime").print_stats(30)
+            if prof:
+                stats = pstats.Stats(prof, stream=buf)
+                stats.sort_stats("cumulative").print_stats(45)
+                stats.sort_stats("tottime").print_stats(30)
             buf.write("Triton kernels built by the process (* inside the first probe suite):\n")
             for inside, name, spec in compiles:
                 buf.write(f"{'*' if inside else ' '} {name}  {spec}\n")
