@@ -38,6 +38,7 @@ def test_a_run_warms_inside_trainer_train_before_its_first_step_and_trains_the_s
     import inspect
 
     from conftest import train_tiny
+
     from engine.chat import warm as warm_module
     from engine.run.events import read_events
 
@@ -45,7 +46,9 @@ def test_a_run_warms_inside_trainer_train_before_its_first_step_and_trains_the_s
 
     def warm_on_cpu_too(model, cuda_only=True):
         frames = inspect.stack()
-        in_train = any(f.function == "train" and f.filename.endswith("transformers/trainer.py") for f in frames)
+        in_train = any(
+            f.function == "train" and f.filename.endswith("transformers/trainer.py") for f in frames
+        )
         events = tmp_path / "warm" / "logs" / "w" / "events.jsonl"
         seen.append((in_train, [r["kind"] for r in read_events(events).records]))
         return real(model, cuda_only=False)
