@@ -52,13 +52,15 @@ class CockpitCallback(TrainerCallback):
         self._saved_step: int | None = None  # a stop right after a save does not save the step twice
         self._polled = 0.0  # when the control file was last read during probes
         self._polled_after_save: int | None = None  # the save's step whose keys were acted on
-        # Seconds spent making the first step's neighbours ready (the decode warm-up), or None.
+        # The decode warm-up, run at the first train begin: its seconds, or None where none ran.
         self.before_first_step: Callable[[], float | None] | None = None
 
     # -- progress -------------------------------------------------------------------------
 
     def on_train_begin(self, args, state, control, **kwargs):
-        warm_s = self.before_first_step() if self.before_first_step is not None else None
+        # Once a process: a NaN rollback's train() again finds the kernels compiled.
+        ready, self.before_first_step = self.before_first_step, None
+        warm_s = ready() if ready is not None else None
         self._mark_t = time.time()  # the warm-up is not training time
         self._mark_tokens = state.num_input_tokens_seen
         self._mark_step = state.global_step
