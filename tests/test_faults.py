@@ -81,7 +81,13 @@ def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_confi
 
 
 @pytest.mark.slow
-def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(tiny_model, write_config, tmp_path):
+def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(
+    tiny_model, write_config, tmp_path, monkeypatch
+):
+    from engine.chat import warm as warm_module
+
+    warmed = []  # the decode warm-up (made to count here): once a process, not again at the rollback's train()
+    monkeypatch.setattr(warm_module, "warm", lambda model, cuda_only=True: warmed.append(1) or 0.5)
     faults.reset("nan@step:8x3")
     cfg = write_config(tiny_model("qwen3"), max_steps=12, save_steps=3, learning_rate=0.003)
     result = run(load_config(cfg)[0])
@@ -92,6 +98,9 @@ def test_nan_streak_rolls_back_with_lower_lr_and_resumes_keep_it(tiny_model, wri
     assert rb["step"] == 10 and "checkpoint-6" in rb["message"] and "x0.5" in rb["message"]
     (resume,) = [r for r in recs if r["kind"] == "resume"]
     assert resume["from_step"] == 6 and resume["reason"] == "nan_rollback"
+    begins = [r for r in recs if r["kind"] == "train_begin"]
+    assert len(begins) == 2 and warmed == [1]
+    assert [r.get("decode_warm_s") for r in begins] == [0.5, None]
     # checkpoint-9 of the abandoned stretch was removed, then saved again by the new stretch
     assert any(r["kind"] == "checkpoint_removed" and r["path"].endswith("checkpoint-9") for r in recs)
     curve = dedupe_steps(recs)
