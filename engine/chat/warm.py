@@ -6,8 +6,9 @@ is empty; cuBLAS loads its small-batch GEMMs, a 4-bit base's bf16 copy its dequa
 merging kernels. Measured on an H100 (benchmarks/qlora_decode.py --vl) a process's first decode
 call took 2.66 s, four Triton kernels built in it, where the first call of the paths after it took
 0.3 s. Here three tiny calls made as a probe makes them (one row, two rows, 16 prompt positions)
-run on the training model between loading it and the first step, where the user waits for the
-run to start anyway. With ``engine.model.rope_rows`` folding the batch into the sequence, these
+run on the training model at train begin, before the first step, where the user waits for the
+run to start anyway: after ``Trainer.train()`` has applied Liger's kernels, or they would run
+the model's own norms and RoPE and compile nothing a probe uses. With ``engine.model.rope_rows`` folding the batch into the sequence, these
 shapes are all the variants any later batch size needs.
 """
 

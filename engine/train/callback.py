@@ -29,6 +29,7 @@ class CockpitCallback(TrainerCallback):
         flops_per_token: float | None = None,
         peak_flops: float | None = None,
         probes=None,
+        before_first_step: Callable[[], float | None] | None = None,
     ) -> None:
         self.probes = probes  # engine.evaluate.probes.Probes: suites run on each checkpoint as it is saved
         self.flops_per_token = flops_per_token
@@ -53,7 +54,7 @@ class CockpitCallback(TrainerCallback):
         self._polled = 0.0  # when the control file was last read during probes
         self._polled_after_save: int | None = None  # the save's step whose keys were acted on
         # The decode warm-up, run at the first train begin: its seconds, or None where none ran.
-        self.before_first_step: Callable[[], float | None] | None = None
+        self.before_first_step = before_first_step
 
     # -- progress -------------------------------------------------------------------------
 

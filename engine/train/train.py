@@ -169,9 +169,6 @@ def _run(
         loaded.gc,
         loaded.dtype == torch.bfloat16,
     )
-    # Trainer.train() applies Liger's kernels (transformers 5.x): the decode warm-up runs after it,
-    # at train begin, or it warms kernels no probe runs (measured: the first probe compiled them).
-    callback.before_first_step = lambda: _warm_decode(config, log, loaded.model)
     watchdog = _watchdog(config, log, trainer)
     early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
     trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
@@ -313,6 +310,9 @@ def _callback(config: RunConfig, commands: CommandSource, log: RunLog, paths: Ru
         flops_per_token=loaded.flops_per_token,
         peak_flops=loaded.peak_flops,
         probes=Probes(config, paths.run_dir, log) if config.evaluation.on_save and dist.is_main() else None,
+        # At train begin: Trainer.train() applies Liger's kernels (transformers 5.x), and a warm-up
+        # before it warms kernels no probe runs (measured: the first probe compiled them).
+        before_first_step=lambda: _warm_decode(config, log, loaded.model),
     )
 
 
@@ -341,13 +341,7 @@ def _warm_decode(config: RunConfig, log: RunLog, model) -> float | None:
 
 
 def _emit_start(
-    log: RunLog,
-    config: RunConfig,
-    paths: RunPaths,
-    trainer,
-    loaded: LoadedModel,
-    ckpt,
-    t0: float,
+    log: RunLog, config: RunConfig, paths: RunPaths, trainer, loaded: LoadedModel, ckpt, t0: float
 ):
     peak = loaded.peak_flops
     log.emit(
