@@ -504,8 +504,8 @@ def main() -> int:
     t0, deadline = time.time(), time.monotonic() + args.budget
     model = build(work, args.tiny, args.vl)
     print(f"model built and saved in {time.time() - t0:.0f}s at {model}", flush=True)
-    # A user's base model has long been on disk. Just written, its 16 GB sit in the page cache
-    # and the run's first fsync (the first probe's result file, on ext4) waits for them.
+    # A user's base model has long been on disk. Just written, its 16 GB sit in the page cache,
+    # where the run's first fsync (the first probe's result file) may wait for them (not shown).
     t_sync = time.time()
     os.sync()
     print(f"written to disk before the run: {time.time() - t_sync:.1f}s", flush=True)

@@ -4,6 +4,7 @@ what a first call pays that the next one does not.
     with TritonCompiles() as tc:
         run_rows(...)
     tc.names   # e.g. ['_triton_rope', '_triton_rope', '_rms_norm_forward_kernel']
+    tc.specs   # the same kernels with their specialisation (launch options, argument attributes)
 
 Without Triton (CPU machines) the list stays empty and ``tc.available`` is False.
 """
@@ -14,12 +15,15 @@ from __future__ import annotations
 class TritonCompiles:
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.specs: list[str] = []
         self.available = False
         self._undo = None
 
     def _hook(self, *args, **kwargs):
         fn = kwargs.get("fn")
         self.names.append(getattr(fn, "name", None) or str(kwargs.get("repr", "?")).split("[")[0])
+        configs = (kwargs.get("compile") or {}).get("configs")
+        self.specs.append(f"{kwargs.get('repr', '?')} attrs={configs}"[:900])
         return False  # not handled here: Triton goes on to compile or load it
 
     def __enter__(self) -> TritonCompiles:

@@ -3,13 +3,15 @@
 Python imports ``sitecustomize`` at start-up when its folder is on ``PYTHONPATH``: the bench
 puts this folder there for the trainer only, with ``LEV_FIRST_PROBE_PROFILE`` naming the file
 the profile goes to. The first ``Probes._suite`` runs under cProfile (wall clock), its wall and
-CPU seconds beside it (``LEV_FIRST_PROBE_CPROFILE=0``: those alone, without cProfile's overhead): CPU seconds far below wall mean waiting (disk, GPU, another thread).
-The Triton kernels the process compiles (or loads from the disk cache) are listed with their
-specialisation, each marked before or inside that probe: the ones inside are what the decode
-warm-up (``engine.chat.warm``) did not foresee.
+CPU seconds beside it (``LEV_FIRST_PROBE_CPROFILE=0``: those alone, without cProfile's
+overhead); CPU seconds far below wall mean waiting (disk, GPU, another thread). The Triton
+kernels the process compiles (or loads from the disk cache, ``benchmarks/triton_compiles.py``)
+are listed with their specialisation, each marked before or inside that probe: the ones inside
+are what the decode warm-up (``engine.chat.warm``) did not foresee.
 """
 
 import os
+import sys
 
 _OUT = os.environ.get("LEV_FIRST_PROBE_PROFILE")
 _CPROFILE = os.environ.get("LEV_FIRST_PROBE_CPROFILE", "1") != "0"  # 0: wall and kernels only (no overhead)
@@ -23,15 +25,18 @@ def _install() -> None:
 
     from engine.evaluate import probes
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from triton_compiles import TritonCompiles
+
     inner = probes.Probes._suite
     done = []
-    compiles = []  # (inside the first probe?, kernel, specialisation)
-    _hook_triton(compiles, done)
+    built = TritonCompiles().__enter__()  # for the process's life: every kernel, in order
 
     def suite(self, *a, **kw):
         if done:
             return inner(self, *a, **kw)
         done.append(1)
+        before = len(built.specs)
         prof = cProfile.Profile() if _CPROFILE else None
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
@@ -45,33 +50,12 @@ def _install() -> None:
                 stats.sort_stats("cumulative").print_stats(45)
                 stats.sort_stats("tottime").print_stats(30)
             buf.write("Triton kernels built by the process (* inside the first probe suite):\n")
-            for inside, name, spec in compiles:
-                buf.write(f"{'*' if inside else ' '} {name}  {spec}\n")
-            done.append("after")
+            for i, (name, spec) in enumerate(zip(built.names, built.specs, strict=True)):
+                buf.write(f"{'*' if i >= before else ' '} {name}  {spec}\n")
             with open(_OUT, "w") as f:
                 f.write(buf.getvalue())
 
     probes.Probes._suite = suite
-
-
-def _hook_triton(compiles: list, done: list) -> None:
-    try:
-        import triton
-    except ImportError:
-        return
-    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
-    if runtime is None or not hasattr(runtime, "jit_cache_hook"):
-        return
-    old = runtime.jit_cache_hook
-
-    def hook(*args, **kwargs):
-        fn = kwargs.get("fn")
-        configs = (kwargs.get("compile") or {}).get("configs")
-        spec = f"{kwargs.get('repr', '?')} attrs={configs}"
-        compiles.append((len(done) == 1, getattr(fn, "name", "?"), spec[:900]))
-        return old(*args, **kwargs) if old else False
-
-    runtime.jit_cache_hook = hook
 
 
 if _OUT:
