@@ -59,6 +59,10 @@ def sft_config(config: RunConfig, has_val: bool, output_dir, gc: bool, bf16: boo
         remove_unused_columns=False,
         save_only_model=False,
         use_cpu=not _cuda(),
+        # Batches go to the GPU from pinned memory without the host waiting: a plain copy syncs
+        # the stream, so each step would start on an idle GPU.
+        dataloader_pin_memory=True,
+        accelerator_config={"non_blocking": _cuda()},
         # Liger's RMSNorm/SwiGLU/RoPE kernels (as the config's liger_* keys choose), intervals
         # per epoch, optimizer settings, TF32, eval packing: engine/train/trainer_args.py.
         **axolotl_args(config, has_val, liger_available()),
@@ -122,10 +126,7 @@ def build_trainer(config: RunConfig, prepared, model, tokenizer, callback, paths
 
 
 def _optim(name: str) -> str:
-    import torch
-
-    if name == "adamw_torch_fused" and not torch.cuda.is_available():
-        return "adamw_torch"  # the fused kernel is for accelerators
+    # torch's fused AdamW runs on the CPU too (the NaN guard's device-side skip needs it fused).
     return {"adamw_8bit": "adamw_bnb_8bit"}.get(name, name)  # bitsandbytes' AdamW8bit either way
 
 

@@ -101,8 +101,13 @@ class Guard:
         self.log.emit("alert", rule=rule, level=level, step=step, message=message, advice=advice, **fields)
 
     def halt(self, trainer) -> None:
+        # Nothing of the current step is evaluated or saved. GuardCallback says so again at the
+        # step's end, over the flow callback's schedule; a verdict read after it (the NaN guard's
+        # on the device path) is only seen here.
         self.halted = True
         trainer.control.should_training_stop = True
+        trainer.control.should_save = False
+        trainer.control.should_evaluate = False
 
     def train(self, trainer, ckpt) -> None:
         """``trainer.train`` from ``ckpt``, again from an earlier checkpoint after a NaN rollback."""
@@ -152,6 +157,9 @@ class Guard:
 
     def check_step(self, trainer, model, grad_norm) -> None:
         self.nan.check_step(trainer, model, grad_norm, self.oom.take_loss())
+
+    def settle(self, trainer) -> None:
+        self.nan.settle(trainer)
 
     def after_log(self, trainer) -> None:
         self.nan.after_log(trainer)

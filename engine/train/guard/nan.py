@@ -1,14 +1,17 @@
 """NaN/Inf: a non-finite optimizer step is skipped; a streak of them rolls back or stops.
 
 At the end of each optimizer step (after clipping, before ``optimizer.step``) the step's summed
-loss and the gradient norm are checked with one host sync, the only one the guard adds per
-optimizer step (none per micro-batch). A non-finite step is skipped: the gradients are dropped
-(set to None), so the optimizer leaves every weight and moment as it was. The step still
-counts: ``global_step`` and the LR schedule move on and its batch is consumed, as when a
-mixed-precision scaler skips a step. Its step record shows the NaN loss; the first skip of a
-streak raises an alert ``nan``. After ``nan_patience`` in a row the run rolls back to the newest
-complete checkpoint saved before the streak, with the learning rate times ``nan_lr_scale``
-(kept in the run state), or stops (``diverged``).
+loss and the gradient norm are checked. With torch's fused Adam/AdamW (the default optimizer)
+the check never stops the host: the verdict is handed to the optimizer as its ``found_inf``
+(the flag a mixed-precision scaler hands it), and the fused kernel leaves every weight, moment
+and step count as they were when it is set. The guard reads the verdict later, with the step's
+record (``settle``, or a step on through ``engine.train.step_lag``). Other optimizers are
+checked with one host sync, and a non-finite step's gradients dropped (set to None) before the
+update. Either way the step still counts: ``global_step`` and the LR schedule move on and its
+batch is consumed, as when a scaler skips a step. Its step record shows the NaN loss; the first
+skip of a streak raises an alert ``nan``. After ``nan_patience`` in a row the run rolls back to
+the newest complete checkpoint saved before the streak, with the learning rate times
+``nan_lr_scale`` (kept in the run state), or stops (``diverged``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class NanGuard:
     def reset(self) -> None:
         self.streak: list[int] = []  # the steps of the current run of non-finite ones
         self.poisoned = False  # Trainer's running loss sum holds a NaN
+        self.pending: list[tuple] = []  # (step, finite?, loss sum, grad norm), device tensors
 
     def check_step(self, trainer, model, grad_norm, loss) -> None:
         """After clipping, before ``optimizer.step``: skip the update if anything is not finite."""
@@ -45,20 +49,46 @@ class NanGuard:
         if loss is not None and trainer.accelerator.num_processes == 1:
             fin = torch.isfinite(loss).all()
             ok = fin if ok is None else ok & fin.to(ok.device)
+        step = trainer.state.global_step + 1
+        skip_on_device = _found_inf_taker(trainer)
+        if skip_on_device is not None:
+            skip_on_device.found_inf = None  # set for this step only (a stale one would skip the next)
+            if ok is not None:
+                skip_on_device.found_inf = (~ok).to(torch.float32)
+                summed = loss.float().sum() if loss is not None else None
+                self.pending.append((step, ok, summed, norm))
+                return
         finite = bool(ok) if ok is not None else True  # the guard's one host sync per optimizer step
         if finite and grad_norm is not None and norm is None:
             finite = math.isfinite(float(grad_norm))
-        step = trainer.state.global_step + 1
+        deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
+        if not finite and not deepspeed:  # DeepSpeed keeps its own gradient buffers and steps regardless
+            model.zero_grad(set_to_none=True)  # no gradients: the optimizer updates nothing
+        loss_v = float(loss.float().sum()) if loss is not None and not finite else None
+        norm_v = float(grad_norm) if grad_norm is not None and not finite else None
+        self.verdict(trainer, step, finite, loss_v, norm_v)
+
+    def take_pending(self) -> list[tuple]:
+        """The verdicts the optimizer already acted on, for the caller to read and hand back."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def settle(self, trainer) -> None:
+        """Read the verdicts the optimizer acted on (a host sync) and keep the books on them."""
+        for step, ok, loss, norm in self.take_pending():
+            finite = bool(ok)
+            loss_v = float(loss) if loss is not None and not finite else None
+            norm_v = float(norm) if norm is not None and not finite else None
+            self.verdict(trainer, step, finite, loss_v, norm_v)
+
+    def verdict(self, trainer, step: int, finite: bool, loss_v, norm_v) -> None:
+        """Step ``step``'s update was made (finite) or skipped: the streak, its alert, its end."""
         if finite:
             self.streak = []
             return
         deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
-        if not deepspeed:  # DeepSpeed keeps its own gradient buffers and steps regardless
-            model.zero_grad(set_to_none=True)  # no gradients: the optimizer updates nothing
         self.poisoned = True
         self.streak.append(step)
-        loss_v = float(loss.float().sum()) if loss is not None else None
-        norm_v = float(grad_norm) if grad_norm is not None else None
         self.g.log.emit("skip", step=step, loss=loss_v, grad_norm=norm_v, streak=len(self.streak))
         if len(self.streak) == 1:
             self._first_alert(step, loss_v, norm_v, deepspeed)
@@ -169,3 +199,17 @@ def _marker(checkpoint: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _found_inf_taker(trainer):
+    """The optimizer that skips its own update on a device flag (torch's fused Adam/AdamW), or
+    None. Not under a mixed-precision scaler (it sets the flag itself) or DeepSpeed."""
+    opt = getattr(trainer, "optimizer", None)
+    if getattr(opt, "scaler", None) is not None or getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    inner = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        return None
+    if not inner.param_groups or not all(g.get("fused") for g in inner.param_groups):
+        return None
+    return inner
