@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import textwrap
 from pathlib import Path
 
 import peft
@@ -24,7 +25,18 @@ import trl
 
 VERSIONS = f"transformers {transformers.__version__}, trl {trl.__version__}, peft {peft.__version__}"
 # Methods of ours on the trainer that upstream does not have (the others must be upstream's).
-OURS = {"_add_metric", "_compute_loss", "_flush_tokens", "_label_category"}  # ours, not overrides
+# ours, not overrides
+OURS = {
+    "_add_metric",
+    "_compute_loss",
+    "_flush_tokens",
+    "_label_category",
+    "_write_log",
+    "_lag_now",
+    "_lag",
+    "_settle_lagged",
+    "record_time",
+}
 TRAINER_MODULES = ("engine.train.trainer", "engine.train.curriculum_trainer")
 
 
@@ -114,6 +126,7 @@ def _source_of(obj) -> str:
 PRIVATE_STATE = [
     (transformers.Trainer, "self._tr_loss"),  # engine/train/guard/nan.py zeroes it after a skipped step
     (transformers.Trainer, "self._globalstep_last_logged"),  # engine/train/guard/nan.py
+    (transformers.Trainer, "self._total_loss_scalar"),  # engine/train/trainer.py adds a lagged step's loss
     (transformers.Trainer, "self.label_smoother"),  # engine/train/trainer.py falls back to TRL's loss
     (transformers.Trainer, "self.compute_loss_func"),
     (trl.SFTTrainer, "self._metrics"),  # engine/train/trainer.py clears TRL's per-step metrics
@@ -171,6 +184,37 @@ def test_every_private_trainer_attribute_we_touch_is_listed():
     listed = {attribute.removeprefix("self.") for _, attribute in PRIVATE_STATE}
     missing = sorted({f"{where}: {name}" for where, name in found if name not in listed | _ours()})
     assert not missing, "upstream's private state we touch, not in PRIVATE_STATE:\n" + "\n".join(missing)
+
+
+def test_mask_preparation_still_reads_position_ids_fifth_and_only_for_the_document_scan():
+    """engine/model/attention.py hands ``_preprocess_mask_arguments`` no position ids for our
+    attention, to skip the packed-document scan (and its host sync)."""
+    from transformers import masking_utils
+
+    original = inspect.unwrap(masking_utils._preprocess_mask_arguments)
+    params = list(inspect.signature(original).parameters)
+    assert params[:3] == ["config", "inputs_embeds", "attention_mask"] and params[4] == "position_ids", (
+        f"_preprocess_mask_arguments now takes ({', '.join(params)}) ({VERSIONS})"
+    )
+    tree = ast.parse(textwrap.dedent(inspect.getsource(original)))
+    scans = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.If)
+        and any(
+            getattr(c.func, "id", None) == "find_packed_sequence_indices"
+            for c in ast.walk(n)
+            if isinstance(c, ast.Call)
+        )
+    ]
+    assert scans, f"_preprocess_mask_arguments no longer scans position ids ({VERSIONS})"
+    inside = {id(n) for s in scans for n in ast.walk(s)}
+    elsewhere = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Name) and n.id == "position_ids" and id(n) not in inside
+    ]
+    assert not elsewhere, f"_preprocess_mask_arguments reads position_ids outside the scan ({VERSIONS})"
 
 
 def test_the_fused_lm_head_still_gives_what_our_loss_reads():

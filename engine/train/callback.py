@@ -55,6 +55,9 @@ class CockpitCallback(TrainerCallback):
         self._polled_after_save: int | None = None  # the save's step whose keys were acted on
         # The decode warm-up, run at the first train begin: its seconds, or None where none ran.
         self.before_first_step = before_first_step
+        # When the step being recorded ended (LeviathanTrainer.record_time: a record written a
+        # step late keeps its own step's time, so that tokens/s stays true).
+        self.clock: Callable[[], float] = time.time
 
     # -- progress -------------------------------------------------------------------------
 
@@ -73,7 +76,7 @@ class CockpitCallback(TrainerCallback):
             self._step_record(state, logs)
 
     def _step_record(self, state, logs) -> None:
-        now = time.time()
+        now = self.clock()
         dt = max(now - self._mark_t, 1e-9)
         tokens = state.num_input_tokens_seen
         steps = state.global_step - self._mark_step
@@ -199,6 +202,10 @@ class CockpitCallback(TrainerCallback):
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = True  # the last step is always kept, whatever save_steps says
         return control
+
+    def pauses_here(self) -> bool:
+        """This step boundary will hold (``hold``): its record is to be written before it."""
+        return self._pause_pending or self._held_since is not None
 
     def hold(self, trainer) -> bool:
         """The trainer's pause at a step boundary, after its log, eval and save (every rank,

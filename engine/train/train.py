@@ -172,6 +172,7 @@ def _run(
     watchdog = _watchdog(config, log, trainer)
     early = attach_early_stop(config, log, trainer)  # early_stopping_patience: stops at an eval
     trainer.hold = callback.hold  # the pause at a step boundary (saves and evals while paused)
+    trainer.holding, callback.clock = callback.pauses_here, trainer.record_time
     guard.attach(trainer, callback, commands)
     # Only a start that got this far replaces the run's config (a failed one leaves it as it was).
     if dist.is_main():

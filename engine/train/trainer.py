@@ -3,17 +3,22 @@
 TRL computes its entropy / token-accuracy metrics and token counts with ``.item()`` on every
 micro-batch, and Trainer counts input tokens the same way: each call drains the GPU queue
 and leaves it idle while Python launches the next kernels. Here the same numbers are kept
-as device tensors and read once per logging step. The loss is TRL's own: the fused LM head
-(per-token log-probs in chunks, never the full logits), summed over the labelled tokens.
+as device tensors and read once per logging step, and on CUDA a step later still, so that no
+step boundary waits for the GPU (engine.train.step_lag). The loss is TRL's own: the fused LM
+head (per-token log-probs in chunks, never the full logits), summed over the labelled tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from engine.train import step_lag
 from engine.train.learning_rate import resume_learning_rate
 
 _nothing = contextlib.nullcontext
@@ -22,11 +27,18 @@ _nothing = contextlib.nullcontext
 class LeviathanTrainer(SFTTrainer):
     guard = None  # engine.train.guard.Guard, attached by engine.train.train: NaN/OOM/disk handling
     hold = None  # engine.train.callback.CockpitCallback.hold: the pause at a step boundary
+    holding = None  # CockpitCallback.pauses_here: this boundary pauses (its record is written first)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._pending_tokens: torch.Tensor | int = 0
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self.lag_records = step_lag.wanted(
+            self.args.device, self.accelerator.num_processes, self.is_deepspeed_enabled
+        )
+        self._lagged: step_lag.Lagged | None = None
+        self._record_at: float | None = None  # a lagged record's time (record_time)
+        self.add_callback(_SettleLagged(self))
 
     def _add_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
         sums = self._metric_sums[mode]
@@ -86,17 +98,20 @@ class LeviathanTrainer(SFTTrainer):
         self._pending_tokens = 0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._settle_lagged()  # a lagged step's record goes first
         self._flush_tokens()
         mode = "train" if self.model.training else "eval"
         sums = self._metric_sums[mode]
+        read = {k: float(self.accelerator.gather(v.reshape(1)).sum().item()) for k, v in sums.items()}
+        sums.clear()
+        self._write_log(logs, mode, read, start_time)
+
+    def _write_log(self, logs: dict, mode: str, sums: dict[str, float], start_time) -> None:
         if sums:
-            valid = float(self.accelerator.gather(sums["valid"].reshape(1)).sum().item()) or 1.0
-            entropy = float(self.accelerator.gather(sums["entropy"].reshape(1)).sum().item())
-            correct = float(self.accelerator.gather(sums["correct"].reshape(1)).sum().item())
+            valid = sums["valid"] or 1.0
             prefix = "eval_" if mode == "eval" else ""
-            logs[f"{prefix}entropy"] = entropy / valid
-            logs[f"{prefix}mean_token_accuracy"] = correct / valid
-            sums.clear()
+            logs[f"{prefix}entropy"] = sums["entropy"] / valid
+            logs[f"{prefix}mean_token_accuracy"] = sums["correct"] / valid
         if mode == "eval" and self.eval_categories is not None and "eval_loss" in logs:
             from engine.train.eval_categories import KEY
 
@@ -104,7 +119,86 @@ class LeviathanTrainer(SFTTrainer):
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
+    # -- a step's record one step late (engine.train.step_lag) -------------------------------
+
+    def _lag_now(self) -> bool:
+        """This boundary's record may wait a step: nothing here acts on it."""
+        c, s = self.control, self.state
+        acts = c.should_evaluate or c.should_save or c.should_training_stop or c.should_epoch_stop
+        last = 0 < s.max_steps <= s.global_step
+        return self.lag_records and not acts and not last and not (self.holding and self.holding())
+
+    def _lag(self, tr_loss, grad_norm, start_time, learning_rate) -> None:
+        """Start this boundary's values on their way to the host; the record is written when they
+        are read (``_settle_lagged``). Nothing here waits for the GPU."""
+        s, c = self.state, self.control
+        values: dict = {}
+        host: dict = {}
+        logged = c.should_log and s.global_step > self._globalstep_last_logged
+        if logged:
+            values["loss"] = tr_loss
+            values["grad_norm"] = grad_norm
+            values["tokens"], self._pending_tokens = self._pending_tokens, 0
+            sums, self._metric_sums["train"] = self._metric_sums["train"], {}
+            values.update({f"sum_{k}": v for k, v in sums.items()})
+            host = {
+                "steps": s.global_step - self._globalstep_last_logged,
+                "learning_rate": learning_rate,
+                "start_time": start_time,
+            }
+            self._globalstep_last_logged = s.global_step
+            self.store_flos()
+            c.should_log = False
+        verdicts = self.guard.nan.take_pending() if self.guard is not None else []
+        for i, (step, ok, loss, norm) in enumerate(verdicts):
+            values.update({f"nan{i}_ok": ok, f"nan{i}_loss": loss, f"nan{i}_norm": norm})
+            host[f"nan{i}_step"] = step
+        if values:
+            self._lagged = step_lag.Lagged.take(s.global_step, s.epoch, values, host)
+        if logged:
+            tr_loss.zero_()  # after its copy is queued; unlike `-=`, a NaN does not outlive its record
+
+    def _settle_lagged(self) -> None:
+        """Write the lagged boundary's record (its NaN verdicts first, as a boundary read at once
+        writes them): on the next step, once its optimizer step is queued, or before anything
+        that must follow it."""
+        lag, self._lagged = self._lagged, None
+        if lag is None:
+            return
+        v = lag.read()
+        i = 0
+        while f"nan{i}_step" in v:
+            finite = v[f"nan{i}_ok"] != 0
+            loss, norm = (None, None) if finite else (v.get(f"nan{i}_loss"), v.get(f"nan{i}_norm"))
+            self.guard.nan.verdict(self, v[f"nan{i}_step"], finite, loss, norm)
+            i += 1
+        if "loss" not in v:
+            return
+        s, c = self.state, self.control
+        now, want = (s.global_step, s.epoch), c.should_log
+        s.global_step, s.epoch = lag.step, lag.epoch  # the record is the lagged step's
+        self._record_at = lag.at
+        try:
+            s.num_input_tokens_seen += int(v["tokens"])
+            self._total_loss_scalar += v["loss"]
+            logs = {"loss": v["loss"] / v["steps"]}
+            if v.get("grad_norm") is not None:
+                logs["grad_norm"] = v["grad_norm"]
+            logs["learning_rate"] = v["learning_rate"]
+            sums = {k[4:]: x for k, x in v.items() if k.startswith("sum_")}
+            self._write_log(logs, "train", sums, v["start_time"])
+        finally:
+            s.global_step, s.epoch = now
+            c.should_log = want  # on_log cleared it: this boundary's own choice stands
+            self._record_at = None
+
+    def record_time(self) -> float:
+        """When the step being recorded ended, as the host saw it: a lagged record's is the time
+        its values were taken, not the time they were read a step later."""
+        return self._record_at if self._record_at is not None else time.time()
+
     def _save_checkpoint(self, model, trial):
+        self._settle_lagged()
         # Tokens counted since the last log belong in the saved state, so a resume counts exactly.
         self._flush_tokens()
         if self.guard is None:
@@ -139,9 +233,17 @@ class LeviathanTrainer(SFTTrainer):
             self.guard.check_step(self, model, grad_norm)
         return grad_norm
 
-    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+    def _maybe_log_save_evaluate(
+        self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None
+    ):
+        self._settle_lagged()  # (the epoch's last boundary, or one no optimizer step followed)
+        if learning_rate is not None and self._lag_now():  # (the loop hands the step's rate over)
+            self._lag(tr_loss, grad_norm, start_time, learning_rate)
+        elif self.guard is not None:
+            self.guard.settle(self)  # the verdicts now: a halt decides what this boundary saves
+        args = (grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time)
         while True:
-            super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+            super()._maybe_log_save_evaluate(tr_loss, *args, learning_rate=learning_rate)
             if self.guard is not None:
                 self.guard.after_log(self)
             # Paused here, at the step boundary, once its record is written; a save or an eval
@@ -155,7 +257,15 @@ class LeviathanTrainer(SFTTrainer):
         if 0 < self.state.max_steps <= self.state.global_step:
             self.control.should_training_stop = True
             return None
-        return super()._run_epoch(*args, **kwargs)
+        try:
+            result = super()._run_epoch(*args, **kwargs)
+        except BaseException:
+            # The last finished step's record, where it can still be read; the error is the news.
+            with contextlib.suppress(Exception):
+                self._settle_lagged()
+            raise
+        self._settle_lagged()
+        return result
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         if self.guard is not None:
@@ -181,3 +291,16 @@ class LeviathanTrainer(SFTTrainer):
         resume_learning_rate(self.optimizer, self.lr_scheduler, factor)
         if self.guard is not None:
             self.guard.after_load(self, checkpoint, factor, saved_lr)
+
+
+class _SettleLagged(TrainerCallback):
+    """Writes a lagged step's record once the next step's optimizer step is queued: its values
+    have arrived by then, and the record comes before anything of the new step's boundary."""
+
+    def __init__(self, trainer: LeviathanTrainer) -> None:
+        self.trainer = weakref.ref(trainer)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer()
+        if trainer is not None:
+            trainer._settle_lagged()
