@@ -62,3 +62,27 @@ def test_plain_sdpa_mixes_documents(tiny_model):
             s = e
         alone = [model(input_ids=torch.tensor([d]), labels=torch.tensor([d])).loss.item() for d in docs]
     assert max(abs(a - b) for a, b in zip(packed[1:], alone[1:], strict=True)) > 1e-3
+
+
+def test_our_packed_forward_skips_the_document_scan_other_attentions_keep(tiny_model, monkeypatch):
+    """transformers scans packed position ids for a document mask (ending in a host sync); our
+    attention takes the documents from ``cu_seq_lens`` and its flash-style mask ignores the scan's
+    result, so it is skipped for it (test_packed_equals_unpacked: losses unchanged)."""
+    from transformers import masking_utils
+
+    attention.register()
+    scans = []
+    scan = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: scans.append(p) or scan(p))
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(20, 900, (n,), generator=g).tolist() for n in (17, 40, 9)]
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": d} for d in docs]
+    )
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3"), attn_implementation=attention.NAME)
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model("qwen3"), attn_implementation="sdpa")
+    with torch.no_grad():
+        ours(**batch, use_cache=False)  # as in training
+        assert scans == []
+        sdpa(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    assert len(scans) == 1 and torch.equal(scans[0], batch["position_ids"])

@@ -13,10 +13,16 @@ the boundaries instead:
 Without boundaries (generation, unpacked batches) it is plain SDPA (a decode step's grouped
 query heads without repeating the cache: ``engine.model.decode_attention``). Documents never
 attend to each other, so packed losses equal unpacked ones.
+
+Its masks are flash attention's (a padding mask or none), so transformers' scan of packed
+position ids for a document mask is thrown away; it also ends in a host sync (``.all()``) at
+the top of every training forward, which drains the GPU's queue: ``_no_packed_scan`` skips it
+for this attention only.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -115,5 +121,32 @@ def register() -> str:
         AttentionInterface.register(NAME, varlen_attention_forward)
         # Like flash attention: no dense mask is built; padding-only masks pass through.
         AttentionMaskInterface.register(NAME, flash_attention_mask)
+        _no_packed_scan()
         _registered = True
     return NAME
+
+
+def _no_packed_scan() -> None:
+    """transformers' mask preparation, minus the packed-document scan for this attention.
+
+    ``_preprocess_mask_arguments(config, inputs_embeds, attention_mask, cache, position_ids,
+    ...)`` reads ``position_ids`` only to find packed documents (``find_packed_sequence_indices``),
+    whose result only a dense mask would use; ``flash_attention_mask`` ignores it. Other
+    attentions keep the scan. tests/test_upstream_canary.py checks the signature."""
+    from transformers import masking_utils
+
+    original = masking_utils._preprocess_mask_arguments
+    if getattr(original, "_leviathan", False):
+        return
+
+    @functools.wraps(original)
+    def preprocess(config, inputs_embeds, attention_mask, *args, **kwargs):
+        if getattr(config, "_attn_implementation", None) == NAME:
+            if len(args) >= 2:
+                args = (args[0], None, *args[2:])
+            elif "position_ids" in kwargs:
+                kwargs["position_ids"] = None
+        return original(config, inputs_embeds, attention_mask, *args, **kwargs)
+
+    preprocess._leviathan = True
+    masking_utils._preprocess_mask_arguments = preprocess
