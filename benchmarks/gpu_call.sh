@@ -20,7 +20,7 @@ for stage in "$@"; do
   left=$((budget - ($(date +%s) - start)))
   [ "$left" -lt 30 ] && { echo "== $stage skipped: ${left}s left"; continue; }
   case $stage in
-    train) cmd="python3 benchmarks/throughput.py --variants ${VARIANTS:-trl,ours,ours-qlora} --steps 10 --warmup 3 --save-dir $B" ;;
+    train) cmd="python3 benchmarks/throughput.py --variants ${VARIANTS:-trl,ours,ours-qlora} --steps ${STEPS:-10} --warmup ${WARMUP:-3} --save-dir $B" ;;
     generate) cmd="python3 benchmarks/generate.py --quick --no-compile" ;;
     qlora) cmd="python3 benchmarks/qlora_decode.py --base $B --new-tokens 256" ;;
     qlora-vl) cmd="python3 benchmarks/qlora_decode.py --vl --new-tokens 256" ;;

@@ -126,7 +126,7 @@ def result_row(name, timer, collator, warmup, steps, model, cfg, ceiling, gc_on,
         "mfu": tps * fpt / ceiling,
         "peak_gib": peak,
         "grad_ckpt": gc_on,
-        "losses": timer.losses[:3] + timer.losses[-2:],
+        "losses": timer.losses,
         "frozen_params": frozen,
         "lora_params": lora,
         "note": extra,
@@ -270,7 +270,8 @@ def variant_env(name: str) -> dict:
     """A variant named ``...-peftcast`` runs PEFT's own LoRA forward (engine/model/lora_autocast.py);
     ``...-w2`` makes its batches in two DataLoader workers (``LEVIATHAN_DATALOADER_WORKERS``);
     ``...-nogroup`` keeps each LoRA layer its own autograd node (``engine/model/lora_group.py``);
-    ``...-norelayout`` leaves the training model's sibling weights apart (``LEVIATHAN_RELAYOUT``)."""
+    ``...-norelayout`` leaves the training model's sibling weights apart (``LEVIATHAN_RELAYOUT``);
+    ``...-nolag`` reads each step's record and NaN verdict at its own boundary (``LEVIATHAN_STEP_LAG``)."""
     env = dict(os.environ)
     if "peftcast" in name:
         env["LEVIATHAN_LORA_FORWARD"] = "peft"
@@ -280,6 +281,8 @@ def variant_env(name: str) -> dict:
         env["LEVIATHAN_LORA_FORWARD"] = "nogroup"
     if "-norelayout" in name:  # siblings' weights left where loading put them
         env["LEVIATHAN_RELAYOUT"] = "off"
+    if "-nolag" in name:  # the host waits for each step's values at its boundary
+        env["LEVIATHAN_STEP_LAG"] = "off"
     return env
 
 
@@ -428,6 +431,13 @@ def main() -> int:
             f"{r['variant']:<12} {r['tokens_per_s']:>10,.0f} {ratio:>8.2f} {100 * r['mfu']:>5.1f}% "
             f"{r['peak_gib']:>9.1f} {str(r['grad_ckpt']):>9}  {r['note']}"
         )
+    # The same seed, data and model: a variant of ours that changes only speed trains the same.
+    losses = {r["variant"]: r["losses"] for r in rows}
+    for name, curve in losses.items():
+        ref = losses.get("ours-qlora" if "qlora" in name else "ours")
+        if name.startswith("ours-") and name != "ours-qlora" and ref and len(ref) == len(curve):
+            diff = max(abs(a - b) for a, b in zip(curve, ref, strict=True))
+            print(f"{name}: {len(curve)} step losses, max |difference| from ours {diff:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if os.environ.get("OUT"):
