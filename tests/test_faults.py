@@ -51,10 +51,15 @@ def steps(recs) -> dict[int, dict]:
 # -- NaN / Inf ---------------------------------------------------------------------------------
 
 
+# adamw_torch: the guard reads the verdict (one sync) and drops the gradients; the fused AdamW
+# (CUDA's default) takes it on the device as its found_inf and the guard reads it at the boundary.
+@pytest.mark.parametrize("optimizer", ["adamw_torch", "adamw_torch_fused"])
 @pytest.mark.slow
-def test_nan_step_is_skipped_with_no_update_and_an_alert(tiny_model, write_config, tmp_path):
+def test_nan_step_is_skipped_with_no_update_and_an_alert(optimizer, tiny_model, write_config, tmp_path):
     faults.reset("nan@step:4")
-    cfg = write_config(tiny_model("qwen3"), max_steps=6, save_steps=1, guard={"nan_patience": 5})
+    cfg = write_config(
+        tiny_model("qwen3"), max_steps=6, save_steps=1, guard={"nan_patience": 5}, optimizer=optimizer
+    )
     result = run(load_config(cfg)[0])
     assert result.status == "completed" and result.step == 6
     recs = records(tmp_path)
