@@ -153,6 +153,7 @@ class LeviathanTrainer(SFTTrainer):
         for i, (step, ok, loss, norm) in enumerate(verdicts):
             values.update({f"nan{i}_ok": ok, f"nan{i}_loss": loss, f"nan{i}_norm": norm})
             host[f"nan{i}_step"] = step
+        host["verdicts"] = len(verdicts)
         if values:
             self._lagged = step_lag.Lagged.take(s.global_step, s.epoch, values, host)
         if logged:
@@ -166,12 +167,12 @@ class LeviathanTrainer(SFTTrainer):
         if lag is None:
             return
         v = lag.read()
-        i = 0
-        while f"nan{i}_step" in v:
-            finite = v[f"nan{i}_ok"] != 0
-            loss, norm = (None, None) if finite else (v.get(f"nan{i}_loss"), v.get(f"nan{i}_norm"))
-            self.guard.nan.verdict(self, v[f"nan{i}_step"], finite, loss, norm)
-            i += 1
+        verdicts = [
+            (v[f"nan{i}_step"], v[f"nan{i}_ok"], v[f"nan{i}_loss"], v[f"nan{i}_norm"])
+            for i in range(v.get("verdicts", 0))
+        ]
+        if verdicts:
+            self.guard.settle(self, verdicts)
         if "loss" not in v:
             return
         s, c = self.state, self.control

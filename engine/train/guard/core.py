@@ -158,8 +158,8 @@ class Guard:
     def check_step(self, trainer, model, grad_norm) -> None:
         self.nan.check_step(trainer, model, grad_norm, self.oom.take_loss())
 
-    def settle(self, trainer) -> None:
-        self.nan.settle(trainer)
+    def settle(self, trainer, verdicts: list[tuple] | None = None) -> None:
+        self.nan.settle(trainer, verdicts)
 
     def after_log(self, trainer) -> None:
         self.nan.after_log(trainer)

@@ -73,9 +73,10 @@ class NanGuard:
         pending, self.pending = self.pending, []
         return pending
 
-    def settle(self, trainer) -> None:
-        """Read the verdicts the optimizer acted on (a host sync) and keep the books on them."""
-        for step, ok, loss, norm in self.take_pending():
+    def settle(self, trainer, verdicts: list[tuple] | None = None) -> None:
+        """Read the verdicts the optimizer acted on (a host sync; none for ``verdicts`` already
+        read, as ``take_pending`` handed them out, floats for tensors) and keep the books on them."""
+        for step, ok, loss, norm in self.take_pending() if verdicts is None else verdicts:
             finite = bool(ok)
             loss_v = float(loss) if loss is not None and not finite else None
             norm_v = float(norm) if norm is not None and not finite else None
