@@ -190,17 +190,32 @@ def test_killing_the_caller_ends_the_box(tmp_path, without):
         f'run_box(\'import os, time\\nos.execvp("sleep", ["sleep", "{marker}"])\', 60, without={without!r})\n'
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    before = set(Path("/tmp").glob("lev-box-*"))
     caller = subprocess.Popen([sys.executable, str(script)], env=env)
     deadline = time.monotonic() + 20
     while not _alive_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive_with(marker), "the boxed program did not start"
+    launchers = [p for p in _alive_with("engine.evaluate.box_launcher") if _parent(p) == caller.pid]
+    assert len(launchers) == 1
+    work = set(Path("/tmp").glob(f"lev-box-{launchers[0]}-*")) - before
+    assert len(work) == 1, "the launcher's work folder carries its pid"
     caller.kill()
     caller.wait()
     deadline = time.monotonic() + 5
     while _alive_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive_with(marker) == []
+    # The killed launcher never reached its cleanup; the next box sweeps its empty folder.
+    assert run_box("pass", 5, without=without)["exit"] == 0
+    assert not any(w.exists() for w in work)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def test_as_a_user_without_root_the_box_uses_a_user_namespace(tmp_path):

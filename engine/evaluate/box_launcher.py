@@ -43,13 +43,41 @@ def main() -> int:
     ns = _enter_namespaces(set(spec.get("without", ())))
     if "pid" not in ns:
         k.prctl(k.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, to be killed
-    work = tempfile.mkdtemp(prefix="lev-box-")
+    _sweep_orphans()
+    work = tempfile.mkdtemp(prefix=f"lev-box-{os.getpid()}-")
     try:
         result = _run(spec, ns, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(json.dumps(result))
     return 0
+
+
+def _sweep_orphans() -> None:
+    """Remove the empty work folders of launchers that are gone.
+
+    A launcher killed by its caller's death signal never reaches its ``finally``; its folder (a
+    mount point only inside its own namespace, so empty here) stays behind. The name carries the
+    launcher's pid: a folder whose launcher lives is left alone, and rmdir never removes content.
+    """
+    root = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            parts = name.split("-")
+            if len(parts) != 4 or parts[:2] != ["lev", "box"] or not parts[2].isdigit():
+                continue
+            if not _alive(int(parts[2])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, name))
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a killed launcher may wait a while for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _enter_namespaces(without: set[str]) -> set[str]:
