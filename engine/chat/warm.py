@@ -8,8 +8,9 @@ call took 2.66 s, four Triton kernels built in it, where the first call of the p
 0.3 s. Here three tiny calls made as a probe makes them (one row, two rows, 16 prompt positions)
 run on the training model at train begin, before the first step, where the user waits for the
 run to start anyway: after ``Trainer.train()`` has applied Liger's kernels, or they would run
-the model's own norms and RoPE and compile nothing a probe uses. With ``engine.model.rope_rows`` folding the batch into the sequence, these
-shapes are all the variants any later batch size needs.
+the model's own norms and RoPE and compile nothing a probe uses. With ``engine.model.rope_rows``
+folding the batch into the sequence, these shapes are all the variants any later batch size
+needs.
 """
 
 from __future__ import annotations

@@ -64,9 +64,8 @@ class NanGuard:
         deepspeed = getattr(trainer, "is_deepspeed_enabled", False)
         if not finite and not deepspeed:  # DeepSpeed keeps its own gradient buffers and steps regardless
             model.zero_grad(set_to_none=True)  # no gradients: the optimizer updates nothing
-        loss_v = float(loss.float().sum()) if loss is not None and not finite else None
-        norm_v = float(grad_norm) if grad_norm is not None and not finite else None
-        self.verdict(trainer, step, finite, loss_v, norm_v)
+        summed = loss.float().sum() if loss is not None and not finite else None
+        self.settle(trainer, [(step, finite, summed, grad_norm)])
 
     def take_pending(self) -> list[tuple]:
         """The verdicts the optimizer already acted on, for the caller to read and hand back."""
@@ -75,7 +74,8 @@ class NanGuard:
 
     def settle(self, trainer, verdicts: list[tuple] | None = None) -> None:
         """Read the verdicts the optimizer acted on (a host sync; none for ``verdicts`` already
-        read, as ``take_pending`` handed them out, floats for tensors) and keep the books on them."""
+        read, as ``take_pending`` handed them out, floats for tensors, or decided on the host) and
+        keep the books on them."""
         for step, ok, loss, norm in self.take_pending() if verdicts is None else verdicts:
             finite = bool(ok)
             loss_v = float(loss) if loss is not None and not finite else None
